@@ -1,0 +1,46 @@
+"""lumbar_jax: JAX/Flax grading of lumbar spine degeneration on MRI (RSNA 2024).
+
+Install for development and tests:  pip install -e ".[test]"
+"""
+
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    "jax[cpu]==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "ml-collections==1.1.0",
+    "tensorflow-datasets==4.9.10",
+    "importlib_resources",  # needed by tensorflow-datasets, which does not declare it
+    "grain==0.2.18",
+    "array-record==0.8.6",
+    "pydicom==3.0.2",
+    "pylibjpeg>=2.0",  # pydicom's decoders: JPEG baseline/lossless/JPEG-LS (libjpeg), JPEG 2000 (openjpeg), RLE
+    "pylibjpeg-libjpeg>=2.1",
+    "pylibjpeg-openjpeg>=2.3",
+    "pylibjpeg-rle>=2.0",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "scipy",
+    "tqdm",
+    "matplotlib",
+    "tensorboardX",
+]
+
+setup(
+    name="lumbar_jax",
+    version="0.1.0",
+    description="JAX/Flax research codebase for RSNA 2024 lumbar spine degenerative classification",
+    python_requires=">=3.10",
+    packages=find_packages(include=["lumbar_jax", "lumbar_jax.*"]),
+    package_data={"lumbar_jax.data.rsna_lumbar_spine": ["*.md", "*.txt", "dummy_data/**/*"]},
+    include_package_data=True,
+    install_requires=RUNTIME,
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist"],
+        # Peers for parity tests and benchmarks (CPU build of torch lies on this machine's disk).
+        "bench": ["torch==2.13.0", "monai==1.6.1", "einops", "nibabel"],
+    },
+)
