@@ -1,0 +1,139 @@
+"""The competition metric, the class-prior baseline, and plain classification statistics.
+
+One implementation serves training (validation), evaluation, cross-validation summaries and the `score`
+CLI (conventions section 2). Arrays are in `labels.TARGETS` order:
+
+  labels  int   [N, 25]     severity codes 0/1/2, -1 = missing (dropped before scoring)
+  probs   float [N, 25, 3]  predicted probabilities (normal_mild, moderate, severe)
+
+The metric follows the competition's scoring code exactly: per condition group a sample-weighted
+multi-class log loss (weights 1/2/4 by true class) over that group's labelled rows, with sklearn
+`log_loss` semantics (predictions clipped to [eps, 1 - eps] for float64 eps, rows not renormalised), plus
+`any_severe_spinal`: per study with at least one labelled spinal row, label = any labelled spinal row is
+Severe, prediction = max `severe` probability over those rows, weight = max sample weight over those rows;
+binary log loss. The score is the mean of the four losses. Dropping missing rows before scoring means the
+any-severe maximum runs over the labelled spinal rows only, exactly what the competition code computes on a
+solution without those rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lumbar_jax import labels as L
+
+_EPS = np.finfo(np.float64).eps
+LOSS_KEYS = ("spinal", "foraminal", "subarticular", "any_severe_spinal")
+
+
+def _check_shapes(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    if labels.ndim != 2 or labels.shape[1] != L.NUM_TARGETS:
+        raise ValueError(f"labels must be [N, {L.NUM_TARGETS}], got {labels.shape}")
+    if probs.shape != labels.shape + (L.NUM_SEVERITIES,):
+        raise ValueError(f"probs must be [N, {L.NUM_TARGETS}, {L.NUM_SEVERITIES}] like labels, got {probs.shape}")
+    bad = set(np.unique(labels).tolist()) - {L.MISSING, 0, 1, 2}
+    if bad:
+        raise ValueError(f"labels hold codes {sorted(bad)}; expected -1 (missing), 0, 1, 2")
+    if not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.max() > 1:
+        raise ValueError("probs must be finite probabilities in [0, 1]")
+    return labels.astype(np.int64), probs
+
+
+def _weighted_log_loss(onehot: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> float:
+    """sklearn.metrics.log_loss with sample weights: clip, no renormalisation, weighted mean."""
+    per_row = -np.sum(onehot * np.log(np.clip(probs, _EPS, 1 - _EPS)), axis=-1)
+    return float(np.sum(per_row * weights) / np.sum(weights))
+
+
+def competition_score(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """The competition score and its four component losses (lower is better).
+
+    Args:
+      labels: int [N, 25] severity codes, -1 missing.
+      probs: float [N, 25, 3] probabilities.
+    Returns:
+      {'spinal', 'foraminal', 'subarticular', 'any_severe_spinal', 'score'}; a component with no labelled
+      row is NaN and the score is the mean of the components that exist.
+    """
+    labels, probs = _check_shapes(labels, probs)
+    losses: dict[str, float] = {}
+    for group in L.CONDITION_GROUPS:
+        idx = L.group_target_indices(group)
+        y = labels[:, idx].reshape(-1)
+        p = probs[:, idx].reshape(-1, L.NUM_SEVERITIES)
+        keep = y != L.MISSING
+        if not keep.any():
+            losses[group] = float("nan")
+            continue
+        y, p = y[keep], p[keep]
+        losses[group] = _weighted_log_loss(np.eye(L.NUM_SEVERITIES)[y], p, L.SEVERITY_WEIGHTS[y])
+    losses["any_severe_spinal"] = _any_severe_spinal_loss(labels, probs)
+    finite = [v for v in losses.values() if np.isfinite(v)]
+    losses["score"] = float(np.mean(finite)) if finite else float("nan")
+    return losses
+
+
+def _any_severe_spinal_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    spinal = L.group_target_indices("spinal")
+    y = labels[:, spinal]  # [N, 5]
+    labelled = y != L.MISSING
+    studies = labelled.any(axis=1)
+    if not studies.any():
+        return float("nan")
+    y, labelled = y[studies], labelled[studies]
+    severe_prob = np.where(labelled, probs[studies][:, spinal, 2], -np.inf).max(axis=1)
+    any_severe = ((y == 2) & labelled).any(axis=1).astype(np.float64)
+    weights = np.where(labelled, L.SEVERITY_WEIGHTS[np.maximum(y, 0)], 0.0).max(axis=1)
+    onehot = np.stack([1 - any_severe, any_severe], axis=1)
+    binary = np.stack([1 - severe_prob, severe_prob], axis=1)
+    return _weighted_log_loss(onehot, binary, weights)
+
+
+def class_prior_baseline(train_labels: np.ndarray, num_eval: int, pseudo_count: float = 1.0) -> np.ndarray:
+    """The class-prior baseline: every study gets each target's training class frequencies.
+
+    Args:
+      train_labels: int [M, 25] training-fold labels, -1 missing (ignored).
+      num_eval: N, the number of studies to predict.
+      pseudo_count: added to every class count (add-one smoothing by default) so that a class unseen in
+        training gets a small probability instead of eps: a fair prior-only predictor.
+    Returns:
+      float [N, 25, 3] probabilities.
+    """
+    train_labels = np.asarray(train_labels)
+    counts = np.stack([(train_labels == k).sum(axis=0) for k in range(L.NUM_SEVERITIES)], axis=-1)
+    freqs = (counts + pseudo_count) / (counts + pseudo_count).sum(axis=-1, keepdims=True)
+    return np.broadcast_to(freqs, (num_eval, L.NUM_TARGETS, L.NUM_SEVERITIES)).astype(np.float64)
+
+
+def classification_stats(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Accuracy, balanced accuracy and per-class recall of argmax predictions over labelled rows.
+
+    Shown beside the competition score because they are what earlier projects reported: a majority-class
+    predictor scores high accuracy and 1/3 balanced accuracy.
+    """
+    labels, probs = _check_shapes(labels, probs)
+    keep = labels != L.MISSING
+    y, pred = labels[keep], probs.argmax(-1)[keep]
+    stats = {"accuracy": float(np.mean(pred == y)) if y.size else float("nan")}
+    recalls = []
+    for k, name in enumerate(L.SEVERITY_COLUMNS):
+        of_class = y == k
+        recall = float(np.mean(pred[of_class] == k)) if of_class.any() else float("nan")
+        stats[f"recall_{name}"] = recall
+        if of_class.any():
+            recalls.append(recall)
+    stats["balanced_accuracy"] = float(np.mean(recalls)) if recalls else float("nan")
+    return stats
+
+
+def evaluate_predictions(labels: np.ndarray, probs: np.ndarray, train_labels: np.ndarray) -> dict:
+    """Everything a report shows for one set of predictions: score, stats, and the baseline beside them."""
+    baseline = class_prior_baseline(train_labels, len(labels))
+    return {
+        **competition_score(labels, probs),
+        **classification_stats(labels, probs),
+        "baseline": competition_score(labels, baseline),
+    }

@@ -1,0 +1,105 @@
+"""Score a Kaggle-format submission against labels, the way users check a submission locally.
+
+  python -m lumbar_jax.score --solution train.csv --submission submission.csv [--prior_from train.csv]
+
+`--solution` is a train.csv-shaped file (study_id + the 25 target columns of severity names); only the
+studies present in the submission are scored, and every labelled target of those studies must have a row.
+The class-prior baseline printed beside the score uses the class frequencies of `--prior_from` (default:
+the solution file itself, which flatters the baseline slightly: it has seen the answers' frequencies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+
+from lumbar_jax import labels as L
+from lumbar_jax import metrics
+
+
+def read_label_table(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """train.csv -> (study_ids int [N], labels int [N, 25] in target order, -1 missing)."""
+    table = pd.read_csv(path)
+    missing = [c for c in ("study_id", *L.TARGETS) if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    try:
+        codes = np.array([[L.severity_code(v) for v in table[t]] for t in L.TARGETS]).T
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return table["study_id"].to_numpy(np.int64), codes.reshape(len(table), L.NUM_TARGETS)
+
+
+def read_submission(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """submission.csv -> (study_ids int [N], probs float [N, 25, 3]); every study needs all 25 rows."""
+    table = pd.read_csv(path)
+    expected = ["row_id", *L.SEVERITY_COLUMNS]
+    if sorted(table.columns) != sorted(expected):
+        raise ValueError(f"{path}: columns must be {expected}, got {list(table.columns)}")
+    if table["row_id"].duplicated().any():
+        dupes = table.loc[table["row_id"].duplicated(), "row_id"].head(3).tolist()
+        raise ValueError(f"{path}: duplicated row_id, e.g. {dupes}")
+    parsed = [L.parse_row_id(r) for r in table["row_id"]]
+    study_ids = np.array(sorted({s for s, _ in parsed}), dtype=np.int64)
+    position = {s: i for i, s in enumerate(study_ids)}
+    probs = np.full((len(study_ids), L.NUM_TARGETS, L.NUM_SEVERITIES), np.nan)
+    values = table[list(L.SEVERITY_COLUMNS)].to_numpy(np.float64)
+    for (study, target), row in zip(parsed, values):
+        probs[position[study], target] = row
+    absent = np.argwhere(np.isnan(probs).any(-1))
+    if len(absent):
+        s, t = absent[0]
+        raise ValueError(f"{path}: {len(absent)} rows missing, e.g. {L.row_id(study_ids[s], L.TARGETS[t])}")
+    return study_ids, probs
+
+
+def score_submission(solution: str, submission: str, prior_from: str | None = None) -> dict:
+    """Competition score of `submission` on the solution's studies it covers, with the baseline beside it."""
+    sol_ids, sol_labels = read_label_table(solution)
+    sub_ids, probs = read_submission(submission)
+    index = {s: i for i, s in enumerate(sol_ids)}
+    unknown = [s for s in sub_ids if s not in index]
+    if unknown:
+        raise ValueError(f"{submission}: {len(unknown)} studies not in {solution}, e.g. {unknown[:3]}")
+    labels = sol_labels[[index[s] for s in sub_ids]]
+    prior_labels = read_label_table(prior_from)[1] if prior_from else sol_labels
+    result = metrics.evaluate_predictions(labels, probs, prior_labels)
+    result["num_studies"] = int(len(sub_ids))
+    return result
+
+
+def format_report(result: dict) -> str:
+    """A small table: each loss of the submission next to the class-prior baseline."""
+    lines = [f"{'':20s}{'submission':>12s}{'baseline':>12s}"]
+    for key in (*metrics.LOSS_KEYS, "score"):
+        lines.append(f"{key:20s}{result[key]:12.4f}{result['baseline'][key]:12.4f}")
+    lines.append(f"accuracy {result['accuracy']:.4f}  balanced accuracy {result['balanced_accuracy']:.4f}  "
+                 f"studies {result['num_studies']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--solution", required=True, help="train.csv-shaped label file")
+    parser.add_argument("--submission", required=True, help="submission.csv (row_id,normal_mild,moderate,severe)")
+    parser.add_argument("--prior_from", default=None, help="label file whose class frequencies form the baseline")
+    parser.add_argument("--json", default=None, help="also write the result as JSON here")
+    args = parser.parse_args(argv)
+    try:
+        result = score_submission(args.solution, args.submission, args.prior_from)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_report(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
