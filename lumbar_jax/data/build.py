@@ -1,0 +1,65 @@
+"""Build the `rsna_lumbar_spine` dataset from a Kaggle-layout folder (no TensorFlow needed).
+
+  python -m lumbar_jax.data.build --manual_dir KAGGLE_DIR --data_dir OUT --config r128 [--workers N]
+
+`tfds build` imports TensorFlow, so lumbar_jax ships this command. Studies are decoded in `--workers`
+processes (default: every core). Rebuilding into an existing data dir reuses a complete dataset of the same
+config and version; `--overwrite` rebuilds it from the manual dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import tensorflow_datasets as tfds
+
+from lumbar_jax.data.rsna_lumbar_spine import Builder
+
+CONFIG_NAMES = tuple(c.name for c in Builder.BUILDER_CONFIGS)
+
+
+def build_dataset(manual_dir: str, data_dir: str, config: str = "r64", workers: int | None = None,
+                  overwrite: bool = False) -> Builder:
+    """Build (or reuse) `rsna_lumbar_spine/{config}` under data_dir from the Kaggle folder manual_dir."""
+    if config not in CONFIG_NAMES:
+        raise ValueError(f"config {config!r} unknown; choose one of {CONFIG_NAMES}")
+    if not os.path.isdir(manual_dir):
+        raise FileNotFoundError(f"manual_dir {manual_dir} is not a directory")
+    if not os.path.exists(os.path.join(manual_dir, "train_series_descriptions.csv")):
+        raise FileNotFoundError(f"manual_dir {manual_dir} holds no train_series_descriptions.csv: "
+                                "point it at the unzipped Kaggle competition folder")
+    builder = Builder(config=config, data_dir=data_dir, file_format="array_record",
+                      num_workers=workers or os.cpu_count() or 1)
+    mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+    if overwrite:
+        mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir, download_mode=mode, try_download_gcs=False))
+    return builder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manual_dir", required=True, help="the Kaggle competition folder (train.csv, train_images/)")
+    parser.add_argument("--data_dir", required=True, help="TFDS data dir to write rsna_lumbar_spine/CONFIG/VERSION into")
+    parser.add_argument("--config", default="r64", choices=CONFIG_NAMES, help="volume size config")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: every core)")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild even if the dataset exists")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        builder = build_dataset(args.manual_dir, args.data_dir, args.config, args.workers, args.overwrite)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    info = builder.info
+    for split, split_info in info.splits.items():
+        print(f"{info.full_name} {split}: {split_info.num_examples} studies in {builder.data_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

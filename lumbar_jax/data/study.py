@@ -1,0 +1,208 @@
+"""The Kaggle competition layout: CSVs -> per-study series choice, labels and label coordinates -> record.
+
+A Kaggle folder holds `train.csv`, `train_label_coordinates.csv`, `{split}_series_descriptions.csv` and
+`{split}_images/{study_id}/{series_id}/{instance_number}.dcm`. This module turns one study of it into the
+record of conventions section 4; the TFDS builder and `scripts/predict.py` both go through
+`load_study_volumes`, so training and prediction see identical preprocessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import numpy as np
+import pandas as pd
+
+from lumbar_jax import labels as L
+from lumbar_jax.data import dicom, volume
+
+log = logging.getLogger(__name__)
+
+# Which series type each condition is annotated on in the competition data (conventions section 4 order).
+PLANE_OF_SERIES = {"sagittal_t1": "sagittal", "sagittal_t2": "sagittal", "axial_t2": "axial"}
+_DESCRIPTION_TO_TYPE = dict(zip(L.SERIES_DESCRIPTIONS, range(len(L.SERIES_TYPES))))
+COORDINATE_COLUMNS = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
+
+
+@dataclasses.dataclass(frozen=True)
+class Annotation:
+    """One row of train_label_coordinates.csv, resolved to indices."""
+
+    target: int  # index in labels.TARGETS
+    series_id: int
+    instance_number: int
+    row: float  # y in pixels of the stored image
+    col: float  # x
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyEntry:
+    """Everything the CSVs say about one study; no pixel has been read yet."""
+
+    study_id: int
+    series_dirs: tuple[tuple[tuple[int, str], ...], ...]  # per series type: ((series_id, dir), ...) candidates
+    labels: np.ndarray  # int [25], -1 missing
+    annotations: tuple[Annotation, ...] = ()
+
+
+def _read_csv(path: str, required: tuple[str, ...]) -> pd.DataFrame:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found (expected the Kaggle competition layout)")
+    table = pd.read_csv(path)
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; found {list(table.columns)}")
+    return table
+
+
+def has_split(root: str, split: str) -> bool:
+    """Whether the Kaggle folder holds a `split` ('train' or 'test') series descriptions CSV."""
+    return os.path.exists(os.path.join(root, f"{split}_series_descriptions.csv"))
+
+
+def read_labels(root: str) -> dict[int, np.ndarray]:
+    """train.csv -> {study_id: int [25] severity codes}; an unknown severity names the file and column."""
+    path = os.path.join(root, "train.csv")
+    table = _read_csv(path, ("study_id", *L.TARGETS))
+    codes = np.empty((len(table), L.NUM_TARGETS), dtype=np.int64)
+    for t, target in enumerate(L.TARGETS):
+        try:
+            codes[:, t] = [L.severity_code(v) for v in table[target]]
+        except ValueError as err:
+            raise ValueError(f"{path}, column {target}: {err}") from None
+    return {int(s): codes[i] for i, s in enumerate(table["study_id"])}
+
+
+def read_annotations(root: str) -> dict[int, list[Annotation]]:
+    """train_label_coordinates.csv -> {study_id: [Annotation]} (first row wins for a repeated target)."""
+    path = os.path.join(root, "train_label_coordinates.csv")
+    if not os.path.exists(path):
+        log.warning("%s not found: records get no label coordinates", path)
+        return {}
+    table = _read_csv(path, COORDINATE_COLUMNS)
+    out: dict[int, dict[int, Annotation]] = {}
+    for row in table.itertuples(index=False):
+        try:
+            target = L.target_index(L.condition_from_csv(row.condition), L.level_from_csv(row.level))
+        except ValueError as err:
+            raise ValueError(f"{path}, study {row.study_id}: {err}") from None
+        study = out.setdefault(int(row.study_id), {})
+        study.setdefault(target, Annotation(target, int(row.series_id), int(row.instance_number),
+                                            float(row.y), float(row.x)))
+    return {s: list(a.values()) for s, a in out.items()}
+
+
+def list_studies(root: str, split: str) -> list[StudyEntry]:
+    """All studies of a split, sorted by study_id, with their candidate series directories and labels.
+
+    Studies come from `{split}_series_descriptions.csv`; train studies also from train.csv (a labelled study
+    without images still gets a record, every series absent). Unknown series descriptions are ignored with
+    a warning naming them.
+    """
+    desc_path = os.path.join(root, f"{split}_series_descriptions.csv")
+    desc = _read_csv(desc_path, ("study_id", "series_id", "series_description"))
+    labels = read_labels(root) if split == "train" else {}
+    annotations = read_annotations(root) if split == "train" else {}
+    series: dict[int, list[list[tuple[int, str]]]] = {}
+    for row in desc.itertuples(index=False):
+        kind = _DESCRIPTION_TO_TYPE.get(row.series_description)
+        candidates = series.setdefault(int(row.study_id), [[] for _ in L.SERIES_TYPES])
+        if kind is None:
+            log.warning("%s: study %s series %s has unknown description %r, ignored", desc_path, row.study_id,
+                        row.series_id, row.series_description)
+            continue
+        series_dir = os.path.join(root, f"{split}_images", str(row.study_id), str(row.series_id))
+        candidates[kind].append((int(row.series_id), series_dir))
+    study_ids = sorted(set(series) | set(labels))
+    missing_labels = np.full(L.NUM_TARGETS, L.MISSING, dtype=np.int64)
+    return [
+        StudyEntry(
+            study_id=s,
+            series_dirs=tuple(tuple(c) for c in series.get(s, [[] for _ in L.SERIES_TYPES])),
+            labels=labels.get(s, missing_labels),
+            annotations=tuple(annotations.get(s, ())),
+        )
+        for s in study_ids
+    ]
+
+
+def choose_series(candidates: tuple[tuple[int, str], ...]) -> tuple[int, str] | None:
+    """The series to use among several of one type: most slices (.dcm files), ties to the lowest series_id."""
+    existing = [(sid, d) for sid, d in candidates if os.path.isdir(d)]
+    for sid, d in candidates:
+        if not os.path.isdir(d):
+            log.warning("series directory %s listed in the descriptions CSV does not exist", d)
+    if not existing:
+        return None
+    return min(existing, key=lambda c: (-sum(f.endswith(".dcm") for f in os.listdir(c[1])), c[0]))
+
+
+def load_study_volumes(series_dirs, volume_shape: tuple[int, int, int]):
+    """Read, canonicalise and normalise the three series of one study.
+
+    Args:
+      series_dirs: per series type (labels.SERIES_TYPES order), the candidate (series_id, dir) pairs.
+      volume_shape: the fixed [D, H, W] every volume is resampled to.
+    Returns:
+      (volumes uint8 [3, D, H, W] (zeros where absent), present bool [3], series_ids int [3] (-1 absent),
+       geometries: list of SeriesGeometry or None).
+    """
+    volumes = np.zeros((len(L.SERIES_TYPES), *volume_shape), dtype=np.uint8)
+    present = np.zeros(len(L.SERIES_TYPES), dtype=bool)
+    series_ids = np.full(len(L.SERIES_TYPES), -1, dtype=np.int64)
+    geometries: list = [None] * len(L.SERIES_TYPES)
+    for kind, series_type in enumerate(L.SERIES_TYPES):
+        chosen = choose_series(series_dirs[kind])
+        if chosen is None:
+            continue
+        try:
+            canonical, geometry = dicom.read_series(chosen[1], plane=PLANE_OF_SERIES[series_type])
+        except dicom.DicomReadError as err:
+            log.warning("%s treated as absent: %s", series_type, err)
+            continue
+        volumes[kind] = volume.to_record_volume(canonical, volume_shape)
+        present[kind], series_ids[kind], geometries[kind] = True, chosen[0], geometry
+    return volumes, present, series_ids, geometries
+
+
+def map_annotations(annotations, series_ids: np.ndarray, geometries) -> tuple[np.ndarray, np.ndarray]:
+    """Label coordinates -> normalised canonical (depth, row, col) of the series they were annotated on.
+
+    A point annotated on a series that is not the one used for its type (a study with two axial series), or
+    on an instance the series does not hold, gets no coordinate (-1): a wrong point is worse than none.
+    Returns (coords float32 [25, 3], coords_series int64 [25]).
+    """
+    coords = np.full((L.NUM_TARGETS, 3), -1.0, dtype=np.float32)
+    coords_series = np.full(L.NUM_TARGETS, -1, dtype=np.int64)
+    used = {int(sid): kind for kind, sid in enumerate(series_ids) if sid >= 0}
+    for a in annotations:
+        kind = used.get(a.series_id)
+        if kind is None:
+            continue
+        try:
+            point = geometries[kind].normalized(a.instance_number, a.row, a.col)
+        except KeyError as err:
+            log.warning("series %s: annotation of %s not mapped: %s", a.series_id, L.TARGETS[a.target], err)
+            continue
+        coords[a.target] = np.clip(point, 0.0, 1.0)
+        coords_series[a.target] = kind
+    return coords, coords_series
+
+
+def study_example(entry: StudyEntry, volume_shape: tuple[int, int, int]) -> dict[str, np.ndarray | int]:
+    """One study -> the record of conventions section 4 (a dict of numpy values)."""
+    volumes, present, series_ids, geometries = load_study_volumes(entry.series_dirs, volume_shape)
+    coords, coords_series = map_annotations(entry.annotations, series_ids, geometries)
+    example: dict[str, np.ndarray | int] = {
+        "study_id": entry.study_id,
+        "present": present,
+        "series_ids": series_ids,
+        "labels": entry.labels.astype(np.int64),
+        "coords": coords,
+        "coords_series": coords_series,
+    }
+    example.update({name: volumes[k] for k, name in enumerate(L.SERIES_TYPES)})
+    return example
+

@@ -1,0 +1,62 @@
+"""The training loss is the competition metric evaluated on the batch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lumbar_jax import labels as L
+from lumbar_jax import metrics
+from lumbar_jax.train.loss import metric_loss
+
+
+def _case(seed, n=12):
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(3, size=(n, L.NUM_TARGETS), p=[0.6, 0.25, 0.15])
+    labels[rng.random(labels.shape) < 0.15] = L.MISSING
+    labels[0, :5] = L.MISSING  # a study without any spinal label
+    logits = rng.normal(size=(n, L.NUM_TARGETS, 3)).astype(np.float32)
+    return labels, logits
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_loss_equals_competition_score_of_softmax(seed):
+    labels, logits = _case(seed)
+    loss, parts = metric_loss(jnp.asarray(logits), jnp.asarray(labels))
+    probs = np.asarray(jax.nn.softmax(logits.astype(np.float64), axis=-1))
+    expected = metrics.competition_score(labels, probs)
+    assert float(loss) == pytest.approx(expected["score"], rel=1e-5)
+    for key in metrics.LOSS_KEYS:
+        assert float(parts[key]) == pytest.approx(expected[key], rel=1e-5), key
+
+
+def test_hand_computed_weighting():
+    # One spinal Severe row with uniform logits: CE = log 3 for every term; the mean is log 3 regardless of
+    # weights, so break symmetry: add a Normal spinal row in another study predicted perfectly-ish.
+    labels = np.full((2, L.NUM_TARGETS), L.MISSING)
+    labels[0, 0], labels[1, 0] = 2, 0
+    logits = np.zeros((2, L.NUM_TARGETS, 3), np.float32)
+    logits[1, 0] = [np.log(8.0), 0.0, 0.0]  # p(normal) = 0.8, p(severe) = 0.1
+    loss, parts = metric_loss(jnp.asarray(logits), jnp.asarray(labels))
+    spinal = (4 * np.log(3) + 1 * -np.log(0.8)) / 5
+    any_severe = (4 * np.log(3) + 1 * -np.log(0.9)) / 5
+    assert float(parts["spinal"]) == pytest.approx(spinal, rel=1e-6)
+    assert float(parts["any_severe_spinal"]) == pytest.approx(any_severe, rel=1e-6)
+    # Foraminal and subarticular have no labelled row: left out of the mean.
+    assert float(loss) == pytest.approx((spinal + any_severe) / 2, rel=1e-6)
+
+
+def test_padding_and_missing_labels_do_not_contribute_and_grads_are_finite():
+    labels, logits = _case(5)
+    valid = np.ones(len(labels), bool)
+    valid[-3:] = False
+    loss = lambda x: metric_loss(x, jnp.asarray(labels), jnp.asarray(valid))[0]
+    base = float(loss(jnp.asarray(logits)))
+    changed = logits.copy()
+    changed[-3:] = 50.0
+    changed[labels == L.MISSING] = -50.0
+    assert float(loss(jnp.asarray(changed))) == pytest.approx(base, rel=1e-6)
+    grads = jax.grad(loss)(jnp.asarray(logits))
+    assert np.all(np.isfinite(grads)) and np.all(np.asarray(grads)[-3:] == 0)
+    none = jnp.full_like(jnp.asarray(labels), L.MISSING)
+    assert np.all(np.isfinite(jax.grad(lambda x: metric_loss(x, none)[0])(jnp.asarray(logits))))
