@@ -1,0 +1,83 @@
+"""Per-volume preprocessing shared by the dataset builder and the prediction script (conventions section 3).
+
+There is exactly one copy of this code so that training records and test-time inputs are made the same way:
+a canonical float volume `[D, H, W]` (from `lumbar_jax.data.dicom.read_series`) is resampled linearly to the
+dataset config's fixed shape and normalised per volume to uint8.
+
+Resampling is corner-aligned: the centres of the first and last voxel along every axis map onto the centres
+of the first and last output voxel, so normalised coordinates (0 and 1 = those centres, conventions section 3)
+mean the same point before and after. An output axis of length 1 samples the input axis at its middle, which
+is where the normalised coordinate 0.5 of a length-1 axis (see `SeriesGeometry.normalized`) points.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Percentiles the volume is clipped to before scaling to [0, 255]: robust to a few very bright voxels
+# (fat, flow artefacts) that would otherwise squeeze the anatomy into a handful of grey levels.
+CLIP_PERCENTILES = (0.5, 99.5)
+
+
+def _resample_axis(volume: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """Linear, corner-aligned resampling of one axis of a float32 array to `size` samples.
+
+    Output sample i sits at input position i * (n - 1) / (size - 1) (the middle when size == 1); the value is
+    the linear interpolation of the two neighbouring input samples, gathered with `take` so the cost is
+    proportional to the output, not to the input.
+    """
+    n = volume.shape[axis]
+    if n == size:
+        return volume
+    if n == 1:
+        return np.repeat(volume, size, axis=axis)
+    if size == 1:
+        positions = np.array([(n - 1) / 2.0])
+    else:
+        positions = np.arange(size) * ((n - 1) / (size - 1))
+    lower = np.minimum(np.floor(positions).astype(np.intp), n - 2)
+    weight_shape = [1] * volume.ndim
+    weight_shape[axis] = size
+    upper_weight = (positions - lower).astype(np.float32).reshape(weight_shape)
+    lo = volume.take(lower, axis=axis)
+    hi = volume.take(lower + 1, axis=axis)
+    return lo + (hi - lo) * upper_weight
+
+
+def resample(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Linear, corner-aligned resampling of `volume` (any rank, e.g. `[D, H, W]`) to `shape`, as float32.
+
+    Separable: one axis at a time, which for linear interpolation equals trilinear interpolation exactly. The
+    axes are processed in the order that shrinks the array fastest (largest reduction first), so the common
+    case of large in-plane images going to a small fixed shape touches the full-size data only once. The
+    same corner-aligned mapping as `scipy.ndimage.zoom(order=1, grid_mode=False)`.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != volume.ndim or min(shape, default=1) < 1:
+        raise ValueError(f"cannot resample a volume of shape {volume.shape} to {shape}")
+    out = np.asarray(volume, dtype=np.float32)
+    for axis in sorted(range(out.ndim), key=lambda a: shape[a] / out.shape[a]):
+        out = _resample_axis(out, axis, shape[axis])
+    return np.ascontiguousarray(out)
+
+
+def normalize_uint8(volume: np.ndarray) -> np.ndarray:
+    """Clip `volume` to its 0.5 and 99.5 percentiles and scale linearly to uint8 [0, 255] (same shape).
+
+    Per-volume intensity normalisation: MR intensities have no absolute scale, so each volume is mapped to
+    its own robust range. A volume whose clip range is empty (constant) gives zeros rather than NaN.
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    lo, hi = np.percentile(volume, CLIP_PERCENTILES)
+    if not hi > lo:
+        return np.zeros(volume.shape, dtype=np.uint8)
+    scaled = (volume - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+    return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+
+
+def to_record_volume(volume: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Canonical float volume `[D, H, W]` -> the uint8 volume `shape` stored in dataset records.
+
+    Resample first, then normalise: the percentiles are taken over the voxels that are actually stored.
+    """
+    return normalize_uint8(resample(volume, shape))
