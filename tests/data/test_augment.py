@@ -1,0 +1,233 @@
+"""Augmentations: the left/right flip swaps labels and coordinates with the anatomy; zoom/shift keeps every
+coordinate on its anatomy; intensity jitter; determinism. Tiny synthetic records only."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import scipy.ndimage
+
+from lumbar_jax import labels as L
+from lumbar_jax.data import augment as A
+
+SHAPE = (8, 24, 24)  # [D, H, W]; small, with room for a blob to move
+NEUTRAL = A.AugmentConfig(flip_lr_prob=0.0, shift=0.0, scale=(1.0, 1.0), intensity_scale=(1.0, 1.0),
+                          intensity_shift=0.0, noise_std=0.0)
+
+
+def make_record(rng, shape=SHAPE, study_id=1, present=(True, True, True)):
+    """A random record as conventions section 4 (coordinates on random series, some absent)."""
+    coords_series = rng.integers(-1, 3, L.NUM_TARGETS)
+    coords = rng.uniform(0, 1, (L.NUM_TARGETS, 3)).astype(np.float32)
+    coords[coords_series < 0] = -1
+    present = np.array(present)
+    return {
+        "study_id": np.int64(study_id),
+        **{name: (rng.integers(0, 256, shape, dtype=np.uint8) if present[s] else np.zeros(shape, np.uint8))
+           for s, name in enumerate(L.SERIES_TYPES)},
+        "present": present,
+        "series_ids": np.where(present, np.arange(3) + 10 * study_id, -1),
+        "labels": rng.integers(-1, 3, L.NUM_TARGETS),
+        "coords": coords,
+        "coords_series": coords_series,
+    }
+
+
+def assert_records_equal(a, b):
+    """Equal records: exact, except float coordinates up to rounding (1 - (1 - x) is not always x)."""
+    assert a.keys() == b.keys()
+    for key in a:
+        if np.asarray(a[key]).dtype.kind == "f":
+            np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6, err_msg=key)
+        else:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def voxel(volume, coord):
+    """Value of `volume` at the voxel nearest to normalised `coord`."""
+    return volume[tuple(int(round(c * (n - 1))) for c, n in zip(coord, volume.shape))]
+
+
+def blob_record():
+    """Zero volumes with a bright blob (peak 255) at a LEFT target's coordinate and a dim one (peak 100) at
+    the RIGHT target of the same level: foraminal L4/L5 on sagittal T1, subarticular L4/L5 on the axial
+    series; and one at spinal L4/L5 on sagittal T2. Blobs are Gaussians (sigma 1 voxel) peaking on a voxel."""
+    d, h, w = SHAPE
+    record = {name: np.zeros(SHAPE, np.uint8) for name in L.SERIES_TYPES}
+    record.update(study_id=np.int64(7), present=np.ones(3, bool), series_ids=np.arange(3),
+                  labels=np.full(L.NUM_TARGETS, -1), coords=np.full((L.NUM_TARGETS, 3), -1, np.float32),
+                  coords_series=np.full(L.NUM_TARGETS, -1))
+    spots = {  # target -> (series, voxel, value, label). Sagittal depth and axial cols run right -> left.
+        L.TARGETS.index("left_neural_foraminal_narrowing_l4_l5"): (0, (6, 14, 9), 255, 2),
+        L.TARGETS.index("right_neural_foraminal_narrowing_l4_l5"): (0, (1, 14, 9), 100, 0),
+        L.TARGETS.index("left_subarticular_stenosis_l4_l5"): (2, (5, 12, 18), 255, 1),
+        L.TARGETS.index("right_subarticular_stenosis_l4_l5"): (2, (5, 12, 5), 100, 0),
+        L.TARGETS.index("spinal_canal_stenosis_l4_l5"): (1, (3, 14, 12), 180, 1),
+    }
+    grid = np.stack(np.meshgrid(*map(np.arange, SHAPE), indexing="ij"), axis=-1)  # [D, H, W, 3]
+    for target, (series, vox, value, label) in spots.items():
+        blob = value * np.exp(-0.5 * np.sum((grid - vox) ** 2, axis=-1))
+        volume = record[L.SERIES_TYPES[series]]
+        np.maximum(volume, np.round(blob).astype(np.uint8), out=volume)
+        record["coords"][target] = np.array(vox) / (np.array((d, h, w)) - 1)
+        record["coords_series"][target] = series
+        record["labels"][target] = label
+    return record
+
+
+def test_flip_twice_is_identity():
+    record = make_record(np.random.default_rng(0), present=(True, False, True))
+    assert_records_equal(A.flip_left_right(A.flip_left_right(record)), record)
+
+
+def test_flip_swaps_left_and_right_labels_and_keeps_coordinates_on_the_anatomy():
+    record = blob_record()
+    flipped = A.flip_left_right(record)
+    left_foramen = L.TARGETS.index("left_neural_foraminal_narrowing_l4_l5")
+    right_foramen = L.TARGETS.index("right_neural_foraminal_narrowing_l4_l5")
+    left_sub = L.TARGETS.index("left_subarticular_stenosis_l4_l5")
+    right_sub = L.TARGETS.index("right_subarticular_stenosis_l4_l5")
+    spinal = L.TARGETS.index("spinal_canal_stenosis_l4_l5")
+
+    # The severe left foramen is now the patient's right foramen, and the right target's coordinate points at
+    # that (bright) blob in the flipped volume; likewise for the axial subarticular zones.
+    assert flipped["labels"][right_foramen] == 2 and flipped["labels"][left_foramen] == 0
+    assert flipped["labels"][right_sub] == 1 and flipped["labels"][left_sub] == 0
+    assert flipped["labels"][spinal] == 1
+    for bright, dim in ((right_foramen, left_foramen), (right_sub, left_sub)):
+        series = L.SERIES_TYPES[flipped["coords_series"][bright]]
+        assert voxel(flipped[series], flipped["coords"][bright]) == 255
+        assert voxel(flipped[series], flipped["coords"][dim]) == 100
+    assert voxel(flipped["sagittal_t2"], flipped["coords"][spinal]) == 180
+    # The mirror axis: sagittal depth, axial cols; nothing else moves.
+    np.testing.assert_array_equal(flipped["sagittal_t1"], record["sagittal_t1"][::-1])
+    np.testing.assert_array_equal(flipped["axial_t2"], record["axial_t2"][:, :, ::-1])
+    np.testing.assert_allclose(flipped["coords"][right_foramen], [1 - 6 / 7, 14 / 23, 9 / 23], rtol=1e-6)
+    # Untouched: the input, absent coordinates, other keys.
+    assert record["labels"][left_foramen] == 2 and record["sagittal_t1"][6, 14, 9] == 255
+    absent = flipped["coords_series"] < 0
+    assert np.all(flipped["coords"][absent] == -1) and absent.sum() == L.NUM_TARGETS - 5
+    assert flipped["study_id"] == 7
+
+
+def test_flip_of_a_batch_equals_flip_of_each_record():
+    rng = np.random.default_rng(1)
+    records = [make_record(rng, study_id=i) for i in range(3)]
+    batch = {"volumes": np.stack([np.stack([r[n] for n in L.SERIES_TYPES]) for r in records]),
+             **{k: np.stack([r[k] for r in records]) for k in ("labels", "coords", "coords_series")}}
+    flipped = A.flip_left_right(batch)
+    for i, record in enumerate(records):
+        expected = A.flip_left_right(record)
+        np.testing.assert_array_equal(flipped["volumes"][i], np.stack([expected[n] for n in L.SERIES_TYPES]))
+        for key in ("labels", "coords", "coords_series"):
+            np.testing.assert_array_equal(flipped[key][i], expected[key])
+
+
+def test_unflip_predictions_maps_flipped_predictions_back():
+    record = make_record(np.random.default_rng(2))
+    one_hot = lambda labels: np.eye(3)[np.maximum(labels, 0)] * (labels >= 0)[:, None]  # [25, 3]
+    predicted_on_flipped = one_hot(A.flip_left_right(record)["labels"])[None]  # a perfect model, batch of 1
+    np.testing.assert_array_equal(A.unflip_predictions(predicted_on_flipped)[0], one_hot(record["labels"]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_zoom_and_shift_keep_each_coordinate_on_its_blob(seed):
+    record = blob_record()
+    config = dataclasses.replace(NEUTRAL, shift=0.12, scale=(0.8, 1.25))
+    out = A.augment_record(record, np.random.default_rng(seed), config)
+    moved = checked = 0
+    for target in np.flatnonzero(record["coords_series"] >= 0):
+        series = L.SERIES_TYPES[record["coords_series"][target]]
+        value = record[series][tuple(np.round(record["coords"][target] * (np.array(SHAPE) - 1)).astype(int))]
+        if out["coords_series"][target] < 0:  # pushed out of the field of view: marked absent, label kept
+            assert np.all(out["coords"][target] == -1)
+            continue
+        assert out["coords_series"][target] == record["coords_series"][target]
+        assert np.all((out["coords"][target] >= 0) & (out["coords"][target] <= 1))
+        moved += not np.allclose(out["coords"][target], record["coords"][target])
+        # The blob (spread by interpolation) peaks within one voxel of the transformed coordinate.
+        position = out["coords"][target] * (np.array(SHAPE) - 1)
+        lo = np.maximum(np.floor(position).astype(int) - 1, 0)
+        window = out[series][lo[0]:lo[0] + 4, lo[1]:lo[1] + 4, lo[2]:lo[2] + 4].astype(float)
+        peak = lo + np.array(np.unravel_index(window.argmax(), window.shape))
+        assert np.all(np.abs(peak - position) <= 1.0), (target, peak, position)
+        assert window.max() >= 0.3 * value  # the blob is there, not an empty window
+        checked += 1
+    assert checked >= 3 and moved == checked
+    np.testing.assert_array_equal(out["labels"], record["labels"])
+
+
+def test_coordinates_pushed_out_of_the_field_of_view_are_marked_absent():
+    record = make_record(np.random.default_rng(3))
+    record["coords"][:] = 0.01  # every coordinate hugs the volume's corner
+    record["coords_series"][:] = np.arange(L.NUM_TARGETS) % 3
+    config = dataclasses.replace(NEUTRAL, shift=0.2)
+    dropped = 0
+    for seed in range(5):
+        out = A.augment_record(record, np.random.default_rng(seed), config)
+        absent = out["coords_series"] < 0
+        assert np.all(out["coords"][absent] == -1)
+        assert np.all((out["coords"][~absent] >= 0) & (out["coords"][~absent] <= 1))
+        dropped += absent.sum()
+    assert 0 < dropped < 5 * L.NUM_TARGETS
+
+
+def test_zoom_shift_equals_scipy_affine_transform():
+    volume = np.random.default_rng(4).uniform(0, 255, SHAPE).astype(np.float32)
+    scale, shift = 1.13, np.array([0.05, -0.1, 0.07])
+    n = np.array(SHAPE)
+    offset = (n - 1) * (0.5 - (0.5 + shift) / scale)  # input voxel = output voxel / scale + offset
+    expected = scipy.ndimage.affine_transform(volume, np.full(3, 1 / scale), offset=offset, order=1,
+                                              mode="grid-constant", cval=0.0, prefilter=False)
+    np.testing.assert_allclose(A._zoom_shift(volume, scale, shift), expected, atol=1e-3)
+
+
+def test_augment_is_deterministic_and_leaves_the_input_alone():
+    record = make_record(np.random.default_rng(5))
+    before = {k: np.copy(v) for k, v in record.items()}
+    config = dataclasses.replace(A.AugmentConfig(), noise_std=0.05)
+    a = A.augment_record(record, np.random.default_rng(11), config)
+    b = A.augment_record(record, np.random.default_rng(11), config)
+    c = A.augment_record(record, np.random.default_rng(12), config)
+    assert_records_equal(a, b)
+    assert not np.array_equal(a["sagittal_t2"], c["sagittal_t2"])
+    assert_records_equal(record, before)
+    assert all(a[name].dtype == np.uint8 and a[name].shape == SHAPE for name in L.SERIES_TYPES)
+    assert a["coords"].dtype == np.float32
+
+
+def test_intensity_jitter_touches_present_series_only():
+    record = make_record(np.random.default_rng(6), present=(True, False, True))
+    config = dataclasses.replace(NEUTRAL, intensity_scale=(0.5, 1.5), intensity_shift=0.2, noise_std=0.05)
+    out = A.augment_record(record, np.random.default_rng(0), config)
+    assert not np.any(out["sagittal_t2"])
+    assert not np.array_equal(out["sagittal_t1"], record["sagittal_t1"])
+    assert_records_equal({k: out[k] for k in ("labels", "coords", "coords_series")},
+                         {k: record[k] for k in ("labels", "coords", "coords_series")})
+
+
+def test_certain_flip_with_everything_else_neutral_is_flip_left_right():
+    record = make_record(np.random.default_rng(7))
+    out = A.augment_record(record, np.random.default_rng(0), dataclasses.replace(NEUTRAL, flip_lr_prob=1.0))
+    assert_records_equal(out, A.flip_left_right(record))
+    assert_records_equal(A.augment_record(record, np.random.default_rng(0), NEUTRAL), record)
+    assert_records_equal(A.augment_record(record, np.random.default_rng(0), A.AugmentConfig(enabled=False)), record)
+
+
+def test_the_run_config_section_round_trips_and_drives_augment_record():
+    section = A.default_config()  # an ml_collections ConfigDict, as in the run config
+    assert A.validate_config(section) == A.AugmentConfig()
+    section.flip_lr_prob = 1.0
+    section.shift, section.scale, section.intensity_scale, section.intensity_shift = 0.0, (1, 1), (1, 1), 0.0
+    record = make_record(np.random.default_rng(8))
+    assert_records_equal(A.augment_record(record, np.random.default_rng(0), section), A.flip_left_right(record))
+
+
+@pytest.mark.parametrize("bad, field", [
+    (dict(flip_lr_prob=1.5), "flip_lr_prob"), (dict(scale=(1.1, 0.9)), "scale"), (dict(scale=(0.0, 1.0)), "scale"),
+    (dict(intensity_scale=(1.0,)), "intensity_scale"), (dict(shift=-0.1), "shift"), (dict(noise_std=-1.0), "noise_std"),
+    (dict(flip_prob=0.5), "flip_prob"),
+])
+def test_config_rejects_bad_values_naming_the_field(bad, field):
+    with pytest.raises(ValueError, match=rf"^config\.augment\.{field}: "):
+        A.validate_config({**dataclasses.asdict(A.AugmentConfig()), **bad})
