@@ -1,0 +1,99 @@
+"""The default run config (every field commented) and its validation before any work starts.
+
+Files under `configs/` start from `default_config()` and change what they need; `validate` refuses a bad
+config with a ValueError that names the field, before data is generated or a model is built.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from lumbar_jax.data import augment
+from lumbar_jax.models import registry
+
+DATASET_SHAPES = {"r64": (16, 64, 64), "r128": (32, 128, 128), "r256": (64, 256, 256)}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # model init, dropout, data order and folds all derive from it
+
+    c.data = ml_collections.ConfigDict()
+    c.data.manual_dir = ""  # Kaggle competition folder (train.csv, train_images/); "" = not given
+    c.data.data_dir = ""  # TFDS data dir with a built rsna_lumbar_spine; "" = build into the cache
+    c.data.config = "r64"  # dataset builder config: r64 / r128 / r256 (volume size)
+    c.data.cache_dir = "~/.cache/lumbar_jax"  # where the synthetic set and default builds live
+    c.data.synthetic_studies = 300  # studies of the embedded synthetic set (used when no data is given)
+    c.data.synthetic_seed = 0  # seed of the synthetic set
+    c.data.build_workers = 0  # processes decoding DICOM during a build; 0 = every core
+    c.data.worker_count = 0  # grain worker processes for the train pipeline; 0 = in-process
+
+    c.augment = augment.default_config()
+
+    c.model = registry.default_model_config()
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 16  # global batch (all devices, all processes)
+    c.train.eval_batch_size = 32  # global eval batch; the last one is padded and masked
+    c.train.steps = 400  # optimizer steps per fold
+    c.train.lr = 1e-3  # peak AdamW learning rate
+    c.train.warmup_steps = 40  # linear warmup, then cosine decay to 0 at `steps`
+    c.train.weight_decay = 0.05  # AdamW decoupled weight decay
+    c.train.grad_clip = 1.0  # global-norm gradient clipping
+    c.train.ema_decay = 0.0  # EMA of parameters for evaluation; 0 = off
+    c.train.eval_every = 100  # steps between held-out evaluations (and best-checkpoint updates)
+    c.train.checkpoint_every = 100  # steps between "latest" checkpoints (resume points)
+    c.train.log_every = 10  # steps between metric log lines
+
+    c.cv = ml_collections.ConfigDict()
+    c.cv.num_folds = 5  # stratified folds of the labelled studies
+    c.cv.fold = -1  # -1 = every fold; k = only fold k (to spread folds over machines)
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.num_devices = ml_collections.FieldReference(None, field_type=int)  # None = every device
+
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator_address = ml_collections.FieldReference(None, field_type=str)  # host:port of process 0
+    c.distributed.num_processes = ml_collections.FieldReference(None, field_type=int)  # None = single process / auto
+    c.distributed.process_id = ml_collections.FieldReference(None, field_type=int)  # this process's index
+    return c
+
+
+class ConfigError(ValueError):
+    """A config field that cannot work; the message starts with `config.<field>`."""
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{field}: {message}")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Refuse an impossible config before any work, naming the field."""
+    _require(c.data.config in DATASET_SHAPES, "data.config", f"{c.data.config!r} is not one of {list(DATASET_SHAPES)}")
+    if c.data.manual_dir:
+        _require(os.path.isdir(c.data.manual_dir), "data.manual_dir", f"{c.data.manual_dir} is not a directory")
+    _require(c.data.synthetic_studies >= 2 * c.cv.num_folds, "data.synthetic_studies",
+             f"{c.data.synthetic_studies} is too few for {c.cv.num_folds} folds")
+    _require(c.cv.num_folds >= 2, "cv.num_folds", "needs at least 2 folds")
+    _require(-1 <= c.cv.fold < c.cv.num_folds, "cv.fold", f"{c.cv.fold} not in -1..{c.cv.num_folds - 1}")
+    t = c.train
+    for name in ("batch_size", "eval_batch_size", "steps", "eval_every", "checkpoint_every", "log_every"):
+        _require(t[name] > 0, f"train.{name}", f"must be positive, got {t[name]}")
+    _require(t.lr > 0, "train.lr", f"must be positive, got {t.lr}")
+    _require(0 <= t.warmup_steps <= t.steps, "train.warmup_steps", f"must be in 0..train.steps ({t.steps})")
+    _require(0 <= t.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
+    _require(tuple(c.model.volume_shape) == DATASET_SHAPES[c.data.config], "model.volume_shape",
+             f"{tuple(c.model.volume_shape)} differs from the {c.data.config} volumes {DATASET_SHAPES[c.data.config]}")
+    augment.validate_config(c.augment)
+    registry.validate_model_config(c.model)
+
+
+def check_dataset(c: ml_collections.ConfigDict, source) -> None:
+    """The built dataset must hold volumes of the shape the model was configured for."""
+    example = source[0]
+    shape = tuple(example["sagittal_t2"].shape)
+    _require(shape == tuple(c.model.volume_shape), "model.volume_shape",
+             f"{tuple(c.model.volume_shape)} but the dataset's volumes are {shape}")

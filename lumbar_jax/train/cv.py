@@ -1,0 +1,137 @@
+"""K-fold cross-validation: folds, the fold loop, out-of-fold predictions and the CV summary.
+
+`cross_validate(config, workdir)` is the whole main job: resolve the dataset, split studies into folds
+(stratified, seeded, identical on every run), train each unfinished fold from a fresh model, then write
+`oof_predictions.csv` and `cv_summary.json` and print the table (conventions section 5).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+from lumbar_jax import labels as L
+from lumbar_jax import metrics
+from lumbar_jax.data import dataset, pipeline
+from lumbar_jax.train import config as config_lib
+from lumbar_jax.train import loop
+from lumbar_jax.train import mesh as mesh_lib
+
+log = logging.getLogger(__name__)
+
+
+def stratification_key(labels: np.ndarray) -> np.ndarray:
+    """A per-study key from its labels: the worst severity in each condition group (27 possible values).
+
+    Keys too rare to appear in every fold are merged into the most common key, so StratifiedKFold can split.
+    """
+    worst = [np.max(labels[:, L.group_target_indices(g)], axis=1).clip(0) for g in L.CONDITION_GROUPS]
+    return worst[0] * 9 + worst[1] * 3 + worst[2]
+
+
+def make_folds(labels: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
+    """Fold index int [N] of each study: stratified on `stratification_key`, deterministic in seed."""
+    if len(labels) < num_folds:
+        raise ValueError(f"cv.num_folds={num_folds} but only {len(labels)} labelled studies")
+    key = stratification_key(labels)
+    values, counts = np.unique(key, return_counts=True)
+    key = np.where(np.isin(key, values[counts < num_folds]), values[np.argmax(counts)], key)
+    folds = np.empty(len(labels), dtype=np.int64)
+    splitter = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+    for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(key)), key)):
+        folds[held_out] = k
+    return folds
+
+
+def write_oof(path: str, study_ids: np.ndarray, probs: np.ndarray, folds: np.ndarray) -> None:
+    """oof_predictions.csv: row_id, normal_mild, moderate, severe, fold (25 rows per study)."""
+    rows = {
+        "row_id": [L.row_id(s, t) for s in study_ids for t in L.TARGETS],
+        **{c: probs[:, :, k].reshape(-1) for k, c in enumerate(L.SEVERITY_COLUMNS)},
+        "fold": np.repeat(folds, L.NUM_TARGETS),
+    }
+    pd.DataFrame(rows).to_csv(path, index=False, float_format="%.6g")
+
+
+def format_table(summary: dict) -> str:
+    """Per-fold and OOF competition score beside the class-prior baseline, then the OOF components."""
+    lines = [f"{'':10s}{'score':>9s}{'baseline':>10s}{'accuracy':>10s}{'bal.acc':>9s}{'best step':>11s}"]
+    rows = [(f"fold {f['fold']}", f["val"], f["best_step"]) for f in summary["folds"]]
+    rows.append(("OOF", summary["oof"], ""))
+    for name, r, best_step in rows:
+        lines.append(f"{name:10s}{r['score']:9.4f}{r['baseline']['score']:10.4f}{r['accuracy']:10.4f}"
+                     f"{r['balanced_accuracy']:9.4f}{best_step!s:>11s}")
+    lines.append("OOF losses: " + "  ".join(
+        f"{k} {summary['oof'][k]:.4f} (baseline {summary['oof']['baseline'][k]:.4f})" for k in metrics.LOSS_KEYS))
+    return "\n".join(lines)
+
+
+def cross_validate(config, workdir: str) -> dict | None:
+    """Run the configured folds; returns the CV summary once every fold is done (None for a single fold)."""
+    config_lib.validate(config)
+    mesh_lib.initialize_distributed(**config.distributed)
+    mesh = mesh_lib.make_mesh(config.mesh.num_devices)
+    mesh_lib.check_batch_size(config.train.batch_size, mesh)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    data_dir = dataset.prepare(config.data)
+    source = dataset.load_split(data_dir, config.data.config, "train")
+    config_lib.check_dataset(config, source)
+    study_ids, labels = pipeline.read_labels(source)
+    labelled = np.flatnonzero((labels != L.MISSING).any(axis=1))
+    folds = np.full(len(labels), -1)
+    folds[labelled] = make_folds(labels[labelled], config.cv.num_folds, config.seed)
+    log.info("%d studies (%d labelled) in %d folds", len(labels), len(labelled), config.cv.num_folds)
+
+    wanted = range(config.cv.num_folds) if config.cv.fold < 0 else [config.cv.fold]
+    results = {}
+    for k in wanted:
+        results[k] = loop.read_fold_result(workdir, k)
+        if results[k] is not None:
+            log.info("fold %d already finished (score %.4f), skipped", k, results[k]["val"]["score"])
+            continue
+        train_idx, val_idx = np.flatnonzero((folds >= 0) & (folds != k)), np.flatnonzero(folds == k)
+        results[k] = loop.train_fold(config, workdir, k, source, train_idx, val_idx, labels, study_ids, mesh)
+    done = {k: loop.read_fold_result(workdir, k) or results.get(k) for k in range(config.cv.num_folds)}
+    if any(r is None for r in done.values()):
+        return None
+    return summarize(workdir, study_ids, labels, folds, list(done.values()))
+
+
+def summarize(workdir: str, study_ids: np.ndarray, labels: np.ndarray, folds: np.ndarray, results: list[dict]
+              ) -> dict:
+    """Assemble OOF predictions from every fold's best checkpoint; write the CSV, the JSON and the table."""
+    probs = np.full((len(labels), L.NUM_TARGETS, L.NUM_SEVERITIES), np.nan)
+    for r in results:
+        probs[r["val_indices"]] = np.asarray(r["val_probs"])
+    scored = np.flatnonzero(folds >= 0)
+    # The OOF baseline of each study comes from its own fold's training part, like its prediction.
+    baseline = np.empty_like(probs)
+    for k in range(len(results)):
+        held = folds == k
+        baseline[held] = metrics.class_prior_baseline(labels[(folds >= 0) & ~held], int(held.sum()))
+    oof = {
+        **metrics.competition_score(labels[scored], probs[scored]),
+        **metrics.classification_stats(labels[scored], probs[scored]),
+        "baseline": metrics.competition_score(labels[scored], baseline[scored]),
+    }
+    summary = {
+        "oof": oof,
+        "folds": [{k: v for k, v in r.items() if k not in ("val_probs", "val_indices")} for r in results],
+        "num_studies": int(len(scored)),
+    }
+    if jax.process_index() == 0:
+        write_oof(os.path.join(workdir, "oof_predictions.csv"), study_ids[scored], probs[scored], folds[scored])
+        with open(os.path.join(workdir, "cv_summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(format_table(summary))
+    return summary

@@ -1,0 +1,163 @@
+"""Train one fold: steps, periodic held-out evaluation, checkpoints, logging, resume.
+
+Reads top-down like big_vision's train.py: setup, restore-or-init, the loop, the end. Everything a fold
+writes lives in `workdir/fold_{k}/` (conventions section 5); a fold whose `result.json` exists is finished
+and is not trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+import tqdm
+from flax import nnx
+
+from lumbar_jax import labels as L
+from lumbar_jax import metrics
+from lumbar_jax.data import pipeline
+from lumbar_jax.models import registry
+from lumbar_jax.train import mesh as mesh_lib
+from lumbar_jax.train import step as step_lib
+from lumbar_jax.train.logging import MetricLogger
+from lumbar_jax.train.state import CheckpointStore, create_train_state
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/inf loss; the message names the fold, the step and the last good checkpoint."""
+
+
+def fold_dir(workdir: str, fold: int) -> str:
+    return os.path.join(workdir, f"fold_{fold}")
+
+
+def read_fold_result(workdir: str, fold: int) -> dict | None:
+    path = os.path.join(fold_dir(workdir, fold), "result.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def build_state(config, mesh):
+    """A freshly initialised model + optimizer for this config, replicated over the mesh."""
+    model = registry.create_model(config.model, nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+    tx = step_lib.make_optimizer(config.train.lr, config.train.steps, config.train.warmup_steps,
+                                 config.train.weight_decay, config.train.grad_clip)
+    statics, state = create_train_state(model, tx, use_ema=config.train.ema_decay > 0)
+    return statics, jax.device_put(state, mesh_lib.replicated(mesh))
+
+
+def predict(eval_step, state, source, indices, batch_size: int, mesh, study_ids: np.ndarray) -> np.ndarray:
+    """Probabilities float [len(indices), 25, 3] for the records at `indices`, in that order.
+
+    Each process feeds its shard of every global batch; predictions and study ids are gathered from all
+    processes and put back in `indices` order by study id (`study_ids[indices]`), padding dropped.
+    """
+    gathered_probs, gathered_ids = [], []
+    for batch in pipeline.eval_batches(source, indices, batch_size=mesh_lib.process_batch_size(batch_size),
+                                       shard_index=jax.process_index(), shard_count=jax.process_count()):
+        probs = eval_step(state, mesh_lib.shard_batch(_model_inputs(batch), mesh))
+        gathered_probs.append(np.asarray(multihost_utils.process_allgather(probs, tiled=True)))
+        gathered_ids.append(np.asarray(multihost_utils.process_allgather(batch["study_id"], tiled=True)))
+    probs, ids = np.concatenate(gathered_probs), np.concatenate(gathered_ids)
+    row_of_study = {int(s): r for r, s in enumerate(ids) if s >= 0}
+    return probs[[row_of_study[int(s)] for s in study_ids[indices]]]
+
+
+def _model_inputs(batch: dict) -> dict:
+    return {k: batch[k] for k in ("volumes", "present", "labels")}
+
+
+def train_fold(config, workdir: str, fold: int, source, train_idx: np.ndarray, val_idx: np.ndarray,
+               all_labels: np.ndarray, study_ids: np.ndarray, mesh) -> dict:
+    """Train fold `fold` (resuming if it was interrupted) and return its result (also in result.json).
+
+    Args:
+      source: random-access record source (tfds.data_source split).
+      train_idx / val_idx: record indices of the fold's training and held-out studies.
+      all_labels: int [N, 25] labels of every record (for the class-prior baseline of the training part).
+      study_ids: int [N] study id of every record.
+    Returns:
+      {'fold', 'best_step', 'val': evaluate_predictions of the best checkpoint, 'val_indices', 'val_probs'}.
+    """
+    # ---------------------------------------------------------------- setup
+    tc = config.train
+    directory = fold_dir(workdir, fold)
+    writer = MetricLogger(directory, enabled=jax.process_index() == 0)
+    store = CheckpointStore(os.path.join(directory, "checkpoints"))
+    statics, state = build_state(config, mesh)
+    train_step = step_lib.make_train_step(statics, mesh, config.seed + 1000 * fold, tc.ema_decay)
+    eval_step = step_lib.make_eval_step(statics, mesh)
+    val_labels, train_labels = all_labels[val_idx], all_labels[train_idx]
+
+    # ---------------------------------------------------------------- restore or start
+    start, best = 0, {"score": math.inf, "step": -1}
+    if store.latest_step() is not None:
+        state, meta = store.restore_latest(state)
+        start, best = int(meta["step"]), meta["best"]
+        log.info("fold %d: resuming at step %d (best so far %.4f at step %d)", fold, start, best["score"],
+                 best["step"])
+    batches = pipeline.train_dataset(
+        source, train_idx, batch_size=mesh_lib.process_batch_size(tc.batch_size), seed=config.seed + fold,
+        augment_config=config.augment, start_step=start, worker_count=config.data.worker_count,
+        shard_index=jax.process_index(), shard_count=jax.process_count())
+
+    def evaluate(step: int) -> float:
+        probs = predict(eval_step, state, source, val_idx, tc.eval_batch_size, mesh, study_ids)
+        result = metrics.evaluate_predictions(val_labels, probs, train_labels)
+        writer.write(step, {f"val/{k}": v for k, v in result.items() if k != "baseline"}
+                     | {f"val/baseline_{k}": v for k, v in result["baseline"].items()})
+        if result["score"] < best["score"]:
+            best.update(score=result["score"], step=step)
+            store.save_best(step, state, {"step": step, "best": best}, result["score"])
+        return result["score"]
+
+    # ---------------------------------------------------------------- the loop
+    bar = tqdm.tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc=f"fold {fold}", unit="step",
+                    disable=jax.process_index() != 0, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for step in bar:
+        batch = mesh_lib.shard_batch(_model_inputs(next(batches)), mesh)
+        state, step_metrics = train_step(state, batch, step)
+        step_metrics = jax.device_get(step_metrics)
+        if not np.isfinite(step_metrics["loss"]):
+            raise NonFiniteLossError(
+                f"fold {fold}: non-finite loss {step_metrics['loss']} at step {step + 1}; the last good "
+                f"checkpoint (step {store.latest_step()}) is intact under {directory}/checkpoints/latest")
+        done = step + 1
+        if done % tc.log_every == 0 or done == tc.steps:
+            rate = (done - start) * tc.batch_size / (time.perf_counter() - t0)
+            writer.write(done, {f"train/{k}": float(v) for k, v in step_metrics.items()}
+                         | {"train/volumes_per_s": rate})
+            bar.set_postfix(loss=f"{float(step_metrics['loss']):.3f}", vol_s=f"{rate:.1f}")
+        if done % tc.eval_every == 0 or done == tc.steps:
+            bar.set_postfix(val=f"{evaluate(done):.4f}")
+        if done % tc.checkpoint_every == 0 or done == tc.steps:
+            store.save_latest(done, state, {"step": done, "best": best})
+    bar.close()
+
+    # ---------------------------------------------------------------- the end: best checkpoint's predictions
+    state, _ = store.restore_best(state)
+    probs = predict(eval_step, state, source, val_idx, tc.eval_batch_size, mesh, study_ids)
+    result = {
+        "fold": fold,
+        "best_step": best["step"],
+        "val": metrics.evaluate_predictions(val_labels, probs, train_labels),
+        "val_indices": [int(i) for i in val_idx],
+        "val_probs": probs.tolist(),
+    }
+    store.close()
+    if jax.process_index() == 0:
+        with open(os.path.join(directory, "result.json"), "w") as f:
+            json.dump(result, f)
+    writer.close()
+    return result

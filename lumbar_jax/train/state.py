@@ -1,0 +1,133 @@
+"""Train state (model + optimizer + optional EMA) and its Orbax checkpoints (latest and best, kept apart).
+
+The NNX model and optimizer are split once into static graph definitions and a pytree of arrays
+(`TrainState`), which is what jit carries, shards and donates, and what Orbax writes. Dropout randomness is
+not state: every step reseeds it from (seed, step), so a resumed run draws exactly what an uninterrupted one
+would, and checkpoints hold no RNG keys.
+
+Checkpoints of a fold (conventions section 5): `fold_k/checkpoints/latest` (for resume, every
+`checkpoint_every` steps and at the end) and `fold_k/checkpoints/best` (by validation score, lower is
+better). Two managers, because Orbax's `best_fn` keeps the best N and would delete the latest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStatics:
+    """What jit treats as static: graph definitions and the (constant) RNG streams of the model."""
+
+    train_def: Any  # model graphdef in train mode (dropout on, BatchNorm batch statistics)
+    eval_def: Any  # the same model in eval mode
+    rng_state: Any  # the model's RNG streams; reseeded every step
+    opt_def: Any
+
+
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, use_ema: bool
+                       ) -> tuple[TrainStatics, dict]:
+    """Split a freshly built model and its optimizer into statics and a pytree state.
+
+    Returns (statics, state) with state = {'model': nnx.State (params, batch stats),
+    'opt': nnx.State (optimizer moments, step), 'ema': params copy or None}.
+    """
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    model.eval()
+    eval_def, _, _ = nnx.split(model, nnx.RngState, ...)
+    model.train()
+    train_def, rng_state, model_state = nnx.split(model, nnx.RngState, ...)
+    opt_def, opt_state = nnx.split(optimizer)
+    ema = nnx.state(model, nnx.Param) if use_ema else None
+    return TrainStatics(train_def, eval_def, rng_state, opt_def), {"model": model_state, "opt": opt_state, "ema": ema}
+
+
+def merge_model(statics: TrainStatics, model_state, train: bool) -> nnx.Module:
+    return nnx.merge(statics.train_def if train else statics.eval_def, statics.rng_state, model_state)
+
+
+def eval_model_state(state: dict):
+    """The model state to evaluate: EMA parameters (when kept) over the trained batch statistics."""
+    if state["ema"] is None:
+        return state["model"]
+    return nnx.merge_state(state["model"], state["ema"])
+
+
+def _to_pure(state: dict) -> dict:
+    """nnx.State leaves -> nested dicts of arrays (what Orbax writes); absent parts (no EMA) are left out."""
+    return {k: nnx.to_pure_dict(v) for k, v in state.items() if v is not None}
+
+
+def _abstract(tree):
+    """Shapes, dtypes and shardings of a pytree of arrays: Orbax restores onto exactly these devices."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _from_pure(template: dict, pure: dict) -> dict:
+    out = {}
+    for key, value in template.items():
+        if value is None:
+            out[key] = None
+            continue
+        restored = jax.tree.map(lambda x: x, value)
+        nnx.replace_by_pure_dict(restored, pure[key])
+        out[key] = restored
+    return out
+
+
+class CheckpointStore:
+    """Latest and best Orbax checkpoints of one fold, with a small JSON of metadata beside each."""
+
+    def __init__(self, directory: str, keep_latest: int = 1):
+        directory = os.path.abspath(directory)
+        options = dict(enable_async_checkpointing=False, create=True)
+        self.latest = ocp.CheckpointManager(
+            os.path.join(directory, "latest"), item_names=("state", "meta"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep_latest, **options))
+        self.best = ocp.CheckpointManager(
+            os.path.join(directory, "best"), item_names=("state", "meta"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["score"], best_mode="min",
+                                                 **options))
+
+    @staticmethod
+    def _args(state: dict, meta: dict):
+        return ocp.args.Composite(state=ocp.args.StandardSave(_to_pure(state)), meta=ocp.args.JsonSave(meta))
+
+    def save_latest(self, step: int, state: dict, meta: dict) -> None:
+        self.latest.save(step, args=self._args(state, meta), force=True)
+        self.latest.wait_until_finished()
+
+    def save_best(self, step: int, state: dict, meta: dict, score: float) -> None:
+        self.best.save(step, args=self._args(state, meta), metrics={"score": float(score)}, force=True)
+        self.best.wait_until_finished()
+
+    def _restore(self, manager: ocp.CheckpointManager, step: int | None, template: dict) -> tuple[dict, dict]:
+        step = manager.latest_step() if step is None else step
+        abstract = _abstract(_to_pure(template))
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        return _from_pure(template, restored["state"]), dict(restored["meta"])
+
+    def restore_latest(self, template: dict, step: int | None = None) -> tuple[dict, dict]:
+        """(state shaped and sharded like `template`, metadata) of the latest (or given) step."""
+        return self._restore(self.latest, step, template)
+
+    def restore_best(self, template: dict) -> tuple[dict, dict]:
+        best = self.best.best_step()
+        if best is None:
+            raise FileNotFoundError(f"no best checkpoint under {self.best.directory}")
+        return self._restore(self.best, best, template)
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()

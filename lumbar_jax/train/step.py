@@ -1,0 +1,64 @@
+"""The jit-compiled train and eval steps, data-parallel over a mesh.
+
+Both steps are plain `jax.jit` functions of (state pytree, batch): the batch arrives sharded along `data`,
+the state replicated, and XLA inserts the gradient all-reduce (and global BatchNorm statistics). The train
+step donates the old state, so a step needs no second copy of parameters and optimizer moments.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from lumbar_jax.train import mesh as mesh_lib
+from lumbar_jax.train.loss import metric_loss
+from lumbar_jax.train.state import TrainStatics, eval_model_state, merge_model
+
+
+def make_optimizer(lr: float, steps: int, warmup_steps: int, weight_decay: float, grad_clip: float
+                   ) -> optax.GradientTransformation:
+    """AdamW with linear warmup then cosine decay to 0, after global-norm gradient clipping."""
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup_steps, 1), max(steps, warmup_steps + 1))
+    return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adamw(schedule, weight_decay=weight_decay))
+
+
+def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: float):
+    """state, batch, step -> (state, metrics). Dropout keys are fold_in(seed, step): resume-exact."""
+    base_key = jax.random.key(seed)
+    replicated = mesh_lib.replicated(mesh)
+
+    def train_step(state: dict, batch: dict, step: jax.Array):
+        model = merge_model(statics, state["model"], train=True)
+        nnx.reseed(model, dropout=jax.random.fold_in(base_key, step))
+        optimizer = nnx.merge(statics.opt_def, state["opt"])
+
+        def loss_fn(model):
+            logits = model(batch["volumes"], batch["present"])
+            return metric_loss(logits, batch["labels"])
+
+        (loss, parts), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        optimizer.update(model, grads)
+        new_model = nnx.state(model, nnx.Not(nnx.RngState))
+        ema = state["ema"]
+        if ema is not None:
+            params = nnx.state(model, nnx.Param)
+            ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **parts}
+        return {"model": new_model, "opt": nnx.state(optimizer), "ema": ema}, metrics
+
+    return jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+
+
+def make_eval_step(statics: TrainStatics, mesh: Mesh):
+    """state, batch -> probabilities float32 [B, 25, 3] (sharded like the batch)."""
+
+    def eval_step(state: dict, batch: dict):
+        model = merge_model(statics, eval_model_state(state), train=False)
+        logits = model(batch["volumes"], batch["present"])
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    return jax.jit(eval_step, out_shardings=mesh_lib.batch_sharding(mesh))
+
