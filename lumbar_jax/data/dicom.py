@@ -156,7 +156,10 @@ class SeriesGeometry:
         Points outside the volume fall outside [0, 1]. An axis of length 1 has no extent; its coordinate is
         0.5, which `volume.resample` maps to the middle of the resampled axis.
         """
-        index = self.canonical_index(instance_number, row, col)
+        return self.normalize(self.canonical_index(instance_number, row, col))
+
+    def normalize(self, index: np.ndarray) -> np.ndarray:
+        """Canonical voxel coordinates [3] -> normalised coordinates [3] (see `normalized`)."""
         extent = np.asarray(self.shape, dtype=np.float64) - 1.0
         return np.where(extent > 0, index / np.maximum(extent, 1.0), 0.5)
 

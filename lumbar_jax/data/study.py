@@ -167,34 +167,55 @@ def load_study_volumes(series_dirs, volume_shape: tuple[int, int, int]):
     return volumes, present, series_ids, geometries
 
 
-def map_annotations(annotations, series_ids: np.ndarray, geometries) -> tuple[np.ndarray, np.ndarray]:
-    """Label coordinates -> normalised canonical (depth, row, col) of the series they were annotated on.
+def _world_point(series_dir: str, instance_number: int, row: float, col: float, plane: str) -> np.ndarray | None:
+    """Patient coordinates (mm) of a pixel of one stored instance, or None if that file cannot be read."""
+    path = os.path.join(series_dir, f"{instance_number}.dcm")
+    try:
+        _, geometry = dicom.read_series([path], plane=plane)
+    except (dicom.DicomReadError, OSError):
+        return None
+    return geometry.pixel_to_world[0] @ np.array([row, col, 1.0])
 
-    A point annotated on a series that is not the one used for its type (a study with two axial series), or
-    on an instance the series does not hold, gets no coordinate (-1): a wrong point is worse than none.
+
+def map_annotations(entry: StudyEntry, series_ids: np.ndarray, geometries) -> tuple[np.ndarray, np.ndarray]:
+    """Label coordinates -> normalised canonical (depth, row, col) in the volume of the series type annotated.
+
+    A point annotated on the series used for its type maps through that series' geometry. A point annotated
+    on another series of the same type (a study with two axial series) is located in patient coordinates and
+    mapped into the used series' volume. A point that cannot be placed (unknown instance, unreadable file,
+    series absent) gets no coordinate (-1): a wrong point is worse than none.
     Returns (coords float32 [25, 3], coords_series int64 [25]).
     """
     coords = np.full((L.NUM_TARGETS, 3), -1.0, dtype=np.float32)
     coords_series = np.full(L.NUM_TARGETS, -1, dtype=np.int64)
-    used = {int(sid): kind for kind, sid in enumerate(series_ids) if sid >= 0}
-    for a in annotations:
-        kind = used.get(a.series_id)
-        if kind is None:
+    kind_of_series = {sid: kind for kind, candidates in enumerate(entry.series_dirs) for sid, _ in candidates}
+    dir_of_series = {sid: d for candidates in entry.series_dirs for sid, d in candidates}
+    for a in entry.annotations:
+        kind = kind_of_series.get(a.series_id)
+        if kind is None or series_ids[kind] < 0:
             continue
+        geometry = geometries[kind]
         try:
-            point = geometries[kind].normalized(a.instance_number, a.row, a.col)
+            if a.series_id == series_ids[kind]:
+                point = geometry.normalized(a.instance_number, a.row, a.col)
+            else:
+                world = _world_point(dir_of_series[a.series_id], a.instance_number, a.row, a.col, geometry.plane)
+                if world is None:
+                    continue
+                point = geometry.normalize(geometry.world_to_canonical(world))
         except KeyError as err:
             log.warning("series %s: annotation of %s not mapped: %s", a.series_id, L.TARGETS[a.target], err)
             continue
-        coords[a.target] = np.clip(point, 0.0, 1.0)
-        coords_series[a.target] = kind
+        if np.all((point > -0.05) & (point < 1.05)):  # a point well outside the volume is not in it
+            coords[a.target] = np.clip(point, 0.0, 1.0)
+            coords_series[a.target] = kind
     return coords, coords_series
 
 
 def study_example(entry: StudyEntry, volume_shape: tuple[int, int, int]) -> dict[str, np.ndarray | int]:
     """One study -> the record of conventions section 4 (a dict of numpy values)."""
     volumes, present, series_ids, geometries = load_study_volumes(entry.series_dirs, volume_shape)
-    coords, coords_series = map_annotations(entry.annotations, series_ids, geometries)
+    coords, coords_series = map_annotations(entry, series_ids, geometries)
     example: dict[str, np.ndarray | int] = {
         "study_id": entry.study_id,
         "present": present,
