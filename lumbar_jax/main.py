@@ -29,6 +29,7 @@ def default_workdir(config_path: str) -> str:
 def main(argv):
     del argv
     logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax and TFDS narrate every file they touch
     from lumbar_jax.train import config as config_lib, cv  # after flag parsing: keeps `--help` fast
 
     workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))

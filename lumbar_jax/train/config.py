@@ -87,8 +87,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _require(0 <= t.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
     _require(tuple(c.model.volume_shape) == DATASET_SHAPES[c.data.config], "model.volume_shape",
              f"{tuple(c.model.volume_shape)} differs from the {c.data.config} volumes {DATASET_SHAPES[c.data.config]}")
-    augment.validate_config(c.augment)
-    registry.validate_model_config(c.model)
+    try:
+        augment.validate_config(c.augment)
+        registry.validate_model_config(c.model)
+    except ValueError as err:  # their messages already name `augment.<field>` / `model.<field>`
+        raise ConfigError(f"config.{str(err).removeprefix('config.')}") from None
 
 
 def check_dataset(c: ml_collections.ConfigDict, source) -> None:
@@ -97,3 +100,25 @@ def check_dataset(c: ml_collections.ConfigDict, source) -> None:
     shape = tuple(example["sagittal_t2"].shape)
     _require(shape == tuple(c.model.volume_shape), "model.volume_shape",
              f"{tuple(c.model.volume_shape)} but the dataset's volumes are {shape}")
+
+
+def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:
+    """The shared `get_config(arg)` variants of configs/*.py: '' (CPU default), smoke, r128, r256."""
+    if not variant:
+        return c
+    if variant == "smoke":  # the whole job end to end in about a minute
+        c.data.synthetic_studies = 40
+        c.cv.num_folds = 2
+        c.train.update(batch_size=4, eval_batch_size=8, steps=6, warmup_steps=2, eval_every=3,
+                       checkpoint_every=3, log_every=2)
+    elif variant in ("r128", "r256"):  # GPU / TPU sized
+        big = variant == "r256"
+        c.data.config = variant
+        c.model.update(volume_shape=DATASET_SHAPES[variant], patch=(8, 16, 16) if big else (4, 16, 16),
+                       vit="vit_b" if big else "vit_s", effnet="effnet_b3" if big else "effnet_b0",
+                       dtype="bfloat16")
+        c.train.update(batch_size=64 if big else 32, eval_batch_size=64, steps=3000, warmup_steps=300,
+                       lr=3e-4, eval_every=500, checkpoint_every=500, log_every=50, ema_decay=0.999)
+    else:
+        raise ConfigError(f"config variant {variant!r} unknown; use one of '', 'smoke', 'r128', 'r256'")
+    return c

@@ -49,8 +49,9 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, use_
     return TrainStatics(train_def, eval_def, rng_state, opt_def), {"model": model_state, "opt": opt_state, "ema": ema}
 
 
-def merge_model(statics: TrainStatics, model_state, train: bool) -> nnx.Module:
-    return nnx.merge(statics.train_def if train else statics.eval_def, statics.rng_state, model_state)
+def merge_model(statics: TrainStatics, rng_state, model_state, train: bool) -> nnx.Module:
+    """The NNX model from its parts; `rng_state` is passed in (not closed over) so jit may reseed it."""
+    return nnx.merge(statics.train_def if train else statics.eval_def, rng_state, model_state)
 
 
 def eval_model_state(state: dict):

@@ -30,8 +30,8 @@ def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: flo
     base_key = jax.random.key(seed)
     replicated = mesh_lib.replicated(mesh)
 
-    def train_step(state: dict, batch: dict, step: jax.Array):
-        model = merge_model(statics, state["model"], train=True)
+    def train_step(state: dict, batch: dict, step: jax.Array, rng_state):
+        model = merge_model(statics, rng_state, state["model"], train=True)
         nnx.reseed(model, dropout=jax.random.fold_in(base_key, step))
         optimizer = nnx.merge(statics.opt_def, state["opt"])
 
@@ -49,16 +49,18 @@ def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: flo
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **parts}
         return {"model": new_model, "opt": nnx.state(optimizer), "ema": ema}, metrics
 
-    return jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+    jitted = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+    return lambda state, batch, step: jitted(state, batch, step, statics.rng_state)
 
 
 def make_eval_step(statics: TrainStatics, mesh: Mesh):
     """state, batch -> probabilities float32 [B, 25, 3] (sharded like the batch)."""
 
-    def eval_step(state: dict, batch: dict):
-        model = merge_model(statics, eval_model_state(state), train=False)
+    def eval_step(state: dict, batch: dict, rng_state):
+        model = merge_model(statics, rng_state, eval_model_state(state), train=False)
         logits = model(batch["volumes"], batch["present"])
         return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
-    return jax.jit(eval_step, out_shardings=mesh_lib.batch_sharding(mesh))
+    jitted = jax.jit(eval_step, out_shardings=mesh_lib.batch_sharding(mesh))
+    return lambda state, batch: jitted(state, batch, statics.rng_state)
 
