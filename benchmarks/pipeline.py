@@ -1,0 +1,109 @@
+"""Section `pipeline`: the grain training pipeline over a built r64 dataset, default augmentation.
+
+`lumbar_jax.data.pipeline.train_dataset(source, all indices, batch_size, seed=0)` with the default
+`AugmentConfig` (flip, zoom/shift, intensity), read in-process (`worker_count=0`) and with 2 grain worker
+processes. After warm-up batches (for workers: the first batch also pays their start-up, reported separately),
+each timed repetition draws `batches_per_repeat` batches; rate = records / s (each record holds 3 volumes).
+
+Peer: the rate at which the lumbar_jax train step consumes records, from the models section's hook
+`benchmarks.models.train_step_consumption` (see `consumer_rate`). Until that hook measures something the
+peer cells say so and only records/s are reported; the ratio will be pipeline / train step (>= 1: the input
+pipeline keeps the step fed).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from benchmarks import common
+
+FULL = dict(config="r64", studies=24, batch_size=4, warmup_batches=5, batches_per_repeat=20, repeats=5, workers=2)
+SMOKE = dict(config="r64", studies=2, batch_size=2, warmup_batches=1, batches_per_repeat=2, repeats=2, workers=2)
+CONSUMER_TARGET = 1.0
+VOLUMES_PER_RECORD = 3
+
+
+def consumer_rate(ctx: common.Context, volume_shape: tuple[int, int, int], batch_size: int) -> dict[str, Any]:
+    """The pipeline's peer: records/s the train step consumes (models section hook), or a status cell."""
+    from benchmarks import models
+
+    measured = models.train_step_consumption(ctx, volume_shape=volume_shape, batch_size=batch_size)
+    if measured is None:
+        return common.status("pending: train-step consumption rate (models section)")
+    return measured
+
+
+def _timed_iterator(it, p: dict) -> tuple[common.Timing, float]:
+    """(timing of `batches_per_repeat` batches per repetition, seconds to the first batch)."""
+    start = time.perf_counter()
+    first = next(it)
+    first_batch_s = time.perf_counter() - start
+    del first  # grain shared-memory batches are released as soon as they are dropped
+    for _ in range(p["warmup_batches"] - 1):
+        next(it)
+
+    def draw():
+        for _ in range(p["batches_per_repeat"]):
+            next(it)
+
+    timing = common.measure(draw, items=p["batches_per_repeat"] * p["batch_size"], repeats=p["repeats"], warmup=0)
+    timing.warmup = p["warmup_batches"]
+    return timing, first_batch_s
+
+
+def run(ctx: common.Context) -> dict[str, Any]:
+    import numpy as np
+
+    from lumbar_jax.data import pipeline
+    from lumbar_jax.data.dataset import load_split
+
+    p = SMOKE if ctx.smoke else FULL
+    source = load_split(ctx.built(p["config"], p["studies"]), p["config"], "train")
+    volume_shape = tuple(int(s) for s in np.asarray(source[0]["sagittal_t1"]).shape)
+    indices = np.arange(len(source))
+
+    def iterator(workers: int):
+        return pipeline.train_dataset(source, indices, batch_size=p["batch_size"], seed=0, worker_count=workers)
+
+    it = iterator(0)
+    try:
+        in_process, first_in_process = _timed_iterator(it, p)
+    finally:  # stop its reader threads before the workers are measured
+        getattr(it, "close", lambda: None)()
+        del it
+    it = iterator(p["workers"])
+    try:
+        with_workers, first_workers = _timed_iterator(it, p)
+    finally:
+        it.close()
+
+    peer = consumer_rate(ctx, volume_shape, p["batch_size"])
+    shape_text = "x".join(map(str, volume_shape))
+    w = p["workers"]
+
+    def note(t: common.Timing) -> str:
+        return f"{VOLUMES_PER_RECORD * t.rate_median:.0f} volumes/s ({VOLUMES_PER_RECORD} x {shape_text} per record)"
+
+    rows = [
+        common.row("pipeline.in_process", f"train pipeline {p['config']}, in-process, batch {p['batch_size']}",
+                   "records/s", in_process, peer, ratio_of="pipeline / train step", peer_label="train step",
+                   target=CONSUMER_TARGET, note=note(in_process)),
+        common.row("pipeline.workers", f"train pipeline {p['config']}, {w} grain workers, batch {p['batch_size']}",
+                   "records/s", with_workers, peer, ratio_of="pipeline / train step", peer_label="train step",
+                   target=CONSUMER_TARGET, note=note(with_workers)),
+        common.row("pipeline.worker_scaling", f"train pipeline scaling, {w} workers vs in-process", "records/s",
+                   with_workers, in_process, ratio_of=f"{w} workers / in-process", peer_label="in-process"),
+    ]
+    return {
+        "params": p,
+        "rows": rows,
+        "volume_shape": list(volume_shape),
+        "records": len(source),
+        "first_batch_s": {"in_process": first_in_process, f"{w}_workers": first_workers},
+        "volumes_per_s": {"in_process": VOLUMES_PER_RECORD * in_process.rate_median,
+                          f"{w}_workers": VOLUMES_PER_RECORD * with_workers.rate_median},
+        "peer_name": "train step (models section)",
+        "extra_md": {"time to first batch": f"in-process {first_in_process:.2f} s, {w} workers "
+                                            f"{first_workers:.2f} s (worker start-up)"},
+    }
