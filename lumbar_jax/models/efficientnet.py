@@ -1,0 +1,272 @@
+"""EfficientNet B0..B7 (Tan & Le 2019) over 3D volumes or 2D images.
+
+Compound scaling, `round_filters` / `round_repeats` and stochastic-depth schedule as in the reference
+implementation; module and parameter names as timm's `efficientnet_b*` (conv_stem, bn1, blocks[i][j] with
+conv_dw / bn1 / se.conv_reduce / se.conv_expand / conv_pw / bn2 ..., conv_head, bn2, classifier), so the 2D
+model with `in_channels=3`, `num_classes=1000` has timm's 5,288,548 parameters for B0 and its weights map 1:1
+(torch conv `weight [out, in, *k]` = our `kernel [*k, in, out]` transposed; BN running_mean/var = mean/var).
+BatchNorm statistics in training can be restricted to a subset of samples (absent series, see
+`MaskedBatchNorm`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lumbar_jax.models.layers import CONV, CONV_IMPLS, DropPath, conv_padding, dropout_layer
+
+
+class Stage(NamedTuple):
+    expand_ratio: int
+    kernel: int
+    stride: int
+    channels: int
+    repeats: int
+
+
+# The B0 stages (reference blocks_args); every block has squeeze-excitation with ratio SE_RATIO of its input.
+B0_STAGES = (
+    Stage(1, 3, 1, 16, 1),
+    Stage(6, 3, 2, 24, 2),
+    Stage(6, 5, 2, 40, 2),
+    Stage(6, 3, 2, 80, 3),
+    Stage(6, 5, 1, 112, 3),
+    Stage(6, 5, 2, 192, 4),
+    Stage(6, 3, 1, 320, 1),
+)
+# For tests: every block kind (depthwise-separable, inverted residual with 3^d and 5^d kernels, stride 1 and
+# 2, a residual with stochastic depth) in 4 blocks, so that compiling forward + backward stays short.
+TINY_TEST_STAGES = (
+    Stage(1, 3, 1, 16, 1),
+    Stage(6, 3, 2, 24, 2),
+    Stage(6, 5, 2, 40, 1),
+)
+STEM_CHANNELS = 32
+SE_RATIO = 0.25
+# torch BatchNorm2d defaults as in timm `efficientnet_b*` (torch momentum 0.1 = flax 0.9).
+BN_MOMENTUM, BN_EPS = 0.9, 1e-5
+
+
+class EffNetVariant(NamedTuple):
+    width: float  # channel multiplier
+    depth: float  # repeats multiplier
+    resolution: int  # the paper's training resolution (2D ImageNet); informative
+    dropout: float  # before the classifier
+    head_channels: int = 1280  # conv_head width before width scaling
+    stages: tuple[Stage, ...] = B0_STAGES
+
+
+EFFNET_VARIANTS = {
+    "effnet_b0": EffNetVariant(1.0, 1.0, 224, 0.2),
+    "effnet_b1": EffNetVariant(1.0, 1.1, 240, 0.2),
+    "effnet_b2": EffNetVariant(1.1, 1.2, 260, 0.3),
+    "effnet_b3": EffNetVariant(1.2, 1.4, 300, 0.3),
+    "effnet_b4": EffNetVariant(1.4, 1.8, 380, 0.4),
+    "effnet_b5": EffNetVariant(1.6, 2.2, 456, 0.4),
+    "effnet_b6": EffNetVariant(1.8, 2.6, 528, 0.5),
+    "effnet_b7": EffNetVariant(2.0, 3.1, 600, 0.5),
+    "effnet_tiny_test": EffNetVariant(0.5, 1.0, 64, 0.0, head_channels=128, stages=TINY_TEST_STAGES),
+}
+PADDINGS = ("symmetric", "same")
+
+
+def round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    """Channels scaled by `width`, rounded to a multiple of `divisor`, never more than 10% below (reference)."""
+    filters *= width
+    new = max(divisor, int(filters + divisor / 2) // divisor * divisor)
+    if new < 0.9 * filters:
+        new += divisor
+    return int(new)
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+    """Blocks in a stage scaled by `depth`, rounded up (reference)."""
+    return int(math.ceil(depth * repeats))
+
+
+class MaskedBatchNorm(nnx.BatchNorm):
+    """nnx.BatchNorm (same parameters, statistics and train/eval switch) whose training statistics and running
+    averages come only from the samples selected by `sample_mask`, so that absent series (zero volumes) do
+    not shift the normalisation of present ones.
+
+    Statistics are per-sample spatial moments `[N, C]` averaged over the selected samples, so the mask costs
+    nothing per voxel (nnx.BatchNorm's `mask=` is per element: a full-size mask, and each block compiled
+    ~0.8 s slower on this CPU). A batch with no sample selected is normalised with all its samples and leaves the running
+    averages unchanged. Under jit with the batch sharded on a mesh the means over N are global, as in
+    nnx.BatchNorm.
+    """
+
+    def __call__(self, x: jax.Array, sample_mask: jax.Array | None = None) -> jax.Array:
+        """x `[N, *S, C]`, sample_mask bool `[N]` (None = all samples) -> `[N, *S, C]`."""
+        if self.use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+            spatial = tuple(range(1, x.ndim - 1))
+            moments = jnp.stack([xf.mean(spatial), (xf * xf).mean(spatial)])  # [2, N, C]
+            weights = jnp.full((x.shape[0],), 1.0 / x.shape[0], xf.dtype)
+            selected = jnp.asarray(True)
+            if sample_mask is not None:
+                count = sample_mask.sum()
+                selected = count > 0
+                weights = jnp.where(selected, sample_mask / jnp.maximum(count, 1), weights).astype(xf.dtype)
+            # A weighted sum, not an einsum: a contraction over a batch axis sharded on an explicit mesh
+            # needs an output sharding, a reduction does not.
+            mean, mean_sq = (weights[:, None] * moments).sum(axis=1)
+            var = jnp.maximum(mean_sq - mean * mean, 0.0)
+            for stat, batch_value in ((self.mean, mean), (self.var, var)):
+                updated = self.momentum * stat[...] + (1.0 - self.momentum) * batch_value
+                stat[...] = jax.lax.stop_gradient(jnp.where(selected, updated, stat[...]))
+        dtype = self.dtype or x.dtype
+        scale = self.scale[...] * jax.lax.rsqrt(var + self.epsilon)
+        return ((x - mean.astype(dtype)) * scale.astype(dtype) + self.bias[...].astype(dtype)).astype(dtype)
+
+
+class SqueezeExcite(nnx.Module):
+    """Channel gating from globally pooled features: x * sigmoid(expand(SiLU(reduce(mean_space(x)))))."""
+
+    def __init__(self, channels: int, reduced: int, conv: Callable, rngs: nnx.Rngs):
+        self.conv_reduce = conv(channels, reduced, 1, use_bias=True, rngs=rngs)
+        self.conv_expand = conv(reduced, channels, 1, use_bias=True, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x `[N, *S, C]` -> same shape."""
+        s = x.mean(axis=tuple(range(1, x.ndim - 1)), keepdims=True)
+        s = self.conv_expand(jax.nn.silu(self.conv_reduce(s)))
+        return x * jax.nn.sigmoid(s)
+
+
+class DepthwiseSeparableConv(nnx.Module):
+    """MBConv without expansion (the first stage): conv_dw -> bn1 -> SiLU -> se -> conv_pw -> bn2 (+ skip)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, drop_path: float, conv: Callable,
+                 norm: Callable, rngs: nnx.Rngs):
+        self.conv_dw = conv(cin, cin, kernel, stride, groups=cin, rngs=rngs)
+        self.bn1 = norm(cin, rngs=rngs)
+        self.se = SqueezeExcite(cin, max(1, int(cin * SE_RATIO)), conv, rngs)
+        self.conv_pw = conv(cin, cout, 1, rngs=rngs)
+        self.bn2 = norm(cout, rngs=rngs)
+        self.has_skip = stride == 1 and cin == cout
+        self.drop_path = DropPath(drop_path if self.has_skip else 0.0, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """x `[N, *S, cin]`, BN sample mask `[N]` -> `[N, *S / stride, cout]`."""
+        y = jax.nn.silu(self.bn1(self.conv_dw(x), mask))
+        y = self.bn2(self.conv_pw(self.se(y)), mask)
+        return x + self.drop_path(y) if self.has_skip else y
+
+
+class InvertedResidual(nnx.Module):
+    """MBConv: conv_pw (expand 1x1) -> bn1 -> SiLU -> conv_dw -> bn2 -> SiLU -> se -> conv_pwl (project 1x1)
+    -> bn3 (+ stochastic-depth skip when the shape is kept)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand_ratio: int, drop_path: float,
+                 conv: Callable, norm: Callable, rngs: nnx.Rngs):
+        mid = cin * expand_ratio
+        self.conv_pw = conv(cin, mid, 1, rngs=rngs)
+        self.bn1 = norm(mid, rngs=rngs)
+        self.conv_dw = conv(mid, mid, kernel, stride, groups=mid, rngs=rngs)
+        self.bn2 = norm(mid, rngs=rngs)
+        self.se = SqueezeExcite(mid, max(1, int(cin * SE_RATIO)), conv, rngs)
+        self.conv_pwl = conv(mid, cout, 1, rngs=rngs)
+        self.bn3 = norm(cout, rngs=rngs)
+        self.has_skip = stride == 1 and cin == cout
+        self.drop_path = DropPath(drop_path if self.has_skip else 0.0, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """x `[N, *S, cin]`, BN sample mask `[N]` -> `[N, *S / stride, cout]`."""
+        y = jax.nn.silu(self.bn1(self.conv_pw(x), mask))
+        y = jax.nn.silu(self.bn2(self.conv_dw(y), mask))
+        y = self.bn3(self.conv_pwl(self.se(y)), mask)
+        return x + self.drop_path(y) if self.has_skip else y
+
+
+def _conv(cin, cout, kernel, stride=1, *, groups=1, use_bias=False, ndim, padding, conv_impl, dtype, param_dtype,
+          rngs):
+    """nnx.Conv with timm's padding and init (He normal on fan-out; depthwise: on its k^d taps) that routes
+    to the CPU-fast convolutions of layers.CONV."""
+    ks, strides = (kernel,) * ndim, (stride,) * ndim
+    init = nnx.initializers.variance_scaling(2.0, "fan_in" if groups > 1 else "fan_out", "normal")
+    return nnx.Conv(cin, cout, ks, strides, padding=conv_padding(ks, strides, padding), feature_group_count=groups,
+                    use_bias=use_bias, kernel_init=init, conv_general_dilated=CONV[conv_impl], dtype=dtype,
+                    param_dtype=param_dtype, rngs=rngs)
+
+
+class EfficientNet(nnx.Module):
+    """EfficientNet encoder: `[N, *S, C]` -> features `[N, num_features]` (`num_classes == 0`) or logits.
+
+    ndim: 3 (volumes `[N, D, H, W, C]`) or 2 (images `[N, H, W, C]`, timm-compatible).
+    drop_path: stochastic depth of the last block (rising linearly from 0 over the blocks; reference 0.2).
+    padding: 'symmetric' (timm `efficientnet_b*`) or 'same' (TF, timm `tf_efficientnet_b*`).
+    conv_impl: layers.CONV_IMPLS ('auto' = shifted-slice convs on CPU, lax elsewhere).
+    """
+
+    def __init__(
+        self,
+        variant: str | EffNetVariant,
+        *,
+        ndim: int = 3,
+        in_channels: int = 1,
+        num_classes: int = 0,
+        drop_path: float = 0.2,
+        padding: str = "symmetric",
+        conv_impl: str = "auto",
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        v = EFFNET_VARIANTS[variant] if isinstance(variant, str) else variant
+        if ndim not in (2, 3):
+            raise ValueError(f"ndim must be 2 or 3, got {ndim}")
+        if padding not in PADDINGS:
+            raise ValueError(f"padding {padding!r} is not one of {PADDINGS}")
+        if conv_impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl {conv_impl!r} is not one of {CONV_IMPLS}")
+        conv = partial(_conv, ndim=ndim, padding=padding, conv_impl=conv_impl, dtype=dtype, param_dtype=param_dtype)
+        norm = partial(MaskedBatchNorm, momentum=BN_MOMENTUM, epsilon=BN_EPS, dtype=dtype, param_dtype=param_dtype)
+
+        stem = round_filters(STEM_CHANNELS, v.width)
+        self.conv_stem = conv(in_channels, stem, 3, 2, rngs=rngs)
+        self.bn1 = norm(stem, rngs=rngs)
+        stages = [s._replace(channels=round_filters(s.channels, v.width), repeats=round_repeats(s.repeats, v.depth))
+                  for s in v.stages]
+        total, idx, cin = sum(s.repeats for s in stages), 0, stem
+        blocks = []
+        for s in stages:
+            stage = []
+            for j in range(s.repeats):
+                rate, stride = drop_path * idx / total, s.stride if j == 0 else 1
+                if s.expand_ratio == 1:
+                    stage.append(DepthwiseSeparableConv(cin, s.channels, s.kernel, stride, rate, conv, norm, rngs))
+                else:
+                    stage.append(InvertedResidual(cin, s.channels, s.kernel, stride, s.expand_ratio, rate, conv,
+                                                  norm, rngs))
+                cin, idx = s.channels, idx + 1
+            blocks.append(nnx.List(stage))
+        self.blocks = nnx.List(blocks)
+        self.num_features = round_filters(v.head_channels, v.width)
+        self.conv_head = conv(cin, self.num_features, 1, rngs=rngs)
+        self.bn2 = norm(self.num_features, rngs=rngs)
+        self.head_drop = dropout_layer(v.dropout if num_classes else 0.0, rngs)
+        self.classifier = (
+            nnx.Linear(self.num_features, num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            if num_classes else None
+        )
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """x `[N, *S, C]`, mask bool `[N]` of the samples BatchNorm statistics come from in training (None =
+        all) -> globally pooled features `[N, num_features]`, or logits `[N, num_classes]`."""
+        x = jax.nn.silu(self.bn1(self.conv_stem(x), mask))
+        for stage in self.blocks:
+            for block in stage:
+                x = block(x, mask)
+        x = jax.nn.silu(self.bn2(self.conv_head(x), mask))
+        features = x.mean(axis=tuple(range(1, x.ndim - 1)))
+        return self.classifier(self.head_drop(features)) if self.classifier is not None else features

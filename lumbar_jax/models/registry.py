@@ -1,0 +1,163 @@
+"""Build a study model from the `model` config section; validate that section without building anything.
+
+Example `model` section (every field; values other than `name` are the defaults, see MODEL_FIELDS):
+
+    model = dict(
+        name='vit_effnet',          # 'vit' | 'effnet' | 'vit_effnet': which encoders see each series
+        vit='vit_tiny_test',        # ViT variant (vit.VIT_VARIANTS), when name uses a ViT
+        effnet='effnet_tiny_test',  # EfficientNet variant (efficientnet.EFFNET_VARIANTS), when name uses one
+        volume_shape=(16, 64, 64),  # [D, H, W] of the training volumes (= dataset config); ViT pos-embed grid
+        patch=(4, 16, 16),          # ViT tubelet [d, h, w]; must divide volume_shape
+        pool='cls',                 # ViT pooling: 'cls' token or 'mean' of patch tokens
+        share_encoders=True,        # one encoder set for all 3 series types (run once on [B*3, ...]) or 3 sets
+        fusion='attention',         # fusion head: 'attention' (query over series tokens) or 'concat_mlp'
+        head_hidden=256,            # fusion head width (attention tokens / MLP hidden units)
+        head_heads=4,               # attention heads of the 'attention' fusion (must divide head_hidden)
+        dropout=0.1,                # dropout in the fusion head
+        encoder_dropout=0.0,        # dropout inside the ViT (after pos-embed, attention proj, MLP)
+        drop_path=0.1,              # stochastic depth of the deepest encoder block (linear ramp from 0)
+        dtype='float32',            # compute dtype: 'float32' (CPU) or 'bfloat16' (GPU/TPU); logits float32
+        param_dtype='float32',      # parameter dtype (keep float32 for mixed precision)
+        conv_impl='auto',           # EfficientNet convs: 'auto' (shifted slices on CPU, lax on GPU/TPU),
+                                    #   'slices' or 'lax' (see layers.py)
+        effnet_padding='symmetric', # 'symmetric' (timm efficientnet_b*) or 'same' (TF, tf_efficientnet_b*)
+    )
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from lumbar_jax.labels import SERIES_TYPES
+from lumbar_jax.models.efficientnet import EFFNET_VARIANTS, PADDINGS, EfficientNet
+from lumbar_jax.models.fused import SeriesEncoder, StudyModel
+from lumbar_jax.models.heads import FUSIONS, fusion_head
+from lumbar_jax.models.layers import CONV_IMPLS
+from lumbar_jax.models.vit import POOLS, VIT_VARIANTS, VisionTransformer
+
+# Model name -> the encoders each series goes through (their features are concatenated).
+MODEL_ENCODERS = {"vit": ("vit",), "effnet": ("effnet",), "vit_effnet": ("vit", "effnet")}
+MODEL_NAMES = tuple(MODEL_ENCODERS)
+DTYPES = ("float32", "bfloat16")
+
+# field -> (default, meaning). `name` has no default.
+MODEL_FIELDS: dict[str, tuple[Any, str]] = {
+    "name": (None, f"model: one of {MODEL_NAMES}"),
+    "vit": ("vit_tiny_test", f"ViT variant, one of {tuple(VIT_VARIANTS)} (used when name has a ViT)"),
+    "effnet": ("effnet_tiny_test", f"EfficientNet variant, one of {tuple(EFFNET_VARIANTS)}"),
+    "volume_shape": ((16, 64, 64), "[D, H, W] of the training volumes; the ViT position-embedding grid"),
+    "patch": ((4, 16, 16), "ViT tubelet [d, h, w]; must divide volume_shape"),
+    "pool": ("cls", f"ViT pooling, one of {POOLS}"),
+    "share_encoders": (True, "one encoder set for all series types (True) or one per series type"),
+    "fusion": ("attention", f"fusion head, one of {FUSIONS}"),
+    "head_hidden": (256, "fusion head width"),
+    "head_heads": (4, "attention heads of the 'attention' fusion; must divide head_hidden"),
+    "dropout": (0.1, "dropout rate in the fusion head"),
+    "encoder_dropout": (0.0, "dropout rate inside the ViT"),
+    "drop_path": (0.1, "stochastic depth rate of the deepest encoder block"),
+    "dtype": ("float32", f"compute dtype, one of {DTYPES}; logits are float32"),
+    "param_dtype": ("float32", f"parameter dtype, one of {DTYPES}"),
+    "conv_impl": ("auto", f"EfficientNet convolution implementation, one of {CONV_IMPLS}"),
+    "effnet_padding": ("symmetric", f"EfficientNet conv padding, one of {PADDINGS}"),
+}
+
+
+def default_model_config(name: str = "vit_effnet") -> ml_collections.ConfigDict:
+    """A `model` section with every field at its default."""
+    config = {field: default for field, (default, _) in MODEL_FIELDS.items()}
+    return ml_collections.ConfigDict({**config, "name": name})
+
+
+def _fail(field: str, problem: str):
+    raise ValueError(f"model.{field}: {problem}")
+
+
+def _choice(cfg: dict, field: str, choices) -> None:
+    if cfg[field] not in tuple(choices):
+        _fail(field, f"{cfg[field]!r} is not one of {tuple(choices)}")
+
+
+def _int_tuple(cfg: dict, field: str, length: int) -> tuple[int, ...]:
+    value = cfg[field]
+    if (not isinstance(value, (tuple, list)) or len(value) != length
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        _fail(field, f"{value!r} is not {length} positive integers")
+    return tuple(value)
+
+
+def _positive_int(cfg: dict, field: str) -> None:
+    value = cfg[field]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        _fail(field, f"{value!r} is not a positive integer")
+
+
+def _rate(cfg: dict, field: str) -> None:
+    value = cfg[field]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+        _fail(field, f"{value!r} is not a rate in [0, 1)")
+
+
+def validate_model_config(config: ml_collections.ConfigDict | Mapping) -> dict:
+    """The `model` section with defaults filled in, checked without building anything (cheap: call it before
+    any data or device work). ValueError naming the offending `model.<field>` for an unknown field, a missing
+    name, a bad value or an inconsistent combination (e.g. a patch that does not divide volume_shape)."""
+    given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    for field in given:
+        if field not in MODEL_FIELDS:
+            raise ValueError(f"model.{field}: unknown field; valid fields: {tuple(MODEL_FIELDS)}")
+    cfg = {field: default for field, (default, _) in MODEL_FIELDS.items()} | given
+    _choice(cfg, "name", MODEL_NAMES)
+    encoders = MODEL_ENCODERS[cfg["name"]]
+    cfg["volume_shape"] = volume_shape = _int_tuple(cfg, "volume_shape", 3)
+    if "vit" in encoders:
+        _choice(cfg, "vit", VIT_VARIANTS)
+        cfg["patch"] = patch = _int_tuple(cfg, "patch", 3)
+        if any(v % p for v, p in zip(volume_shape, patch)):
+            _fail("patch", f"{patch} does not divide model.volume_shape {volume_shape}")
+        _choice(cfg, "pool", POOLS)
+        _rate(cfg, "encoder_dropout")
+    if "effnet" in encoders:
+        _choice(cfg, "effnet", EFFNET_VARIANTS)
+        _choice(cfg, "conv_impl", CONV_IMPLS)
+        _choice(cfg, "effnet_padding", PADDINGS)
+    if not isinstance(cfg["share_encoders"], bool):
+        _fail("share_encoders", f"{cfg['share_encoders']!r} is not a bool")
+    _choice(cfg, "fusion", FUSIONS)
+    _positive_int(cfg, "head_hidden")
+    if cfg["fusion"] == "attention":
+        _positive_int(cfg, "head_heads")
+        if cfg["head_hidden"] % cfg["head_heads"]:
+            _fail("head_heads", f"{cfg['head_heads']} does not divide model.head_hidden {cfg['head_hidden']}")
+    _rate(cfg, "dropout")
+    _rate(cfg, "drop_path")
+    _choice(cfg, "dtype", DTYPES)
+    _choice(cfg, "param_dtype", DTYPES)
+    return cfg
+
+
+def create_model(config: ml_collections.ConfigDict | Mapping, rngs: nnx.Rngs) -> StudyModel:
+    """The model named by `config.name` (a validated `model` section): `model(volumes [B, 3, D, H, W],
+    present [B, 3]) -> logits [B, 25, 3]`. Built in training mode; call `model.eval()` for inference."""
+    cfg = validate_model_config(config)
+    encoders = MODEL_ENCODERS[cfg["name"]]
+    kw = dict(dtype=jnp.dtype(cfg["dtype"]), param_dtype=jnp.dtype(cfg["param_dtype"]), rngs=rngs)
+
+    def series_encoder() -> SeriesEncoder:
+        vit = effnet = None
+        if "vit" in encoders:
+            vit = VisionTransformer(cfg["vit"], input_shape=cfg["volume_shape"], patch=cfg["patch"], pool=cfg["pool"],
+                                    dropout=cfg["encoder_dropout"], drop_path=cfg["drop_path"], **kw)
+        if "effnet" in encoders:
+            effnet = EfficientNet(cfg["effnet"], ndim=3, drop_path=cfg["drop_path"], padding=cfg["effnet_padding"],
+                                  conv_impl=cfg["conv_impl"], **kw)
+        return SeriesEncoder(vit, effnet)
+
+    series = [series_encoder() for _ in range(1 if cfg["share_encoders"] else len(SERIES_TYPES))]
+    head = fusion_head(cfg["fusion"], series[0].num_features, len(SERIES_TYPES), hidden=cfg["head_hidden"],
+                       num_heads=cfg["head_heads"], dropout=cfg["dropout"], **kw)
+    return StudyModel(series, head, dtype=kw["dtype"])

@@ -1,0 +1,98 @@
+"""Pre-LayerNorm transformer block shared by the ViT encoder and the attention fusion head.
+
+Module and parameter names follow timm's `vision_transformer.Block` (norm1, attn.qkv, attn.proj, norm2,
+mlp.fc1, mlp.fc2) so pretrained weights map 1:1 (torch Linear `weight [out, in]` = our `kernel [in, out]`.T).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lumbar_jax.models.layers import DropPath, dropout_layer
+
+# timm ViT initialisation: truncated normal(0.02) weights, zero biases; LayerNorm eps 1e-6.
+TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02)
+LN_EPS = 1e-6
+
+
+def dense(din: int, dout: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    """nnx.Linear with timm's ViT initialisation."""
+    return nnx.Linear(din, dout, kernel_init=TRUNC_NORMAL, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+def layer_norm(dim: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(dim, epsilon=LN_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with a fused qkv projection (timm layout) and an optional key mask.
+
+    Written out rather than `nnx.MultiHeadAttention` so that (a) the parameters are timm's `qkv` / `proj`
+    and (b) the attention maps can be returned for analysis. Without maps it calls
+    `jax.nn.dot_product_attention`, which can use a fused (cuDNN) kernel on GPU.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, dropout: float = 0.0, dtype=None, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        if dim % num_heads:
+            raise ValueError(f"attention width {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.qkv = dense(dim, 3 * dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.proj = dense(dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.proj_drop = dropout_layer(dropout, rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None, return_attention: bool = False):
+        """x `[B, T, E]`, mask bool `[B, T]` (False = key ignored) -> `[B, T, E]`, and the attention weights
+        `[B, heads, T, T]` (float32) when `return_attention`."""
+        b, t, e = x.shape
+        q, k, v = jnp.moveaxis(self.qkv(x).reshape(b, t, 3, self.num_heads, e // self.num_heads), 2, 0)
+        key_mask = None if mask is None else mask[:, None, None, :]
+        if return_attention:
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
+            if key_mask is not None:
+                logits = jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min)
+            weights = jax.nn.softmax(logits, axis=-1)
+            out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+        else:
+            weights = None
+            out = jax.nn.dot_product_attention(q, k, v, mask=key_mask)
+        out = self.proj_drop(self.proj(out.reshape(b, t, e)))
+        return (out, weights) if return_attention else out
+
+
+class Mlp(nnx.Module):
+    """fc1 -> GELU (exact, as torch nn.GELU) -> dropout -> fc2 -> dropout (`out_dropout`, default the same;
+    0 when fc2 produces logits): `[..., din]` -> `[..., dout]`."""
+
+    def __init__(self, din: int, hidden: int, dout: int, *, dropout: float = 0.0, out_dropout: float | None = None,
+                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.fc1 = dense(din, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.drop1 = dropout_layer(dropout, rngs)
+        self.fc2 = dense(hidden, dout, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.drop2 = dropout_layer(dropout if out_dropout is None else out_dropout, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.drop2(self.fc2(self.drop1(jax.nn.gelu(self.fc1(x), approximate=False))))
+
+
+class Block(nnx.Module):
+    """x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x))) on tokens `[B, T, E]`."""
+
+    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, dropout: float = 0.0,
+                 drop_path: float = 0.0, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm1 = layer_norm(dim, **kw)
+        self.attn = Attention(dim, num_heads, dropout=dropout, **kw)
+        self.norm2 = layer_norm(dim, **kw)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, dropout=dropout, **kw)
+        self.drop_path = DropPath(drop_path, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None, return_attention: bool = False):
+        """x `[B, T, E]`, key mask `[B, T]` -> `[B, T, E]` (and `[B, heads, T, T]` if `return_attention`)."""
+        attn = self.attn(self.norm1(x), mask, return_attention)
+        attn, weights = attn if return_attention else (attn, None)
+        x = x + self.drop_path(attn)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return (x, weights) if return_attention else x

@@ -1,0 +1,139 @@
+"""Vision Transformer over 3D volumes (tubelet patches) or 2D images.
+
+Parameter names follow timm's `VisionTransformer` (patch_embed.proj, cls_token, pos_embed, blocks[i], norm /
+fc_norm, head) so ImageNet weights map 1:1 for `ndim=2`. Position embeddings are learned on the token grid of
+the training input (`input_shape / patch`) and resampled linearly when an input has another grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lumbar_jax.models.layers import dropout_layer, resample_pos_embed
+from lumbar_jax.models.transformer import TRUNC_NORMAL, Block, dense, layer_norm
+
+
+class ViTVariant(NamedTuple):
+    width: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+
+
+VIT_VARIANTS = {
+    "vit_ti": ViTVariant(192, 12, 3),
+    "vit_s": ViTVariant(384, 12, 6),
+    "vit_b": ViTVariant(768, 12, 12),
+    "vit_l": ViTVariant(1024, 24, 16),
+    "vit_tiny_test": ViTVariant(32, 2, 2),
+}
+POOLS = ("cls", "mean")
+
+
+def token_grid(input_shape: Sequence[int], patch: Sequence[int]) -> tuple[int, ...]:
+    """Token grid of an input `[*S]` cut into `patch` tubelets; ValueError unless every axis divides."""
+    if len(input_shape) != len(patch) or any(s % p or s < p for s, p in zip(input_shape, patch)):
+        raise ValueError(f"input spatial shape {tuple(input_shape)} is not a multiple of the patch {tuple(patch)}")
+    return tuple(s // p for s, p in zip(input_shape, patch))
+
+
+class PatchEmbed(nnx.Module):
+    """Non-overlapping patches (kernel = stride = patch) projected to the width: `[B, *S, C]` -> `[B, *G, E]`."""
+
+    def __init__(self, patch: Sequence[int], in_channels: int, width: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.patch = tuple(patch)
+        self.proj = nnx.Conv(in_channels, width, self.patch, self.patch, padding="VALID",
+                             dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        token_grid(x.shape[1:-1], self.patch)
+        return self.proj(x)
+
+
+class VisionTransformer(nnx.Module):
+    """ViT encoder: `[B, *S, C]` -> features `[B, width]` (`num_classes == 0`) or logits `[B, num_classes]`.
+
+    input_shape: spatial shape the position embeddings are learned for (`[D, H, W]` or `[H, W]`).
+    pool: 'cls' (class token, final `norm` on all tokens) or 'mean' (mean of patch tokens, then `fc_norm`),
+      timm's two layouts.
+    dropout: after the position embedding and inside each block; drop_path: stochastic depth, rate rising
+      linearly to `drop_path` over the blocks.
+    """
+
+    def __init__(
+        self,
+        variant: str | ViTVariant,
+        *,
+        input_shape: Sequence[int],
+        patch: Sequence[int],
+        in_channels: int = 1,
+        num_classes: int = 0,
+        pool: str = "cls",
+        dropout: float = 0.0,
+        drop_path: float = 0.0,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        v = VIT_VARIANTS[variant] if isinstance(variant, str) else variant
+        if pool not in POOLS:
+            raise ValueError(f"pool {pool!r} is not one of {POOLS}")
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        self.grid = token_grid(input_shape, patch)
+        self.pool = pool
+        self.num_features = v.width
+        self.num_prefix = 1 if pool == "cls" else 0
+        self.patch_embed = PatchEmbed(patch, in_channels, v.width, rngs=rngs, **kw)
+        self.cls_token = (
+            nnx.Param(TRUNC_NORMAL(rngs.params(), (1, 1, v.width), param_dtype)) if self.num_prefix else None
+        )
+        self.pos_embed = nnx.Param(
+            TRUNC_NORMAL(rngs.params(), (1, self.num_prefix + math.prod(self.grid), v.width), param_dtype)
+        )
+        self.pos_drop = dropout_layer(dropout, rngs)
+        rates = np.linspace(0.0, drop_path, v.depth)
+        self.blocks = nnx.List([
+            Block(v.width, v.num_heads, mlp_ratio=v.mlp_ratio, dropout=dropout, drop_path=float(r), rngs=rngs, **kw)
+            for r in rates
+        ])
+        self.norm = layer_norm(v.width, rngs=rngs, **kw) if pool == "cls" else None
+        self.fc_norm = layer_norm(v.width, rngs=rngs, **kw) if pool == "mean" else None
+        self.head = dense(v.width, num_classes, rngs=rngs, **kw) if num_classes else None
+
+    def pos_embed_for(self, grid: Sequence[int]) -> jax.Array:
+        """Position embeddings `[1, prefix + prod(grid), E]` for a token grid (resampled if not the stored one)."""
+        pos = self.pos_embed[...]
+        prefix, patches = pos[:, : self.num_prefix], pos[0, self.num_prefix:]
+        patches = resample_pos_embed(patches.reshape(*self.grid, -1), grid).reshape(1, -1, pos.shape[-1])
+        return jnp.concatenate([prefix, patches], axis=1)
+
+    def __call__(self, x: jax.Array, return_attention: bool = False):
+        """x `[B, *S, C]` (S a multiple of the patch) -> `[B, width or num_classes]`; with `return_attention`
+        also the per-block attention maps, a list of `[B, heads, T, T]` (T = prefix + tokens)."""
+        tokens = self.patch_embed(x)
+        grid = tokens.shape[1:-1]
+        tokens = tokens.reshape(x.shape[0], -1, tokens.shape[-1])
+        if self.num_prefix:
+            cls = jnp.broadcast_to(self.cls_token[...], (x.shape[0], 1, tokens.shape[-1])).astype(tokens.dtype)
+            tokens = jnp.concatenate([cls, tokens], axis=1)
+        tokens = self.pos_drop(tokens + self.pos_embed_for(grid).astype(tokens.dtype))
+        maps = []
+        for block in self.blocks:
+            if return_attention:
+                tokens, weights = block(tokens, return_attention=True)
+                maps.append(weights)
+            else:
+                tokens = block(tokens)
+        if self.pool == "cls":
+            features = self.norm(tokens)[:, 0]
+        else:
+            features = self.fc_norm(tokens.mean(axis=1))
+        out = self.head(features) if self.head is not None else features
+        return (out, maps) if return_attention else out
