@@ -46,7 +46,7 @@ def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: flo
         if ema is not None:
             params = nnx.state(model, nnx.Param)
             ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **parts}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **parts}
         return {"model": new_model, "opt": nnx.state(optimizer), "ema": ema}, metrics
 
     jitted = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
