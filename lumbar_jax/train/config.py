@@ -37,14 +37,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 16  # global batch (all devices, all processes)
     c.train.eval_batch_size = 32  # global eval batch; the last one is padded and masked
-    c.train.steps = 150  # optimizer steps per fold
+    c.train.steps = 120  # optimizer steps per fold
     c.train.lr = 1e-3  # peak AdamW learning rate
-    c.train.warmup_steps = 15  # linear warmup, then cosine decay to 0 at `steps`
+    c.train.warmup_steps = 12  # linear warmup, then cosine decay to 0 at `steps`
     c.train.weight_decay = 0.05  # AdamW decoupled weight decay
     c.train.grad_clip = 1.0  # global-norm gradient clipping
     c.train.ema_decay = 0.0  # EMA of parameters for evaluation; 0 = off
-    c.train.eval_every = 50  # steps between held-out evaluations (and best-checkpoint updates)
-    c.train.checkpoint_every = 50  # steps between "latest" checkpoints (resume points)
+    c.train.eval_every = 40  # steps between held-out evaluations (and best-checkpoint updates)
+    c.train.checkpoint_every = 40  # steps between "latest" checkpoints (resume points)
     c.train.log_every = 10  # steps between metric log lines
 
     c.cv = ml_collections.ConfigDict()
