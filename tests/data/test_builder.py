@@ -133,3 +133,13 @@ def test_rebuild_is_safe_and_parallel_build_is_identical(built, tmp_path):
 def test_build_command_names_a_bad_manual_dir(tmp_path, capsys):
     assert build.main(["--manual_dir", str(tmp_path), "--data_dir", str(tmp_path / "out")]) == 2
     assert "train_series_descriptions.csv" in capsys.readouterr().err
+
+
+def test_importing_the_data_package_registers_the_builder_without_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, tensorflow_datasets as tfds, lumbar_jax.data; "
+            "assert 'rsna_lumbar_spine' in tfds.list_builders(with_community_datasets=False); "
+            "assert 'tensorflow' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
