@@ -108,6 +108,19 @@ def class_prior_baseline(train_labels: np.ndarray, num_eval: int, pseudo_count: 
     return np.broadcast_to(freqs, (num_eval, L.NUM_TARGETS, L.NUM_SEVERITIES)).astype(np.float64)
 
 
+def weighted_prior_baseline(train_labels: np.ndarray, num_eval: int, pseudo_count: float = 1.0) -> np.ndarray:
+    """The best constant predictor under the metric's class weights: p_c proportional to w_c x count_c per
+    target (w = 1/2/4), the minimiser of the weighted log loss over the training labels.
+
+    A second reference next to the class-prior baseline: a model that only learnt to re-weight the prior
+    (no image signal) scores about this, and must be beaten by a model that reads the images.
+    Arguments and result as `class_prior_baseline`.
+    """
+    prior = class_prior_baseline(train_labels, 1, pseudo_count)[0] * L.SEVERITY_WEIGHTS
+    prior /= prior.sum(axis=-1, keepdims=True)
+    return np.broadcast_to(prior, (num_eval, L.NUM_TARGETS, L.NUM_SEVERITIES)).astype(np.float64)
+
+
 def classification_stats(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """Accuracy, balanced accuracy and per-class recall of argmax predictions over labelled rows.
 
@@ -130,10 +143,11 @@ def classification_stats(labels: np.ndarray, probs: np.ndarray) -> dict[str, flo
 
 
 def evaluate_predictions(labels: np.ndarray, probs: np.ndarray, train_labels: np.ndarray) -> dict:
-    """Everything a report shows for one set of predictions: score, stats, and the baseline beside them."""
-    baseline = class_prior_baseline(train_labels, len(labels))
+    """Everything a report shows for one set of predictions: score, stats, the class-prior baseline beside
+    them and the best constant (`weighted_prior`)."""
     return {
         **competition_score(labels, probs),
         **classification_stats(labels, probs),
-        "baseline": competition_score(labels, baseline),
+        "baseline": competition_score(labels, class_prior_baseline(train_labels, len(labels))),
+        "weighted_prior": competition_score(labels, weighted_prior_baseline(train_labels, len(labels))),
     }

@@ -73,10 +73,11 @@ def score_submission(solution: str, submission: str, prior_from: str | None = No
 
 
 def format_report(result: dict) -> str:
-    """A small table: each loss of the submission next to the class-prior baseline."""
-    lines = [f"{'':20s}{'submission':>12s}{'baseline':>12s}"]
+    """A small table: each loss of the submission next to the class-prior baseline and the best constant."""
+    lines = [f"{'':20s}{'submission':>12s}{'baseline':>12s}{'best const':>12s}"]
     for key in (*metrics.LOSS_KEYS, "score"):
-        lines.append(f"{key:20s}{result[key]:12.4f}{result['baseline'][key]:12.4f}")
+        lines.append(f"{key:20s}{result[key]:12.4f}{result['baseline'][key]:12.4f}"
+                     f"{result['weighted_prior'][key]:12.4f}")
     lines.append(f"accuracy {result['accuracy']:.4f}  balanced accuracy {result['balanced_accuracy']:.4f}  "
                  f"studies {result['num_studies']}")
     return "\n".join(lines)

@@ -29,3 +29,24 @@ def test_config_variants_validate(name, variant):
 def test_unknown_variant_is_refused():
     with pytest.raises(config_lib.ConfigError, match="variant"):
         _load(FILES[0]).get_config("r512")
+
+
+@pytest.mark.parametrize("overrides,field", [
+    ({"train.coord_loss_weight": 1.0, "model.fusion": "concat_mlp"}, "train.coord_loss_weight"),
+    ({"train.coord_loss_weight": -0.5}, "train.coord_loss_weight"),
+    ({"train.coord_sigma": 0.0}, "train.coord_sigma"),
+    ({"model.effnet_pool": (1, 3, 2)}, "model.effnet_pool"),
+])
+def test_bad_coordinate_and_head_settings_are_refused_naming_the_field(overrides, field):
+    config = _load("vit_effnet.py").get_config()
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    with pytest.raises(config_lib.ConfigError, match=field.replace(".", r"\.")):
+        config_lib.validate(config)
+
+
+def test_pooled_heads_train_without_coordinate_supervision():
+    config = _load("vit_effnet.py").get_config()
+    config.model.fusion, config.train.coord_loss_weight = "attention", 0.0
+    config_lib.validate(config)

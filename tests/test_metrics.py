@@ -138,3 +138,23 @@ def test_majority_class_has_high_accuracy_and_one_third_balanced_accuracy():
     assert stats["accuracy"] == pytest.approx(0.8)
     assert stats["balanced_accuracy"] == pytest.approx(1 / 3)
     assert stats["recall_severe"] == 0.0
+
+
+def test_weighted_prior_is_the_best_constant_under_the_class_weights():
+    rng = np.random.default_rng(3)
+    train = rng.choice(3, size=(200, L.NUM_TARGETS), p=[0.75, 0.17, 0.08])
+    prior = metrics.weighted_prior_baseline(train, 1)[0]
+    counts = np.stack([(train == k).sum(0) for k in range(3)], -1) + 1.0
+    expected = counts * [1, 2, 4] / (counts * [1, 2, 4]).sum(-1, keepdims=True)
+    np.testing.assert_allclose(prior, expected)
+    # On the training labels themselves it beats the frequencies (which the metric's weights penalise) and
+    # any perturbation of it does worse on the weighted loss of a target.
+    freq = metrics.class_prior_baseline(train, len(train))
+    best = metrics.weighted_prior_baseline(train, len(train))
+    assert metrics.competition_score(train, best)["foraminal"] < metrics.competition_score(train, freq)["foraminal"]
+    # Without smoothing it is the exact minimiser: any perturbation of it raises a target's weighted loss.
+    exact = metrics.weighted_prior_baseline(train, 1, pseudo_count=0.0)[0, 7]
+    y = train[:, 7]
+    weighted_nll = lambda p: -np.sum(np.array([1.0, 2.0, 4.0])[y] * np.log(p[y]))  # noqa: E731
+    for delta in ([0.02, -0.01, -0.01], [-0.02, 0.0, 0.02], [0.0, 0.01, -0.01]):
+        assert weighted_nll(exact + np.array(delta)) > weighted_nll(exact)

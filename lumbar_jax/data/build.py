@@ -13,12 +13,25 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 
 import tensorflow_datasets as tfds
 
 from lumbar_jax.data.rsna_lumbar_spine import Builder
 
 CONFIG_NAMES = tuple(c.name for c in Builder.BUILDER_CONFIGS)
+
+
+def _new_builder(**kwargs) -> Builder:
+    """Builder(**kwargs). TFDS's DatasetBuilder.__init__ leaves an empty `mkdtemp` directory in /tmp behind
+    whenever the dataset is not built yet (DatasetInfo.initialize_from_bucket, even with GCS disabled), so
+    construct it with tempfile's directory pointed at a scratch directory that is removed afterwards."""
+    with tempfile.TemporaryDirectory() as scratch:
+        previous, tempfile.tempdir = tempfile.tempdir, scratch
+        try:
+            return Builder(**kwargs)
+        finally:
+            tempfile.tempdir = previous
 
 
 def build_dataset(manual_dir: str, data_dir: str, config: str = "r64", workers: int | None = None,
@@ -31,7 +44,7 @@ def build_dataset(manual_dir: str, data_dir: str, config: str = "r64", workers: 
     if not os.path.exists(os.path.join(manual_dir, "train_series_descriptions.csv")):
         raise FileNotFoundError(f"manual_dir {manual_dir} holds no train_series_descriptions.csv: "
                                 "point it at the unzipped Kaggle competition folder")
-    builder = Builder(config=config, data_dir=data_dir, file_format="array_record",
+    builder = _new_builder(config=config, data_dir=data_dir, file_format="array_record",
                       num_workers=workers or os.cpu_count() or 1)
     mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     if overwrite:

@@ -153,6 +153,7 @@ class DepthwiseSeparableConv(nnx.Module):
         self.se = SqueezeExcite(cin, max(1, int(cin * SE_RATIO)), conv, rngs)
         self.conv_pw = conv(cin, cout, 1, rngs=rngs)
         self.bn2 = norm(cout, rngs=rngs)
+        self.stride = stride
         self.has_skip = stride == 1 and cin == cout
         self.drop_path = DropPath(drop_path if self.has_skip else 0.0, rngs=rngs)
 
@@ -177,6 +178,7 @@ class InvertedResidual(nnx.Module):
         self.se = SqueezeExcite(mid, max(1, int(cin * SE_RATIO)), conv, rngs)
         self.conv_pwl = conv(mid, cout, 1, rngs=rngs)
         self.bn3 = norm(cout, rngs=rngs)
+        self.stride = stride
         self.has_skip = stride == 1 and cin == cout
         self.drop_path = DropPath(drop_path if self.has_skip else 0.0, rngs=rngs)
 
@@ -260,13 +262,27 @@ class EfficientNet(nnx.Module):
             if num_classes else None
         )
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    def output_grid(self, spatial_shape) -> tuple[int, ...]:
+        """Spatial shape of `feature_map` for an input of `spatial_shape`: every stride-2 conv (stem and the
+        first block of a stride-2 stage) halves each axis, rounding up, under both paddings."""
+        halvings = 1 + sum(block.stride == 2 for stage in self.blocks for block in stage)
+        grid = tuple(spatial_shape)
+        for _ in range(halvings):
+            grid = tuple(-(-n // 2) for n in grid)
+        return grid
+
+    def feature_map(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """x `[N, *S, C]`, mask bool `[N]` of the samples BatchNorm statistics come from in training (None =
-        all) -> globally pooled features `[N, num_features]`, or logits `[N, num_classes]`."""
+        all) -> the last feature map `[N, *output_grid(S), num_features]` (after conv_head, bn2, SiLU)."""
         x = jax.nn.silu(self.bn1(self.conv_stem(x), mask))
         for stage in self.blocks:
             for block in stage:
                 x = block(x, mask)
-        x = jax.nn.silu(self.bn2(self.conv_head(x), mask))
+        return jax.nn.silu(self.bn2(self.conv_head(x), mask))
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """x `[N, *S, C]`, mask bool `[N]` (see `feature_map`) -> globally pooled features `[N, num_features]`,
+        or logits `[N, num_classes]`."""
+        x = self.feature_map(x, mask)
         features = x.mean(axis=tuple(range(1, x.ndim - 1)))
         return self.classifier(self.head_drop(features)) if self.classifier is not None else features

@@ -10,9 +10,11 @@ Example `model` section (every field; values other than `name` are the defaults,
         patch=(4, 16, 16),          # ViT tubelet [d, h, w]; must divide volume_shape
         pool='cls',                 # ViT pooling: 'cls' token or 'mean' of patch tokens
         share_encoders=True,        # one encoder set for all 3 series types (run once on [B*3, ...]) or 3 sets
-        fusion='attention',         # fusion head: 'attention' (query over series tokens) or 'concat_mlp'
+        fusion='target_query',      # fusion head: 'target_query' (25 queries over all spatial tokens),
+                                    #   'attention' (one query over pooled series vectors) or 'concat_mlp'
         head_hidden=256,            # fusion head width (attention tokens / MLP hidden units)
-        head_heads=4,               # attention heads of the 'attention' fusion (must divide head_hidden)
+        head_heads=4,               # attention heads of the attention fusions (must divide head_hidden)
+        head_depth=1,               # cross-attention blocks of the 'target_query' fusion
         dropout=0.1,                # dropout in the fusion head
         encoder_dropout=0.0,        # dropout inside the ViT (after pos-embed, attention proj, MLP)
         drop_path=0.1,              # stochastic depth of the deepest encoder block (linear ramp from 0)
@@ -21,6 +23,7 @@ Example `model` section (every field; values other than `name` are the defaults,
         conv_impl='auto',           # EfficientNet convs: 'auto' (shifted slices on CPU, lax on GPU/TPU),
                                     #   'slices' or 'lax' (see layers.py)
         effnet_padding='symmetric', # 'symmetric' (timm efficientnet_b*) or 'same' (TF, tf_efficientnet_b*)
+        effnet_pool=(1, 1, 1),      # average-pool window [d, h, w] of the EfficientNet's input (CPU speed)
     )
 """
 
@@ -54,9 +57,10 @@ MODEL_FIELDS: dict[str, tuple[Any, str]] = {
     "patch": ((4, 16, 16), "ViT tubelet [d, h, w]; must divide volume_shape"),
     "pool": ("cls", f"ViT pooling, one of {POOLS}"),
     "share_encoders": (True, "one encoder set for all series types (True) or one per series type"),
-    "fusion": ("attention", f"fusion head, one of {FUSIONS}"),
+    "fusion": ("target_query", f"fusion head, one of {FUSIONS}"),
     "head_hidden": (256, "fusion head width"),
-    "head_heads": (4, "attention heads of the 'attention' fusion; must divide head_hidden"),
+    "head_heads": (4, "attention heads of the attention fusions; must divide head_hidden"),
+    "head_depth": (1, "cross-attention blocks of the 'target_query' fusion"),
     "dropout": (0.1, "dropout rate in the fusion head"),
     "encoder_dropout": (0.0, "dropout rate inside the ViT"),
     "drop_path": (0.1, "stochastic depth rate of the deepest encoder block"),
@@ -64,6 +68,7 @@ MODEL_FIELDS: dict[str, tuple[Any, str]] = {
     "param_dtype": ("float32", f"parameter dtype, one of {DTYPES}"),
     "conv_impl": ("auto", f"EfficientNet convolution implementation, one of {CONV_IMPLS}"),
     "effnet_padding": ("symmetric", f"EfficientNet conv padding, one of {PADDINGS}"),
+    "effnet_pool": ((1, 1, 1), "average-pool window [d, h, w] of the EfficientNet's input; must divide volume_shape"),
 }
 
 
@@ -125,14 +130,19 @@ def validate_model_config(config: ml_collections.ConfigDict | Mapping) -> dict:
         _choice(cfg, "effnet", EFFNET_VARIANTS)
         _choice(cfg, "conv_impl", CONV_IMPLS)
         _choice(cfg, "effnet_padding", PADDINGS)
+        cfg["effnet_pool"] = pool = _int_tuple(cfg, "effnet_pool", 3)
+        if any(v % p for v, p in zip(volume_shape, pool)):
+            _fail("effnet_pool", f"{pool} does not divide model.volume_shape {volume_shape}")
     if not isinstance(cfg["share_encoders"], bool):
         _fail("share_encoders", f"{cfg['share_encoders']!r} is not a bool")
     _choice(cfg, "fusion", FUSIONS)
     _positive_int(cfg, "head_hidden")
-    if cfg["fusion"] == "attention":
+    if cfg["fusion"] in ("attention", "target_query"):
         _positive_int(cfg, "head_heads")
         if cfg["head_hidden"] % cfg["head_heads"]:
             _fail("head_heads", f"{cfg['head_heads']} does not divide model.head_hidden {cfg['head_hidden']}")
+    if cfg["fusion"] == "target_query":
+        _positive_int(cfg, "head_depth")
     _rate(cfg, "dropout")
     _rate(cfg, "drop_path")
     _choice(cfg, "dtype", DTYPES)
@@ -155,9 +165,11 @@ def create_model(config: ml_collections.ConfigDict | Mapping, rngs: nnx.Rngs) ->
         if "effnet" in encoders:
             effnet = EfficientNet(cfg["effnet"], ndim=3, drop_path=cfg["drop_path"], padding=cfg["effnet_padding"],
                                   conv_impl=cfg["conv_impl"], **kw)
-        return SeriesEncoder(vit, effnet)
+        return SeriesEncoder(vit, effnet, cfg["effnet_pool"])
 
     series = [series_encoder() for _ in range(1 if cfg["share_encoders"] else len(SERIES_TYPES))]
     head = fusion_head(cfg["fusion"], series[0].num_features, len(SERIES_TYPES), hidden=cfg["head_hidden"],
-                       num_heads=cfg["head_heads"], dropout=cfg["dropout"], **kw)
+                       num_heads=cfg["head_heads"], dropout=cfg["dropout"],
+                       sources=series[0].token_sources(cfg["volume_shape"]), volume_shape=cfg["volume_shape"],
+                       depth=cfg["head_depth"], **kw)
     return StudyModel(series, head, dtype=kw["dtype"])

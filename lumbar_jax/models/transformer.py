@@ -1,4 +1,5 @@
-"""Pre-LayerNorm transformer block shared by the ViT encoder and the attention fusion head.
+"""Pre-LayerNorm transformer blocks: self-attention (the ViT encoder, the attention fusion head) and
+cross-attention (queries over spatial tokens, the target-query head).
 
 Module and parameter names follow timm's `vision_transformer.Block` (norm1, attn.qkv, attn.proj, norm2,
 mlp.fc1, mlp.fc2) so pretrained weights map 1:1 (torch Linear `weight [out, in]` = our `kernel [in, out]`.T).
@@ -96,3 +97,55 @@ class Block(nnx.Module):
         x = x + self.drop_path(attn)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return (x, weights) if return_attention else x
+
+
+class CrossAttention(nnx.Module):
+    """Multi-head attention of queries `[B, Q, E]` over keys/values `[B, K, E]` with a key mask; it also
+    returns its attention weights (written out: with few queries the explicit softmax costs nothing)."""
+
+    def __init__(self, dim: int, num_heads: int, *, dropout: float = 0.0, dtype=None, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        if dim % num_heads:
+            raise ValueError(f"attention width {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.q = dense(dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.kv = dense(dim, 2 * dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.proj = dense(dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.proj_drop = dropout_layer(dropout, rngs)
+
+    def __call__(self, queries: jax.Array, tokens: jax.Array, mask: jax.Array | None = None,
+                 bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """queries `[B, Q, E]`, tokens `[B, K, E]`, mask bool `[B, K]` (False = key ignored), bias `[Q, K]`
+        added to the attention logits of every head -> (`[B, Q, E]`, attention weights float32
+        `[B, heads, Q, K]`)."""
+        (b, nq, e), nk, h = queries.shape, tokens.shape[1], self.num_heads
+        q = self.q(queries).reshape(b, nq, h, e // h)
+        k, v = jnp.moveaxis(self.kv(tokens).reshape(b, nk, 2, h, e // h), 2, 0)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
+        if bias is not None:
+            logits = logits + bias.astype(jnp.float32)
+        if mask is not None:
+            logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+        return self.proj_drop(self.proj(out.reshape(b, nq, e))), weights
+
+
+class CrossBlock(nnx.Module):
+    """q + CrossAttn(LN(q), LN(tokens)), then q + MLP(LN(q)): queries `[B, Q, E]` read tokens `[B, K, E]`."""
+
+    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, dropout: float = 0.0, dtype=None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm_q = layer_norm(dim, **kw)
+        self.norm_kv = layer_norm(dim, **kw)
+        self.attn = CrossAttention(dim, num_heads, dropout=dropout, **kw)
+        self.norm2 = layer_norm(dim, **kw)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, dropout=dropout, **kw)
+
+    def __call__(self, queries: jax.Array, tokens: jax.Array, mask: jax.Array | None = None,
+                 bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """-> (queries `[B, Q, E]`, attention weights `[B, heads, Q, K]`); mask and bias as CrossAttention."""
+        attended, weights = self.attn(self.norm_q(queries), self.norm_kv(tokens), mask, bias)
+        queries = queries + attended
+        return queries + self.mlp(self.norm2(queries)), weights

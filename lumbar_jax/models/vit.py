@@ -114,9 +114,9 @@ class VisionTransformer(nnx.Module):
         patches = resample_pos_embed(patches.reshape(*self.grid, -1), grid).reshape(1, -1, pos.shape[-1])
         return jnp.concatenate([prefix, patches], axis=1)
 
-    def __call__(self, x: jax.Array, return_attention: bool = False):
-        """x `[B, *S, C]` (S a multiple of the patch) -> `[B, width or num_classes]`; with `return_attention`
-        also the per-block attention maps, a list of `[B, heads, T, T]` (T = prefix + tokens)."""
+    def encode(self, x: jax.Array, return_attention: bool = False) -> tuple[jax.Array, list]:
+        """x `[B, *S, C]` -> (tokens `[B, prefix + T, E]` after the last block, the per-block attention maps
+        `[B, heads, prefix + T, prefix + T]`, empty unless `return_attention`)."""
         tokens = self.patch_embed(x)
         grid = tokens.shape[1:-1]
         tokens = tokens.reshape(x.shape[0], -1, tokens.shape[-1])
@@ -131,6 +131,21 @@ class VisionTransformer(nnx.Module):
                 maps.append(weights)
             else:
                 tokens = block(tokens)
+        return tokens, maps
+
+    def patch_tokens(self, x: jax.Array, return_attention: bool = False) -> tuple[jax.Array, list]:
+        """x `[B, *S, C]` -> (patch tokens `[B, T, E]` in grid order, LayerNormed as the pooled features are
+        (the final `norm` with 'cls' pooling; raw with 'mean', whose `fc_norm` acts on the mean), maps):
+        what a spatial head attends over."""
+        tokens, maps = self.encode(x, return_attention)
+        if self.norm is not None:
+            tokens = self.norm(tokens)
+        return tokens[:, self.num_prefix:], maps
+
+    def __call__(self, x: jax.Array, return_attention: bool = False):
+        """x `[B, *S, C]` (S a multiple of the patch) -> `[B, width or num_classes]`; with `return_attention`
+        also the per-block attention maps, a list of `[B, heads, T, T]` (T = prefix + tokens)."""
+        tokens, maps = self.encode(x, return_attention)
         if self.pool == "cls":
             features = self.norm(tokens)[:, 0]
         else:

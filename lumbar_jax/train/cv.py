@@ -61,12 +61,13 @@ def write_oof(path: str, study_ids: np.ndarray, probs: np.ndarray, folds: np.nda
 
 def format_table(summary: dict) -> str:
     """Per-fold and OOF competition score beside the class-prior baseline, then the OOF components."""
-    lines = [f"{'':10s}{'score':>9s}{'baseline':>10s}{'accuracy':>10s}{'bal.acc':>9s}{'best step':>11s}"]
+    lines = [f"{'':10s}{'score':>9s}{'baseline':>10s}{'best const':>12s}{'accuracy':>10s}{'bal.acc':>9s}"
+             f"{'best step':>11s}"]
     rows = [(f"fold {f['fold']}", f["val"], f["best_step"]) for f in summary["folds"]]
     rows.append(("OOF", summary["oof"], ""))
     for name, r, best_step in rows:
-        lines.append(f"{name:10s}{r['score']:9.4f}{r['baseline']['score']:10.4f}{r['accuracy']:10.4f}"
-                     f"{r['balanced_accuracy']:9.4f}{best_step!s:>11s}")
+        lines.append(f"{name:10s}{r['score']:9.4f}{r['baseline']['score']:10.4f}{r['weighted_prior']['score']:12.4f}"
+                     f"{r['accuracy']:10.4f}{r['balanced_accuracy']:9.4f}{best_step!s:>11s}")
     lines.append("OOF losses: " + "  ".join(
         f"{k} {summary['oof'][k]:.4f} (baseline {summary['oof']['baseline'][k]:.4f})" for k in metrics.LOSS_KEYS))
     return "\n".join(lines)
@@ -114,15 +115,21 @@ def summarize(workdir: str, study_ids: np.ndarray, labels: np.ndarray, folds: np
     for r in results:
         probs[r["val_indices"]] = np.asarray(r["val_probs"])
     scored = np.flatnonzero(folds >= 0)
-    # The OOF baseline of each study comes from its own fold's training part, like its prediction.
-    baseline = np.empty_like(probs)
-    for k in range(len(results)):
-        held = folds == k
-        baseline[held] = metrics.class_prior_baseline(labels[(folds >= 0) & ~held], int(held.sum()))
+
+    def out_of_fold(baseline_fn) -> dict:
+        """Score of a prior-only predictor whose prior for each study comes from its own fold's training
+        part, like its prediction."""
+        predictions = np.empty_like(probs)
+        for k in range(len(results)):
+            held = folds == k
+            predictions[held] = baseline_fn(labels[(folds >= 0) & ~held], int(held.sum()))
+        return metrics.competition_score(labels[scored], predictions[scored])
+
     oof = {
         **metrics.competition_score(labels[scored], probs[scored]),
         **metrics.classification_stats(labels[scored], probs[scored]),
-        "baseline": metrics.competition_score(labels[scored], baseline[scored]),
+        "baseline": out_of_fold(metrics.class_prior_baseline),
+        "weighted_prior": out_of_fold(metrics.weighted_prior_baseline),
     }
     summary = {
         "oof": oof,

@@ -47,9 +47,16 @@ def read_fold_result(workdir: str, fold: int) -> dict | None:
         return json.load(f)
 
 
-def build_state(config, mesh):
-    """A freshly initialised model + optimizer for this config, replicated over the mesh."""
+def build_state(config, mesh, train_labels: np.ndarray | None = None):
+    """A freshly initialised model + optimizer for this config, replicated over the mesh.
+
+    With `train_labels` (int [M, 25]) the logit bias starts at the log class prior of those labels, so the
+    first steps learn from the images instead of spending themselves on moving a bias (Adam moves each
+    parameter by about the learning rate per step: a bias of log(0.05) would take thousands).
+    """
     model = registry.create_model(config.model, nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+    if train_labels is not None:
+        model.head.set_output_bias(np.log(metrics.class_prior_baseline(train_labels, 1)[0]))
     tx = step_lib.make_optimizer(config.train.lr, config.train.steps, config.train.warmup_steps,
                                  config.train.weight_decay, config.train.grad_clip)
     statics, state = create_train_state(model, tx, use_ema=config.train.ema_decay > 0)
@@ -74,7 +81,7 @@ def predict(eval_step, state, source, indices, batch_size: int, mesh, study_ids:
 
 
 def _model_inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in ("volumes", "present", "labels")}
+    return {k: batch[k] for k in ("volumes", "present", "labels", "coords", "coords_series")}
 
 
 def train_fold(config, workdir: str, fold: int, source, train_idx: np.ndarray, val_idx: np.ndarray,
@@ -94,8 +101,9 @@ def train_fold(config, workdir: str, fold: int, source, train_idx: np.ndarray, v
     directory = fold_dir(workdir, fold)
     writer = MetricLogger(directory, enabled=jax.process_index() == 0)
     store = CheckpointStore(os.path.join(directory, "checkpoints"))
-    statics, state = build_state(config, mesh)
-    train_step = step_lib.make_train_step(statics, mesh, config.seed + 1000 * fold, tc.ema_decay)
+    statics, state = build_state(config, mesh, all_labels[train_idx])
+    train_step = step_lib.make_train_step(statics, mesh, config.seed + 1000 * fold, tc.ema_decay,
+                                          tc.coord_loss_weight, tc.coord_sigma)
     eval_step = step_lib.make_eval_step(statics, mesh)
     val_labels, train_labels = all_labels[val_idx], all_labels[train_idx]
 
@@ -114,8 +122,9 @@ def train_fold(config, workdir: str, fold: int, source, train_idx: np.ndarray, v
     def evaluate(step: int) -> float:
         probs = predict(eval_step, state, source, val_idx, tc.eval_batch_size, mesh, study_ids)
         result = metrics.evaluate_predictions(val_labels, probs, train_labels)
-        writer.write(step, {f"val/{k}": v for k, v in result.items() if k != "baseline"}
-                     | {f"val/baseline_{k}": v for k, v in result["baseline"].items()})
+        writer.write(step, {f"val/{k}": v for k, v in result.items() if not isinstance(v, dict)}
+                     | {f"val/baseline_{k}": v for k, v in result["baseline"].items()}
+                     | {"val/weighted_prior_score": result["weighted_prior"]["score"]})
         if result["score"] < best["score"]:
             best.update(score=result["score"], step=step)
             store.save_best(step, state, {"step": step, "best": best}, result["score"])

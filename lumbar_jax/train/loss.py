@@ -65,3 +65,40 @@ def metric_loss(logits: jax.Array, labels: jax.Array, valid: jax.Array | None = 
     term_weights = present * jnp.array([1.0] * _NUM_GROUPS + [any_severe_weight])
     loss = jnp.sum(terms * term_weights) / jnp.maximum(jnp.sum(term_weights), 1e-9)
     return loss, components
+
+
+def localisation_loss(query_attention: jax.Array, coords: jax.Array, coords_series: jax.Array,
+                      present: jax.Array, key_series: np.ndarray, key_centres: np.ndarray, volume_shape,
+                      sigma: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Pull each target query's attention toward its annotated point (the coordinate supervision).
+
+    For target t of study b annotated at normalised `coords[b, t]` on series `coords_series[b, t]`, the goal
+    distribution over the keys is a Gaussian (std `sigma`, normalised units) around the point over the keys
+    of that series and zero elsewhere; the loss is its cross-entropy with the query's attention, averaged over
+    the (b, t) that have a coordinate on a present series. Others contribute nothing.
+
+    Args:
+      query_attention: float [B, 25, K] attention of each target query over the keys (rows sum to 1).
+      coords: float [B, 25, 3] normalised (depth, row, col); coords_series int [B, 25] (-1 = none).
+      present: bool [B, S]. key_series int [K], key_centres float [K, 3]: the head's `key_layout()`.
+      volume_shape: [D, H, W], to report distances in voxels.
+    Returns:
+      (loss, {"localisation": loss, "peak_distance": mean voxel distance between the attention peak over the
+      annotated series' keys and the annotated point, over the same (b, t)}).
+    """
+    key_series, key_centres = jnp.asarray(key_series), jnp.asarray(key_centres, jnp.float32)
+    series = jnp.clip(coords_series, 0, present.shape[1] - 1)
+    annotated = (coords_series >= 0) & jnp.take_along_axis(present, series, axis=1)  # [B, 25]
+    on_series = key_series[None, None, :] == coords_series[..., None]  # [B, 25, K]
+    sq_dist = jnp.sum((key_centres[None, None] - coords[:, :, None, :]) ** 2, axis=-1)  # [B, 25, K]
+    goal = jnp.where(on_series, jnp.exp(-0.5 * sq_dist / sigma**2), 0.0)
+    goal = goal / jnp.maximum(goal.sum(-1, keepdims=True), 1e-12)
+    ce = -jnp.sum(goal * jnp.log(query_attention.astype(jnp.float32) + 1e-9), axis=-1)  # [B, 25]
+    count = jnp.maximum(annotated.sum(), 1)
+    loss = jnp.sum(jnp.where(annotated, ce, 0.0)) / count
+
+    peak = jnp.argmax(jnp.where(on_series, query_attention, -1.0), axis=-1)  # [B, 25]
+    extent = jnp.asarray([max(n - 1, 1) for n in volume_shape], jnp.float32)
+    distance = jnp.linalg.norm((key_centres[peak] - coords) * extent, axis=-1)
+    peak_distance = jnp.sum(jnp.where(annotated, distance, 0.0)) / count
+    return loss, {"localisation": loss, "peak_distance": peak_distance}

@@ -14,7 +14,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lumbar_jax.train import mesh as mesh_lib
-from lumbar_jax.train.loss import metric_loss
+from lumbar_jax.train.loss import localisation_loss, metric_loss
 from lumbar_jax.train.state import TrainStatics, eval_model_state, merge_model
 
 
@@ -25,8 +25,13 @@ def make_optimizer(lr: float, steps: int, warmup_steps: int, weight_decay: float
     return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adamw(schedule, weight_decay=weight_decay))
 
 
-def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: float):
-    """state, batch, step -> (state, metrics). Dropout keys are fold_in(seed, step): resume-exact."""
+def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: float,
+                    coord_loss_weight: float = 0.0, coord_sigma: float = 0.08):
+    """state, batch, step -> (state, metrics). Dropout keys are fold_in(seed, step): resume-exact.
+
+    The loss is the metric loss, plus `coord_loss_weight` x the localisation loss of the target queries
+    (needs the 'target_query' head and `coords` / `coords_series` in the batch) when the weight is > 0.
+    """
     base_key = jax.random.key(seed)
     replicated = mesh_lib.replicated(mesh)
 
@@ -36,8 +41,15 @@ def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: flo
         optimizer = nnx.merge(statics.opt_def, state["opt"])
 
         def loss_fn(model):
-            logits = model(batch["volumes"], batch["present"])
-            return metric_loss(logits, batch["labels"])
+            if coord_loss_weight <= 0:
+                return metric_loss(model(batch["volumes"], batch["present"]), batch["labels"])
+            logits, attention = model.with_query_attention(batch["volumes"], batch["present"])
+            loss, parts = metric_loss(logits, batch["labels"])
+            key_series, key_centres = model.head.key_layout()
+            coord_loss, coord_parts = localisation_loss(
+                attention, batch["coords"], batch["coords_series"], batch["present"], key_series, key_centres,
+                model.head.volume_shape, coord_sigma)
+            return loss + coord_loss_weight * coord_loss, {**parts, "metric_loss": loss, **coord_parts}
 
         (loss, parts), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         optimizer.update(model, grads)

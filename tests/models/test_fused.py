@@ -37,7 +37,7 @@ def _forward(model, volumes, present, return_attention=False):
 def test_forward_backward_and_absent_series_invariance_in_training():
     """Train mode (dropout, drop path, BatchNorm batch statistics): one step from the same state on two batches
     that differ only inside absent series gives the same loss, logits, gradients and updated statistics."""
-    graphdef, state = nnx.split(_model())  # shared encoders, attention fusion
+    graphdef, state = nnx.split(_model())  # shared encoders, target-query fusion
 
     @jit_fast_compile
     def train_step(state, volumes, present, labels):
@@ -94,7 +94,8 @@ def test_bfloat16_compute_returns_float32_logits():
 def test_attention_maps_and_position_embedding_resampling(share_encoders, shape):
     """A ViT model built for 16x64x64 volumes runs on 8x32x32 and 32x64x64 (resampled position embeddings);
     attention maps are one `[B, S, heads, T, T]` per block, rows summing to 1."""
-    model = _model("vit", share_encoders=share_encoders, volume_shape=(16, 64, 64))  # vit_tiny_test: 2 x 2 heads
+    model = _model("vit", share_encoders=share_encoders, volume_shape=(16, 64, 64),  # vit_tiny_test: 2 x 2 heads
+                   fusion="attention")  # a pooled head: the target-query head is built for one token grid
     model.eval()
     volumes, present = study_batch(2, shape)
     logits, maps = _forward(model, volumes, present, return_attention=True)
@@ -112,3 +113,36 @@ def test_attention_maps_need_a_vit():
     model = _model("effnet")
     with pytest.raises(ValueError, match="needs a ViT"):
         model(*study_batch(1), return_attention=True)
+
+
+def test_query_attention_with_pooled_effnet_input_matches_the_key_layout():
+    model = _model("vit_effnet", effnet_pool=(1, 2, 2), head_hidden=32, patch=(4, 8, 8))
+    model.eval()
+    grids = [grid for grid, _ in model.encoders[0].token_sources((16, 64, 64))]
+    assert grids == [(4, 8, 8), (2, 4, 4)]  # effnet_tiny_test: stride 8 on the 16x32x32 pooled input
+    volumes, present = study_batch(2)
+    present[1, 2] = False
+    logits, attention = nnx.jit(lambda m, v, p: m.with_query_attention(v, p))(model, volumes, present)
+    key_series, _ = model.head.key_layout()
+    assert logits.shape == (2, *LOGITS_SHAPE) and attention.shape == (2, NUM_TARGETS, len(key_series))
+    assert len(key_series) == 3 * (4 * 8 * 8 + 2 * 4 * 4)
+    np.testing.assert_allclose(attention.sum(-1), 1.0, rtol=1e-5)
+    assert float(attention[1][:, key_series == 2].max()) < 1e-30  # absent series 2 of study 1
+    np.testing.assert_allclose(_forward(model, volumes, present), logits, rtol=1e-5, atol=1e-6)
+
+
+def test_query_attention_needs_the_target_query_head_and_its_volume_shape():
+    with pytest.raises(ValueError, match="target_query"):
+        _model("vit", fusion="concat_mlp").with_query_attention(*study_batch(1))
+    with pytest.raises(ValueError, match="volume_shape"):
+        _model("vit")(*study_batch(1, (8, 32, 32)))
+
+
+@pytest.mark.parametrize("padding", ["symmetric", "same"])
+def test_effnet_output_grid_matches_its_feature_map(padding):
+    model = _model("effnet", effnet_padding=padding)
+    effnet = model.encoders[0].effnet
+    effnet.eval()
+    for shape in [(16, 64, 64), (8, 30, 33)]:
+        fmap = effnet.feature_map(jnp.zeros((1, *shape, 1)))
+        assert fmap.shape[1:-1] == effnet.output_grid(shape)

@@ -9,14 +9,18 @@ from lumbar_jax.models import MODEL_FIELDS, MODEL_NAMES, create_model, default_m
 from lumbar_jax.models.layers import num_params
 from lumbar_jax.models.registry import MODEL_ENCODERS
 
-# (name, share_encoders, fusion) -> parameters, with the tiny encoders and the default head (256 wide).
+# (name, share_encoders, fusion) -> parameters, with the tiny encoders and the registry's default head (256 wide,
+# ViT patch 4x16x16).
 MODEL_PARAM_COUNTS = {
+    ("vit_effnet", True, "target_query"): 931_564,
     ("vit_effnet", True, "attention"): 991_657,
     ("vit_effnet", True, "concat_mlp"): 184_777,
-    ("vit_effnet", False, "attention"): 1_172_197,
+    ("vit_effnet", False, "target_query"): 1_112_104,
     ("vit_effnet", False, "concat_mlp"): 365_317,
+    ("vit", True, "target_query"): 875_310,
     ("vit", True, "attention"): 945_259,
     ("vit", False, "concat_mlp"): 226_187,
+    ("effnet", True, "target_query"): 857_868,
     ("effnet", True, "attention"): 923_017,
     ("effnet", False, "concat_mlp"): 159_429,
 }
@@ -71,6 +75,8 @@ def test_unknown_model_name_names_the_field_and_the_valid_names():
         ({"dtype": "float16"}, "model.dtype"),
         ({"share_encoders": "yes"}, "model.share_encoders"),
         ({"conv_impl": "cudnn"}, "model.conv_impl"),
+        ({"effnet_pool": (3, 2, 2)}, "model.effnet_pool"),  # does not divide 16x64x64
+        ({"head_depth": 0}, "model.head_depth"),
         ({"drop_pth": 0.1}, "model.drop_pth"),  # typo: unknown field
     ],
 )

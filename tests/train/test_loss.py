@@ -7,7 +7,7 @@ import pytest
 
 from lumbar_jax import labels as L
 from lumbar_jax import metrics
-from lumbar_jax.train.loss import metric_loss
+from lumbar_jax.train.loss import localisation_loss, metric_loss
 
 
 def _case(seed, n=12):
@@ -60,3 +60,37 @@ def test_padding_and_missing_labels_do_not_contribute_and_grads_are_finite():
     assert np.all(np.isfinite(grads)) and np.all(np.asarray(grads)[-3:] == 0)
     none = jnp.full_like(jnp.asarray(labels), L.MISSING)
     assert np.all(np.isfinite(jax.grad(lambda x: metric_loss(x, none)[0])(jnp.asarray(logits))))
+
+
+def test_localisation_loss_on_a_hand_made_example():
+    # 2 series x 2 keys; centres along the row axis only. Study 0: target 0 annotated on series 1 at row 0.25,
+    # target 1 annotated on series 0 (absent: ignored), the rest without coordinates.
+    key_series = np.array([0, 0, 1, 1])
+    key_centres = np.array([[0.5, 0.0, 0.5], [0.5, 1.0, 0.5], [0.5, 0.0, 0.5], [0.5, 1.0, 0.5]])
+    coords = np.full((1, L.NUM_TARGETS, 3), -1.0, np.float32)
+    coords_series = np.full((1, L.NUM_TARGETS), -1, np.int32)
+    coords[0, 0], coords_series[0, 0] = [0.5, 0.25, 0.5], 1
+    coords[0, 1], coords_series[0, 1] = [0.5, 0.5, 0.5], 0
+    present = np.array([[False, True]])
+    attention = np.full((1, L.NUM_TARGETS, 4), 0.25, np.float32)
+    attention[0, 0] = [0.0, 0.0, 0.6, 0.4]
+    sigma = 0.5
+    loss, parts = localisation_loss(attention, coords, coords_series, present, key_series, key_centres,
+                                    (16, 65, 64), sigma)
+    # Goal over series 1's keys: Gaussian weights at row distances 0.25 and 0.75.
+    w = np.exp(-0.5 * np.array([0.25, 0.75]) ** 2 / sigma**2)
+    goal = w / w.sum()
+    expected = -(goal[0] * np.log(0.6 + 1e-9) + goal[1] * np.log(0.4 + 1e-9))
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(parts["localisation"]) == pytest.approx(expected, rel=1e-5)
+    # Peak: key 2 (row 0.0) vs the point at row 0.25 of a 65-row volume: 0.25 * 64 = 16 voxels.
+    assert float(parts["peak_distance"]) == pytest.approx(16.0, rel=1e-5)
+
+    # The loss is lowest when the attention follows the goal, and nothing annotated gives 0.
+    attention[0, 0] = [0.0, 0.0, goal[0], goal[1]]
+    best, _ = localisation_loss(attention, coords, coords_series, present, key_series, key_centres, (16, 65, 64),
+                                sigma)
+    assert float(best) < expected
+    none, _ = localisation_loss(attention, coords, np.full_like(coords_series, -1), present, key_series,
+                                key_centres, (16, 65, 64), sigma)
+    assert float(none) == 0.0

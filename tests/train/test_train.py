@@ -32,7 +32,7 @@ def data_dir(tmp_path_factory):
 def tiny_config(data_dir: str, **train):
     c = config_lib.apply_variant(config_lib.default_config(), "smoke")
     c.data.data_dir = data_dir
-    c.model.update(name="vit", fusion="concat_mlp", head_hidden=32, drop_path=0.0)
+    c.model.update(name="vit", head_hidden=32, drop_path=0.0)  # the default target-query head, coord loss on
     c.train.update(batch_size=4, eval_batch_size=4, steps=2, warmup_steps=1, eval_every=2, checkpoint_every=2,
                    log_every=1)
     c.train.update(train)
