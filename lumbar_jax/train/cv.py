@@ -68,6 +68,9 @@ def format_table(summary: dict) -> str:
     for name, r, best_step in rows:
         lines.append(f"{name:10s}{r['score']:9.4f}{r['baseline']['score']:10.4f}{r['weighted_prior']['score']:12.4f}"
                      f"{r['accuracy']:10.4f}{r['balanced_accuracy']:9.4f}{best_step!s:>11s}")
+    if "peak_distance" in summary["oof"]:
+        lines.append(f"attention peak to annotated point (held-out, mean of folds): "
+                     f"{summary['oof']['peak_distance']:.2f} voxels")
     lines.append("OOF losses: " + "  ".join(
         f"{k} {summary['oof'][k]:.4f} (baseline {summary['oof']['baseline'][k]:.4f})" for k in metrics.LOSS_KEYS))
     return "\n".join(lines)
@@ -131,6 +134,8 @@ def summarize(workdir: str, study_ids: np.ndarray, labels: np.ndarray, folds: np
         "baseline": out_of_fold(metrics.class_prior_baseline),
         "weighted_prior": out_of_fold(metrics.weighted_prior_baseline),
     }
+    if all("peak_distance" in r["val"] for r in results):  # target-query models: mean over the folds
+        oof["peak_distance"] = float(np.mean([r["val"]["peak_distance"] for r in results]))
     summary = {
         "oof": oof,
         "folds": [{k: v for k, v in r.items() if k not in ("val_probs", "val_indices")} for r in results],

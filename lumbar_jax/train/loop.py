@@ -80,6 +80,17 @@ def predict(eval_step, state, source, indices, batch_size: int, mesh, study_ids:
     return probs[[row_of_study[int(s)] for s in study_ids[indices]]]
 
 
+def attention_peak_distance(localisation_step, state, source, indices, batch_size: int, mesh) -> float:
+    """Mean voxel distance between each annotated target's query-attention peak and its annotated point over
+    the records at `indices` (target-query models; `step.make_localisation_eval_step`)."""
+    total, count = 0.0, 0
+    for batch in pipeline.eval_batches(source, indices, batch_size=mesh_lib.process_batch_size(batch_size),
+                                       shard_index=jax.process_index(), shard_count=jax.process_count()):
+        distance_sum, annotated = localisation_step(state, mesh_lib.shard_batch(_model_inputs(batch), mesh))
+        total, count = total + float(distance_sum), count + int(annotated)
+    return total / max(count, 1)
+
+
 def _model_inputs(batch: dict) -> dict:
     return {k: batch[k] for k in ("volumes", "present", "labels", "coords", "coords_series")}
 
@@ -105,6 +116,8 @@ def train_fold(config, workdir: str, fold: int, source, train_idx: np.ndarray, v
     train_step = step_lib.make_train_step(statics, mesh, config.seed + 1000 * fold, tc.ema_decay,
                                           tc.coord_loss_weight, tc.coord_sigma)
     eval_step = step_lib.make_eval_step(statics, mesh)
+    localisation_step = (step_lib.make_localisation_eval_step(statics, mesh, tc.coord_sigma)
+                         if config.model.fusion == "target_query" else None)
     val_labels, train_labels = all_labels[val_idx], all_labels[train_idx]
 
     # ---------------------------------------------------------------- restore or start
@@ -119,9 +132,17 @@ def train_fold(config, workdir: str, fold: int, source, train_idx: np.ndarray, v
         augment_config=config.augment, start_step=start, worker_count=config.data.worker_count,
         shard_index=jax.process_index(), shard_count=jax.process_count())
 
-    def evaluate(step: int) -> float:
+    def evaluate_state(state) -> tuple[np.ndarray, dict]:
+        """Held-out probabilities and their report (+ the attention peak distance of target-query models)."""
         probs = predict(eval_step, state, source, val_idx, tc.eval_batch_size, mesh, study_ids)
         result = metrics.evaluate_predictions(val_labels, probs, train_labels)
+        if localisation_step is not None:
+            result["peak_distance"] = attention_peak_distance(localisation_step, state, source, val_idx,
+                                                              tc.eval_batch_size, mesh)
+        return probs, result
+
+    def evaluate(step: int) -> float:
+        _, result = evaluate_state(state)
         writer.write(step, {f"val/{k}": v for k, v in result.items() if not isinstance(v, dict)}
                      | {f"val/baseline_{k}": v for k, v in result["baseline"].items()}
                      | {"val/weighted_prior_score": result["weighted_prior"]["score"]})
@@ -156,11 +177,11 @@ def train_fold(config, workdir: str, fold: int, source, train_idx: np.ndarray, v
 
     # ---------------------------------------------------------------- the end: best checkpoint's predictions
     state, _ = store.restore_best(state)
-    probs = predict(eval_step, state, source, val_idx, tc.eval_batch_size, mesh, study_ids)
+    probs, val_result = evaluate_state(state)
     result = {
         "fold": fold,
         "best_step": best["step"],
-        "val": metrics.evaluate_predictions(val_labels, probs, train_labels),
+        "val": val_result,
         "val_indices": [int(i) for i in val_idx],
         "val_probs": probs.tolist(),
     }

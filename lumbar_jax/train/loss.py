@@ -84,7 +84,7 @@ def localisation_loss(query_attention: jax.Array, coords: jax.Array, coords_seri
       volume_shape: [D, H, W], to report distances in voxels.
     Returns:
       (loss, {"localisation": loss, "peak_distance": mean voxel distance between the attention peak over the
-      annotated series' keys and the annotated point, over the same (b, t)}).
+      annotated series' keys and the annotated point, over the same (b, t); "annotated": their number}).
     """
     key_series, key_centres = jnp.asarray(key_series), jnp.asarray(key_centres, jnp.float32)
     series = jnp.clip(coords_series, 0, present.shape[1] - 1)
@@ -101,4 +101,4 @@ def localisation_loss(query_attention: jax.Array, coords: jax.Array, coords_seri
     extent = jnp.asarray([max(n - 1, 1) for n in volume_shape], jnp.float32)
     distance = jnp.linalg.norm((key_centres[peak] - coords) * extent, axis=-1)
     peak_distance = jnp.sum(jnp.where(annotated, distance, 0.0)) / count
-    return loss, {"localisation": loss, "peak_distance": peak_distance}
+    return loss, {"localisation": loss, "peak_distance": peak_distance, "annotated": annotated.sum()}

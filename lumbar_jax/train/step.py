@@ -49,6 +49,7 @@ def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: flo
             coord_loss, coord_parts = localisation_loss(
                 attention, batch["coords"], batch["coords_series"], batch["present"], key_series, key_centres,
                 model.head.volume_shape, coord_sigma)
+            coord_parts.pop("annotated")
             return loss + coord_loss_weight * coord_loss, {**parts, "metric_loss": loss, **coord_parts}
 
         (loss, parts), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -76,3 +77,19 @@ def make_eval_step(statics: TrainStatics, mesh: Mesh):
     jitted = jax.jit(eval_step, out_shardings=mesh_lib.batch_sharding(mesh))
     return lambda state, batch: jitted(state, batch, statics.rng_state)
 
+
+
+def make_localisation_eval_step(statics: TrainStatics, mesh: Mesh, coord_sigma: float):
+    """Target-query models: state, batch -> (summed voxel distance between each annotated target's attention
+    peak and its annotated point, number of such targets), over the global batch (eval mode)."""
+
+    def localisation_step(state: dict, batch: dict, rng_state):
+        model = merge_model(statics, rng_state, eval_model_state(state), train=False)
+        _, attention = model.with_query_attention(batch["volumes"], batch["present"])
+        key_series, key_centres = model.head.key_layout()
+        _, parts = localisation_loss(attention, batch["coords"], batch["coords_series"], batch["present"],
+                                     key_series, key_centres, model.head.volume_shape, coord_sigma)
+        return parts["peak_distance"] * parts["annotated"], parts["annotated"]
+
+    jitted = jax.jit(localisation_step, out_shardings=mesh_lib.replicated(mesh))
+    return lambda state, batch: jitted(state, batch, statics.rng_state)

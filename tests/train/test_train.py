@@ -55,7 +55,10 @@ def test_one_step_per_fold_writes_checkpoints_metrics_and_cv_outputs(data_dir, t
     np.testing.assert_allclose(oof[list(L.SEVERITY_COLUMNS)].sum(axis=1), 1.0, atol=1e-4)
     saved = json.load(open(os.path.join(workdir, "cv_summary.json")))
     assert saved["oof"]["score"] == pytest.approx(summary["oof"]["score"])
-    assert "baseline" in saved["oof"] and len(saved["folds"]) == 2
+    assert "baseline" in saved["oof"] and "weighted_prior" in saved["oof"] and len(saved["folds"]) == 2
+    assert all(f["val"]["peak_distance"] >= 0 for f in saved["folds"])  # target-query head: localisation
+    fold_peaks = [f["val"]["peak_distance"] for f in saved["folds"]]
+    assert saved["oof"]["peak_distance"] == pytest.approx(np.mean(fold_peaks))
     assert json.load(open(os.path.join(workdir, "config.json")))["model"]["name"] == "vit"
 
 
