@@ -50,3 +50,15 @@ def test_pooled_heads_train_without_coordinate_supervision():
     config = _load("vit_effnet.py").get_config()
     config.model.fusion, config.train.coord_loss_weight = "attention", 0.0
     config_lib.validate(config)
+
+
+def test_fold_and_cv_fold_are_one_setting():
+    config = _load("vit_effnet.py").get_config()
+    config.fold = 2
+    assert config.cv.fold == 2
+    config.cv.fold = 4
+    assert config.fold == 4
+    config_lib.validate(config)
+    config.fold = 5
+    with pytest.raises(config_lib.ConfigError, match=r"cv\.fold"):
+        config_lib.validate(config)

@@ -59,7 +59,8 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.cv = ml_collections.ConfigDict()
     c.cv.num_folds = 5  # stratified folds of the labelled studies
-    c.cv.fold = -1  # -1 = every fold; k = only fold k (to spread folds over machines)
+    c.fold = -1  # -1 = every fold; k = only fold k (to spread folds over machines); alias of cv.fold
+    c.cv.fold = c.get_ref("fold")  # the same value: `--config.fold=k` and `--config.cv.fold=k` both work
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.num_devices = ml_collections.FieldReference(None, field_type=int)  # None = every device
