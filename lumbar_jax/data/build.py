@@ -10,6 +10,7 @@ config and version; `--overwrite` rebuilds it from the manual dir.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -22,14 +23,15 @@ from lumbar_jax.data.rsna_lumbar_spine import Builder
 CONFIG_NAMES = tuple(c.name for c in Builder.BUILDER_CONFIGS)
 
 
-def _new_builder(**kwargs) -> Builder:
-    """Builder(**kwargs). TFDS's DatasetBuilder.__init__ leaves an empty `mkdtemp` directory in /tmp behind
-    whenever the dataset is not built yet (DatasetInfo.initialize_from_bucket, even with GCS disabled), so
-    construct it with tempfile's directory pointed at a scratch directory that is removed afterwards."""
+@contextlib.contextmanager
+def tfds_scratch_tempdir():
+    """Point tempfile at a scratch directory that is removed on exit. TFDS's DatasetBuilder.__init__ leaves
+    an empty `mkdtemp` directory in /tmp behind whenever the dataset is not built yet
+    (DatasetInfo.initialize_from_bucket, even with GCS disabled): construct builders inside this."""
     with tempfile.TemporaryDirectory() as scratch:
         previous, tempfile.tempdir = tempfile.tempdir, scratch
         try:
-            return Builder(**kwargs)
+            yield
         finally:
             tempfile.tempdir = previous
 
@@ -44,8 +46,9 @@ def build_dataset(manual_dir: str, data_dir: str, config: str = "r64", workers: 
     if not os.path.exists(os.path.join(manual_dir, "train_series_descriptions.csv")):
         raise FileNotFoundError(f"manual_dir {manual_dir} holds no train_series_descriptions.csv: "
                                 "point it at the unzipped Kaggle competition folder")
-    builder = _new_builder(config=config, data_dir=data_dir, file_format="array_record",
-                      num_workers=workers or os.cpu_count() or 1)
+    with tfds_scratch_tempdir():
+        builder = Builder(config=config, data_dir=data_dir, file_format="array_record",
+                          num_workers=workers or os.cpu_count() or 1)
     mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     if overwrite:
         mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD

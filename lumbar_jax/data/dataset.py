@@ -15,7 +15,7 @@ import os
 import tensorflow_datasets as tfds
 
 from lumbar_jax.data import synthetic
-from lumbar_jax.data.build import build_dataset
+from lumbar_jax.data.build import build_dataset, tfds_scratch_tempdir
 
 log = logging.getLogger(__name__)
 DATASET = "rsna_lumbar_spine"
@@ -61,4 +61,10 @@ def load_split(data_dir: str, config: str, split: str = "train"):
     """Random-access source of a built split (ArrayRecord through tfds.data_source; no TensorFlow)."""
     import lumbar_jax.data.rsna_lumbar_spine  # noqa: F401  (registers the builder)
 
-    return tfds.data_source(f"{DATASET}/{config}", split=split, data_dir=data_dir)
+    with tfds_scratch_tempdir():
+        builder = tfds.builder(f"{DATASET}/{config}", data_dir=data_dir)
+        if not builder.is_prepared():
+            raise FileNotFoundError(
+                f"no built {DATASET}/{config} under data_dir {data_dir}: build it with `python -m "
+                f"lumbar_jax.data.build --manual_dir KAGGLE_DIR --data_dir {data_dir} --config {config}`")
+        return tfds.data_source(f"{DATASET}/{config}", split=split, data_dir=data_dir, download=False)

@@ -8,6 +8,7 @@ import tensorflow_datasets as tfds
 from lumbar_jax import labels as L
 from lumbar_jax.data import pipeline as P
 from lumbar_jax.data.augment import AugmentConfig, default_config
+from lumbar_jax.data.build import tfds_scratch_tempdir
 from tests.data.test_augment import make_record
 
 SHAPE = (4, 8, 8)  # [D, H, W]
@@ -182,7 +183,9 @@ class ToyLumbarRecords(tfds.core.GeneratorBasedBuilder):
 @pytest.fixture(scope="module")
 def tfds_source(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("tfds")
-    ToyLumbarRecords(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    with tfds_scratch_tempdir():  # TFDS leaves an empty /tmp/tmp*tfds behind for an unbuilt dataset
+        builder = ToyLumbarRecords(data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()
     return tfds.data_source("toy_lumbar_records", split="train", data_dir=data_dir, download=False)
 
 
