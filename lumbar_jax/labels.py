@@ -49,6 +49,16 @@ CONDITION_GROUPS = {
     "subarticular": (3, 4),
 }
 
+# Per target (TARGETS order, [25] int): its metric group (index in CONDITION_GROUPS), its disc level, and its
+# side (0 = none / spinal, 1 = left, 2 = right).
+_CONDITION_GROUP = tuple(next(i for i, conds in enumerate(CONDITION_GROUPS.values()) if c in conds)
+                         for c in range(NUM_CONDITIONS))
+_CONDITION_SIDE = tuple(1 if name.startswith("left_") else 2 if name.startswith("right_") else 0
+                        for name in CONDITIONS)
+TARGET_GROUP = np.repeat(_CONDITION_GROUP, NUM_LEVELS)
+TARGET_LEVEL = np.tile(np.arange(NUM_LEVELS), NUM_CONDITIONS)
+TARGET_SIDE = np.repeat(_CONDITION_SIDE, NUM_LEVELS)
+
 # Left/right partner of every target (identity for spinal): what a left/right flip swaps.
 _CONDITION_MIRROR = (0, 2, 1, 4, 3)
 MIRROR_TARGET_INDEX = np.array(

@@ -27,6 +27,16 @@ def test_mirror_swaps_left_and_right_at_the_same_level():
         assert L.TARGETS[mirror[t]] == swapped
 
 
+def test_per_target_group_side_and_level():
+    for g, group in enumerate(L.CONDITION_GROUPS):
+        np.testing.assert_array_equal(np.flatnonzero(L.TARGET_GROUP == g), L.group_target_indices(group))
+    for t, name in enumerate(L.TARGETS):
+        assert name.endswith(L.LEVELS[L.TARGET_LEVEL[t]])
+        assert L.TARGET_SIDE[t] == (1 if name.startswith("left") else 2 if name.startswith("right") else 0)
+    mirrored = L.TARGET_SIDE[L.MIRROR_TARGET_INDEX]
+    np.testing.assert_array_equal(mirrored, np.array([0, 2, 1])[L.TARGET_SIDE])  # a flip swaps the sides
+
+
 def test_severity_codes():
     assert [L.severity_code(s) for s in ("Normal/Mild", "Moderate", "Severe", float("nan"), "")] == [0, 1, 2, -1, -1]
     with pytest.raises(ValueError, match="Mild"):

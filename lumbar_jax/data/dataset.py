@@ -58,7 +58,8 @@ def prepare(data_config) -> str:
 
 
 def load_split(data_dir: str, config: str, split: str = "train"):
-    """Random-access source of a built split (ArrayRecord through tfds.data_source; no TensorFlow)."""
+    """Random-access source of a built split (ArrayRecord through TFDS's data source; no TensorFlow);
+    FileNotFoundError naming the build command when the dataset is not built."""
     import lumbar_jax.data.rsna_lumbar_spine  # noqa: F401  (registers the builder)
 
     with tfds_scratch_tempdir():
@@ -67,4 +68,4 @@ def load_split(data_dir: str, config: str, split: str = "train"):
             raise FileNotFoundError(
                 f"no built {DATASET}/{config} under data_dir {data_dir}: build it with `python -m "
                 f"lumbar_jax.data.build --manual_dir KAGGLE_DIR --data_dir {data_dir} --config {config}`")
-        return tfds.data_source(f"{DATASET}/{config}", split=split, data_dir=data_dir, download=False)
+        return builder.as_data_source(split=split)

@@ -125,10 +125,6 @@ P_MISSING_CELL = 0.012
 QUIRK_PERIOD = 20  # the scheduled quirks repeat every QUIRK_PERIOD study indices
 
 _GROUP_NAMES = tuple(L.CONDITION_GROUPS)
-_CONDITION_GROUP = np.array([next(i for i, g in enumerate(_GROUP_NAMES) if c in L.CONDITION_GROUPS[g])
-                             for c in range(L.NUM_CONDITIONS)])
-_TARGET_GROUP = np.repeat(_CONDITION_GROUP, L.NUM_LEVELS)  # [25] group index of each target
-_TARGET_LEVEL = np.tile(np.arange(L.NUM_LEVELS), L.NUM_CONDITIONS)  # [25]
 
 
 def label_noise_matrix(group: str) -> np.ndarray:
@@ -152,11 +148,11 @@ def _draw_labels(seed: int, index: int, quirks: bool) -> tuple[np.ndarray, np.nd
     """
     rng = np.random.default_rng([seed, 0, index, 0])
     g_study, g_pair, e = rng.standard_normal(), rng.standard_normal((3, L.NUM_LEVELS)), rng.standard_normal(25)
-    z = np.sqrt(RHO_STUDY) * g_study + np.sqrt(RHO_PAIR) * g_pair[_TARGET_GROUP, _TARGET_LEVEL]
+    z = np.sqrt(RHO_STUDY) * g_study + np.sqrt(RHO_PAIR) * g_pair[L.TARGET_GROUP, L.TARGET_LEVEL]
     z += np.sqrt(1.0 - RHO_STUDY - RHO_PAIR) * e
-    thr = _THRESHOLDS[_TARGET_GROUP]
+    thr = _THRESHOLDS[L.TARGET_GROUP]
     latent = (z > thr[:, 0]).astype(np.int8) + (z > thr[:, 1])
-    cdf = _NOISE_CDF[_TARGET_GROUP, latent]  # [25, 3]
+    cdf = _NOISE_CDF[L.TARGET_GROUP, latent]  # [25, 3]
     written = (rng.random(25)[:, None] > cdf[:, :2]).sum(1).astype(np.int8)
     missing_cells, missing_condition = rng.random(25) < P_MISSING_CELL, int(rng.integers(L.NUM_CONDITIONS))
     if not quirks:
@@ -183,7 +179,7 @@ def noise_floor_score(seed: int = 0, num_studies: int = 20000) -> dict:
     "num_studies"} (scores: lower is better).
     """
     latent, written = draw_labels(seed, num_studies)
-    perfect = _NOISE[_TARGET_GROUP[None, :], latent]  # [N, 25, 3]
+    perfect = _NOISE[L.TARGET_GROUP[None, :], latent]  # [N, 25, 3]
     prior = metrics.class_prior_baseline(written, num_studies)
     return {"noise_floor": metrics.competition_score(written, perfect)["score"],
             "class_prior": metrics.competition_score(written, prior)["score"], "num_studies": num_studies}
@@ -256,7 +252,7 @@ def _make_anatomy(rng: np.random.Generator, latent: np.ndarray) -> Anatomy:
     spacing = rng.uniform(11.8, 13.2)
     level_w = (2 - np.arange(L.NUM_LEVELS)) * spacing + rng.uniform(-0.6, 0.6, L.NUM_LEVELS)
     bu, bv = rng.uniform(15, 18), rng.uniform(10.5, 12.5)
-    ranges = np.array([SHRINK[g] for g in _GROUP_NAMES])[_TARGET_GROUP, latent]  # [25, 2]
+    ranges = np.array([SHRINK[g] for g in _GROUP_NAMES])[L.TARGET_GROUP, latent]  # [25, 2]
     return Anatomy(
         origin=rng.uniform(-1, 1, 3) * (10.0, 20.0, 40.0),
         rotation=rz @ ry @ rx,

@@ -117,15 +117,6 @@ def sincos_3d(points: np.ndarray, dim: int, max_frequency: float = 32.0) -> np.n
     return np.pad(enc, ((0, 0), (0, dim - enc.shape[1]))).astype(np.float32)
 
 
-# Target t -> (condition group, side, level) indices for the composed query embeddings.
-_TARGET_GROUP = np.array([list(L.CONDITION_GROUPS).index(next(g for g, conds in L.CONDITION_GROUPS.items()
-                                                               if c in conds))
-                          for c in range(L.NUM_CONDITIONS) for _ in range(L.NUM_LEVELS)])
-_TARGET_SIDE = np.array([0 if "left" not in name and "right" not in name else 1 if "left" in name else 2
-                         for name in L.CONDITIONS for _ in range(L.NUM_LEVELS)])
-_TARGET_LEVEL = np.tile(np.arange(L.NUM_LEVELS), L.NUM_CONDITIONS)
-
-
 class TargetQueryHead(nnx.Module):
     """One learned query per target attends over all spatial tokens of the present series.
 
@@ -181,8 +172,8 @@ class TargetQueryHead(nnx.Module):
 
     def queries(self) -> jax.Array:
         """The target queries `[25, hidden]`."""
-        return (self.group_embed[...][_TARGET_GROUP] + self.side_embed[...][_TARGET_SIDE]
-                + self.level_embed[...][_TARGET_LEVEL] + self.target_embed[...])
+        return (self.group_embed[...][L.TARGET_GROUP] + self.side_embed[...][L.TARGET_SIDE]
+                + self.level_embed[...][L.TARGET_LEVEL] + self.target_embed[...])
 
     def __call__(self, tokens: Sequence[jax.Array], present: jax.Array, return_attention: bool = False):
         """tokens: per source `[B, S, T_i, F_i]`; present bool `[B, S]` -> logits `[B, 25, 3]`; with

@@ -27,6 +27,22 @@ def layer_norm(dim: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNorm
     return nnx.LayerNorm(dim, epsilon=LN_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
+def explicit_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
+                       bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Scaled dot-product attention written out, so that its weights can be returned.
+
+    q `[B, Q, H, d]`, k / v `[B, K, H, d]`, key mask bool `[B, K]` (False = ignored), bias `[Q, K]` added to
+    the logits of every head -> (`[B, Q, H, d]`, weights float32 `[B, H, Q, K]`). Softmax in float32.
+    """
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v), weights
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with a fused qkv projection (timm layout) and an optional key mask.
 
@@ -51,11 +67,7 @@ class Attention(nnx.Module):
         q, k, v = jnp.moveaxis(self.qkv(x).reshape(b, t, 3, self.num_heads, e // self.num_heads), 2, 0)
         key_mask = None if mask is None else mask[:, None, None, :]
         if return_attention:
-            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
-            if key_mask is not None:
-                logits = jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min)
-            weights = jax.nn.softmax(logits, axis=-1)
-            out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+            out, weights = explicit_attention(q, k, v, mask)
         else:
             weights = None
             out = jax.nn.dot_product_attention(q, k, v, mask=key_mask)
@@ -121,13 +133,7 @@ class CrossAttention(nnx.Module):
         (b, nq, e), nk, h = queries.shape, tokens.shape[1], self.num_heads
         q = self.q(queries).reshape(b, nq, h, e // h)
         k, v = jnp.moveaxis(self.kv(tokens).reshape(b, nk, 2, h, e // h), 2, 0)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
-        if bias is not None:
-            logits = logits + bias.astype(jnp.float32)
-        if mask is not None:
-            logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+        out, weights = explicit_attention(q, k, v, mask, bias)
         return self.proj_drop(self.proj(out.reshape(b, nq, e))), weights
 
 

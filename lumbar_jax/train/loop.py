@@ -63,32 +63,28 @@ def build_state(config, mesh, train_labels: np.ndarray | None = None):
     return statics, jax.device_put(state, mesh_lib.replicated(mesh))
 
 
-def predict(eval_step, state, source, indices, batch_size: int, mesh, study_ids: np.ndarray) -> np.ndarray:
-    """Probabilities float [len(indices), 25, 3] for the records at `indices`, in that order.
+def predict(eval_step, state, source, indices, batch_size: int, mesh, study_ids: np.ndarray
+            ) -> tuple[np.ndarray, float | None]:
+    """(probabilities float [len(indices), 25, 3] for the records at `indices`, in that order; the mean voxel
+    distance between attention peak and annotated point when `eval_step` reports it, else None).
 
     Each process feeds its shard of every global batch; predictions and study ids are gathered from all
     processes and put back in `indices` order by study id (`study_ids[indices]`), padding dropped.
     """
     gathered_probs, gathered_ids = [], []
+    distance_sum, annotated = 0.0, None  # None: the eval step reports no attention peaks
     for batch in pipeline.eval_batches(source, indices, batch_size=mesh_lib.process_batch_size(batch_size),
                                        shard_index=jax.process_index(), shard_count=jax.process_count()):
-        probs = eval_step(state, mesh_lib.shard_batch(_model_inputs(batch), mesh))
-        gathered_probs.append(np.asarray(multihost_utils.process_allgather(probs, tiled=True)))
+        out = eval_step(state, mesh_lib.shard_batch(_model_inputs(batch), mesh))
+        gathered_probs.append(np.asarray(multihost_utils.process_allgather(out["probs"], tiled=True)))
         gathered_ids.append(np.asarray(multihost_utils.process_allgather(batch["study_id"], tiled=True)))
+        if "annotated" in out:
+            distance_sum += float(out["peak_distance_sum"])
+            annotated = (annotated or 0) + int(out["annotated"])
     probs, ids = np.concatenate(gathered_probs), np.concatenate(gathered_ids)
     row_of_study = {int(s): r for r, s in enumerate(ids) if s >= 0}
-    return probs[[row_of_study[int(s)] for s in study_ids[indices]]]
-
-
-def attention_peak_distance(localisation_step, state, source, indices, batch_size: int, mesh) -> float:
-    """Mean voxel distance between each annotated target's query-attention peak and its annotated point over
-    the records at `indices` (target-query models; `step.make_localisation_eval_step`)."""
-    total, count = 0.0, 0
-    for batch in pipeline.eval_batches(source, indices, batch_size=mesh_lib.process_batch_size(batch_size),
-                                       shard_index=jax.process_index(), shard_count=jax.process_count()):
-        distance_sum, annotated = localisation_step(state, mesh_lib.shard_batch(_model_inputs(batch), mesh))
-        total, count = total + float(distance_sum), count + int(annotated)
-    return total / max(count, 1)
+    peak_distance = None if annotated is None else distance_sum / max(annotated, 1)
+    return probs[[row_of_study[int(s)] for s in study_ids[indices]]], peak_distance
 
 
 def _model_inputs(batch: dict) -> dict:
@@ -115,9 +111,8 @@ def train_fold(config, workdir: str, fold: int, source, train_idx: np.ndarray, v
     statics, state = build_state(config, mesh, all_labels[train_idx])
     train_step = step_lib.make_train_step(statics, mesh, config.seed + 1000 * fold, tc.ema_decay,
                                           tc.coord_loss_weight, tc.coord_sigma)
-    eval_step = step_lib.make_eval_step(statics, mesh)
-    localisation_step = (step_lib.make_localisation_eval_step(statics, mesh, tc.coord_sigma)
-                         if config.model.fusion == "target_query" else None)
+    eval_step = step_lib.make_eval_step(statics, mesh,
+                                        tc.coord_sigma if config.model.fusion == "target_query" else None)
     val_labels, train_labels = all_labels[val_idx], all_labels[train_idx]
 
     # ---------------------------------------------------------------- restore or start
@@ -134,11 +129,10 @@ def train_fold(config, workdir: str, fold: int, source, train_idx: np.ndarray, v
 
     def evaluate_state(state) -> tuple[np.ndarray, dict]:
         """Held-out probabilities and their report (+ the attention peak distance of target-query models)."""
-        probs = predict(eval_step, state, source, val_idx, tc.eval_batch_size, mesh, study_ids)
+        probs, peak_distance = predict(eval_step, state, source, val_idx, tc.eval_batch_size, mesh, study_ids)
         result = metrics.evaluate_predictions(val_labels, probs, train_labels)
-        if localisation_step is not None:
-            result["peak_distance"] = attention_peak_distance(localisation_step, state, source, val_idx,
-                                                              tc.eval_batch_size, mesh)
+        if peak_distance is not None:
+            result["peak_distance"] = peak_distance
         return probs, result
 
     def evaluate(step: int) -> float:

@@ -14,9 +14,6 @@ import numpy as np
 
 from lumbar_jax import labels as L
 
-_GROUP_OF_TARGET = np.zeros(L.NUM_TARGETS, dtype=np.int32)
-for _g, _group in enumerate(L.CONDITION_GROUPS):
-    _GROUP_OF_TARGET[L.group_target_indices(_group)] = _g
 _NUM_GROUPS = len(L.CONDITION_GROUPS)
 _SPINAL = L.group_target_indices("spinal")
 
@@ -42,7 +39,7 @@ def metric_loss(logits: jax.Array, labels: jax.Array, valid: jax.Array | None = 
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]  # [B, 25]
     weights = jnp.where(labelled, jnp.asarray(L.SEVERITY_WEIGHTS, jnp.float32)[safe], 0.0)
-    group_onehot = jax.nn.one_hot(_GROUP_OF_TARGET, _NUM_GROUPS)  # [25, G]
+    group_onehot = jax.nn.one_hot(L.TARGET_GROUP, _NUM_GROUPS)  # [25, G]
     group_loss_sum = jnp.einsum("bt,tg->g", nll * weights, group_onehot)
     group_weight = jnp.einsum("bt,tg->g", weights, group_onehot)
     group_loss = group_loss_sum / jnp.maximum(group_weight, 1e-9)

@@ -25,6 +25,14 @@ def make_optimizer(lr: float, steps: int, warmup_steps: int, weight_decay: float
     return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adamw(schedule, weight_decay=weight_decay))
 
 
+def _logits_and_localisation(model, batch: dict, coord_sigma: float):
+    """Target-query model on a batch -> (logits, train.loss.localisation_loss of its query attention)."""
+    logits, attention = model.with_query_attention(batch["volumes"], batch["present"])
+    key_series, key_centres = model.head.key_layout()
+    return logits, localisation_loss(attention, batch["coords"], batch["coords_series"], batch["present"],
+                                     key_series, key_centres, model.head.volume_shape, coord_sigma)
+
+
 def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: float,
                     coord_loss_weight: float = 0.0, coord_sigma: float = 0.08):
     """state, batch, step -> (state, metrics). Dropout keys are fold_in(seed, step): resume-exact.
@@ -43,12 +51,8 @@ def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: flo
         def loss_fn(model):
             if coord_loss_weight <= 0:
                 return metric_loss(model(batch["volumes"], batch["present"]), batch["labels"])
-            logits, attention = model.with_query_attention(batch["volumes"], batch["present"])
+            logits, (coord_loss, coord_parts) = _logits_and_localisation(model, batch, coord_sigma)
             loss, parts = metric_loss(logits, batch["labels"])
-            key_series, key_centres = model.head.key_layout()
-            coord_loss, coord_parts = localisation_loss(
-                attention, batch["coords"], batch["coords_series"], batch["present"], key_series, key_centres,
-                model.head.volume_shape, coord_sigma)
             coord_parts.pop("annotated")
             return loss + coord_loss_weight * coord_loss, {**parts, "metric_loss": loss, **coord_parts}
 
@@ -66,30 +70,22 @@ def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: flo
     return lambda state, batch, step: jitted(state, batch, step, statics.rng_state)
 
 
-def make_eval_step(statics: TrainStatics, mesh: Mesh):
-    """state, batch -> probabilities float32 [B, 25, 3] (sharded like the batch)."""
+def make_eval_step(statics: TrainStatics, mesh: Mesh, coord_sigma: float | None = None):
+    """state, batch -> {"probs": float32 [B, 25, 3] (sharded like the batch)}; with `coord_sigma` (target-query
+    models) from the same forward pass also "peak_distance_sum", the summed voxel distance between each
+    annotated target's attention peak and its annotated point, and "annotated", their number (global sums)."""
 
     def eval_step(state: dict, batch: dict, rng_state):
         model = merge_model(statics, rng_state, eval_model_state(state), train=False)
-        logits = model(batch["volumes"], batch["present"])
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        if coord_sigma is None:
+            logits = model(batch["volumes"], batch["present"])
+            return {"probs": jax.nn.softmax(logits.astype(jnp.float32), axis=-1)}
+        logits, (_, parts) = _logits_and_localisation(model, batch, coord_sigma)
+        return {"probs": jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
+                "peak_distance_sum": parts["peak_distance"] * parts["annotated"], "annotated": parts["annotated"]}
 
-    jitted = jax.jit(eval_step, out_shardings=mesh_lib.batch_sharding(mesh))
-    return lambda state, batch: jitted(state, batch, statics.rng_state)
-
-
-
-def make_localisation_eval_step(statics: TrainStatics, mesh: Mesh, coord_sigma: float):
-    """Target-query models: state, batch -> (summed voxel distance between each annotated target's attention
-    peak and its annotated point, number of such targets), over the global batch (eval mode)."""
-
-    def localisation_step(state: dict, batch: dict, rng_state):
-        model = merge_model(statics, rng_state, eval_model_state(state), train=False)
-        _, attention = model.with_query_attention(batch["volumes"], batch["present"])
-        key_series, key_centres = model.head.key_layout()
-        _, parts = localisation_loss(attention, batch["coords"], batch["coords_series"], batch["present"],
-                                     key_series, key_centres, model.head.volume_shape, coord_sigma)
-        return parts["peak_distance"] * parts["annotated"], parts["annotated"]
-
-    jitted = jax.jit(localisation_step, out_shardings=mesh_lib.replicated(mesh))
+    shardings = {"probs": mesh_lib.batch_sharding(mesh)}
+    if coord_sigma is not None:
+        shardings |= {"peak_distance_sum": mesh_lib.replicated(mesh), "annotated": mesh_lib.replicated(mesh)}
+    jitted = jax.jit(eval_step, out_shardings=shardings)
     return lambda state, batch: jitted(state, batch, statics.rng_state)
