@@ -41,9 +41,15 @@ def _check_shapes(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np
     return labels.astype(np.int64), probs
 
 
+def _row_log_loss(onehot: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """The per-row term of sklearn.metrics.log_loss: -log of the clipped true-class probability, rows not
+    renormalised. onehot, probs [..., K] -> [...]."""
+    return -np.sum(onehot * np.log(np.clip(probs, _EPS, 1 - _EPS)), axis=-1)
+
+
 def _weighted_log_loss(onehot: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> float:
     """sklearn.metrics.log_loss with sample weights: clip, no renormalisation, weighted mean."""
-    per_row = -np.sum(onehot * np.log(np.clip(probs, _EPS, 1 - _EPS)), axis=-1)
+    per_row = _row_log_loss(onehot, probs)
     return float(np.sum(per_row * weights) / np.sum(weights))
 
 
@@ -89,6 +95,30 @@ def _any_severe_spinal_loss(labels: np.ndarray, probs: np.ndarray) -> float:
     onehot = np.stack([1 - any_severe, any_severe], axis=1)
     binary = np.stack([1 - severe_prob, severe_prob], axis=1)
     return _weighted_log_loss(onehot, binary, weights)
+
+
+def per_study_loss(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Each study's metric-weighted log loss over its labelled targets, to find the worst-predicted studies.
+
+    The competition's per-row term (clipped, not renormalised, weight 1/2/4 by true class) averaged with
+    those weights over one study's labelled rows of all three condition groups (any_severe_spinal is a
+    per-study term of its own and is left out). Not a decomposition of the score: the score averages per
+    group over all studies first.
+
+    Args:
+      labels: int [N, 25] severity codes, -1 missing.
+      probs: float [N, 25, 3] probabilities.
+    Returns:
+      float [N]; NaN for a study with no labelled target.
+    """
+    labels, probs = _check_shapes(labels, probs)
+    labelled = labels != L.MISSING
+    y = np.maximum(labels, 0)
+    per_row = _row_log_loss(np.eye(L.NUM_SEVERITIES)[y], probs)  # [N, 25]
+    weights = np.where(labelled, L.SEVERITY_WEIGHTS[y], 0.0)
+    total = weights.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (per_row * weights).sum(axis=1) / total, np.nan)
 
 
 def class_prior_baseline(train_labels: np.ndarray, num_eval: int, pseudo_count: float = 1.0) -> np.ndarray:

@@ -158,3 +158,28 @@ def test_weighted_prior_is_the_best_constant_under_the_class_weights():
     weighted_nll = lambda p: -np.sum(np.array([1.0, 2.0, 4.0])[y] * np.log(p[y]))  # noqa: E731
     for delta in ([0.02, -0.01, -0.01], [-0.02, 0.0, 0.02], [0.0, 0.01, -0.01]):
         assert weighted_nll(exact + np.array(delta)) > weighted_nll(exact)
+
+
+def test_per_study_loss_hand_computed_and_perfect_prediction():
+    labels = np.full((3, L.NUM_TARGETS), L.MISSING)
+    probs = np.full((3, L.NUM_TARGETS, 3), 1 / 3)
+    # Study 0: a Severe row predicted 0.5 (weight 4) and a Normal row predicted 0.8 (weight 1).
+    labels[0, 0], probs[0, 0] = 2, [0.25, 0.25, 0.5]
+    labels[0, 17], probs[0, 17] = 0, [0.8, 0.1, 0.1]
+    # Study 1: one Moderate row predicted 0.2 (weight 2); its unlabelled rows do not count, whatever they hold.
+    labels[1, 6], probs[1, 6] = 1, [0.6, 0.2, 0.2]
+    probs[1, 7] = [0.0, 0.0, 1.0]
+    # Study 2: no label at all.
+    got = metrics.per_study_loss(labels, probs)
+    assert got.shape == (3,)
+    assert got[0] == pytest.approx((4 * -math.log(0.5) + 1 * -math.log(0.8)) / 5)
+    assert got[1] == pytest.approx(-math.log(0.2))
+    assert np.isnan(got[2])
+
+    rng = np.random.default_rng(1)
+    labels, _ = _random_case(rng, n=4, missing_rate=0.2)
+    perfect = np.eye(3)[np.maximum(labels, 0)]
+    np.testing.assert_allclose(metrics.per_study_loss(labels, perfect), 0.0, atol=1e-12)
+    # A zero probability on the true class is clipped to eps, as in the competition metric: finite.
+    wrong = np.eye(3)[(np.maximum(labels, 0) + 1) % 3]
+    assert np.all(np.isfinite(metrics.per_study_loss(labels, wrong)))

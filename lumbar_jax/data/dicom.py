@@ -223,6 +223,20 @@ def _series_files(series) -> tuple[list[str], str]:
     return files, f"{len(files)} files in {os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])}"
 
 
+def series_description(series_dir: str) -> str | None:
+    """The SeriesDescription header of the first readable .dcm file of a series directory (None if no file
+    has one). Only that one non-identifying header value is read; pixels are not decoded."""
+    for name in sorted(n for n in os.listdir(series_dir) if n.lower().endswith(".dcm")):
+        try:
+            dataset = pydicom.dcmread(os.path.join(series_dir, name), stop_before_pixels=True,
+                                      specific_tags=["SeriesDescription"])
+        except Exception:  # unreadable files are reported by read_series; try the next one
+            continue
+        if dataset.get("SeriesDescription"):
+            return str(dataset.SeriesDescription)
+    return None
+
+
 def _floats(value, count: int, what: str) -> np.ndarray:
     if value is None:
         raise _Skip(f"no {what}")

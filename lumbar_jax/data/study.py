@@ -128,6 +128,53 @@ def list_studies(root: str, split: str) -> list[StudyEntry]:
     ]
 
 
+def series_type_of_description(description: str) -> int | None:
+    """Series type index (labels.SERIES_TYPES) of a series description: the competition's spellings
+    ("Sagittal T1", "Sagittal T2/STIR", "Axial T2") or a scanner's ("SAG T1 FSE", "AX T2"); None otherwise."""
+    if description in _DESCRIPTION_TO_TYPE:
+        return _DESCRIPTION_TO_TYPE[description]
+    words = description.lower().replace("/", " ").replace("_", " ").split()
+    sagittal, axial = any(w.startswith("sag") for w in words), any(w.startswith("ax") for w in words)
+    if sagittal and "t1" in words:
+        return 0
+    if sagittal and ("t2" in words or "stir" in words):
+        return 1
+    if axial and "t2" in words:
+        return 2
+    return None
+
+
+def study_from_directory(study_dir: str, descriptions_csv: str | None = None) -> StudyEntry:
+    """One study folder (`{study_id}/{series_id}/*.dcm`) -> its StudyEntry (no labels), for prediction.
+
+    Series types come from `descriptions_csv` (the Kaggle `*_series_descriptions.csv` columns) when given,
+    else from each series' DICOM SeriesDescription. The study id is the folder name (0 if not a number).
+    A series whose type cannot be told is ignored with a warning naming it.
+    """
+    if not os.path.isdir(study_dir):
+        raise FileNotFoundError(f"study directory {study_dir} not found")
+    name = os.path.basename(os.path.normpath(study_dir))
+    study_id = int(name) if name.isdigit() else 0
+    known: dict[int, str] = {}
+    if descriptions_csv:
+        table = _read_csv(descriptions_csv, ("study_id", "series_id", "series_description"))
+        known = {int(r.series_id): r.series_description for r in table.itertuples(index=False)
+                 if int(r.study_id) == study_id}
+    candidates: list[list[tuple[int, str]]] = [[] for _ in L.SERIES_TYPES]
+    for entry in sorted(os.listdir(study_dir)):
+        series_dir = os.path.join(study_dir, entry)
+        if not (os.path.isdir(series_dir) and entry.isdigit()):
+            continue
+        description = known.get(int(entry)) if descriptions_csv else dicom.series_description(series_dir)
+        kind = series_type_of_description(description) if description else None
+        if kind is None:
+            log.warning("%s: series type unknown (description %r), ignored", series_dir, description)
+            continue
+        candidates[kind].append((int(entry), series_dir))
+    missing_labels = np.full(L.NUM_TARGETS, L.MISSING, dtype=np.int64)
+    return StudyEntry(study_id, tuple(tuple(c) for c in candidates), missing_labels)
+
+
 def choose_series(candidates: tuple[tuple[int, str], ...]) -> tuple[int, str] | None:
     """The series to use among several of one type: most slices (.dcm files), ties to the lowest series_id."""
     existing = [(sid, d) for sid, d in candidates if os.path.isdir(d)]

@@ -8,6 +8,7 @@ separate streams), ids from `[s, 1, 0, 0]`, so any number of workers writes byte
 Layout written by `write_synthetic_dataset` (that of the competition):
     train.csv, train_label_coordinates.csv, train_series_descriptions.csv, train_images/{study}/{series}/{n}.dcm
     [test_series_descriptions.csv, test_images/..., sample_submission.csv]  with num_test_studies > 0
+    [test_solution.csv]  the test labels, train.csv-shaped (hidden in the competition; here to score locally)
     synthetic_summary.json  (written last: its presence marks a complete dataset; no PHI in it)
 
 Phantom. Each study has an anatomy frame (u = patient left, v = posterior, w = superior; mm) placed in LPS
@@ -761,10 +762,13 @@ def write_synthetic_dataset(out_dir: str, num_studies: int, seed: int, num_test_
 
     train = sorted((st for st in studies if st.split == "train"), key=lambda st: st.study_id)
     test = sorted((st for st in studies if st.split == "test"), key=lambda st: st.study_id)
+    def label_rows(split_studies):
+        return [[st.study_id, *("" if c == L.MISSING else L.SEVERITY_NAMES[c] for c in st.labels)]
+                for st in split_studies]
+
+    label_header = ",".join(("study_id",) + L.TARGETS)
     sizes = [
-        _write_csv(os.path.join(out_dir, "train.csv"), ",".join(("study_id",) + L.TARGETS),
-                   [[st.study_id, *("" if c == L.MISSING else L.SEVERITY_NAMES[c] for c in st.labels)]
-                    for st in train]),
+        _write_csv(os.path.join(out_dir, "train.csv"), label_header, label_rows(train)),
         _write_csv(os.path.join(out_dir, "train_label_coordinates.csv"),
                    "study_id,series_id,instance_number,condition,level,x,y",
                    [[st.study_id, series_id, instance, L.CONDITION_CSV_NAMES[c], L.LEVEL_CSV_NAMES[lv],
@@ -781,6 +785,9 @@ def write_synthetic_dataset(out_dir: str, num_studies: int, seed: int, num_test_
             _write_csv(os.path.join(out_dir, "sample_submission.csv"), "row_id," + ",".join(L.SEVERITY_COLUMNS),
                        [[rid, *["0.333333"] * L.NUM_SEVERITIES]
                         for st in test for rid in L.study_row_ids(st.study_id)]),
+            # Not in the Kaggle layout (the competition keeps it hidden): the test labels, so that a
+            # submission can be scored locally with `python -m lumbar_jax.score --solution test_solution.csv`.
+            _write_csv(os.path.join(out_dir, "test_solution.csv"), label_header, label_rows(test)),
         ]
     occurrences = {}
     for st in studies:

@@ -7,9 +7,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+from typing import Any
 
 import jax
 import numpy as np
@@ -76,6 +78,33 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+@dataclasses.dataclass(frozen=True)
+class FoldSplit:
+    """A run's dataset and its fold assignment: the same on every run of a config (and in evaluation)."""
+
+    source: Any  # random-access records of the train split
+    study_ids: np.ndarray  # int [N] study id of every record
+    labels: np.ndarray  # int [N, 25], -1 missing
+    folds: np.ndarray  # int [N] held-out fold of every record; -1 for studies without any label
+
+    def indices(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        """(training record indices, held-out record indices) of `fold`."""
+        return np.flatnonzero((self.folds >= 0) & (self.folds != fold)), np.flatnonzero(self.folds == fold)
+
+
+def load_fold_split(config) -> FoldSplit:
+    """Resolve (building if needed) the config's dataset, check it fits the model, and split it into folds."""
+    data_dir = dataset.prepare(config.data)
+    source = dataset.load_split(data_dir, config.data.config, "train")
+    config_lib.check_dataset(config, source)
+    study_ids, labels = pipeline.read_labels(source)
+    labelled = np.flatnonzero((labels != L.MISSING).any(axis=1))
+    folds = np.full(len(labels), -1)
+    folds[labelled] = make_folds(labels[labelled], config.cv.num_folds, config.seed)
+    log.info("%d studies (%d labelled) in %d folds", len(labels), len(labelled), config.cv.num_folds)
+    return FoldSplit(source, study_ids, labels, folds)
+
+
 def cross_validate(config, workdir: str) -> dict | None:
     """Run the configured folds; returns the CV summary once every fold is done (None for a single fold)."""
     config_lib.validate(config)
@@ -87,15 +116,7 @@ def cross_validate(config, workdir: str) -> dict | None:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
 
-    data_dir = dataset.prepare(config.data)
-    source = dataset.load_split(data_dir, config.data.config, "train")
-    config_lib.check_dataset(config, source)
-    study_ids, labels = pipeline.read_labels(source)
-    labelled = np.flatnonzero((labels != L.MISSING).any(axis=1))
-    folds = np.full(len(labels), -1)
-    folds[labelled] = make_folds(labels[labelled], config.cv.num_folds, config.seed)
-    log.info("%d studies (%d labelled) in %d folds", len(labels), len(labelled), config.cv.num_folds)
-
+    split = load_fold_split(config)
     wanted = range(config.cv.num_folds) if config.cv.fold < 0 else [config.cv.fold]
     results = {}
     for k in wanted:
@@ -103,17 +124,19 @@ def cross_validate(config, workdir: str) -> dict | None:
         if results[k] is not None:
             log.info("fold %d already finished (score %.4f), skipped", k, results[k]["val"]["score"])
             continue
-        train_idx, val_idx = np.flatnonzero((folds >= 0) & (folds != k)), np.flatnonzero(folds == k)
-        results[k] = loop.train_fold(config, workdir, k, source, train_idx, val_idx, labels, study_ids, mesh)
+        train_idx, val_idx = split.indices(k)
+        results[k] = loop.train_fold(config, workdir, k, split.source, train_idx, val_idx, split.labels,
+                                     split.study_ids, mesh)
     done = {k: loop.read_fold_result(workdir, k) or results.get(k) for k in range(config.cv.num_folds)}
     if any(r is None for r in done.values()):
         return None
-    return summarize(workdir, study_ids, labels, folds, list(done.values()))
+    return summarize(workdir, split, list(done.values()))
 
 
-def summarize(workdir: str, study_ids: np.ndarray, labels: np.ndarray, folds: np.ndarray, results: list[dict]
-              ) -> dict:
-    """Assemble OOF predictions from every fold's best checkpoint; write the CSV, the JSON and the table."""
+def oof_summary(split: FoldSplit, results: list[dict]) -> tuple[dict, np.ndarray]:
+    """(CV summary, OOF probabilities float [N, 25, 3] in record order, NaN for unlabelled studies) from every
+    fold's result (`{'fold', 'best_step', 'val', 'val_indices', 'val_probs'}`, as `loop.train_fold` returns)."""
+    labels, folds = split.labels, split.folds
     probs = np.full((len(labels), L.NUM_TARGETS, L.NUM_SEVERITIES), np.nan)
     for r in results:
         probs[r["val_indices"]] = np.asarray(r["val_probs"])
@@ -141,8 +164,16 @@ def summarize(workdir: str, study_ids: np.ndarray, labels: np.ndarray, folds: np
         "folds": [{k: v for k, v in r.items() if k not in ("val_probs", "val_indices")} for r in results],
         "num_studies": int(len(scored)),
     }
+    return summary, probs
+
+
+def summarize(workdir: str, split: FoldSplit, results: list[dict]) -> dict:
+    """Assemble OOF predictions from every fold's best checkpoint; write the CSV, the JSON and the table."""
+    summary, probs = oof_summary(split, results)
+    scored = np.flatnonzero(split.folds >= 0)
     if jax.process_index() == 0:
-        write_oof(os.path.join(workdir, "oof_predictions.csv"), study_ids[scored], probs[scored], folds[scored])
+        write_oof(os.path.join(workdir, "oof_predictions.csv"), split.study_ids[scored], probs[scored],
+                  split.folds[scored])
         with open(os.path.join(workdir, "cv_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(format_table(summary))

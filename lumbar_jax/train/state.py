@@ -126,6 +126,25 @@ class CheckpointStore:
             raise FileNotFoundError(f"no best checkpoint under {self.best.directory}")
         return self._restore(self.best, best, template)
 
+    def restore(self, template: dict, which: str | int = "best") -> tuple[dict, dict]:
+        """(state, metadata) of the 'best' or 'latest' checkpoint, or of step `which` (an int, or its digits)
+        from either manager; FileNotFoundError naming the directory and the steps there otherwise."""
+        if which == "best":
+            return self.restore_best(template)
+        if which == "latest":
+            if self.latest_step() is None:
+                raise FileNotFoundError(f"no latest checkpoint under {self.latest.directory}")
+            return self.restore_latest(template)
+        if not str(which).isdigit():
+            raise ValueError(f"checkpoint must be 'best', 'latest' or a step number, got {which!r}")
+        step = int(which)
+        for manager in (self.best, self.latest):
+            if step in manager.all_steps():
+                return self._restore(manager, step, template)
+        available = sorted(set(self.best.all_steps()) | set(self.latest.all_steps()))
+        raise FileNotFoundError(f"no checkpoint of step {step} under {os.path.dirname(self.best.directory)} "
+                                f"(steps kept: {available})")
+
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 

@@ -1,0 +1,119 @@
+"""The trained models of a run directory, restored for inference.
+
+A run directory (conventions section 5) holds the resolved `config.json` and, per fold, Orbax checkpoints
+(`best`, `latest`). This module turns them back into jit-compiled eval steps on whatever devices are present
+(a checkpoint written on 4 devices restores on 1: the state is replicated, and Orbax restores onto the
+shardings of a freshly built template) and predicts records with one fold's model or with the ensemble of
+folds, optionally averaged with the left/right flip (test-time augmentation). `scripts/evaluate.py` and
+`scripts/predict.py` are built on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from lumbar_jax.data import augment
+from lumbar_jax.models import registry
+from lumbar_jax.train import loop
+from lumbar_jax.train import step as step_lib
+from lumbar_jax.train.state import CheckpointStore
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run was trained with (`workdir/config.json`), its model part checked."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {workdir} is not a run directory of "
+                                "`python -m lumbar_jax.main`")
+    with open(path) as f:
+        try:
+            config = ml_collections.ConfigDict(json.load(f))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+    registry.validate_model_config(config.model)
+    return config
+
+
+def trained_folds(workdir: str, num_folds: int) -> list[int]:
+    """The folds of a run that have a checkpoint directory."""
+    return [k for k in range(num_folds) if os.path.isdir(os.path.join(loop.fold_dir(workdir, k), "checkpoints"))]
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldModel:
+    """One fold's restored state and its jit-compiled eval step (see `train.step.make_eval_step`)."""
+
+    fold: int
+    step: int  # training step of the restored checkpoint
+    state: dict
+    eval_step: Any
+
+
+def restore_fold_model(config, workdir: str, fold: int, mesh: Mesh, checkpoint: str | int = "best",
+                       with_attention_peaks: bool = False) -> FoldModel:
+    """Restore fold `fold`'s checkpoint ('best', 'latest' or a step) onto `mesh`.
+
+    `with_attention_peaks` (target-query models only) makes the eval step also report the held-out
+    attention-peak distance to the annotated points.
+    """
+    directory = os.path.join(loop.fold_dir(workdir, fold), "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory} not found: fold {fold} of {workdir} has not been trained")
+    statics, template = loop.build_state(config, mesh)
+    store = CheckpointStore(directory)
+    try:
+        state, meta = store.restore(template, checkpoint)
+    finally:
+        store.close()
+    coord_sigma = config.train.coord_sigma if with_attention_peaks and config.model.fusion == "target_query" else None
+    return FoldModel(fold, int(meta["step"]), state, step_lib.make_eval_step(statics, mesh, coord_sigma))
+
+
+def eval_batch_size(config, mesh: Mesh) -> int:
+    """The run's eval batch size rounded up to a multiple of the devices present (any device count works)."""
+    return math.ceil(config.train.eval_batch_size / mesh.size) * mesh.size
+
+
+class FlippedRecords(Sequence):
+    """`records` mirrored left <-> right (`augment.flip_left_right`), lazily, record by record."""
+
+    def __init__(self, records: Sequence[dict]):
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        return augment.flip_left_right(self.records[index])
+
+
+def predict_records(model: FoldModel, records: Sequence[dict], indices: np.ndarray, study_ids: np.ndarray,
+                    batch_size: int, mesh: Mesh, tta: bool = False) -> tuple[np.ndarray, float | None]:
+    """(probabilities float [len(indices), 25, 3] of `records[indices]`, mean attention-peak distance or None).
+
+    `study_ids` int [len(records)]: the (distinct) study id of every record. With `tta` the probabilities are the mean of the prediction and the unflipped prediction of the mirrored
+    study (the peak distance is that of the unflipped pass).
+    """
+    probs, peak_distance = loop.predict(model.eval_step, model.state, records, indices, batch_size, mesh, study_ids)
+    if tta:
+        flipped, _ = loop.predict(model.eval_step, model.state, FlippedRecords(records), indices, batch_size, mesh,
+                                  study_ids)
+        probs = (probs + augment.unflip_predictions(flipped)) / 2
+    return probs, peak_distance
+
+
+def ensemble_predict(models: Sequence[FoldModel], records: list[dict], batch_size: int, mesh: Mesh,
+                     tta: bool = False) -> np.ndarray:
+    """Mean over `models` of their probabilities float [N, 25, 3] for every record (in memory), in order."""
+    indices, study_ids = np.arange(len(records)), np.array([int(r["study_id"]) for r in records])
+    return np.mean([predict_records(m, records, indices, study_ids, batch_size, mesh, tta)[0] for m in models],
+                   axis=0)

@@ -1,0 +1,117 @@
+"""Prediction on new studies, straight from DICOM: the Kaggle `submission.csv` and a per-study report.
+
+Studies are read with the builder's own reader (`data.study.study_example`: same series choice, canonical
+orientation, resampling and intensity normalisation as the training records), predicted by the ensemble of
+the run's folds (each fold's best checkpoint; probabilities averaged) and, with `tta`, also on the
+left/right-mirrored study. No prebuilt dataset is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+import tqdm
+
+from lumbar_jax import inference
+from lumbar_jax import labels as L
+from lumbar_jax.data import study as study_lib
+from lumbar_jax.train import mesh as mesh_lib
+
+log = logging.getLogger(__name__)
+
+SUBMISSION_COLUMNS = ("row_id", *L.SEVERITY_COLUMNS)
+
+
+class Predictor:
+    """The ensemble of a run's folds at one checkpoint, on the devices present."""
+
+    def __init__(self, workdir: str, folds: list[int] | None = None, checkpoint: str | int = "best",
+                 tta: bool = False):
+        self.config = inference.load_run_config(workdir)
+        self.mesh = mesh_lib.make_mesh()
+        folds = inference.trained_folds(workdir, self.config.cv.num_folds) if folds is None else folds
+        if not folds:
+            raise FileNotFoundError(f"{workdir} has no trained fold (no fold_k/checkpoints)")
+        self.models = [inference.restore_fold_model(self.config, workdir, k, self.mesh, checkpoint) for k in folds]
+        self.tta = tta
+        self.volume_shape = tuple(self.config.model.volume_shape)
+        log.info("ensemble of folds %s (%s checkpoints, steps %s)%s", folds, checkpoint,
+                 [m.step for m in self.models], " with flip TTA" if tta else "")
+
+    def read(self, entries: list[study_lib.StudyEntry]) -> list[dict]:
+        """Each study's record (conventions section 4), read from its DICOM series, with a progress bar."""
+        return [study_lib.study_example(e, self.volume_shape)
+                for e in tqdm.tqdm(entries, desc="reading studies", unit="study", disable=len(entries) < 2)]
+
+    def predict(self, records: list[dict]) -> np.ndarray:
+        """Probabilities float64 [N, 25, 3] of `records`, rows summing to 1."""
+        probs = inference.ensemble_predict(self.models, records, inference.eval_batch_size(self.config, self.mesh),
+                                           self.mesh, self.tta).astype(np.float64)
+        return probs / probs.sum(axis=-1, keepdims=True)
+
+
+def submission_frame(study_ids: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
+    """The competition's submission table: row_id, normal_mild, moderate, severe; 25 rows per study, in
+    study then target order. ValueError if a probability is not finite or a row does not sum to 1."""
+    if probs.shape != (len(study_ids), L.NUM_TARGETS, L.NUM_SEVERITIES):
+        raise ValueError(f"probabilities of shape {probs.shape} for {len(study_ids)} studies")
+    if not np.isfinite(probs).all() or not np.allclose(probs.sum(-1), 1.0, atol=1e-6):
+        raise ValueError("predicted probabilities are not finite or do not sum to 1")
+    return pd.DataFrame({
+        "row_id": [rid for s in study_ids for rid in L.study_row_ids(s)],
+        **{c: probs[:, :, k].reshape(-1) for k, c in enumerate(L.SEVERITY_COLUMNS)},
+    }, columns=list(SUBMISSION_COLUMNS))
+
+
+def predict_split(predictor: Predictor, data_dir: str, split: str = "test") -> tuple[pd.DataFrame, dict]:
+    """Submission table for every study of `{split}_series_descriptions.csv` and timing numbers."""
+    if not study_lib.has_split(data_dir, split):
+        raise FileNotFoundError(f"{data_dir}/{split}_series_descriptions.csv not found (expected the Kaggle "
+                                "competition layout)")
+    entries = study_lib.list_studies(data_dir, split)
+    if not entries:
+        raise ValueError(f"{data_dir}/{split}_series_descriptions.csv lists no study")
+    t0 = time.perf_counter()
+    records = predictor.read(entries)
+    t1 = time.perf_counter()
+    probs = predictor.predict(records)
+    t2 = time.perf_counter()
+    absent = sum(int((~r["present"]).sum()) for r in records)
+    timing = {"studies": len(entries), "absent_series": absent, "read_s": t1 - t0, "predict_s": t2 - t1,
+              "studies_per_s": len(entries) / (t2 - t0)}
+    return submission_frame(np.array([e.study_id for e in entries]), probs), timing
+
+
+def study_report(study_id: int, present: np.ndarray, probs: np.ndarray) -> dict:
+    """A study's prediction as a JSON-able dict: the series used and, per target, the three probabilities and
+    the most likely grade. probs float [25, 3]."""
+    return {
+        "study_id": int(study_id),
+        "series_present": {name: bool(p) for name, p in zip(L.SERIES_TYPES, present)},
+        "targets": {t: {**{c: float(probs[i, k]) for k, c in enumerate(L.SEVERITY_COLUMNS)},
+                        "grade": L.SEVERITY_NAMES[int(np.argmax(probs[i]))]}
+                    for i, t in enumerate(L.TARGETS)},
+    }
+
+
+_REPORT_COLUMNS = ("spinal canal", "L foraminal", "R foraminal", "L subarticular", "R subarticular")
+
+
+def format_study_report(report: dict) -> str:
+    """Per level (rows) and condition (columns): the most likely grade and its probability; `*` marks a
+    moderate or severe grade."""
+    present = ", ".join(f"{n} {'yes' if p else 'ABSENT'}" for n, p in report["series_present"].items())
+    lines = [f"study {report['study_id']}  (series: {present})",
+             f"{'level':7s}" + "".join(f"{c:>20s}" for c in _REPORT_COLUMNS)]
+    for level, level_name in zip(L.LEVELS, L.LEVEL_CSV_NAMES):
+        cells = []
+        for condition in L.CONDITIONS:
+            t = report["targets"][f"{condition}_{level}"]
+            p = t[L.SEVERITY_COLUMNS[L.SEVERITY_NAMES.index(t["grade"])]]
+            mark = "*" if t["grade"] != L.SEVERITY_NAMES[0] else " "
+            cells.append(f"{mark}{t['grade']} {p:.2f}")
+        lines.append(f"{level_name:7s}" + "".join(f"{c:>20s}" for c in cells))
+    return "\n".join(lines)

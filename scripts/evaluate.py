@@ -1,0 +1,44 @@
+"""Re-score a run's checkpoints on each fold's held-out studies.
+
+  python scripts/evaluate.py --workdir W [--fold k] [--checkpoint best|latest|STEP] [--output report.json]
+
+Restores each fold's checkpoint onto the devices present (a run trained on 4 devices evaluates on 1),
+recomputes the run's folds from its config.json, and prints per fold (and, with every fold, out of fold):
+the competition score, class-prior baseline, best constant, accuracy, balanced accuracy, per-condition
+losses, any_severe_spinal and per-class recall. With the best checkpoints of every fold the OOF score is
+checked against cv_summary.json. The report is also written as JSON (default: W/evaluation_CHECKPOINT.json).
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+from lumbar_jax import evaluate
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="run directory of python -m lumbar_jax.main")
+    parser.add_argument("--fold", type=int, action="append", default=None,
+                        help="evaluate only this fold (repeatable); default: every fold")
+    parser.add_argument("--checkpoint", default="best", help="'best' (default), 'latest' or a step number")
+    parser.add_argument("--output", default=None, help="JSON report path (default: WORKDIR/evaluation_CHECKPOINT.json)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    try:
+        report = evaluate.evaluate_run(args.workdir, args.fold, args.checkpoint)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(evaluate.format_report(report))
+    output = args.output or os.path.join(args.workdir, f"evaluation_{args.checkpoint}.json")
+    with open(output, "w") as f:
+        f.write(evaluate.to_json(report))
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Checkpoint evaluation and prediction on a tiny trained run: reproduces the CV summary, restores on fewer
+devices, writes a valid submission from DICOM, per-study reports, left/right-aware TTA, clear errors.
+
+One tiny run (2 folds x 2 steps, tiny ViT with the target-query head, 4 fake CPU devices) is trained once per
+module on a synthetic Kaggle folder that also holds unlabelled test studies.
+"""
+
+import json
+import os
+import runpy
+import shutil
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lumbar_jax import evaluate, inference, predict
+from lumbar_jax import labels as L
+from lumbar_jax.data import augment, build, study, synthetic
+from lumbar_jax.train import config as config_lib
+from lumbar_jax.train import cv
+from lumbar_jax.train import mesh as mesh_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """(kaggle dir with train + test studies, trained run dir)."""
+    root = tmp_path_factory.mktemp("eval_run")
+    kaggle = str(root / "kaggle")
+    synthetic.write_synthetic_dataset(kaggle, num_studies=12, seed=5, num_test_studies=3, progress=False)
+    build.build_dataset(kaggle, str(root / "tfds"), "r64", workers=1)
+    c = config_lib.apply_variant(config_lib.default_config(), "smoke")
+    c.data.data_dir = str(root / "tfds")
+    c.model.update(name="vit", head_hidden=32, drop_path=0.0)
+    c.train.update(batch_size=4, eval_batch_size=4, steps=2, warmup_steps=1, eval_every=1, checkpoint_every=1,
+                   log_every=1)
+    workdir = str(root / "run")
+    cv.cross_validate(c, workdir)
+    return kaggle, workdir
+
+
+def run_script(name: str, *argv: str) -> int:
+    """Run scripts/{name} in-process with `argv`; its exit code."""
+    old = sys.argv
+    sys.argv = [name, *argv]
+    try:
+        runpy.run_path(os.path.join(REPO, "scripts", name), run_name="__main__")
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    finally:
+        sys.argv = old
+    return 0
+
+
+def test_evaluating_best_checkpoints_reproduces_the_cv_summary(run):
+    _, workdir = run
+    report = evaluate.evaluate_run(workdir)
+    trained = json.load(open(os.path.join(workdir, "cv_summary.json")))
+    assert report["reproduces_cv_summary"]
+    assert report["oof"]["score"] == pytest.approx(trained["oof"]["score"], abs=1e-5)
+    assert report["oof"]["baseline"]["score"] == pytest.approx(trained["oof"]["baseline"]["score"])
+    for got, want in zip(report["folds"], trained["folds"]):
+        assert got["step"] == want["best_step"]
+        assert got["val"]["score"] == pytest.approx(want["val"]["score"], abs=1e-5)
+        assert got["val"]["peak_distance"] == pytest.approx(want["val"]["peak_distance"], abs=1e-3)
+        assert {"recall_normal_mild", "any_severe_spinal", "balanced_accuracy"} <= set(got["val"])
+    table = evaluate.format_report(report)
+    assert "OOF" in table and "reproduced" in table and "any_severe_spinal" in table
+
+
+def test_checkpoint_written_on_four_devices_restores_on_one(run):
+    _, workdir = run
+    four = evaluate.evaluate_run(workdir, folds=[1])
+    one = evaluate.evaluate_run(workdir, folds=[1], mesh=mesh_lib.make_mesh(1))
+    assert (four["devices"], one["devices"]) == (4, 1)
+    assert one["folds"][0]["val"]["score"] == pytest.approx(four["folds"][0]["val"]["score"], abs=1e-5)
+    assert "oof" not in one  # one fold is not an out-of-fold score
+
+
+def test_checkpoint_choice_latest_and_step_and_bad_requests(run):
+    _, workdir = run
+    latest = evaluate.evaluate_run(workdir, folds=[0], checkpoint="latest")
+    assert latest["folds"][0]["step"] == 2
+    assert evaluate.evaluate_run(workdir, folds=[0], checkpoint="2")["folds"][0]["val"]["score"] == pytest.approx(
+        latest["folds"][0]["val"]["score"])
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 7 .*steps kept: \[.*2\]"):
+        evaluate.evaluate_run(workdir, folds=[0], checkpoint="7")
+    with pytest.raises(ValueError, match="'best', 'latest' or a step"):
+        evaluate.evaluate_run(workdir, folds=[0], checkpoint="newest")
+    with pytest.raises(ValueError, match="--fold 5 not in 0..1"):
+        evaluate.evaluate_run(workdir, folds=[5])
+
+
+def test_evaluate_script_prints_and_writes_json(run, tmp_path, capsys):
+    _, workdir = run
+    out = str(tmp_path / "eval.json")
+    assert run_script("evaluate.py", "--workdir", workdir, "--fold", "0", "--output", out) == 0
+    assert "fold 0" in capsys.readouterr().out
+    assert json.load(open(out))["folds"][0]["fold"] == 0
+    assert run_script("evaluate.py", "--workdir", str(tmp_path / "nowhere")) == 2
+    assert "nowhere/config.json not found" in capsys.readouterr().err
+
+
+def test_submission_has_exactly_the_expected_rows_and_valid_probabilities(run, tmp_path, capsys):
+    kaggle, workdir = run
+    out = str(tmp_path / "submission.csv")
+    assert run_script("predict.py", "--workdir", workdir, "--data_dir", kaggle, "--output", out) == 0
+    assert "studies/s" in capsys.readouterr().out
+    submission = pd.read_csv(out)
+    expected = pd.read_csv(os.path.join(kaggle, "sample_submission.csv"))
+    assert list(submission.columns) == ["row_id", "normal_mild", "moderate", "severe"]
+    assert submission["row_id"].tolist() == expected["row_id"].tolist()  # row by row, 25 per test study
+    values = submission[list(L.SEVERITY_COLUMNS)].to_numpy()
+    assert np.isfinite(values).all() and (values >= 0).all()
+    np.testing.assert_allclose(values.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_study_with_a_missing_series_still_gets_all_its_rows(run, tmp_path):
+    kaggle, workdir = run
+    copy = str(tmp_path / "kaggle")
+    shutil.copytree(kaggle, copy, ignore=shutil.ignore_patterns("train_images", "tfds"))
+    first = study.list_studies(copy, "test")[0]
+    sid, series_dir = first.series_dirs[2][0]  # drop its axial series
+    shutil.rmtree(series_dir)
+    predictor = predict.Predictor(workdir)
+    table, timing = predict.predict_split(predictor, copy)
+    assert timing["absent_series"] >= 1 and len(table) == 25 * timing["studies"]
+    rows = table[table["row_id"].str.startswith(f"{first.study_id}_")]
+    assert len(rows) == 25 and np.isfinite(rows[list(L.SEVERITY_COLUMNS)].to_numpy()).all()
+
+
+def test_flip_tta_is_left_right_equivariant(run):
+    kaggle, workdir = run
+    predictor = predict.Predictor(workdir, tta=True)
+    record = predictor.read(study.list_studies(kaggle, "test")[:1])[0]
+    mirrored = {**augment.flip_left_right(record), "study_id": record["study_id"] + 1}
+    probs = predictor.predict([record, mirrored])
+    np.testing.assert_allclose(probs[1], augment.unflip_predictions(probs[0]), atol=1e-5)
+    plain = predict.Predictor(workdir).predict([record])
+    assert not np.allclose(plain[0], probs[0], atol=1e-6)  # the flip pass changed something
+
+
+def test_study_dir_report_from_dicom_descriptions_and_from_csv(run, tmp_path, capsys):
+    kaggle, workdir = run
+    entry = study.list_studies(kaggle, "test")[0]
+    study_dir = os.path.dirname(entry.series_dirs[1][0][1])
+    out = str(tmp_path / "report.json")
+    assert run_script("predict.py", "--workdir", workdir, "--study_dir", study_dir, "--json", out) == 0
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in L.LEVEL_CSV_NAMES) and "R subarticular" in printed
+    report = json.load(open(out))
+    assert report["study_id"] == entry.study_id and len(report["targets"]) == 25
+    assert all(report["series_present"].values())
+    from_csv = study.study_from_directory(study_dir, os.path.join(kaggle, "test_series_descriptions.csv"))
+    assert from_csv.series_dirs == study.study_from_directory(study_dir).series_dirs
+    assert [[sid for sid, _ in c] for c in from_csv.series_dirs] == [[sid for sid, _ in c] for c in entry.series_dirs]
+
+
+@pytest.mark.parametrize("description, kind", [
+    ("Sagittal T1", 0), ("Sagittal T2/STIR", 1), ("Axial T2", 2), ("SAG T1 FSE", 0), ("sag_stir", 1),
+    ("AX T2 FRFSE", 2), ("COR T2", None), ("Localizer", None)])
+def test_series_type_of_description(description, kind):
+    assert study.series_type_of_description(description) == kind
+
+
+def test_prediction_errors_name_what_is_wrong(run, tmp_path, capsys):
+    kaggle, workdir = run
+    assert run_script("predict.py", "--workdir", str(tmp_path), "--data_dir", kaggle) == 2
+    assert "config.json not found" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_script("predict.py", "--workdir", workdir, "--data_dir", str(empty)) == 2
+    assert "test_series_descriptions.csv not found" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not finite or do not sum to 1"):
+        predict.submission_frame(np.array([1]), np.full((1, 25, 3), np.nan))
+    shutil.copy(os.path.join(workdir, "config.json"), tmp_path / "config.json")
+    assert inference.trained_folds(str(tmp_path), 2) == []
+    with pytest.raises(FileNotFoundError, match="has no trained fold"):
+        predict.Predictor(str(tmp_path))
