@@ -17,15 +17,18 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh
 
+from lumbar_jax import labels as L
 from lumbar_jax.data import augment
 from lumbar_jax.models import registry
 from lumbar_jax.train import loop
 from lumbar_jax.train import step as step_lib
-from lumbar_jax.train.state import CheckpointStore
+from lumbar_jax.train.state import CheckpointStore, TrainStatics, eval_model_state, merge_model
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -56,6 +59,7 @@ class FoldModel:
     step: int  # training step of the restored checkpoint
     state: dict
     eval_step: Any
+    statics: TrainStatics
 
 
 def restore_fold_model(config, workdir: str, fold: int, mesh: Mesh, checkpoint: str | int = "best",
@@ -75,7 +79,7 @@ def restore_fold_model(config, workdir: str, fold: int, mesh: Mesh, checkpoint: 
     finally:
         store.close()
     coord_sigma = config.train.coord_sigma if with_attention_peaks and config.model.fusion == "target_query" else None
-    return FoldModel(fold, int(meta["step"]), state, step_lib.make_eval_step(statics, mesh, coord_sigma))
+    return FoldModel(fold, int(meta["step"]), state, step_lib.make_eval_step(statics, mesh, coord_sigma), statics)
 
 
 def eval_batch_size(config, mesh: Mesh) -> int:
@@ -117,3 +121,22 @@ def ensemble_predict(models: Sequence[FoldModel], records: list[dict], batch_siz
     indices, study_ids = np.arange(len(records)), np.array([int(r["study_id"]) for r in records])
     return np.mean([predict_records(m, records, indices, study_ids, batch_size, mesh, tta)[0] for m in models],
                    axis=0)
+
+
+def query_attention(model: FoldModel, records: list[dict]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Where each target query of a target-query model looked, for a few studies (in memory).
+
+    Returns (probabilities float [N, 25, 3], attention float [N, 25, K] over the head's keys (rows sum to 1),
+    layout {'series': int [K], 'centres': float [K, 3] normalised (depth, row, col), 'grids': the token grid
+    of each key source, 'volume_shape': [D, H, W]}); keys are series-major within each source, sources in
+    order (ViT patches, then EfficientNet cells).
+    """
+    net = merge_model(model.statics, model.statics.rng_state, eval_model_state(model.state), train=False)
+    if not net.head.spatial:
+        raise ValueError("attention maps need a model with the 'target_query' fusion head")
+    volumes = np.stack([np.stack([r[name] for name in L.SERIES_TYPES]) for r in records])
+    present = np.stack([np.asarray(r["present"], bool) for r in records])
+    logits, attention = nnx.jit(lambda m, v, p: m.with_query_attention(v, p))(net, volumes, present)
+    series, centres = net.head.key_layout()
+    layout = {"series": series, "centres": centres, "grids": net.head.grids, "volume_shape": net.head.volume_shape}
+    return np.asarray(jax.nn.softmax(logits, axis=-1)), np.asarray(attention), layout

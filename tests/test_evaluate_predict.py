@@ -16,6 +16,9 @@ import pandas as pd
 import pytest
 
 from lumbar_jax import evaluate, inference, predict
+from lumbar_jax.analysis import attention as attention_lib
+from lumbar_jax.analysis import write_report
+from lumbar_jax.models.heads import token_centres
 from lumbar_jax import labels as L
 from lumbar_jax.data import augment, build, study, synthetic
 from lumbar_jax.train import config as config_lib
@@ -180,3 +183,29 @@ def test_prediction_errors_name_what_is_wrong(run, tmp_path, capsys):
     assert inference.trained_folds(str(tmp_path), 2) == []
     with pytest.raises(FileNotFoundError, match="has no trained fold"):
         predict.Predictor(str(tmp_path))
+
+
+def test_attention_density_puts_each_key_on_its_cell():
+    layout = {"volume_shape": (4, 8, 8), "grids": ((2, 2, 2), (1, 1, 1)),
+              "series": np.r_[np.repeat(np.arange(3), 8), np.arange(3)],
+              "centres": np.r_[np.tile(token_centres((2, 2, 2), (4, 8, 8)), (3, 1)), np.full((3, 3), 0.5)]}
+    attention = np.zeros(3 * 8 + 3)
+    attention[8 + 7] = 0.75  # series 1, ViT cell (1, 1, 1): voxels [2:4, 4:8, 4:8]
+    attention[24 + 2] = 0.25  # series 2, the one EfficientNet cell: the whole volume
+    heat = attention_lib.attention_volumes(attention, layout, 3)
+    assert heat.shape == (3, 4, 8, 8) and heat.sum() == pytest.approx(1.0)
+    assert heat[1, 2:, 4:, 4:].sum() == pytest.approx(0.75) and heat[1].sum() == pytest.approx(0.75)
+    np.testing.assert_allclose(attention_lib.attention_peak(attention, layout, 1), [2.5, 5.5, 5.5])  # cell centre
+    np.testing.assert_allclose(heat[2], 0.25 / 256)
+
+
+@pytest.mark.filterwarnings("ignore::lumbar_jax.data.dicom.DicomSkipWarning")  # synthetic quirks, expected
+def test_report_draws_attention_of_a_held_out_study(run, tmp_path):
+    kaggle, workdir = run
+    path = write_report(kaggle, str(tmp_path / "report"), workdir=workdir, num_montages=0, attention_studies=1)
+    text = open(path).read()
+    pngs = [p for p in os.listdir(tmp_path / "report") if p.startswith("attention_")]
+    assert len(pngs) == 1 and "## Attention overlay: study" in text and "Attention peak to annotated point" in text
+    study_id = int(pngs[0].removeprefix("attention_").removesuffix(".png"))
+    oof = pd.read_csv(os.path.join(workdir, "oof_predictions.csv"))
+    assert set(oof.loc[oof["row_id"].str.startswith(f"{study_id}_"), "fold"]) == {0}  # held out by fold 0

@@ -5,8 +5,8 @@ what it shows and its key numbers, computed here (nothing is hard-coded). Inputs
 slow step (a missing file is a FileNotFoundError naming it, OOF studies absent from train.csv a ValueError
 naming some), so a bad call fails in seconds, not after the DICOM reading.
 
-Extension point: `extra_sections`, a sequence of (title, png_path, caption) appended as sections at the end
-(e.g. model attention overlays drawn by another module).
+With a run whose model has the target-query head, the report ends with per-target attention overlays of
+held-out studies (`analysis.attention`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pandas as pd
 
 from lumbar_jax import labels as L
 from lumbar_jax import metrics
-from lumbar_jax.analysis import label_stats, montage, oof, plots
+from lumbar_jax.analysis import attention, label_stats, montage, oof, plots
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def _montage_section(kaggle_dir: str, out_dir: str, num_montages: int, volume_sh
 
 def write_report(kaggle_dir: str, out_dir: str, workdir: str | None = None, num_montages: int = 3,
                  volume_shape: tuple[int, int, int] = (16, 64, 64),
-                 extra_sections: Sequence[tuple[str, str, str]] = ()) -> str:
+                 attention_studies: int = 1) -> str:
     """Write the analysis PNGs and `report.md` into out_dir; return the path of report.md.
 
     Args:
@@ -246,7 +246,8 @@ def write_report(kaggle_dir: str, out_dir: str, workdir: str | None = None, num_
         sections (scores, calibration, confusion, worst studies).
       num_montages: number of studies drawn (the first with label coordinates); 0 for none.
       volume_shape: the [D, H, W] volumes are resampled to for the montages (the dataset config's).
-      extra_sections: (title, png_path, caption) appended as sections at the end, in order.
+      attention_studies: with a target-query run, held-out studies drawn with the model's per-target
+        attention (restores fold 0's best checkpoint); 0 for none.
     Raises:
       FileNotFoundError naming a missing train.csv, run directory or file of it; ValueError for OOF
       predictions of studies that train.csv does not hold (naming some), or malformed files.
@@ -254,9 +255,6 @@ def write_report(kaggle_dir: str, out_dir: str, workdir: str | None = None, num_
     train_csv = os.path.join(kaggle_dir, "train.csv")
     if not os.path.isfile(train_csv):
         raise FileNotFoundError(f"{train_csv} not found (expected a Kaggle-layout folder)")
-    for title, png, _ in extra_sections:
-        if not os.path.isfile(png):
-            raise FileNotFoundError(f"extra section {title!r}: {png} not found")
     label_ids, labels = label_stats.read_label_matrix(kaggle_dir)
     run = None
     if workdir is not None:  # validate the run before the slow parts
@@ -278,8 +276,10 @@ def write_report(kaggle_dir: str, out_dir: str, workdir: str | None = None, num_
     if num_montages > 0:
         log.info("montages of %d studies (reads DICOMs)", num_montages)
         lines += _montage_section(kaggle_dir, out_dir, num_montages, volume_shape)
-    for title, png, caption in extra_sections:
-        lines += [f"## {title}\n", _image(title, png, out_dir, caption)]
+    if run is not None and attention_studies > 0:
+        log.info("attention overlays of %d held-out studies (restores fold 0's model)", attention_studies)
+        for title, png, caption in attention.attention_sections(workdir, kaggle_dir, out_dir, attention_studies):
+            lines += [f"## {title}\n", _image(title, png, out_dir, caption)]
     path = os.path.join(out_dir, REPORT_FILE)
     with open(path, "w") as f:
         f.write("\n".join(lines))

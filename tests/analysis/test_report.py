@@ -55,16 +55,12 @@ def _fake_run(kaggle_dir, workdir, study_ids=None):
 def test_write_report_end_to_end(kaggle, tmp_path):
     workdir = str(tmp_path / "run")
     summary = _fake_run(kaggle, workdir)
-    extra = str(tmp_path / "extra.png")
-    with open(extra, "wb") as f:
-        f.write(PNG_MAGIC + b"\0" * 16)
     out = str(tmp_path / "report")
-    path = write_report(kaggle, out, workdir=workdir, num_montages=2,
-                        extra_sections=[("Attention overlays", extra, "attention caption")])
+    path = write_report(kaggle, out, workdir=workdir, num_montages=2, attention_studies=0)
     assert path == os.path.join(out, "report.md")
     text = open(path).read()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(images) == 2 + 3 + 2 + 1  # labels, correlation; folds, calibration, confusion; 2 montages; extra
+    assert len(images) == 2 + 3 + 2  # labels, correlation; folds, calibration, confusion; 2 montages
     for image in images:
         full = os.path.normpath(os.path.join(out, image))
         assert os.path.getsize(full) > len(PNG_MAGIC), image

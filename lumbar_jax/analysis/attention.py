@@ -1,0 +1,148 @@
+"""Where the model looked: per-target attention overlays of a target-query model on a held-out study.
+
+Each of the 25 target queries of the 'target_query' head attends over the spatial tokens of every series
+(ViT patches and EfficientNet cells, `inference.query_attention`). Here that attention is spread back over the
+voxels of each series (every key's weight evenly over its cell, so sources with different cell sizes add up
+as densities) and drawn over the slice of the target's annotated point, with the annotated point and the
+attention peak marked. The study is taken from a fold's held-out part and shown with that fold's best
+checkpoint, so the picture is of a study the model did not train on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lumbar_jax import inference  # noqa: E402
+from lumbar_jax import labels as L  # noqa: E402
+from lumbar_jax.analysis import oof, plots  # noqa: E402
+from lumbar_jax.data import study  # noqa: E402
+from lumbar_jax.train import mesh as mesh_lib  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+_PLANE_OF_KIND = tuple(study.PLANE_OF_SERIES[name] for name in L.SERIES_TYPES)
+
+
+def attention_volumes(attention: np.ndarray, layout: dict, num_series: int) -> np.ndarray:
+    """One query's attention over the keys float [K] -> attention density float [S, D, H, W] (sums to 1 over
+    all series): each key's weight spread evenly over the voxels of its token cell."""
+    volume_shape = tuple(layout["volume_shape"])
+    heat = np.zeros((num_series, *volume_shape), np.float64)
+    offset = 0
+    for grid in layout["grids"]:
+        size = num_series * math.prod(grid)
+        cells = attention[offset:offset + size].reshape(num_series, *grid)
+        offset += size
+        for axis, (g, n) in enumerate(zip(grid, volume_shape)):  # cell g spans voxels [g n / G, (g + 1) n / G)
+            cells = np.take(cells, np.arange(n) * g // n, axis=axis + 1) / (n / g)
+        heat += cells
+    return heat
+
+
+def attention_peak(attention: np.ndarray, layout: dict, series: int) -> np.ndarray:
+    """Voxel (depth, row, col) float [3] of the centre of the key on `series` with the most attention: the
+    peak the held-out peak distance of training measures (train.loss.localisation_loss)."""
+    on_series = np.asarray(layout["series"]) == series
+    key = np.argmax(np.where(on_series, attention, -1.0))
+    extent = np.array([max(n - 1, 1) for n in layout["volume_shape"]])
+    return np.asarray(layout["centres"])[key] * extent
+
+
+def _panel(ax, record: dict, attention: np.ndarray, layout: dict, target: int, probs: np.ndarray) -> float | None:
+    """Draw one target's panel (attention float [K] of its query); returns the voxel distance from attention
+    peak to annotated point (or None)."""
+    heat = attention_volumes(attention, layout, len(L.SERIES_TYPES))
+    kind = int(record["coords_series"][target])
+    annotated = kind >= 0
+    if not annotated:  # no annotated point: the series the query looked at most
+        kind = int(np.argmax(heat.reshape(heat.shape[0], -1).sum(-1)))
+    series_heat = heat[kind]
+    volume = np.asarray(record[L.SERIES_TYPES[kind]])
+    extent = np.array([max(n - 1, 1) for n in volume.shape])
+    peak = attention_peak(attention, layout, kind)
+    point = np.asarray(record["coords"][target]) * extent if annotated else None
+    index = int(round(point[0] if annotated else peak[0]))
+    ax.imshow(volume[index], cmap="gray", interpolation="nearest")
+    ax.imshow(series_heat[index], cmap="inferno", alpha=0.5, vmin=0, vmax=series_heat.max(),
+              interpolation="bilinear")
+    ax.plot(peak[2], peak[1], "+", color="cyan", ms=9, mew=1.8 if round(peak[0]) == index else 0.8)
+    distance = None
+    if annotated:
+        ax.plot(point[2], point[1], "o", mfc="none", mec="lime", ms=7, mew=1.4)
+        distance = float(np.linalg.norm(peak - point))
+    grade = L.SEVERITY_NAMES[int(np.argmax(probs[target]))]
+    label = int(record["labels"][target])
+    truth = L.SEVERITY_NAMES[label] if label >= 0 else "no label"
+    mass = series_heat.sum()
+    ax.set_title(f"{L.SERIES_TYPES[kind]} s{index}  {mass:.0%} here\npred {grade} / true {truth}"
+                 + (f"\npeak {distance:.1f} vox off" if annotated else "\n(no point)"), fontsize=6.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return distance
+
+
+def plot_query_attention(record: dict, probs: np.ndarray, attention: np.ndarray, layout: dict, path: str,
+                         title: str) -> tuple[str, list[float]]:
+    """A 5x5 grid (levels x conditions) of attention overlays for one study -> (PNG path, the peak-to-point
+    distances in voxels of its annotated targets). attention float [25, K], probs float [25, 3]."""
+    fig, axes = plt.subplots(L.NUM_LEVELS, L.NUM_CONDITIONS, figsize=(2.1 * L.NUM_CONDITIONS, 2.4 * L.NUM_LEVELS))
+    distances = []
+    for t in range(L.NUM_TARGETS):
+        ax = axes[L.TARGET_LEVEL[t], t // L.NUM_LEVELS]
+        distance = _panel(ax, record, attention[t], layout, t, probs)
+        if distance is not None:
+            distances.append(distance)
+    for c, name in enumerate(L.CONDITIONS):
+        axes[0, c].annotate(name.replace("_", " "), (0.5, 1.55), xycoords="axes fraction", ha="center",
+                            fontsize=7.5, weight="bold")
+    for level, name in enumerate(L.LEVEL_CSV_NAMES):
+        axes[level, 0].set_ylabel(name, fontsize=9, weight="bold")
+    fig.suptitle(title + "\nheat: query attention on the slice of the annotated point;  green o: annotated point;"
+                 "  cyan +: attention peak (thin: peak on another slice)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return plots.save_figure(fig, path), distances
+
+
+def attention_sections(workdir: str, kaggle_dir: str, out_dir: str, num_studies: int = 1
+                       ) -> list[tuple[str, str, str]]:
+    """(title, PNG path, caption) of the attention overlays of the first `num_studies` held-out studies of
+    fold 0 (by study id) that have every series and label coordinates; [] for a model without a
+    target-query head."""
+    config = inference.load_run_config(workdir)
+    if config.model.fusion != "target_query":
+        log.info("%s: fusion head %r has no target queries; no attention overlays", workdir, config.model.fusion)
+        return []
+    oof_path, _ = oof.check_run_dir(workdir)
+    oof_ids, _, folds = oof.read_oof(oof_path)
+    held_out = set(oof_ids[folds == 0].tolist())
+    model = inference.restore_fold_model(config, workdir, 0, mesh_lib.make_mesh(1))
+    sections = []
+    for entry in study.list_studies(kaggle_dir, "train"):
+        if len(sections) >= num_studies:
+            break
+        if entry.study_id not in held_out or not entry.annotations:
+            continue
+        record = study.study_example(entry, tuple(config.model.volume_shape))
+        if not record["present"].all() or (record["coords_series"] < 0).all():
+            continue
+        probs, attention, layout = inference.query_attention(model, [record])
+        png, distances = plot_query_attention(
+            record, probs[0], attention[0], layout, os.path.join(out_dir, f"attention_{entry.study_id}.png"),
+            f"study {entry.study_id}, held out in fold 0 (fold 0 model, step {model.step})")
+        near = sum(d <= 4 for d in distances)
+        caption = (f"Where each of the 25 target queries looked in study {entry.study_id}, which fold 0's model "
+                   f"(best checkpoint, step {model.step}) did not train on. Each panel is the slice of the "
+                   f"target's annotated point in the series it was annotated on, with the query's attention over "
+                   f"that series as heat and the share of its attention on that series in the title. Attention "
+                   f"peak to annotated point: mean {np.mean(distances):.1f} voxels over {len(distances)} "
+                   f"annotated targets, {near} within 4 voxels (volumes {tuple(config.model.volume_shape)}).")
+        sections.append((f"Attention overlay: study {entry.study_id}", png, caption))
+    return sections
