@@ -42,12 +42,13 @@ def evaluate_run(workdir: str, folds: list[int] | None = None, checkpoint: str |
     if bad:
         raise ValueError(f"--fold {bad[0]} not in 0..{num_folds - 1} (the run has {num_folds} folds)")
     mesh = mesh or mesh_lib.make_mesh()
+    restorer = inference.RunRestorer(workdir, mesh, with_attention_peaks=True)
     split = cv.load_fold_split(config)
     batch_size = inference.eval_batch_size(config, mesh)
 
     results = []
     for k in folds:
-        model = inference.restore_fold_model(config, workdir, k, mesh, checkpoint, with_attention_peaks=True)
+        model = restorer.restore(k, checkpoint)
         train_idx, val_idx = split.indices(k)
         probs, peak_distance = inference.predict_records(model, split.source, val_idx, split.study_ids,
                                                          batch_size, mesh)

@@ -53,7 +53,7 @@ def trained_folds(workdir: str, num_folds: int) -> list[int]:
 
 @dataclasses.dataclass(frozen=True)
 class FoldModel:
-    """One fold's restored state and its jit-compiled eval step (see `train.step.make_eval_step`)."""
+    """One fold's restored state and the run's jit-compiled eval step (see `train.step.make_eval_step`)."""
 
     fold: int
     step: int  # training step of the restored checkpoint
@@ -62,24 +62,32 @@ class FoldModel:
     statics: TrainStatics
 
 
-def restore_fold_model(config, workdir: str, fold: int, mesh: Mesh, checkpoint: str | int = "best",
-                       with_attention_peaks: bool = False) -> FoldModel:
-    """Restore fold `fold`'s checkpoint ('best', 'latest' or a step) onto `mesh`.
+class RunRestorer:
+    """Restores the folds of one run onto `mesh`. The model is built and the eval step compiled once and
+    shared by every fold (same config, same shapes): an ensemble of 5 folds costs one compilation.
 
     `with_attention_peaks` (target-query models only) makes the eval step also report the held-out
     attention-peak distance to the annotated points.
     """
-    directory = os.path.join(loop.fold_dir(workdir, fold), "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{directory} not found: fold {fold} of {workdir} has not been trained")
-    statics, template = loop.build_state(config, mesh)
-    store = CheckpointStore(directory)
-    try:
-        state, meta = store.restore(template, checkpoint)
-    finally:
-        store.close()
-    coord_sigma = config.train.coord_sigma if with_attention_peaks and config.model.fusion == "target_query" else None
-    return FoldModel(fold, int(meta["step"]), state, step_lib.make_eval_step(statics, mesh, coord_sigma), statics)
+
+    def __init__(self, workdir: str, mesh: Mesh, with_attention_peaks: bool = False):
+        self.workdir = workdir
+        self.config = load_run_config(workdir)
+        self.statics, self.template = loop.build_state(self.config, mesh)
+        tq = with_attention_peaks and self.config.model.fusion == "target_query"
+        self.eval_step = step_lib.make_eval_step(self.statics, mesh, self.config.train.coord_sigma if tq else None)
+
+    def restore(self, fold: int, checkpoint: str | int = "best") -> FoldModel:
+        """Fold `fold`'s checkpoint: 'best', 'latest' or a step."""
+        directory = os.path.join(loop.fold_dir(self.workdir, fold), "checkpoints")
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"{directory} not found: fold {fold} of {self.workdir} has not been trained")
+        store = CheckpointStore(directory)
+        try:
+            state, meta = store.restore(self.template, checkpoint)
+        finally:
+            store.close()
+        return FoldModel(fold, int(meta["step"]), state, self.eval_step, self.statics)
 
 
 def eval_batch_size(config, mesh: Mesh) -> int:

@@ -30,16 +30,27 @@ class Predictor:
 
     def __init__(self, workdir: str, folds: list[int] | None = None, checkpoint: str | int = "best",
                  tta: bool = False):
-        self.config = inference.load_run_config(workdir)
         self.mesh = mesh_lib.make_mesh()
+        restorer = inference.RunRestorer(workdir, self.mesh)
+        self.config = restorer.config
         folds = inference.trained_folds(workdir, self.config.cv.num_folds) if folds is None else folds
         if not folds:
             raise FileNotFoundError(f"{workdir} has no trained fold (no fold_k/checkpoints)")
-        self.models = [inference.restore_fold_model(self.config, workdir, k, self.mesh, checkpoint) for k in folds]
+        self.models = [restorer.restore(k, checkpoint) for k in folds]
         self.tta = tta
         self.volume_shape = tuple(self.config.model.volume_shape)
-        log.info("ensemble of folds %s (%s checkpoints, steps %s)%s", folds, checkpoint,
-                 [m.step for m in self.models], " with flip TTA" if tta else "")
+        t0 = time.perf_counter()
+        self.predict([self._blank_record()])  # compiles every fold's eval step, so timings below are steady
+        self.compile_s = time.perf_counter() - t0
+        log.info("ensemble of folds %s (%s checkpoints, steps %s)%s; compiled in %.1f s", folds, checkpoint,
+                 [m.step for m in self.models], " with flip TTA" if tta else "", self.compile_s)
+
+    def _blank_record(self) -> dict:
+        """A record with every series absent (conventions section 4), to compile on."""
+        return {"study_id": 0, "present": np.zeros(len(L.SERIES_TYPES), bool),
+                "labels": np.full(L.NUM_TARGETS, L.MISSING), "coords": np.full((L.NUM_TARGETS, 3), -1.0, np.float32),
+                "coords_series": np.full(L.NUM_TARGETS, -1),
+                **{name: np.zeros(self.volume_shape, np.uint8) for name in L.SERIES_TYPES}}
 
     def read(self, entries: list[study_lib.StudyEntry]) -> list[dict]:
         """Each study's record (conventions section 4), read from its DICOM series, with a progress bar."""
@@ -67,7 +78,8 @@ def submission_frame(study_ids: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
 
 
 def predict_split(predictor: Predictor, data_dir: str, split: str = "test") -> tuple[pd.DataFrame, dict]:
-    """Submission table for every study of `{split}_series_descriptions.csv` and timing numbers."""
+    """Submission table for every study of `{split}_series_descriptions.csv` and timing numbers (studies/s:
+    reading DICOM and predicting, after the one-off restore and compilation)."""
     if not study_lib.has_split(data_dir, split):
         raise FileNotFoundError(f"{data_dir}/{split}_series_descriptions.csv not found (expected the Kaggle "
                                 "competition layout)")
@@ -80,8 +92,8 @@ def predict_split(predictor: Predictor, data_dir: str, split: str = "test") -> t
     probs = predictor.predict(records)
     t2 = time.perf_counter()
     absent = sum(int((~r["present"]).sum()) for r in records)
-    timing = {"studies": len(entries), "absent_series": absent, "read_s": t1 - t0, "predict_s": t2 - t1,
-              "studies_per_s": len(entries) / (t2 - t0)}
+    timing = {"studies": len(entries), "absent_series": absent, "compile_s": predictor.compile_s,
+              "read_s": t1 - t0, "predict_s": t2 - t1, "studies_per_s": len(entries) / (t2 - t0)}
     return submission_frame(np.array([e.study_id for e in entries]), probs), timing
 
 

@@ -116,14 +116,14 @@ def attention_sections(workdir: str, kaggle_dir: str, out_dir: str, num_studies:
     """(title, PNG path, caption) of the attention overlays of the first `num_studies` held-out studies of
     fold 0 (by study id) that have every series and label coordinates; [] for a model without a
     target-query head."""
-    config = inference.load_run_config(workdir)
+    config = inference.load_run_config(workdir)  # cheap: decide before building a model
     if config.model.fusion != "target_query":
         log.info("%s: fusion head %r has no target queries; no attention overlays", workdir, config.model.fusion)
         return []
     oof_path, _ = oof.check_run_dir(workdir)
     oof_ids, _, folds = oof.read_oof(oof_path)
     held_out = set(oof_ids[folds == 0].tolist())
-    model = inference.restore_fold_model(config, workdir, 0, mesh_lib.make_mesh(1))
+    model = inference.RunRestorer(workdir, mesh_lib.make_mesh(1)).restore(0)
     sections = []
     for entry in study.list_studies(kaggle_dir, "train"):
         if len(sections) >= num_studies:

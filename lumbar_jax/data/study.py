@@ -17,6 +17,7 @@ import pandas as pd
 
 from lumbar_jax import labels as L
 from lumbar_jax.data import dicom, volume
+from lumbar_jax.data import grid as grid_lib
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,18 @@ def load_study_volumes(series_dirs, volume_shape: tuple[int, int, int]):
        geometries: list of SeriesGeometry or None).
     """
     volumes = np.zeros((len(L.SERIES_TYPES), *volume_shape), dtype=np.uint8)
-    present = np.zeros(len(L.SERIES_TYPES), dtype=bool)
+    canonicals, series_ids, geometries = read_study_series(series_dirs)
+    for kind, canonical in enumerate(canonicals):
+        if canonical is not None:
+            volumes[kind] = volume.to_record_volume(canonical, volume_shape)
+    return volumes, series_ids >= 0, series_ids, geometries
+
+
+def read_study_series(series_dirs) -> tuple[list, np.ndarray, list]:
+    """Per series type (labels.SERIES_TYPES order) the chosen series read into its canonical float volume:
+    (volumes: list of float32 [D, H, W] or None, series_ids int [3] (-1 absent), geometries: list of
+    SeriesGeometry or None). An unreadable series is absent, with a warning naming it."""
+    canonicals: list = [None] * len(L.SERIES_TYPES)
     series_ids = np.full(len(L.SERIES_TYPES), -1, dtype=np.int64)
     geometries: list = [None] * len(L.SERIES_TYPES)
     for kind, series_type in enumerate(L.SERIES_TYPES):
@@ -209,9 +221,8 @@ def load_study_volumes(series_dirs, volume_shape: tuple[int, int, int]):
         except dicom.DicomReadError as err:
             log.warning("%s treated as absent: %s", series_type, err)
             continue
-        volumes[kind] = volume.to_record_volume(canonical, volume_shape)
-        present[kind], series_ids[kind], geometries[kind] = True, chosen[0], geometry
-    return volumes, present, series_ids, geometries
+        canonicals[kind], series_ids[kind], geometries[kind] = canonical, chosen[0], geometry
+    return canonicals, series_ids, geometries
 
 
 def _world_point(series_dir: str, instance_number: int, row: float, col: float, plane: str) -> np.ndarray | None:
@@ -259,10 +270,56 @@ def map_annotations(entry: StudyEntry, series_ids: np.ndarray, geometries) -> tu
     return coords, coords_series
 
 
-def study_example(entry: StudyEntry, volume_shape: tuple[int, int, int]) -> dict[str, np.ndarray | int]:
-    """One study -> the record of conventions section 4 (a dict of numpy values)."""
-    volumes, present, series_ids, geometries = load_study_volumes(entry.series_dirs, volume_shape)
-    coords, coords_series = map_annotations(entry, series_ids, geometries)
+def map_annotations_to_grid(entry: StudyEntry, series_ids: np.ndarray, geometries, grid
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """Label coordinates -> normalised (depth, row, col) in the study's shared grid (`grid_lib.Grid`, the
+    grid dataset configs): each annotated pixel is located in patient coordinates through the geometry of
+    the series it was annotated on (another series of the same type: through its own file) and mapped into
+    the grid, which all three series share. Unplaceable points get -1, as in `map_annotations`.
+    Returns (coords float32 [25, 3], coords_series int64 [25]: the series type annotated)."""
+    coords = np.full((L.NUM_TARGETS, 3), -1.0, dtype=np.float32)
+    coords_series = np.full(L.NUM_TARGETS, -1, dtype=np.int64)
+    if grid is None:
+        return coords, coords_series
+    kind_of_series = {sid: kind for kind, candidates in enumerate(entry.series_dirs) for sid, _ in candidates}
+    dir_of_series = {sid: d for candidates in entry.series_dirs for sid, d in candidates}
+    for a in entry.annotations:
+        kind = kind_of_series.get(a.series_id)
+        if kind is None or series_ids[kind] < 0:
+            continue
+        geometry = geometries[kind]
+        if a.series_id == series_ids[kind]:
+            try:
+                world = grid_lib.pixel_world(geometry, a.instance_number, a.row, a.col)
+            except KeyError as err:
+                log.warning("series %s: annotation of %s not mapped: %s", a.series_id, L.TARGETS[a.target], err)
+                continue
+        else:
+            world = _world_point(dir_of_series[a.series_id], a.instance_number, a.row, a.col, geometry.plane)
+            if world is None:
+                continue
+        point = grid.normalize(grid.index(world))
+        if np.all((point > -0.05) & (point < 1.05)):
+            coords[a.target] = np.clip(point, 0.0, 1.0)
+            coords_series[a.target] = kind
+    return coords, coords_series
+
+
+def study_example(entry: StudyEntry, volume_shape: tuple[int, int, int],
+                  grid: bool = False) -> dict[str, np.ndarray | int]:
+    """One study -> the record of conventions section 4 (a dict of numpy values).
+
+    grid: False = each series in its own canonical volume of `volume_shape`; True = all series resampled into
+    one shared patient-coordinate grid of `volume_shape` (`lumbar_jax.data.grid`; coords refer to that grid).
+    """
+    if grid:
+        canonicals, series_ids, geometries = read_study_series(entry.series_dirs)
+        volumes, study_grid = grid_lib.grid_volumes(canonicals, geometries, volume_shape)
+        present = series_ids >= 0
+        coords, coords_series = map_annotations_to_grid(entry, series_ids, geometries, study_grid)
+    else:
+        volumes, present, series_ids, geometries = load_study_volumes(entry.series_dirs, volume_shape)
+        coords, coords_series = map_annotations(entry, series_ids, geometries)
     example: dict[str, np.ndarray | int] = {
         "study_id": entry.study_id,
         "present": present,

@@ -50,8 +50,10 @@ TINY_TEST_STAGES = (
 )
 STEM_CHANNELS = 32
 SE_RATIO = 0.25
-# torch BatchNorm2d defaults as in timm `efficientnet_b*` (torch momentum 0.1 = flax 0.9).
+# torch BatchNorm2d defaults as in timm `efficientnet_b*` (torch momentum 0.1 = flax 0.9); timm's TF ports
+# `tf_efficientnet_b*` (padding 'same') use TF's BatchNorm epsilon 1e-3.
 BN_MOMENTUM, BN_EPS = 0.9, 1e-5
+BN_EPS_TF = 1e-3
 
 
 class EffNetVariant(NamedTuple):
@@ -207,6 +209,7 @@ class EfficientNet(nnx.Module):
     ndim: 3 (volumes `[N, D, H, W, C]`) or 2 (images `[N, H, W, C]`, timm-compatible).
     drop_path: stochastic depth of the last block (rising linearly from 0 over the blocks; reference 0.2).
     padding: 'symmetric' (timm `efficientnet_b*`) or 'same' (TF, timm `tf_efficientnet_b*`).
+    bn_eps: BatchNorm epsilon; None = the layout's (BN_EPS for 'symmetric', BN_EPS_TF for 'same', as timm).
     conv_impl: layers.CONV_IMPLS ('auto' = shifted-slice convs on CPU, lax elsewhere).
     """
 
@@ -219,6 +222,7 @@ class EfficientNet(nnx.Module):
         num_classes: int = 0,
         drop_path: float = 0.2,
         padding: str = "symmetric",
+        bn_eps: float | None = None,
         conv_impl: str = "auto",
         dtype=None,
         param_dtype=jnp.float32,
@@ -232,7 +236,9 @@ class EfficientNet(nnx.Module):
         if conv_impl not in CONV_IMPLS:
             raise ValueError(f"conv_impl {conv_impl!r} is not one of {CONV_IMPLS}")
         conv = partial(_conv, ndim=ndim, padding=padding, conv_impl=conv_impl, dtype=dtype, param_dtype=param_dtype)
-        norm = partial(MaskedBatchNorm, momentum=BN_MOMENTUM, epsilon=BN_EPS, dtype=dtype, param_dtype=param_dtype)
+        if bn_eps is None:
+            bn_eps = BN_EPS_TF if padding == "same" else BN_EPS
+        norm = partial(MaskedBatchNorm, momentum=BN_MOMENTUM, epsilon=bn_eps, dtype=dtype, param_dtype=param_dtype)
 
         stem = round_filters(STEM_CHANNELS, v.width)
         self.conv_stem = conv(in_channels, stem, 3, 2, rngs=rngs)

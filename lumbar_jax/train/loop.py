@@ -77,7 +77,10 @@ def predict(eval_step, state, source, indices, batch_size: int, mesh, study_ids:
                                        shard_index=jax.process_index(), shard_count=jax.process_count()):
         out = eval_step(state, mesh_lib.shard_batch(_model_inputs(batch), mesh))
         gathered_probs.append(np.asarray(multihost_utils.process_allgather(out["probs"], tiled=True)))
-        gathered_ids.append(np.asarray(multihost_utils.process_allgather(batch["study_id"], tiled=True)))
+        # int64 study ids travel as int32 pairs: with x64 off, JAX would truncate ids >= 2**31 (Kaggle's go to 4e9)
+        ids32 = np.ascontiguousarray(batch["study_id"], dtype=np.int64).view(np.int32).reshape(-1, 2)
+        gathered_ids.append(np.ascontiguousarray(
+            multihost_utils.process_allgather(ids32, tiled=True), dtype=np.int32).view(np.int64).reshape(-1))
         if "annotated" in out:
             distance_sum += float(out["peak_distance_sum"])
             annotated = (annotated or 0) + int(out["annotated"])

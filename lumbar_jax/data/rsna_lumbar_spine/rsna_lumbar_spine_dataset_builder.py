@@ -7,8 +7,14 @@ One example per study, features exactly as conventions section 4. Builder config
 | r64  | 16 x 64 x 64    | CPU tests and the embedded demo |
 | r128 | 32 x 128 x 128  | GPU runs, benchmarks |
 | r256 | 64 x 256 x 256  | full-resolution GPU/TPU runs |
+| grid64  | 64 x 64 x 64    | earlier system B (configs/baseline_vit3d_grid.py), CPU variant |
+| grid128 | 128 x 128 x 128 | earlier system B, as it was built (GPU) |
 
-Sagittal and axial volumes share the size, so one encoder call can take all three series. Studies are
+Sagittal and axial volumes share the size, so one encoder call can take all three series. The `grid*`
+configs store the same features, but every series is resampled into ONE shared axis-aligned grid in patient
+coordinates per study (the union of the series' extents, axes in the sagittal layout; `lumbar_jax.data.grid`),
+so the three volumes are the aligned channels of one volume, and `coords` are normalised coordinates in that
+grid (the same for every series; `coords_series` still says which series the point was annotated on). Studies are
 decoded in parallel worker processes (`num_workers`); build with `python -m lumbar_jax.data.build`.
 """
 
@@ -47,11 +53,12 @@ _CITATION = """
 @dataclasses.dataclass
 class RsnaLumbarSpineConfig(tfds.core.BuilderConfig):
     volume_shape: tuple[int, int, int] = (16, 64, 64)  # [D, H, W] of every stored volume
+    grid: bool = False  # True: all series resampled into one shared patient-coordinate grid (data/grid.py)
 
 
 def _example_with_key(args):
-    entry, shape = args
-    return entry.study_id, study.study_example(entry, shape)
+    entry, shape, grid = args
+    return entry.study_id, study.study_example(entry, shape, grid=grid)
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -63,6 +70,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         RsnaLumbarSpineConfig(name="r64", volume_shape=(16, 64, 64), description="16x64x64 volumes"),
         RsnaLumbarSpineConfig(name="r128", volume_shape=(32, 128, 128), description="32x128x128 volumes"),
         RsnaLumbarSpineConfig(name="r256", volume_shape=(64, 256, 256), description="64x256x256 volumes"),
+        RsnaLumbarSpineConfig(name="grid64", volume_shape=(64, 64, 64), grid=True,
+                              description="64^3 shared patient-coordinate grid per study, one channel per series"),
+        RsnaLumbarSpineConfig(name="grid128", volume_shape=(128, 128, 128), grid=True,
+                              description="128^3 shared patient-coordinate grid per study, one channel per series"),
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Download the competition data from
@@ -104,7 +115,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, root: str, split: str):
         entries = study.list_studies(root, split)
         shape = tuple(self.builder_config.volume_shape)
-        jobs = [(entry, shape) for entry in entries]
+        jobs = [(entry, shape, bool(self.builder_config.grid)) for entry in entries]
         progress = dict(total=len(jobs), desc=f"{split}: decoding studies", unit="study")
         if self.num_workers == 1:
             yield from tqdm.tqdm(map(_example_with_key, jobs), **progress)
