@@ -125,14 +125,24 @@ def world_to_canonical(geometry: SeriesGeometry, points: np.ndarray) -> np.ndarr
         out[:] = points @ matrix[0].T + shift[0]
         out[:, 0] += (points @ normals[0] - offsets[0]) / geometry.spacing[0]
         return out
+    parallel = np.allclose(normals, normals[0], rtol=0.0, atol=1e-9)
+    same_plane_map = np.allclose(matrix, matrix[0], rtol=0.0, atol=1e-9)
     for start in range(0, len(points), _CHUNK):
         p = points[start:start + _CHUNK]
-        distances = p @ normals.T - offsets  # [P, D]: > 0 beyond slice k in the depth direction
-        k0 = np.clip(np.count_nonzero(distances >= 0, axis=1) - 1, 0, n_slices - 2)
-        rows = np.arange(len(p))
-        d0, d1 = distances[rows, k0], distances[rows, k0 + 1]
+        if parallel:  # one normal: the slices' planes are ordered by their offsets (the usual stack)
+            along = p @ normals[0]
+            k0 = np.clip(np.searchsorted(offsets, along, side="right") - 1, 0, n_slices - 2)
+            d0, d1 = along - offsets[k0], along - offsets[k0 + 1]
+        else:  # tilted sub-stacks: signed distance to every plane, as SeriesGeometry.world_to_canonical
+            distances = p @ normals.T - offsets  # [P, D]: > 0 beyond slice k in the depth direction
+            k0 = np.clip(np.count_nonzero(distances >= 0, axis=1) - 1, 0, n_slices - 2)
+            rows = np.arange(len(p))
+            d0, d1 = distances[rows, k0], distances[rows, k0 + 1]
         gap = d0 - d1
         t = np.divide(d0, gap, out=np.zeros_like(d0), where=gap != 0)[:, None]
+        if same_plane_map:  # every slice maps its plane alike: only the shifts differ
+            out[start:start + _CHUNK] = p @ matrix[0].T + (1.0 - t) * shift[k0] + t * shift[k0 + 1]
+            continue
         index = np.empty_like(p)
         order = np.argsort(k0, kind="stable")
         bounds = np.searchsorted(k0[order], np.arange(n_slices))  # points of slab k: order[bounds[k]:bounds[k+1]]
