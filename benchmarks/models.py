@@ -1,63 +1,315 @@
-"""Section `models`: PLACEHOLDER, to be filled by the engineer writing `lumbar_jax/models/`.
+"""Section `models`: lumbar_jax's 3D encoders against MONAI's, train step and inference; the fused model.
 
-Nothing here measures anything yet: `run` returns the planned rows with status "not implemented", and
-`train_step_consumption` returns None (the pipeline section then shows its peer as pending). No model code
-lives here; this file only fixes where the measurements go and what they must return.
+Peers, CPU, float32, batch 4 of 1 x 32 x 128 x 128 (smoke: batch 2 of 1 x 32 x 32 x 32, tiny lumbar_jax variants):
+  - lumbar_jax `vit_s` 3D (`VisionTransformer('vit_s', patch 4x16x16, 1 channel, 75 classes)`) vs MONAI
+    `ViT(in_channels=1, img_size=(32, 128, 128), patch_size=(4, 16, 16), hidden_size=384, mlp_dim=1536,
+    num_layers=12, num_heads=6, classification=True, num_classes=75)`;
+  - lumbar_jax `effnet_b0` 3D (`EfficientNet('effnet_b0', ndim=3, 1 channel, 75 classes)`) vs MONAI
+    `EfficientNetBN('efficientnet-b0', spatial_dims=3, in_channels=1, num_classes=75, pretrained=False)`.
+Train step = forward + softmax cross-entropy on 75 classes + backward + AdamW update (optax / torch.optim),
+models in training mode (dropout, BatchNorm batch statistics); inference = forward in eval mode
+(`jax.jit` / `torch.inference_mode()`). Rates are volumes/s, median of interleaved timed repetitions after
+one untimed warm-up call (for JAX that call compiles; its time is reported as compile_s). Parameter counts
+are printed side by side (they must agree within 1 %), and the achieved FLOP/s of the lumbar_jax steps
+(XLA's cost analysis of the compiled step / median step time) against the machine's f32 matmul rate
+measured in the same run.
 
-What to implement (same timing method as the rest of the suite, `benchmarks.common`):
-
-`run(ctx)` -- lumbar_jax vs MONAI, CPU, batch 4 of 1 x 32 x 128 x 128 float32 (smoke: tiny shapes/variants):
-    models: lumbar_jax `vit_s` (3D ViT) and `effnet_b0` (3D EfficientNet), built through
-            `lumbar_jax.models.registry`, against `monai.networks.nets.ViT(in_channels=1, img_size=(32, 128, 128),
-            patch_size=<same tubelet>, hidden_size=384, mlp_dim=1536, num_layers=12, num_heads=6,
-            classification=True, num_classes=75)` and `monai.networks.nets.EfficientNetBN("efficientnet-b0",
-            spatial_dims=3, in_channels=1, num_classes=75, pretrained=False)` (no weights are downloaded).
-    rows (one per model, `common.row(..., unit="samples/s")`):
-      - models.<name>.train_step: forward + backward + optimizer update (optax AdamW / torch.optim.AdamW),
-        samples/s = 4 / step time. JAX: `jax.block_until_ready` on the new state; the first (compiling) call
-        is warm-up, its time goes in the section's extra as compile_s. torch: `common.setup_torch()` first.
-      - models.<name>.inference: forward only (jit / `torch.inference_mode()`), samples/s.
-      - parameter counts side by side: section extra `params = {"vit_s": {"lumbar_jax": n, "monai": m}, ...}`
-        and a Markdown line in `extra_md` (they are counts, not timings: no ratio target).
-    Peer missing (`ctx.peer["available"]` False): peer cells `common.status(ctx.peer["reason"])`, lumbar_jax
-    side still measured.
-
-`train_step_consumption(ctx, volume_shape, batch_size)` -- the peer of the pipeline section: how many
-    records/s the lumbar_jax train step consumes for records of `volume_shape` ([D, H, W], 3 series per record,
-    the pipeline section's dataset config) at `batch_size`, i.e. batch_size / median step time of the default
-    training model (`configs/` default) on this machine. Return a measurement dict as produced by
-    `common.Timing(...).to_json()` with `items_per_repeat = batch_size` (records) plus `"model": <name>`; the
-    pipeline section then reports pipeline records/s / train-step records/s (>= 1: the input pipeline keeps
-    the step fed).
+The fused model (`configs/vit_effnet.py`, the CPU default, and its `:r128` variant in float32): train-step
+rate of the whole study model (3 series per record, coordinate loss on) and the benchmark process's peak
+resident memory after each (ru_maxrss: monotonic, so the r128 figure bounds that model from above). The
+default's rate is also the pipeline section's peer (`train_step_consumption`): how many records/s training
+consumes.
 """
 
 from __future__ import annotations
 
+import time
+import warnings
 from typing import Any
 
 from benchmarks import common
 
-PLANNED = (
-    ("models.vit_s.train_step", "vit_s 3D train step, batch 4 of 1x32x128x128"),
-    ("models.vit_s.inference", "vit_s 3D inference, batch 4 of 1x32x128x128"),
-    ("models.effnet_b0.train_step", "effnet_b0 3D train step, batch 4 of 1x32x128x128"),
-    ("models.effnet_b0.inference", "effnet_b0 3D inference, batch 4 of 1x32x128x128"),
-)
-NOT_IMPLEMENTED = "not implemented (placeholder)"
+FULL = dict(batch=4, shape=(32, 128, 128), vit="vit_s", effnet="effnet_b0", vit_patch=(4, 16, 16), repeats=3,
+            fused_batch={"": 12, "r128": 2}, fused_repeats=3, matmul=2048)
+SMOKE = dict(batch=2, shape=(32, 32, 32), vit="vit_tiny_test", effnet="effnet_tiny_test", vit_patch=(4, 16, 16),
+             repeats=1, fused_batch={"smoke": 4}, fused_repeats=1, matmul=256)
+NUM_CLASSES = 75  # 25 targets x 3 severities
+MONAI_VIT = dict(hidden_size=384, mlp_dim=1536, num_layers=12, num_heads=6)  # = vit_s
+TARGET = 1.5  # issue 6: lumbar_jax at least 1.5x MONAI, train and inference
+PARAM_TOLERANCE = 0.01
+
+
+# ------------------------------------------------------------------------------------------------ lumbar_jax
+def _jax_encoder(kind: str, variant: str, p: dict):
+    from flax import nnx
+
+    from lumbar_jax.models.efficientnet import EfficientNet
+    from lumbar_jax.models.vit import VisionTransformer
+
+    rngs = nnx.Rngs(params=0, dropout=1)
+    if kind == "vit":
+        return VisionTransformer(variant, input_shape=p["shape"], patch=p["vit_patch"], in_channels=1,
+                                 num_classes=NUM_CLASSES, rngs=rngs)
+    return EfficientNet(variant, ndim=3, in_channels=1, num_classes=NUM_CLASSES, rngs=rngs)
+
+
+def _jax_steps(model, batch: int, shape) -> tuple[Any, Any, dict]:
+    """(train step thunk, inference thunk, {'params', 'train_flops', 'infer_flops', 'compile_s'})."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, *shape, 1), np.float32))
+    y = jnp.asarray(rng.integers(0, NUM_CLASSES, batch))
+    params = sum(v.size for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    optimizer = nnx.Optimizer(model, optax.adamw(1e-4), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+
+    def train(state, x, y):
+        model, optimizer = nnx.merge(graphdef, state)
+        model.train()
+
+        def loss_fn(m):
+            return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return nnx.state((model, optimizer)), loss
+
+    def infer(state, x):
+        model, _ = nnx.merge(graphdef, state)
+        model.eval()
+        return model(x)
+
+    train_jit, infer_jit = jax.jit(train, donate_argnums=0), jax.jit(infer)
+    start = time.perf_counter()
+    train_compiled = train_jit.lower(state, x, y).compile()
+    infer_compiled = infer_jit.lower(state, x).compile()
+    compile_s = time.perf_counter() - start
+    box = {"state": state}
+
+    def train_step():
+        box["state"], loss = train_compiled(box["state"], x, y)
+        jax.block_until_ready(loss)
+
+    def inference():
+        jax.block_until_ready(infer_compiled(box["state"], x))
+
+    info = {"params": int(params), "compile_s": compile_s, "train_flops": _flops(train_compiled),
+            "infer_flops": _flops(infer_compiled)}
+    return train_step, inference, info
+
+
+def _flops(compiled) -> float | None:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):  # older JAX: one dict per device program
+        analysis = analysis[0] if analysis else {}
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+# ----------------------------------------------------------------------------------------------------- MONAI
+def _torch_model(kind: str, p: dict):
+    from monai.networks.nets import ViT, EfficientNetBN
+
+    if kind == "vit":
+        if p["vit"] != "vit_s":  # smoke: a MONAI ViT as small as vit_tiny_test
+            from lumbar_jax.models.vit import VIT_VARIANTS
+
+            v = VIT_VARIANTS[p["vit"]]
+            sizes = dict(hidden_size=v.width, mlp_dim=int(v.width * v.mlp_ratio), num_layers=v.depth,
+                         num_heads=v.num_heads)
+        else:
+            sizes = MONAI_VIT
+        return ViT(in_channels=1, img_size=p["shape"], patch_size=p["vit_patch"], classification=True,
+                   num_classes=NUM_CLASSES, **sizes)
+    return EfficientNetBN("efficientnet-b0", spatial_dims=3, in_channels=1, num_classes=NUM_CLASSES,
+                          pretrained=False)
+
+
+def _torch_steps(model, batch: int, shape) -> tuple[Any, Any, dict]:
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((batch, 1, *shape), np.float32))
+    y = torch.from_numpy(rng.integers(0, NUM_CLASSES, batch))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def logits(out):
+        return out[0] if isinstance(out, tuple) else out  # MONAI's ViT returns (logits, hidden states)
+
+    def train_step():
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(logits(model(x)), y)
+        loss.backward()
+        optimizer.step()
+
+    def inference():
+        model.eval()
+        with torch.inference_mode():
+            logits(model(x))
+
+    return train_step, inference, {"params": int(sum(t.numel() for t in model.parameters()))}
+
+
+# ---------------------------------------------------------------------------------------------------- rows
+def _matmul_rate(n: int, repeats: int) -> float:
+    """The machine's f32 matmul rate now (FLOP/s, median), XLA:CPU on all cores: the 'peak' for utilisation."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    dot = jax.jit(lambda a: a @ a)
+    timing = common.measure(lambda: jax.block_until_ready(dot(a)), items=2.0 * n**3, repeats=max(repeats, 3))
+    return timing.rate_median
+
+
+def _encoder_rows(ctx: common.Context, kind: str, p: dict, matmul_flops: float) -> tuple[list[dict], dict]:
+    variant = p[kind]
+    batch, shape = p["batch"], p["shape"]
+    train_ours, infer_ours, ours = _jax_steps(_jax_encoder(kind, variant, p), batch, shape)
+    fns = {"train_ours": train_ours, "infer_ours": infer_ours}
+    extra = {"lumbar_jax_params": ours["params"], "compile_s": ours["compile_s"]}
+    if ctx.peer["available"]:
+        common.setup_torch()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"monai(\.|$)")
+            train_peer, infer_peer, peer = _torch_steps(_torch_model(kind, p), batch, shape)
+        fns |= {"train_peer": train_peer, "infer_peer": infer_peer}
+        extra["monai_params"] = peer["params"]
+        extra["param_ratio"] = ours["params"] / peer["params"]
+    timings = common.measure_interleaved(fns, items={k: batch for k in fns}, repeats=p["repeats"], warmup=1)
+    missing = common.status(ctx.peer["reason"] or "not installed")
+    shape_text = "x".join(map(str, shape))
+    rows = []
+    for step, flops_key in (("train_step", "train_flops"), ("inference", "infer_flops")):
+        short = "train" if step == "train_step" else "infer"
+        flops = ours[flops_key]
+        note = ""
+        if flops:
+            achieved = flops / timings[f"{short}_ours"].median_s
+            extra[f"{step}_gflops"] = achieved / 1e9
+            note = (f"lumbar_jax {achieved / 1e9:.1f} GFLOP/s = {achieved / matmul_flops:.0%} of the measured "
+                    f"matmul rate ({flops / 1e9:.1f} GFLOP per step)")
+        rows.append(common.row(f"models.{FULL[kind]}.{step}", f"{variant} 3D {step.replace('_', ' ')}, batch {batch} "
+                               f"of 1x{shape_text}", "volumes/s", timings[f"{short}_ours"],
+                               timings.get(f"{short}_peer", missing), target=None if ctx.smoke else TARGET,
+                               note=note))
+    return rows, extra
+
+
+def _fused_state(variant: str, batch: int):
+    """(train step thunk, compile seconds, config) of `configs/vit_effnet.py:variant` at `batch` records."""
+    import importlib.util
+    import os
+
+    import jax
+    import numpy as np
+
+    from lumbar_jax import labels as L
+    from lumbar_jax.train import loop
+    from lumbar_jax.train import mesh as mesh_lib
+    from lumbar_jax.train import step as step_lib
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "vit_effnet.py")
+    spec = importlib.util.spec_from_file_location("vit_effnet_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(variant or None)
+    config.model.dtype = "float32"  # CPU: the r128 variant's bfloat16 compute is for accelerators
+    mesh = mesh_lib.make_mesh(1)
+    statics, state = loop.build_state(config, mesh)
+    tc = config.train
+    train_step = step_lib.make_train_step(statics, mesh, 0, tc.ema_decay, tc.coord_loss_weight, tc.coord_sigma)
+    rng = np.random.default_rng(0)
+    shape = tuple(config.model.volume_shape)
+    coords_series = np.tile(np.repeat(np.array([1, 0, 0, 2, 2]), L.NUM_LEVELS), (batch, 1)).astype(np.int32)
+    batch_arrays = mesh_lib.shard_batch({
+        "volumes": rng.integers(0, 256, (batch, 3, *shape), dtype=np.uint8),
+        "present": np.ones((batch, 3), bool),
+        "labels": rng.integers(0, 3, (batch, L.NUM_TARGETS)).astype(np.int32),
+        "coords": rng.uniform(0.1, 0.9, (batch, L.NUM_TARGETS, 3)).astype(np.float32),
+        "coords_series": coords_series,
+    }, mesh)
+    box = {"state": state, "step": 0}
+
+    def step():
+        box["state"], metrics = train_step(box["state"], batch_arrays, box["step"])
+        box["step"] += 1
+        jax.block_until_ready(metrics["loss"])
+
+    start = time.perf_counter()
+    step()  # compiles
+    compile_s = time.perf_counter() - start
+    return step, compile_s, config
+
+
+_FUSED: dict[tuple, tuple[dict, dict]] = {}  # (variant, batch, repeats) -> (row, extra): measured once per run
+
+
+def _fused_row(variant: str, batch: int, repeats: int) -> tuple[dict, dict]:
+    """(row, extra) of the fused model's train step, `configs/vit_effnet.py:variant` at `batch` records."""
+    key = (variant, batch, repeats)
+    if key not in _FUSED:
+        step, compile_s, config = _fused_state(variant, batch)
+        timing = common.measure(step, items=batch, repeats=repeats, warmup=1)
+        name = f"vit_effnet{':' + variant if variant else ''}"
+        shape_text = "x".join(map(str, config.model.volume_shape))
+        row = common.row(f"models.fused.{variant or 'default'}", f"{name} train step, batch {batch} of "
+                         f"3x{shape_text} (one study = 3 series)", "records/s", timing,
+                         common.status("no peer (lumbar_jax's own model)"),
+                         note=f"{3 * timing.rate_median:.1f} volumes/s; compile {compile_s:.0f} s")
+        _FUSED[key] = row, {"model": name, "compile_s": compile_s, "batch": batch,
+                            "peak_rss_mib": _peak_rss_mib(), "timing": timing}
+    return _FUSED[key]
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def train_step_consumption(ctx: common.Context, volume_shape: tuple[int, int, int],
                            batch_size: int) -> dict[str, Any] | None:
-    """Records/s consumed by the lumbar_jax train step (see the module docstring); None until implemented."""
-    del ctx, volume_shape, batch_size
-    return None
+    """Records/s the default training model consumes (the pipeline section's peer): the fused default's train
+    step at its own batch (what training runs), measured once per run and shared with the models section."""
+    del volume_shape, batch_size  # the default model's own shape and batch: what training consumes
+    p = SMOKE if ctx.smoke else FULL
+    variant, batch = next(iter(p["fused_batch"].items()))
+    _, extra = _fused_row(variant, batch, p["fused_repeats"])
+    return {**extra["timing"].to_json(), "model": extra["model"]}
 
 
 def run(ctx: common.Context) -> dict[str, Any]:
-    """The models section; for now the planned rows, every cell "not implemented"."""
-    missing = common.status(NOT_IMPLEMENTED)
-    rows = [common.row(row_id, name, "samples/s", missing, missing) for row_id, name in PLANNED]
-    return {"status": "placeholder", "rows": rows, "peer_name": ctx.peer["name"],
-            "summary": "Placeholder: model benchmarks (vit_s, effnet_b0 3D vs MONAI ViT / EfficientNetBN, "
-                       "train step and inference, parameter counts) are not implemented yet; see "
-                       "`benchmarks/models.py`."}
+    p = SMOKE if ctx.smoke else FULL
+    matmul = _matmul_rate(p["matmul"], p["repeats"])
+    rows, extra, extra_md = [], {"matmul_gflops": matmul / 1e9}, {}
+    params = {}
+    for kind in ("vit", "effnet"):
+        kind_rows, kind_extra = _encoder_rows(ctx, kind, p, matmul)
+        rows += kind_rows
+        extra[p[kind]] = kind_extra
+        params[p[kind]] = (kind_extra["lumbar_jax_params"], kind_extra.get("monai_params"))
+    for variant, batch in p["fused_batch"].items():
+        row, fused = _fused_row(variant, batch, p["fused_repeats"])
+        rows.append(row)
+        extra.setdefault("fused", {})[fused["model"]] = {k: v for k, v in fused.items() if k != "timing"}
+        extra_md[f"{fused['model']}: peak resident memory of the benchmark process after its step"] = (
+            f"{fused['peak_rss_mib']:.0f} MiB")
+    extra_md |= {"parameter counts (lumbar_jax / MONAI)": ", ".join(
+        f"{name} {ours:,} / {peer:,} ({ours / peer - 1:+.2%})" if peer else f"{name} {ours:,} / -"
+        for name, (ours, peer) in params.items()),
+        "machine f32 matmul rate (XLA:CPU, measured in this run)": f"{matmul / 1e9:.1f} GFLOP/s",
+        "compile time (lumbar_jax, train + inference programs)": ", ".join(
+            f"{name} {extra[name]['compile_s']:.1f} s" for name in params)}
+    mismatched = [n for n, (o, m) in params.items() if m and abs(o / m - 1) > PARAM_TOLERANCE]
+    if mismatched and not ctx.smoke:
+        extra_md["PARAMETER COUNTS DIFFER by more than 1 %"] = ", ".join(mismatched)
+    return {"params": p, "rows": rows, "peer_name": ctx.peer["name"], "extra": extra, "extra_md": extra_md}

@@ -21,7 +21,7 @@ EXPECTED_ROWS = {
              "data.build_scaling", "data.build_scaling_steady"],
     "pipeline": ["pipeline.in_process", "pipeline.workers", "pipeline.worker_scaling"],
     "models": ["models.vit_s.train_step", "models.vit_s.inference", "models.effnet_b0.train_step",
-               "models.effnet_b0.inference"],
+               "models.effnet_b0.inference", "models.fused.smoke"],
 }
 ROW_KEYS = {"id", "name", "unit", "lumbar_jax", "peer", "ratio", "ratio_best", "ratio_of", "peer_label", "target",
             "target_text", "target_met", "note"}

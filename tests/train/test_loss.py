@@ -94,3 +94,41 @@ def test_localisation_loss_on_a_hand_made_example():
     none, _ = localisation_loss(attention, coords, np.full_like(coords_series, -1), present, key_series,
                                 key_centres, (16, 65, 64), sigma)
     assert float(none) == 0.0
+
+
+def test_localisation_loss_follows_the_left_right_flip():
+    """Flip augmentation + target queries: on the mirrored study, the left query must look where the right
+    query looked before (mirrored). The loss of an attention on a study equals the loss of the mirrored
+    attention (targets swapped by MIRROR_TARGET_INDEX, keys mirrored across the left-right axis of each
+    series: depth for sagittal, cols for axial) on `flip_left_right` of the study."""
+    from lumbar_jax.data.augment import flip_left_right
+    from lumbar_jax.models.heads import token_centres
+
+    grid, shape = (4, 2, 4), (8, 8, 8)
+    cells = token_centres(grid, shape)
+    key_series = np.repeat(np.arange(3), len(cells))
+    key_centres = np.tile(cells, (3, 1))
+    lr_axis = np.array([0, 0, 2])[key_series]  # per key: its series' left-right component
+    mirrored = key_centres.copy()
+    mirrored[np.arange(len(mirrored)), lr_axis] = 1 - mirrored[np.arange(len(mirrored)), lr_axis]
+    index = {(s, *np.round(c, 6)): k for k, (s, c) in enumerate(zip(key_series, key_centres))}
+    key_mirror = np.array([index[(s, *np.round(c, 6))] for s, c in zip(key_series, mirrored)])
+
+    rng = np.random.default_rng(0)
+    study = {"coords": rng.uniform(0, 1, (1, L.NUM_TARGETS, 3)).astype(np.float32),
+             "coords_series": rng.integers(-1, 3, (1, L.NUM_TARGETS)).astype(np.int32),
+             "labels": rng.integers(0, 3, (1, L.NUM_TARGETS))}
+    attention = rng.dirichlet(np.ones(len(key_series)), (1, L.NUM_TARGETS)).astype(np.float32)
+    present = np.ones((1, 3), bool)
+    flipped = flip_left_right(study)
+    flipped_attention = attention[:, L.MIRROR_TARGET_INDEX][..., key_mirror]
+
+    def loss(attn, s):
+        return localisation_loss(attn, s["coords"], s["coords_series"], present, key_series, key_centres, shape,
+                                 0.1)
+
+    (plain, parts), (mirror, mirror_parts) = loss(attention, study), loss(flipped_attention, flipped)
+    assert float(mirror) == pytest.approx(float(plain), rel=1e-5)
+    assert float(mirror_parts["peak_distance"]) == pytest.approx(float(parts["peak_distance"]), rel=1e-5)
+    # Without swapping the targets (a flip that forgot the labels) the loss differs.
+    assert float(loss(attention[..., key_mirror], flipped)[0]) != pytest.approx(float(plain), rel=1e-3)
