@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -45,7 +46,9 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, use_
     model.train()
     train_def, rng_state, model_state = nnx.split(model, nnx.RngState, ...)
     opt_def, opt_state = nnx.split(optimizer)
-    ema = nnx.state(model, nnx.Param) if use_ema else None
+    # The EMA starts as a copy of the parameters in buffers of its own: the train step donates the whole state,
+    # and XLA refuses to donate one buffer twice.
+    ema = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param)) if use_ema else None
     return TrainStatics(train_def, eval_def, rng_state, opt_def), {"model": model_state, "opt": opt_state, "ema": ema}
 
 
