@@ -74,7 +74,7 @@ class RunRestorer:
         self.workdir = workdir
         self.config = load_run_config(workdir)
         self.statics, self.template = loop.build_state(self.config, mesh)
-        tq = with_attention_peaks and self.config.model.fusion == "target_query"
+        tq = with_attention_peaks and registry.uses_query_attention(self.config.model)
         self.eval_step = step_lib.make_eval_step(self.statics, mesh, self.config.train.coord_sigma if tq else None)
 
     def restore(self, fold: int, checkpoint: str | int = "best") -> FoldModel:

@@ -139,16 +139,47 @@ def class_prior_baseline(train_labels: np.ndarray, num_eval: int, pseudo_count: 
 
 
 def weighted_prior_baseline(train_labels: np.ndarray, num_eval: int, pseudo_count: float = 1.0) -> np.ndarray:
-    """The best constant predictor under the metric's class weights: p_c proportional to w_c x count_c per
-    target (w = 1/2/4), the minimiser of the weighted log loss over the training labels.
+    """The best constant predictor of the competition score, fitted on the training labels.
 
-    A second reference next to the class-prior baseline: a model that only learnt to re-weight the prior
-    (no image signal) scores about this, and must be beaten by a model that reads the images.
-    Arguments and result as `class_prior_baseline`.
+    Foraminal and subarticular targets: p_c proportional to w_c x count_c (w = 1/2/4), the closed-form
+    minimiser of their weighted log loss. Spinal targets also enter `any_severe_spinal` (through the largest
+    severe probability over a study's labelled levels), so their five constant rows are fitted jointly to the
+    spinal loss plus that term (L-BFGS from the closed form). A model that learnt a constant and nothing from
+    the images scores about this, and must be beaten by a model that reads the images.
+    Arguments and result as `class_prior_baseline` (the pseudo-count smooths the counts of every target).
     """
+    train_labels = np.asarray(train_labels)
     prior = class_prior_baseline(train_labels, 1, pseudo_count)[0] * L.SEVERITY_WEIGHTS
     prior /= prior.sum(axis=-1, keepdims=True)
+    spinal = L.group_target_indices("spinal")
+    prior[spinal] = _best_constant_spinal(train_labels[:, spinal], prior[spinal], pseudo_count)
     return np.broadcast_to(prior, (num_eval, L.NUM_TARGETS, L.NUM_SEVERITIES)).astype(np.float64)
+
+
+def _best_constant_spinal(y: np.ndarray, start: np.ndarray, pseudo_count: float) -> np.ndarray:
+    """Constant spinal rows [5, 3] minimising spinal loss + any_severe_spinal on labels y int [M, 5]."""
+    from scipy import optimize, special
+
+    counts = np.stack([(y == k).sum(axis=0) for k in range(L.NUM_SEVERITIES)], axis=-1) + pseudo_count
+    class_weight = counts * L.SEVERITY_WEIGHTS  # [5, 3]: weighted (smoothed) counts
+    labelled = y != L.MISSING
+    studies = labelled.any(axis=1)
+    if not studies.any():
+        return start
+    y, labelled = y[studies], labelled[studies]
+    any_severe = ((y == 2) & labelled).any(axis=1)
+    study_weight = np.where(labelled, L.SEVERITY_WEIGHTS[np.maximum(y, 0)], 0.0).max(axis=1)
+
+    def objective(logits: np.ndarray) -> float:
+        z = logits.reshape(start.shape)
+        p = np.clip(special.softmax(z, axis=-1), _EPS, 1 - _EPS)
+        spinal_loss = -np.sum(class_weight * np.log(p)) / class_weight.sum()
+        severe = np.where(labelled, p[None, :, 2], -np.inf).max(axis=1)
+        any_loss = -np.sum(study_weight * np.where(any_severe, np.log(severe), np.log1p(-severe)))
+        return float(spinal_loss + any_loss / study_weight.sum())
+
+    result = optimize.minimize(objective, np.log(start).ravel(), method="L-BFGS-B")
+    return special.softmax(result.x.reshape(start.shape), axis=-1)
 
 
 def classification_stats(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:

@@ -19,6 +19,7 @@ from lumbar_jax import inference
 from lumbar_jax import labels as L
 from lumbar_jax.data import study as study_lib
 from lumbar_jax.train import mesh as mesh_lib
+from lumbar_jax.train.config import GRID_DATASETS
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,10 @@ class Predictor:
         self.mesh = mesh_lib.make_mesh()
         restorer = inference.RunRestorer(workdir, self.mesh)
         self.config = restorer.config
+        self.grid = self.config.data.config in GRID_DATASETS  # records in one shared patient grid (data/grid.py)
+        if tta and self.grid:
+            raise ValueError(f"flip TTA mirrors canonical layouts; the {self.config.data.config} grid records of "
+                             f"{workdir} have none: predict without TTA")
         folds = inference.trained_folds(workdir, self.config.cv.num_folds) if folds is None else folds
         if not folds:
             raise FileNotFoundError(f"{workdir} has no trained fold (no fold_k/checkpoints)")
@@ -54,7 +59,7 @@ class Predictor:
 
     def read(self, entries: list[study_lib.StudyEntry]) -> list[dict]:
         """Each study's record (conventions section 4), read from its DICOM series, with a progress bar."""
-        return [study_lib.study_example(e, self.volume_shape)
+        return [study_lib.study_example(e, self.volume_shape, grid=self.grid)
                 for e in tqdm.tqdm(entries, desc="reading studies", unit="study", disable=len(entries) < 2)]
 
     def predict(self, records: list[dict]) -> np.ndarray:

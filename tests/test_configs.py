@@ -18,17 +18,21 @@ def _load(name):
     return module
 
 
-@pytest.mark.parametrize("name", FILES)
-@pytest.mark.parametrize("variant", [None, "smoke", "r128", "r256"])
+SHARED_VARIANTS = (None, "smoke", "r128", "r256")  # train.config.apply_variant's; a config may list its own
+CASES = [(name, variant) for name in FILES for variant in getattr(_load(name), "VARIANTS", SHARED_VARIANTS)]
+
+
+@pytest.mark.parametrize("name,variant", CASES)
 def test_config_variants_validate(name, variant):
     config = _load(name).get_config(variant)
     config_lib.validate(config)
     assert config.model.name in name
 
 
-def test_unknown_variant_is_refused():
+@pytest.mark.parametrize("name", FILES)
+def test_unknown_variant_is_refused(name):
     with pytest.raises(config_lib.ConfigError, match="variant"):
-        _load(FILES[0]).get_config("r512")
+        _load(name).get_config("r512")
 
 
 @pytest.mark.parametrize("overrides,field", [
@@ -62,3 +66,30 @@ def test_fold_and_cv_fold_are_one_setting():
     config.fold = 5
     with pytest.raises(config_lib.ConfigError, match=r"cv\.fold"):
         config_lib.validate(config)
+
+
+@pytest.mark.parametrize("name,overrides,field", [
+    ("vit_effnet.py", {"train.loss": "focal"}, "train.loss"),
+    ("vit_effnet.py", {"train.loss": "cross_entropy"}, "train.coord_loss_weight"),  # coordinate loss still on
+    ("baseline_vit2d.py", {"train.coord_loss_weight": 1.0}, "train.coord_loss_weight"),  # no target queries
+    ("baseline_vit3d_grid.py", {"data.config": "r64"}, "data.config"),  # needs the aligned grid channels
+    ("baseline_vit3d_grid.py", {"augment.flip_lr_prob": 0.5}, "augment"),  # per-series flips break the grid
+])
+def test_loss_and_grid_settings_are_refused_naming_the_field(name, overrides, field):
+    config = _load(name).get_config()
+    for key, value in overrides.items():
+        section, field_name = key.split(".")
+        config[section][field_name] = value
+    with pytest.raises(config_lib.ConfigError, match=r"config\." + field.replace(".", r"\.")):
+        config_lib.validate(config)
+
+
+def test_baseline_configs_train_as_the_earlier_systems_did():
+    a, b = _load("baseline_vit2d.py").get_config(), _load("baseline_vit3d_grid.py").get_config()
+    assert (a.train.loss, a.train.lr, a.model.name, a.data.config) == ("cross_entropy", 1e-4, "vit2d", "r64")
+    assert (b.train.loss, b.model.name, b.data.config) == ("metric", "vit3d_grid", "grid32")
+    for c in (a, b):  # the CPU defaults keep vit_effnet's budget
+        assert (c.train.steps, c.train.batch_size, c.cv.num_folds, c.seed) == (320, 12, 5, 0)
+    full_a, full_b = _load("baseline_vit2d.py").get_config("full"), _load("baseline_vit3d_grid.py").get_config("full")
+    assert (full_a.model.vit, full_a.model.image_size, full_a.model.patch) == ("vit_b", (224, 224), (1, 16, 16))
+    assert (full_b.model.vit, full_b.data.config, full_b.model.patch) == ("vit_b", "grid128", (16, 16, 16))

@@ -55,6 +55,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -282,7 +283,7 @@ def load_timm_weights(module: EfficientNet | VisionTransformer, state: str | os.
     mismatched, values = [], {}
     for key in sorted(set(targets) & set(available)):
         var, src = targets[key], available[key]
-        shape = tuple(var[...].shape)
+        shape = tuple(var.get_value().shape)
         if key == "pos_embed":
             value = _pos_embed(src, module, "cls_token" in state)
             if value is None or value.shape != shape:
@@ -303,7 +304,7 @@ def load_timm_weights(module: EfficientNet | VisionTransformer, state: str | os.
                 mismatched.append(f"{key}: checkpoint {tuple(src.shape)} vs model {_torch_shape(key, shape, src.ndim)}"
                                   + (f" (lumbar_jax {shape})" if _torch_shape(key, shape, src.ndim) != shape else ""))
                 continue
-        values[key] = value.astype(var[...].dtype)
+        values[key] = value.astype(var.get_value().dtype)
 
     if missing or unexpected or mismatched:
         what = f"{type(module).__name__} {'3D' if _is_3d(module) else '2D'}"
@@ -314,14 +315,14 @@ def load_timm_weights(module: EfficientNet | VisionTransformer, state: str | os.
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
         raise PretrainedMismatchError("\n".join(lines))
     for key, value in values.items():
-        targets[key][...] = value
+        targets[key].set_value(jnp.asarray(value))
     return LoadReport(tuple(sorted(values)), tuple(sorted(ignored)))
 
 
 def _is_3d(module: nnx.Module) -> bool:
     if isinstance(module, VisionTransformer):
         return len(module.grid) == 3
-    return module.conv_stem.kernel[...].ndim == 5
+    return len(module.conv_stem.kernel.get_value().shape) == 5
 
 
 def timm_state_dict(module: EfficientNet | VisionTransformer) -> dict[str, np.ndarray]:
@@ -331,7 +332,7 @@ def timm_state_dict(module: EfficientNet | VisionTransformer) -> dict[str, np.nd
         raise ValueError("timm_state_dict exports 2D encoders only")
     out = {}
     for key, var in _variables(module).items():
-        value = np.asarray(var[...])
+        value = np.asarray(var.get_value())
         if key.endswith(".weight") and value.ndim >= 3:
             value = np.transpose(value, (value.ndim - 1, value.ndim - 2, *range(value.ndim - 2)))
         elif key.endswith(".weight") and value.ndim == 2:
@@ -376,17 +377,25 @@ def validate_pretrained_fields(cfg: Mapping, encoders, check_files: bool = False
 
 
 def apply_pretrained(model, cfg: Mapping) -> dict[str, LoadReport]:
-    """Load `cfg['pretrained_vit']` / `cfg['pretrained_effnet']` (a validated model section) into every
-    series encoder of a study model (`model.encoders`), with `cfg['inflation']`; the fusion head keeps its
-    initialisation. -> {field: report of the first encoder}."""
+    """Load `cfg['pretrained_vit']` / `cfg['pretrained_effnet']` (a validated model section) with
+    `cfg['inflation']` into every series encoder of a study model (`model.encoders`), or into the `vit` of a
+    baseline model; heads keep their initialisation. A ViT shallower than its variant (`cfg['vit_depth']`)
+    takes the checkpoint's first blocks. -> {field: LoadReport of the first encoder}."""
     reports = {}
+    holders = getattr(model, "encoders", None) or [model]
     for field, kind in (("pretrained_vit", "vit"), ("pretrained_effnet", "effnet")):
         path = cfg.get(field, "")
         if not path:
             continue
         state = read_state_dict(os.path.expanduser(path))
-        for encoder in model.encoders:
-            report = load_timm_weights(getattr(encoder, kind), state, inflation=cfg["inflation"],
-                                       source=f"model.{field} ({path})")
+        depth = cfg.get("vit_depth", 0) if kind == "vit" else 0
+        if depth:
+            state = {k: v for k, v in state.items()
+                     if not (k.startswith("blocks.") and int(k.split(".")[1]) >= depth)}
+        for holder in holders:
+            module = getattr(holder, kind, None)
+            if module is None:
+                raise ValueError(f"model.{field}: the model has no {kind} encoder to load it into")
+            report = load_timm_weights(module, state, inflation=cfg["inflation"], source=f"model.{field} ({path})")
             reports.setdefault(field, report)
     return reports

@@ -3,11 +3,14 @@
 Example `model` section (every field; values other than `name` are the defaults, see MODEL_FIELDS):
 
     model = dict(
-        name='vit_effnet',          # 'vit' | 'effnet' | 'vit_effnet': which encoders see each series
+        name='vit_effnet',          # 'vit' | 'effnet' | 'vit_effnet': which encoders see each series;
+                                    #   'vit2d' | 'vit3d_grid': the earlier systems (models/baselines.py)
         vit='vit_tiny_test',        # ViT variant (vit.VIT_VARIANTS), when name uses a ViT
         effnet='effnet_tiny_test',  # EfficientNet variant (efficientnet.EFFNET_VARIANTS), when name uses one
         volume_shape=(16, 64, 64),  # [D, H, W] of the training volumes (= dataset config); ViT pos-embed grid
         patch=(4, 16, 16),          # ViT tubelet [d, h, w]; must divide volume_shape
+        vit_depth=0,                # ViT blocks; 0 = the variant's own depth
+        image_size=(224, 224),      # vit2d: [H, W] its middle sagittal T2 slice is resized to
         pool='cls',                 # ViT pooling: 'cls' token or 'mean' of patch tokens
         share_encoders=True,        # one encoder set for all 3 series types (run once on [B*3, ...]) or 3 sets
         fusion='target_query',      # fusion head: 'target_query' (25 queries over all spatial tokens),
@@ -24,6 +27,10 @@ Example `model` section (every field; values other than `name` are the defaults,
                                     #   'slices' or 'lax' (see layers.py)
         effnet_padding='symmetric', # 'symmetric' (timm efficientnet_b*) or 'same' (TF, tf_efficientnet_b*)
         effnet_pool=(1, 1, 1),      # average-pool window [d, h, w] of the EfficientNet's input (CPU speed)
+        pretrained_vit='',          # timm ViT checkpoint file (vit_{tiny,small,base}_patch16_224) loaded into
+                                    #   the ViT when training starts; '' = random init (see pretrained.py)
+        pretrained_effnet='',       # timm efficientnet_b* / tf_efficientnet_b* checkpoint file; '' = none
+        inflation='centre',         # 2D kernel -> 3D: 'centre' (middle depth slice) or 'average' (over depth)
     )
 """
 
@@ -37,6 +44,7 @@ import ml_collections
 from flax import nnx
 
 from lumbar_jax.labels import SERIES_TYPES
+from lumbar_jax.models import baselines, pretrained
 from lumbar_jax.models.efficientnet import EFFNET_VARIANTS, PADDINGS, EfficientNet
 from lumbar_jax.models.fused import SeriesEncoder, StudyModel
 from lumbar_jax.models.heads import FUSIONS, fusion_head
@@ -45,7 +53,9 @@ from lumbar_jax.models.vit import POOLS, VIT_VARIANTS, VisionTransformer
 
 # Model name -> the encoders each series goes through (their features are concatenated).
 MODEL_ENCODERS = {"vit": ("vit",), "effnet": ("effnet",), "vit_effnet": ("vit", "effnet")}
-MODEL_NAMES = tuple(MODEL_ENCODERS)
+# The earlier systems of issue 9 (models/baselines.py): one ViT each, CLS token -> linear head; no fusion head.
+BASELINE_MODELS = baselines.BASELINE_MODELS
+MODEL_NAMES = tuple(MODEL_ENCODERS) + BASELINE_MODELS
 DTYPES = ("float32", "bfloat16")
 
 # field -> (default, meaning). `name` has no default.
@@ -54,7 +64,9 @@ MODEL_FIELDS: dict[str, tuple[Any, str]] = {
     "vit": ("vit_tiny_test", f"ViT variant, one of {tuple(VIT_VARIANTS)} (used when name has a ViT)"),
     "effnet": ("effnet_tiny_test", f"EfficientNet variant, one of {tuple(EFFNET_VARIANTS)}"),
     "volume_shape": ((16, 64, 64), "[D, H, W] of the training volumes; the ViT position-embedding grid"),
-    "patch": ((4, 16, 16), "ViT tubelet [d, h, w]; must divide volume_shape"),
+    "patch": ((4, 16, 16), "ViT tubelet [d, h, w]; must divide volume_shape (vit2d: (1, h, w) over image_size)"),
+    "vit_depth": (0, "ViT blocks; 0 = the variant's own depth (a shallower ViT of the variant's width)"),
+    "image_size": ((224, 224), "vit2d only: [H, W] the middle sagittal T2 slice is resized to (the 2D ViT input)"),
     "pool": ("cls", f"ViT pooling, one of {POOLS}"),
     "share_encoders": (True, "one encoder set for all series types (True) or one per series type"),
     "fusion": ("target_query", f"fusion head, one of {FUSIONS}"),
@@ -69,6 +81,10 @@ MODEL_FIELDS: dict[str, tuple[Any, str]] = {
     "conv_impl": ("auto", f"EfficientNet convolution implementation, one of {CONV_IMPLS}"),
     "effnet_padding": ("symmetric", f"EfficientNet conv padding, one of {PADDINGS}"),
     "effnet_pool": ((1, 1, 1), "average-pool window [d, h, w] of the EfficientNet's input; must divide volume_shape"),
+    "pretrained_vit": ("", "timm ViT checkpoint file (.safetensors or torch state dict) loaded when training starts; "
+                           "'' = none"),
+    "pretrained_effnet": ("", "timm efficientnet_b* / tf_efficientnet_b* checkpoint file; '' = none"),
+    "inflation": ("centre", f"how pretrained 2D kernels become 3D, one of {pretrained.INFLATIONS}"),
 }
 
 
@@ -107,23 +123,31 @@ def _rate(cfg: dict, field: str) -> None:
         _fail(field, f"{value!r} is not a rate in [0, 1)")
 
 
-def validate_model_config(config: ml_collections.ConfigDict | Mapping) -> dict:
+def validate_model_config(config: ml_collections.ConfigDict | Mapping, check_files: bool = False) -> dict:
     """The `model` section with defaults filled in, checked without building anything (cheap: call it before
     any data or device work). ValueError naming the offending `model.<field>` for an unknown field, a missing
-    name, a bad value or an inconsistent combination (e.g. a patch that does not divide volume_shape)."""
+    name, a bad value or an inconsistent combination (e.g. a patch that does not divide volume_shape).
+    `check_files`: also refuse pretrained weight paths that are not files (before training)."""
     given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
     for field in given:
         if field not in MODEL_FIELDS:
             raise ValueError(f"model.{field}: unknown field; valid fields: {tuple(MODEL_FIELDS)}")
     cfg = {field: default for field, (default, _) in MODEL_FIELDS.items()} | given
     _choice(cfg, "name", MODEL_NAMES)
-    encoders = MODEL_ENCODERS[cfg["name"]]
+    encoders = MODEL_ENCODERS.get(cfg["name"], ("vit",))  # a baseline is one ViT
     cfg["volume_shape"] = volume_shape = _int_tuple(cfg, "volume_shape", 3)
     if "vit" in encoders:
         _choice(cfg, "vit", VIT_VARIANTS)
         cfg["patch"] = patch = _int_tuple(cfg, "patch", 3)
-        if any(v % p for v, p in zip(volume_shape, patch)):
+        if cfg["name"] == "vit2d":
+            cfg["image_size"] = image_size = _int_tuple(cfg, "image_size", 2)
+            if patch[0] != 1 or any(s % p for s, p in zip(image_size, patch[1:])):
+                _fail("patch", f"{patch} is not (1, h, w) with h, w dividing model.image_size {image_size} "
+                               "(vit2d sees one slice)")
+        elif any(v % p for v, p in zip(volume_shape, patch)):
             _fail("patch", f"{patch} does not divide model.volume_shape {volume_shape}")
+        if not isinstance(cfg["vit_depth"], int) or isinstance(cfg["vit_depth"], bool) or cfg["vit_depth"] < 0:
+            _fail("vit_depth", f"{cfg['vit_depth']!r} is not a non-negative integer")
         _choice(cfg, "pool", POOLS)
         _rate(cfg, "encoder_dropout")
     if "effnet" in encoders:
@@ -147,20 +171,39 @@ def validate_model_config(config: ml_collections.ConfigDict | Mapping) -> dict:
     _rate(cfg, "drop_path")
     _choice(cfg, "dtype", DTYPES)
     _choice(cfg, "param_dtype", DTYPES)
+    pretrained.validate_pretrained_fields(cfg, encoders, check_files)
     return cfg
 
 
-def create_model(config: ml_collections.ConfigDict | Mapping, rngs: nnx.Rngs) -> StudyModel:
+def uses_query_attention(config: ml_collections.ConfigDict | Mapping) -> bool:
+    """Whether the model of a `model` section has target queries (a study model with the 'target_query'
+    fusion head): what the coordinate loss and the attention-peak metrics read."""
+    return config["name"] in MODEL_ENCODERS and config.get("fusion", "target_query") == "target_query"
+
+
+def create_model(config: ml_collections.ConfigDict | Mapping, rngs: nnx.Rngs, load_pretrained: bool = False
+                 ) -> StudyModel:
     """The model named by `config.name` (a validated `model` section): `model(volumes [B, 3, D, H, W],
-    present [B, 3]) -> logits [B, 25, 3]`. Built in training mode; call `model.eval()` for inference."""
+    present [B, 3]) -> logits [B, 25, 3]`. Built in training mode; call `model.eval()` for inference.
+    A BASELINE_MODELS name gives a models.baselines model (same call, `head.set_output_bias`; no fusion head).
+    `load_pretrained`: load `pretrained_vit` / `pretrained_effnet` into the encoders (training start; the
+    heads keep their initialisation)."""
     cfg = validate_model_config(config)
-    encoders = MODEL_ENCODERS[cfg["name"]]
     kw = dict(dtype=jnp.dtype(cfg["dtype"]), param_dtype=jnp.dtype(cfg["param_dtype"]), rngs=rngs)
+    vit_variant = VIT_VARIANTS[cfg["vit"]]
+    if cfg["vit_depth"]:
+        vit_variant = vit_variant._replace(depth=cfg["vit_depth"])
+    if cfg["name"] in BASELINE_MODELS:
+        model = baselines.create_baseline(cfg, vit_variant, **kw)
+        if load_pretrained:
+            pretrained.apply_pretrained(model, cfg)
+        return model
+    encoders = MODEL_ENCODERS[cfg["name"]]
 
     def series_encoder() -> SeriesEncoder:
         vit = effnet = None
         if "vit" in encoders:
-            vit = VisionTransformer(cfg["vit"], input_shape=cfg["volume_shape"], patch=cfg["patch"], pool=cfg["pool"],
+            vit = VisionTransformer(vit_variant, input_shape=cfg["volume_shape"], patch=cfg["patch"], pool=cfg["pool"],
                                     dropout=cfg["encoder_dropout"], drop_path=cfg["drop_path"], **kw)
         if "effnet" in encoders:
             effnet = EfficientNet(cfg["effnet"], ndim=3, drop_path=cfg["drop_path"], padding=cfg["effnet_padding"],
@@ -172,4 +215,7 @@ def create_model(config: ml_collections.ConfigDict | Mapping, rngs: nnx.Rngs) ->
                        num_heads=cfg["head_heads"], dropout=cfg["dropout"],
                        sources=series[0].token_sources(cfg["volume_shape"]), volume_shape=cfg["volume_shape"],
                        depth=cfg["head_depth"], **kw)
-    return StudyModel(series, head, dtype=kw["dtype"])
+    model = StudyModel(series, head, dtype=kw["dtype"])
+    if load_pretrained:
+        pretrained.apply_pretrained(model, cfg)
+    return model

@@ -12,8 +12,13 @@ import ml_collections
 
 from lumbar_jax.data import augment
 from lumbar_jax.models import registry
+from lumbar_jax.train.loss import LOSSES
 
-DATASET_SHAPES = {"r64": (16, 64, 64), "r128": (32, 128, 128), "r256": (64, 256, 256)}
+DATASET_SHAPES = {"r64": (16, 64, 64), "r128": (32, 128, 128), "r256": (64, 256, 256),
+                  "grid32": (32, 32, 32), "grid64": (64, 64, 64), "grid128": (128, 128, 128)}
+# Dataset configs whose three volumes share one patient-coordinate grid per study (data/grid.py): the series'
+# axes are those of the grid, not their canonical layouts, which the spatial augmentations assume.
+GRID_DATASETS = ("grid32", "grid64", "grid128")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -43,6 +48,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.effnet_pool = (1, 2, 2)  # the EfficientNet sees 16x32x32: 3.7x faster on CPU; the ViT keeps detail
 
     c.train = ml_collections.ConfigDict()
+    c.train.loss = "metric"  # 'metric': the competition metric as a loss (train/loss.py); 'cross_entropy':
+    #   plain unweighted cross-entropy over the labelled targets (the earlier systems'; needs coord_loss_weight 0)
     c.train.batch_size = 12  # global batch (all devices, all processes)
     c.train.eval_batch_size = 32  # global eval batch; the last one is padded and masked
     c.train.steps = 320  # optimizer steps per fold
@@ -101,11 +108,28 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _require(t.coord_loss_weight == 0 or c.model.get("fusion", "target_query") == "target_query",
              "train.coord_loss_weight", f"needs model.fusion='target_query' (got {c.model.get('fusion')!r}); "
              "set it to 0 for the pooled heads")
+    _require(t.coord_loss_weight == 0 or c.model.name not in registry.MODEL_NAMES  # (unknown: refused below)
+             or registry.uses_query_attention(c.model), "train.coord_loss_weight",
+             f"model {c.model.name!r} has no target queries to supervise; set it to 0")
+    loss = t.get("loss", "metric")
+    _require(loss in LOSSES, "train.loss", f"{loss!r} is not one of {LOSSES}")
+    _require(loss == "metric" or t.coord_loss_weight == 0, "train.coord_loss_weight",
+             f"must be 0 with train.loss={loss!r} (got {t.coord_loss_weight})")
+    grid = c.data.config in GRID_DATASETS
+    _require(grid or c.model.name != "vit3d_grid", "data.config",
+             f"model.name='vit3d_grid' reads the three series as aligned channels: needs one of {GRID_DATASETS}, "
+             f"got {c.data.config!r}")
+    if grid:
+        a = c.augment
+        _require(a.flip_lr_prob == 0 and a.shift == 0 and tuple(a.scale) == (1.0, 1.0), "augment",
+                 f"{c.data.config!r} volumes share one patient grid: the per-series spatial augmentations "
+                 f"(flip_lr_prob {a.flip_lr_prob}, shift {a.shift}, scale {tuple(a.scale)}) assume canonical "
+                 "layouts; set flip_lr_prob=0, shift=0, scale=(1, 1)")
     _require(tuple(c.model.volume_shape) == DATASET_SHAPES[c.data.config], "model.volume_shape",
              f"{tuple(c.model.volume_shape)} differs from the {c.data.config} volumes {DATASET_SHAPES[c.data.config]}")
     try:
         augment.validate_config(c.augment)
-        registry.validate_model_config(c.model)
+        registry.validate_model_config(c.model, check_files=True)  # pretrained weight files exist
     except ValueError as err:  # their messages already name `augment.<field>` / `model.<field>`
         raise ConfigError(f"config.{str(err).removeprefix('config.')}") from None
 

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 import pandas as pd
+from jax.experimental import multihost_utils
 from sklearn.model_selection import StratifiedKFold
 
 from lumbar_jax import labels as L
@@ -92,9 +93,19 @@ class FoldSplit:
         return np.flatnonzero((self.folds >= 0) & (self.folds != fold)), np.flatnonzero(self.folds == fold)
 
 
+def _prepare_dataset(data_config) -> str:
+    """`dataset.prepare`; in a multi-process run process 0 goes first (a build or the synthetic set is written
+    once) and the others then find it built (every process must see the same data path)."""
+    if jax.process_count() == 1:
+        return dataset.prepare(data_config)
+    data_dir = dataset.prepare(data_config) if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("lumbar_jax dataset prepared")
+    return data_dir or dataset.prepare(data_config)
+
+
 def load_fold_split(config) -> FoldSplit:
     """Resolve (building if needed) the config's dataset, check it fits the model, and split it into folds."""
-    data_dir = dataset.prepare(config.data)
+    data_dir = _prepare_dataset(config.data)
     source = dataset.load_split(data_dir, config.data.config, "train")
     config_lib.check_dataset(config, source)
     study_ids, labels = pipeline.read_labels(source)
@@ -111,6 +122,7 @@ def cross_validate(config, workdir: str) -> dict | None:
     mesh_lib.initialize_distributed(**config.distributed)
     mesh = mesh_lib.make_mesh(config.mesh.num_devices)
     mesh_lib.check_batch_size(config.train.batch_size, mesh)
+    mesh_lib.check_batch_size(config.train.eval_batch_size, mesh, "train.eval_batch_size")
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:

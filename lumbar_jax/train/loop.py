@@ -47,14 +47,15 @@ def read_fold_result(workdir: str, fold: int) -> dict | None:
         return json.load(f)
 
 
-def build_state(config, mesh, train_labels: np.ndarray | None = None):
+def build_state(config, mesh, train_labels: np.ndarray | None = None, load_pretrained: bool = False):
     """A freshly initialised model + optimizer for this config, replicated over the mesh.
 
     With `train_labels` (int [M, 25]) the logit bias starts at the log class prior of those labels, so the
     first steps learn from the images instead of spending themselves on moving a bias (Adam moves each
     parameter by about the learning rate per step: a bias of log(0.05) would take thousands).
     """
-    model = registry.create_model(config.model, nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+    model = registry.create_model(config.model, nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+                                  load_pretrained=load_pretrained)  # model.pretrained_* (fresh start only)
     if train_labels is not None:
         model.head.set_output_bias(np.log(metrics.class_prior_baseline(train_labels, 1)[0]))
     tx = step_lib.make_optimizer(config.train.lr, config.train.steps, config.train.warmup_steps,
@@ -111,11 +112,11 @@ def train_fold(config, workdir: str, fold: int, source, train_idx: np.ndarray, v
     directory = fold_dir(workdir, fold)
     writer = MetricLogger(directory, enabled=jax.process_index() == 0)
     store = CheckpointStore(os.path.join(directory, "checkpoints"))
-    statics, state = build_state(config, mesh, all_labels[train_idx])
+    statics, state = build_state(config, mesh, all_labels[train_idx], load_pretrained=store.latest_step() is None)
     train_step = step_lib.make_train_step(statics, mesh, config.seed + 1000 * fold, tc.ema_decay,
-                                          tc.coord_loss_weight, tc.coord_sigma)
+                                          tc.coord_loss_weight, tc.coord_sigma, tc.get("loss", "metric"))
     eval_step = step_lib.make_eval_step(statics, mesh,
-                                        tc.coord_sigma if config.model.fusion == "target_query" else None)
+                                        tc.coord_sigma if registry.uses_query_attention(config.model) else None)
     val_labels, train_labels = all_labels[val_idx], all_labels[train_idx]
 
     # ---------------------------------------------------------------- restore or start
@@ -183,8 +184,12 @@ def train_fold(config, workdir: str, fold: int, source, train_idx: np.ndarray, v
         "val_probs": probs.tolist(),
     }
     store.close()
-    if jax.process_index() == 0:
-        with open(os.path.join(directory, "result.json"), "w") as f:
+    if jax.process_index() == 0:  # written whole, then renamed: a reader never sees half a result.json
+        path = os.path.join(directory, "result.json")
+        with open(path + ".tmp", "w") as f:
             json.dump(result, f)
+        os.replace(path + ".tmp", path)
+    if jax.process_count() > 1:  # no process goes on (and reads result.json) before process 0 wrote it
+        multihost_utils.sync_global_devices(f"lumbar_jax fold {fold} result.json written")
     writer.close()
     return result

@@ -99,3 +99,23 @@ def localisation_loss(query_attention: jax.Array, coords: jax.Array, coords_seri
     distance = jnp.linalg.norm((key_centres[peak] - coords) * extent, axis=-1)
     peak_distance = jnp.sum(jnp.where(annotated, distance, 0.0)) / count
     return loss, {"localisation": loss, "peak_distance": peak_distance, "annotated": annotated.sum()}
+
+
+LOSSES = ("metric", "cross_entropy")  # config train.loss
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array, valid: jax.Array | None = None
+                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Plain, unweighted cross-entropy: the mean over every labelled (study, target) of -log p(label), every
+    target and class counting alike (what the earlier systems trained on; `train.loss = 'cross_entropy'`).
+
+    Args: as `metric_loss` (logits float [B, 25, 3]; labels int [B, 25], -1 missing; valid optional bool [B]).
+    Returns: (scalar loss, {"cross_entropy": loss}); 0 when the batch holds no label.
+    """
+    labelled = labels >= 0
+    if valid is not None:
+        labelled = labelled & valid[:, None]
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(log_probs, jnp.where(labelled, labels, 0)[..., None], axis=-1)[..., 0]
+    loss = jnp.sum(jnp.where(labelled, nll, 0.0)) / jnp.maximum(jnp.sum(labelled), 1)
+    return loss, {"cross_entropy": loss}

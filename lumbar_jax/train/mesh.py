@@ -35,7 +35,11 @@ def detect_cluster():
         `worker-network-endpoints`, or TPU_WORKER_HOSTNAMES / TPU_PROCESS_ADDRESSES on GKE). A single-host
         TPU VM is one process.
     """
-    from jax._src import cloud_tpu_init, clusters  # JAX's detection; private, hence imported here only
+    try:  # JAX's detection; private, hence imported here only
+        from jax._src import cloud_tpu_init, clusters
+    except ImportError:  # moved in a later JAX: no auto-detection, explicit config.distributed still works
+        log.warning("jax._src.clusters not found: cluster auto-detection is off; set config.distributed.*")
+        return None
 
     env = os.environ
     if clusters.SlurmCluster.is_env_present() and int(env.get("SLURM_STEP_NUM_TASKS", env["SLURM_NTASKS"])) > 1:
@@ -155,7 +159,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_batch_size(global_batch_size: int, mesh: Mesh, field: str = "train.batch_size") -> None:
     """Refuse a batch that does not split evenly over the devices, naming the config field."""
     if global_batch_size % mesh.size:
-        raise ValueError(f"{field}={global_batch_size} must be a multiple of the {mesh.size} devices of the mesh")
+        from lumbar_jax.train.config import ConfigError
+
+        raise ConfigError(f"config.{field}={global_batch_size} must be a multiple of the {mesh.size} devices of "
+                          f"the mesh ({jax.process_count()} process(es)); the batch size is global")
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

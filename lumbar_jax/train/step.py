@@ -14,7 +14,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lumbar_jax.train import mesh as mesh_lib
-from lumbar_jax.train.loss import localisation_loss, metric_loss
+from lumbar_jax.train.loss import LOSSES, cross_entropy_loss, localisation_loss, metric_loss
 from lumbar_jax.train.state import TrainStatics, eval_model_state, merge_model
 
 
@@ -34,12 +34,16 @@ def _logits_and_localisation(model, batch: dict, coord_sigma: float):
 
 
 def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: float,
-                    coord_loss_weight: float = 0.0, coord_sigma: float = 0.08):
+                    coord_loss_weight: float = 0.0, coord_sigma: float = 0.08, loss: str = "metric"):
     """state, batch, step -> (state, metrics). Dropout keys are fold_in(seed, step): resume-exact.
 
-    The loss is the metric loss, plus `coord_loss_weight` x the localisation loss of the target queries
-    (needs the 'target_query' head and `coords` / `coords_series` in the batch) when the weight is > 0.
+    The loss is the metric loss (`loss='metric'`) or plain unweighted cross-entropy (`loss='cross_entropy'`,
+    the earlier systems' objective; the metric loss and its components are then logged, not trained on),
+    plus `coord_loss_weight` x the localisation loss of the target queries (needs the 'target_query' head
+    and `coords` / `coords_series` in the batch) when the weight is > 0.
     """
+    if loss not in LOSSES:
+        raise ValueError(f"loss {loss!r} is not one of {LOSSES}")
     base_key = jax.random.key(seed)
     replicated = mesh_lib.replicated(mesh)
 
@@ -49,21 +53,26 @@ def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: flo
         optimizer = nnx.merge(statics.opt_def, state["opt"])
 
         def loss_fn(model):
+            if loss == "cross_entropy":
+                logits = model(batch["volumes"], batch["present"])
+                ce, parts = cross_entropy_loss(logits, batch["labels"])
+                metric, metric_parts = jax.lax.stop_gradient(metric_loss(logits, batch["labels"]))
+                return ce, {**parts, **metric_parts, "metric_loss": metric}
             if coord_loss_weight <= 0:
                 return metric_loss(model(batch["volumes"], batch["present"]), batch["labels"])
             logits, (coord_loss, coord_parts) = _logits_and_localisation(model, batch, coord_sigma)
-            loss, parts = metric_loss(logits, batch["labels"])
+            metric, parts = metric_loss(logits, batch["labels"])
             coord_parts.pop("annotated")
-            return loss + coord_loss_weight * coord_loss, {**parts, "metric_loss": loss, **coord_parts}
+            return metric + coord_loss_weight * coord_loss, {**parts, "metric_loss": metric, **coord_parts}
 
-        (loss, parts), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        (value, parts), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         optimizer.update(model, grads)
         new_model = nnx.state(model, nnx.Not(nnx.RngState))
         ema = state["ema"]
         if ema is not None:
             params = nnx.state(model, nnx.Param)
             ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **parts}
+        metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), **parts}
         return {"model": new_model, "opt": nnx.state(optimizer), "ema": ema}, metrics
 
     jitted = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))

@@ -132,3 +132,25 @@ def test_localisation_loss_follows_the_left_right_flip():
     assert float(mirror_parts["peak_distance"]) == pytest.approx(float(parts["peak_distance"]), rel=1e-5)
     # Without swapping the targets (a flip that forgot the labels) the loss differs.
     assert float(loss(attention[..., key_mirror], flipped)[0]) != pytest.approx(float(plain), rel=1e-3)
+
+
+def test_unweighted_cross_entropy_matches_a_hand_computation():
+    """train.loss='cross_entropy' (the earlier systems' objective): mean -log p(label) over labelled cells,
+    every class and target weighted 1; missing labels and padding rows left out."""
+    from lumbar_jax.train.loss import cross_entropy_loss
+
+    logits = np.zeros((2, L.NUM_TARGETS, 3), np.float32)
+    labels = np.full((2, L.NUM_TARGETS), L.MISSING)
+    logits[0, 0] = [np.log(2.0), 0.0, 0.0]  # p = (1/2, 1/4, 1/4)
+    labels[0, 0] = 0  # -log 1/2
+    logits[0, 7] = [0.0, 0.0, np.log(2.0)]
+    labels[0, 7] = 2  # severe: -log 1/2, NOT weighted 4 as in the metric
+    labels[0, 24] = 1  # uniform logits: -log 1/3
+    labels[1, 3] = 2  # row 1 is padding below
+    expected = (np.log(2.0) + np.log(2.0) + np.log(3.0)) / 3
+    loss, parts = cross_entropy_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray([True, False]))
+    assert float(loss) == pytest.approx(expected, rel=1e-6) and float(parts["cross_entropy"]) == float(loss)
+    loss_all, _ = cross_entropy_loss(jnp.asarray(logits), jnp.asarray(labels))  # row 1 counts without `valid`
+    assert float(loss_all) == pytest.approx((3 * expected + np.log(3.0)) / 4, rel=1e-6)
+    empty, _ = cross_entropy_loss(jnp.asarray(logits), jnp.full((2, L.NUM_TARGETS), L.MISSING))
+    assert float(empty) == 0.0

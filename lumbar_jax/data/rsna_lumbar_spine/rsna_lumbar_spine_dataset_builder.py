@@ -7,8 +7,9 @@ One example per study, features exactly as conventions section 4. Builder config
 | r64  | 16 x 64 x 64    | CPU tests and the embedded demo |
 | r128 | 32 x 128 x 128  | GPU runs, benchmarks |
 | r256 | 64 x 256 x 256  | full-resolution GPU/TPU runs |
-| grid64  | 64 x 64 x 64    | earlier system B (configs/baseline_vit3d_grid.py), CPU variant |
-| grid128 | 128 x 128 x 128 | earlier system B, as it was built (GPU) |
+| grid32  | 32 x 32 x 32    | earlier system B (configs/baseline_vit3d_grid.py), CPU default |
+| grid64  | 64 x 64 x 64    | earlier system B, mid-sized |
+| grid128 | 128 x 128 x 128 | earlier system B as it was built (`:full`, GPU) |
 
 Sagittal and axial volumes share the size, so one encoder call can take all three series. The `grid*`
 configs store the same features, but every series is resampled into ONE shared axis-aligned grid in patient
@@ -70,6 +71,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         RsnaLumbarSpineConfig(name="r64", volume_shape=(16, 64, 64), description="16x64x64 volumes"),
         RsnaLumbarSpineConfig(name="r128", volume_shape=(32, 128, 128), description="32x128x128 volumes"),
         RsnaLumbarSpineConfig(name="r256", volume_shape=(64, 256, 256), description="64x256x256 volumes"),
+        RsnaLumbarSpineConfig(name="grid32", volume_shape=(32, 32, 32), grid=True,
+                              description="32^3 shared patient-coordinate grid per study, one channel per series"),
         RsnaLumbarSpineConfig(name="grid64", volume_shape=(64, 64, 64), grid=True,
                               description="64^3 shared patient-coordinate grid per study, one channel per series"),
         RsnaLumbarSpineConfig(name="grid128", volume_shape=(128, 128, 128), grid=True,

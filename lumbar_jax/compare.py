@@ -1,0 +1,125 @@
+"""Finished runs side by side: one row per run directory, read from its cv_summary.json and config.json.
+
+  python scripts/compare.py --workdirs W1 W2 ... [--markdown] [--json out.json]
+
+Every row shows the out-of-fold competition score, its four component losses, accuracy and balanced accuracy
+next to the two references every report here carries (conventions section 2): the class-prior baseline and
+the best constant (`weighted_prior`, the metric-weighted prior), both scored out of fold on the same studies.
+A run that only matches the best constant learnt nothing from the images, whatever its accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from lumbar_jax import metrics
+
+# (key, plain-text header, markdown header) of every column, in order.
+COLUMNS = (
+    ("run", "run", "run"),
+    ("model", "model", "model"),
+    ("data", "data", "data"),
+    ("loss", "loss", "loss"),
+    ("score", "OOF score", "OOF score"),
+    *((k, k, k) for k in metrics.LOSS_KEYS),
+    ("accuracy", "accuracy", "accuracy"),
+    ("balanced_accuracy", "bal.acc", "balanced acc."),
+    ("baseline", "class prior", "class-prior baseline"),
+    ("best_constant", "best const", "best constant"),
+)
+_TEXT_COLUMNS = ("run", "model", "data", "loss")
+
+
+class RunNotComparable(FileNotFoundError):
+    """A run directory that is missing or has no complete CV summary; the message names each one."""
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _unfinished(workdir: str, config: dict) -> str:
+    """Why `workdir` (which has no cv_summary.json) cannot be compared: how many folds are done."""
+    num_folds = config.get("cv", {}).get("num_folds")
+    if num_folds is None:
+        return f"{workdir}: no cv_summary.json and no config.json: not a run directory of python -m lumbar_jax.main"
+    done = sum(os.path.exists(os.path.join(workdir, f"fold_{k}", "result.json")) for k in range(num_folds))
+    return (f"{workdir}: no cv_summary.json: the run is unfinished ({done} of {num_folds} folds done; "
+            "re-run its command to finish it)")
+
+
+def run_row(workdir: str) -> dict:
+    """The comparison row of one finished run; RunNotComparable naming `workdir` otherwise."""
+    if not os.path.isdir(workdir):
+        raise RunNotComparable(f"{workdir}: no such run directory")
+    config_path, summary_path = (os.path.join(workdir, n) for n in ("config.json", "cv_summary.json"))
+    config = _read_json(config_path) if os.path.exists(config_path) else {}
+    if not os.path.exists(summary_path):
+        raise RunNotComparable(_unfinished(workdir, config))
+    try:
+        summary = _read_json(summary_path)
+        oof = summary["oof"]
+        row = {
+            "run": workdir,
+            "model": config.get("model", {}).get("name", "?"),
+            "data": config.get("data", {}).get("config", "?"),
+            "loss": config.get("train", {}).get("loss", "metric"),  # runs before train.loss trained on the metric
+            "score": oof["score"],
+            **{k: oof[k] for k in metrics.LOSS_KEYS},
+            "accuracy": oof["accuracy"],
+            "balanced_accuracy": oof["balanced_accuracy"],
+            "baseline": oof["baseline"]["score"],
+            "best_constant": oof["weighted_prior"]["score"],
+            "baseline_losses": {k: oof["baseline"][k] for k in metrics.LOSS_KEYS},
+            "num_studies": summary.get("num_studies"),
+        }
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        raise RunNotComparable(f"{summary_path}: not a CV summary of python -m lumbar_jax.main "
+                               f"({type(err).__name__}: {err})") from None
+    return row
+
+
+def compare_runs(workdirs: list[str]) -> list[dict]:
+    """Rows of every run, in the given order; RunNotComparable naming every run that cannot be compared."""
+    rows, problems = [], []
+    for workdir in workdirs:
+        try:
+            rows.append(run_row(workdir))
+        except RunNotComparable as err:
+            problems.append(str(err))
+    if problems:
+        raise RunNotComparable("\n".join(problems))
+    return rows
+
+
+def _cell(row: dict, key: str) -> str:
+    value = row[key]
+    if key in _TEXT_COLUMNS:
+        return str(value)
+    return "nan" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def format_table(rows: list[dict]) -> str:
+    """Aligned plain-text table (one line per run)."""
+    cells = [[header for _, header, _ in COLUMNS]] + [[_cell(r, k) for k, _, _ in COLUMNS] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    lines = []
+    for line in cells:
+        lines.append("  ".join(c.ljust(w) if k in _TEXT_COLUMNS else c.rjust(w)
+                               for c, w, (k, _, _) in zip(line, widths, COLUMNS)))
+    return "\n".join(lines)
+
+
+def format_markdown(rows: list[dict]) -> str:
+    """A GitHub-markdown table (one row per run)."""
+    lines = ["| " + " | ".join(h for _, _, h in COLUMNS) + " |",
+             "|" + "|".join("---" if k in _TEXT_COLUMNS else "---:" for k, _, _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(_cell(r, k) for k, _, _ in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def to_json(rows: list[dict]) -> str:
+    return json.dumps({"columns": [k for k, _, _ in COLUMNS], "runs": rows}, indent=2)

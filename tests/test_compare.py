@@ -1,0 +1,94 @@
+"""scripts/compare.py / lumbar_jax.compare on fake run directories whose cv_summary.json is built with
+lumbar_jax.metrics, and on missing / unfinished ones."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lumbar_jax import compare, metrics
+from lumbar_jax import labels as L
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "compare.py")
+
+
+def fake_run(workdir, name: str, probs_fn, seed: int, loss: str | None = None, folds: int = 2) -> dict:
+    """A finished run directory: config.json + a cv_summary.json of `probs_fn(labels)` on random labels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(3, size=(40, L.NUM_TARGETS), p=[0.7, 0.2, 0.1])
+    probs = probs_fn(labels)
+    oof = {**metrics.competition_score(labels, probs), **metrics.classification_stats(labels, probs),
+           "baseline": metrics.competition_score(labels, metrics.class_prior_baseline(labels, len(labels))),
+           "weighted_prior": metrics.competition_score(labels, metrics.weighted_prior_baseline(labels, len(labels)))}
+    os.makedirs(workdir)
+    train = {"steps": 320} if loss is None else {"steps": 320, "loss": loss}
+    config = {"model": {"name": name}, "data": {"config": "r64"}, "train": train, "cv": {"num_folds": folds}}
+    json.dump(config, open(os.path.join(workdir, "config.json"), "w"))
+    summary = {"oof": oof, "folds": [], "num_studies": len(labels)}
+    json.dump(summary, open(os.path.join(workdir, "cv_summary.json"), "w"))
+    return oof
+
+
+def confident_truth(labels):
+    return np.where(np.eye(3, dtype=bool)[labels], 0.9, 0.05)
+
+
+def uniform(labels):
+    return np.full((*labels.shape, 3), 1 / 3)
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    a, b = str(tmp_path / "good"), str(tmp_path / "uniform")
+    return (a, fake_run(a, "vit_effnet", confident_truth, 0)), (b, fake_run(b, "vit2d", uniform, 1, "cross_entropy"))
+
+
+def test_rows_hold_the_summary_numbers(two_runs):
+    (a, oof_a), (b, oof_b) = two_runs
+    rows = compare.compare_runs([a, b])
+    assert [r["run"] for r in rows] == [a, b]
+    assert [(r["model"], r["loss"]) for r in rows] == [("vit_effnet", "metric"), ("vit2d", "cross_entropy")]
+    for row, oof in zip(rows, (oof_a, oof_b)):
+        assert row["score"] == oof["score"] and row["accuracy"] == oof["accuracy"]
+        assert row["balanced_accuracy"] == oof["balanced_accuracy"]
+        assert row["baseline"] == oof["baseline"]["score"] and row["best_constant"] == oof["weighted_prior"]["score"]
+        for key in metrics.LOSS_KEYS:
+            assert row[key] == oof[key]
+    assert rows[0]["balanced_accuracy"] == 1.0 and rows[0]["score"] < rows[0]["best_constant"]
+    for key in ("spinal", "foraminal", "subarticular"):  # uniform predictions: each group's loss is log 3
+        assert rows[1][key] == pytest.approx(np.log(3), rel=1e-6)
+
+
+def test_script_prints_text_markdown_and_json(two_runs, tmp_path):
+    (a, oof_a), (b, _) = two_runs
+    out = subprocess.run([sys.executable, SCRIPT, "--workdirs", a, b], capture_output=True, text=True, check=True)
+    header, first, second = out.stdout.splitlines()[:3]
+    assert "OOF score" in header and "class prior" in header and "best const" in header
+    assert first.startswith(a) and f"{oof_a['score']:.4f}" in first and "vit2d" in second
+    path = str(tmp_path / "rows.json")
+    out = subprocess.run([sys.executable, SCRIPT, "--workdirs", a, b, "--markdown", "--json", path],
+                         capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("| run | model |") and "class-prior baseline" in lines[0] and lines[1].startswith("|---")
+    assert lines[2].startswith(f"| {a} | vit_effnet | r64 | metric | {oof_a['score']:.4f} |")
+    saved = json.load(open(path))
+    assert [r["run"] for r in saved["runs"]] == [a, b] and saved["runs"][0]["score"] == oof_a["score"]
+
+
+def test_missing_and_unfinished_runs_are_named_with_exit_status_2(two_runs, tmp_path):
+    (a, _), _ = two_runs
+    unfinished = tmp_path / "unfinished"
+    os.makedirs(unfinished / "fold_0")
+    json.dump({"model": {"name": "vit"}, "cv": {"num_folds": 5}}, open(unfinished / "config.json", "w"))
+    open(unfinished / "fold_0" / "result.json", "w").write("{}")
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(compare.RunNotComparable) as err:
+        compare.compare_runs([a, str(unfinished), missing])
+    message = str(err.value)
+    assert f"{unfinished}: no cv_summary.json" in message and "1 of 5 folds done" in message
+    assert f"{missing}: no such run directory" in message and a not in message
+    out = subprocess.run([sys.executable, SCRIPT, "--workdirs", a, missing], capture_output=True, text=True)
+    assert out.returncode == 2 and missing in out.stderr and out.stdout == ""
