@@ -5,10 +5,10 @@
 processes. After warm-up batches (for workers: the first batch also pays their start-up, reported separately),
 each timed repetition draws `batches_per_repeat` batches; rate = records / s (each record holds 3 volumes).
 
-Peer: the rate at which the lumbar_jax train step consumes records, from the models section's hook
-`benchmarks.models.train_step_consumption` (see `consumer_rate`). Until that hook measures something the
-peer cells say so and only records/s are reported; the ratio will be pipeline / train step (>= 1: the input
-pipeline keeps the step fed).
+Peer: the rate at which the lumbar_jax train step of the default config consumes records (the models
+section's `benchmarks.models.train_step_consumption`, see `consumer_rate`); the ratio is pipeline / train step.
+Target (issue 6): >= 10x, so that on a machine whose cores the step also uses, reading and augmenting costs
+the step at most ~10 % of its time.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from benchmarks import common
 
 FULL = dict(config="r64", studies=24, batch_size=4, warmup_batches=5, batches_per_repeat=20, repeats=5, workers=2)
 SMOKE = dict(config="r64", studies=2, batch_size=2, warmup_batches=1, batches_per_repeat=2, repeats=2, workers=2)
-CONSUMER_TARGET = 1.0
+CONSUMER_TARGET = 10.0
 VOLUMES_PER_RECORD = 3
 
 
