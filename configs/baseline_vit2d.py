@@ -11,7 +11,7 @@ competition score next to the class-prior baseline and the best constant, balanc
 
 Measured 2026-11-23 on the 2-core CPU machine (default variant, all 5 folds, 300 synthetic studies; another
 job shared the cores, the run got 0.84 of them): 11 min 21 s wall, 1.5 GB peak memory. OOF competition score
-1.1046 vs class-prior baseline 1.1064 and best constant 0.9154; accuracy 0.762, balanced accuracy 0.333 (recall
+1.1046 vs class-prior baseline 1.1064 and best constant 0.8901; accuracy 0.762, balanced accuracy 0.333 (recall
 1.0 / 0.0 / 0.0): it predicts Normal/Mild for every target with about the class prior, i.e. it learnt nothing
 from the slice (its own per-fold mean prediction, a constant, scores 1.1121).
 

@@ -11,10 +11,9 @@ class-prior baseline and the best constant.
 
 Measured 2026-11-23 on the 2-core CPU machine (default variant, all 5 folds, the 300 synthetic studies,
 building grid32 from them once: 20 s): 6 min 32 s wall, 1.5 GB peak memory. OOF competition score 0.8825 vs
-class-prior baseline 1.1064 and best constant 0.9154, but balanced accuracy 0.334 (recall 0.999 / 0.001 /
-0.002) and its predictions hardly vary between studies: its own per-fold mean prediction, a constant, scores
-0.8854. It learnt a constant trained on the whole metric (the `best constant` reference minimises the three
-group losses only, not any_severe_spinal: 0.695 here vs 0.839), not the images.
+class-prior baseline 1.1064 and best constant 0.8901 (fitted to the whole score, any_severe_spinal
+included), balanced accuracy 0.334 (recall 0.999 / 0.001 / 0.002), and its predictions hardly vary between
+studies: its own per-fold mean prediction, a constant, scores 0.8854. It learnt a constant, not the images.
 
 Kept: the volume construction and the model. The `grid32` / `grid64` / `grid128` dataset configs (data/grid.py) resample
 every series (trilinear) into one shared axis-aligned grid in patient coordinates (LPS) per study, covering the
