@@ -19,14 +19,13 @@ pipeline options (`--runner`, `--direct_num_workers`, ...).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
 import tensorflow_datasets as tfds
 
 from lumbar_jax.data import study
-from lumbar_jax.data.build import CONFIG_NAMES, tfds_scratch_tempdir
+from lumbar_jax.data.build import CONFIG_NAMES, build_argument_parser, tfds_scratch_tempdir
 from lumbar_jax.data.rsna_lumbar_spine import Builder
 from lumbar_jax.data.rsna_lumbar_spine.rsna_lumbar_spine_dataset_builder import _example_with_key
 
@@ -78,10 +77,7 @@ def build_dataset_beam(manual_dir: str, data_dir: str, config: str = "r64", work
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--manual_dir", required=True, help="the Kaggle competition folder (train.csv, train_images/)")
-    parser.add_argument("--data_dir", required=True, help="TFDS data dir to write rsna_lumbar_spine/CONFIG/VERSION into")
-    parser.add_argument("--config", default="r64", choices=CONFIG_NAMES, help="volume size config")
+    parser = build_argument_parser(__doc__)
     parser.add_argument("--workers", type=int, default=2, help="DirectRunner worker processes (no --runner given)")
     args, beam_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

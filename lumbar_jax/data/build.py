@@ -57,11 +57,17 @@ def build_dataset(manual_dir: str, data_dir: str, config: str = "r64", workers: 
     return builder
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_argument_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every build command takes: --manual_dir, --data_dir, --config."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manual_dir", required=True, help="the Kaggle competition folder (train.csv, train_images/)")
     parser.add_argument("--data_dir", required=True, help="TFDS data dir to write rsna_lumbar_spine/CONFIG/VERSION into")
     parser.add_argument("--config", default="r64", choices=CONFIG_NAMES, help="volume size config")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_argument_parser(__doc__)
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: every core)")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if the dataset exists")
     args = parser.parse_args(argv)

@@ -244,30 +244,46 @@ def map_annotations(entry: StudyEntry, series_ids: np.ndarray, geometries) -> tu
     series absent) gets no coordinate (-1): a wrong point is worse than none.
     Returns (coords float32 [25, 3], coords_series int64 [25]).
     """
-    coords = np.full((L.NUM_TARGETS, 3), -1.0, dtype=np.float32)
-    coords_series = np.full(L.NUM_TARGETS, -1, dtype=np.int64)
-    kind_of_series = {sid: kind for kind, candidates in enumerate(entry.series_dirs) for sid, _ in candidates}
-    dir_of_series = {sid: d for candidates in entry.series_dirs for sid, d in candidates}
-    for a in entry.annotations:
-        kind = kind_of_series.get(a.series_id)
-        if kind is None or series_ids[kind] < 0:
-            continue
+    coords, coords_series = _no_coordinates()
+    for a, kind, other_dir in _annotations_to_place(entry, series_ids):
         geometry = geometries[kind]
         try:
-            if a.series_id == series_ids[kind]:
+            if other_dir is None:
                 point = geometry.normalized(a.instance_number, a.row, a.col)
             else:
-                world = _world_point(dir_of_series[a.series_id], a.instance_number, a.row, a.col, geometry.plane)
+                world = _world_point(other_dir, a.instance_number, a.row, a.col, geometry.plane)
                 if world is None:
                     continue
                 point = geometry.normalize(geometry.world_to_canonical(world))
         except KeyError as err:
             log.warning("series %s: annotation of %s not mapped: %s", a.series_id, L.TARGETS[a.target], err)
             continue
-        if np.all((point > -0.05) & (point < 1.05)):  # a point well outside the volume is not in it
-            coords[a.target] = np.clip(point, 0.0, 1.0)
-            coords_series[a.target] = kind
+        _place(coords, coords_series, a.target, kind, point)
     return coords, coords_series
+
+
+def _no_coordinates() -> tuple[np.ndarray, np.ndarray]:
+    """(coords float32 [25, 3], coords_series int64 [25]), every target without a coordinate (-1)."""
+    return np.full((L.NUM_TARGETS, 3), -1.0, dtype=np.float32), np.full(L.NUM_TARGETS, -1, dtype=np.int64)
+
+
+def _annotations_to_place(entry: StudyEntry, series_ids: np.ndarray):
+    """(annotation, its series type, the directory of its series when that is not the series used for the
+    type, else None) for every annotation whose series type is present; the others get no coordinate."""
+    kind_of_series = {sid: kind for kind, candidates in enumerate(entry.series_dirs) for sid, _ in candidates}
+    dir_of_series = {sid: d for candidates in entry.series_dirs for sid, d in candidates}
+    for a in entry.annotations:
+        kind = kind_of_series.get(a.series_id)
+        if kind is None or series_ids[kind] < 0:
+            continue
+        yield a, kind, None if a.series_id == series_ids[kind] else dir_of_series[a.series_id]
+
+
+def _place(coords: np.ndarray, coords_series: np.ndarray, target: int, kind: int, point: np.ndarray) -> None:
+    """Store a normalised point unless it lies well outside the volume (a point outside is not in it)."""
+    if np.all((point > -0.05) & (point < 1.05)):
+        coords[target] = np.clip(point, 0.0, 1.0)
+        coords_series[target] = kind
 
 
 def map_annotations_to_grid(entry: StudyEntry, series_ids: np.ndarray, geometries, grid
@@ -277,31 +293,22 @@ def map_annotations_to_grid(entry: StudyEntry, series_ids: np.ndarray, geometrie
     the series it was annotated on (another series of the same type: through its own file) and mapped into
     the grid, which all three series share. Unplaceable points get -1, as in `map_annotations`.
     Returns (coords float32 [25, 3], coords_series int64 [25]: the series type annotated)."""
-    coords = np.full((L.NUM_TARGETS, 3), -1.0, dtype=np.float32)
-    coords_series = np.full(L.NUM_TARGETS, -1, dtype=np.int64)
+    coords, coords_series = _no_coordinates()
     if grid is None:
         return coords, coords_series
-    kind_of_series = {sid: kind for kind, candidates in enumerate(entry.series_dirs) for sid, _ in candidates}
-    dir_of_series = {sid: d for candidates in entry.series_dirs for sid, d in candidates}
-    for a in entry.annotations:
-        kind = kind_of_series.get(a.series_id)
-        if kind is None or series_ids[kind] < 0:
-            continue
+    for a, kind, other_dir in _annotations_to_place(entry, series_ids):
         geometry = geometries[kind]
-        if a.series_id == series_ids[kind]:
+        if other_dir is None:
             try:
                 world = grid_lib.pixel_world(geometry, a.instance_number, a.row, a.col)
             except KeyError as err:
                 log.warning("series %s: annotation of %s not mapped: %s", a.series_id, L.TARGETS[a.target], err)
                 continue
         else:
-            world = _world_point(dir_of_series[a.series_id], a.instance_number, a.row, a.col, geometry.plane)
+            world = _world_point(other_dir, a.instance_number, a.row, a.col, geometry.plane)
             if world is None:
                 continue
-        point = grid.normalize(grid.index(world))
-        if np.all((point > -0.05) & (point < 1.05)):
-            coords[a.target] = np.clip(point, 0.0, 1.0)
-            coords_series[a.target] = kind
+        _place(coords, coords_series, a.target, kind, grid.normalize(grid.index(world)))
     return coords, coords_series
 
 

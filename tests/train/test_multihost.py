@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 from lumbar_jax import evaluate
-from lumbar_jax.data import build, synthetic
 from lumbar_jax.train import config as config_lib
 from lumbar_jax.train import cv, loop
 from lumbar_jax.train import mesh as mesh_lib
@@ -29,14 +28,6 @@ from tests.train.multihost_worker import multihost_config
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multihost_worker.py")
 WORKER_TIMEOUT_S = 300
 TOLERANCE = 1e-5
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("multihost_data")
-    synthetic.write_synthetic_dataset(str(root / "kaggle"), num_studies=12, seed=5, progress=False)
-    build.build_dataset(str(root / "kaggle"), str(root / "tfds"), "r64", workers=1)
-    return str(root / "tfds")
 
 
 def _free_port() -> int:

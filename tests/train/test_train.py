@@ -14,19 +14,10 @@ import pytest
 
 from lumbar_jax import labels as L
 from lumbar_jax import main as main_module
-from lumbar_jax.data import build, synthetic
 from lumbar_jax.train import config as config_lib
 from lumbar_jax.train import cv, loop
 from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train import step as step_lib
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_data")
-    synthetic.write_synthetic_dataset(str(root / "kaggle"), num_studies=12, seed=5, progress=False)
-    build.build_dataset(str(root / "kaggle"), str(root / "tfds"), "r64", workers=1)
-    return str(root / "tfds")
 
 
 def tiny_config(data_dir: str, **train):
