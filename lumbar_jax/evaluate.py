@@ -76,15 +76,11 @@ def evaluate_run(workdir: str, folds: list[int] | None = None, checkpoint: str |
 
 def format_report(report: dict) -> str:
     """The per-fold (and OOF) table, then per-condition losses and per-class recall of each row."""
-    rows = [(f"fold {f['fold']}", f["val"], str(f["step"])) for f in report["folds"]]
+    rows = [(f"fold {f['fold']}", f["val"], f["step"]) for f in report["folds"]]
     if "oof" in report:
         rows.append(("OOF", report["oof"], ""))
     lines = [f"checkpoint: {report['checkpoint']} (on {report['devices']} device(s))",
-             f"{'':10s}{'score':>9s}{'baseline':>10s}{'best const':>12s}{'accuracy':>10s}{'bal.acc':>9s}"
-             f"{'step':>7s}"]
-    for name, r, step in rows:
-        lines.append(f"{name:10s}{r['score']:9.4f}{r['baseline']['score']:10.4f}{r['weighted_prior']['score']:12.4f}"
-                     f"{r['accuracy']:10.4f}{r['balanced_accuracy']:9.4f}{step:>7s}")
+             *cv.score_table(rows, step_header="step")]
     recalls = [f"recall_{c}" for c in L.SEVERITY_COLUMNS]
     lines.append("")
     lines.append(f"{'':10s}" + "".join(f"{k:>19s}" for k in metrics.LOSS_KEYS)

@@ -62,15 +62,21 @@ def write_oof(path: str, study_ids: np.ndarray, probs: np.ndarray, folds: np.nda
     pd.DataFrame(rows).to_csv(path, index=False, float_format="%.6g")
 
 
+def score_table(rows: list[tuple[str, dict, str]], step_header: str = "best step") -> list[str]:
+    """Lines of a table: per row (name, evaluate_predictions result, checkpoint step) the competition score
+    beside the class-prior baseline and the best constant, accuracy and balanced accuracy."""
+    lines = [f"{'':10s}{'score':>9s}{'baseline':>10s}{'best const':>12s}{'accuracy':>10s}{'bal.acc':>9s}"
+             f"{step_header:>11s}"]
+    for name, r, step in rows:
+        lines.append(f"{name:10s}{r['score']:9.4f}{r['baseline']['score']:10.4f}{r['weighted_prior']['score']:12.4f}"
+                     f"{r['accuracy']:10.4f}{r['balanced_accuracy']:9.4f}{step!s:>11s}")
+    return lines
+
+
 def format_table(summary: dict) -> str:
     """Per-fold and OOF competition score beside the class-prior baseline, then the OOF components."""
-    lines = [f"{'':10s}{'score':>9s}{'baseline':>10s}{'best const':>12s}{'accuracy':>10s}{'bal.acc':>9s}"
-             f"{'best step':>11s}"]
     rows = [(f"fold {f['fold']}", f["val"], f["best_step"]) for f in summary["folds"]]
-    rows.append(("OOF", summary["oof"], ""))
-    for name, r, best_step in rows:
-        lines.append(f"{name:10s}{r['score']:9.4f}{r['baseline']['score']:10.4f}{r['weighted_prior']['score']:12.4f}"
-                     f"{r['accuracy']:10.4f}{r['balanced_accuracy']:9.4f}{best_step!s:>11s}")
+    lines = score_table(rows + [("OOF", summary["oof"], "")])
     if "peak_distance" in summary["oof"]:
         lines.append(f"attention peak to annotated point (held-out, mean of folds): "
                      f"{summary['oof']['peak_distance']:.2f} voxels")
