@@ -21,8 +21,9 @@ import time
 # (stage, module path suffix, function name): cumulative time of these functions; first match wins.
 STAGES = (
     ("pydicom.dcmread (file parsing)", "pydicom/filereader.py", "dcmread"),
-    ("header -> slices (pydicom element access)", "lumbar_jax/data/dicom.py", "_header_slices"),
-    ("pixel decoding (_decode, incl. pixel_array)", "lumbar_jax/data/dicom.py", "_decode"),
+    ("header -> slices (raw elements / pydicom)", "lumbar_jax/data/dicom.py", "_header_slices"),
+    ("pixel decoding (_stored_pixels, pixel_array)", "lumbar_jax/data/dicom.py", "_stored_pixels"),
+    ("float conversion + stacking (_stack_volume)", "lumbar_jax/data/dicom.py", "_stack_volume"),
     ("orientation grouping", "lumbar_jax/data/dicom.py", "_orientation_groups"),
     ("  slice normals (_Slice.normal: np.cross, nested)", "lumbar_jax/data/dicom.py", "normal"),
     ("resample to the record shape", "lumbar_jax/data/volume.py", "resample"),

@@ -173,7 +173,8 @@ class SeriesGeometry:
 @dataclasses.dataclass(frozen=True)
 class _PlainPixels:
     """How a plain single-frame file stores its pixels, read from its raw header elements (`_plain_header`):
-    the values `_decode` would otherwise look up in the dataset (None = element absent). Internal."""
+    the values `_native_pixels` / `_value_transform` would otherwise look up in the dataset (None = element
+    absent). Internal."""
 
     bits_allocated: int | None
     bits_stored: int | None
@@ -525,14 +526,17 @@ def _native_pixels(dataset: pydicom.Dataset, rows: int, cols: int, plain: _Plain
         return None
     pixels = np.frombuffer(data, dtype, rows * cols).reshape(rows, cols)
     if stored < bits:  # as pydicom: ignore the unused high bits (sign-extending signed values)
+        if not signed:  # clearing them; usually they are clear already, and the pixels stay a view of the file
+            return pixels & dtype.type(2**stored - 1) if int(pixels.max()) >> stored else pixels
         pixels = pixels.copy()
         np.left_shift(pixels, bits - stored, out=pixels)
         np.right_shift(pixels, bits - stored, out=pixels)
     return pixels
 
 
-def _decode(item: _Slice, cache: dict[str, np.ndarray | _Skip]) -> np.ndarray:
-    """Float32 [rows, cols] pixel values of a slice: rescaled, MONOCHROME1 inverted. _Skip if undecodable.
+def _stored_pixels(item: _Slice, cache: dict[str, np.ndarray | _Skip]) -> np.ndarray:
+    """Stored pixels [rows, cols] of a slice as the file holds them (integers; no copy where the file is
+    uncompressed). _Skip if undecodable.
 
     The file's pixel data is decoded once (all frames) and cached by path for its other frames, as is a
     failure to decode it.
@@ -549,10 +553,13 @@ def _decode(item: _Slice, cache: dict[str, np.ndarray | _Skip]) -> np.ndarray:
     pixels = cache[item.path] if item.frame is None else cache[item.path][item.frame]
     if pixels.shape != (item.rows, item.cols):
         raise _Skip(f"pixel array of shape {pixels.shape}, expected ({item.rows}, {item.cols})")
-    image = pixels.astype(np.float32)
-    if item.slope != 1.0 or item.intercept != 0.0:
-        image = image * np.float32(item.slope) + np.float32(item.intercept)
-    plain = item.plain
+    return pixels
+
+
+def _value_transform(item: _Slice) -> tuple[float, float, np.float32 | None]:
+    """(slope, intercept, inversion constant C or None) taking a slice's stored pixels v to its values:
+    v * slope + intercept (float32; skipped where slope 1, intercept 0), then C - that for MONOCHROME1."""
+    dataset, plain = item.dataset, item.plain
     if (plain.monochrome1 if plain is not None
             else str(dataset.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"):
         # Invert within the range of representable values ((lo + hi) - v maps [lo, hi] onto itself), so the
@@ -564,8 +571,45 @@ def _decode(item: _Slice, cache: dict[str, np.ndarray | _Skip]) -> np.ndarray:
             bits = int(dataset.get("BitsStored") or dataset.get("BitsAllocated") or 16)
             signed = int(dataset.get("PixelRepresentation") or 0) == 1
         stored_lo, stored_hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-        image = np.float32((stored_lo + stored_hi) * item.slope + 2 * item.intercept) - image
+        return item.slope, item.intercept, np.float32((stored_lo + stored_hi) * item.slope + 2 * item.intercept)
+    return item.slope, item.intercept, None
+
+
+def _apply_transform(image: np.ndarray, transform: tuple[float, float, np.float32 | None]) -> np.ndarray:
+    """`_value_transform` applied in place to float32 `image` (any view); returns it."""
+    slope, intercept, inversion = transform
+    if slope != 1.0 or intercept != 0.0:
+        np.multiply(image, np.float32(slope), out=image)
+        np.add(image, np.float32(intercept), out=image)
+    if inversion is not None:
+        np.subtract(inversion, image, out=image)
     return image
+
+
+def _stack_volume(images: list[np.ndarray], transforms: list, shape: tuple[int, int], permutation: tuple[int, ...],
+                  flips: tuple[bool, ...]) -> np.ndarray:
+    """The canonical float32 volume (C-contiguous) of the aligned stored images of the kept slices, in depth order.
+
+    Each image is converted to float32 straight into its place: stacked axes (slice, row, col) go to canonical
+    axes `permutation`, then the canonical axes in `flips` are reversed. Its value transform follows in place,
+    once over the whole volume where every slice shares it. An image of another shape than `shape` gets its
+    values first and is then resampled (linearly, corner-aligned) to it.
+    """
+    stacked_shape = (len(images), *shape)
+    volume = np.empty([stacked_shape[i] for i in np.argsort(permutation)], dtype=np.float32)
+    stacked = np.flip(volume, [a for a in range(3) if flips[a]]) if any(flips) else volume
+    stacked = np.transpose(stacked, permutation)  # a view of `volume` indexed (slice, row, col)
+    whole = len(set(transforms)) == 1 and all(image.shape == shape for image in images)
+    for k, (image, transform) in enumerate(zip(images, transforms)):
+        if image.shape != shape:
+            stacked[k] = resample(_apply_transform(image.astype(np.float32), transform), shape)
+            continue
+        stacked[k] = image  # the cast to float32
+        if not whole:
+            _apply_transform(stacked[k], transform)
+    if whole:
+        _apply_transform(volume, transforms[0])
+    return volume
 
 
 def _orientation_groups(slices: list[_Slice]) -> list[list[int]]:
@@ -709,15 +753,16 @@ def read_series(
 
     # Decode the kept slices in order; an undecodable one is skipped like an unreadable file.
     cache: dict[str, np.ndarray | _Skip] = {}
-    images, kept, alignments = [], [], []
+    images, transforms, kept, alignments = [], [], [], []
     for item in members:
         alignment = _in_plane_alignment(item, reference.row_dir, reference.col_dir)
         try:
-            images.append(_align_image(_decode(item, cache), alignment))
+            images.append(_align_image(_stored_pixels(item, cache), alignment))
         except _Skip as skip:
             skips.append((item.name, str(skip)))
             others.append(item)
             continue
+        transforms.append(_value_transform(item))
         kept.append(item)
         alignments.append(alignment)
     if not kept:
@@ -728,11 +773,7 @@ def read_series(
     shapes = collections.Counter(image.shape for image in images)
     common = max(shapes, key=lambda s: (shapes[s], s[0] * s[1]))  # most common; ties: the larger
     resampled = sum(1 for image in images if image.shape != common)
-    volume = np.stack([image if image.shape == common else resample(image, common) for image in images])
-    volume = np.transpose(volume, np.argsort(permutation))
-    if any(flips):
-        volume = np.flip(volume, [a for a in range(3) if flips[a]])
-    volume = np.ascontiguousarray(volume, dtype=np.float32)
+    volume = _stack_volume(images, transforms, common, permutation, flips)
 
     # Affine from stacked (slice, row, col, 1) to canonical (depth, row, col); depth is never flipped.
     to_canonical = np.zeros((3, 4))

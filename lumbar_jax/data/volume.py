@@ -40,8 +40,10 @@ def _resample_axis(volume: np.ndarray, axis: int, size: int) -> np.ndarray:
     weight_shape[axis] = size
     upper_weight = (positions - lower).astype(np.float32).reshape(weight_shape)
     lo = volume.take(lower, axis=axis)
-    hi = volume.take(lower + 1, axis=axis)
-    return lo + (hi - lo) * upper_weight
+    out = volume.take(lower + 1, axis=axis)  # hi, then lo + (hi - lo) * upper_weight in place
+    np.subtract(out, lo, out=out)
+    np.multiply(out, upper_weight, out=out)
+    return np.add(lo, out, out=out)
 
 
 def resample(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -68,11 +70,16 @@ def normalize_uint8(volume: np.ndarray) -> np.ndarray:
     its own robust range. A volume whose clip range is empty (constant) gives zeros rather than NaN.
     """
     volume = np.asarray(volume, dtype=np.float32)
-    lo, hi = np.percentile(volume, CLIP_PERCENTILES)
+    # One float32 scratch array serves twice: the percentiles partition it in place (np.percentile would
+    # otherwise copy the volume itself), then it holds the scaled values (every step in place).
+    scratch = volume.copy()
+    lo, hi = np.percentile(scratch, CLIP_PERCENTILES, overwrite_input=True)
     if not hi > lo:
         return np.zeros(volume.shape, dtype=np.uint8)
-    scaled = (volume - np.float32(lo)) * np.float32(255.0 / (hi - lo))
-    return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+    scaled = np.subtract(volume, np.float32(lo), out=scratch)
+    scaled *= np.float32(255.0 / (hi - lo))
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    return np.rint(scaled, out=scaled).astype(np.uint8)
 
 
 def to_record_volume(volume: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
