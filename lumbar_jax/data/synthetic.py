@@ -70,7 +70,8 @@ The summary (`synthetic_summary.json`) lists where each quirk landed and the unr
 Patient identifiers are fake and distinctive (`PHI_SENTINELS`): any of them in a pipeline output is a leak.
 
 API: `write_synthetic_dataset` (and the CLI `python -m lumbar_jax.data.synthetic --out DIR --studies N --seed S
-[--test_studies M] [--no-quirks] [--workers W]`); `make_study` plans one study (ids, labels, anatomy, series
+[--test_studies M] [--no-quirks] [--workers W] [--matrix_scale K]`; K multiplies the in-plane matrix, default 1:
+64-96 px, 5: 320-480 px as in the real data); `make_study` plans one study (ids, labels, anatomy, series
 geometry, label coordinates; no pixels), `render_series` its pixels, `write_study` its files; `draw_labels`
 (label-only, fast), `label_noise_matrix`, `noise_floor_score`; `phantom` / `Anatomy` for geometric checks.
 """
@@ -326,6 +327,9 @@ def phantom(anat: Anatomy, points: np.ndarray, sequence: int) -> np.ndarray:
 # -------------------------------------------------------------------------------------------------- series
 _SAGITTAL_AXES = (np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, -1.0]))  # rows: A->P along a row, S->I down
 _AXIAL_AXES = (np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]))  # R->L along a row, A->P down
+# In-plane matrix (Rows = Columns) drawn per series, times `matrix_scale` (`make_study`): the default 64-96 px keeps
+# generation and tests fast; 5 gives 320-480 px, the sizes of the real Kaggle slices (the field of view is drawn
+# alike, so a larger matrix is a finer PixelSpacing of the same anatomy).
 _MATRICES, _MATRIX_P = (64, 72, 80, 96), (0.35, 0.25, 0.25, 0.15)
 
 
@@ -418,25 +422,27 @@ def _series(series_id, kind, number, slices, flags, rng, thickness, gap) -> Seri
         junk=bool(flags.get("junk_file")), quirks=tuple(sorted(q for q, on in flags.items() if on)))
 
 
-def _sagittal(rng, anat, series_id, kind, flags) -> Series:
-    """15 sagittal slices (~4 mm apart, right -> left) over the whole lumbar canal and both foramina."""
+def _sagittal(rng, anat, series_id, kind, flags, matrix_scale: int = 1) -> Series:
+    """15 sagittal slices (~4 mm apart, right -> left) over the whole lumbar canal and both foramina; matrix
+    `_MATRICES` x matrix_scale."""
     n, gap = 15, rng.uniform(3.6, 4.2)
     fov, m = rng.uniform(66, 78), int(rng.choice(_MATRICES, p=_MATRIX_P))
     centre = anat.origin + (rng.uniform(-2, 2), -3 + rng.uniform(-3, 3), rng.uniform(-3, 3))
     centres = centre + np.outer((np.arange(n) - (n - 1) / 2) * gap, [1.0, 0.0, 0.0])
     r, c = _orientation(flags, _SAGITTAL_AXES)
-    slices = [_stack(centres, r, c, fov, m)]
+    slices = [_stack(centres, r, c, fov, m * matrix_scale)]
     if flags.get("mixed_matrix"):  # 3 slices re-acquired at another matrix over the same field of view
         odd = np.sort(rng.choice(n, 3, replace=False))
-        other = _stack(centres[odd], r, c, fov, 96 if m < 96 else 64)
+        other = _stack(centres[odd], r, c, fov, (96 if m < 96 else 64) * matrix_scale)
         for arr, alt in zip(slices[0], other):
             arr[odd] = alt
     return _series(series_id, kind, 1 + kind, slices, flags, rng, gap - rng.uniform(0, 0.5), gap)
 
 
-def _axial(rng, anat, series_id, number, groups, tilted, flags) -> Series:
+def _axial(rng, anat, series_id, number, groups, tilted, flags, matrix_scale: int = 1) -> Series:
     """Axial slices, superior -> inferior, one stack per group of levels (consecutive level indices), the stack
-    `tilted` (or -1) rotated 3-8 deg about patient x around its centre; ~5-7 mm margin beyond its end levels."""
+    `tilted` (or -1) rotated 3-8 deg about patient x around its centre; ~5-7 mm margin beyond its end levels;
+    matrix `_MATRICES` x matrix_scale."""
     fov, m = rng.uniform(66, 78), int(rng.choice(_MATRICES, p=_MATRIX_P))
     xy = anat.origin[:2] + (rng.uniform(-3, 3), -3 + rng.uniform(-3, 3))
     level_z = anat.centres()[: L.NUM_LEVELS, 2]
@@ -450,7 +456,7 @@ def _axial(rng, anat, series_id, number, groups, tilted, flags) -> Series:
         r, c = _orientation(flags, _AXIAL_AXES, tilt)
         normal = np.cross(r, c) * np.sign(np.cross(r, c)[2])  # superior-pointing
         centre = np.array([*xy, (top + bottom) / 2])
-        slices.append(_stack(centre + np.outer(z - centre[2], normal), r, c, fov, m))
+        slices.append(_stack(centre + np.outer(z - centre[2], normal), r, c, fov, m * matrix_scale))
     return _series(series_id, 2, number, slices, flags, rng, gap - rng.uniform(0, 0.4), gap)
 
 
@@ -538,9 +544,14 @@ _ANNOTATED_KIND = (1, 0, 0, 2, 2)  # series kind on which each condition is anno
 _SUBSTACK_GROUPS = ([[0, 1, 2], [3, 4]], [[0, 1], [2, 3, 4]], [[0, 1], [2, 3], [4]], [[0], [1, 2], [3, 4]])
 
 
-def make_study(seed: int, index: int, quirks: bool = True, split: str = "train", ids=None, latent=None) -> Study:
+def make_study(seed: int, index: int, quirks: bool = True, split: str = "train", ids=None, latent=None,
+               matrix_scale: int = 1) -> Study:
     """Plan study `index` of dataset `seed` (cheap: no pixels). ids: its row of `draw_ids` (computed if None).
-    latent: optional int [25] forcing the latent severities (then written = latent): for tests and demos."""
+    latent: optional int [25] forcing the latent severities (then written = latent): for tests and demos.
+    matrix_scale: the drawn in-plane matrix (64-96 px) is multiplied by it (5: 320-480 px, Kaggle-like); the
+    random draws do not depend on it, so ids, labels, anatomy and geometry (up to the finer pixel grid) match."""
+    if not (isinstance(matrix_scale, (int, np.integer)) and matrix_scale >= 1):
+        raise ValueError(f"matrix_scale must be an integer >= 1, got {matrix_scale!r}")
     ids = draw_ids(seed, index + 1)[index] if ids is None else ids
     lat, written, missing_condition = _draw_labels(seed, index, quirks)
     if latent is not None:
@@ -552,12 +563,13 @@ def make_study(seed: int, index: int, quirks: bool = True, split: str = "train",
     tilted = int(rng.integers(len(groups)))
     if not flags[2].get("axial_substacks"):
         groups, tilted = [list(range(L.NUM_LEVELS))], -1
-    series = [_sagittal(rng, anat, ids[1], 0, flags[0]), _sagittal(rng, anat, ids[2], 1, flags[1]),
-              _axial(rng, anat, ids[3], 3, groups, tilted, flags[2])]
+    series = [_sagittal(rng, anat, ids[1], 0, flags[0], matrix_scale),
+              _sagittal(rng, anat, ids[2], 1, flags[1], matrix_scale),
+              _axial(rng, anat, ids[3], 3, groups, tilted, flags[2], matrix_scale)]
     entries = []
     if "two_axial_series" in study_quirks:  # a shorter repeat over two levels
         first = int(rng.integers(L.NUM_LEVELS - 1))
-        series.append(_axial(rng, anat, ids[4], 4, [[first, first + 1]], -1, {}))
+        series.append(_axial(rng, anat, ids[4], 4, [[first, first + 1]], -1, {}, matrix_scale))
         entries.append(("two_axial_series", int(ids[4]), "shorter extra series"))
     if "missing_series" in study_quirks:
         kind = _MISSING_SERIES_CYCLE[(index // QUIRK_PERIOD) % len(_MISSING_SERIES_CYCLE)]
@@ -739,12 +751,14 @@ def _write_csv(path: str, header: str, rows: list) -> int:
 
 
 def write_synthetic_dataset(out_dir: str, num_studies: int, seed: int, num_test_studies: int = 0,
-                            quirks: bool = True, workers: int = 1, progress: bool = True) -> dict:
+                            quirks: bool = True, workers: int = 1, progress: bool = True,
+                            matrix_scale: int = 1) -> dict:
     """Write a complete Kaggle-layout dataset of num_studies train (+ num_test_studies test) studies to
     out_dir and return its summary, also written as synthetic_summary.json. Same arguments -> byte-identical
     files, whatever `workers`. The summary is removed first and written last, so its presence marks a
     complete dataset and an interrupted run can simply be repeated into the same folder (every file is
-    rewritten; nothing else there is touched)."""
+    rewritten; nothing else there is touched). matrix_scale: in-plane matrix multiplier (`make_study`); the
+    summary records it when it is not 1 (scale 1 writes exactly the files it always did)."""
     os.makedirs(out_dir, exist_ok=True)
     marker = os.path.join(out_dir, "synthetic_summary.json")
     if os.path.exists(marker):
@@ -752,7 +766,8 @@ def write_synthetic_dataset(out_dir: str, num_studies: int, seed: int, num_test_
     start = time.time()
     total = num_studies + num_test_studies
     ids = draw_ids(seed, total)
-    studies = [make_study(seed, i, quirks, "train" if i < num_studies else "test", ids[i]) for i in range(total)]
+    studies = [make_study(seed, i, quirks, "train" if i < num_studies else "test", ids[i], matrix_scale=matrix_scale)
+               for i in range(total)]
     bar = dict(total=total, desc="synthetic studies", unit="study", disable=not progress)
     if workers > 1:  # spawn, not fork: the caller may be a multithreaded (JAX) process
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -806,6 +821,8 @@ def write_synthetic_dataset(out_dir: str, num_studies: int, seed: int, num_test_
         "quirks": {name: occurrences[name] for name in sorted(occurrences)},
         "unreadable_files": sorted(p for r in results for p in r["unreadable"]),
     }
+    if matrix_scale != 1:
+        summary["matrix_scale"] = int(matrix_scale)
     with open(marker + ".tmp", "w") as f:
         json.dump(summary, f, indent=1, sort_keys=True)
     os.replace(marker + ".tmp", marker)
@@ -825,9 +842,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--quirks", action=argparse.BooleanOptionalAction, default=True,
                         help="real-data oddities (module docstring); --no-quirks for clean files")
     parser.add_argument("--workers", type=int, default=1, help="processes writing studies")
+    parser.add_argument("--matrix_scale", type=int, default=1,
+                        help="multiply the in-plane matrix of every series (64-96 px) by this: 5 gives 320-480 px "
+                             "slices, the Kaggle sizes (same studies, labels and geometry; ~25x the pixels)")
     args = parser.parse_args(argv)
     summary = write_synthetic_dataset(args.out, args.studies, args.seed, args.test_studies, args.quirks,
-                                      args.workers)
+                                      args.workers, matrix_scale=args.matrix_scale)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("quirks", "unreadable_files")}, indent=1))
     print("quirks:", json.dumps({k: sorted({o["study_id"] for o in v}) for k, v in summary["quirks"].items()}))
     return summary

@@ -238,6 +238,56 @@ def test_same_seed_identical_files_any_workers_and_other_seed_differs(dataset, t
     assert not np.array_equal(S.render_series(a, a.series[1])[7], S.render_series(b, b.series[1])[7])
 
 
+def test_matrix_scale_multiplies_rows_and_columns_and_keeps_studies_labels_and_ids(dataset, tmp_path):
+    """matrix_scale=2: the same studies (ids, labels, series, instance numbers, quirks) as scale 1, each slice
+    at twice the matrix over the same field of view (so label coordinates about double too)."""
+    root, summary = dataset
+    n = 3  # study indices 0-2: rescaled, MONOCHROME1, RLE and mixed-matrix series among them
+    big = str(tmp_path / "scale2")
+    big_summary = S.write_synthetic_dataset(big, n, SEED, progress=False, matrix_scale=2)
+    assert big_summary["matrix_scale"] == 2 and "matrix_scale" not in summary
+
+    ids = {str(i) for i in S.draw_ids(SEED, n)[:, 0]}  # those of study indices 0..n-1 (CSVs are sorted by id)
+    header, small_labels = read_csv(os.path.join(root, "train.csv"))
+    assert read_csv(os.path.join(big, "train.csv")) == (header, [r for r in small_labels if r[0] in ids])
+    _, small_series = read_csv(os.path.join(root, "train_series_descriptions.csv"))
+    assert read_csv(os.path.join(big, "train_series_descriptions.csv"))[1] == [r for r in small_series if r[0] in ids]
+    _, small_coords = read_csv(os.path.join(root, "train_label_coordinates.csv"))
+    _, big_coords = read_csv(os.path.join(big, "train_label_coordinates.csv"))
+    small_coords = [r for r in small_coords if r[0] in ids]
+    assert [r[:5] for r in big_coords] == [r[:5] for r in small_coords]  # study, series, instance, condition, level
+    np.testing.assert_allclose([[float(v) for v in r[5:]] for r in big_coords],
+                               [[2 * float(v) + 0.5 for v in r[5:]] for r in small_coords], atol=0.01)
+
+    files = 0
+    for study_id, series_id, _ in small_series:
+        if study_id not in ids:
+            continue
+        small_files, big_files = (series_files(r, "train", study_id, series_id) for r in (root, big))
+        assert [os.path.basename(f) for f in big_files] == [os.path.basename(f) for f in small_files]
+        for a, b in zip(small_files, big_files):
+            try:
+                small, large = pydicom.dcmread(a), pydicom.dcmread(b)
+            except InvalidDicomError:  # the junk file of a quirky series, in both
+                continue
+            assert (large.Rows, large.Columns) == (2 * small.Rows, 2 * small.Columns)
+            assert large.ImageOrientationPatient == small.ImageOrientationPatient
+            assert large.InstanceNumber == small.InstanceNumber
+            np.testing.assert_allclose(np.array(large.PixelSpacing, float), np.array(small.PixelSpacing, float) / 2,
+                                       atol=1e-6)
+            files += 1
+    assert files > 100
+    quirks = {k: [o for o in v if str(o["study_id"]) in ids] for k, v in summary["quirks"].items()}
+    assert big_summary["quirks"] == {k: v for k, v in quirks.items() if v}
+
+    plain, scaled = S.make_study(SEED, 2), S.make_study(SEED, 2, matrix_scale=2)
+    assert np.array_equal(plain.labels, scaled.labels) and plain.study_id == scaled.study_id
+    for a, b in zip(plain.series, scaled.series):
+        assert a.series_id == b.series_id and np.array_equal(b.shape, 2 * a.shape)
+    with pytest.raises(ValueError, match="matrix_scale"):
+        S.make_study(SEED, 0, matrix_scale=0)
+
+
 def test_cli_no_quirks_writes_clean_files(tmp_path, capsys):
     out = str(tmp_path / "clean")
     summary = S.main(["--out", out, "--studies", "3", "--seed", "5", "--no-quirks", "--test_studies", "1"])
