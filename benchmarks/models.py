@@ -54,7 +54,8 @@ def _jax_encoder(kind: str, variant: str, p: dict):
 
 
 def _jax_steps(model, batch: int, shape) -> tuple[Any, Any, dict]:
-    """(train step thunk, inference thunk, {'params', 'train_flops', 'infer_flops', 'compile_s'})."""
+    """(train step thunk, inference thunk, {'params', 'train_flops', 'infer_flops', 'compile_s', 'compiled':
+    {'train', 'inference'}: the compiled XLA programs, for profiling})."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -99,7 +100,7 @@ def _jax_steps(model, batch: int, shape) -> tuple[Any, Any, dict]:
         jax.block_until_ready(infer_compiled(box["state"], x))
 
     info = {"params": int(params), "compile_s": compile_s, "train_flops": _flops(train_compiled),
-            "infer_flops": _flops(infer_compiled)}
+            "infer_flops": _flops(infer_compiled), "compiled": {"train": train_compiled, "inference": infer_compiled}}
     return train_step, inference, info
 
 
