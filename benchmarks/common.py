@@ -40,28 +40,32 @@ class Context:
     """What the sections share within one run: mode, scratch dir, the peer, and cached inputs.
 
     `synthetic(n)` generates (once per run) a clean Kaggle-layout folder of n studies (`quirks=False`, seed
-    `SEED`); `built(config, n)` gives a TFDS data dir holding `rsna_lumbar_spine/{config}` built from it (a
-    build the data section timed is reused via `remember_build`, otherwise one is built untimed).
+    `SEED`), `synthetic(n, matrix_scale=k)` the same studies with k times the in-plane matrix (5: 320-480 px
+    slices, as in the real data); `built(config, n)` gives a TFDS data dir holding `rsna_lumbar_spine/{config}`
+    built from it (a build the data section timed is reused via `remember_build`, otherwise one is built
+    untimed).
     """
 
     smoke: bool
     workdir: str
     repo: str
     peer: dict[str, Any]
-    _synthetic: dict[int, str] = dataclasses.field(default_factory=dict)
+    _synthetic: dict[tuple[int, int], str] = dataclasses.field(default_factory=dict)
     _built: dict[tuple[str, int], str] = dataclasses.field(default_factory=dict)
 
     SEED = 0
 
-    def synthetic(self, num_studies: int) -> str:
-        if num_studies not in self._synthetic:
+    def synthetic(self, num_studies: int, matrix_scale: int = 1) -> str:
+        key = (num_studies, matrix_scale)
+        if key not in self._synthetic:
             from lumbar_jax.data.synthetic import write_synthetic_dataset
 
-            out = os.path.join(self.workdir, f"synthetic_{num_studies}")
+            name = f"synthetic_{num_studies}" + (f"_x{matrix_scale}" if matrix_scale != 1 else "")
+            out = os.path.join(self.workdir, name)
             write_synthetic_dataset(out, num_studies=num_studies, seed=self.SEED, quirks=False, workers=1,
-                                    progress=False)
-            self._synthetic[num_studies] = out
-        return self._synthetic[num_studies]
+                                    progress=False, matrix_scale=matrix_scale)
+            self._synthetic[key] = out
+        return self._synthetic[key]
 
     def remember_build(self, config: str, num_studies: int, data_dir: str) -> None:
         self._built.setdefault((config, num_studies), data_dir)

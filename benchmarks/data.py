@@ -16,6 +16,11 @@
      its >= 2x target) is against the cheaper peer without it.
    - Agreement check (untimed): both outputs of the first studies, normalised alike, are compared (Pearson
      correlation and mean |difference| in uint8 levels), so a wrong axis code cannot go unnoticed.
+   - Kaggle-like slices: the default synthetic slices are small (64-96 px) to keep tests fast, the real ones
+     are 320-512 px. A third row times the same pair of pipelines (interleaved, same shape, same LOAD_TARGET)
+     on other studies written with `matrix_scale=5` (320-480 px slices, ~25x the pixels; same seed, so the
+     same anatomy and series), where pixel decoding, conversion and resampling weigh more against the
+     per-file parsing. Its agreement with the peer is checked on its first study.
 2. Build: `lumbar_jax.data.build.build_dataset(manual_dir, fresh_data_dir, "r64", workers=W)` end to end, for
    W = 1 and 2, at N studies and at a small n0, interleaved. End-to-end rate N / t(N) (what a user waits for,
    including the worker pool's start-up) and steady-state rate (N - n0) / (t(N) - t(n0)) (fixed costs
@@ -37,11 +42,11 @@ import numpy as np
 from benchmarks import common
 
 FULL = dict(load_studies=12, volume_shape=(32, 128, 128), load_repeats=7, load_warmup=1, agreement_studies=3,
-            equal_work_studies=4, equal_work_repeats=3,
+            equal_work_studies=4, equal_work_repeats=3, kaggle_studies=6, kaggle_matrix_scale=5,
             build_config="r64", build_studies=24, build_base_studies=2, build_repeats=3,
             capacity_repeats=5, capacity_work=2_000_000)
 SMOKE = dict(load_studies=2, volume_shape=(8, 32, 32), load_repeats=2, load_warmup=1, agreement_studies=1,
-             equal_work_studies=1, equal_work_repeats=1,
+             equal_work_studies=1, equal_work_repeats=1, kaggle_studies=1, kaggle_matrix_scale=2,
              build_config="r64", build_studies=2, build_base_studies=1, build_repeats=1,
              capacity_repeats=1, capacity_work=50_000)
 LOAD_TARGET = 2.0  # lumbar_jax studies/s >= 2x MONAI's
@@ -106,6 +111,37 @@ def _agreement(entries, shape, transforms) -> dict[str, Any]:
             "max_mean_abs_diff_uint8": max(mean_abs)}
 
 
+def _load_timings(ctx: common.Context, entries, shape: tuple[int, int, int], p: dict) -> dict[str, Any]:
+    """{"lumbar_jax": Timing, "monai": Timing or a status}: `load_study_volumes` over `entries` against the
+    peer's plain pipeline over the same series, interleaved (lumbar_jax alone without the peer)."""
+    from lumbar_jax.data import study
+
+    n = len(entries)
+
+    def ours():
+        for entry in entries:
+            study.load_study_volumes(entry.series_dirs, shape)
+
+    if not ctx.peer["available"]:
+        return {"lumbar_jax": common.measure(ours, items=n, repeats=p["load_repeats"], warmup=p["load_warmup"]),
+                "monai": common.status(ctx.peer["reason"] or "not measured")}
+    series = _chosen_series(entries)
+    plain = monai_transforms(shape, normalise=False)
+    return common.measure_interleaved(
+        {"lumbar_jax": ours, "monai": lambda: [plain[plane](d) for plane, d in series]},
+        items={"lumbar_jax": n, "monai": n}, repeats=p["load_repeats"], warmup=p["load_warmup"])
+
+
+def _slice_sizes(ctx: common.Context, num_studies: int, matrix_scale: int) -> tuple[int, int]:
+    """(smallest, largest) Rows of the slices of the synthetic studies `ctx.synthetic(num_studies, matrix_scale)`
+    (from the generator's plan: no file is read)."""
+    from lumbar_jax.data.synthetic import make_study
+
+    rows = [int(r) for i in range(num_studies)
+            for s in make_study(ctx.SEED, i, quirks=False, matrix_scale=matrix_scale).series for r in s.shape[:, 0]]
+    return min(rows), max(rows)
+
+
 def _load_rows(ctx: common.Context, p: dict) -> tuple[list[dict], dict]:
     from lumbar_jax.data import study
 
@@ -113,21 +149,13 @@ def _load_rows(ctx: common.Context, p: dict) -> tuple[list[dict], dict]:
     entries = _entries(ctx.synthetic(max(p["load_studies"], p["build_studies"])), p["load_studies"])
     n = len(entries)
 
-    def ours():
-        for entry in entries:
-            study.load_study_volumes(entry.series_dirs, shape)
-
     extra: dict[str, Any] = {"studies": n, "volume_shape": list(shape), "series": len(_chosen_series(entries))}
     missing = common.status(ctx.peer["reason"] or "not measured")
-    timings = {"monai": missing}
     equal = {"monai_uint8": missing, "lumbar_jax": None}
     n_equal = min(p["equal_work_studies"], n)
+    timings = _load_timings(ctx, entries, shape, p)
     if ctx.peer["available"]:
-        series = _chosen_series(entries)
         plain = monai_transforms(shape, normalise=False)
-        timings = common.measure_interleaved(
-            {"lumbar_jax": ours, "monai": lambda: [plain[plane](d) for plane, d in series]},
-            items={"lumbar_jax": n, "monai": n}, repeats=p["load_repeats"], warmup=p["load_warmup"])
         # Equal work (MONAI also normalises to uint8): a separate, smaller measurement, because MONAI's
         # percentile on a tensor (torch.quantile, a full sort) makes each repetition several times longer.
         subset, subset_series = entries[:n_equal], _chosen_series(entries[:n_equal])
@@ -139,8 +167,17 @@ def _load_rows(ctx: common.Context, p: dict) -> tuple[list[dict], dict]:
             warmup=p["load_warmup"])
         extra["agreement"] = _agreement(entries[: p["agreement_studies"]], shape, plain)
     else:
-        timings["lumbar_jax"] = common.measure(ours, items=n, repeats=p["load_repeats"], warmup=p["load_warmup"])
         equal["lumbar_jax"] = timings["lumbar_jax"]
+
+    # Kaggle-like slice sizes: other studies, same measurement.
+    n_big, scale = p["kaggle_studies"], p["kaggle_matrix_scale"]
+    big_entries = _entries(ctx.synthetic(n_big, matrix_scale=scale), n_big)
+    big_timings = _load_timings(ctx, big_entries, shape, p)
+    px = _slice_sizes(ctx, n_big, scale)
+    extra["kaggle"] = {"studies": len(big_entries), "matrix_scale": scale, "slice_px": list(px),
+                       "series": len(_chosen_series(big_entries))}
+    if ctx.peer["available"]:
+        extra["kaggle"]["agreement"] = _agreement(big_entries[:1], shape, monai_transforms(shape, normalise=False))
     shape_text = "x".join(map(str, shape))
     rows = [
         common.row("data.load_study", f"DICOM study -> 3 canonical volumes {shape_text} ({n} studies)",
@@ -152,6 +189,11 @@ def _load_rows(ctx: common.Context, p: dict) -> tuple[list[dict], dict]:
                    "studies/s", equal["lumbar_jax"], equal["monai_uint8"],
                    note="peer + ScaleIntensityRangePercentiles(0.5, 99.5) + CastToType(uint8): same output, "
                         "equal work; MONAI's percentile of a tensor is torch.quantile (a full sort)"),
+        common.row("data.load_study_kaggle",
+                   f"DICOM study -> 3 canonical volumes {shape_text}, Kaggle-like slices ({px[0]}-{px[1]} px, "
+                   f"{len(big_entries)} studies)", "studies/s", big_timings["lumbar_jax"], big_timings["monai"],
+                   target=LOAD_TARGET,
+                   note=f"as data.load_study, on studies written with matrix_scale={scale} (real slices: 320-512 px)"),
     ]
     return rows, extra
 
@@ -219,19 +261,21 @@ def run(ctx: common.Context) -> dict[str, Any]:
         load_rows, load_extra = _load_rows(ctx, p)
     build_rows, build_extra = _build_rows(ctx, p)
     extra_md = {}
-    if "agreement" in load_extra:
-        a = load_extra["agreement"]
-        extra_md["agreement with the peer (untimed)"] = (
-            f"{a['series_compared']} series, min correlation {a['min_correlation']:.3f}, max mean |diff| "
-            f"{a['max_mean_abs_diff_uint8']:.1f} uint8 levels")
-    load = load_rows[0]
-    if load["ratio"] is not None:
-        ours_cpu, peer_cpu = load["lumbar_jax"]["cpu_median_s"], load["peer"]["cpu_median_s"]
-        n = load_extra["studies"]
-        load_extra["cpu_ratio"] = peer_cpu / ours_cpu
-        extra_md["CPU time per study (process time, all threads; little moved by other jobs)"] = (
-            f"lumbar_jax {1e3 * ours_cpu / n:.0f} ms, peer {1e3 * peer_cpu / n:.0f} ms: "
-            f"ratio {peer_cpu / ours_cpu:.2f}x (peer CPU / lumbar_jax CPU)")
+    for label, where in (("", load_extra), (", Kaggle-like slices", load_extra["kaggle"])):
+        if "agreement" in where:
+            a = where["agreement"]
+            extra_md[f"agreement with the peer{label} (untimed)"] = (
+                f"{a['series_compared']} series, min correlation {a['min_correlation']:.3f}, max mean |diff| "
+                f"{a['max_mean_abs_diff_uint8']:.1f} uint8 levels")
+    for label, load, where in (("", load_rows[0], load_extra),
+                               (", Kaggle-like slices", load_rows[2], load_extra["kaggle"])):
+        if load["ratio"] is not None:
+            ours_cpu, peer_cpu = load["lumbar_jax"]["cpu_median_s"], load["peer"]["cpu_median_s"]
+            n = where["studies"]
+            where["cpu_ratio"] = peer_cpu / ours_cpu
+            extra_md[f"CPU time per study{label} (process time, all threads; little moved by other jobs)"] = (
+                f"lumbar_jax {1e3 * ours_cpu / n:.0f} ms, peer {1e3 * peer_cpu / n:.0f} ms: "
+                f"ratio {peer_cpu / ours_cpu:.2f}x (peer CPU / lumbar_jax CPU)")
     capacity = next(r for r in build_rows if r["id"] == "data.cpu_capacity")["ratio"]
     scaling = next(r for r in build_rows if r["id"] == "data.build_scaling_steady")["ratio"]
     if capacity and scaling:

@@ -17,15 +17,15 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 EXPECTED_ROWS = {
-    "data": ["data.load_study", "data.load_study_uint8", "data.cpu_capacity", "data.build_1w", "data.build_2w",
-             "data.build_scaling", "data.build_scaling_steady"],
+    "data": ["data.load_study", "data.load_study_uint8", "data.load_study_kaggle", "data.cpu_capacity",
+             "data.build_1w", "data.build_2w", "data.build_scaling", "data.build_scaling_steady"],
     "pipeline": ["pipeline.in_process", "pipeline.workers", "pipeline.worker_scaling"],
     "models": ["models.vit_s.train_step", "models.vit_s.inference", "models.effnet_b0.train_step",
                "models.effnet_b0.inference", "models.fused.smoke"],
 }
 ROW_KEYS = {"id", "name", "unit", "lumbar_jax", "peer", "ratio", "ratio_best", "ratio_of", "peer_label", "target",
             "target_text", "target_met", "note"}
-PEER_ROWS = ("data.load_study", "data.load_study_uint8")  # rows whose peer is MONAI
+PEER_ROWS = ("data.load_study", "data.load_study_uint8", "data.load_study_kaggle")  # rows whose peer is MONAI
 
 
 def _peer_installed() -> bool:
@@ -57,6 +57,7 @@ def _check_results(out_dir, sections, peer_installed):
                     assert r["peer"]["status"] == "not installed" and r["ratio"] is None
     if "data" in sections and peer_installed:  # the peer produced the same volumes (wrong axcodes would not)
         assert results["sections"]["data"]["load"]["agreement"]["min_correlation"] > 0.99
+        assert results["sections"]["data"]["load"]["kaggle"]["agreement"]["min_correlation"] > 0.99
 
     with open(os.path.join(out_dir, "results.md")) as f:
         table = f.read()
