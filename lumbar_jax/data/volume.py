@@ -63,6 +63,56 @@ def resample(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+_SAMPLE = 8192  # values sampled (fixed seed) to bracket the order statistics of a percentile
+_MIN_FAST = 1 << 16  # smaller volumes: np.percentile itself
+
+
+def _order_statistics(flat: np.ndarray, first: int, sample: np.ndarray, low: bool) -> np.ndarray | None:
+    """sorted(flat)[first], sorted(flat)[first + 1], found in a tail of `flat` (no NaN): the values below a
+    threshold taken from the sorted `sample` (low) or above one; None where the tail misses those positions."""
+    n, m = flat.size, sample.size
+    expected = (first + 2 if low else n - first) * m / n  # sampled values expected in the tail
+    j = int(expected + 4 * np.sqrt(expected) + 16)  # a margin of ~4 standard deviations
+    threshold = sample[min(j, m - 1)] if low else sample[max(m - 1 - j, 0)]
+    tail = flat[flat <= threshold] if low else flat[flat >= threshold]
+    offset = 0 if low else n - tail.size  # sorted(flat)[offset + i] == sorted(tail)[i]
+    if not offset <= first < first + 1 < offset + tail.size:
+        return None
+    beyond = np.count_nonzero(tail < threshold) if low else np.count_nonzero(tail > threshold)
+    if (first >= beyond) if low else (first + 1 < n - beyond):  # both are ties of the threshold
+        return np.full(2, threshold, dtype=flat.dtype)
+    kth = [first - offset, first + 1 - offset]
+    return np.partition(tail, kth)[kth]
+
+
+def clip_range(volume: np.ndarray) -> tuple[float, float]:
+    """`np.percentile(volume, CLIP_PERCENTILES)` of a float volume (as float32, as normalised), the same
+    values (bit for bit, but for the sign of a zero: -0.0 and 0.0 tie) in a fraction of its time for large
+    volumes, which np.percentile partitions whole.
+
+    Numpy's linear percentile (method 7 of Hyndman & Fan) is x[i] + g (x[i + 1] - x[i]) of the sorted values
+    x, where i + g = (n - 1) q. The two order statistics are found exactly in a small tail of the volume
+    (bracketed by thresholds from a sample) and np.quantile of just the pair at q' = g, whose own index
+    (2 - 1) g is g exactly, interpolates them with numpy's code. NaN in the volume, small volumes or a sample
+    that misses: np.percentile.
+    """
+    flat = np.asarray(volume, dtype=np.float32).reshape(-1)
+    n = flat.size
+    if n < _MIN_FAST or np.isnan(flat.max()):
+        return tuple(np.percentile(flat, CLIP_PERCENTILES))
+    # A random sample: a strided one could line up with the rows of the volume (e.g. only its edges).
+    sample = np.sort(flat[np.random.default_rng(0).integers(0, n, _SAMPLE)])
+    result = []
+    for percentile, low in zip(CLIP_PERCENTILES, (True, False)):
+        index = (n - 1) * np.true_divide(percentile, 100)  # np.percentile's virtual index (float64)
+        first = int(np.floor(index))
+        pair = _order_statistics(flat, first, sample, low)
+        if pair is None:
+            return tuple(np.percentile(flat, CLIP_PERCENTILES))
+        result.append(np.quantile(pair, np.array([index - first]))[0])
+    return tuple(result)
+
+
 def normalize_uint8(volume: np.ndarray) -> np.ndarray:
     """Clip `volume` to its 0.5 and 99.5 percentiles and scale linearly to uint8 [0, 255] (same shape).
 
@@ -70,13 +120,10 @@ def normalize_uint8(volume: np.ndarray) -> np.ndarray:
     its own robust range. A volume whose clip range is empty (constant) gives zeros rather than NaN.
     """
     volume = np.asarray(volume, dtype=np.float32)
-    # One float32 scratch array serves twice: the percentiles partition it in place (np.percentile would
-    # otherwise copy the volume itself), then it holds the scaled values (every step in place).
-    scratch = volume.copy()
-    lo, hi = np.percentile(scratch, CLIP_PERCENTILES, overwrite_input=True)
+    lo, hi = clip_range(volume)
     if not hi > lo:
         return np.zeros(volume.shape, dtype=np.uint8)
-    scaled = np.subtract(volume, np.float32(lo), out=scratch)
+    scaled = np.subtract(volume, np.float32(lo))  # then every step in place
     scaled *= np.float32(255.0 / (hi - lo))
     np.clip(scaled, 0.0, 255.0, out=scaled)
     return np.rint(scaled, out=scaled).astype(np.uint8)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lumbar_jax.data.volume import CLIP_PERCENTILES, normalize_uint8, resample, to_record_volume
+from lumbar_jax.data.volume import CLIP_PERCENTILES, clip_range, normalize_uint8, resample, to_record_volume
 
 SHAPES = [(16, 64, 64), (7, 5, 3), (20, 40, 40), (40, 80, 30), (1, 9, 9)]
 
@@ -93,6 +93,45 @@ def test_normalize_constant_volume_gives_zeros_without_warnings(value):
         warnings.simplefilter("error")
         out = normalize_uint8(np.full((3, 4, 5), value, dtype=np.float32))
     assert out.dtype == np.uint8 and not out.any()
+
+
+def _tricky_values(n: int) -> dict[str, np.ndarray]:
+    """float32 [n] value distributions that stress an order-statistics shortcut: ties (background zeros, a
+    dominant value, few levels), sorted input, infinities, NaN, signed zeros, repeated blocks."""
+    rng = np.random.default_rng(4)
+    with_nan = rng.standard_normal(n)
+    with_nan[n // 3] = np.nan
+    values = {
+        "gamma": rng.gamma(2.0, 300.0, n), "normal": rng.standard_normal(n), "integers": rng.integers(0, 4096, n),
+        "three_levels": rng.integers(0, 3, n), "zero_background": np.where(rng.random(n) < 0.4, 0, rng.gamma(2, 3, n)),
+        "dominant": np.where(rng.random(n) < 0.997, 1.0, rng.standard_normal(n)), "constant": np.full(n, 7.0),
+        "sorted": np.sort(rng.standard_normal(n)), "reversed": np.sort(rng.standard_normal(n))[::-1],
+        "inf": np.where(rng.random(n) < 0.003, np.inf, rng.standard_normal(n)),
+        "minus_inf": np.where(rng.random(n) < 0.001, -np.inf, rng.standard_normal(n)), "nan": with_nan,
+        "blocks": np.repeat(rng.standard_normal(n // 64 + 1), 64)[:n], "huge": rng.standard_normal(n) * 1e30,
+        "signed_zeros": np.where(rng.random(n) < 0.5, -0.0, rng.standard_normal(n)),
+    }
+    return {name: v.astype(np.float32) for name, v in values.items()}
+
+
+@pytest.mark.parametrize("n", [1000, (1 << 16) + 1, 32 * 128 * 128])
+def test_clip_range_is_numpys_percentile_and_normalize_unchanged(n):
+    """clip_range = np.percentile (bit for bit, up to the sign of a zero); normalize_uint8 gives exactly what
+    clipping at np.percentile's values gives."""
+    for name, values in _tricky_values(n).items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # inf - inf inside np.percentile, both ways
+            expected, got = np.percentile(values, CLIP_PERCENTILES), np.array(clip_range(values))
+            if name != "signed_zeros":
+                assert got.tobytes() == expected.tobytes(), name
+            np.testing.assert_array_equal(got, expected, err_msg=name)  # NaN == NaN, -0.0 == 0.0 here
+            lo, hi = expected
+            if hi > lo:
+                scaled = (values - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+                reference = np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+            else:
+                reference = np.zeros(n, dtype=np.uint8)
+            np.testing.assert_array_equal(normalize_uint8(values), reference, err_msg=name)
 
 
 def test_to_record_volume_is_resample_then_normalize(volume):
