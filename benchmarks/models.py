@@ -29,7 +29,7 @@ from typing import Any
 
 from benchmarks import common
 
-FULL = dict(batch=4, shape=(32, 128, 128), vit="vit_s", effnet="effnet_b0", vit_patch=(4, 16, 16), repeats=3,
+FULL = dict(batch=4, shape=(32, 128, 128), vit="vit_s", effnet="effnet_b0", vit_patch=(4, 16, 16), repeats=5,
             fused_batch={"": 12, "r128": 2}, fused_repeats=3, matmul=2048)
 SMOKE = dict(batch=2, shape=(32, 32, 32), vit="vit_tiny_test", effnet="effnet_tiny_test", vit_patch=(4, 16, 16),
              repeats=1, fused_batch={"smoke": 4}, fused_repeats=1, matmul=256)
