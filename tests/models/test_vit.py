@@ -45,3 +45,21 @@ def test_input_must_be_a_multiple_of_the_patch():
         token_grid((16, 60, 64), (4, 16, 16))
     with pytest.raises(ValueError, match="not a multiple of the patch"):
         VisionTransformer("vit_tiny_test", input_shape=(10, 64, 64), patch=(4, 16, 16), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_per_head_cpu_attention_equals_dot_product_attention(masked):
+    """`transformer.attention` (per-head dots on CPU, for speed) computes what jax.nn.dot_product_attention does,
+    values and gradients, with and without a key mask."""
+    from lumbar_jax.models.transformer import attention
+
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 7, 3, 8)), jnp.float32) for _ in range(3))
+    mask = jnp.asarray(rng.random((2, 7)) > 0.4).at[:, 0].set(True) if masked else None
+    key_mask = None if mask is None else mask[:, None, None, :]
+    reference = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=key_mask)
+    ours = lambda q, k, v: attention(q, k, v, mask)
+    np.testing.assert_allclose(ours(q, k, v), reference(q, k, v), rtol=1e-5, atol=1e-6)
+    grads = [jax.grad(lambda *a: (f(*a) ** 2).sum(), argnums=(0, 1, 2))(q, k, v) for f in (ours, reference)]
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
