@@ -6,9 +6,9 @@
 Same models, batch and input as the models section (`benchmarks.models`: vit_s / effnet_b0 3D, batch 4 of
 1x32x128x128; `--smoke`: the tiny variants). Writes OUT/profile_models.json and .md and prints the tables.
 
-1. Op profile of one whole step. lumbar_jax: the compiled step runs twice under `jax.profiler.trace(...,
-   create_perfetto_trace=True)`; every XLA:CPU thunk of the second run is matched to its HLO instruction and
-   grouped by kind (dense matmul, batched matmul such as attention's QK^T and PV, convolution, while loop,
+1. Op profile of one whole step. lumbar_jax: after an untimed warm-up, the compiled step runs once under
+   `jax.profiler.trace(..., create_perfetto_trace=True)`; every XLA:CPU thunk of it is matched to its HLO
+   instruction and grouped by kind (dense matmul, batched matmul such as attention's QK^T and PV, convolution, while loop,
    transpose/copy, other fusion: elementwise and reductions) and listed by (kind, output shape, JAX op name).
    MONAI: the step under `torch.profiler`, self CPU time by aten op, grouped into the same kinds. Shares are
    of the summed op time. Caveat: XLA:CPU runs plain Eigen `dot` thunks asynchronously (the trace shows
@@ -76,7 +76,7 @@ def _hlo_kind(name: str, instructions: dict, computations: dict) -> str:
         return "convolution"
     if re.search(r"\bdot\(", text):
         return "batched matmul" if "lhs_batch_dims" in text else "dense matmul"
-    if re.match(r"(copy|transpose)", name) or name.startswith(("copy_", "transpose_")):
+    if name.startswith(("copy", "transpose")):
         return "transpose/copy"
     return "other fusion"
 
@@ -118,7 +118,6 @@ def _jax_profile(kind: str, step: str, p: dict, workdir: str) -> dict[str, Any]:
     fn()
     trace_dir = os.path.join(workdir, f"jax_{kind}_{step}")
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-        fn()
         start = time.perf_counter()
         with jax.profiler.TraceAnnotation("profiled_step"):
             fn()

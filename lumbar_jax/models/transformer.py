@@ -37,10 +37,16 @@ def explicit_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
-    if mask is not None:
-        logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1)
+    weights = _softmax(logits, None if mask is None else mask[:, None, None, :])
     return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v), weights
+
+
+def _softmax(logits: jax.Array, key_mask: jax.Array | None) -> jax.Array:
+    """Softmax over the last (key) axis of float32 `logits`; keys where the broadcastable `key_mask` is False
+    get no weight."""
+    if key_mask is not None:
+        logits = jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(logits, axis=-1)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -50,8 +56,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
     On GPU/TPU `jax.nn.dot_product_attention` (a fused cuDNN kernel where the dtype allows). On CPU one
     batched dot per head instead: XLA:CPU runs the matmuls of `jax.nn.dot_product_attention` (batched over
     B and H, softmax fused in) at about half of PyTorch's bmm rate, while a dot batched over B alone is
-    fast; measured on the vit_s benchmark step (batch 4, 513 tokens, 6 heads): train step -18 %, inference
-    -20 % (`python -m benchmarks.profile_models` shows where the time goes). Softmax in float32 either way.
+    fast. On the vit_s benchmark (batch 4, 513 tokens, 6 heads) this moved lumbar_jax from 0.85x to 0.93x
+    MONAI's train-step rate and from 0.94x to 1.10x its inference rate (`benchmarks/BENCHMARKS.md`;
+    `python -m benchmarks.profile_models` shows where the time goes). Softmax in float32 on CPU.
     """
     if jax.default_backend() != "cpu":
         return jax.nn.dot_product_attention(q, k, v, mask=None if mask is None else mask[:, None, None, :])
@@ -59,9 +66,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
     heads = []
     for h in range(q.shape[2]):
         logits = jnp.einsum("bqd,bkd->bqk", q[:, :, h], k[:, :, h]).astype(jnp.float32) * scale
-        if mask is not None:
-            logits = jnp.where(mask[:, None, :], logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        weights = _softmax(logits, None if mask is None else mask[:, None, :]).astype(v.dtype)
         heads.append(jnp.einsum("bqk,bkd->bqd", weights, v[:, :, h]))
     return jnp.stack(heads, axis=2)
 
