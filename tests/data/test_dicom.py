@@ -576,3 +576,50 @@ def test_every_bundled_image_reads_or_fails_cleanly(name):
     else:
         assert volume.dtype == np.float32 and volume.ndim == 3 and np.all(np.isfinite(volume))
         assert geometry.shape == volume.shape
+
+
+# ------------------------------------------------------------------------------------------ fast header path
+SLICE_FIELDS = ("instance_number", "row_dir", "col_dir", "origin", "pixel_spacing", "rows", "cols", "slope",
+                "intercept", "thickness", "frame")
+
+
+def test_fast_header_path_gives_what_the_pydicom_path_gives(tmp_path, monkeypatch):
+    """`_plain_header` (raw elements) and the pydicom path agree on every field of every file of a quirky
+    synthetic set (rescale, MONOCHROME1, RLE, JPEG 2000, truncated and junk files), and the fast path is the
+    one taken for the plain files; user-changed pydicom conversion settings send every file to pydicom."""
+    from lumbar_jax.data.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(str(tmp_path), 6, seed=0, progress=False)
+    fast = fallback = 0
+    for path in sorted(glob.glob(str(tmp_path / "train_images" / "*" / "*" / "*.dcm"))):
+        try:
+            dataset = pydicom.dcmread(path)
+        except Exception:  # the junk file: the fast path never sees it
+            continue
+        try:
+            plain = dicom._plain_header(path, dataset)
+        except dicom._Skip as skip:
+            plain = str(skip)
+        with monkeypatch.context() as m:  # a fresh dataset: pydicom converts the raw elements it reads
+            m.setattr(dicom, "_plain_header", lambda *args: None)
+            try:
+                (reference,) = dicom._header_slices(path, pydicom.dcmread(path))
+            except dicom._Skip as skip:
+                reference = str(skip)
+        if plain is None:
+            fallback += 1
+            continue
+        fast += 1
+        if isinstance(plain, str) or isinstance(reference, str):
+            assert plain == reference, path  # the same refusal
+            continue
+        for field in SLICE_FIELDS:
+            np.testing.assert_array_equal(getattr(plain, field), getattr(reference, field), err_msg=f"{path} {field}")
+        pixels = plain.plain
+        assert (pixels.bits_allocated, pixels.bits_stored, pixels.pixel_representation) == (
+            dataset.get("BitsAllocated"), dataset.get("BitsStored"), dataset.get("PixelRepresentation"))
+        assert pixels.monochrome1 == (dataset.get("PhotometricInterpretation") == "MONOCHROME1")
+    assert fast > 0.8 * (fast + fallback), (fast, fallback)
+
+    monkeypatch.setattr(pydicom.config, "use_DS_decimal", True)
+    assert dicom._plain_header(path, pydicom.dcmread(path)) is None
