@@ -22,7 +22,7 @@ from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from scipy import ndimage
 
-from lumbar_jax.data import dicom
+from lumbar_jax.data import dicom, dicom_header, dicom_slice
 from lumbar_jax.data.dicom import DicomReadError, DicomSkipWarning, read_series
 
 X0, Y0, Z0 = -40.0, 15.0, 100.0  # grid start (mm): away from 0 so that a missing origin would show
@@ -597,14 +597,14 @@ def test_fast_header_path_gives_what_the_pydicom_path_gives(tmp_path, monkeypatc
         except Exception:  # the junk file: the fast path never sees it
             continue
         try:
-            plain = dicom._plain_header(path, dataset)
-        except dicom._Skip as skip:
+            plain = dicom_header._plain_header(path, dataset)
+        except dicom_slice._Skip as skip:
             plain = str(skip)
         with monkeypatch.context() as m:  # a fresh dataset: pydicom converts the raw elements it reads
             m.setattr(dicom, "_plain_header", lambda *args: None)
             try:
                 (reference,) = dicom._header_slices(path, pydicom.dcmread(path))
-            except dicom._Skip as skip:
+            except dicom_slice._Skip as skip:
                 reference = str(skip)
         if plain is None:
             fallback += 1
@@ -622,4 +622,4 @@ def test_fast_header_path_gives_what_the_pydicom_path_gives(tmp_path, monkeypatc
     assert fast > 0.8 * (fast + fallback), (fast, fallback)
 
     monkeypatch.setattr(pydicom.config, "use_DS_decimal", True)
-    assert dicom._plain_header(path, pydicom.dcmread(path)) is None
+    assert dicom_header._plain_header(path, pydicom.dcmread(path)) is None
