@@ -1,6 +1,7 @@
 """One convention for every command of the project (`python -m lumbar_jax.main`, `scripts/*.py`, the `-m` tools
 and `benchmarks`): argparse flags, usage lines that show how the command is really run, defaults in `--help`,
-and bad input reported as one line on stderr with exit status 2 (argparse's own status for a bad flag).
+and bad input reported as one line `error: ...` on stderr with exit status 2 (argparse's own status for a bad
+flag; a refused flag is reported the same way, in one line).
 
 A command module keeps its heavy imports (JAX, TFDS, matplotlib) inside the function that needs them, so
 that `--help` and a refused flag answer at once.
@@ -14,6 +15,9 @@ that `--help` and a refused flag answer at once.
 
     if __name__ == "__main__":
         sys.exit(cli.run(main))
+
+`main` raises ValueError / OSError with a message naming the bad path, field or value; `cli.run` turns it into
+the one line and the exit status (so a test calls `cli.run(module.main, argv)` to see what a user sees).
 """
 
 from __future__ import annotations
@@ -30,12 +34,25 @@ BAD_INPUT_EXIT = 2
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and every option's default after its help."""
+    """The module docstring as written, and every option's default after its help (none for a required
+    option, an on/off switch or an option without a default)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required or action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a refused command line reported in one line (not the usage line and then the error)."""
+
+    def error(self, message: str):
+        self.exit(BAD_INPUT_EXIT, f"error: {message} (see: {self.prog} --help)\n")
 
 
 def argument_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     """A parser whose usage line is `prog` (how the command is run) and whose description is `doc`."""
-    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=_HelpFormatter)
+    return _ArgumentParser(prog=prog, description=doc, formatter_class=_HelpFormatter)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
