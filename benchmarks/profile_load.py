@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 
+from lumbar_jax import cli
+
 # (stage, module path suffix, function name): cumulative time of these functions; first match wins.
 STAGES = (
     ("pydicom.dcmread (file parsing)", "pydicom/filereader.py", "dcmread"),
@@ -32,14 +34,25 @@ STAGES = (
 )
 
 
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"want three positive integers D,H,W, got {text!r}")
+    return shape
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--studies", type=int, default=12)
-    parser.add_argument("--shape", default="32,128,128")
+    parser = cli.argument_parser("python -m benchmarks.profile_load", __doc__)
+    parser.add_argument("--studies", type=int, default=12, help="synthetic studies to generate and load")
+    parser.add_argument("--shape", type=_shape, default="32,128,128", help="D,H,W of the loaded volumes")
     parser.add_argument("--loops", type=int, default=1, help="passes over the studies")
-    parser.add_argument("--no-profile", action="store_true", help="just run (for an external sampler)")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="just run and print ms/study (for an external sampler)")
     args = parser.parse_args(argv)
-    shape = tuple(int(s) for s in args.shape.split(","))
+    shape = args.shape
 
     from lumbar_jax.data import study
     from lumbar_jax.data.synthetic import write_synthetic_dataset
@@ -79,4 +92,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -31,12 +31,14 @@ import gzip
 import json
 import os
 import re
+import sys
 import tempfile
 import time
 import warnings
 from typing import Any
 
 from benchmarks import common, models
+from lumbar_jax import cli
 
 KINDS = ("dense matmul", "batched matmul", "convolution", "while loop", "transpose/copy", "other fusion")
 TOP_OPS = 12
@@ -170,58 +172,22 @@ def _torch_profile(kind: str, step: str, p: dict) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- components
 def _component_rows(smoke: bool, peer_available: bool) -> list[dict[str, Any]]:
     """Forward and forward+backward ms of one ViT block and its parts, lumbar_jax vs MONAI (see docstring)."""
-    import jax
-    import jax.numpy as jnp
     import numpy as np
-    from flax import nnx
 
-    from lumbar_jax.models import transformer
     from lumbar_jax.models.vit import VIT_VARIANTS
 
     v = VIT_VARIANTS[models.SMOKE["vit"] if smoke else "vit_s"]
     tokens = 2 if smoke else 1 + 8 * 8 * 8  # cls + (32/4) x (128/16)^2 patches
     width, hidden = v.width, int(v.width * v.mlp_ratio)
     x = np.random.default_rng(0).standard_normal((4, tokens, width), np.float32)
-    rngs = nnx.Rngs(0)
-    ours = {
-        "layernorm": transformer.layer_norm(width, dtype=None, param_dtype=jnp.float32, rngs=rngs),
-        "attention (qkv, softmax(QK^T)V, proj)": transformer.Attention(width, v.num_heads, rngs=rngs),
-        "mlp (fc1, GELU, fc2)": transformer.Mlp(width, hidden, width, rngs=rngs),
-        "block (all of the above + residuals)": transformer.Block(width, v.num_heads, rngs=rngs),
-    }
-    fns: dict[str, Any] = {}
-    for name, module in ours.items():
-        graphdef, state = nnx.split(module)
-        xj = jnp.asarray(x)
-        forward = jax.jit(lambda s, x, g=graphdef: nnx.merge(g, s)(x))
-        grad = jax.jit(jax.grad(lambda s, x, g=graphdef: (nnx.merge(g, s)(x) ** 2).sum(), argnums=(0, 1)))
-        fns[(name, "forward", "lumbar_jax")] = lambda f=forward, s=state, x=xj: jax.block_until_ready(f(s, x))
-        fns[(name, "forward+backward", "lumbar_jax")] = lambda f=grad, s=state, x=xj: jax.block_until_ready(f(s, x))
+    fns, names = _jax_component_steps(width, hidden, v.num_heads, x)
     if peer_available:
-        import torch
-        from monai.networks.blocks import MLPBlock, SABlock, TransformerBlock
-
-        common.setup_torch()
-        theirs = dict(zip(ours, (torch.nn.LayerNorm(width), SABlock(width, v.num_heads),
-                                 MLPBlock(width, hidden, 0.0), TransformerBlock(width, hidden, v.num_heads))))
-        xt = torch.from_numpy(x).requires_grad_()
-        for name, module in theirs.items():
-            def forward(m=module):
-                with torch.no_grad():
-                    m(xt)
-
-            def grad(m=module):
-                m.zero_grad(set_to_none=True)
-                xt.grad = None
-                (m(xt) ** 2).sum().backward()
-
-            fns[(name, "forward", "MONAI")] = forward
-            fns[(name, "forward+backward", "MONAI")] = grad
+        fns.update(_monai_component_steps(names, width, hidden, v.num_heads, x))
     repeats = COMPONENT_REPEATS["smoke" if smoke else "full"]
     keyed = {"|".join(k): f for k, f in fns.items()}
     timings = common.measure_interleaved(keyed, items={k: 1 for k in keyed}, repeats=repeats, warmup=1)
     rows = []
-    for name in ours:
+    for name in names:
         for direction in ("forward", "forward+backward"):
             mine = timings[f"{name}|{direction}|lumbar_jax"].median_s * 1e3
             peer = timings.get(f"{name}|{direction}|MONAI")
@@ -229,6 +195,59 @@ def _component_rows(smoke: bool, peer_available: bool) -> list[dict[str, Any]]:
             rows.append({"component": name, "direction": direction, "lumbar_jax_ms": mine, "monai_ms": peer_ms,
                          "ratio": peer_ms / mine if peer_ms else None})
     return rows
+
+
+def _jax_component_steps(width: int, hidden: int, heads: int, x) -> tuple[dict[tuple, Any], list[str]]:
+    """({(component, direction, 'lumbar_jax'): step}, component names): lumbar_jax.models.transformer's
+    LayerNorm, Attention, Mlp and Block, jitted forward and gradient of the sum of squares of the output."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from lumbar_jax.models import transformer
+
+    rngs = nnx.Rngs(0)
+    ours = {
+        "layernorm": transformer.layer_norm(width, dtype=None, param_dtype=jnp.float32, rngs=rngs),
+        "attention (qkv, softmax(QK^T)V, proj)": transformer.Attention(width, heads, rngs=rngs),
+        "mlp (fc1, GELU, fc2)": transformer.Mlp(width, hidden, width, rngs=rngs),
+        "block (all of the above + residuals)": transformer.Block(width, heads, rngs=rngs),
+    }
+    fns: dict[tuple, Any] = {}
+    xj = jnp.asarray(x)
+    for name, module in ours.items():
+        graphdef, state = nnx.split(module)
+        forward = jax.jit(lambda s, x, g=graphdef: nnx.merge(g, s)(x))
+        grad = jax.jit(jax.grad(lambda s, x, g=graphdef: (nnx.merge(g, s)(x) ** 2).sum(), argnums=(0, 1)))
+        fns[(name, "forward", "lumbar_jax")] = lambda f=forward, s=state: jax.block_until_ready(f(s, xj))
+        fns[(name, "forward+backward", "lumbar_jax")] = lambda f=grad, s=state: jax.block_until_ready(f(s, xj))
+    return fns, list(ours)
+
+
+def _monai_component_steps(names: list[str], width: int, hidden: int, heads: int, x) -> dict[tuple, Any]:
+    """{(component, direction, 'MONAI'): step}: MONAI's nn.LayerNorm, SABlock, MLPBlock and TransformerBlock
+    in the order of `names`, forward under no_grad and backward of the sum of squares of the output."""
+    import torch
+    from monai.networks.blocks import MLPBlock, SABlock, TransformerBlock
+
+    common.setup_torch()
+    theirs = dict(zip(names, (torch.nn.LayerNorm(width), SABlock(width, heads), MLPBlock(width, hidden, 0.0),
+                              TransformerBlock(width, hidden, heads))))
+    xt = torch.from_numpy(x).requires_grad_()
+    fns: dict[tuple, Any] = {}
+    for name, module in theirs.items():
+        def forward(m=module):
+            with torch.no_grad():
+                m(xt)
+
+        def grad(m=module):
+            m.zero_grad(set_to_none=True)
+            xt.grad = None
+            (m(xt) ** 2).sum().backward()
+
+        fns[(name, "forward", "MONAI")] = forward
+        fns[(name, "forward+backward", "MONAI")] = grad
+    return fns
 
 
 # ---------------------------------------------------------------------------------------------- reporting
@@ -286,27 +305,17 @@ def _names(choices: tuple[str, ...]):
     return parse
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", type=_names(("vit", "effnet")), default=["vit", "effnet"])
-    parser.add_argument("--steps", type=_names(("train", "inference")), default=["train", "inference"])
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.argument_parser("python -m benchmarks.profile_models", __doc__)
+    parser.add_argument("--models", type=_names(("vit", "effnet")), default="vit,effnet",
+                        help="comma-separated models to profile, of vit,effnet (the component table: vit only)")
+    parser.add_argument("--steps", type=_names(("train", "inference")), default="train,inference",
+                        help="comma-separated steps to profile, of train,inference")
     parser.add_argument("--smoke", action="store_true", help="tiny models and sizes: checks that it runs")
-    parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
+    parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"),
+                        help="directory for profile_models.json and profile_models.md")
     args = parser.parse_args(argv)
-    p = models.SMOKE if args.smoke else models.FULL
-    peer = common.peer_status()
-    results: dict[str, Any] = {"machine": common.machine_info(REPO), "profiles": []}
-    with tempfile.TemporaryDirectory(prefix="profile_models_") as workdir:
-        for kind in args.models:
-            for step in args.steps:
-                print(f"profiling {p[kind]} {step} ...", flush=True)
-                entry = {"model": p[kind], "step": step, "lumbar_jax": _jax_profile(kind, step, p, workdir)}
-                if peer["available"]:
-                    entry["monai"] = _torch_profile(kind, step, p)
-                results["profiles"].append(entry)
-    if "vit" in args.models:
-        print("timing ViT block components ...", flush=True)
-        results["components"] = _component_rows(args.smoke, peer["available"])
+    results = profile(args.models, args.steps, args.smoke)
     os.makedirs(args.out, exist_ok=True)
     text = _markdown(results)
     with open(os.path.join(args.out, "profile_models.json"), "w") as f:
@@ -314,8 +323,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with open(os.path.join(args.out, "profile_models.md"), "w") as f:
         f.write(text)
     print(text)
+    return 0
+
+
+def profile(model_kinds: list[str], steps: list[str], smoke: bool) -> dict[str, Any]:
+    """The op profiles of each model's steps and (with vit) the component table, with the machine's details."""
+    p = models.SMOKE if smoke else models.FULL
+    peer = common.peer_status()
+    results: dict[str, Any] = {"machine": common.machine_info(REPO), "profiles": []}
+    with tempfile.TemporaryDirectory(prefix="profile_models_") as workdir:
+        for kind in model_kinds:
+            for step in steps:
+                print(f"profiling {p[kind]} {step} ...", flush=True)
+                entry = {"model": p[kind], "step": step, "lumbar_jax": _jax_profile(kind, step, p, workdir)}
+                if peer["available"]:
+                    entry["monai"] = _torch_profile(kind, step, p)
+                results["profiles"].append(entry)
+    if "vit" in model_kinds:
+        print("timing ViT block components ...", flush=True)
+        results["components"] = _component_rows(smoke, peer["available"])
     return results
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -20,6 +20,8 @@ import tempfile
 import time
 import traceback
 
+from lumbar_jax import cli
+
 SECTIONS = ("data", "pipeline", "models")
 PEER_SECTIONS = {"data", "models"}  # sections that run MONAI (pipeline's peer comes from the models section)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,10 +37,10 @@ def _sections(text: str) -> list[str]:
 
 
 def parse_args(argv: list[str] | None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser("python -m benchmarks.run", __doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that everything runs")
-    parser.add_argument("--only", type=_sections, default=list(SECTIONS),
-                        help=f"comma-separated sections to run (default: {','.join(SECTIONS)})")
+    parser.add_argument("--only", type=_sections, default=",".join(SECTIONS),
+                        help="comma-separated sections to run, of " + ",".join(SECTIONS))
     parser.add_argument("--out", default=DEFAULT_OUT, help="directory for results.json and results.md")
     return parser.parse_args(argv)
 
@@ -116,4 +118,4 @@ def _json_default(value):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

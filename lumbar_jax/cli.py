@@ -69,8 +69,13 @@ def error(message: object) -> int:
 
 
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """`main(argv)`'s exit status; a BAD_INPUT_ERRORS exception becomes one line on stderr and status 2."""
+    """`main(argv)`'s exit status; a BAD_INPUT_ERRORS exception becomes one line on stderr and status 2, and
+    argparse's exit (0 after `--help`, 2 for a refused flag) a returned status too."""
     try:
         return main(argv) or 0
     except BAD_INPUT_ERRORS as err:
         return error(err)
+    except SystemExit as exit_:
+        if exit_.code is None or isinstance(exit_.code, int):
+            return exit_.code or 0
+        raise

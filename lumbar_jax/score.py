@@ -10,19 +10,20 @@ the solution file itself, which flatters the baseline slightly: it has seen the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 import numpy as np
-import pandas as pd
 
+from lumbar_jax import cli
 from lumbar_jax import labels as L
 from lumbar_jax import metrics
 
 
 def read_label_table(path: str) -> tuple[np.ndarray, np.ndarray]:
     """train.csv -> (study_ids int [N], labels int [N, 25] in target order, -1 missing)."""
+    import pandas as pd  # here, not at the top: `--help` answers without it
+
     table = pd.read_csv(path)
     missing = [c for c in ("study_id", *L.TARGETS) if c not in table.columns]
     if missing:
@@ -36,6 +37,8 @@ def read_label_table(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def read_submission(path: str) -> tuple[np.ndarray, np.ndarray]:
     """submission.csv -> (study_ids int [N], probs float [N, 25, 3]); every study needs all 25 rows."""
+    import pandas as pd
+
     table = pd.read_csv(path)
     expected = ["row_id", *L.SEVERITY_COLUMNS]
     if sorted(table.columns) != sorted(expected):
@@ -84,17 +87,14 @@ def format_report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser("python -m lumbar_jax.score", __doc__)
     parser.add_argument("--solution", required=True, help="train.csv-shaped label file")
     parser.add_argument("--submission", required=True, help="submission.csv (row_id,normal_mild,moderate,severe)")
-    parser.add_argument("--prior_from", default=None, help="label file whose class frequencies form the baseline")
+    parser.add_argument("--prior_from", default=None,
+                        help="label file whose class frequencies form the baseline; default: --solution")
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
     args = parser.parse_args(argv)
-    try:
-        result = score_submission(args.solution, args.submission, args.prior_from)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = score_submission(args.solution, args.submission, args.prior_from)
     print(format_report(result))
     if args.json:
         with open(args.json, "w") as f:
@@ -103,4 +103,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -1,16 +1,11 @@
 """Write the analysis report (PNG plots + report.md) of a Kaggle-layout dataset and, optionally, a CV run.
 
-  python scripts/analyze.py --data_dir KAGGLE_DIR [--workdir WORKDIR] --out REPORT_DIR [--num_montages K]
+  python scripts/analyze.py --data_dir KAGGLE_DIR --out REPORT_DIR [--workdir WORKDIR] [--num_montages K]
 
-  --data_dir      Kaggle competition folder (train.csv, train_label_coordinates.csv,
-                  train_series_descriptions.csv, train_images/)
-  --workdir       finished cross-validation run directory (oof_predictions.csv, cv_summary.json): adds
-                  OOF score vs baseline, calibration, confusion matrices and the worst-predicted studies
-  --out           output folder for the PNGs and report.md (created if needed)
-  --num_montages  studies drawn with their label coordinates (default 3; 0 for none)
-  --volume_shape  D H W the montage volumes are resampled to (default 16 64 64, the default model's)
-  --attention_studies  with a target-query run: held-out studies of fold 0 drawn with the per-target
-                  attention of fold 0's best checkpoint (default 1; 0 for none)
+The dataset part: label statistics and montages of studies with their label coordinates. With `--workdir`
+(a finished cross-validation run: oof_predictions.csv, cv_summary.json) also the OOF score vs the baseline,
+calibration, confusion matrices, the worst-predicted studies and, for a target-query model, the per-target
+attention of fold 0's best checkpoint on held-out studies of fold 0.
 
 Exit status 2 with a message naming the path for a missing train.csv, run directory or run file, or OOF
 predictions of studies not in train.csv. The work is done by lumbar_jax.analysis.write_report.
@@ -18,36 +13,36 @@ predictions of studies not in train.csv. The work is done by lumbar_jax.analysis
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
-from lumbar_jax.analysis import write_report
+from lumbar_jax import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", required=True, help="Kaggle-layout folder holding train.csv")
-    parser.add_argument("--workdir", default=None, help="finished CV run directory (optional)")
-    parser.add_argument("--out", required=True, help="output folder for the PNGs and report.md")
-    parser.add_argument("--num_montages", type=int, default=3, help="studies drawn with label coordinates")
+    parser = cli.argument_parser("python scripts/analyze.py", __doc__)
+    parser.add_argument("--data_dir", required=True,
+                        help="Kaggle competition folder (train.csv, train_label_coordinates.csv, "
+                             "train_series_descriptions.csv, train_images/)")
+    parser.add_argument("--workdir", default=None, help="finished cross-validation run directory (optional)")
+    parser.add_argument("--out", required=True, help="output folder for the PNGs and report.md (created if needed)")
+    parser.add_argument("--num_montages", type=int, default=3,
+                        help="studies drawn with their label coordinates; 0 for none")
     parser.add_argument("--volume_shape", type=int, nargs=3, default=(16, 64, 64), metavar=("D", "H", "W"),
-                        help="montage volume shape")
+                        help="shape the montage volumes are resampled to (the default model's)")
     parser.add_argument("--attention_studies", type=int, default=1,
-                        help="held-out studies drawn with the model's per-target attention (needs --workdir)")
+                        help="held-out studies drawn with the model's per-target attention (needs --workdir); "
+                             "0 for none")
     args = parser.parse_args(argv)
     if args.num_montages < 0 or args.attention_studies < 0:
         parser.error("--num_montages and --attention_studies must be >= 0")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        path = write_report(args.data_dir, args.out, workdir=args.workdir, num_montages=args.num_montages,
-                            volume_shape=tuple(args.volume_shape), attention_studies=args.attention_studies)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cli.setup_logging()
+    from lumbar_jax.analysis import write_report  # after parsing: matplotlib, JAX
+
+    path = write_report(args.data_dir, args.out, workdir=args.workdir, num_montages=args.num_montages,
+                        volume_shape=tuple(args.volume_shape), attention_studies=args.attention_studies)
     print(path)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -7,23 +7,20 @@ Reads each run's cv_summary.json (and config.json for the model, data and loss n
 A missing or unfinished run directory is an error naming it (exit status 2).
 """
 
-import argparse
 import sys
 
-from lumbar_jax import compare
+from lumbar_jax import cli
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser("python scripts/compare.py", __doc__)
     parser.add_argument("--workdirs", nargs="+", required=True, help="run directories of python -m lumbar_jax.main")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table instead of plain text")
     parser.add_argument("--json", default=None, help="also write the rows as JSON to this path")
     args = parser.parse_args(argv)
-    try:
-        rows = compare.compare_runs(args.workdirs)
-    except compare.RunNotComparable as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    from lumbar_jax import compare
+
+    rows = compare.compare_runs(args.workdirs)
     print(compare.format_markdown(rows) if args.markdown else compare.format_table(rows))
     if args.json:
         with open(args.json, "w") as f:
@@ -33,4 +30,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

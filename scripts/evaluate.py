@@ -9,29 +9,25 @@ losses, any_severe_spinal and per-class recall. With the best checkpoints of eve
 checked against cv_summary.json. The report is also written as JSON (default: W/evaluation_CHECKPOINT.json).
 """
 
-import argparse
-import logging
 import os
 import sys
 
-from lumbar_jax import evaluate
+from lumbar_jax import cli
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser("python scripts/evaluate.py", __doc__)
     parser.add_argument("--workdir", required=True, help="run directory of python -m lumbar_jax.main")
     parser.add_argument("--fold", type=int, action="append", default=None,
                         help="evaluate only this fold (repeatable); default: every fold")
-    parser.add_argument("--checkpoint", default="best", help="'best' (default), 'latest' or a step number")
-    parser.add_argument("--output", default=None, help="JSON report path (default: WORKDIR/evaluation_CHECKPOINT.json)")
+    parser.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step number")
+    parser.add_argument("--output", default=None,
+                        help="JSON report path; default: WORKDIR/evaluation_CHECKPOINT.json")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    try:
-        report = evaluate.evaluate_run(args.workdir, args.fold, args.checkpoint)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cli.setup_logging()
+    from lumbar_jax import evaluate  # after parsing: JAX, Orbax
+
+    report = evaluate.evaluate_run(args.workdir, args.fold, args.checkpoint)
     print(evaluate.format_report(report))
     output = args.output or os.path.join(args.workdir, f"evaluation_{args.checkpoint}.json")
     with open(output, "w") as f:
@@ -41,4 +37,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

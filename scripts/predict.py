@@ -11,48 +11,44 @@ prints a per-level report and writes it as JSON. A missing series is predicted w
 with the left/right-mirrored study (left and right targets swapped back).
 """
 
-import argparse
 import json
-import logging
 import sys
 
-from lumbar_jax import predict
-from lumbar_jax.data import study
+from lumbar_jax import cli
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser("python scripts/predict.py", __doc__)
     parser.add_argument("--workdir", required=True, help="run directory of python -m lumbar_jax.main")
     parser.add_argument("--data_dir", help="Kaggle folder with test_series_descriptions.csv and test_images/")
     parser.add_argument("--output", default="submission.csv", help="submission path (with --data_dir)")
     parser.add_argument("--split", default="test", help="which {split}_series_descriptions.csv to predict")
     parser.add_argument("--study_dir", help="one study folder instead of --data_dir")
     parser.add_argument("--descriptions", help="series descriptions CSV for --study_dir")
-    parser.add_argument("--json", default=None, help="report path for --study_dir (default: STUDY_ID_report.json)")
-    parser.add_argument("--fold", type=int, action="append", default=None, help="use only this fold (repeatable)")
-    parser.add_argument("--checkpoint", default="best", help="'best' (default), 'latest' or a step number")
+    parser.add_argument("--json", default=None, help="report path for --study_dir; default: STUDY_ID_report.json")
+    parser.add_argument("--fold", type=int, action="append", default=None,
+                        help="use only this fold (repeatable); default: every trained fold")
+    parser.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step number")
     parser.add_argument("--tta", action="store_true", help="average with the left/right flip")
     args = parser.parse_args(argv)
     if bool(args.data_dir) == bool(args.study_dir):
         parser.error("give exactly one of --data_dir and --study_dir")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    try:
-        predictor = predict.Predictor(args.workdir, args.fold, args.checkpoint, args.tta)
-        if args.data_dir:
-            table, timing = predict.predict_split(predictor, args.data_dir, args.split)
-            table.to_csv(args.output, index=False, float_format="%.6g")
-            print(f"wrote {args.output}: {len(table)} rows for {timing['studies']} studies "
-                  f"({timing['absent_series']} absent series); compile {timing['compile_s']:.1f} s once, then "
-                  f"read {timing['read_s']:.1f} s + predict {timing['predict_s']:.1f} s = "
-                  f"{timing['studies_per_s']:.2f} studies/s")
-            return 0
-        entry = study.study_from_directory(args.study_dir, args.descriptions)
-        record = predictor.read([entry])[0]
-        report = predict.study_report(entry.study_id, record["present"], predictor.predict([record])[0])
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cli.setup_logging()
+    from lumbar_jax import predict  # after parsing: JAX, Orbax, TFDS
+    from lumbar_jax.data import study
+
+    predictor = predict.Predictor(args.workdir, args.fold, args.checkpoint, args.tta)
+    if args.data_dir:
+        table, timing = predict.predict_split(predictor, args.data_dir, args.split)
+        table.to_csv(args.output, index=False, float_format="%.6g")
+        print(f"wrote {args.output}: {len(table)} rows for {timing['studies']} studies "
+              f"({timing['absent_series']} absent series); compile {timing['compile_s']:.1f} s once, then "
+              f"read {timing['read_s']:.1f} s + predict {timing['predict_s']:.1f} s = "
+              f"{timing['studies_per_s']:.2f} studies/s")
+        return 0
+    entry = study.study_from_directory(args.study_dir, args.descriptions)
+    record = predictor.read([entry])[0]
+    report = predict.study_report(entry.study_id, record["present"], predictor.predict([record])[0])
     print(predict.format_study_report(report))
     path = args.json or f"{entry.study_id}_report.json"
     with open(path, "w") as f:
@@ -62,4 +58,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import sys
 import tempfile
 
 import tensorflow_datasets as tfds
 
+from lumbar_jax import cli
 from lumbar_jax.data.rsna_lumbar_spine import Builder
 
 CONFIG_NAMES = tuple(c.name for c in Builder.BUILDER_CONFIGS)
@@ -57,9 +57,9 @@ def build_dataset(manual_dir: str, data_dir: str, config: str = "r64", workers: 
     return builder
 
 
-def build_argument_parser(description: str) -> argparse.ArgumentParser:
-    """The arguments every build command takes: --manual_dir, --data_dir, --config."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_argument_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The arguments every build command takes (--manual_dir, --data_dir, --config), usage line `prog`."""
+    parser = cli.argument_parser(prog, description)
     parser.add_argument("--manual_dir", required=True, help="the Kaggle competition folder (train.csv, train_images/)")
     parser.add_argument("--data_dir", required=True, help="TFDS data dir to write rsna_lumbar_spine/CONFIG/VERSION into")
     parser.add_argument("--config", default="r64", choices=CONFIG_NAMES, help="volume size config")
@@ -67,16 +67,12 @@ def build_argument_parser(description: str) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_argument_parser(__doc__)
-    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: every core)")
+    parser = build_argument_parser("python -m lumbar_jax.data.build", __doc__)
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes; default: every core")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if the dataset exists")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        builder = build_dataset(args.manual_dir, args.data_dir, args.config, args.workers, args.overwrite)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cli.setup_logging()
+    builder = build_dataset(args.manual_dir, args.data_dir, args.config, args.workers, args.overwrite)
     info = builder.info
     for split, split_info in info.splits.items():
         print(f"{info.full_name} {split}: {split_info.num_examples} studies in {builder.data_dir}")
@@ -84,4 +80,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))
