@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from lumbar_jax import labels as L
-from lumbar_jax import metrics, score
+from lumbar_jax import cli, metrics, score
 
 
 def test_target_order_is_the_conventions_order():
@@ -72,5 +72,6 @@ def test_score_cli_names_missing_rows(tmp_path, capsys):
     _write_case(tmp_path, np.random.default_rng(1))
     sub = pd.read_csv(tmp_path / "submission.csv").iloc[1:]
     sub.to_csv(tmp_path / "submission.csv", index=False)
-    assert score.main(["--solution", str(tmp_path / "train.csv"), "--submission", str(tmp_path / "submission.csv")]) == 2
+    argv = ["--solution", str(tmp_path / "train.csv"), "--submission", str(tmp_path / "submission.csv")]
+    assert cli.run(score.main, argv) == 2
     assert "rows missing" in capsys.readouterr().err

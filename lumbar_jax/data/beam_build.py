@@ -19,11 +19,11 @@ pipeline options (`--runner`, `--direct_num_workers`, ...).
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import tensorflow_datasets as tfds
 
+from lumbar_jax import cli
 from lumbar_jax.data import study
 from lumbar_jax.data.build import CONFIG_NAMES, build_argument_parser, tfds_scratch_tempdir
 from lumbar_jax.data.rsna_lumbar_spine import Builder
@@ -77,10 +77,10 @@ def build_dataset_beam(manual_dir: str, data_dir: str, config: str = "r64", work
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_argument_parser(__doc__)
+    parser = build_argument_parser("python -m lumbar_jax.data.beam_build", __doc__)
     parser.add_argument("--workers", type=int, default=2, help="DirectRunner worker processes (no --runner given)")
     args, beam_args = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli.setup_logging()
     builder = build_dataset_beam(args.manual_dir, args.data_dir, args.config, args.workers, beam_args)
     print(f"built {builder.info.full_name} under {args.data_dir}: "
           + ", ".join(f"{name} {split.num_examples}" for name, split in builder.info.splits.items()))
@@ -88,4 +88,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

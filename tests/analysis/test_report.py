@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from lumbar_jax import labels as L
-from lumbar_jax import metrics
+from lumbar_jax import cli, metrics
 from lumbar_jax.analysis import label_stats, write_report
 from lumbar_jax.data import synthetic
 
@@ -109,5 +109,5 @@ def test_cli_bad_workdir_exits_2(kaggle, tmp_path, capsys):
     finally:
         sys.path.pop(0)
     bad = str(tmp_path / "not_a_run")
-    assert analyze.main(["--data_dir", kaggle, "--workdir", bad, "--out", str(tmp_path / "o")]) == 2
+    assert cli.run(analyze.main, ["--data_dir", kaggle, "--workdir", bad, "--out", str(tmp_path / "o")]) == 2
     assert bad in capsys.readouterr().err

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import tensorflow_datasets as tfds
 
+from lumbar_jax import cli
 from lumbar_jax import labels as L
 from lumbar_jax.data import build, study, synthetic
 
@@ -131,7 +132,7 @@ def test_rebuild_is_safe_and_parallel_build_is_identical(built, tmp_path):
 
 
 def test_build_command_names_a_bad_manual_dir(tmp_path, capsys):
-    assert build.main(["--manual_dir", str(tmp_path), "--data_dir", str(tmp_path / "out")]) == 2
+    assert cli.run(build.main, ["--manual_dir", str(tmp_path), "--data_dir", str(tmp_path / "out")]) == 2
     assert "train_series_descriptions.csv" in capsys.readouterr().err
 
 
