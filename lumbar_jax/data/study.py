@@ -176,15 +176,22 @@ def study_from_directory(study_dir: str, descriptions_csv: str | None = None) ->
     return StudyEntry(study_id, tuple(tuple(c) for c in candidates), missing_labels)
 
 
+def series_preference(series_id: int, num_slices: int) -> tuple[int, int]:
+    """The rule for choosing among several series of one type, as a sort key (the smallest is used): most
+    slices, ties to the lowest series_id. `choose_series` applies it to folders, the synthetic generator to
+    the series it plans (it annotates the series a reader would use)."""
+    return -num_slices, series_id
+
+
 def choose_series(candidates: tuple[tuple[int, str], ...]) -> tuple[int, str] | None:
-    """The series to use among several of one type: most slices (.dcm files), ties to the lowest series_id."""
+    """The series to use among several of one type (`series_preference`; slices = the folder's .dcm files)."""
     existing = [(sid, d) for sid, d in candidates if os.path.isdir(d)]
     for sid, d in candidates:
         if not os.path.isdir(d):
             log.warning("series directory %s listed in the descriptions CSV does not exist", d)
     if not existing:
         return None
-    return min(existing, key=lambda c: (-sum(f.endswith(".dcm") for f in os.listdir(c[1])), c[0]))
+    return min(existing, key=lambda c: series_preference(c[0], sum(f.endswith(".dcm") for f in os.listdir(c[1]))))
 
 
 def load_study_volumes(series_dirs, volume_shape: tuple[int, int, int]):

@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from lumbar_jax import labels as L
 from lumbar_jax.data import synthetic as S
+from lumbar_jax.data.synthetic import __main__ as synthetic_cli
 
 SEED, NUM_TRAIN, NUM_TEST = 3, 6, 2
 
@@ -290,7 +291,10 @@ def test_matrix_scale_multiplies_rows_and_columns_and_keeps_studies_labels_and_i
 
 def test_cli_no_quirks_writes_clean_files(tmp_path, capsys):
     out = str(tmp_path / "clean")
-    summary = S.main(["--out", out, "--studies", "3", "--seed", "5", "--no-quirks", "--test_studies", "1"])
+    argv = ["--out", out, "--studies", "3", "--seed", "5", "--no-quirks", "--test_studies", "1"]
+    assert synthetic_cli.main(argv) == 0
+    with open(os.path.join(out, "synthetic_summary.json")) as f:
+        summary = json.load(f)
     assert summary["quirks"] == {} and summary["unreadable_files"] == []
     assert '"num_train_studies": 3' in capsys.readouterr().out
     _, rows = read_csv(os.path.join(out, "train.csv"))
