@@ -1,11 +1,12 @@
 """Checkpoint evaluation: re-score each fold's held-out studies from its restored checkpoint.
 
-The folds are recomputed from the run's config exactly as training made them (`train.cv.load_fold_split`),
-each fold's checkpoint is restored onto the devices present, its held-out studies are predicted again, and the
-report has what the training summary has (competition score, per-condition losses, any_severe_spinal,
-accuracy, balanced accuracy, per-class recall, class-prior baseline, best constant) per fold and, with every
-fold, out of fold. Evaluating the best checkpoints of every fold reproduces `cv_summary.json`; `evaluate_run`
-says whether it did.
+The folds are recomputed from the run's config exactly as training made them
+(`train.folds.load_fold_split`), each fold's checkpoint is restored onto the devices present, and its held-out
+studies are predicted and scored again by the training loop's own held-out evaluation
+(`train.folds.evaluate_fold`). The report has what the training summary has (competition score,
+per-condition losses, any_severe_spinal, accuracy, balanced accuracy, per-class recall, class-prior baseline,
+best constant) per fold and, with every fold, out of fold. Evaluating the best checkpoints of every fold
+reproduces `cv_summary.json`; `evaluate_run` says whether it did.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import numpy as np
 
 from lumbar_jax import inference
 from lumbar_jax import labels as L
-from lumbar_jax import metrics
-from lumbar_jax.train import cv
+from lumbar_jax import metrics, rundir
+from lumbar_jax.train import cv, folds as folds_lib
 from lumbar_jax.train import mesh as mesh_lib
 
 log = logging.getLogger(__name__)
@@ -43,21 +44,16 @@ def evaluate_run(workdir: str, folds: list[int] | None = None, checkpoint: str |
         raise ValueError(f"--fold {bad[0]} not in 0..{num_folds - 1} (the run has {num_folds} folds)")
     mesh = mesh or mesh_lib.make_mesh()
     restorer = inference.RunRestorer(workdir, mesh, with_attention_peaks=True)
-    split = cv.load_fold_split(config)
+    split = folds_lib.load_fold_split(config)
     batch_size = inference.eval_batch_size(config, mesh)
 
     results = []
     for k in folds:
-        model = restorer.restore(k, checkpoint)
-        train_idx, val_idx = split.indices(k)
-        probs, peak_distance = inference.predict_records(model, split.source, val_idx, split.study_ids,
-                                                         batch_size, mesh)
-        val = metrics.evaluate_predictions(split.labels[val_idx], probs, split.labels[train_idx])
-        if peak_distance is not None:
-            val["peak_distance"] = peak_distance
+        model, fold = restorer.restore(k, checkpoint), split.fold(k)
+        probs, val = folds_lib.evaluate_fold(model.eval_step, model.state, fold, batch_size, mesh)
         log.info("fold %d, step %d: score %.4f (baseline %.4f)", k, model.step, val["score"],
                  val["baseline"]["score"])
-        results.append({"fold": k, "best_step": model.step, "val": val, "val_indices": val_idx,
+        results.append({"fold": k, "best_step": model.step, "val": val, "val_indices": fold.val_idx,
                         "val_probs": probs})
 
     report = {"checkpoint": str(checkpoint), "devices": int(mesh.size),
@@ -65,10 +61,8 @@ def evaluate_run(workdir: str, folds: list[int] | None = None, checkpoint: str |
     if sorted(folds) == list(range(num_folds)):
         summary, _ = cv.oof_summary(split, sorted(results, key=lambda r: r["fold"]))
         report["oof"] = summary["oof"]
-        summary_path = os.path.join(workdir, "cv_summary.json")
-        if os.path.exists(summary_path):
-            with open(summary_path) as f:
-                trained = json.load(f)["oof"]["score"]
+        if os.path.exists(rundir.summary_path(workdir)):
+            trained = rundir.read_summary(workdir)["oof"]["score"]
             report["cv_summary_oof_score"] = trained
             report["reproduces_cv_summary"] = bool(abs(trained - report["oof"]["score"]) < REPRODUCE_TOLERANCE)
     return report

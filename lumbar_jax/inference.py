@@ -1,9 +1,12 @@
-"""The trained models of a run directory, restored for inference.
+"""Prediction with a train state, and the trained models of a run directory restored for it.
+
+`predict` runs an eval step over records in global batches, each process feeding its shard, and gathers the
+probabilities back in record order: the training loop's held-out evaluation and every restored model use it.
 
 A run directory (conventions section 5) holds the resolved `config.json` and, per fold, Orbax checkpoints
-(`best`, `latest`). This module turns them back into jit-compiled eval steps on whatever devices are present
+(`best`, `latest`). `RunRestorer` turns them back into jit-compiled eval steps on whatever devices are present
 (a checkpoint written on 4 devices restores on 1: the state is replicated, and Orbax restores onto the
-shardings of a freshly built template) and predicts records with one fold's model or with the ensemble of
+shardings of a freshly built template); records are predicted with one fold's model or with the ensemble of
 folds, optionally averaged with the left/right flip (test-time augmentation). `scripts/evaluate.py` and
 `scripts/predict.py` are built on it.
 """
@@ -21,19 +24,22 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from lumbar_jax import labels as L
-from lumbar_jax.data import augment
+from lumbar_jax import rundir
+from lumbar_jax.data import augment, pipeline
 from lumbar_jax.models import registry
-from lumbar_jax.train import loop
+from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train import step as step_lib
+from lumbar_jax.train.init import build_state
 from lumbar_jax.train.state import CheckpointStore, TrainStatics, eval_model_state, merge_model
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run was trained with (`workdir/config.json`), its model part checked."""
-    path = os.path.join(workdir, "config.json")
+    path = rundir.config_path(workdir)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: {workdir} is not a run directory of "
                                 "`python -m lumbar_jax.main`")
@@ -44,11 +50,6 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
             raise ValueError(f"{path}: not valid JSON ({err})") from None
     registry.validate_model_config(config.model)
     return config
-
-
-def trained_folds(workdir: str, num_folds: int) -> list[int]:
-    """The folds of a run that have a checkpoint directory."""
-    return [k for k in range(num_folds) if os.path.isdir(os.path.join(loop.fold_dir(workdir, k), "checkpoints"))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,13 +74,13 @@ class RunRestorer:
     def __init__(self, workdir: str, mesh: Mesh, with_attention_peaks: bool = False):
         self.workdir = workdir
         self.config = load_run_config(workdir)
-        self.statics, self.template = loop.build_state(self.config, mesh)
+        self.statics, self.template = build_state(self.config, mesh)
         tq = with_attention_peaks and registry.uses_query_attention(self.config.model)
         self.eval_step = step_lib.make_eval_step(self.statics, mesh, self.config.train.coord_sigma if tq else None)
 
     def restore(self, fold: int, checkpoint: str | int = "best") -> FoldModel:
         """Fold `fold`'s checkpoint: 'best', 'latest' or a step."""
-        directory = os.path.join(loop.fold_dir(self.workdir, fold), "checkpoints")
+        directory = rundir.checkpoints_dir(self.workdir, fold)
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"{directory} not found: fold {fold} of {self.workdir} has not been trained")
         store = CheckpointStore(directory)
@@ -93,6 +94,43 @@ class RunRestorer:
 def eval_batch_size(config, mesh: Mesh) -> int:
     """The run's eval batch size rounded up to a multiple of the devices present (any device count works)."""
     return math.ceil(config.train.eval_batch_size / mesh.size) * mesh.size
+
+
+MODEL_INPUTS = ("volumes", "present", "labels", "coords", "coords_series")  # what the train and eval steps read
+
+
+def model_inputs(batch: dict) -> dict:
+    """The arrays of a pipeline batch that the train and eval steps take (not `study_id`)."""
+    return {k: batch[k] for k in MODEL_INPUTS}
+
+
+def predict(eval_step, state, records, indices: np.ndarray, batch_size: int, mesh: Mesh, study_ids: np.ndarray
+            ) -> tuple[np.ndarray, float | None]:
+    """(probabilities float [len(indices), 25, 3] for `records[indices]`, in that order; the mean voxel
+    distance between attention peak and annotated point when `eval_step` reports it, else None).
+
+    `records` is any random-access record source (a tfds split, a list of records); `study_ids` int
+    [len(records)] the (distinct) study id of every record. Each process feeds its shard of every global
+    batch; predictions and study ids are gathered from all processes and put back in `indices` order by
+    study id, padding dropped.
+    """
+    gathered_probs, gathered_ids = [], []
+    distance_sum, annotated = 0.0, None  # None: the eval step reports no attention peaks
+    for batch in pipeline.eval_batches(records, indices, batch_size=mesh_lib.process_batch_size(batch_size),
+                                       shard_index=jax.process_index(), shard_count=jax.process_count()):
+        out = eval_step(state, mesh_lib.shard_batch(model_inputs(batch), mesh))
+        gathered_probs.append(np.asarray(multihost_utils.process_allgather(out["probs"], tiled=True)))
+        # int64 study ids travel as int32 pairs: with x64 off, JAX would truncate ids >= 2**31 (Kaggle's go to 4e9)
+        ids32 = np.ascontiguousarray(batch["study_id"], dtype=np.int64).view(np.int32).reshape(-1, 2)
+        gathered_ids.append(np.ascontiguousarray(
+            multihost_utils.process_allgather(ids32, tiled=True), dtype=np.int32).view(np.int64).reshape(-1))
+        if "annotated" in out:
+            distance_sum += float(out["peak_distance_sum"])
+            annotated = (annotated or 0) + int(out["annotated"])
+    probs, ids = np.concatenate(gathered_probs), np.concatenate(gathered_ids)
+    row_of_study = {int(s): r for r, s in enumerate(ids) if s >= 0}
+    peak_distance = None if annotated is None else distance_sum / max(annotated, 1)
+    return probs[[row_of_study[int(s)] for s in study_ids[indices]]], peak_distance
 
 
 class FlippedRecords(Sequence):
@@ -112,13 +150,14 @@ def predict_records(model: FoldModel, records: Sequence[dict], indices: np.ndarr
                     batch_size: int, mesh: Mesh, tta: bool = False) -> tuple[np.ndarray, float | None]:
     """(probabilities float [len(indices), 25, 3] of `records[indices]`, mean attention-peak distance or None).
 
-    `study_ids` int [len(records)]: the (distinct) study id of every record. With `tta` the probabilities are the mean of the prediction and the unflipped prediction of the mirrored
-    study (the peak distance is that of the unflipped pass).
+    `study_ids` int [len(records)]: the (distinct) study id of every record. With `tta` the probabilities are
+    the mean of the prediction and the unflipped prediction of the mirrored study (the peak distance is that of
+    the unflipped pass).
     """
-    probs, peak_distance = loop.predict(model.eval_step, model.state, records, indices, batch_size, mesh, study_ids)
+    probs, peak_distance = predict(model.eval_step, model.state, records, indices, batch_size, mesh, study_ids)
     if tta:
-        flipped, _ = loop.predict(model.eval_step, model.state, FlippedRecords(records), indices, batch_size, mesh,
-                                  study_ids)
+        flipped, _ = predict(model.eval_step, model.state, FlippedRecords(records), indices, batch_size, mesh,
+                             study_ids)
         probs = (probs + augment.unflip_predictions(flipped)) / 2
     return probs, peak_distance
 

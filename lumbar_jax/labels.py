@@ -42,6 +42,12 @@ SEVERITY_WEIGHTS = np.array([1.0, 2.0, 4.0])  # competition sample weight per tr
 SERIES_TYPES = ("sagittal_t1", "sagittal_t2", "axial_t2")
 SERIES_DESCRIPTIONS = ("Sagittal T1", "Sagittal T2/STIR", "Axial T2")
 
+# The series type each condition is graded and annotated on in the competition data (index in SERIES_TYPES,
+# per condition in CONDITIONS order): spinal canal stenosis on the sagittal T2/STIR, neural foraminal narrowing
+# on the sagittal T1, subarticular stenosis on the axial T2.
+CONDITION_SERIES = tuple(SERIES_TYPES.index(name) for name in
+                         ("sagittal_t2", "sagittal_t1", "sagittal_t1", "axial_t2", "axial_t2"))
+
 # Metric groups (conventions section 2): group name -> indices of its conditions in CONDITIONS.
 CONDITION_GROUPS = {
     "spinal": (0,),

@@ -17,6 +17,7 @@ import tqdm
 
 from lumbar_jax import inference
 from lumbar_jax import labels as L
+from lumbar_jax import rundir
 from lumbar_jax.data import study as study_lib
 from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train.config import GRID_DATASETS
@@ -38,7 +39,7 @@ class Predictor:
         if tta and self.grid:
             raise ValueError(f"flip TTA mirrors canonical layouts; the {self.config.data.config} grid records of "
                              f"{workdir} have none: predict without TTA")
-        folds = inference.trained_folds(workdir, self.config.cv.num_folds) if folds is None else folds
+        folds = rundir.trained_folds(workdir, self.config.cv.num_folds) if folds is None else folds
         if not folds:
             raise FileNotFoundError(f"{workdir} has no trained fold (no fold_k/checkpoints)")
         self.models = [restorer.restore(k, checkpoint) for k in folds]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar_jax import evaluate, inference, predict
+from lumbar_jax import evaluate, predict, rundir
 from lumbar_jax.analysis import attention as attention_lib
 from lumbar_jax.analysis import write_report
 from lumbar_jax.models.heads import token_centres
@@ -180,7 +180,7 @@ def test_prediction_errors_name_what_is_wrong(run, tmp_path, capsys):
     with pytest.raises(ValueError, match="not finite or do not sum to 1"):
         predict.submission_frame(np.array([1]), np.full((1, 25, 3), np.nan))
     shutil.copy(os.path.join(workdir, "config.json"), tmp_path / "config.json")
-    assert inference.trained_folds(str(tmp_path), 2) == []
+    assert rundir.trained_folds(str(tmp_path), 2) == []
     with pytest.raises(FileNotFoundError, match="has no trained fold"):
         predict.Predictor(str(tmp_path))
 

@@ -37,6 +37,17 @@ def test_per_target_group_side_and_level():
     np.testing.assert_array_equal(mirrored, np.array([0, 2, 1])[L.TARGET_SIDE])  # a flip swaps the sides
 
 
+def test_each_condition_is_read_on_its_competition_series():
+    series = {c: L.SERIES_DESCRIPTIONS[k] for c, k in zip(L.CONDITION_CSV_NAMES, L.CONDITION_SERIES)}
+    assert series == {"Spinal Canal Stenosis": "Sagittal T2/STIR",
+                      "Left Neural Foraminal Narrowing": "Sagittal T1",
+                      "Right Neural Foraminal Narrowing": "Sagittal T1",
+                      "Left Subarticular Stenosis": "Axial T2",
+                      "Right Subarticular Stenosis": "Axial T2"}
+    target_series = np.repeat(L.CONDITION_SERIES, L.NUM_LEVELS)
+    np.testing.assert_array_equal(target_series[L.MIRROR_TARGET_INDEX], target_series)  # a flip keeps the series
+
+
 def test_severity_codes():
     assert [L.severity_code(s) for s in ("Normal/Mild", "Moderate", "Severe", float("nan"), "")] == [0, 1, 2, -1, -1]
     with pytest.raises(ValueError, match="Mild"):

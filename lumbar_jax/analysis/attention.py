@@ -28,8 +28,6 @@ from lumbar_jax.train import mesh as mesh_lib  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-_PLANE_OF_KIND = tuple(study.PLANE_OF_SERIES[name] for name in L.SERIES_TYPES)
-
 
 def attention_volumes(attention: np.ndarray, layout: dict, num_series: int) -> np.ndarray:
     """One query's attention over the keys float [K] -> attention density float [S, D, H, W] (sums to 1 over

@@ -16,22 +16,18 @@ import numpy as np
 import pandas as pd
 
 from lumbar_jax import labels as L
-from lumbar_jax import metrics
+from lumbar_jax import metrics, rundir
 from lumbar_jax.analysis.label_stats import short_name
-
-OOF_FILE = "oof_predictions.csv"
-SUMMARY_FILE = "cv_summary.json"
-
 
 def check_run_dir(workdir: str) -> tuple[str, str]:
     """The paths of a run directory's OOF CSV and CV summary; FileNotFoundError naming what is missing."""
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"run directory {workdir} not found (or not a directory)")
-    paths = os.path.join(workdir, OOF_FILE), os.path.join(workdir, SUMMARY_FILE)
+    paths = rundir.oof_path(workdir), rundir.summary_path(workdir)
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} not found: {workdir} is not a finished cross-validation run "
-                                    f"(expected {OOF_FILE} and {SUMMARY_FILE})")
+                                    f"(expected {rundir.OOF_FILE} and {rundir.SUMMARY_FILE})")
     return paths
 
 
@@ -68,7 +64,8 @@ def read_oof(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return study_ids, probs, folds
 
 
-def align_labels(oof_ids: np.ndarray, label_ids: np.ndarray, labels: np.ndarray, source: str = OOF_FILE) -> np.ndarray:
+def align_labels(oof_ids: np.ndarray, label_ids: np.ndarray, labels: np.ndarray,
+                 source: str = rundir.OOF_FILE) -> np.ndarray:
     """The train.csv labels of the OOF studies, in OOF order: int [N, 25].
 
     ValueError naming a few study ids of `source` that train.csv does not hold (predictions of another

@@ -128,20 +128,32 @@ def _correlation_section(labels: np.ndarray, out_dir: str) -> list[str]:
 
 
 def _oof_section(study_ids, labels, probs, folds, summary: dict, out_dir: str, workdir: str) -> list[str]:
-    lines = [f"## 3. Out-of-fold predictions of `{workdir}`\n"]
+    """Section 3: the OOF scores of a run, per fold, calibration, confusion and the worst-predicted studies."""
+    return [f"## 3. Out-of-fold predictions of `{workdir}`\n",
+            *_oof_score_table(study_ids, labels, probs, folds, summary),
+            *_fold_score_plot(summary, out_dir),
+            *_calibration_plot(labels, probs, out_dir),
+            *_confusion_plot(labels, probs, out_dir),
+            *_worst_study_table(study_ids, labels, probs, folds)]
+
+
+def _oof_score_table(study_ids, labels, probs, folds, summary: dict) -> list[str]:
+    """The OOF losses and score of cv_summary.json beside the baselines, and recomputed from the CSV."""
     result = summary["oof"]
     recomputed = metrics.competition_score(labels, probs)
     rows = [[key, _fmt(result.get(key, np.nan), 4), _fmt(result.get("baseline", {}).get(key, np.nan), 4),
              _fmt(result.get("weighted_prior", {}).get(key, np.nan), 4), _fmt(recomputed[key], 4)]
             for key in (*metrics.LOSS_KEYS, "score")]
-    lines.append(
+    return [
         f"{len(study_ids)} studies in {len(np.unique(folds))} folds. OOF score {_fmt(result.get('score'), 4)} vs "
         f"class-prior baseline {_fmt(result.get('baseline', {}).get('score', np.nan), 4)} and best constant "
         f"{_fmt(result.get('weighted_prior', {}).get('score', np.nan), 4)} (lower is better; from "
-        f"cv_summary.json, the last column recomputed here from oof_predictions.csv).\n")
-    lines.append(_table(["loss", "model (OOF)", "class-prior baseline", "best constant", "recomputed from CSV"],
-                        rows) + "\n")
+        f"cv_summary.json, the last column recomputed here from oof_predictions.csv).\n",
+        _table(["loss", "model (OOF)", "class-prior baseline", "best constant", "recomputed from CSV"], rows) + "\n",
+    ]
 
+
+def _fold_score_plot(summary: dict, out_dir: str) -> list[str]:
     scores = oof.fold_scores(summary)
     png = plots.fold_scores(scores, os.path.join(out_dir, "fold_scores.png"))
     folds_only = scores.drop(index="OOF")
@@ -154,8 +166,10 @@ def _oof_section(study_ids, labels, probs, folds, summary: dict, out_dir: str, w
         f"{len(folds_only)} folds and the best constant in "
         f"{int((folds_only['model'] < folds_only['weighted_prior']).sum())}."
     )
-    lines += ["### Score per fold\n", _image("fold scores", png, out_dir, caption)]
+    return ["### Score per fold\n", _image("fold scores", png, out_dir, caption)]
 
+
+def _calibration_plot(labels: np.ndarray, probs: np.ndarray, out_dir: str) -> list[str]:
     bins = {g: oof.calibration_bins(labels, probs, g) for g in L.CONDITION_GROUPS}
     png = plots.reliability_diagrams(bins, os.path.join(out_dir, "calibration.png"))
     parts = []
@@ -172,11 +186,14 @@ def _oof_section(study_ids, labels, probs, folds, summary: dict, out_dir: str, w
         "(one-vs-rest) the labelled rows are put in 10 equal-width bins of predicted probability; the curve "
         "joins (mean predicted, observed frequency) per bin, marker size ~ bin count, and the lower panel shows "
         "the counts (log scale). On the dashed diagonal the probabilities are calibrated; below it the class is "
-        "predicted more often than it occurs (over-predicted), above it under-predicted. Note the metric weights Moderate x2 and Severe x4, so a model tuned for it "
-        "is expected to over-predict those classes relative to their frequency. " + "; ".join(parts) + "."
+        "predicted more often than it occurs (over-predicted), above it under-predicted. Note the metric weights "
+        "Moderate x2 and Severe x4, so a model tuned for it is expected to over-predict those classes relative "
+        "to their frequency. " + "; ".join(parts) + "."
     )
-    lines += ["### Calibration\n", _image("calibration", png, out_dir, caption)]
+    return ["### Calibration\n", _image("calibration", png, out_dir, caption)]
 
+
+def _confusion_plot(labels: np.ndarray, probs: np.ndarray, out_dir: str) -> list[str]:
     matrices = {g: oof.confusion_matrix(labels, probs, g) for g in L.CONDITION_GROUPS}
     normalised = {g: oof.row_normalise(m) for g, m in matrices.items()}
     recalls = "; ".join(f"{g}: " + "/".join(_fmt(normalised[g][k, k], 2) for k in range(L.NUM_SEVERITIES))
@@ -188,12 +205,14 @@ def _oof_section(study_ids, labels, probs, folds, summary: dict, out_dir: str, w
         f"Moderate / Severe: {recalls}."
     )
     png = plots.confusion_matrices(matrices, normalised, os.path.join(out_dir, "confusion.png"))
-    lines += ["### Confusion matrices\n", _image("confusion matrices", png, out_dir, caption)]
+    return ["### Confusion matrices\n", _image("confusion matrices", png, out_dir, caption)]
 
+
+def _worst_study_table(study_ids, labels: np.ndarray, probs: np.ndarray, folds) -> list[str]:
     worst = oof.worst_studies(study_ids, labels, probs, folds, top=NUM_WORST)
     losses = metrics.per_study_loss(labels, probs)
     rows = [[r.study_id, r.fold, f"{r.loss:.3f}", r.labelled, r.worst_targets] for r in worst.itertuples()]
-    lines += [
+    return [
         "### Worst-predicted studies\n",
         f"The {len(worst)} studies with the highest per-study loss (`metrics.per_study_loss`: the metric's "
         f"1/2/4-weighted log loss over the study's labelled targets; median over all studies "
@@ -201,7 +220,6 @@ def _oof_section(study_ids, labels, probs, folds, summary: dict, out_dir: str, w
         "it). Worth opening in a viewer: label noise, a failed series, or a real miss.\n",
         _table(["study_id", "fold", "loss", "labelled", "worst targets"], rows) + "\n",
     ]
-    return lines
 
 
 def _montage_section(kaggle_dir: str, out_dir: str, num_montages: int, volume_shape) -> list[str]:

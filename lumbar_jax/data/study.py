@@ -21,7 +21,8 @@ from lumbar_jax.data import grid as grid_lib
 
 log = logging.getLogger(__name__)
 
-# Which series type each condition is annotated on in the competition data (conventions section 4 order).
+# The plane of each series type, in which `dicom.read_series` orients it (conventions section 4 order). Which
+# series type each condition is annotated on is `labels.CONDITION_SERIES`.
 PLANE_OF_SERIES = {"sagittal_t1": "sagittal", "sagittal_t2": "sagittal", "axial_t2": "axial"}
 _DESCRIPTION_TO_TYPE = dict(zip(L.SERIES_DESCRIPTIONS, range(len(L.SERIES_TYPES))))
 COORDINATE_COLUMNS = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")

@@ -1,55 +1,26 @@
-"""K-fold cross-validation: folds, the fold loop, out-of-fold predictions and the CV summary.
+"""K-fold cross-validation: the fold loop, out-of-fold predictions and the CV summary.
 
 `cross_validate(config, workdir)` is the whole main job: resolve the dataset, split studies into folds
-(stratified, seeded, identical on every run), train each unfinished fold from a fresh model, then write
-`oof_predictions.csv` and `cv_summary.json` and print the table (conventions section 5).
+(`train.folds`: stratified, seeded, identical on every run), train each unfinished fold from a fresh model,
+then write `oof_predictions.csv` and `cv_summary.json` and print the table (conventions section 5).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import os
-from typing import Any
 
 import jax
 import numpy as np
 import pandas as pd
-from jax.experimental import multihost_utils
-from sklearn.model_selection import StratifiedKFold
 
 from lumbar_jax import labels as L
-from lumbar_jax import metrics
-from lumbar_jax.data import dataset, pipeline
+from lumbar_jax import metrics, rundir
 from lumbar_jax.train import config as config_lib
 from lumbar_jax.train import loop
 from lumbar_jax.train import mesh as mesh_lib
+from lumbar_jax.train.folds import FoldSplit, load_fold_split
 
 log = logging.getLogger(__name__)
-
-
-def stratification_key(labels: np.ndarray) -> np.ndarray:
-    """A per-study key from its labels: the worst severity in each condition group (27 possible values).
-
-    Keys too rare to appear in every fold are merged into the most common key, so StratifiedKFold can split.
-    """
-    worst = [np.max(labels[:, L.group_target_indices(g)], axis=1).clip(0) for g in L.CONDITION_GROUPS]
-    return worst[0] * 9 + worst[1] * 3 + worst[2]
-
-
-def make_folds(labels: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
-    """Fold index int [N] of each study: stratified on `stratification_key`, deterministic in seed."""
-    if len(labels) < num_folds:
-        raise ValueError(f"cv.num_folds={num_folds} but only {len(labels)} labelled studies")
-    key = stratification_key(labels)
-    values, counts = np.unique(key, return_counts=True)
-    key = np.where(np.isin(key, values[counts < num_folds]), values[np.argmax(counts)], key)
-    folds = np.empty(len(labels), dtype=np.int64)
-    splitter = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
-    for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(key)), key)):
-        folds[held_out] = k
-    return folds
 
 
 def write_oof(path: str, study_ids: np.ndarray, probs: np.ndarray, folds: np.ndarray) -> None:
@@ -85,43 +56,6 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-@dataclasses.dataclass(frozen=True)
-class FoldSplit:
-    """A run's dataset and its fold assignment: the same on every run of a config (and in evaluation)."""
-
-    source: Any  # random-access records of the train split
-    study_ids: np.ndarray  # int [N] study id of every record
-    labels: np.ndarray  # int [N, 25], -1 missing
-    folds: np.ndarray  # int [N] held-out fold of every record; -1 for studies without any label
-
-    def indices(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
-        """(training record indices, held-out record indices) of `fold`."""
-        return np.flatnonzero((self.folds >= 0) & (self.folds != fold)), np.flatnonzero(self.folds == fold)
-
-
-def _prepare_dataset(data_config) -> str:
-    """`dataset.prepare`; in a multi-process run process 0 goes first (a build or the synthetic set is written
-    once) and the others then find it built (every process must see the same data path)."""
-    if jax.process_count() == 1:
-        return dataset.prepare(data_config)
-    data_dir = dataset.prepare(data_config) if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices("lumbar_jax dataset prepared")
-    return data_dir or dataset.prepare(data_config)
-
-
-def load_fold_split(config) -> FoldSplit:
-    """Resolve (building if needed) the config's dataset, check it fits the model, and split it into folds."""
-    data_dir = _prepare_dataset(config.data)
-    source = dataset.load_split(data_dir, config.data.config, "train")
-    config_lib.check_dataset(config, source)
-    study_ids, labels = pipeline.read_labels(source)
-    labelled = np.flatnonzero((labels != L.MISSING).any(axis=1))
-    folds = np.full(len(labels), -1)
-    folds[labelled] = make_folds(labels[labelled], config.cv.num_folds, config.seed)
-    log.info("%d studies (%d labelled) in %d folds", len(labels), len(labelled), config.cv.num_folds)
-    return FoldSplit(source, study_ids, labels, folds)
-
-
 def cross_validate(config, workdir: str) -> dict | None:
     """Run the configured folds; returns the CV summary once every fold is done (None for a single fold)."""
     config_lib.validate(config)
@@ -130,22 +64,18 @@ def cross_validate(config, workdir: str) -> dict | None:
     mesh_lib.check_batch_size(config.train.batch_size, mesh)
     mesh_lib.check_batch_size(config.train.eval_batch_size, mesh, "train.eval_batch_size")
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        rundir.write_config(workdir, config.to_json_best_effort(indent=2))
 
     split = load_fold_split(config)
     wanted = range(config.cv.num_folds) if config.cv.fold < 0 else [config.cv.fold]
     results = {}
     for k in wanted:
-        results[k] = loop.read_fold_result(workdir, k)
+        results[k] = rundir.read_fold_result(workdir, k)
         if results[k] is not None:
             log.info("fold %d already finished (score %.4f), skipped", k, results[k]["val"]["score"])
             continue
-        train_idx, val_idx = split.indices(k)
-        results[k] = loop.train_fold(config, workdir, k, split.source, train_idx, val_idx, split.labels,
-                                     split.study_ids, mesh)
-    done = {k: loop.read_fold_result(workdir, k) or results.get(k) for k in range(config.cv.num_folds)}
+        results[k] = loop.train_fold(config, workdir, split.fold(k), mesh)
+    done = {k: rundir.read_fold_result(workdir, k) or results.get(k) for k in range(config.cv.num_folds)}
     if any(r is None for r in done.values()):
         return None
     return summarize(workdir, split, list(done.values()))
@@ -190,9 +120,7 @@ def summarize(workdir: str, split: FoldSplit, results: list[dict]) -> dict:
     summary, probs = oof_summary(split, results)
     scored = np.flatnonzero(split.folds >= 0)
     if jax.process_index() == 0:
-        write_oof(os.path.join(workdir, "oof_predictions.csv"), split.study_ids[scored], probs[scored],
-                  split.folds[scored])
-        with open(os.path.join(workdir, "cv_summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        write_oof(rundir.oof_path(workdir), split.study_ids[scored], probs[scored], split.folds[scored])
+        rundir.write_summary(workdir, summary)
         print(format_table(summary))
     return summary

@@ -58,9 +58,9 @@ def main() -> None:
     config.distributed.update(coordinator_address=args.coordinator_address, num_processes=args.num_processes,
                               process_id=args.process_id)
     result = cv.cross_validate(config, args.workdir)
-    from lumbar_jax.train import loop
+    from lumbar_jax import rundir
 
-    fold = loop.read_fold_result(args.workdir, 0)  # every process reads what process 0 wrote
+    fold = rundir.read_fold_result(args.workdir, 0)  # every process reads what process 0 wrote
     with open(args.out, "w") as f:
         json.dump({"process_index": jax.process_index(), "process_count": jax.process_count(),
                    "local_devices": jax.local_device_count(), "devices": jax.device_count(),

@@ -18,10 +18,11 @@ import jax
 import numpy as np
 import pytest
 
-from lumbar_jax import evaluate
+from lumbar_jax import evaluate, rundir
 from lumbar_jax.train import config as config_lib
-from lumbar_jax.train import cv, loop
+from lumbar_jax.train import cv
 from lumbar_jax.train import mesh as mesh_lib
+from lumbar_jax.train.init import build_state
 from lumbar_jax.train.state import CheckpointStore
 from tests.train.multihost_worker import multihost_config
 
@@ -72,13 +73,13 @@ def _wait(workers, out_dir) -> list[dict]:
 
 
 def _metrics(workdir: str) -> list[dict]:
-    with open(os.path.join(loop.fold_dir(workdir, 0), "metrics.jsonl")) as f:
+    with open(os.path.join(rundir.fold_dir(workdir, 0), "metrics.jsonl")) as f:
         return [{k: v for k, v in json.loads(line).items() if k != "train/volumes_per_s"} for line in f]
 
 
 def _checkpoint(config, workdir: str, which: str, mesh) -> tuple[dict, dict]:
-    _, template = loop.build_state(config, mesh)
-    store = CheckpointStore(os.path.join(loop.fold_dir(workdir, 0), "checkpoints"))
+    _, template = build_state(config, mesh)
+    store = CheckpointStore(rundir.checkpoints_dir(workdir, 0))
     try:
         state, meta = store.restore(template, which)
     finally:
@@ -124,7 +125,7 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(data_
     # Both processes ran in one 4-device runtime and agree on the result process 0 wrote.
     assert [(r["process_index"], r["process_count"], r["local_devices"], r["devices"]) for r in reports] == [
         (0, 2, 2, 4), (1, 2, 2, 4)]
-    multi, single = loop.read_fold_result(multi_dir, 0), loop.read_fold_result(single_dir, 0)
+    multi, single = rundir.read_fold_result(multi_dir, 0), rundir.read_fold_result(single_dir, 0)
     assert all(r["val_score"] == multi["val"]["score"] and r["best_step"] == multi["best_step"] for r in reports)
 
     # Same held-out predictions, score and best step as 1 process x 4 devices.
@@ -139,7 +140,7 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(data_
     for m, s in zip(multi_metrics, single_metrics):
         np.testing.assert_allclose([m[k] for k in sorted(m)], [s[k] for k in sorted(s)], rtol=TOLERANCE,
                                    atol=TOLERANCE)
-    assert len(os.listdir(os.path.join(loop.fold_dir(multi_dir, 0), "tensorboard"))) == 1
+    assert len(os.listdir(os.path.join(rundir.fold_dir(multi_dir, 0), "tensorboard"))) == 1
     assert json.load(open(os.path.join(multi_dir, "config.json")))["distributed"]["num_processes"] == 2
 
     # Same parameters and optimizer state in the final (latest) checkpoints, restored on 1 device.

@@ -14,10 +14,12 @@ import pytest
 
 from lumbar_jax import labels as L
 from lumbar_jax import main as main_module
+from lumbar_jax import rundir
 from lumbar_jax.train import config as config_lib
 from lumbar_jax.train import cv, loop
 from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train import step as step_lib
+from lumbar_jax.train.init import build_state
 
 
 def tiny_config(data_dir: str, **train):
@@ -57,7 +59,7 @@ def test_killed_and_resumed_fold_ends_like_an_uninterrupted_one(data_dir, tmp_pa
     config = tiny_config(data_dir, steps=4, checkpoint_every=2, eval_every=2)
     config.cv.fold = 0
     assert cv.cross_validate(config, str(tmp_path / "straight")) is None
-    straight = loop.read_fold_result(str(tmp_path / "straight"), 0)
+    straight = rundir.read_fold_result(str(tmp_path / "straight"), 0)
 
     original = step_lib.make_train_step
 
@@ -75,7 +77,7 @@ def test_killed_and_resumed_fold_ends_like_an_uninterrupted_one(data_dir, tmp_pa
         cv.cross_validate(config, str(tmp_path / "resumed"))
     monkeypatch.setattr(step_lib, "make_train_step", original)
     cv.cross_validate(config, str(tmp_path / "resumed"))
-    resumed = loop.read_fold_result(str(tmp_path / "resumed"), 0)
+    resumed = rundir.read_fold_result(str(tmp_path / "resumed"), 0)
     assert resumed["best_step"] == straight["best_step"]
     np.testing.assert_allclose(resumed["val_probs"], straight["val_probs"], rtol=1e-6, atol=1e-7)
     assert resumed["val"]["score"] == pytest.approx(straight["val"]["score"], abs=1e-9)
@@ -112,7 +114,7 @@ def test_train_step_on_four_devices_matches_one(data_dir):
     results = []
     for devices in (1, 4):
         mesh = mesh_lib.make_mesh(devices)
-        statics, state = loop.build_state(config, mesh)
+        statics, state = build_state(config, mesh)
         train_step = step_lib.make_train_step(statics, mesh, seed=0, ema_decay=config.train.ema_decay)
         state, metrics = train_step(state, mesh_lib.shard_batch(batch, mesh), 0)
         results.append((jax.device_get((state["model"], state["ema"])), float(metrics["loss"])))

@@ -1,0 +1,88 @@
+"""The layout of a run directory, and the readers and writers of its JSON files.
+
+A run of `python -m lumbar_jax.main` writes everything into one directory (conventions section 5):
+
+    config.json              the resolved config, written before any work
+    fold_{k}/checkpoints/    Orbax checkpoints `latest` (for resume) and `best` (`train.state.CheckpointStore`)
+    fold_{k}/metrics.jsonl   train/ and val/ scalars; fold_{k}/tensorboard/ the same (`train.logging`)
+    fold_{k}/result.json     the fold's final result; a fold with one is finished and not trained again
+    oof_predictions.csv      out-of-fold probabilities, 25 rows per study (`train.cv.write_oof`)
+    cv_summary.json          per-fold and out-of-fold scores
+
+Every name of that layout that more than one module needs is here, so that training, evaluation, prediction
+and the analysis agree on it. Plain files only: nothing here imports JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+CONFIG_FILE = "config.json"
+OOF_FILE = "oof_predictions.csv"
+SUMMARY_FILE = "cv_summary.json"
+RESULT_FILE = "result.json"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def config_path(workdir: str) -> str:
+    return os.path.join(workdir, CONFIG_FILE)
+
+
+def oof_path(workdir: str) -> str:
+    return os.path.join(workdir, OOF_FILE)
+
+
+def summary_path(workdir: str) -> str:
+    return os.path.join(workdir, SUMMARY_FILE)
+
+
+def fold_dir(workdir: str, fold: int) -> str:
+    return os.path.join(workdir, f"fold_{fold}")
+
+
+def checkpoints_dir(workdir: str, fold: int) -> str:
+    return os.path.join(fold_dir(workdir, fold), CHECKPOINTS_DIR)
+
+
+def result_path(workdir: str, fold: int) -> str:
+    return os.path.join(fold_dir(workdir, fold), RESULT_FILE)
+
+
+def trained_folds(workdir: str, num_folds: int) -> list[int]:
+    """The folds of a run that have a checkpoint directory."""
+    return [k for k in range(num_folds) if os.path.isdir(checkpoints_dir(workdir, k))]
+
+
+def write_config(workdir: str, config_json: str) -> None:
+    """Create the run directory and write its config (the JSON text of the resolved config)."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(config_path(workdir), "w") as f:
+        f.write(config_json)
+
+
+def read_fold_result(workdir: str, fold: int) -> dict | None:
+    """Fold `fold`'s result.json, or None while the fold is unfinished."""
+    path = result_path(workdir, fold)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_fold_result(workdir: str, fold: int, result: dict) -> None:
+    """Write result.json whole, then rename it into place: a reader never sees half of one."""
+    path = result_path(workdir, fold)
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f)
+    os.replace(path + ".tmp", path)
+
+
+def read_summary(workdir: str) -> dict:
+    with open(summary_path(workdir)) as f:
+        return json.load(f)
+
+
+def write_summary(workdir: str, summary: dict) -> None:
+    with open(summary_path(workdir), "w") as f:
+        json.dump(summary, f, indent=2)

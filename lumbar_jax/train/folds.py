@@ -1,0 +1,118 @@
+"""A run's dataset split into folds, one fold's part of it, and the score of a train state on that part.
+
+The split is stratified, seeded and the same on every run of a config, so checkpoint evaluation
+(`lumbar_jax.evaluate`) recomputes exactly the folds training used. `evaluate_fold` is the one held-out
+evaluation: the training loop scores its checkpoints with it, and checkpoint evaluation re-scores them with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from sklearn.model_selection import StratifiedKFold
+
+from lumbar_jax import inference
+from lumbar_jax import labels as L
+from lumbar_jax import metrics
+from lumbar_jax.data import dataset, pipeline
+from lumbar_jax.train import config as config_lib
+
+log = logging.getLogger(__name__)
+
+
+def stratification_key(labels: np.ndarray) -> np.ndarray:
+    """A per-study key from its labels: the worst severity in each condition group (27 possible values)."""
+    worst = [np.max(labels[:, L.group_target_indices(g)], axis=1).clip(0) for g in L.CONDITION_GROUPS]
+    return worst[0] * 9 + worst[1] * 3 + worst[2]
+
+
+def make_folds(labels: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
+    """Fold index int [N] of each study: stratified on `stratification_key`, deterministic in seed.
+
+    Keys too rare to appear in every fold are merged into the most common key, so StratifiedKFold can split.
+    """
+    if len(labels) < num_folds:
+        raise ValueError(f"cv.num_folds={num_folds} but only {len(labels)} labelled studies")
+    key = stratification_key(labels)
+    values, counts = np.unique(key, return_counts=True)
+    key = np.where(np.isin(key, values[counts < num_folds]), values[np.argmax(counts)], key)
+    folds = np.empty(len(labels), dtype=np.int64)
+    splitter = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+    for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(key)), key)):
+        folds[held_out] = k
+    return folds
+
+
+@dataclasses.dataclass(frozen=True)
+class Fold:
+    """One fold: the records it trains on and holds out, and what scoring them needs."""
+
+    index: int
+    source: Any  # random-access records of the train split
+    study_ids: np.ndarray  # int [N] study id of every record
+    labels: np.ndarray  # int [N, 25] of every record, -1 missing
+    train_idx: np.ndarray  # record indices of the training studies
+    val_idx: np.ndarray  # record indices of the held-out studies
+
+    @property
+    def train_labels(self) -> np.ndarray:
+        return self.labels[self.train_idx]
+
+    @property
+    def val_labels(self) -> np.ndarray:
+        return self.labels[self.val_idx]
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldSplit:
+    """A run's dataset and its fold assignment: the same on every run of a config (and in evaluation)."""
+
+    source: Any  # random-access records of the train split
+    study_ids: np.ndarray  # int [N] study id of every record
+    labels: np.ndarray  # int [N, 25], -1 missing
+    folds: np.ndarray  # int [N] held-out fold of every record; -1 for studies without any label
+
+    def fold(self, k: int) -> Fold:
+        """Fold `k`: trains on the labelled records of the other folds, holds out its own."""
+        train_idx = np.flatnonzero((self.folds >= 0) & (self.folds != k))
+        return Fold(k, self.source, self.study_ids, self.labels, train_idx, np.flatnonzero(self.folds == k))
+
+
+def _prepare_dataset(data_config) -> str:
+    """`dataset.prepare`; in a multi-process run process 0 goes first (a build or the synthetic set is written
+    once) and the others then find it built (every process must see the same data path)."""
+    if jax.process_count() == 1:
+        return dataset.prepare(data_config)
+    data_dir = dataset.prepare(data_config) if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("lumbar_jax dataset prepared")
+    return data_dir or dataset.prepare(data_config)
+
+
+def load_fold_split(config) -> FoldSplit:
+    """Resolve (building if needed) the config's dataset, check it fits the model, and split it into folds."""
+    data_dir = _prepare_dataset(config.data)
+    source = dataset.load_split(data_dir, config.data.config, "train")
+    config_lib.check_dataset(config, source)
+    study_ids, labels = pipeline.read_labels(source)
+    labelled = np.flatnonzero((labels != L.MISSING).any(axis=1))
+    folds = np.full(len(labels), -1)
+    folds[labelled] = make_folds(labels[labelled], config.cv.num_folds, config.seed)
+    log.info("%d studies (%d labelled) in %d folds", len(labels), len(labelled), config.cv.num_folds)
+    return FoldSplit(source, study_ids, labels, folds)
+
+
+def evaluate_fold(eval_step, state, fold: Fold, batch_size: int, mesh) -> tuple[np.ndarray, dict]:
+    """(held-out probabilities float [len(fold.val_idx), 25, 3], their `metrics.evaluate_predictions` report
+    against the class prior of the fold's training part, with 'peak_distance' when `eval_step` reports the
+    attention peaks of a target-query model)."""
+    probs, peak_distance = inference.predict(eval_step, state, fold.source, fold.val_idx, batch_size, mesh,
+                                             fold.study_ids)
+    result = metrics.evaluate_predictions(fold.val_labels, probs, fold.train_labels)
+    if peak_distance is not None:
+        result["peak_distance"] = peak_distance
+    return probs, result
