@@ -24,6 +24,7 @@ COMMANDS = [
     ("python -m lumbar_jax.score", ()),
     ("python -m lumbar_jax.data.build", ("tensorflow_datasets",)),
     ("python -m lumbar_jax.data.beam_build", ("tensorflow_datasets",)),
+    ("python -m lumbar_jax.data.synthetic", ("tensorflow_datasets",)),
     ("python -m benchmarks.run", ()),
     ("python -m benchmarks.profile_models", ()),
     ("python -m benchmarks.profile_load", ()),
