@@ -1,4 +1,4 @@
-"""Earlier system A (issue 9): a 2D ViT that sees ONE slice per study, the middle sagittal T2 slice.
+"""Earlier system A: a 2D ViT that sees ONE slice per study, the middle sagittal T2 slice.
 
   python -m lumbar_jax.main --config configs/baseline_vit2d.py [--workdir runs/baseline_vit2d]
 
@@ -9,11 +9,7 @@ predicting Normal/Mild for every target gives (most labels are Normal/Mild), so 
 whether it read the images. Here it is trained and scored like every other model: 5 folds, held-out
 competition score next to the class-prior baseline and the best constant, balanced accuracy.
 
-Measured 2026-11-23 on the 2-core CPU machine (default variant, all 5 folds, 300 synthetic studies; another
-job shared the cores, the run got 0.84 of them): 11 min 21 s wall, 1.5 GB peak memory. OOF competition score
-1.1046 vs class-prior baseline 1.1064 and best constant 0.8901; accuracy 0.762, balanced accuracy 0.333 (recall
-1.0 / 0.0 / 0.0): it predicts Normal/Mild for every target with about the class prior, i.e. it learnt nothing
-from the slice (its own per-fold mean prediction, a constant, scores 1.1121).
+Its scores, time and memory are in the README (Earlier systems).
 
 Kept: the input (one slice: canonical depth index D // 2 of the record's `sagittal_t2` volume, i.e. the
 mid-sagittal plane of the series resampled along right -> left; for an even D the first slice past the
@@ -28,16 +24,16 @@ swapped, which moves the middle slice by one for an even D; contrast / brightnes
 
 Variants (`--config configs/baseline_vit2d.py:VARIANT`):
   (default)  CPU-sized, same data and budget as configs/vit_effnet.py (r64, 320 steps of batch 12 per fold,
-             5 folds, seed 0). Differs from the original in the model only, to fit that budget in about 12
-             minutes on the 2-core CPU: the slice is used at the r64 records' own 64 x 64 (resizing it to 224
-             adds no information, only tokens) with 8 x 8 patches (8 x 8 = 64 tokens instead of 14 x 14), and
-             the ViT has ViT-Ti's width (192, 3 heads) and 6 blocks instead of ViT-B (768 wide, 12 blocks).
+             5 folds, seed 0). Differs from the original in the model only, to fit that budget on a 2-core
+             CPU: the slice is used at the r64 records' own 64 x 64 (resizing it to 224 adds no information,
+             only tokens) with 8 x 8 patches (8 x 8 = 64 tokens instead of 14 x 14), and the ViT has ViT-Ti's
+             width (192, 3 heads) and 6 blocks instead of ViT-B (768 wide, 12 blocks).
   full       the original model: ViT-B/16 at 224 x 224, on r256 records (the 256 x 256 slice resized to 224),
              batch 32, 3000 steps, bfloat16 compute, EMA, spatial jitter on. GPU-sized.
   smoke      a few steps, 2 folds, few studies: the whole job end to end in about a minute.
 """
 
-from lumbar_jax.train.config import DATASET_SHAPES, ConfigError, apply_variant, default_config
+from lumbar_jax.train.config import DATASET_SHAPES, SPATIAL_JITTER, ConfigError, apply_variant, default_config
 
 VARIANTS = (None, "smoke", "full")  # what get_config accepts (tests/test_configs.py)
 
@@ -51,7 +47,7 @@ def get_config(arg: str | None = None):
         config.data.config = "r256"
         config.model.update(vit="vit_b", vit_depth=0, patch=(1, 16, 16), image_size=(224, 224),
                             volume_shape=DATASET_SHAPES["r256"], dtype="bfloat16")
-        config.augment.update(shift=0.1, scale=(0.9, 1.1))
+        config.augment.update(SPATIAL_JITTER)
         config.train.update(batch_size=32, eval_batch_size=64, steps=3000, warmup_steps=300, eval_every=500,
                             checkpoint_every=500, log_every=50, ema_decay=0.999)
         return config

@@ -1,4 +1,4 @@
-"""Earlier system B (issue 9): a 3D ViT on one multi-series voxel grid per study.
+"""Earlier system B: a 3D ViT on one multi-series voxel grid per study.
 
   python -m lumbar_jax.main --config configs/baseline_vit3d_grid.py [--workdir runs/baseline_vit3d_grid]
 
@@ -9,33 +9,29 @@ accuracy: the share of that majority label, i.e. what a constant prediction scor
 our loss (the competition metric as a loss, per target), cross-validation and metric, and shown next to the
 class-prior baseline and the best constant.
 
-Measured 2026-11-23 on the 2-core CPU machine (default variant, all 5 folds, the 300 synthetic studies,
-building grid32 from them once: 20 s): 6 min 32 s wall, 1.5 GB peak memory. OOF competition score 0.8825 vs
-class-prior baseline 1.1064 and best constant 0.8901 (fitted to the whole score, any_severe_spinal
-included), balanced accuracy 0.334 (recall 0.999 / 0.001 / 0.002), and its predictions hardly vary between
-studies: its own per-fold mean prediction, a constant, scores 0.8854. It learnt a constant, not the images.
+Its scores, time and memory are in the README (Earlier systems).
 
-Kept: the volume construction and the model. The `grid32` / `grid64` / `grid128` dataset configs (data/grid.py) resample
-every series (trilinear) into one shared axis-aligned grid in patient coordinates (LPS) per study, covering the
-union of the series' extents, N^3 voxels, axes in the sagittal layout (right -> left, superior -> inferior,
-anterior -> posterior); absent series are all-zero channels (`present` False). The model
-(models/baselines.py `GridViT`) reads `volumes [B, 3, N, N, N]` as the 3 channels of one volume: a 3D ViT
-with cubic patches, CLS token, one linear layer to 25 x 3.
-Ours: the metric loss per target instead of one majority label per study (the issue: "train with our
-loss"), the repo's optimiser settings (AdamW, warmup + cosine, weight decay 0.05, clipping at 1), logit bias at
-the log class prior, best held-out checkpoint per fold. No spatial augmentation: the per-series flips /
-shifts assume canonical layouts (config validation refuses them on grid data); contrast / brightness jitter
-stays. The grid records' `coords` are normalised coordinates in the grid (unused here: no target queries).
+Kept: the volume construction and the model. The `grid32` / `grid64` / `grid128` dataset configs (data/grid.py)
+resample every series (trilinear) into one shared axis-aligned grid in patient coordinates (LPS) per study,
+covering the union of the series' extents, N^3 voxels, axes in the sagittal layout (right -> left, superior ->
+inferior, anterior -> posterior); absent series are all-zero channels (`present` False). The model
+(models/baselines.py `GridViT`) reads `volumes [B, 3, N, N, N]` as the 3 channels of one volume: a 3D ViT with
+cubic patches, CLS token, one linear layer to 25 x 3.
+Ours: the metric loss per target instead of one majority label per study, the repo's optimiser settings (AdamW,
+warmup + cosine, weight decay 0.05, clipping at 1), logit bias at the log class prior, best held-out checkpoint
+per fold. No spatial augmentation: the per-series flips / shifts assume canonical layouts (config validation
+refuses them on grid data); contrast / brightness jitter stays. The grid records' `coords` are normalised
+coordinates in the grid (unused here: no target queries).
 
 Variants (`--config configs/baseline_vit3d_grid.py:VARIANT`):
   (default)  CPU-sized, same budget as configs/vit_effnet.py (320 steps of batch 12 per fold, 5 folds,
-             seed 0, the same 300 synthetic studies), to finish 5 folds in about 12 minutes on the 2-core CPU:
-             a 32^3 grid (`grid32`) instead of 128^3 with 8^3-voxel patches (each patch covers the same share
-             of the grid as 16^3 of 64^3: 4^3 = 64 tokens instead of 8^3 = 512), and a ViT of width 192 (3
-             heads) with 6 blocks instead of width 768 with 12. Measured: on `grid64` with 16^3 patches the
-             patch embedding alone (12 x 64 x 12288 x 192 multiply-adds forward) made a step about 2x slower
-             than on `grid32` (0.71 vs 0.34 CPU-seconds), which would not fit the budget; on synthetic studies
-             (field of view about 70 mm) a grid32 voxel is about 2.3 mm, a lumbar level about 5 voxels.
+             seed 0, the same 300 synthetic studies), to fit that budget on a 2-core CPU: a 32^3 grid
+             (`grid32`) instead of 128^3 with 8^3-voxel patches (each patch covers the same share of the grid
+             as 16^3 of 64^3: 4^3 = 64 tokens instead of 8^3 = 512), and a ViT of width 192 (3 heads) with 6
+             blocks instead of width 768 with 12. On `grid64` with 16^3 patches the patch embedding alone
+             (12 x 64 x 12288 x 192 multiply-adds forward) makes a step about twice as slow, which would not
+             fit the budget; on synthetic studies (field of view about 70 mm) a grid32 voxel is about 2.3 mm,
+             a lumbar level about 5 voxels.
   full       the original: `grid128` (128^3), 16^3 patches, ViT-B (width 768, 12 blocks), batch 32, 3000
              steps, lr 3e-4, bfloat16 compute, EMA. GPU-sized.
   smoke      a few steps, 2 folds, few studies: the whole job end to end in about a minute.

@@ -5,10 +5,7 @@ Run (the embedded synthetic dataset, all 5 folds, this 2-core CPU machine):
 
   python -m lumbar_jax.main --config configs/vit_effnet.py
 
-Measured 2026-11-23 on the 2-core CPU machine, from an empty cache: 13 min 37 s wall, 2.6 GB peak memory;
-OOF competition score 0.8024 vs class-prior baseline 1.1064 and best constant 0.8901, balanced accuracy
-0.381 (folds 0.733 / 0.812 / 0.789 / 0.801 / 0.873); held-out attention peak 4.16 voxels from the annotated
-point (mean of folds). Rerun later the same day: identical scores.
+Its scores, time and memory are in the README (Results).
 
 Variants (`--config configs/vit_effnet.py:VARIANT`):
   (default)  CPU-sized: r64 volumes (16x64x64), tiny encoders, 320 steps of batch 12 per fold.

@@ -31,6 +31,7 @@ from lumbar_jax import labels as L
 from lumbar_jax import rundir
 from lumbar_jax.data import augment, pipeline
 from lumbar_jax.models import registry
+from lumbar_jax.train import config as config_lib
 from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train import step as step_lib
 from lumbar_jax.train.init import build_state
@@ -38,17 +39,17 @@ from lumbar_jax.train.state import CheckpointStore, TrainStatics, eval_model_sta
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run was trained with (`workdir/config.json`), its model part checked."""
+    """The config a run was trained with (`workdir/config.json`), on the current schema and validated."""
     path = rundir.config_path(workdir)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: {workdir} is not a run directory of "
                                 "`python -m lumbar_jax.main`")
     with open(path) as f:
         try:
-            config = ml_collections.ConfigDict(json.load(f))
+            config = config_lib.restore_config(json.load(f))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from None
-    registry.validate_model_config(config.model)
+    config_lib.validate(config, check_paths=False)
     return config
 
 

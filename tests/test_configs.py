@@ -1,7 +1,10 @@
-"""Every config file and variant loads and passes validation (no data, no model built)."""
+"""Every config file and variant loads and passes validation (no data, no model built); the schema
+(`default_config()`) documents every field."""
 
 import importlib.util
+import inspect
 import os
+import re
 
 import pytest
 
@@ -93,3 +96,21 @@ def test_baseline_configs_train_as_the_earlier_systems_did():
     full_a, full_b = _load("baseline_vit2d.py").get_config("full"), _load("baseline_vit3d_grid.py").get_config("full")
     assert (full_a.model.vit, full_a.model.image_size, full_a.model.patch) == ("vit_b", (224, 224), (1, 16, 16))
     assert (full_b.model.vit, full_b.data.config, full_b.model.patch) == ("vit_b", "grid128", (16, 16, 16))
+
+
+def _leaves(d, prefix=""):
+    for key, value in d.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key
+
+
+def test_every_field_of_the_schema_has_a_one_line_comment():
+    """Each field is assigned once in train/config.py, on a line that ends with its `# meaning` comment."""
+    source = inspect.getsource(config_lib)
+    commented = re.findall(r"^\s+(?:\w+\.)+(\w+) = .*\S  # \S.*$", source, flags=re.MULTILINE)
+    fields = [leaf.rpartition(".")[2] for leaf in _leaves(config_lib.default_config().to_dict())]
+    missing = [field for field in fields if field not in commented]
+    assert not missing, f"fields without a comment on their line: {missing}"
+    assert {"kernels", "flip_lr_prob", "effnet_pool", "loss"} <= set(commented)

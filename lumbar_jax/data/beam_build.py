@@ -27,7 +27,7 @@ from lumbar_jax import cli
 from lumbar_jax.data import study
 from lumbar_jax.data.build import CONFIG_NAMES, build_argument_parser, tfds_scratch_tempdir
 from lumbar_jax.data.rsna_lumbar_spine import Builder
-from lumbar_jax.data.rsna_lumbar_spine.rsna_lumbar_spine_dataset_builder import _example_with_key
+from lumbar_jax.data.rsna_lumbar_spine.rsna_lumbar_spine_dataset_builder import keyed_study_example
 
 with tfds.core.registered.skip_registration():  # the same dataset (name, configs, files), not a new one
 
@@ -44,7 +44,7 @@ with tfds.core.registered.skip_registration():  # the same dataset (name, config
             jobs = [(entry, shape, grid) for entry in study.list_studies(root, split)]
             return (f"{split}_studies" >> beam.Create(jobs)
                     | f"{split}_spread" >> beam.Reshuffle()  # one study per element, spread over the workers
-                    | f"{split}_decode" >> beam.Map(_example_with_key))
+                    | f"{split}_decode" >> beam.Map(keyed_study_example))
 
 
 def pipeline_options(workers: int = 2, beam_args: list[str] | None = None):

@@ -1,4 +1,4 @@
-"""The two earlier systems (issue 9) as models of the study-model interface, so that they train, cross-validate
+"""The two earlier systems as models of the study-model interface, so that they train, cross-validate
 and are scored exactly like the other models:
 
     model(volumes [B, 3, D, H, W] (uint8 scale, labels.SERIES_TYPES order), present bool [B, 3])
@@ -101,15 +101,17 @@ class GridViT(nnx.Module):
         return (logits, maps) if return_attention else logits
 
 
-def create_baseline(cfg: dict, variant, *, dtype, param_dtype, rngs: nnx.Rngs) -> SliceViT | GridViT:
-    """The baseline model of a validated `model` section (registry.validate_model_config) whose name is in
-    BASELINE_MODELS; `variant`: the ViT size (a vit.VIT_VARIANTS name or a ViTVariant)."""
+def create_baseline(cfg, variant, *, kernels: str, dtype, param_dtype, rngs: nnx.Rngs) -> SliceViT | GridViT:
+    """The baseline model of a validated `model` section whose name is in BASELINE_MODELS; `variant`: the ViT
+    size (a vit.VIT_VARIANTS name or a ViTVariant); `kernels`: layers.KERNELS."""
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    vit_kw = dict(in_channels=3, pool=cfg["pool"], dropout=cfg["encoder_dropout"], drop_path=cfg["drop_path"], **kw)
+    vit_kw = dict(in_channels=3, pool=cfg["pool"], dropout=cfg["encoder_dropout"], drop_path=cfg["drop_path"],
+                  kernels=kernels, **kw)
     if cfg["name"] == "vit2d":
-        vit = VisionTransformer(variant, input_shape=cfg["image_size"], patch=cfg["patch"][1:], **vit_kw)
-        return SliceViT(vit, LinearHead(vit.num_features, **kw), cfg["image_size"], dtype=dtype)
+        image_size = tuple(cfg["image_size"])
+        vit = VisionTransformer(variant, input_shape=image_size, patch=tuple(cfg["patch"])[1:], **vit_kw)
+        return SliceViT(vit, LinearHead(vit.num_features, **kw), image_size, dtype=dtype)
     if cfg["name"] == "vit3d_grid":
-        vit = VisionTransformer(variant, input_shape=cfg["volume_shape"], patch=cfg["patch"], **vit_kw)
+        vit = VisionTransformer(variant, input_shape=tuple(cfg["volume_shape"]), patch=tuple(cfg["patch"]), **vit_kw)
         return GridViT(vit, LinearHead(vit.num_features, **kw), dtype=dtype)
     raise ValueError(f"model.name: {cfg['name']!r} is not one of {BASELINE_MODELS}")

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lumbar_jax.models.layers import CONV, CONV_IMPLS, DropPath, conv_padding, dropout_layer
+from lumbar_jax.models.layers import CONV, DropPath, conv_padding, dropout_layer
 
 
 class Stage(NamedTuple):
@@ -99,9 +99,9 @@ class MaskedBatchNorm(nnx.BatchNorm):
     not shift the normalisation of present ones.
 
     Statistics are per-sample spatial moments `[N, C]` averaged over the selected samples, so the mask costs
-    nothing per voxel (nnx.BatchNorm's `mask=` is per element: a full-size mask, and each block compiled
-    ~0.8 s slower on this CPU). A batch with no sample selected is normalised with all its samples and leaves the running
-    averages unchanged. Under jit with the batch sharded on a mesh the means over N are global, as in
+    nothing per voxel (nnx.BatchNorm's `mask=` is per element: a full-size mask, and a noticeably slower
+    compile of every block). A batch with no sample selected is normalised with all its samples and leaves the
+    running averages unchanged. Under jit with the batch sharded on a mesh the means over N are global, as in
     nnx.BatchNorm.
     """
 
@@ -192,14 +192,14 @@ class InvertedResidual(nnx.Module):
         return x + self.drop_path(y) if self.has_skip else y
 
 
-def _conv(cin, cout, kernel, stride=1, *, groups=1, use_bias=False, ndim, padding, conv_impl, dtype, param_dtype,
+def _conv(cin, cout, kernel, stride=1, *, groups=1, use_bias=False, ndim, padding, kernels, dtype, param_dtype,
           rngs):
-    """nnx.Conv with timm's padding and init (He normal on fan-out; depthwise: on its k^d taps) that routes
-    to the CPU-fast convolutions of layers.CONV."""
+    """nnx.Conv with timm's padding and init (He normal on fan-out; depthwise: on its k^d taps) whose
+    convolution is layers.CONV[kernels]."""
     ks, strides = (kernel,) * ndim, (stride,) * ndim
     init = nnx.initializers.variance_scaling(2.0, "fan_in" if groups > 1 else "fan_out", "normal")
     return nnx.Conv(cin, cout, ks, strides, padding=conv_padding(ks, strides, padding), feature_group_count=groups,
-                    use_bias=use_bias, kernel_init=init, conv_general_dilated=CONV[conv_impl], dtype=dtype,
+                    use_bias=use_bias, kernel_init=init, conv_general_dilated=CONV[kernels], dtype=dtype,
                     param_dtype=param_dtype, rngs=rngs)
 
 
@@ -210,20 +210,21 @@ class EfficientNet(nnx.Module):
     drop_path: stochastic depth of the last block (rising linearly from 0 over the blocks; reference 0.2).
     padding: 'symmetric' (timm `efficientnet_b*`) or 'same' (TF, timm `tf_efficientnet_b*`).
     bn_eps: BatchNorm epsilon; None = the layout's (BN_EPS for 'symmetric', BN_EPS_TF for 'same', as timm).
-    conv_impl: layers.CONV_IMPLS ('auto' = shifted-slice convs on CPU, lax elsewhere).
+    kernels: the convolution implementation, one of layers.KERNELS ('cpu': shifted slices and im2col, fast on
+      XLA:CPU; 'xla': lax).
     """
 
     def __init__(
         self,
         variant: str | EffNetVariant,
         *,
+        kernels: str,
         ndim: int = 3,
         in_channels: int = 1,
         num_classes: int = 0,
         drop_path: float = 0.2,
         padding: str = "symmetric",
         bn_eps: float | None = None,
-        conv_impl: str = "auto",
         dtype=None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -233,9 +234,7 @@ class EfficientNet(nnx.Module):
             raise ValueError(f"ndim must be 2 or 3, got {ndim}")
         if padding not in PADDINGS:
             raise ValueError(f"padding {padding!r} is not one of {PADDINGS}")
-        if conv_impl not in CONV_IMPLS:
-            raise ValueError(f"conv_impl {conv_impl!r} is not one of {CONV_IMPLS}")
-        conv = partial(_conv, ndim=ndim, padding=padding, conv_impl=conv_impl, dtype=dtype, param_dtype=param_dtype)
+        conv = partial(_conv, ndim=ndim, padding=padding, kernels=kernels, dtype=dtype, param_dtype=param_dtype)
         if bn_eps is None:
             bn_eps = BN_EPS_TF if padding == "same" else BN_EPS
         norm = partial(MaskedBatchNorm, momentum=BN_MOMENTUM, epsilon=bn_eps, dtype=dtype, param_dtype=param_dtype)

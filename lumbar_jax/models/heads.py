@@ -72,16 +72,17 @@ class AttentionHead(_PooledHead):
     """A learned query token attends over the projected series tokens (+ series-type embedding) in one
     pre-LN transformer block whose key mask hides absent series; the query's output -> MLP -> 25 x 3.
 
-    The query is itself a key, so a study with no series present still has a well-defined output."""
+    The query is itself a key, so a study with no series present still has a well-defined output. `kernels`:
+    the block's attention implementation (layers.KERNELS)."""
 
     def __init__(self, features: int, num_series: int, *, hidden: int, num_heads: int, dropout: float,
-                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 kernels: str, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.norm = layer_norm(features, **kw)
         self.proj = dense(features, hidden, **kw)
         self.series_embed = nnx.Param(TRUNC_NORMAL(rngs.params(), (num_series, hidden), param_dtype))
         self.query = nnx.Param(TRUNC_NORMAL(rngs.params(), (1, 1, hidden), param_dtype))
-        self.block = Block(hidden, num_heads, dropout=dropout, **kw)
+        self.block = Block(hidden, num_heads, kernels=kernels, dropout=dropout, **kw)
         self.norm_out = layer_norm(hidden, **kw)
         self.mlp = Mlp(hidden, hidden, NUM_OUTPUTS, dropout=dropout, out_dropout=0.0, **kw)
 
@@ -201,16 +202,17 @@ class TargetQueryHead(nnx.Module):
 
 
 def fusion_head(kind: str, features: int, num_series: int, *, hidden: int, num_heads: int, dropout: float,
-                sources: Sequence[tuple[Sequence[int], int]] = (), volume_shape=(), depth: int = 1, dtype=None,
-                param_dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.Module:
-    """The head named `kind` (one of FUSIONS). `features`: pooled feature width (pooled heads); `sources`:
-    (token grid, width) of each token source, `volume_shape` `[D, H, W]` they cover and `depth`:
-    cross-attention blocks (`target_query`)."""
+                kernels: str, sources: Sequence[tuple[Sequence[int], int]] = (), volume_shape=(), depth: int = 1,
+                dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.Module:
+    """The head named `kind` (one of FUSIONS). `features`: pooled feature width (pooled heads); `kernels`:
+    layers.KERNELS (the `attention` head's self-attention; the target-query head computes its attention
+    weights explicitly); `sources`: (token grid, width) of each token source, `volume_shape` `[D, H, W]` they
+    cover and `depth`: cross-attention blocks (`target_query`)."""
     kw = dict(hidden=hidden, dropout=dropout, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     if kind == "concat_mlp":
         return ConcatMLPHead(features, num_series, **kw)
     if kind == "attention":
-        return AttentionHead(features, num_series, num_heads=num_heads, **kw)
+        return AttentionHead(features, num_series, num_heads=num_heads, kernels=kernels, **kw)
     if kind == "target_query":
         return TargetQueryHead(sources, num_series, volume_shape=volume_shape, num_heads=num_heads, depth=depth,
                                **kw)

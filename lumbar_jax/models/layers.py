@@ -1,14 +1,13 @@
 """Layers shared by the encoders: convolutions that are fast on XLA:CPU, drop path, position-embedding resampling.
 
-Why custom convolutions: XLA:CPU lowers some convolutions to pathologically slow loops. Measured on 2 shared
-cores (best of 10, jitted):
-- depthwise 3D (`feature_group_count == channels`), 3x3x3 on `[2, 16, 32, 32, 32]`: 335 ms forward and 840 ms
-  forward+backward with `lax.conv_general_dilated`, vs 2-3 ms / 23 ms as shifted multiply-adds (below);
-- the EfficientNet stem (3x3x3, stride 2, 1 -> 32 channels) on `[6, 16, 64, 64, 1]`: 3 s for the input gradient
-  and 80 ms for the kernel gradient, vs 18 ms for both as patches @ kernel (im2col).
-GPU/TPU keep `lax.conv_general_dilated`, which is fast there. `CONV[impl]` is a drop-in `conv_general_dilated`
-for `nnx.Conv`, so modules and parameters (`kernel [*k, C_in / groups, C_out]`) are plain `nnx.Conv` whichever
-implementation runs: 'slices' (the formulations above), 'lax', or 'auto' (by `jax.default_backend()`).
+Why custom convolutions: XLA:CPU lowers some convolutions to pathologically slow loops: depthwise 3D ones
+(`feature_group_count == channels`) and, for their gradients, dense ones with few input channels (the
+EfficientNet stem). Written as shifted multiply-adds (depthwise) and patches @ kernel (im2col, the stem) they
+run one to two orders of magnitude faster there (`benchmarks/BENCHMARKS.md`). GPU/TPU keep
+`lax.conv_general_dilated`, which is fast there. `CONV[kernels]` is a drop-in `conv_general_dilated` for
+`nnx.Conv`, so modules and parameters (`kernel [*k, C_in / groups, C_out]`) are plain `nnx.Conv` whichever
+implementation runs. `kernels` is one of KERNELS, chosen once for the whole model (`model.kernels`, resolved
+by registry.resolve_kernels): 'cpu' (the formulations above) or 'xla' (lax).
 """
 
 from __future__ import annotations
@@ -23,18 +22,11 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-CONV_IMPLS = ("auto", "slices", "lax")
+# Kernel implementations a model is built with: 'cpu' = the XLA:CPU-friendly formulations of this module and
+# per-head attention (transformer.attention), 'xla' = the plain lax / jax.nn operations.
+KERNELS = ("cpu", "xla")
 
 Pads = tuple[tuple[int, int], ...]
-
-
-def resolve_conv_impl(impl: str) -> str:
-    """'slices' or 'lax' for a setting in CONV_IMPLS; 'auto' picks 'slices' on CPU, 'lax' elsewhere."""
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"conv impl {impl!r} is not one of {CONV_IMPLS}")
-    if impl == "auto":
-        return "slices" if jax.default_backend() == "cpu" else "lax"
-    return impl
 
 
 def _explicit_pads(spatial: Sequence[int], ksize: Sequence[int], strides: Sequence[int], padding) -> Pads:
@@ -70,8 +62,8 @@ def _out_spatial(padded: Sequence[int], ksize: Sequence[int], strides: Sequence[
     return [(p - k) // s + 1 for p, k, s in zip(padded, ksize, strides)]
 
 
-# Taps fused into one XLA:CPU loop at most: measured linear up to 100 taps (0.25 ms per tap on
-# [6, 8, 32, 32, 48]), then 10x slower at 125 (5x5x5), where LLVM gives up on the huge loop body.
+# Taps fused into one XLA:CPU loop at most: the fused loop's time grows linearly with the taps of 3x3 and
+# 3x3x3 kernels, but LLVM gives up on the loop body of a 5x5x5 kernel (125 taps), which then runs far slower.
 MAX_FUSED_TAPS = 64
 
 
@@ -99,8 +91,7 @@ def _shifted_sum(xp: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> ja
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _depthwise_slices(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...], pads: Pads) -> jax.Array:
     """Depthwise conv of `x [B, *S, C]` with `kernel [*k, C]` as shifted multiply-adds, forward and backward
-    (plain autodiff of the shifted sum pads k^d cotangents and reduces k^d times: forward+backward 43 ms
-    instead of 23 ms on `[2, 16, 32, 32, 32]`)."""
+    (plain autodiff of the shifted sum would pad k^d cotangents and reduce k^d times, about twice as slow)."""
     return _shifted_sum(_pad_spatial(x, pads), kernel, strides)
 
 
@@ -122,7 +113,7 @@ def _depthwise_slices_bwd(strides, pads, residuals, g):
     dx = _shifted_sum(_pad_spatial(g, g_pads, [s - 1 for s in strides]), flipped, (1,) * len(ksize))
 
     # Per row j of the first kernel axis, all k^(d-1) kernel-grad sums in one variadic reduction over space
-    # (one pass over x and g instead of one jnp.sum per tap: 4-5x faster on XLA:CPU).
+    # (one pass over x and g instead of one jnp.sum per tap, which XLA:CPU runs as k^d separate passes).
     acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
     g_acc = g.astype(acc_dtype)
     xp = _pad_spatial(x, pads)
@@ -161,11 +152,12 @@ def depthwise_conv(
     kernel: jax.Array,
     strides: int | Sequence[int] = 1,
     padding: str | Sequence[tuple[int, int]] = "SAME",
-    impl: str = "auto",
+    *,
+    kernels: str,
 ) -> jax.Array:
     """Depthwise convolution of channels-last `x [B, *S, C]` (1 to 3 spatial axes) with `kernel [*k, 1, C]`.
 
-    `padding`: 'SAME', 'VALID' or (low, high) pairs per spatial axis, as in lax; `impl` in CONV_IMPLS.
+    `padding`: 'SAME', 'VALID' or (low, high) pairs per spatial axis, as in lax; `kernels` in KERNELS.
     Returns `[B, *S_out, C]` in the dtype of `x`.
     """
     nsp = x.ndim - 2
@@ -173,40 +165,36 @@ def depthwise_conv(
         raise ValueError(f"depthwise kernel must be [*k, 1, C={x.shape[-1]}] for x {x.shape}; got {kernel.shape}")
     strides = (strides,) * nsp if isinstance(strides, int) else tuple(strides)
     pads = _explicit_pads(x.shape[1:-1], kernel.shape[:-2], strides, padding)
-    if resolve_conv_impl(impl) == "lax":
+    if kernels == "xla":
         spatial = "DHW"[3 - nsp:]
         dn = lax.conv_dimension_numbers(x.shape, kernel.shape, (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
         return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=dn, feature_group_count=x.shape[-1])
     return _depthwise_slices(x, kernel[..., 0, :], strides, pads)
 
 
-def _conv_general_dilated(impl: str):
-    """A `conv_general_dilated` for `nnx.Conv` (channels-last) that routes depthwise convs to the shifted-slice
-    form and dense convs with a spatial kernel to im2col when `impl` resolves to 'slices'; lax otherwise."""
-
-    def conv(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-             feature_group_count=1, precision=None, **kwargs):
-        dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-        depthwise = feature_group_count == lhs.shape[-1] == rhs.shape[-1] and rhs.shape[-2] == 1
-        dense = feature_group_count == 1 and math.prod(rhs.shape[:-2]) > 1
-        if resolve_conv_impl(impl) == "lax" or dilated or not (depthwise or dense):
-            return lax.conv_general_dilated(
-                lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-                dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, precision=precision,
-                **kwargs,
-            )
-        strides = tuple(window_strides)
-        pads = _explicit_pads(lhs.shape[1:-1], rhs.shape[:-2], strides, padding)
-        if depthwise:
-            return _depthwise_slices(lhs, rhs[..., 0, :], strides, pads)
-        return _im2col_conv(lhs, rhs, strides, pads)
-
-    conv.__name__ = f"conv_general_dilated_{impl}"
-    return conv
+def _cpu_conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
+                              dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """`lax.conv_general_dilated` for `nnx.Conv` (channels-last) with depthwise convs as shifted slices and dense
+    convs with a spatial kernel as im2col; every other conv (1x1, dilated, grouped) goes to lax."""
+    dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+    depthwise = feature_group_count == lhs.shape[-1] == rhs.shape[-1] and rhs.shape[-2] == 1
+    dense = feature_group_count == 1 and math.prod(rhs.shape[:-2]) > 1
+    if dilated or not (depthwise or dense):
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, precision=precision,
+            **kwargs,
+        )
+    strides = tuple(window_strides)
+    pads = _explicit_pads(lhs.shape[1:-1], rhs.shape[:-2], strides, padding)
+    if depthwise:
+        return _depthwise_slices(lhs, rhs[..., 0, :], strides, pads)
+    return _im2col_conv(lhs, rhs, strides, pads)
 
 
-# One function object per impl: a stable identity keeps nnx graph definitions equal across model instances.
-CONV = {impl: _conv_general_dilated(impl) for impl in CONV_IMPLS}
+# The `conv_general_dilated` of nnx.Conv per KERNELS entry; module-level functions, so their identity is stable
+# and nnx graph definitions stay equal across model instances.
+CONV = {"cpu": _cpu_conv_general_dilated, "xla": lax.conv_general_dilated}
 
 
 def conv_padding(kernel_size: Sequence[int], strides: Sequence[int], mode: str):

@@ -12,7 +12,7 @@ Layouts (parameter names are timm's, see efficientnet.py / vit.py; torch conv `w
 running_var = our mean / var):
 - EfficientNet B0-B7 (`effnet_b*`) from timm `efficientnet_b*` (model padding 'symmetric') or
   `tf_efficientnet_b*` (padding 'same'; BatchNorm epsilon 1e-3, set by the padding). Both have the same keys,
-  so the padding must match the checkpoint (`validate_pretrained_fields` checks a path naming `tf_efficientnet`).
+  so the padding must match the checkpoint (the config validation checks a path naming `tf_efficientnet`).
 - ViT patch 16 (`vit_ti`, `vit_s`, `vit_b`, `vit_l`) from timm `vit_{tiny,small,base,large}_patch16_224`
   (class token, final `norm`: our pool 'cls'); a checkpoint without class token and with `fc_norm` (timm
   `class_token=False, global_pool='avg'`) loads into pool 'mean'.
@@ -341,39 +341,7 @@ def timm_state_dict(module: EfficientNet | VisionTransformer) -> dict[str, np.nd
     return out
 
 
-# ------------------------------------------------------------------------------------------------ config
-
-
-def validate_pretrained_fields(cfg: Mapping, encoders, check_files: bool = False) -> None:
-    """The `model.pretrained_vit`, `model.pretrained_effnet` and `model.inflation` fields of a filled-in model
-    section (`encoders`: the encoder kinds of its name). ValueError naming `model.<field>`; `check_files` also
-    refuses a path that is not a file (before training; inference does not read these files)."""
-
-    def fail(field, problem):
-        raise ValueError(f"model.{field}: {problem}")
-
-    if cfg["inflation"] not in INFLATIONS:
-        fail("inflation", f"{cfg['inflation']!r} is not one of {INFLATIONS}")
-    for field, kind, variants in (("pretrained_vit", "vit", PRETRAINED_VITS),
-                                  ("pretrained_effnet", "effnet", PRETRAINED_EFFNETS)):
-        path = cfg[field]
-        if not isinstance(path, str):
-            fail(field, f"{path!r} is not a path ('' = no pretrained weights)")
-        if not path:
-            continue
-        if kind not in encoders:
-            fail(field, f"set, but model.name={cfg['name']!r} has no {kind} encoder")
-        if cfg[kind] not in variants:
-            fail(kind, f"{cfg[kind]!r} has no timm ImageNet checkpoint (model.{field} is set); one of {variants}")
-        if kind == "vit" and tuple(cfg["patch"])[1:] != PRETRAINED_VIT_PATCH:
-            fail("patch", f"{tuple(cfg['patch'])}: a patch-16 checkpoint (model.pretrained_vit) needs [d, 16, 16]")
-        if kind == "effnet":
-            tf_port = "tf_efficientnet" in path.lower()
-            if tf_port != (cfg["effnet_padding"] == "same") and "efficientnet" in path.lower():
-                fail("effnet_padding", f"{cfg['effnet_padding']!r} does not fit {path}: timm tf_efficientnet_b* "
-                     "weights need 'same', efficientnet_b* weights 'symmetric'")
-        if check_files and not os.path.isfile(os.path.expanduser(path)):
-            fail(field, f"{path} is not a file")
+# ------------------------------------------------------------------------------------------------ models
 
 
 def apply_pretrained(model, cfg: Mapping) -> dict[str, LoadReport]:
@@ -384,11 +352,11 @@ def apply_pretrained(model, cfg: Mapping) -> dict[str, LoadReport]:
     reports = {}
     holders = getattr(model, "encoders", None) or [model]
     for field, kind in (("pretrained_vit", "vit"), ("pretrained_effnet", "effnet")):
-        path = cfg.get(field, "")
+        path = cfg[field]
         if not path:
             continue
         state = read_state_dict(os.path.expanduser(path))
-        depth = cfg.get("vit_depth", 0) if kind == "vit" else 0
+        depth = cfg["vit_depth"] if kind == "vit" else 0
         if depth:
             state = {k: v for k, v in state.items()
                      if not (k.startswith("blocks.") and int(k.split(".")[1]) >= depth)}

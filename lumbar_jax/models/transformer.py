@@ -49,19 +49,15 @@ def _softmax(logits: jax.Array, key_mask: jax.Array | None) -> jax.Array:
     return jax.nn.softmax(logits, axis=-1)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """Scaled dot-product attention without its weights: q `[B, Q, H, d]`, k / v `[B, K, H, d]`, key mask bool
-    `[B, K]` (False = ignored) -> `[B, Q, H, d]`.
+def _fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """`jax.nn.dot_product_attention` (a fused cuDNN kernel on GPU where the dtype allows)."""
+    return jax.nn.dot_product_attention(q, k, v, mask=None if mask is None else mask[:, None, None, :])
 
-    On GPU/TPU `jax.nn.dot_product_attention` (a fused cuDNN kernel where the dtype allows). On CPU one
-    batched dot per head instead: XLA:CPU runs the matmuls of `jax.nn.dot_product_attention` (batched over
-    B and H, softmax fused in) at about half of PyTorch's bmm rate, while a dot batched over B alone is
-    fast. On the vit_s benchmark (batch 4, 513 tokens, 6 heads) this moved lumbar_jax from 0.85x to 0.93x
-    MONAI's train-step rate and from 0.94x to 1.10x its inference rate (`benchmarks/BENCHMARKS.md`;
-    `python -m benchmarks.profile_models` shows where the time goes). Softmax in float32 on CPU.
-    """
-    if jax.default_backend() != "cpu":
-        return jax.nn.dot_product_attention(q, k, v, mask=None if mask is None else mask[:, None, None, :])
+
+def _per_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """One batched dot per head, softmax in float32: XLA:CPU runs the matmuls of `jax.nn.dot_product_attention`
+    (batched over B and H, softmax fused in) well below its plain matmul rate, while a dot batched over B alone
+    runs at it (`benchmarks/BENCHMARKS.md`; `python -m benchmarks.profile_models` shows where the time goes)."""
     scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
     heads = []
     for h in range(q.shape[2]):
@@ -71,19 +67,32 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
     return jnp.stack(heads, axis=2)
 
 
+# The attention of each layers.KERNELS entry.
+ATTENTION = {"cpu": _per_head_attention, "xla": _fused_attention}
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, *, kernels: str
+              ) -> jax.Array:
+    """Scaled dot-product attention without its weights: q `[B, Q, H, d]`, k / v `[B, K, H, d]`, key mask bool
+    `[B, K]` (False = ignored) -> `[B, Q, H, d]`. `kernels` (layers.KERNELS): 'xla' =
+    `jax.nn.dot_product_attention`, 'cpu' = per-head dots (the same values, faster on XLA:CPU)."""
+    return ATTENTION[kernels](q, k, v, mask)
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with a fused qkv projection (timm layout) and an optional key mask.
 
     Written out rather than `nnx.MultiHeadAttention` so that (a) the parameters are timm's `qkv` / `proj`
-    and (b) the attention maps can be returned for analysis. Without maps it calls `attention` (a fused
-    kernel on GPU, per-head dots on CPU).
+    and (b) the attention maps can be returned for analysis. Without maps it calls `attention` with its
+    `kernels` (layers.KERNELS).
     """
 
-    def __init__(self, dim: int, num_heads: int, *, dropout: float = 0.0, dtype=None, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+    def __init__(self, dim: int, num_heads: int, *, kernels: str, dropout: float = 0.0, dtype=None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
         if dim % num_heads:
             raise ValueError(f"attention width {dim} is not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
+        self.kernels = kernels
         self.qkv = dense(dim, 3 * dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.proj = dense(dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.proj_drop = dropout_layer(dropout, rngs)
@@ -97,7 +106,7 @@ class Attention(nnx.Module):
             out, weights = explicit_attention(q, k, v, mask)
         else:
             weights = None
-            out = attention(q, k, v, mask)
+            out = attention(q, k, v, mask, kernels=self.kernels)
         out = self.proj_drop(self.proj(out.reshape(b, t, e)))
         return (out, weights) if return_attention else out
 
@@ -118,13 +127,14 @@ class Mlp(nnx.Module):
 
 
 class Block(nnx.Module):
-    """x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x))) on tokens `[B, T, E]`."""
+    """x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x))) on tokens `[B, T, E]`; `kernels`: the
+    attention's (layers.KERNELS)."""
 
-    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, dropout: float = 0.0,
+    def __init__(self, dim: int, num_heads: int, *, kernels: str, mlp_ratio: float = 4.0, dropout: float = 0.0,
                  drop_path: float = 0.0, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.norm1 = layer_norm(dim, **kw)
-        self.attn = Attention(dim, num_heads, dropout=dropout, **kw)
+        self.attn = Attention(dim, num_heads, kernels=kernels, dropout=dropout, **kw)
         self.norm2 = layer_norm(dim, **kw)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, dropout=dropout, **kw)
         self.drop_path = DropPath(drop_path, rngs=rngs)

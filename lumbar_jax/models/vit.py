@@ -65,6 +65,7 @@ class VisionTransformer(nnx.Module):
       timm's two layouts.
     dropout: after the position embedding and inside each block; drop_path: stochastic depth, rate rising
       linearly to `drop_path` over the blocks.
+    kernels: the attention implementation, one of layers.KERNELS ('cpu' or 'xla').
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class VisionTransformer(nnx.Module):
         *,
         input_shape: Sequence[int],
         patch: Sequence[int],
+        kernels: str,
         in_channels: int = 1,
         num_classes: int = 0,
         pool: str = "cls",
@@ -100,7 +102,8 @@ class VisionTransformer(nnx.Module):
         self.pos_drop = dropout_layer(dropout, rngs)
         rates = np.linspace(0.0, drop_path, v.depth)
         self.blocks = nnx.List([
-            Block(v.width, v.num_heads, mlp_ratio=v.mlp_ratio, dropout=dropout, drop_path=float(r), rngs=rngs, **kw)
+            Block(v.width, v.num_heads, kernels=kernels, mlp_ratio=v.mlp_ratio, dropout=dropout, drop_path=float(r),
+                  rngs=rngs, **kw)
             for r in rates
         ])
         self.norm = layer_norm(v.width, rngs=rngs, **kw) if pool == "cls" else None

@@ -1,68 +1,37 @@
-"""The default run config (every field commented) and its validation before any work starts.
+"""The run config: its one schema (`default_config()`, every field with its meaning), the shared variants of
+configs/*.py, and its validation before any work starts.
 
-Files under `configs/` start from `default_config()` and change what they need; `validate` refuses a bad
-config with a ValueError that names the field, before data is generated or a model is built.
+Files under `configs/` start from `default_config()` and change what they need. `validate` (the checks live
+in config_validation.py) refuses a bad config with a ConfigError that names the field, once, at the entry
+point (train/cv.py for training, inference.py for a restored run); the library then trusts the config:
+`models.create_model(config.model, ...)`, `data.pipeline.train_batches(..., augment_config=config.augment)`.
 """
 
 from __future__ import annotations
 
-import os
+import copy
+from collections.abc import Mapping
 
 import ml_collections
 
-from lumbar_jax.data import augment
-from lumbar_jax.models import registry
-from lumbar_jax.train.loss import LOSSES
+from lumbar_jax.dataset_configs import DATASET_SHAPES, GRID_DATASETS
+from lumbar_jax.train.config_validation import ConfigError, check_dataset, validate_config
 
-DATASET_SHAPES = {"r64": (16, 64, 64), "r128": (32, 128, 128), "r256": (64, 256, 256),
-                  "grid32": (32, 32, 32), "grid64": (64, 64, 64), "grid128": (128, 128, 128)}
-# Dataset configs whose three volumes share one patient-coordinate grid per study (data/grid.py): the series'
-# axes are those of the grid, not their canonical layouts, which the spatial augmentations assume.
-GRID_DATASETS = ("grid32", "grid64", "grid128")
+__all__ = ["DATASET_SHAPES", "GRID_DATASETS", "SPATIAL_JITTER", "ConfigError", "apply_variant", "check_dataset",
+           "default_config", "restore_config", "validate"]
+
+# The spatial augmentation of the long (GPU-sized) runs; the CPU default trains without it (augment section).
+SPATIAL_JITTER = dict(shift=0.1, scale=(0.9, 1.1))
 
 
 def default_config() -> ml_collections.ConfigDict:
+    """The CPU default run (configs/vit_effnet.py) with every field of every section."""
     c = ml_collections.ConfigDict()
-    c.seed = 0  # model init, dropout, data order and folds all derive from it
-
-    c.data = ml_collections.ConfigDict()
-    c.data.manual_dir = ""  # Kaggle competition folder (train.csv, train_images/); "" = not given
-    c.data.data_dir = ""  # TFDS data dir with a built rsna_lumbar_spine; "" = build into the cache
-    c.data.config = "r64"  # dataset builder config: r64 / r128 / r256 (volume size)
-    c.data.cache_dir = "~/.cache/lumbar_jax"  # where the synthetic set and default builds live
-    c.data.synthetic_studies = 300  # studies of the embedded synthetic set (used when no data is given)
-    c.data.synthetic_seed = 0  # seed of the synthetic set
-    c.data.build_workers = 0  # processes decoding DICOM during a build; 0 = every core
-    c.data.worker_count = 0  # grain worker processes for the train pipeline; 0 = in-process
-
-    c.augment = augment.default_config()
-    # The CPU default trains 320 steps: spatial jitter there slows learning more than it regularises
-    # (fold 0: 0.825 after 250 steps with shift 0.03 / zoom 0.05; 0.758 at step 250 without); the GPU variants
-    # train about 10x longer and turn it back on.
-    c.augment.shift = 0.0
-    c.augment.scale = (1.0, 1.0)
-
-    c.model = registry.default_model_config()
-    c.model.patch = (4, 8, 8)  # 4x8x8 tubelets: 256 tokens per series, fine enough to tell the 5 levels apart
-    c.model.head_hidden = 64  # the target-query head projects every token: its width dominates the CPU step
-    c.model.effnet_pool = (1, 2, 2)  # the EfficientNet sees 16x32x32: 3.7x faster on CPU; the ViT keeps detail
-
-    c.train = ml_collections.ConfigDict()
-    c.train.loss = "metric"  # 'metric': the competition metric as a loss (train/loss.py); 'cross_entropy':
-    #   plain unweighted cross-entropy over the labelled targets (the earlier systems'; needs coord_loss_weight 0)
-    c.train.batch_size = 12  # global batch (all devices, all processes)
-    c.train.eval_batch_size = 32  # global eval batch; the last one is padded and masked
-    c.train.steps = 320  # optimizer steps per fold
-    c.train.lr = 3e-3  # peak AdamW learning rate
-    c.train.warmup_steps = 20  # linear warmup, then cosine decay to 0 at `steps`
-    c.train.weight_decay = 0.05  # AdamW decoupled weight decay
-    c.train.grad_clip = 1.0  # global-norm gradient clipping
-    c.train.ema_decay = 0.0  # EMA of parameters for evaluation; 0 = off
-    c.train.coord_loss_weight = 1.0  # weight of the label-coordinate supervision of the target queries; 0 = off
-    c.train.coord_sigma = 0.08  # std (normalised volume units) of its Gaussian around each annotated point
-    c.train.eval_every = 80  # steps between held-out evaluations (and best-checkpoint updates)
-    c.train.checkpoint_every = 80  # steps between "latest" checkpoints (resume points)
-    c.train.log_every = 10  # steps between metric log lines
+    c.seed = 0  # model init, dropout, data order, augmentation and folds all derive from it; in [0, 2**32)
+    c.data = _data_section()
+    c.augment = _augment_section()
+    c.model = _model_section()
+    c.train = _train_section()
 
     c.cv = ml_collections.ConfigDict()
     c.cv.num_folds = 5  # stratified folds of the labelled studies
@@ -79,67 +48,105 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-class ConfigError(ValueError):
-    """A config field that cannot work; the message starts with `config.<field>`."""
+def _data_section() -> ml_collections.ConfigDict:
+    d = ml_collections.ConfigDict()
+    d.manual_dir = ""  # Kaggle competition folder (train.csv, train_images/); "" = not given
+    d.data_dir = ""  # TFDS data dir with a built rsna_lumbar_spine; "" = build into the cache
+    d.config = "r64"  # dataset config, one of lumbar_jax.dataset_configs.DATASET_SHAPES (volume size)
+    d.cache_dir = "~/.cache/lumbar_jax"  # where the synthetic set and default builds live
+    d.synthetic_studies = 300  # studies of the embedded synthetic set (used when no data is given)
+    d.synthetic_seed = 0  # seed of the synthetic set
+    d.build_workers = 0  # processes decoding DICOM during a build; 0 = every core
+    d.worker_count = 0  # grain worker processes for the train pipeline; 0 = in-process
+    return d
 
 
-def _require(ok: bool, field: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"config.{field}: {message}")
+def _augment_section() -> ml_collections.ConfigDict:
+    """Training augmentations (data/augment.py); every op is skipped when its setting is neutral. Spatial
+    jitter (shift, scale) is off: the CPU default's 320 steps learn faster without it (README, Results); the
+    long runs turn it on with SPATIAL_JITTER."""
+    a = ml_collections.ConfigDict()
+    a.enabled = True  # False: records pass unchanged
+    a.flip_lr_prob = 0.5  # probability of a patient left/right mirror (labels and coordinates swapped too)
+    a.shift = 0.0  # max |translation| per axis, as a fraction of that axis' extent (uniform, per series)
+    a.scale = (1.0, 1.0)  # zoom factor range about the volume centre (> 1 magnifies), drawn per series
+    a.intensity_scale = (0.8, 1.2)  # contrast factor range, about the volume's mean intensity
+    a.intensity_shift = 0.1  # max |brightness offset|, as a fraction of the 0..255 range
+    a.noise_std = 0.0  # std of additive Gaussian noise, as a fraction of the 0..255 range; 0 = off
+    return a
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-    """Refuse an impossible config before any work, naming the field."""
-    _require(c.data.config in DATASET_SHAPES, "data.config", f"{c.data.config!r} is not one of {list(DATASET_SHAPES)}")
-    if c.data.manual_dir:
-        _require(os.path.isdir(c.data.manual_dir), "data.manual_dir", f"{c.data.manual_dir} is not a directory")
-    _require(c.data.synthetic_studies >= 2 * c.cv.num_folds, "data.synthetic_studies",
-             f"{c.data.synthetic_studies} is too few for {c.cv.num_folds} folds")
-    _require(c.cv.num_folds >= 2, "cv.num_folds", "needs at least 2 folds")
-    _require(-1 <= c.cv.fold < c.cv.num_folds, "cv.fold", f"{c.cv.fold} not in -1..{c.cv.num_folds - 1}")
-    t = c.train
-    for name in ("batch_size", "eval_batch_size", "steps", "eval_every", "checkpoint_every", "log_every"):
-        _require(t[name] > 0, f"train.{name}", f"must be positive, got {t[name]}")
-    _require(t.lr > 0, "train.lr", f"must be positive, got {t.lr}")
-    _require(0 <= t.warmup_steps <= t.steps, "train.warmup_steps", f"must be in 0..train.steps ({t.steps})")
-    _require(0 <= t.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
-    _require(t.coord_loss_weight >= 0, "train.coord_loss_weight", f"must be >= 0, got {t.coord_loss_weight}")
-    _require(t.coord_sigma > 0, "train.coord_sigma", f"must be positive, got {t.coord_sigma}")
-    _require(t.coord_loss_weight == 0 or c.model.get("fusion", "target_query") == "target_query",
-             "train.coord_loss_weight", f"needs model.fusion='target_query' (got {c.model.get('fusion')!r}); "
-             "set it to 0 for the pooled heads")
-    _require(t.coord_loss_weight == 0 or c.model.name not in registry.MODEL_NAMES  # (unknown: refused below)
-             or registry.uses_query_attention(c.model), "train.coord_loss_weight",
-             f"model {c.model.name!r} has no target queries to supervise; set it to 0")
-    loss = t.get("loss", "metric")
-    _require(loss in LOSSES, "train.loss", f"{loss!r} is not one of {LOSSES}")
-    _require(loss == "metric" or t.coord_loss_weight == 0, "train.coord_loss_weight",
-             f"must be 0 with train.loss={loss!r} (got {t.coord_loss_weight})")
-    grid = c.data.config in GRID_DATASETS
-    _require(grid or c.model.name != "vit3d_grid", "data.config",
-             f"model.name='vit3d_grid' reads the three series as aligned channels: needs one of {GRID_DATASETS}, "
-             f"got {c.data.config!r}")
-    if grid:
-        a = c.augment
-        _require(a.flip_lr_prob == 0 and a.shift == 0 and tuple(a.scale) == (1.0, 1.0), "augment",
-                 f"{c.data.config!r} volumes share one patient grid: the per-series spatial augmentations "
-                 f"(flip_lr_prob {a.flip_lr_prob}, shift {a.shift}, scale {tuple(a.scale)}) assume canonical "
-                 "layouts; set flip_lr_prob=0, shift=0, scale=(1, 1)")
-    _require(tuple(c.model.volume_shape) == DATASET_SHAPES[c.data.config], "model.volume_shape",
-             f"{tuple(c.model.volume_shape)} differs from the {c.data.config} volumes {DATASET_SHAPES[c.data.config]}")
+def _model_section() -> ml_collections.ConfigDict:
+    """The study model (models/registry.py `create_model`); fields of an encoder the model lacks are unused."""
+    m = ml_collections.ConfigDict()
+    m.name = "vit_effnet"  # 'vit' | 'effnet' | 'vit_effnet' (encoders per series); 'vit2d' | 'vit3d_grid' (baselines)
+    m.vit = "vit_tiny_test"  # ViT variant, one of models.vit.VIT_VARIANTS
+    m.effnet = "effnet_tiny_test"  # EfficientNet variant, one of models.efficientnet.EFFNET_VARIANTS
+    m.volume_shape = DATASET_SHAPES["r64"]  # [D, H, W] the model is built for: data.config's volume shape
+    m.patch = (4, 8, 8)  # ViT tubelet [d, h, w], divides volume_shape; 4x8x8 = 256 tokens per r64 series
+    m.vit_depth = 0  # ViT blocks; 0 = the variant's own depth (> 0: a shallower ViT of the variant's width)
+    m.image_size = (224, 224)  # vit2d only: [H, W] the middle sagittal T2 slice is resized to
+    m.pool = "cls"  # ViT pooling: 'cls' token or 'mean' of the patch tokens
+    m.share_encoders = True  # one encoder set for all 3 series types (run once on [B*3, ...]) or one per type
+    m.fusion = "target_query"  # head: 'target_query' (25 queries over all tokens), 'attention' or 'concat_mlp'
+    m.head_hidden = 64  # fusion head width; the target-query head projects every token, so it sets the CPU step
+    m.head_heads = 4  # attention heads of the 'attention' / 'target_query' heads; divides head_hidden
+    m.head_depth = 1  # cross-attention blocks of the 'target_query' head
+    m.dropout = 0.1  # dropout rate in the fusion head
+    m.encoder_dropout = 0.0  # dropout rate inside the ViT (after pos-embed, attention projection, MLP)
+    m.drop_path = 0.1  # stochastic depth of the deepest encoder block (linear ramp from 0)
+    m.dtype = "float32"  # compute dtype: 'float32' (CPU) or 'bfloat16' (GPU / TPU); logits stay float32
+    m.param_dtype = "float32"  # parameter dtype ('float32' also under bfloat16 compute: mixed precision)
+    m.kernels = "auto"  # convolution / attention kernels: 'cpu' | 'xla'; 'auto' = 'cpu' on the CPU backend, else 'xla'
+    m.effnet_padding = "symmetric"  # EfficientNet padding: 'symmetric' (timm efficientnet_b*), 'same' (tf_*)
+    m.effnet_pool = (1, 2, 2)  # average-pool window [d, h, w] before the EfficientNet (CPU speed); the ViT keeps detail
+    m.pretrained_vit = ""  # timm ViT checkpoint file loaded when training starts (models/pretrained.py); "" = none
+    m.pretrained_effnet = ""  # timm efficientnet_b* / tf_efficientnet_b* checkpoint file; "" = none
+    m.inflation = "centre"  # pretrained 2D kernel -> 3D: 'centre' (middle depth slice) or 'average' (over depth)
+    return m
+
+
+def _train_section() -> ml_collections.ConfigDict:
+    t = ml_collections.ConfigDict()
+    t.loss = "metric"  # 'metric' (the competition metric, train/loss.py) or 'cross_entropy' (coord_loss_weight 0)
+    t.batch_size = 12  # global batch (all devices, all processes)
+    t.eval_batch_size = 32  # global eval batch; the last one is padded and masked
+    t.steps = 320  # optimizer steps per fold
+    t.lr = 3e-3  # peak AdamW learning rate
+    t.warmup_steps = 20  # linear warmup, then cosine decay to 0 at `steps`
+    t.weight_decay = 0.05  # AdamW decoupled weight decay
+    t.grad_clip = 1.0  # global-norm gradient clipping
+    t.ema_decay = 0.0  # EMA of parameters for evaluation; 0 = off
+    t.coord_loss_weight = 1.0  # weight of the label-coordinate supervision of the target queries; 0 = off
+    t.coord_sigma = 0.08  # std (normalised volume units) of its Gaussian around each annotated point
+    t.eval_every = 80  # steps between held-out evaluations (and best-checkpoint updates)
+    t.checkpoint_every = 80  # steps between "latest" checkpoints (resume points)
+    t.log_every = 10  # steps between metric log lines
+    return t
+
+
+def validate(c: ml_collections.ConfigDict, *, check_paths: bool = True) -> None:
+    """Refuse an impossible config before any work: ConfigError `config.<section>.<field>: problem` for an
+    unknown or missing field, a bad value or an inconsistent combination. `check_paths=False` for a
+    restored run: its data folder and pretrained weight files need not exist where it is evaluated."""
+    validate_config(c, default_config(), check_paths=check_paths)
+
+
+def restore_config(stored: Mapping) -> ml_collections.ConfigDict:
+    """A run's stored config (the dict of its `config.json`) on this schema: `default_config()` updated with the
+    stored values, so tuples are tuples again and fields the run's version did not have take their defaults.
+    The stored `model.conv_impl` of earlier versions becomes `model.kernels`. Validate the result."""
+    stored = copy.deepcopy(dict(stored))
+    model = stored.get("model")
+    if isinstance(model, dict) and "conv_impl" in model:
+        impl = model.pop("conv_impl")
+        model.setdefault("kernels", {"slices": "cpu", "lax": "xla"}.get(impl, impl))
+    config = default_config()
     try:
-        augment.validate_config(c.augment)
-        registry.validate_model_config(c.model, check_files=True)  # pretrained weight files exist
-    except ValueError as err:  # their messages already name `augment.<field>` / `model.<field>`
-        raise ConfigError(f"config.{str(err).removeprefix('config.')}") from None
-
-
-def check_dataset(c: ml_collections.ConfigDict, source) -> None:
-    """The built dataset must hold volumes of the shape the model was configured for."""
-    example = source[0]
-    shape = tuple(example["sagittal_t2"].shape)
-    _require(shape == tuple(c.model.volume_shape), "model.volume_shape",
-             f"{tuple(c.model.volume_shape)} but the dataset's volumes are {shape}")
+        config.update(stored)
+    except TypeError as err:  # ml_collections refuses a value of another type than the field's
+        raise ConfigError(f"config: a stored value does not fit its field: {err}") from None
+    return config
 
 
 def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:
@@ -157,7 +164,7 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_colle
         c.model.update(volume_shape=DATASET_SHAPES[variant], patch=(8, 16, 16) if big else (4, 16, 16),
                        vit="vit_b" if big else "vit_s", effnet="effnet_b3" if big else "effnet_b0",
                        head_hidden=256, effnet_pool=(1, 1, 1), dtype="bfloat16")
-        c.augment.update(shift=0.1, scale=(0.9, 1.1))
+        c.augment.update(SPATIAL_JITTER)
         c.train.update(batch_size=64 if big else 32, eval_batch_size=64, steps=3000, warmup_steps=300,
                        lr=3e-4, eval_every=500, checkpoint_every=500, log_every=50, ema_decay=0.999)
     else:

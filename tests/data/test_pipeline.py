@@ -7,13 +7,15 @@ import tensorflow_datasets as tfds
 
 from lumbar_jax import labels as L
 from lumbar_jax.data import pipeline as P
-from lumbar_jax.data.augment import AugmentConfig, default_config
 from lumbar_jax.data.build import tfds_scratch_tempdir
-from tests.data.test_augment import make_record
+from lumbar_jax.train.config import SPATIAL_JITTER
+from tests.data.test_augment import augment_config, make_record
 
 SHAPE = (4, 8, 8)  # [D, H, W]
 NUM_RECORDS = 15
-NO_AUGMENT = AugmentConfig(enabled=False)
+NO_AUGMENT = augment_config(enabled=False)
+AUGMENT = augment_config(**SPATIAL_JITTER)  # every op but noise on
+NOISY = augment_config(**SPATIAL_JITTER, noise_std=0.02)
 
 
 def make_records(n=NUM_RECORDS, shape=SHAPE):
@@ -37,7 +39,7 @@ def take(iterator, n):
 
 
 def test_train_batch_layout(records):
-    batch = P.train_batches(records, np.arange(NUM_RECORDS), batch_size=4, seed=0)[0]
+    batch = P.train_batches(records, np.arange(NUM_RECORDS), batch_size=4, seed=0, augment_config=AUGMENT)[0]
     expected = {
         "volumes": (np.uint8, (4, 3, *SHAPE)), "present": (np.bool_, (4, 3)), "labels": (np.int32, (4, 25)),
         "coords": (np.float32, (4, 25, 3)), "coords_series": (np.int32, (4, 25)), "study_id": (np.int64, (4,)),
@@ -65,7 +67,7 @@ def test_train_reads_only_the_fold_and_visits_each_record_once_per_epoch(records
 
 
 def test_train_is_a_function_of_the_seed(records):
-    kwargs = dict(batch_size=4, num_epochs=3)
+    kwargs = dict(batch_size=4, num_epochs=3, augment_config=AUGMENT)
     a = list(P.train_dataset(records, np.arange(NUM_RECORDS), seed=5, **kwargs))
     b = list(P.train_dataset(records, np.arange(NUM_RECORDS), seed=5, read_threads=0, **kwargs))
     c = list(P.train_dataset(records, np.arange(NUM_RECORDS), seed=6, **kwargs))
@@ -75,21 +77,15 @@ def test_train_is_a_function_of_the_seed(records):
     assert not np.array_equal(a[0]["study_id"], c[0]["study_id"])
 
 
-def test_the_run_config_augment_section_is_accepted(records):
-    kwargs = dict(batch_size=4, seed=0)
-    assert_batches_equal(P.train_batches(records, np.arange(NUM_RECORDS), augment_config=default_config(), **kwargs)[2],
-                         P.train_batches(records, np.arange(NUM_RECORDS), augment_config=AugmentConfig(), **kwargs)[2])
-
-
 def test_the_same_record_is_augmented_differently_in_each_epoch(records):
-    batches = list(P.train_dataset(records, np.arange(4), batch_size=4, seed=0, num_epochs=2))
+    batches = list(P.train_dataset(records, np.arange(4), batch_size=4, seed=0, num_epochs=2, augment_config=AUGMENT))
     order = [np.argsort(b["study_id"]) for b in batches]
     first, second = (b["volumes"][o] for b, o in zip(batches, order))
     assert not np.array_equal(first, second)
 
 
 def test_resumed_iterator_equals_the_advanced_one(records):
-    kwargs = dict(batch_size=4, seed=9, augment_config=AugmentConfig(noise_std=0.02))
+    kwargs = dict(batch_size=4, seed=9, augment_config=NOISY)
     running = P.train_dataset(records, np.arange(NUM_RECORDS), **kwargs)
     take(running, 7)  # crosses an epoch boundary (15 records, 4 per step)
     resumed = P.train_dataset(records, np.arange(NUM_RECORDS), start_step=7, **kwargs)
@@ -98,7 +94,7 @@ def test_resumed_iterator_equals_the_advanced_one(records):
 
 
 def test_shards_split_the_global_batch(records):
-    kwargs = dict(seed=1, num_epochs=3)
+    kwargs = dict(seed=1, num_epochs=3, augment_config=AUGMENT)
     single = P.train_batches(records, np.arange(NUM_RECORDS), batch_size=4, **kwargs)
     shards = [P.train_batches(records, np.arange(NUM_RECORDS), batch_size=2, shard_index=p, shard_count=2,
                               **kwargs) for p in range(2)]
@@ -111,7 +107,7 @@ def test_shards_split_the_global_batch(records):
 
 
 def test_worker_processes_do_not_change_the_batches(records):
-    kwargs = dict(batch_size=3, seed=2, augment_config=AugmentConfig(noise_std=0.02))
+    kwargs = dict(batch_size=3, seed=2, augment_config=NOISY)
     expected = take(P.train_dataset(records, np.arange(NUM_RECORDS), **kwargs), 6)
     with_workers = P.train_dataset(records, np.arange(NUM_RECORDS), worker_count=2, **kwargs)
     try:
@@ -200,7 +196,7 @@ def test_pipelines_over_an_array_record_dataset(tfds_source, records):
     evaluated = list(P.eval_batches(tfds_source, fold, batch_size=4))
     np.testing.assert_array_equal(np.concatenate([b["study_id"] for b in evaluated])[:10], study_ids[fold])
     in_memory = [records[i] for i in study_ids - 1000]  # the same records in TFDS order
-    kwargs = dict(batch_size=4, seed=4, augment_config=AugmentConfig(noise_std=0.02))
+    kwargs = dict(batch_size=4, seed=4, augment_config=NOISY)
     for x, y in zip(take(P.train_dataset(tfds_source, fold, **kwargs), 3),
                     take(P.train_dataset(in_memory, fold, **kwargs), 3)):
         assert_batches_equal(x, y)

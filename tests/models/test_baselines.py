@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lumbar_jax.models import baselines, create_model, validate_model_config
+from lumbar_jax.models import baselines, create_model
 from lumbar_jax.models.layers import num_params
 from lumbar_jax.models.registry import uses_query_attention
 from lumbar_jax.train import config as config_lib
+from tests.models.helpers import model_config
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
 
@@ -56,8 +57,8 @@ forward = nnx.jit(lambda model, volumes, present: model(volumes, present))
 
 
 def small_slice_model():
-    cfg = dict(name="vit2d", vit="vit_tiny_test", patch=(1, 8, 8), image_size=(16, 16), volume_shape=(5, 16, 16),
-               drop_path=0.0)
+    cfg = model_config("vit2d", vit="vit_tiny_test", patch=(1, 8, 8), image_size=(16, 16), volume_shape=(5, 16, 16),
+                       drop_path=0.0)
     model = create_model(cfg, nnx.Rngs(0))
     model.eval()
     return model
@@ -84,7 +85,7 @@ def test_slice_model_reads_the_middle_sagittal_t2_slice_only():
 
 
 def test_slice_model_resizes_the_slice_to_its_image_size():
-    cfg = dict(name="vit2d", vit="vit_tiny_test", patch=(1, 16, 16), image_size=(32, 32), volume_shape=(4, 8, 8))
+    cfg = model_config("vit2d", vit="vit_tiny_test", patch=(1, 16, 16), image_size=(32, 32), volume_shape=(4, 8, 8))
     model = create_model(cfg, nnx.Rngs(0))
     volumes = np.zeros((1, 3, 4, 8, 8), np.uint8)
     volumes[0, 1, 2] = 255  # constant bright middle slice -> constant bright image
@@ -94,7 +95,7 @@ def test_slice_model_resizes_the_slice_to_its_image_size():
 
 
 def test_grid_model_reads_every_channel():
-    cfg = dict(name="vit3d_grid", vit="vit_tiny_test", patch=(4, 4, 4), volume_shape=(8, 8, 8), drop_path=0.0)
+    cfg = model_config("vit3d_grid", vit="vit_tiny_test", patch=(4, 4, 4), volume_shape=(8, 8, 8), drop_path=0.0)
     model = create_model(cfg, nnx.Rngs(0))
     model.eval()
     volumes = np.random.default_rng(1).integers(0, 256, (2, 3, 8, 8, 8), dtype=np.uint8)
@@ -111,17 +112,17 @@ def test_output_bias_and_bad_fields():
     bias = np.log(np.full((25, 3), 1 / 3))
     model.head.set_output_bias(bias)
     np.testing.assert_allclose(model.head.fc.bias[...], bias.reshape(-1))
-    with pytest.raises(ValueError, match=r"model\.patch"):
-        validate_model_config(dict(name="vit2d", patch=(2, 16, 16)))
-    with pytest.raises(ValueError, match=r"model\.patch"):
-        validate_model_config(dict(name="vit2d", patch=(1, 16, 16), image_size=(224, 200)))
-    with pytest.raises(ValueError, match=r"model\.vit_depth"):
-        validate_model_config(dict(name="vit3d_grid", vit_depth=-1, volume_shape=(32, 32, 32), patch=(8, 8, 8)))
-    assert validate_model_config(dict(name="vit3d_grid", volume_shape=(32, 32, 32), patch=(8, 8, 8)))["vit_depth"] == 0
+    for name, overrides, field in [("baseline_vit2d", dict(patch=(2, 16, 16)), "model.patch"),
+                                   ("baseline_vit2d", dict(patch=(1, 16, 16), image_size=(224, 200)), "model.patch"),
+                                   ("baseline_vit3d_grid", dict(vit_depth=-1), "model.vit_depth")]:
+        config = load_config(name)
+        config.model.update(overrides)
+        with pytest.raises(config_lib.ConfigError, match=rf"^config\.{field}: "):
+            config_lib.validate(config)
 
 
 def test_vit_depth_sets_the_number_of_blocks_of_any_vit():
-    study = nnx.eval_shape(lambda: create_model(dict(name="vit", vit="vit_ti", vit_depth=2), nnx.Rngs(0)))
+    study = nnx.eval_shape(lambda: create_model(model_config("vit", vit="vit_ti", vit_depth=2), nnx.Rngs(0)))
     assert len(study.encoders[0].vit.blocks) == 2 and study.encoders[0].vit.num_features == 192
-    full = nnx.eval_shape(lambda: create_model(dict(name="vit", vit="vit_ti"), nnx.Rngs(0)))
+    full = nnx.eval_shape(lambda: create_model(model_config("vit", vit="vit_ti"), nnx.Rngs(0)))
     assert len(full.encoders[0].vit.blocks) == 12

@@ -11,16 +11,19 @@ import pytest
 from flax import nnx
 
 from lumbar_jax.labels import NUM_SEVERITIES, NUM_TARGETS
-from lumbar_jax.models import create_model, default_model_config
-from tests.models.helpers import cheap_rngs, jit_fast_compile, study_batch, with_absent_noise
+from lumbar_jax.models import create_model
+from tests.models.helpers import cheap_rngs, jit_fast_compile, model_config, study_batch, with_absent_noise
 
 LOGITS_SHAPE = (NUM_TARGETS, NUM_SEVERITIES)
 
 
+# The sizes these tests were written for: the default fusion head 256 wide, ViT patch 4x16x16, the EfficientNet
+# on the full volume.
+SIZES = dict(patch=(4, 16, 16), head_hidden=256, effnet_pool=(1, 1, 1))
+
+
 def _model(name="vit_effnet", **overrides):
-    config = default_model_config(name)
-    config.update(overrides)
-    return create_model(config, cheap_rngs())
+    return create_model(model_config(name, **(SIZES | overrides)), cheap_rngs())
 
 
 @partial(jit_fast_compile, static_argnames=("graphdef", "return_attention"))
@@ -105,7 +108,7 @@ def test_attention_maps_and_position_embedding_resampling(share_encoders, shape)
     for m in maps:
         assert m.shape == (2, 3, 2, tokens, tokens)
         np.testing.assert_allclose(m.sum(-1), 1.0, rtol=1e-5)
-    if shape == (16, 64, 64):  # explicit attention (maps) == jax.nn.dot_product_attention (no maps)
+    if shape == (16, 64, 64):  # explicit attention (maps) == the kernels' attention (no maps)
         np.testing.assert_allclose(_forward(model, volumes, present), logits, rtol=1e-5, atol=1e-5)
 
 

@@ -1,4 +1,5 @@
-"""Depthwise / im2col convolutions against lax (values and gradients), drop path, position-embedding resampling."""
+"""The 'cpu' kernels (depthwise shifted slices, im2col) against the 'xla' ones = lax (values and gradients), drop
+path, position-embedding resampling."""
 
 import jax
 import jax.numpy as jnp
@@ -8,12 +9,12 @@ from flax import nnx
 
 from lumbar_jax.models.layers import (
     CONV,
+    KERNELS,
     MAX_FUSED_TAPS,
     DropPath,
     conv_padding,
     depthwise_conv,
     resample_pos_embed,
-    resolve_conv_impl,
 )
 from tests.models.helpers import jit_fast_compile
 
@@ -46,15 +47,15 @@ def test_depthwise_slices_matches_lax_values_and_grads(shape, k, stride, mode):
 
     @jit_fast_compile
     def values_and_grads(x, w):
-        """(output, d/dx, d/dkernel) of sum(sin(conv)) for each impl, in one compiled program."""
-        def loss(x, w, impl):
-            y = depthwise_conv(x, w, stride, padding, impl)
+        """(output, d/dx, d/dkernel) of sum(sin(conv)) for each implementation, in one compiled program."""
+        def loss(x, w, kernels):
+            y = depthwise_conv(x, w, stride, padding, kernels=kernels)
             return jnp.sum(jnp.sin(y)), y
-        return {impl: jax.grad(loss, argnums=(0, 1), has_aux=True)(x, w, impl) for impl in ("slices", "lax")}
+        return {kernels: jax.grad(loss, argnums=(0, 1), has_aux=True)(x, w, kernels) for kernels in KERNELS}
 
     out = values_and_grads(x, kernel)
-    (gx, gk), y = out["slices"]
-    (rx, rk), y_ref = out["lax"]
+    (gx, gk), y = out["cpu"]
+    (rx, rk), y_ref = out["xla"]
     assert y.shape == y_ref.shape
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(gx, rx, rtol=1e-4, atol=1e-4)
@@ -63,17 +64,17 @@ def test_depthwise_slices_matches_lax_values_and_grads(shape, k, stride, mode):
 
 @pytest.mark.parametrize("ndim,stride,groups", [(3, 2, 1), (3, 1, 6)])
 def test_nnx_conv_hook_matches_lax(ndim, stride, groups):
-    """CONV['slices'] inside nnx.Conv (im2col for the dense 3^d stride-2 stem, shifted slices for depthwise)
-    matches the lax-backed nnx.Conv with the same parameters."""
+    """CONV['cpu'] inside nnx.Conv (im2col for the dense 3^d stride-2 stem, shifted slices for depthwise)
+    matches CONV['xla'] (lax) with the same parameters."""
     cin = 6 if groups > 1 else 2
     ks, strides = (3,) * ndim, (stride,) * ndim
 
-    def make_conv(impl):
+    def make_conv(kernels):
         return nnx.Conv(cin, 6, ks, strides, padding=conv_padding(ks, strides, "symmetric"),
-                        feature_group_count=groups, conv_general_dilated=CONV[impl], rngs=nnx.Rngs(0))
+                        feature_group_count=groups, conv_general_dilated=CONV[kernels], rngs=nnx.Rngs(0))
 
-    slices_def, state = nnx.split(make_conv("slices"))
-    lax_def, _ = nnx.split(nnx.eval_shape(lambda: make_conv("lax")))  # same structure, lax convolution
+    slices_def, state = nnx.split(make_conv("cpu"))
+    lax_def, _ = nnx.split(nnx.eval_shape(lambda: make_conv("xla")))  # same structure, lax convolution
     x = np.random.default_rng(2).standard_normal((2, *(7,) * ndim, cin), np.float32)
 
     @jit_fast_compile
@@ -90,12 +91,11 @@ def test_nnx_conv_hook_matches_lax(ndim, stride, groups):
     np.testing.assert_allclose(g_state["kernel"][...], r_state["kernel"][...], rtol=1e-4, atol=1e-4)
 
 
-def test_conv_impl_auto_and_errors():
-    assert resolve_conv_impl("auto") == ("slices" if jax.default_backend() == "cpu" else "lax")
-    with pytest.raises(ValueError, match="conv impl"):
-        resolve_conv_impl("fast")
+def test_conv_kernels_table_and_errors():
+    assert set(CONV) == set(KERNELS) == {"cpu", "xla"}
+    assert CONV["xla"] is jax.lax.conv_general_dilated
     with pytest.raises(ValueError, match="depthwise kernel"):
-        depthwise_conv(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 3, 1)))
+        depthwise_conv(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 3, 1)), kernels="cpu")
 
 
 def test_conv_padding_modes():

@@ -1,6 +1,7 @@
 """Pretrained weights (models/pretrained.py): randomly initialised timm models converted to lumbar_jax give timm's
 logits in 2D; the inflated 3D models reproduce them on volumes of identical slices as the inflation rule says;
-checkpoint files are read safely; mismatches and bad configs are refused with the key / field named.
+checkpoint files are read safely; mismatches are refused with the keys named (bad `model.pretrained_*`
+fields: tests/test_config_validation.py).
 
 timm (with torch) is the reference: `pip install -e ".[test]"` installs it. Our models are built abstractly and
 filled from the checkpoint (tests/models/timm_reference.py), which skips their slow eager initialisation.
@@ -18,8 +19,7 @@ from flax import nnx
 from lumbar_jax.models import pretrained, registry
 from lumbar_jax.models.efficientnet import EFFNET_VARIANTS, EfficientNet
 from lumbar_jax.models.vit import VIT_VARIANTS, VisionTransformer
-from lumbar_jax.train import config as config_lib
-from tests.models.helpers import cheap_rngs, jit_fast_compile
+from tests.models.helpers import KERNELS, cheap_rngs, jit_fast_compile, model_config
 from tests.models.timm_reference import import_timm, loaded, numpy_state, randomized, torch_forward
 
 ATOL = 1e-4  # logits / features; measured differences are ~1e-6
@@ -52,7 +52,7 @@ def _effnet(ndim, num_classes=1000, padding="symmetric", in_channels=None):
     """EfficientNet-B0 without dropout / drop path (no RNG state, so it can be built abstractly and loaded)."""
     variant = EFFNET_VARIANTS["effnet_b0"]._replace(dropout=0.0)
     in_channels = in_channels or (3 if ndim == 2 else 1)
-    return lambda: EfficientNet(variant, ndim=ndim, in_channels=in_channels, num_classes=num_classes,
+    return lambda: EfficientNet(variant, kernels=KERNELS, ndim=ndim, in_channels=in_channels, num_classes=num_classes,
                                 drop_path=0.0, padding=padding, rngs=nnx.Rngs(0))
 
 
@@ -78,8 +78,9 @@ def test_effnet_b0_2d_logits_match_timm(timm, timm_name, padding):
 def test_vit_ti_2d_logits_match_timm(timm_vit):
     """vit_tiny_patch16_224 at 224 px (its 14x14 position-embedding grid, class token). (The 1-channel
     adaptation of the first conv is checked by the 3D tests, whose models have one input channel.)"""
-    model = loaded(lambda: VisionTransformer("vit_ti", input_shape=(224, 224), patch=(16, 16), in_channels=3,
-                                             num_classes=1000, rngs=nnx.Rngs(0)), numpy_state(timm_vit))
+    model = loaded(lambda: VisionTransformer("vit_ti", kernels=KERNELS, input_shape=(224, 224), patch=(16, 16),
+                                             in_channels=3, num_classes=1000, rngs=nnx.Rngs(0)),
+                   numpy_state(timm_vit))
     x = _grey((2, 224, 224, 3))
     logits = np.asarray(jit_fast_compile(lambda v: model(v))(x))
     expected = torch_forward(timm_vit, x)
@@ -120,8 +121,8 @@ def test_vit_3d_mean_pool_gives_2d_logits_on_identical_slices(timm_vit_gap, infl
     """Tubelet embedding (no padding): both rules give the 2D patch embedding of a depth-constant volume;
     the position embeddings are tiled over depth, so the 3D tokens are the 2D tokens repeated D' times, which
     attention and mean pooling cannot tell apart: the 3D ViT gives timm's logits exactly."""
-    model = loaded(lambda: VisionTransformer("vit_ti", input_shape=(8, 224, 224), patch=(4, 16, 16), pool="mean",
-                                             num_classes=1000, rngs=nnx.Rngs(0)),
+    model = loaded(lambda: VisionTransformer("vit_ti", kernels=KERNELS, input_shape=(8, 224, 224), patch=(4, 16, 16),
+                                             pool="mean", num_classes=1000, rngs=nnx.Rngs(0)),
                    numpy_state(timm_vit_gap), inflation=inflation)
     image = _grey((1, 224, 224, 1), seed=7)
     volume = np.repeat(image[:, None], 8, axis=1)
@@ -134,7 +135,7 @@ def test_vit_3d_cls_tokens_and_position_embeddings(timm_vit):
     2D tokens at every depth; a 14x14 grid is resized to the model's 4x4 and tiled over the 4 depth tokens."""
     reference = timm_vit
     state = numpy_state(reference)
-    model = loaded(lambda: VisionTransformer("vit_ti", input_shape=(8, 224, 224), patch=(4, 16, 16),
+    model = loaded(lambda: VisionTransformer("vit_ti", kernels=KERNELS, input_shape=(8, 224, 224), patch=(4, 16, 16),
                                              rngs=nnx.Rngs(0)), state, inflation="centre")
     image = _grey((1, 224, 224, 1), seed=9)
     volume = np.repeat(image[:, None], 8, axis=1)
@@ -146,7 +147,7 @@ def test_vit_3d_cls_tokens_and_position_embeddings(timm_vit):
     np.testing.assert_allclose(np.asarray(model.pos_embed[...])[:, 0], state["pos_embed"][:, 0], atol=1e-7)
     np.testing.assert_allclose(np.asarray(model.cls_token[...]), state["cls_token"], atol=1e-7)
 
-    small = loaded(lambda: VisionTransformer("vit_ti", input_shape=(16, 64, 64), patch=(4, 16, 16),
+    small = loaded(lambda: VisionTransformer("vit_ti", kernels=KERNELS, input_shape=(16, 64, 64), patch=(4, 16, 16),
                                              rngs=nnx.Rngs(0)), state)
     grid = np.asarray(small.pos_embed[...])[0, 1:].reshape(4, 4, 4, 192)
     resized = np.asarray(jax.image.resize(state["pos_embed"][0, 1:].reshape(14, 14, 192), (4, 4, 192), "linear",
@@ -175,13 +176,13 @@ def test_inflation_and_channel_rules():
 
 def _tiny_vit_2d(seed=0, **kw):
     kw = dict(input_shape=(32, 32), patch=(16, 16), in_channels=3, num_classes=10) | kw
-    return VisionTransformer("vit_tiny_test", **kw, rngs=cheap_rngs(seed))
+    return VisionTransformer("vit_tiny_test", kernels=KERNELS, **kw, rngs=cheap_rngs(seed))
 
 
 def test_mismatch_lists_missing_unexpected_and_shapes_and_writes_nothing(timm):
     state = numpy_state(timm.create_model("vit_tiny_patch16_224", pretrained=False))
-    vit_s = nnx.eval_shape(lambda: VisionTransformer("vit_s", input_shape=(224, 224), patch=(16, 16), in_channels=3,
-                                                     num_classes=1000, rngs=nnx.Rngs(0)))
+    vit_s = nnx.eval_shape(lambda: VisionTransformer("vit_s", kernels=KERNELS, input_shape=(224, 224), patch=(16, 16),
+                                                     in_channels=3, num_classes=1000, rngs=nnx.Rngs(0)))
     with pytest.raises(pretrained.PretrainedMismatchError) as err:
         pretrained.load_timm_weights(vit_s, state, source="vit_tiny.safetensors")
     message = str(err.value)
@@ -227,9 +228,10 @@ def test_shallower_vit_takes_the_first_blocks(tmp_path):
 
     state = pretrained.timm_state_dict(_tiny_vit_2d(seed=5))
     save_file(state, str(tmp_path / "vit.safetensors"))
-    shallow = VisionTransformer(VIT_VARIANTS["vit_tiny_test"]._replace(depth=1), input_shape=(32, 32), patch=(16, 16),
-                                in_channels=3, num_classes=10, rngs=cheap_rngs(6))
-    cfg = {"pretrained_vit": str(tmp_path / "vit.safetensors"), "inflation": "centre", "vit_depth": 1}
+    shallow = VisionTransformer(VIT_VARIANTS["vit_tiny_test"]._replace(depth=1), kernels=KERNELS, input_shape=(32, 32),
+                                patch=(16, 16), in_channels=3, num_classes=10, rngs=cheap_rngs(6))
+    cfg = {"pretrained_vit": str(tmp_path / "vit.safetensors"), "pretrained_effnet": "", "inflation": "centre",
+           "vit_depth": 1}
     reports = pretrained.apply_pretrained(types.SimpleNamespace(vit=shallow), cfg)
     assert "blocks.0.attn.qkv.weight" in reports["pretrained_vit"].loaded
     np.testing.assert_array_equal(np.asarray(shallow.blocks[0].attn.qkv.kernel[...]),
@@ -278,58 +280,24 @@ def test_read_state_dict_formats(tmp_path, monkeypatch):
         pretrained.read_state_dict(tmp_path / "missing.pth")
 
 
-# ---------------------------------------------------------------------------------------------- config
-
-
-@pytest.mark.parametrize(
-    "overrides,field",
-    [
-        ({"name": "vit", "inflation": "middle"}, "model.inflation"),
-        ({"name": "effnet", "pretrained_vit": "w.safetensors"}, "model.pretrained_vit"),
-        ({"name": "vit", "pretrained_vit": "w.safetensors"}, "model.vit"),  # vit_tiny_test: no timm weights
-        ({"name": "vit", "vit": "vit_s", "patch": (4, 8, 8), "pretrained_vit": "w.safetensors"}, "model.patch"),
-        ({"name": "effnet", "effnet": "effnet_b0", "pretrained_effnet": "hub/tf_efficientnet_b0/model.safetensors"},
-         "model.effnet_padding"),
-        ({"name": "effnet", "effnet": "effnet_b0", "effnet_padding": "same",
-          "pretrained_effnet": "efficientnet_b0.safetensors"}, "model.effnet_padding"),
-        ({"name": "vit", "pretrained_vit": 3}, "model.pretrained_vit"),
-    ],
-)
-def test_bad_pretrained_fields_are_refused_naming_the_field(overrides, field):
-    with pytest.raises(ValueError, match=rf"^{field}:"):
-        registry.validate_model_config(overrides)
-
-
-def test_missing_weight_file_is_refused_before_training(tmp_path):
-    model = {"name": "vit", "vit": "vit_s", "pretrained_vit": str(tmp_path / "absent.safetensors")}
-    registry.validate_model_config(model)  # inference does not read the file
-    with pytest.raises(ValueError, match=r"^model.pretrained_vit: .*absent.safetensors is not a file"):
-        registry.validate_model_config(model, check_files=True)
-    config = config_lib.default_config()
-    config.model.update(vit="vit_s", patch=(4, 16, 16), pretrained_vit=str(tmp_path / "absent.safetensors"))
-    with pytest.raises(config_lib.ConfigError, match=r"^config.model.pretrained_vit: "):
-        config_lib.validate(config)
-    (tmp_path / "absent.safetensors").write_bytes(b"")
-    registry.validate_model_config(model, check_files=True)
+# ---------------------------------------------------------------------------------------------- models
 
 
 def test_create_model_loads_every_encoder_and_keeps_the_head_fresh(tmp_path, monkeypatch):
-    """The build path of training (`create_model(..., load_pretrained=True)`, called by train.loop.build_state
+    """The build path of training (`create_model(..., load_pretrained=True)`, called by the training's build_state
     for a fresh fold): 3 unshared encoder sets get the checkpoints (3D, inflated), the fusion head is the
     same as without weights. Tiny variants stand in for the ImageNet ones (no timm checkpoint exists for them)."""
     from safetensors.numpy import save_file
 
-    monkeypatch.setattr(pretrained, "PRETRAINED_VITS", pretrained.PRETRAINED_VITS + ("vit_tiny_test",))
-    monkeypatch.setattr(pretrained, "PRETRAINED_EFFNETS", pretrained.PRETRAINED_EFFNETS + ("effnet_tiny_test",))
     vit_state = pretrained.timm_state_dict(_tiny_vit_2d(seed=3, num_classes=1000))
     effnet_state = pretrained.timm_state_dict(
-        EfficientNet("effnet_tiny_test", ndim=2, in_channels=3, num_classes=1000, rngs=cheap_rngs(4)))
+        EfficientNet("effnet_tiny_test", ndim=2, in_channels=3, num_classes=1000, kernels=KERNELS,
+                     rngs=cheap_rngs(4)))
     save_file(vit_state, str(tmp_path / "vit.safetensors"))
     save_file(effnet_state, str(tmp_path / "effnet.safetensors"))
-    config = registry.default_model_config("vit_effnet")
-    config.update(share_encoders=False, fusion="concat_mlp", head_hidden=32, inflation="average",
-                  pretrained_vit=str(tmp_path / "vit.safetensors"),
-                  pretrained_effnet=str(tmp_path / "effnet.safetensors"))
+    config = model_config("vit_effnet", share_encoders=False, fusion="concat_mlp", head_hidden=32, patch=(4, 16, 16),
+                          inflation="average", pretrained_vit=str(tmp_path / "vit.safetensors"),
+                          pretrained_effnet=str(tmp_path / "effnet.safetensors"))
     snapshots = []
     real_apply = pretrained.apply_pretrained
 

@@ -1,16 +1,22 @@
-"""create_model / validate_model_config: every model name builds (abstractly, pinned parameter counts); bad
-configs are refused, naming the field, before anything is built."""
+"""create_model: every model name builds (abstractly, pinned parameter counts) from a run config's `model`
+section; the one kernel switch (`model.kernels`) reaches every layer. The section's validation is tested in
+tests/test_config_validation.py."""
 
-import ml_collections
+import jax
 import pytest
 from flax import nnx
 
-from lumbar_jax.models import MODEL_FIELDS, MODEL_NAMES, create_model, default_model_config, validate_model_config
-from lumbar_jax.models.layers import num_params
+from lumbar_jax.models import MODEL_NAMES, create_model, resolve_kernels
+from lumbar_jax.models.efficientnet import EfficientNet
+from lumbar_jax.models.layers import CONV, num_params
 from lumbar_jax.models.registry import BASELINE_MODELS, MODEL_ENCODERS
+from lumbar_jax.models.transformer import Attention
+from tests.models.helpers import model_config
 
-# (name, share_encoders, fusion) -> parameters, with the tiny encoders and the registry's default head (256 wide,
-# ViT patch 4x16x16).
+# The sizes the counts below were pinned with: the default fusion head 256 wide, ViT patch 4x16x16 and the
+# EfficientNet on the full 16x64x64 volume (its feature-map cells are target-query keys).
+PINNED = dict(patch=(4, 16, 16), head_hidden=256, effnet_pool=(1, 1, 1))
+# (name, share_encoders, fusion) -> parameters, with the tiny encoders.
 MODEL_PARAM_COUNTS = {
     ("vit_effnet", True, "target_query"): 931_564,
     ("vit_effnet", True, "attention"): 991_657,
@@ -32,8 +38,7 @@ def test_every_model_name_is_covered():  # the baselines' builds are pinned in t
 
 @pytest.mark.parametrize("name,share,fusion", MODEL_PARAM_COUNTS)
 def test_create_model_builds_every_name(name, share, fusion):
-    config = default_model_config(name)
-    config.share_encoders, config.fusion = share, fusion
+    config = model_config(name, share_encoders=share, fusion=fusion, **PINNED)
     model = nnx.eval_shape(lambda: create_model(config, nnx.Rngs(0)))
     assert num_params(model) == MODEL_PARAM_COUNTS[(name, share, fusion)]
     assert len(model.encoders) == (1 if share else 3)
@@ -41,51 +46,26 @@ def test_create_model_builds_every_name(name, share, fusion):
     assert (encoder.vit is not None, encoder.effnet is not None) == ("vit" in name, "effnet" in name)
 
 
-def test_default_config_documents_every_field():
-    config = default_model_config()
-    assert isinstance(config, ml_collections.ConfigDict)
-    assert set(config) == set(MODEL_FIELDS)
-    assert all(doc for _, doc in MODEL_FIELDS.values())
-    resolved = validate_model_config(config)
-    assert resolved["name"] == "vit_effnet" and resolved["volume_shape"] == (16, 64, 64)
-    # A plain dict with only a name is complete (defaults filled in).
-    assert validate_model_config({"name": "vit"})["patch"] == (4, 16, 16)
+def test_fields_of_an_unused_encoder_are_not_read():
+    nnx.eval_shape(lambda: create_model(model_config("effnet", vit="no such vit"), nnx.Rngs(0)))
+    nnx.eval_shape(lambda: create_model(model_config("vit", effnet="no such effnet"), nnx.Rngs(0)))
 
 
-def test_unknown_model_name_names_the_field_and_the_valid_names():
-    with pytest.raises(ValueError, match=r"model\.name: 'resnet' is not one of \('vit', 'effnet', 'vit_effnet', 'vit2d', "
-                                         r"'vit3d_grid'\)"):
-        create_model({"name": "resnet"}, nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"model\.name"):
-        validate_model_config({"vit": "vit_s"})  # no name at all
+def test_resolve_kernels_is_the_one_place_the_backend_decides():
+    assert resolve_kernels("auto") == ("cpu" if jax.default_backend() == "cpu" else "xla")
+    assert (resolve_kernels("cpu"), resolve_kernels("xla")) == ("cpu", "xla")
 
 
-@pytest.mark.parametrize(
-    "overrides,field",
-    [
-        ({"patch": (4, 16, 12)}, "model.patch"),  # does not divide 16x64x64
-        ({"volume_shape": (16, 64)}, "model.volume_shape"),
-        ({"vit": "vit_xl"}, "model.vit"),
-        ({"effnet": "effnet_b9"}, "model.effnet"),
-        ({"pool": "max"}, "model.pool"),
-        ({"fusion": "sum"}, "model.fusion"),
-        ({"head_hidden": 250, "head_heads": 4}, "model.head_heads"),
-        ({"head_hidden": 0}, "model.head_hidden"),
-        ({"dropout": 1.0}, "model.dropout"),
-        ({"drop_path": -0.1}, "model.drop_path"),
-        ({"dtype": "float16"}, "model.dtype"),
-        ({"share_encoders": "yes"}, "model.share_encoders"),
-        ({"conv_impl": "cudnn"}, "model.conv_impl"),
-        ({"effnet_pool": (3, 2, 2)}, "model.effnet_pool"),  # does not divide 16x64x64
-        ({"head_depth": 0}, "model.head_depth"),
-        ({"drop_pth": 0.1}, "model.drop_pth"),  # typo: unknown field
-    ],
-)
-def test_bad_config_is_refused_naming_the_field(overrides, field):
-    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-        validate_model_config({"name": "vit_effnet", **overrides})
-
-
-def test_fields_of_an_unused_encoder_are_not_checked():
-    validate_model_config({"name": "effnet", "patch": (5, 5, 5)})  # no ViT: the patch does not matter
-    validate_model_config({"name": "vit", "effnet": "anything"})
+@pytest.mark.parametrize("setting", ["auto", "cpu", "xla"])
+def test_model_kernels_reach_every_convolution_and_attention(setting):
+    """`model.kernels` is resolved once in create_model and handed to every layer explicitly."""
+    model = nnx.eval_shape(lambda: create_model(model_config("vit_effnet", kernels=setting, fusion="attention"),
+                                                nnx.Rngs(0)))
+    kernels = resolve_kernels(setting)
+    effnet = model.encoders[0].effnet
+    convs = [m for _, m in nnx.iter_modules(effnet) if isinstance(m, nnx.Conv)]
+    assert isinstance(effnet, EfficientNet) and convs
+    assert all(m.conv_general_dilated is CONV[kernels] for m in convs)
+    attentions = [m for _, m in nnx.iter_modules(model) if isinstance(m, Attention)]
+    assert len(attentions) == 2 + 1  # the ViT's 2 blocks and the attention head's block
+    assert all(m.kernels == kernels for m in attentions)

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from lumbar_jax.models.vit import VisionTransformer, token_grid
-from tests.models.helpers import abstract_encoder, cheap_rngs
+from tests.models.helpers import KERNELS, abstract_encoder, cheap_rngs
 
 
 def test_timm_names_and_shapes_2d():
@@ -29,7 +29,7 @@ def test_timm_names_and_shapes_2d():
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 def test_pooling_and_attention_maps(pool):
     model = VisionTransformer("vit_tiny_test", input_shape=(16, 64, 64), patch=(4, 16, 16), pool=pool,
-                              rngs=cheap_rngs())
+                              kernels=KERNELS, rngs=cheap_rngs())
     model.eval()
     assert (model.norm is None) == (pool == "mean") and (model.fc_norm is None) == (pool == "cls")
     np.testing.assert_array_equal(model.pos_embed_for(model.grid), model.pos_embed[...])  # stored grid: as is
@@ -44,13 +44,14 @@ def test_input_must_be_a_multiple_of_the_patch():
     with pytest.raises(ValueError, match="not a multiple of the patch"):
         token_grid((16, 60, 64), (4, 16, 16))
     with pytest.raises(ValueError, match="not a multiple of the patch"):
-        VisionTransformer("vit_tiny_test", input_shape=(10, 64, 64), patch=(4, 16, 16), rngs=nnx.Rngs(0))
+        VisionTransformer("vit_tiny_test", input_shape=(10, 64, 64), patch=(4, 16, 16), kernels=KERNELS,
+                          rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_per_head_cpu_attention_equals_dot_product_attention(masked):
-    """`transformer.attention` (per-head dots on CPU, for speed) computes what jax.nn.dot_product_attention does,
-    values and gradients, with and without a key mask."""
+    """`transformer.attention` with kernels 'cpu' (per-head dots, for XLA:CPU speed) computes what 'xla' (=
+    jax.nn.dot_product_attention) does, values and gradients, with and without a key mask."""
     from lumbar_jax.models.transformer import attention
 
     rng = np.random.default_rng(0)
@@ -58,7 +59,8 @@ def test_per_head_cpu_attention_equals_dot_product_attention(masked):
     mask = jnp.asarray(rng.random((2, 7)) > 0.4).at[:, 0].set(True) if masked else None
     key_mask = None if mask is None else mask[:, None, None, :]
     reference = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=key_mask)
-    ours = lambda q, k, v: attention(q, k, v, mask)
+    np.testing.assert_array_equal(attention(q, k, v, mask, kernels="xla"), reference(q, k, v))
+    ours = lambda q, k, v: attention(q, k, v, mask, kernels="cpu")
     np.testing.assert_allclose(ours(q, k, v), reference(q, k, v), rtol=1e-5, atol=1e-6)
     grads = [jax.grad(lambda *a: (f(*a) ** 2).sum(), argnums=(0, 1, 2))(q, k, v) for f in (ours, reference)]
     for a, b in zip(*grads):

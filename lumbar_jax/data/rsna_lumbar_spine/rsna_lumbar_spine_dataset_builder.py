@@ -1,15 +1,9 @@
 """TFDS builder `rsna_lumbar_spine`: Kaggle RSNA 2024 lumbar studies -> canonical 3D volumes (ArrayRecord).
 
-One example per study, features exactly as conventions section 4. Builder configs fix the volume size:
-
-| config | every volume [D, H, W] | use |
-|---|---|---|
-| r64  | 16 x 64 x 64    | CPU tests and the embedded demo |
-| r128 | 32 x 128 x 128  | GPU runs, benchmarks |
-| r256 | 64 x 256 x 256  | full-resolution GPU/TPU runs |
-| grid32  | 32 x 32 x 32    | earlier system B (configs/baseline_vit3d_grid.py), CPU default |
-| grid64  | 64 x 64 x 64    | earlier system B, mid-sized |
-| grid128 | 128 x 128 x 128 | earlier system B as it was built (`:full`, GPU) |
+One example per study, features exactly as conventions section 4. Builder configs fix the volume size
+[D, H, W], one per entry of `lumbar_jax.dataset_configs.DATASET_SHAPES` (shapes and uses listed there): `r64`,
+`r128`, `r256` hold each series in its canonical layout; `grid32`, `grid64`, `grid128` hold the earlier system
+B's shared grid (configs/baseline_vit3d_grid.py).
 
 Sagittal and axial volumes share the size, so one encoder call can take all three series. The `grid*`
 configs store the same features, but every series is resampled into ONE shared axis-aligned grid in patient
@@ -31,6 +25,7 @@ import tqdm
 
 from lumbar_jax import labels as L
 from lumbar_jax.data import study
+from lumbar_jax.dataset_configs import DATASET_SHAPES, GRID_DATASETS
 
 _DESCRIPTION = """
 RSNA 2024 Lumbar Spine Degenerative Classification studies as geometry-correct 3D volumes: per study the
@@ -57,8 +52,19 @@ class RsnaLumbarSpineConfig(tfds.core.BuilderConfig):
     grid: bool = False  # True: all series resampled into one shared patient-coordinate grid (data/grid.py)
 
 
-def _example_with_key(args):
-    entry, shape, grid = args
+def _builder_config(name: str) -> RsnaLumbarSpineConfig:
+    """The builder config of a dataset config name (lumbar_jax.dataset_configs)."""
+    shape = DATASET_SHAPES[name]
+    if name in GRID_DATASETS:
+        return RsnaLumbarSpineConfig(name=name, volume_shape=shape, grid=True, description=(
+            f"{shape[0]}^3 shared patient-coordinate grid per study, one channel per series"))
+    return RsnaLumbarSpineConfig(name=name, volume_shape=shape, description="x".join(map(str, shape)) + " volumes")
+
+
+def keyed_study_example(job):
+    """One build job `(StudyEntry, volume shape, grid)` -> (key = study id, example): the unit of work of the
+    multiprocessing build here and of the Beam build (data/beam_build.py)."""
+    entry, shape, grid = job
     return entry.study_id, study.study_example(entry, shape, grid=grid)
 
 
@@ -67,17 +73,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release: canonical volumes, labels, normalised label coordinates."}
-    BUILDER_CONFIGS = [
-        RsnaLumbarSpineConfig(name="r64", volume_shape=(16, 64, 64), description="16x64x64 volumes"),
-        RsnaLumbarSpineConfig(name="r128", volume_shape=(32, 128, 128), description="32x128x128 volumes"),
-        RsnaLumbarSpineConfig(name="r256", volume_shape=(64, 256, 256), description="64x256x256 volumes"),
-        RsnaLumbarSpineConfig(name="grid32", volume_shape=(32, 32, 32), grid=True,
-                              description="32^3 shared patient-coordinate grid per study, one channel per series"),
-        RsnaLumbarSpineConfig(name="grid64", volume_shape=(64, 64, 64), grid=True,
-                              description="64^3 shared patient-coordinate grid per study, one channel per series"),
-        RsnaLumbarSpineConfig(name="grid128", volume_shape=(128, 128, 128), grid=True,
-                              description="128^3 shared patient-coordinate grid per study, one channel per series"),
-    ]
+    BUILDER_CONFIGS = [_builder_config(name) for name in DATASET_SHAPES]
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Download the competition data from
     https://www.kaggle.com/competitions/rsna-2024-lumbar-spine-degenerative-classification/data
@@ -121,8 +117,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         jobs = [(entry, shape, bool(self.builder_config.grid)) for entry in entries]
         progress = dict(total=len(jobs), desc=f"{split}: decoding studies", unit="study")
         if self.num_workers == 1:
-            yield from tqdm.tqdm(map(_example_with_key, jobs), **progress)
+            yield from tqdm.tqdm(map(keyed_study_example, jobs), **progress)
             return
         # spawn, not fork: the caller may have started JAX's threads, which fork would copy half-alive.
         with multiprocessing.get_context("spawn").Pool(self.num_workers) as pool:
-            yield from tqdm.tqdm(pool.imap(_example_with_key, jobs, chunksize=1), **progress)
+            yield from tqdm.tqdm(pool.imap(keyed_study_example, jobs, chunksize=1), **progress)
