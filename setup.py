@@ -1,12 +1,13 @@
 """lumbar_jax: JAX/Flax grading of lumbar spine degeneration on MRI (RSNA 2024).
 
 Install for development and tests:  pip install -e ".[test]"
+Accelerators: add the `cuda` extra (NVIDIA GPU, CUDA 12) or the `tpu` extra (Cloud TPU VM), e.g. ".[test,cuda]".
 """
 
 from setuptools import find_packages, setup
 
 RUNTIME = [
-    "jax[cpu]==0.10.2",
+    "jax==0.10.2",  # with jaxlib's CPU backend; the `cuda` / `tpu` extras add the accelerator plugins
     "flax==0.12.8",
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
@@ -49,5 +50,8 @@ setup(
         # The dataset build on Apache Beam (lumbar_jax/data/beam_build.py). Resolves with the pinned stack but
         # downgrades protobuf (<7), pyarrow (<26) and pillow (<13): install it in its own environment.
         "beam": ["apache-beam==2.77.0"],
+        # Accelerator backends of the same JAX release (the base install runs on CPU).
+        "cuda": ["jax[cuda12]==0.10.2"],  # NVIDIA GPU, CUDA 12 (the wheels bring CUDA and cuDNN)
+        "tpu": ["jax[tpu]==0.10.2"],  # Cloud TPU VM
     },
 )
