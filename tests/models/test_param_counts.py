@@ -5,7 +5,7 @@
 tf_efficientnet_b0..b7, vit_{tiny,small,base,large}_patch16_224), which the 2D models must keep so that
 pretrained weights map 1:1.
 
-Abstract builds of EfficientNet-B1..B7 take 2-15 s each on 2 CPU cores (nnx.eval_shape re-walks the whole
+Abstract builds of EfficientNet-B1..B7 take seconds each on a small CPU (nnx.eval_shape re-walks the whole
 trace on every RNG draw, so the cost grows with the square of the number of layers); they run anyway: a
 count that CI never checks is not pinned.
 """
