@@ -24,10 +24,10 @@ from lumbar_jax import cli
 STAGES = (
     ("pydicom.dcmread (file parsing)", "pydicom/filereader.py", "dcmread"),
     ("header -> slices (raw elements / pydicom)", "lumbar_jax/data/dicom.py", "_header_slices"),
-    ("pixel decoding (_stored_pixels, pixel_array)", "lumbar_jax/data/dicom.py", "_stored_pixels"),
-    ("float conversion + stacking (_stack_volume)", "lumbar_jax/data/dicom.py", "_stack_volume"),
+    ("pixel decoding (_stored_pixels, pixel_array)", "lumbar_jax/data/dicom_pixels.py", "_stored_pixels"),
+    ("float conversion + stacking (_stack_volume)", "lumbar_jax/data/dicom_pixels.py", "_stack_volume"),
     ("orientation grouping", "lumbar_jax/data/dicom.py", "_orientation_groups"),
-    ("  slice normals (_Slice.normal: np.cross, nested)", "lumbar_jax/data/dicom.py", "normal"),
+    ("  slice normals (_Slice.normal, nested)", "lumbar_jax/data/dicom_slice.py", "normal"),
     ("resample to the record shape", "lumbar_jax/data/volume.py", "resample"),
     ("percentile normalisation to uint8", "lumbar_jax/data/volume.py", "normalize_uint8"),
     ("load_study_volumes (total)", "lumbar_jax/data/study.py", "load_study_volumes"),

@@ -52,7 +52,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 def argument_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     """A parser whose usage line is `prog` (how the command is run) and whose description is `doc`."""
-    return _ArgumentParser(prog=prog, description=doc, formatter_class=_HelpFormatter)
+    return _ArgumentParser(prog=prog, description=doc, formatter_class=_HelpFormatter, allow_abbrev=False)
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -14,7 +14,7 @@ import json
 import math
 import os
 
-from lumbar_jax import metrics
+from lumbar_jax import metrics, rundir
 
 # (key, plain-text header, markdown header) of every column, in order.
 COLUMNS = (
@@ -46,7 +46,7 @@ def _unfinished(workdir: str, config: dict) -> str:
     num_folds = config.get("cv", {}).get("num_folds")
     if num_folds is None:
         return f"{workdir}: no cv_summary.json and no config.json: not a run directory of python -m lumbar_jax.main"
-    done = sum(os.path.exists(os.path.join(workdir, f"fold_{k}", "result.json")) for k in range(num_folds))
+    done = sum(os.path.exists(rundir.result_path(workdir, k)) for k in range(num_folds))
     return (f"{workdir}: no cv_summary.json: the run is unfinished ({done} of {num_folds} folds done; "
             "re-run its command to finish it)")
 
@@ -55,7 +55,7 @@ def run_row(workdir: str) -> dict:
     """The comparison row of one finished run; RunNotComparable naming `workdir` otherwise."""
     if not os.path.isdir(workdir):
         raise RunNotComparable(f"{workdir}: no such run directory")
-    config_path, summary_path = (os.path.join(workdir, n) for n in ("config.json", "cv_summary.json"))
+    config_path, summary_path = rundir.config_path(workdir), rundir.summary_path(workdir)
     config = _read_json(config_path) if os.path.exists(config_path) else {}
     if not os.path.exists(summary_path):
         raise RunNotComparable(_unfinished(workdir, config))

@@ -63,9 +63,6 @@ def choose_series(series, kind: int) -> Series | None:
     return min(same, key=lambda s: study_lib.series_preference(s.series_id, len(s.ipp)), default=None)
 
 
-_ANNOTATED_KIND = (1, 0, 0, 2, 2)  # series kind on which each condition is annotated (as in the real data)
-
-
 def make_study(seed: int, index: int, quirks: bool = True, split: str = "train", ids=None, latent=None,
                matrix_scale: int = 1) -> Study:
     """Plan study `index` of dataset `seed` (cheap: no pixels). ids: its row of `draw_ids` (computed if None).
@@ -119,7 +116,7 @@ def _label_coordinates(anat: Anatomy, series: list[Series], written: np.ndarray)
     centres = anat.centres()
     for t in np.flatnonzero(written != L.MISSING):
         cond, lv = divmod(int(t), L.NUM_LEVELS)
-        s = choose_series(series, _ANNOTATED_KIND[cond])
+        s = choose_series(series, L.CONDITION_SERIES[cond])
         if s is not None:
             coords.append((cond, lv, s.series_id, *s.locate(centres[t])))
     return coords
