@@ -43,14 +43,16 @@ PARAM_TOLERANCE = 0.01
 def _jax_encoder(kind: str, variant: str, p: dict):
     from flax import nnx
 
+    from lumbar_jax.models import resolve_kernels
     from lumbar_jax.models.efficientnet import EfficientNet
     from lumbar_jax.models.vit import VisionTransformer
 
     rngs = nnx.Rngs(params=0, dropout=1)
+    kernels = resolve_kernels("auto")  # what a run on this backend uses
     if kind == "vit":
         return VisionTransformer(variant, input_shape=p["shape"], patch=p["vit_patch"], in_channels=1,
-                                 num_classes=NUM_CLASSES, rngs=rngs)
-    return EfficientNet(variant, ndim=3, in_channels=1, num_classes=NUM_CLASSES, rngs=rngs)
+                                 num_classes=NUM_CLASSES, kernels=kernels, rngs=rngs)
+    return EfficientNet(variant, ndim=3, in_channels=1, num_classes=NUM_CLASSES, kernels=kernels, rngs=rngs)
 
 
 def _jax_steps(model, batch: int, shape) -> tuple[Any, Any, dict]:
