@@ -51,7 +51,7 @@ SMOKE = dict(load_studies=2, volume_shape=(8, 32, 32), load_repeats=2, load_warm
              capacity_repeats=1, capacity_work=50_000)
 LOAD_TARGET = 2.0  # lumbar_jax studies/s >= 2x MONAI's
 SCALING_TARGET = 1.6  # 2 workers >= 1.6x 1 worker (80 % of the second core) in the steady state
-AXCODES = {"sagittal": "LIP", "axial": "IPL"}  # canonical layouts of conventions section 3 in MONAI's codes
+AXCODES = {"sagittal": "LIP", "axial": "IPL"}  # canonical layouts of docs/conventions.md section 3 in MONAI's codes
 
 
 def _entries(root: str, num_studies: int):

@@ -3,7 +3,7 @@
   python scripts/compare.py --workdirs W1 W2 ... [--markdown] [--json out.json]
 
 Every row shows the out-of-fold competition score, its four component losses, accuracy and balanced accuracy
-next to the two references every report here carries (conventions section 2): the class-prior baseline and
+next to the two references every report here carries (docs/conventions.md section 2): the class-prior baseline and
 the best constant (`weighted_prior`, the metric-weighted prior), both scored out of fold on the same studies.
 A run that only matches the best constant learnt nothing from the images, whatever its accuracy.
 """

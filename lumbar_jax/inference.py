@@ -3,7 +3,7 @@
 `predict` runs an eval step over records in global batches, each process feeding its shard, and gathers the
 probabilities back in record order: the training loop's held-out evaluation and every restored model use it.
 
-A run directory (conventions section 5) holds the resolved `config.json` and, per fold, Orbax checkpoints
+A run directory (docs/conventions.md section 5) holds the resolved `config.json` and, per fold, Orbax checkpoints
 (`best`, `latest`). `RunRestorer` turns them back into jit-compiled eval steps on whatever devices are present
 (a checkpoint written on 4 devices restores on 1: the state is replicated, and Orbax restores onto the
 shardings of a freshly built template); records are predicted with one fold's model or with the ensemble of

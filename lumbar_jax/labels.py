@@ -1,6 +1,6 @@
 """The 25 targets, severities and the CSV spellings of the RSNA 2024 lumbar task.
 
-This is the only copy of these names in lumbar_jax (conventions section 1): arrays, logits and CSV columns
+This is the only copy of these names in lumbar_jax (docs/conventions.md section 1): arrays, logits and CSV columns
 all use `TARGETS` order, `[25]` = 5 conditions x 5 levels, condition-major.
 """
 
@@ -38,7 +38,7 @@ NUM_SEVERITIES = len(SEVERITY_NAMES)  # 3
 MISSING = -1  # severity code of a missing label: not scored, not trained on.
 SEVERITY_WEIGHTS = np.array([1.0, 2.0, 4.0])  # competition sample weight per true class
 
-# Series types in record order (conventions section 4) and their series_descriptions.csv spellings.
+# Series types in record order (docs/conventions.md section 4) and their series_descriptions.csv spellings.
 SERIES_TYPES = ("sagittal_t1", "sagittal_t2", "axial_t2")
 SERIES_DESCRIPTIONS = ("Sagittal T1", "Sagittal T2/STIR", "Axial T2")
 
@@ -48,7 +48,7 @@ SERIES_DESCRIPTIONS = ("Sagittal T1", "Sagittal T2/STIR", "Axial T2")
 CONDITION_SERIES = tuple(SERIES_TYPES.index(name) for name in
                          ("sagittal_t2", "sagittal_t1", "sagittal_t1", "axial_t2", "axial_t2"))
 
-# Metric groups (conventions section 2): group name -> indices of its conditions in CONDITIONS.
+# Metric groups (docs/conventions.md section 2): group name -> indices of its conditions in CONDITIONS.
 CONDITION_GROUPS = {
     "spinal": (0,),
     "foraminal": (1, 2),

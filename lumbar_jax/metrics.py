@@ -1,7 +1,7 @@
 """The competition metric, the class-prior baseline, and plain classification statistics.
 
 One implementation serves training (validation), evaluation, cross-validation summaries and the `score`
-CLI (conventions section 2). Arrays are in `labels.TARGETS` order:
+CLI (docs/conventions.md section 2). Arrays are in `labels.TARGETS` order:
 
   labels  int   [N, 25]     severity codes 0/1/2, -1 = missing (dropped before scoring)
   probs   float [N, 25, 3]  predicted probabilities (normal_mild, moderate, severe)

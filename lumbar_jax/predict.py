@@ -52,14 +52,14 @@ class Predictor:
                  [m.step for m in self.models], " with flip TTA" if tta else "", self.compile_s)
 
     def _blank_record(self) -> dict:
-        """A record with every series absent (conventions section 4), to compile on."""
+        """A record with every series absent (docs/conventions.md section 4), to compile on."""
         return {"study_id": 0, "present": np.zeros(len(L.SERIES_TYPES), bool),
                 "labels": np.full(L.NUM_TARGETS, L.MISSING), "coords": np.full((L.NUM_TARGETS, 3), -1.0, np.float32),
                 "coords_series": np.full(L.NUM_TARGETS, -1),
                 **{name: np.zeros(self.volume_shape, np.uint8) for name in L.SERIES_TYPES}}
 
     def read(self, entries: list[study_lib.StudyEntry]) -> list[dict]:
-        """Each study's record (conventions section 4), read from its DICOM series, with a progress bar."""
+        """Each study's record (docs/conventions.md section 4), read from its DICOM series, with a progress bar."""
         return [study_lib.study_example(e, self.volume_shape, grid=self.grid)
                 for e in tqdm.tqdm(entries, desc="reading studies", unit="study", disable=len(entries) < 2)]
 

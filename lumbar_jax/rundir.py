@@ -1,6 +1,6 @@
 """The layout of a run directory, and the readers and writers of its JSON files.
 
-A run of `python -m lumbar_jax.main` writes everything into one directory (conventions section 5):
+A run of `python -m lumbar_jax.main` writes everything into one directory (docs/conventions.md section 5):
 
     config.json              the resolved config, written before any work
     fold_{k}/checkpoints/    Orbax checkpoints `latest` (for resume) and `best` (`train.state.CheckpointStore`)

@@ -1,7 +1,7 @@
 """Label statistics of train.csv: class counts per target and rank correlations between targets.
 
 Pure numpy / pandas / scipy, no plotting: the numbers the report prints and the plots draw. Arrays are in
-`labels.TARGETS` order (conventions section 1): `labels` int [N, 25], severity codes 0/1/2 (ordinal:
+`labels.TARGETS` order (docs/conventions.md section 1): `labels` int [N, 25], severity codes 0/1/2 (ordinal:
 Normal/Mild < Moderate < Severe), -1 missing.
 
 Why the correlation is done by hand: missing labels must be excluded PAIRWISE (each pair of targets uses the

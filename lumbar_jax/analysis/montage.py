@@ -1,7 +1,7 @@
 """Montages of canonical study volumes with their annotated points: a geometry check by eye.
 
 The volumes come from `data.study.study_example`, the very reader the TFDS builder uses, so what is drawn
-is what the model is trained on (conventions sections 3-4): sagittal slices [H, W] = (superior -> inferior,
+is what the model is trained on (docs/conventions.md sections 3-4): sagittal slices [H, W] = (superior -> inferior,
 anterior -> posterior), i.e. the spine vertical with the discs stacked and the patient facing left; axial
 slices = (anterior -> posterior, patient right -> left), a cross-section seen from the feet (radiological
 convention, patient's left on the image right). A point with normalised (depth, row, col) lies on slice

@@ -1,7 +1,7 @@
 """Out-of-fold predictions of a run directory: reading them, and the numbers behind calibration,
 confusion and worst-study views.
 
-Pure numpy / pandas, no plotting. A run directory (conventions section 5) holds `oof_predictions.csv`
+Pure numpy / pandas, no plotting. A run directory (docs/conventions.md section 5) holds `oof_predictions.csv`
 (row_id, normal_mild, moderate, severe, fold; 25 rows per labelled study) and `cv_summary.json`
 ({"oof": {...}, "folds": [{"fold", "best_step", "val": {...}}]}). Arrays follow `metrics`:
 labels int [N, 25] (-1 missing), probs float [N, 25, 3].

@@ -1,6 +1,6 @@
 """Matplotlib figures of the analysis report: each function draws one PNG and returns its path.
 
-Agg backend (no display on the development machines, conventions section 6). Inputs are the outputs of
+Agg backend (no display on the development machines, docs/conventions.md section 6). Inputs are the outputs of
 `label_stats` and `oof`; nothing here computes a statistic of its own beyond drawing it.
 """
 

@@ -260,7 +260,7 @@ def write_report(kaggle_dir: str, out_dir: str, workdir: str | None = None, num_
       kaggle_dir: a Kaggle-layout folder (train.csv, train_label_coordinates.csv,
         train_series_descriptions.csv, train_images/).
       out_dir: created if needed; PNGs and report.md go there.
-      workdir: optional finished cross-validation run directory (conventions section 5): adds the OOF
+      workdir: optional finished cross-validation run directory (docs/conventions.md section 5): adds the OOF
         sections (scores, calibration, confusion, worst studies).
       num_montages: number of studies drawn (the first with label coordinates); 0 for none.
       volume_shape: the [D, H, W] volumes are resampled to for the montages (the dataset config's).

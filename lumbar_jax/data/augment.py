@@ -1,6 +1,6 @@
 """Per-example training augmentations of `rsna_lumbar_spine` records (numpy, on the host, in grain workers).
 
-A record is the dict of conventions section 4: `sagittal_t1`, `sagittal_t2`, `axial_t2` uint8 [D, H, W],
+A record is the dict of docs/conventions.md section 4: `sagittal_t1`, `sagittal_t2`, `axial_t2` uint8 [D, H, W],
 `present` bool [3], `labels` int [25], `coords` float32 [25, 3] (normalised (depth, row, col) of the canonical
 volume of series `coords_series[t]`), `coords_series` int [25] (-1 = no coordinate, then coords are -1).
 Extra keys are passed through untouched.
@@ -32,7 +32,7 @@ import numpy as np
 
 from lumbar_jax import labels as L
 
-# Per series, the axis that runs patient right -> left (conventions section 3): depth (0) for sagittal
+# Per series, the axis that runs patient right -> left (docs/conventions.md section 3): depth (0) for sagittal
 # volumes, cols (2) for the axial one; the same index picks that component of a (depth, row, col) coordinate.
 _LR_AXIS = {"sagittal_t1": 0, "sagittal_t2": 0, "axial_t2": 2}
 _LR_COORD_AXIS = np.array([_LR_AXIS[name] for name in L.SERIES_TYPES])  # [3], indexed by coords_series
@@ -42,7 +42,7 @@ def flip_left_right(example: Mapping[str, Any]) -> dict[str, Any]:
     """Mirror the patient left <-> right; works on a record and on a batch (any leading dims).
 
     Volumes: the per-series keys ([..., D, H, W]) and/or a stacked `volumes` ([..., 3, D, H, W], SERIES_TYPES
-    order): sagittal series reverse their depth axis, the axial series its cols axis (conventions section 3).
+    order): sagittal series reverse their depth axis, the axial series its cols axis (docs/conventions.md section 3).
     Targets: `labels` [..., 25], `coords` [..., 25, 3] and `coords_series` [..., 25] are permuted by
     MIRROR_TARGET_INDEX (left foraminal/subarticular <-> right at the same level; spinal unchanged), and each
     present coordinate's left-right component becomes 1 - value (depth on series 0/1, col on series 2).

@@ -1,4 +1,4 @@
-"""One DICOM series -> canonical float32 volume `[D, H, W]` + its geometry (conventions section 3).
+"""One DICOM series -> canonical float32 volume `[D, H, W]` + its geometry (docs/conventions.md section 3).
 
 What happens to a series, in order:
 

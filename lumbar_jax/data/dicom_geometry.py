@@ -16,7 +16,7 @@ import numpy as np
 from lumbar_jax.data.dicom_slice import _Slice
 
 PLANES = ("sagittal", "axial")
-# World (LPS) direction of canonical axes (depth, rows, cols) per plane: the table of conventions section 3.
+# World (LPS) direction of canonical axes (depth, rows, cols) per plane: the table of docs/conventions.md section 3.
 _CANONICAL_DIRECTIONS = {
     "sagittal": np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]),
     "axial": np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]),

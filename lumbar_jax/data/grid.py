@@ -1,15 +1,15 @@
 """All series of a study resampled into one shared patient-coordinate grid (the earlier 3D system's input).
 
-The dataset configs `grid64` / `grid128` (issue 9, earlier system B) store each study's three series as the
+The dataset configs `grid32` / `grid64` / `grid128` (earlier system B) store each study's three series as the
 three channels of ONE volume: every present series is resampled (trilinear) into the same axis-aligned grid
 in DICOM patient coordinates (LPS, mm), so voxel (i, j, k) of `sagittal_t1`, `sagittal_t2` and `axial_t2` is
-the same point of the patient. The records keep the features of conventions section 4; only where the
+the same point of the patient. The records keep the features of docs/conventions.md section 4; only where the
 volumes' voxels lie differs (and the normalised coordinates refer to this grid, the same for all three).
 
 The grid (`study_grid`): the axis-aligned bounding box, in LPS, of the voxel centres of every present series
 (the union of their physical extents), sampled with N points per axis, corner-aligned (the first and last
 sample of an axis lie on the box faces). The spacing is therefore per axis: extent / (N - 1) mm. Grid axes
-follow the sagittal canonical layout of conventions section 3: axis 0 patient right -> left (+x), axis 1
+follow the sagittal canonical layout of docs/conventions.md section 3: axis 0 patient right -> left (+x), axis 1
 superior -> inferior (-z), axis 2 anterior -> posterior (+y); a sagittal series keeps its familiar look and the
 axial series is re-sliced into it.
 
@@ -33,7 +33,7 @@ from scipy import ndimage
 from lumbar_jax.data.dicom import SeriesGeometry
 from lumbar_jax.data.volume import CLIP_PERCENTILES
 
-# World (LPS) direction of grid axes 0, 1, 2: the sagittal canonical layout (conventions section 3).
+# World (LPS) direction of grid axes 0, 1, 2: the sagittal canonical layout (docs/conventions.md section 3).
 GRID_DIRECTIONS = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 # A box thinner than this along an axis (e.g. a one-slice series alone) is widened to it, about its centre.
 MIN_EXTENT_MM = 1.0

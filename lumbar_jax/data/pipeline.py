@@ -1,6 +1,6 @@
 """grain input pipelines over `rsna_lumbar_spine` records: training batches, evaluation batches, labels.
 
-`source` is any random-access sequence of records (conventions section 4), normally the TFDS ArrayRecord
+`source` is any random-access sequence of records (docs/conventions.md section 4), normally the TFDS ArrayRecord
 source of one split:
 
     import tensorflow_datasets as tfds
@@ -59,7 +59,7 @@ _LABEL_READ_CHUNK = 256
 
 
 def _to_example(record: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Record (conventions section 4) -> one batch row (module docstring, without the batch axis)."""
+    """Record (docs/conventions.md section 4) -> one batch row (module docstring, without the batch axis)."""
     return {
         "volumes": np.stack([np.asarray(record[name], dtype=np.uint8) for name in L.SERIES_TYPES]),
         "present": np.asarray(record["present"], dtype=bool),

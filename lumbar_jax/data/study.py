@@ -2,7 +2,7 @@
 
 A Kaggle folder holds `train.csv`, `train_label_coordinates.csv`, `{split}_series_descriptions.csv` and
 `{split}_images/{study_id}/{series_id}/{instance_number}.dcm`. This module turns one study of it into the
-record of conventions section 4; the TFDS builder and `scripts/predict.py` both go through
+record of docs/conventions.md section 4; the TFDS builder and `scripts/predict.py` both go through
 `load_study_volumes`, so training and prediction see identical preprocessing.
 """
 
@@ -21,7 +21,7 @@ from lumbar_jax.data import grid as grid_lib
 
 log = logging.getLogger(__name__)
 
-# The plane of each series type, in which `dicom.read_series` orients it (conventions section 4 order). Which
+# The plane of each series type, in which `dicom.read_series` orients it (docs/conventions.md section 4 order). Which
 # series type each condition is annotated on is `labels.CONDITION_SERIES`.
 PLANE_OF_SERIES = {"sagittal_t1": "sagittal", "sagittal_t2": "sagittal", "axial_t2": "axial"}
 _DESCRIPTION_TO_TYPE = dict(zip(L.SERIES_DESCRIPTIONS, range(len(L.SERIES_TYPES))))
@@ -322,7 +322,7 @@ def map_annotations_to_grid(entry: StudyEntry, series_ids: np.ndarray, geometrie
 
 def study_example(entry: StudyEntry, volume_shape: tuple[int, int, int],
                   grid: bool = False) -> dict[str, np.ndarray | int]:
-    """One study -> the record of conventions section 4 (a dict of numpy values).
+    """One study -> the record of docs/conventions.md section 4 (a dict of numpy values).
 
     grid: False = each series in its own canonical volume of `volume_shape`; True = all series resampled into
     one shared patient-coordinate grid of `volume_shape` (`lumbar_jax.data.grid`; coords refer to that grid).

@@ -1,11 +1,11 @@
-"""Per-volume preprocessing shared by the dataset builder and the prediction script (conventions section 3).
+"""Per-volume preprocessing shared by the dataset builder and the prediction script (docs/conventions.md section 3).
 
 There is exactly one copy of this code so that training records and test-time inputs are made the same way:
 a canonical float volume `[D, H, W]` (from `lumbar_jax.data.dicom.read_series`) is resampled linearly to the
 dataset config's fixed shape and normalised per volume to uint8.
 
 Resampling is corner-aligned: the centres of the first and last voxel along every axis map onto the centres
-of the first and last output voxel, so normalised coordinates (0 and 1 = those centres, conventions section 3)
+of the first and last output voxel, so normalised coordinates (0 and 1 = those centres, docs/conventions.md section 3)
 mean the same point before and after. An output axis of length 1 samples the input axis at its middle, which
 is where the normalised coordinate 0.5 of a length-1 axis (see `SeriesGeometry.normalized`) points.
 """

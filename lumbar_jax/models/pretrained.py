@@ -282,41 +282,56 @@ def load_timm_weights(module: EfficientNet | VisionTransformer, state: str | os.
     unexpected = sorted(set(available) - set(targets))
     mismatched, values = [], {}
     for key in sorted(set(targets) & set(available)):
-        var, src = targets[key], available[key]
-        shape = tuple(var.get_value().shape)
-        if key == "pos_embed":
-            value = _pos_embed(src, module, "cls_token" in state)
-            if value is None or value.shape != shape:
-                mismatched.append(f"{key}: checkpoint {tuple(src.shape)} vs model {shape} (resampled from a square "
-                                  f"grid; the width and the class token must match)")
-                continue
+        var = targets[key]
+        value, problem = _timm_value(module, key, available[key], tuple(var.get_value().shape), first_conv,
+                                     inflation, "cls_token" in state)
+        if problem:
+            mismatched.append(problem)
         else:
-            value = src
-            if key == first_conv and src.ndim >= 3 and len(shape) >= 3 and src.shape[1] != shape[-2]:
-                value = adapt_input_channels(value, shape[-2])
-            if value.ndim >= 3 and key.endswith(".weight"):  # conv [out, in, *k] -> [*k, in, out]
-                value = np.transpose(value, (*range(2, value.ndim), 1, 0))
-                if len(shape) == value.ndim + 1:
-                    value = inflate_kernel(value, shape[0], inflation)
-            elif value.ndim == 2 and key.endswith(".weight"):  # Linear [out, in] -> [in, out]
-                value = value.T
-            if value.shape != shape:
-                mismatched.append(f"{key}: checkpoint {tuple(src.shape)} vs model {_torch_shape(key, shape, src.ndim)}"
-                                  + (f" (lumbar_jax {shape})" if _torch_shape(key, shape, src.ndim) != shape else ""))
-                continue
-        values[key] = value.astype(var.get_value().dtype)
-
+            values[key] = value.astype(var.get_value().dtype)
     if missing or unexpected or mismatched:
-        what = f"{type(module).__name__} {'3D' if _is_3d(module) else '2D'}"
-        lines = [f"{source} does not match the {what} (timm layout):"]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches", mismatched)):
-            if items:
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
-        raise PretrainedMismatchError("\n".join(lines))
+        raise _mismatch_error(module, source, missing, unexpected, mismatched)
     for key, value in values.items():
         targets[key].set_value(jnp.asarray(value))
     return LoadReport(tuple(sorted(values)), tuple(sorted(ignored)))
+
+
+def _timm_value(module: nnx.Module, key: str, src: np.ndarray, shape: tuple[int, ...], first_conv: str,
+                inflation: str, has_cls_token: bool) -> tuple[np.ndarray | None, str | None]:
+    """(the checkpoint array `src` of `key` in the model's layout and `shape`, None) or (None, why it does not
+    fit): position embeddings resampled, input channels adapted, torch conv/linear layouts transposed, 2D
+    kernels inflated to 3D."""
+    if key == "pos_embed":
+        value = _pos_embed(src, module, has_cls_token)
+        if value is None or value.shape != shape:
+            return None, (f"{key}: checkpoint {tuple(src.shape)} vs model {shape} (resampled from a square "
+                          f"grid; the width and the class token must match)")
+        return value, None
+    value = src
+    if key == first_conv and src.ndim >= 3 and len(shape) >= 3 and src.shape[1] != shape[-2]:
+        value = adapt_input_channels(value, shape[-2])
+    if value.ndim >= 3 and key.endswith(".weight"):  # conv [out, in, *k] -> [*k, in, out]
+        value = np.transpose(value, (*range(2, value.ndim), 1, 0))
+        if len(shape) == value.ndim + 1:
+            value = inflate_kernel(value, shape[0], inflation)
+    elif value.ndim == 2 and key.endswith(".weight"):  # Linear [out, in] -> [in, out]
+        value = value.T
+    if value.shape != shape:
+        torch_shape = _torch_shape(key, shape, src.ndim)
+        return None, (f"{key}: checkpoint {tuple(src.shape)} vs model {torch_shape}"
+                      + (f" (lumbar_jax {shape})" if torch_shape != shape else ""))
+    return value, None
+
+
+def _mismatch_error(module: nnx.Module, source: str, missing: list[str], unexpected: list[str],
+                    mismatched: list[str]) -> PretrainedMismatchError:
+    """One error listing every missing and unexpected key and every shape mismatch."""
+    what = f"{type(module).__name__} {'3D' if _is_3d(module) else '2D'}"
+    lines = [f"{source} does not match the {what} (timm layout):"]
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        if items:
+            lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
+    return PretrainedMismatchError("\n".join(lines))
 
 
 def _is_3d(module: nnx.Module) -> bool:

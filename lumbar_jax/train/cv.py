@@ -2,7 +2,7 @@
 
 `cross_validate(config, workdir)` is the whole main job: resolve the dataset, split studies into folds
 (`train.folds`: stratified, seeded, identical on every run), train each unfinished fold from a fresh model,
-then write `oof_predictions.csv` and `cv_summary.json` and print the table (conventions section 5).
+then write `oof_predictions.csv` and `cv_summary.json` and print the table (docs/conventions.md section 5).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Reads top-down like big_vision's train.py: `train_fold` is setup, restore-or-start, the loop and the end, and
 each step it takes is a named function below it. Everything a fold writes lives in `workdir/fold_{k}/`
-(`lumbar_jax.rundir`, conventions section 5); a fold whose `result.json` exists is finished and is not
+(`lumbar_jax.rundir`, docs/conventions.md section 5); a fold whose `result.json` exists is finished and is not
 trained again.
 """
 

@@ -1,6 +1,6 @@
 """The training loss: the competition metric made differentiable and batch-local.
 
-The metric (conventions section 2) averages four losses: a 1/2/4-weighted cross-entropy per condition group,
+The metric (docs/conventions.md section 2) averages four losses: a 1/2/4-weighted cross-entropy per condition group,
 each normalised by that group's summed weights, and a binary any_severe_spinal term. Training on plain
 cross-entropy optimises a different objective (the earlier projects learnt the majority class); this loss
 is the metric's own formula evaluated on a batch, with missing labels (and padded examples) masked out.

@@ -5,7 +5,7 @@ The NNX model and optimizer are split once into static graph definitions and a p
 not state: every step reseeds it from (seed, step), so a resumed run draws exactly what an uninterrupted one
 would, and checkpoints hold no RNG keys.
 
-Checkpoints of a fold (conventions section 5): `fold_k/checkpoints/latest` (for resume, every
+Checkpoints of a fold (docs/conventions.md section 5): `fold_k/checkpoints/latest` (for resume, every
 `checkpoint_every` steps and at the end) and `fold_k/checkpoints/best` (by validation score, lower is
 better). Two managers, because Orbax's `best_fn` keeps the best N and would delete the latest.
 """

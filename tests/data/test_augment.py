@@ -22,7 +22,7 @@ def augment_config(**overrides):
 
 
 def make_record(rng, shape=SHAPE, study_id=1, present=(True, True, True)):
-    """A random record as conventions section 4 (coordinates on random series, some absent)."""
+    """A random record as docs/conventions.md section 4 (coordinates on random series, some absent)."""
     coords_series = rng.integers(-1, 3, L.NUM_TARGETS)
     coords = rng.uniform(0, 1, (L.NUM_TARGETS, 3)).astype(np.float32)
     coords[coords_series < 0] = -1

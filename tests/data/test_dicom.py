@@ -3,7 +3,7 @@
 Most tests write tiny phantom series whose pixel values are a function of the patient-space (LPS) position of
 each pixel, on a grid of world points: value = 1 + 256*ix + 16*iy + iz with (ix, iy, iz) the grid indices
 along x, y, z. Any acquisition of the grid (flipped, transposed, reversed instance numbers, ...) must give
-the same canonical volume, which the tests build straight from the table of conventions section 3. The
+the same canonical volume, which the tests build straight from the table of docs/conventions.md section 3. The
 second half runs pydicom's bundled test files (only those on disk; nothing is downloaded).
 """
 
@@ -49,7 +49,7 @@ AXIAL_DIRS = ((1, 0, 0), (0, 1, 0))
 
 
 def expected_volume(grid: Grid, plane: str) -> np.ndarray:
-    """The canonical volume of the phantom, straight from the table of conventions section 3."""
+    """The canonical volume of the phantom, straight from the table of docs/conventions.md section 3."""
     nx, ny, nz = grid.count
     if plane == "sagittal":  # depth: right -> left (+x); rows: superior -> inferior (-z); cols: ant. -> post. (+y)
         d, r, c = np.meshgrid(np.arange(nx), np.arange(nz), np.arange(ny), indexing="ij")

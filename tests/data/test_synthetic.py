@@ -48,7 +48,7 @@ def read_csv(path: str) -> tuple[list[str], list[list[str]]]:
 
 
 def content(ds) -> np.ndarray:
-    """Image content of a dataset the way conventions section 3 reads it: rescale applied, MONOCHROME1
+    """Image content of a dataset the way docs/conventions.md section 3 reads it: rescale applied, MONOCHROME1
     inverted (over the BitsStored range)."""
     a = ds.pixel_array.astype(np.float64)
     if ds.PhotometricInterpretation == "MONOCHROME1":

@@ -1,6 +1,6 @@
 """TFDS builder `rsna_lumbar_spine`: Kaggle RSNA 2024 lumbar studies -> canonical 3D volumes (ArrayRecord).
 
-One example per study, features exactly as conventions section 4. Builder configs fix the volume size
+One example per study, features exactly as docs/conventions.md section 4. Builder configs fix the volume size
 [D, H, W], one per entry of `lumbar_jax.dataset_configs.DATASET_SHAPES` (shapes and uses listed there): `r64`,
 `r128`, `r256` hold each series in its canonical layout; `grid32`, `grid64`, `grid128` hold the earlier system
 B's shared grid (configs/baseline_vit3d_grid.py).

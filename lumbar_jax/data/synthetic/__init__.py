@@ -1,6 +1,6 @@
 """Synthetic RSNA-2024-lumbar studies in the exact Kaggle layout, with images that carry their labels.
 
-Why: the training job needs a dataset that exists without a download (conventions section 6), and the
+Why: the training job needs a dataset that exists without a download (docs/conventions.md section 6), and the
 reader / builder need files that exercise every oddity of the real DICOMs. Everything here is deterministic:
 study `i` of seed `s` draws from `np.random.default_rng([s, 0, i, stream])` (labels, anatomy, pixel noise are
 separate streams), ids from `[s, 1, 0, 0]`, so any number of workers writes byte-identical output.

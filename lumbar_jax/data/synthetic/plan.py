@@ -57,7 +57,7 @@ def draw_ids(seed: int, num_studies: int) -> np.ndarray:
 
 
 def choose_series(series, kind: int) -> Series | None:
-    """Of `series`, the one of `kind` a reader uses (the rule of `study.series_preference`, conventions 4),
+    """Of `series`, the one of `kind` a reader uses (the rule of `study.series_preference`, docs/conventions.md section 4),
     None if there is none."""
     same = [s for s in series if s.kind == kind]
     return min(same, key=lambda s: study_lib.series_preference(s.series_id, len(s.ipp)), default=None)
