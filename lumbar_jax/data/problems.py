@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import warnings
 from collections.abc import Iterator
 
@@ -86,3 +87,21 @@ def summarize(found: list[Problem]) -> dict[str, dict]:
         if len(entry["examples"]) < 20:
             entry["examples"].append(str(p))
     return out
+
+
+def show_warning_in_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A `warnings.showwarning` that logs one line (`WARNING lumbar_jax.warnings: Category: message`) instead
+    of Python's two (`file:line: Category: message` and the source line): a build of thousands of files warns
+    often, and each warning should be one readable line of the log."""
+    text = " ".join(str(message).split("\n"))
+    logging.getLogger("lumbar_jax.warnings").warning("%s: %s", category.__name__, text)
+
+
+@contextlib.contextmanager
+def warnings_in_one_line() -> Iterator[None]:
+    """Inside the block, warnings are shown by `show_warning_in_one_line`; the previous display is restored."""
+    previous, warnings.showwarning = warnings.showwarning, show_warning_in_one_line
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
