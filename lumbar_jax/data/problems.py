@@ -9,6 +9,7 @@ and why in its report (`build_report.json` beside the dataset).
 Kinds (the build report's categories):
   file_skipped         a DICOM file not used (unreadable header value, truncated, no pixel data, ...)
   series_absent        a series type of a study that ends up without a volume (missing, unreadable, ...)
+  series_skipped       a series not used, its study is (unreadable while another of its type is read, type unknown)
   series_gap           a series with slices missing from its middle (resampled by true slice positions)
   label_point_dropped  a label coordinate not placed in any record (NaN x/y, unknown series, outside, ...)
   csv_row              a CSV row refused or ignored (unparseable value, duplicate, unknown study, ...)
@@ -23,7 +24,8 @@ import logging
 import warnings
 from collections.abc import Iterator
 
-KINDS = ("file_skipped", "series_absent", "series_gap", "label_point_dropped", "csv_row", "study_mismatch")
+KINDS = ("file_skipped", "series_absent", "series_skipped", "series_gap", "label_point_dropped", "csv_row",
+         "study_mismatch")
 
 
 @dataclasses.dataclass(frozen=True)

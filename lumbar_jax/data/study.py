@@ -3,40 +3,34 @@
 A Kaggle folder holds `train.csv`, `train_label_coordinates.csv`, `{split}_series_descriptions.csv` and
 `{split}_images/{study_id}/{series_id}/{instance_number}.dcm`. This module turns one study of it into the
 record of docs/conventions.md section 4; the TFDS builder and `scripts/predict.py` both go through
-`load_study_volumes`, so training and prediction see identical preprocessing.
+`load_study_volumes`, so training and prediction see identical preprocessing. The CSVs are parsed by
+`kaggle_csv`; here the sources are reconciled (a study or series present in one and missing from another is
+reported, and kept where it can still be used) and every dropped series or label point is reported through
+`problems.report`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 
 import numpy as np
-import pandas as pd
 
 from lumbar_jax import labels as L
-from lumbar_jax.data import dicom, volume
+from lumbar_jax.data import dicom, problems, volume
 from lumbar_jax.data import grid as grid_lib
+from lumbar_jax.data.kaggle_csv import COORDINATE_COLUMNS, COORDINATES_CSV, LABELS_CSV, Annotation
+from lumbar_jax.data.kaggle_csv import read_annotations, read_descriptions, read_labels
 
-log = logging.getLogger(__name__)
+__all__ = ["COORDINATE_COLUMNS", "PLANE_OF_SERIES", "Annotation", "StudyEntry", "choose_series", "has_split",
+           "list_studies", "load_study_volumes", "map_annotations", "map_annotations_to_grid", "read_annotations",
+           "read_labels", "read_study_series", "series_preference", "series_type_of_description",
+           "study_example", "study_from_directory"]
 
 # The plane of each series type, in which `dicom.read_series` orients it (docs/conventions.md section 4 order). Which
 # series type each condition is annotated on is `labels.CONDITION_SERIES`.
 PLANE_OF_SERIES = {"sagittal_t1": "sagittal", "sagittal_t2": "sagittal", "axial_t2": "axial"}
 _DESCRIPTION_TO_TYPE = dict(zip(L.SERIES_DESCRIPTIONS, range(len(L.SERIES_TYPES))))
-COORDINATE_COLUMNS = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
-
-
-@dataclasses.dataclass(frozen=True)
-class Annotation:
-    """One row of train_label_coordinates.csv, resolved to indices."""
-
-    target: int  # index in labels.TARGETS
-    series_id: int
-    instance_number: int
-    row: float  # y in pixels of the stored image
-    col: float  # x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,85 +43,137 @@ class StudyEntry:
     annotations: tuple[Annotation, ...] = ()
 
 
-def _read_csv(path: str, required: tuple[str, ...]) -> pd.DataFrame:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found (expected the Kaggle competition layout)")
-    table = pd.read_csv(path)
-    missing = [c for c in required if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}; found {list(table.columns)}")
-    return table
-
-
 def has_split(root: str, split: str) -> bool:
     """Whether the Kaggle folder holds a `split` ('train' or 'test') series descriptions CSV."""
     return os.path.exists(os.path.join(root, f"{split}_series_descriptions.csv"))
-
-
-def read_labels(root: str) -> dict[int, np.ndarray]:
-    """train.csv -> {study_id: int [25] severity codes}; an unknown severity names the file and column."""
-    path = os.path.join(root, "train.csv")
-    table = _read_csv(path, ("study_id", *L.TARGETS))
-    codes = np.empty((len(table), L.NUM_TARGETS), dtype=np.int64)
-    for t, target in enumerate(L.TARGETS):
-        try:
-            codes[:, t] = [L.severity_code(v) for v in table[target]]
-        except ValueError as err:
-            raise ValueError(f"{path}, column {target}: {err}") from None
-    return {int(s): codes[i] for i, s in enumerate(table["study_id"])}
-
-
-def read_annotations(root: str) -> dict[int, list[Annotation]]:
-    """train_label_coordinates.csv -> {study_id: [Annotation]} (first row wins for a repeated target)."""
-    path = os.path.join(root, "train_label_coordinates.csv")
-    if not os.path.exists(path):
-        log.warning("%s not found: records get no label coordinates", path)
-        return {}
-    table = _read_csv(path, COORDINATE_COLUMNS)
-    out: dict[int, dict[int, Annotation]] = {}
-    for row in table.itertuples(index=False):
-        try:
-            target = L.target_index(L.condition_from_csv(row.condition), L.level_from_csv(row.level))
-        except ValueError as err:
-            raise ValueError(f"{path}, study {row.study_id}: {err}") from None
-        study = out.setdefault(int(row.study_id), {})
-        study.setdefault(target, Annotation(target, int(row.series_id), int(row.instance_number),
-                                            float(row.y), float(row.x)))
-    return {s: list(a.values()) for s, a in out.items()}
 
 
 def list_studies(root: str, split: str) -> list[StudyEntry]:
     """All studies of a split, sorted by study_id, with their candidate series directories and labels.
 
     Studies come from `{split}_series_descriptions.csv`; train studies also from train.csv (a labelled study
-    without images still gets a record, every series absent). Unknown series descriptions are ignored with
-    a warning naming them.
+    without images still gets a record, every series absent), test studies also from `test_images/`. What
+    one source has and another lacks is reported (study_mismatch): a described study without a train.csv
+    row keeps its images (labels missing); a series folder without a descriptions row is typed by its DICOM
+    SeriesDescription; a described series without a folder, and coordinates of a study or series that is not
+    there, are dropped. Unknown series descriptions are ignored, reported naming their line.
     """
     desc_path = os.path.join(root, f"{split}_series_descriptions.csv")
-    desc = _read_csv(desc_path, ("study_id", "series_id", "series_description"))
+    described = read_descriptions(desc_path)
     labels = read_labels(root) if split == "train" else {}
     annotations = read_annotations(root) if split == "train" else {}
-    series: dict[int, list[list[tuple[int, str]]]] = {}
-    for row in desc.itertuples(index=False):
-        kind = _DESCRIPTION_TO_TYPE.get(row.series_description)
-        candidates = series.setdefault(int(row.study_id), [[] for _ in L.SERIES_TYPES])
-        if kind is None:
-            log.warning("%s: study %s series %s has unknown description %r, ignored", desc_path, row.study_id,
-                        row.series_id, row.series_description)
-            continue
-        series_dir = os.path.join(root, f"{split}_images", str(row.study_id), str(row.series_id))
-        candidates[kind].append((int(row.series_id), series_dir))
-    study_ids = sorted(set(series) | set(labels))
+    folders = _image_folders(os.path.join(root, f"{split}_images"))
+    study_ids = _reconcile_studies(root, split, described, labels, annotations, folders)
     missing_labels = np.full(L.NUM_TARGETS, L.MISSING, dtype=np.int64)
-    return [
-        StudyEntry(
-            study_id=s,
-            series_dirs=tuple(tuple(c) for c in series.get(s, [[] for _ in L.SERIES_TYPES])),
-            labels=labels.get(s, missing_labels),
-            annotations=tuple(annotations.get(s, ())),
-        )
-        for s in study_ids
-    ]
+    entries = []
+    for s in study_ids:
+        series_dirs = _study_series(desc_path, described.get(s, {}), folders.get(s, {}))
+        entries.append(StudyEntry(s, series_dirs, labels.get(s, missing_labels),
+                                  _known_series_annotations(s, annotations.get(s, ()), series_dirs)))
+    return entries
+
+
+def _image_folders(images: str) -> dict[int, dict[int, str]]:
+    """{study_id: {series_id: dir}} of an images folder (empty if there is none); a folder whose name is not
+    a number is reported (study_mismatch) and ignored."""
+    out: dict[int, dict[int, str]] = {}
+    if not os.path.isdir(images):
+        return out
+    for study_name in sorted(os.listdir(images)):
+        study_dir = os.path.join(images, study_name)
+        if not os.path.isdir(study_dir):
+            continue
+        if not study_name.isdigit():
+            problems.report("study_mismatch", study_dir, "image folder name not a study id", "ignored")
+            continue
+        series = out.setdefault(int(study_name), {})
+        for name in sorted(os.listdir(study_dir)):
+            if os.path.isdir(os.path.join(study_dir, name)):
+                if name.isdigit():
+                    series[int(name)] = os.path.join(study_dir, name)
+                else:
+                    problems.report("study_mismatch", os.path.join(study_dir, name),
+                                    "image folder name not a series id", "ignored")
+    return out
+
+
+def _reconcile_studies(root: str, split: str, described: dict, labels: dict, annotations: dict,
+                       folders: dict) -> list[int]:
+    """The study ids of a split (sorted); every study one source has and another lacks is reported."""
+    desc_name, images = f"{split}_series_descriptions.csv", f"{split}_images"
+    studies = set(described) | set(labels) | (set(folders) if split == "test" else set())
+    for s in sorted(set(labels) - set(described)):
+        problems.report("study_mismatch", f"{LABELS_CSV} study {s}", f"study not in {desc_name}",
+                        "labels kept; series from its image folder, if any")
+    for s in sorted(set(described) - set(labels) if split == "train" else ()):
+        problems.report("study_mismatch", f"{desc_name} study {s}", f"study not in {LABELS_CSV}", "labels missing")
+    for s in sorted(set(folders) - studies):
+        problems.report("study_mismatch", os.path.join(root, images, str(s)), "image folder of a study in no CSV",
+                        "ignored")
+    for s in sorted(set(folders) - set(described) & studies if split == "test" else ()):
+        problems.report("study_mismatch", os.path.join(root, images, str(s)), f"study not in {desc_name}",
+                        "series types from their DICOM SeriesDescription")
+    for s in sorted(set(annotations) - studies):
+        first = min(a.line for a in annotations[s])
+        problems.report("study_mismatch", f"{COORDINATES_CSV} line {first}", "study in no other CSV",
+                        f"study_id = {s}; its {len(annotations[s])} points dropped")
+    if split == "train" and os.path.exists(os.path.join(root, COORDINATES_CSV)):
+        for s in sorted(set(labels) - set(annotations)):
+            problems.report("study_mismatch", f"{LABELS_CSV} study {s}", f"study not in {COORDINATES_CSV}",
+                            "no label coordinates")
+    return sorted(studies)
+
+
+def _study_series(desc_path: str, described: dict[int, tuple[str, int]], folders: dict[int, str]):
+    """Per series type the candidate (series_id, dir) pairs of one study: the described series that have a
+    folder, and the undescribed folders typed by their DICOM SeriesDescription; the rest reported."""
+    candidates: list[list[tuple[int, str]]] = [[] for _ in L.SERIES_TYPES]
+    desc_name = os.path.basename(desc_path)
+    for series_id, (description, line) in sorted(described.items()):
+        kind = _DESCRIPTION_TO_TYPE.get(description)
+        if kind is None:
+            problems.report("csv_row", f"{desc_name} line {line}", "unknown series description",
+                            f"series_description = {description!r}")
+        elif series_id not in folders:
+            problems.report("study_mismatch", f"{desc_name} line {line}", "series has no image folder",
+                            f"series_id = {series_id}")
+        else:
+            candidates[kind].append((series_id, folders[series_id]))
+    for series_id, series_dir in sorted(folders.items()):
+        if series_id not in described:
+            kind = _type_from_header(series_dir, f"series folder not in {desc_name}")
+            if kind is not None:
+                candidates[kind].append((series_id, series_dir))
+    return tuple(tuple(c) for c in candidates)
+
+
+def _type_from_header(series_dir: str, why: str) -> int | None:
+    """The series type of a folder from its DICOM SeriesDescription, reported with `why` (study_mismatch);
+    None, reported as a skipped series, when the type cannot be told."""
+    description = dicom.series_description(series_dir)
+    kind = series_type_of_description(description) if description else None
+    if kind is None:
+        problems.report("series_skipped", series_dir, "series type unknown", f"SeriesDescription = {description!r}")
+    else:
+        problems.report("study_mismatch", series_dir, why, f"typed {L.SERIES_TYPES[kind]} by its SeriesDescription")
+    return kind
+
+
+def _known_series_annotations(study_id: int, annotations, series_dirs) -> tuple[Annotation, ...]:
+    """The annotations of a study whose series is one of its candidates; the others are reported."""
+    known = {sid for candidates in series_dirs for sid, _ in candidates}
+    for a in annotations:
+        if a.series_id not in known:
+            _point_dropped(study_id, a, "series not in the study")
+    return tuple(a for a in annotations if a.series_id in known)
+
+
+def _point_dropped(study_id: int, a: Annotation, reason: str, detail: str = "") -> None:
+    """Report a label point that gets no coordinate, naming its coordinates CSV line."""
+    where = f"{COORDINATES_CSV} line {a.line}" if a.line else f"study {study_id}"
+    problems.report("label_point_dropped", where, reason,
+                    f"study {study_id} series {a.series_id} instance {a.instance_number} {L.TARGETS[a.target]}"
+                    + (f"; {detail}" if detail else ""), stacklevel=3)
 
 
 def series_type_of_description(description: str) -> int | None:
@@ -150,86 +196,106 @@ def study_from_directory(study_dir: str, descriptions_csv: str | None = None) ->
     """One study folder (`{study_id}/{series_id}/*.dcm`) -> its StudyEntry (no labels), for prediction.
 
     Series types come from `descriptions_csv` (the Kaggle `*_series_descriptions.csv` columns) when given,
-    else from each series' DICOM SeriesDescription. The study id is the folder name (0 if not a number).
-    A series whose type cannot be told is ignored with a warning naming it.
+    else from each series' DICOM SeriesDescription; a folder the CSV does not list is typed by its header
+    (reported). The study id is the folder name (0 if not a number). A series whose type cannot be told is
+    ignored, reported naming it.
     """
     if not os.path.isdir(study_dir):
         raise FileNotFoundError(f"study directory {study_dir} not found")
     name = os.path.basename(os.path.normpath(study_dir))
     study_id = int(name) if name.isdigit() else 0
-    known: dict[int, str] = {}
+    folders = {int(n): os.path.join(study_dir, n) for n in sorted(os.listdir(study_dir))
+               if n.isdigit() and os.path.isdir(os.path.join(study_dir, n))}
     if descriptions_csv:
-        table = _read_csv(descriptions_csv, ("study_id", "series_id", "series_description"))
-        known = {int(r.series_id): r.series_description for r in table.itertuples(index=False)
-                 if int(r.study_id) == study_id}
-    candidates: list[list[tuple[int, str]]] = [[] for _ in L.SERIES_TYPES]
-    for entry in sorted(os.listdir(study_dir)):
-        series_dir = os.path.join(study_dir, entry)
-        if not (os.path.isdir(series_dir) and entry.isdigit()):
-            continue
-        description = known.get(int(entry)) if descriptions_csv else dicom.series_description(series_dir)
-        kind = series_type_of_description(description) if description else None
-        if kind is None:
-            log.warning("%s: series type unknown (description %r), ignored", series_dir, description)
-            continue
-        candidates[kind].append((int(entry), series_dir))
-    missing_labels = np.full(L.NUM_TARGETS, L.MISSING, dtype=np.int64)
-    return StudyEntry(study_id, tuple(tuple(c) for c in candidates), missing_labels)
+        series_dirs = _study_series(descriptions_csv, read_descriptions(descriptions_csv).get(study_id, {}), folders)
+    else:
+        candidates: list[list[tuple[int, str]]] = [[] for _ in L.SERIES_TYPES]
+        for series_id, series_dir in folders.items():
+            description = dicom.series_description(series_dir)
+            kind = series_type_of_description(description) if description else None
+            if kind is None:
+                problems.report("series_skipped", series_dir, "series type unknown",
+                                f"SeriesDescription = {description!r}")
+                continue
+            candidates[kind].append((series_id, series_dir))
+        series_dirs = tuple(tuple(c) for c in candidates)
+    return StudyEntry(study_id, series_dirs, np.full(L.NUM_TARGETS, L.MISSING, dtype=np.int64))
 
 
 def series_preference(series_id: int, num_slices: int) -> tuple[int, int]:
     """The rule for choosing among several series of one type, as a sort key (the smallest is used): most
-    slices, ties to the lowest series_id. `choose_series` applies it to folders, the synthetic generator to
-    the series it plans (it annotates the series a reader would use)."""
+    readable slices (those in the volume `dicom.read_series` returns), ties to the lowest series_id.
+    `read_study_series` applies it to the series it could read, the synthetic generator to the series it plans
+    (it annotates the series a reader would use)."""
     return -num_slices, series_id
 
 
-def choose_series(candidates: tuple[tuple[int, str], ...]) -> tuple[int, str] | None:
-    """The series to use among several of one type (`series_preference`; slices = the folder's .dcm files)."""
-    existing = [(sid, d) for sid, d in candidates if os.path.isdir(d)]
-    for sid, d in candidates:
-        if not os.path.isdir(d):
-            log.warning("series directory %s listed in the descriptions CSV does not exist", d)
-    if not existing:
-        return None
-    return min(existing, key=lambda c: series_preference(c[0], sum(f.endswith(".dcm") for f in os.listdir(c[1]))))
+def _read_preferred(candidates, plane: str | None):
+    """Read every candidate series of one type and keep the preferred readable one (`series_preference`):
+    (series_id, dir, canonical volume, geometry), or None when none can be read. Each unreadable candidate
+    is reported: skipped (series_skipped) when another is used, else with the type's absence by the caller.
+    Returns (chosen or None, [(series_id, dir, error)] of the unreadable candidates)."""
+    best, failed = None, []
+    for series_id, series_dir in candidates:
+        try:
+            canonical, geometry = dicom.read_series(series_dir, plane=plane)
+        except (dicom.DicomReadError, OSError) as err:
+            failed.append((series_id, series_dir, err))
+            continue
+        key = series_preference(series_id, len(geometry.instance_numbers))
+        if best is None or key < best[0]:
+            best = (key, series_id, series_dir, canonical, geometry)
+    if best is not None:
+        for series_id, series_dir, err in failed:
+            problems.report("series_skipped", series_dir, "series unreadable",
+                            f"series {best[1]} of the same type used; {err}")
+    return (best[1:] if best else None), failed
 
 
-def load_study_volumes(series_dirs, volume_shape: tuple[int, int, int]):
+def choose_series(candidates: tuple[tuple[int, str], ...], plane: str | None = None) -> tuple[int, str] | None:
+    """The (series_id, dir) used among several series of one type (`series_preference` over the readable
+    ones: each is read), None when none can be read."""
+    chosen, _ = _read_preferred(candidates, plane)
+    return None if chosen is None else chosen[:2]
+
+
+def load_study_volumes(series_dirs, volume_shape: tuple[int, int, int], study_id: int | None = None):
     """Read, canonicalise and normalise the three series of one study.
 
     Args:
       series_dirs: per series type (labels.SERIES_TYPES order), the candidate (series_id, dir) pairs.
       volume_shape: the fixed [D, H, W] every volume is resampled to.
+      study_id: names the study in the reports of absent series.
     Returns:
       (volumes uint8 [3, D, H, W] (zeros where absent), present bool [3], series_ids int [3] (-1 absent),
        geometries: list of SeriesGeometry or None).
     """
     volumes = np.zeros((len(L.SERIES_TYPES), *volume_shape), dtype=np.uint8)
-    canonicals, series_ids, geometries = read_study_series(series_dirs)
+    canonicals, series_ids, geometries = read_study_series(series_dirs, study_id)
     for kind, canonical in enumerate(canonicals):
         if canonical is not None:
             volumes[kind] = volume.to_record_volume(canonical, volume_shape)
     return volumes, series_ids >= 0, series_ids, geometries
 
 
-def read_study_series(series_dirs) -> tuple[list, np.ndarray, list]:
-    """Per series type (labels.SERIES_TYPES order) the chosen series read into its canonical float volume:
-    (volumes: list of float32 [D, H, W] or None, series_ids int [3] (-1 absent), geometries: list of
-    SeriesGeometry or None). An unreadable series is absent, with a warning naming it."""
+def read_study_series(series_dirs, study_id: int | None = None) -> tuple[list, np.ndarray, list]:
+    """Per series type (labels.SERIES_TYPES order) the preferred readable series (`series_preference`; an
+    unreadable candidate falls back to the next) read into its canonical float volume: (volumes: list of
+    float32 [D, H, W] or None, series_ids int [3] (-1 absent), geometries: list of SeriesGeometry or None).
+    A type without a readable series is absent, reported (series_absent) naming the study and its candidates."""
     canonicals: list = [None] * len(L.SERIES_TYPES)
     series_ids = np.full(len(L.SERIES_TYPES), -1, dtype=np.int64)
     geometries: list = [None] * len(L.SERIES_TYPES)
     for kind, series_type in enumerate(L.SERIES_TYPES):
-        chosen = choose_series(series_dirs[kind])
+        chosen, failed = _read_preferred(series_dirs[kind], PLANE_OF_SERIES[series_type])
         if chosen is None:
+            detail = "; ".join(f"series {sid}: {err}" for sid, _, err in failed) or "no series of this type"
+            study = f"study {study_id}" if study_id is not None else (
+                os.path.dirname(series_dirs[kind][0][1]) if series_dirs[kind] else "a study")
+            problems.report("series_absent", f"{study} {series_type}",
+                            "no readable series" if failed else "no series", detail)
             continue
-        try:
-            canonical, geometry = dicom.read_series(chosen[1], plane=PLANE_OF_SERIES[series_type])
-        except dicom.DicomReadError as err:
-            log.warning("%s treated as absent: %s", series_type, err)
-            continue
-        canonicals[kind], series_ids[kind], geometries[kind] = canonical, chosen[0], geometry
+        series_ids[kind], _, canonicals[kind], geometries[kind] = chosen
     return canonicals, series_ids, geometries
 
 
@@ -249,7 +315,8 @@ def map_annotations(entry: StudyEntry, series_ids: np.ndarray, geometries) -> tu
     A point annotated on the series used for its type maps through that series' geometry. A point annotated
     on another series of the same type (a study with two axial series) is located in patient coordinates and
     mapped into the used series' volume. A point that cannot be placed (unknown instance, unreadable file,
-    series absent) gets no coordinate (-1): a wrong point is worse than none.
+    series absent, outside the volume) gets no coordinate (-1), reported naming its CSV line: a wrong point is
+    worse than none.
     Returns (coords float32 [25, 3], coords_series int64 [25]).
     """
     coords, coords_series = _no_coordinates()
@@ -261,12 +328,13 @@ def map_annotations(entry: StudyEntry, series_ids: np.ndarray, geometries) -> tu
             else:
                 world = _world_point(other_dir, a.instance_number, a.row, a.col, geometry.plane)
                 if world is None:
+                    _point_dropped(entry.study_id, a, "annotated file unreadable")
                     continue
                 point = geometry.normalize(geometry.world_to_canonical(world))
         except KeyError as err:
-            log.warning("series %s: annotation of %s not mapped: %s", a.series_id, L.TARGETS[a.target], err)
+            _point_dropped(entry.study_id, a, "instance not in the series", str(err).strip("'\""))
             continue
-        _place(coords, coords_series, a.target, kind, point)
+        _place(coords, coords_series, entry.study_id, a, kind, point)
     return coords, coords_series
 
 
@@ -277,21 +345,28 @@ def _no_coordinates() -> tuple[np.ndarray, np.ndarray]:
 
 def _annotations_to_place(entry: StudyEntry, series_ids: np.ndarray):
     """(annotation, its series type, the directory of its series when that is not the series used for the
-    type, else None) for every annotation whose series type is present; the others get no coordinate."""
+    type, else None) for every annotation whose series type is present; the others are reported dropped."""
     kind_of_series = {sid: kind for kind, candidates in enumerate(entry.series_dirs) for sid, _ in candidates}
     dir_of_series = {sid: d for candidates in entry.series_dirs for sid, d in candidates}
     for a in entry.annotations:
         kind = kind_of_series.get(a.series_id)
-        if kind is None or series_ids[kind] < 0:
-            continue
-        yield a, kind, None if a.series_id == series_ids[kind] else dir_of_series[a.series_id]
+        if kind is None:
+            _point_dropped(entry.study_id, a, "series not in the study")
+        elif series_ids[kind] < 0:
+            _point_dropped(entry.study_id, a, "series type absent", L.SERIES_TYPES[kind])
+        else:
+            yield a, kind, None if a.series_id == series_ids[kind] else dir_of_series[a.series_id]
 
 
-def _place(coords: np.ndarray, coords_series: np.ndarray, target: int, kind: int, point: np.ndarray) -> None:
-    """Store a normalised point unless it lies well outside the volume (a point outside is not in it)."""
+def _place(coords: np.ndarray, coords_series: np.ndarray, study_id: int, a: Annotation, kind: int,
+           point: np.ndarray) -> None:
+    """Store a normalised point unless it lies well outside the volume (a point outside is not in it:
+    reported dropped)."""
     if np.all((point > -0.05) & (point < 1.05)):
-        coords[target] = np.clip(point, 0.0, 1.0)
-        coords_series[target] = kind
+        coords[a.target] = np.clip(point, 0.0, 1.0)
+        coords_series[a.target] = kind
+    else:
+        _point_dropped(study_id, a, "outside the volume", f"normalised {np.round(point, 3).tolist()}")
 
 
 def map_annotations_to_grid(entry: StudyEntry, series_ids: np.ndarray, geometries, grid
@@ -299,24 +374,23 @@ def map_annotations_to_grid(entry: StudyEntry, series_ids: np.ndarray, geometrie
     """Label coordinates -> normalised (depth, row, col) in the study's shared grid (`grid_lib.Grid`, the
     grid dataset configs): each annotated pixel is located in patient coordinates through the geometry of
     the series it was annotated on (another series of the same type: through its own file) and mapped into
-    the grid, which all three series share. Unplaceable points get -1, as in `map_annotations`.
+    the grid, which all three series share. Unplaceable points get -1, reported, as in `map_annotations`.
     Returns (coords float32 [25, 3], coords_series int64 [25]: the series type annotated)."""
     coords, coords_series = _no_coordinates()
-    if grid is None:
-        return coords, coords_series
-    for a, kind, other_dir in _annotations_to_place(entry, series_ids):
+    for a, kind, other_dir in _annotations_to_place(entry, series_ids):  # grid None: no series, all reported
         geometry = geometries[kind]
         if other_dir is None:
             try:
                 world = grid_lib.pixel_world(geometry, a.instance_number, a.row, a.col)
             except KeyError as err:
-                log.warning("series %s: annotation of %s not mapped: %s", a.series_id, L.TARGETS[a.target], err)
+                _point_dropped(entry.study_id, a, "instance not in the series", str(err).strip("'\""))
                 continue
         else:
             world = _world_point(other_dir, a.instance_number, a.row, a.col, geometry.plane)
             if world is None:
+                _point_dropped(entry.study_id, a, "annotated file unreadable")
                 continue
-        _place(coords, coords_series, a.target, kind, grid.normalize(grid.index(world)))
+        _place(coords, coords_series, entry.study_id, a, kind, grid.normalize(grid.index(world)))
     return coords, coords_series
 
 
@@ -328,12 +402,13 @@ def study_example(entry: StudyEntry, volume_shape: tuple[int, int, int],
     one shared patient-coordinate grid of `volume_shape` (`lumbar_jax.data.grid`; coords refer to that grid).
     """
     if grid:
-        canonicals, series_ids, geometries = read_study_series(entry.series_dirs)
+        canonicals, series_ids, geometries = read_study_series(entry.series_dirs, entry.study_id)
         volumes, study_grid = grid_lib.grid_volumes(canonicals, geometries, volume_shape)
         present = series_ids >= 0
         coords, coords_series = map_annotations_to_grid(entry, series_ids, geometries, study_grid)
     else:
-        volumes, present, series_ids, geometries = load_study_volumes(entry.series_dirs, volume_shape)
+        volumes, present, series_ids, geometries = load_study_volumes(entry.series_dirs, volume_shape,
+                                                                      entry.study_id)
         coords, coords_series = map_annotations(entry, series_ids, geometries)
     example: dict[str, np.ndarray | int] = {
         "study_id": entry.study_id,
@@ -345,4 +420,3 @@ def study_example(entry: StudyEntry, volume_shape: tuple[int, int, int],
     }
     example.update({name: volumes[k] for k, name in enumerate(L.SERIES_TYPES)})
     return example
-

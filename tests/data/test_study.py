@@ -1,12 +1,13 @@
 """Kaggle-layout parsing: series choice, and label coordinates mapped across series through patient space."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from lumbar_jax import labels as L
-from lumbar_jax.data import dicom, study, synthetic
+from lumbar_jax.data import dicom, problems, study, synthetic
 
 
 @pytest.fixture(scope="module")
@@ -16,19 +17,30 @@ def kaggle(tmp_path_factory):
     return root
 
 
-def _touch(directory, count):
-    os.makedirs(directory)
-    for i in range(count):
-        open(os.path.join(directory, f"{i}.dcm"), "w").close()
+def _copy_series(source, target, keep):
+    """A copy of series folder `source` with its first `keep` files (sorted by name)."""
+    os.makedirs(target)
+    for name in sorted(os.listdir(source))[:keep]:
+        shutil.copy(os.path.join(source, name), target)
+    return str(target)
 
 
-def test_choose_series_takes_most_slices_then_lowest_id(tmp_path):
-    _touch(tmp_path / "30", 5)
-    _touch(tmp_path / "20", 7)
-    _touch(tmp_path / "10", 7)
-    candidates = tuple((int(n), str(tmp_path / n)) for n in ("30", "20", "10", "99"))  # 99 does not exist
-    assert study.choose_series(candidates)[0] == 10
+def test_choose_series_takes_most_readable_slices_then_lowest_id(kaggle, tmp_path):
+    source = study.list_studies(kaggle, "train")[0].series_dirs[0][0][1]
+    count = len(os.listdir(source))
+    short = _copy_series(source, tmp_path / "5", count - 4)
+    for i in range(8):  # more .dcm files than the others, fewer readable slices
+        with open(os.path.join(short, f"junk{i}.dcm"), "wb") as f:
+            f.write(b"junk")
+    candidates = ((30, _copy_series(source, tmp_path / "30", count - 1)), (5, short),
+                  (20, _copy_series(source, tmp_path / "20", count)),
+                  (10, _copy_series(source, tmp_path / "10", count)), (99, str(tmp_path / "99")))  # 99: no folder
+    with pytest.warns(UserWarning):
+        assert study.choose_series(candidates, "sagittal")[0] == 10
+    assert study.series_preference(10, count) < study.series_preference(20, count) < study.series_preference(5, count - 4)
     assert study.choose_series(((99, str(tmp_path / "99")),)) is None
+    with pytest.warns(problems.DataProblemWarning, match="no readable series"):
+        assert study.read_study_series((((99, str(tmp_path / "99")),), (), ()), 7)[1].tolist() == [-1, -1, -1]
 
 
 def test_point_located_through_patient_space_equals_direct_mapping(kaggle):
