@@ -11,20 +11,31 @@ coordinates per study (the union of the series' extents, axes in the sagittal la
 so the three volumes are the aligned channels of one volume, and `coords` are normalised coordinates in that
 grid (the same for every series; `coords_series` still says which series the point was annotated on). Studies are
 decoded in parallel worker processes (`num_workers`); build with `python -m lumbar_jax.data.build`.
+
+Every build writes `build_report.json` beside the records (`<data_dir>/rsna_lumbar_spine/<config>/<version>/`,
+inside TFDS's incomplete directory, so the report exists exactly when the dataset does): the studies written
+per split, the series absent from the records, what the readers dropped and why (`lumbar_jax.data.problems`,
+collected around each study's decoding in its worker and around the CSV reading), and the source folder with
+its fingerprint (`manual_dir_fingerprint`), which `lumbar_jax.data.dataset` uses to tell datasets apart.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
 import multiprocessing
 import os
+import warnings
 
 import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from lumbar_jax import cli
 from lumbar_jax import labels as L
-from lumbar_jax.data import study
+from lumbar_jax.data import problems, study
 from lumbar_jax.dataset_configs import DATASET_SHAPES, GRID_DATASETS
 
 _DESCRIPTION = """
@@ -68,6 +79,71 @@ def keyed_study_example(job):
     return entry.study_id, study.study_example(entry, shape, grid=grid)
 
 
+def study_example_and_problems(job):
+    """`keyed_study_example(job)` and the problems its reading reported: (key, example, [Problem]). The
+    problems travel beside the example back to the building process (they are no record feature)."""
+    with problems.collect() as found:
+        key, example = keyed_study_example(job)
+    return key, example, found
+
+
+def _init_worker() -> None:
+    """A decoding process logs like the build command, each warning in one line (`problems`)."""
+    cli.setup_logging(logging.WARNING)
+    warnings.showwarning = problems.show_warning_in_one_line
+
+
+REPORT_FILE = "build_report.json"
+
+
+def manual_dir_fingerprint(manual_dir: str) -> str:
+    """A hash of what a Kaggle folder holds: the contents of its top-level CSVs and, for every file under its
+    `*_images/` folders, the relative path, size and modification time. Reads no DICOM file (seconds for the
+    competition's 147k files), and differs between two folders unless they hold the same CSVs and images."""
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(manual_dir)):
+        path = os.path.join(manual_dir, name)
+        if name.endswith(".csv") and os.path.isfile(path):
+            digest.update(f"csv {name}\n".encode())
+            with open(path, "rb") as f:
+                digest.update(hashlib.sha256(f.read()).digest())
+        elif name.endswith("_images") and os.path.isdir(path):
+            for rel, size, mtime in _file_listing(path, name):
+                digest.update(f"{rel} {size} {mtime}\n".encode())
+    return digest.hexdigest()
+
+
+def _file_listing(directory: str, prefix: str):
+    """(relative path, size, mtime in ns) of every file under `directory`, sorted by path."""
+    stack, out = [(directory, prefix)], []
+    while stack:
+        path, rel = stack.pop()
+        with os.scandir(path) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((e.path, f"{rel}/{e.name}"))
+                else:
+                    st = e.stat()
+                    out.append((f"{rel}/{e.name}", st.st_size, st.st_mtime_ns))
+    return sorted(out)
+
+
+class _BuildTally:
+    """What one build wrote and dropped: studies and series absent per split, and every reported problem."""
+
+    def __init__(self):
+        self.studies: dict[str, int] = {}
+        self.absent: dict[str, dict[str, int]] = {}
+        self.problems: list[problems.Problem] = []
+
+    def add(self, split: str, example: dict, found: list) -> None:
+        self.studies[split] = self.studies.get(split, 0) + 1
+        absent = self.absent.setdefault(split, dict.fromkeys(L.SERIES_TYPES, 0))
+        for name, present in zip(L.SERIES_TYPES, example["present"]):
+            absent[name] += int(not present)
+        self.problems.extend(found)
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for the RSNA 2024 lumbar spine studies (manual download)."""
 
@@ -83,8 +159,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     `python -m lumbar_jax.data.synthetic --out DIR` writes a synthetic folder of the same layout.
     """
 
-    def __init__(self, *, num_workers: int = 1, **kwargs):
+    def __init__(self, *, num_workers: int = 1, source_fingerprint: str | None = None, **kwargs):
         self.num_workers = max(1, int(num_workers))
+        self.source_fingerprint = source_fingerprint  # of the manual dir, when the caller computed it already
+        self.build_report: dict | None = None  # set when this builder has built the dataset
+        self._tally = _BuildTally()
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -111,14 +190,47 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(root, split) for split in ("train", "test")
                 if study.has_split(root, split)}
 
+    def _list_studies(self, root: str, split: str) -> list[study.StudyEntry]:
+        """The split's studies (`study.list_studies`), what the CSV reading dropped counted in the report."""
+        with problems.collect() as found:
+            entries = study.list_studies(root, split)
+        self._tally.problems.extend(found)
+        return entries
+
     def _generate_examples(self, root: str, split: str):
-        entries = study.list_studies(root, split)
         shape = tuple(self.builder_config.volume_shape)
-        jobs = [(entry, shape, bool(self.builder_config.grid)) for entry in entries]
+        jobs = [(entry, shape, bool(self.builder_config.grid)) for entry in self._list_studies(root, split)]
         progress = dict(total=len(jobs), desc=f"{split}: decoding studies", unit="study")
         if self.num_workers == 1:
-            yield from tqdm.tqdm(map(keyed_study_example, jobs), **progress)
+            results = map(study_example_and_problems, jobs)
+            yield from self._tallied(split, tqdm.tqdm(results, **progress))
             return
         # spawn, not fork: the caller may have started JAX's threads, which fork would copy half-alive.
-        with multiprocessing.get_context("spawn").Pool(self.num_workers) as pool:
-            yield from tqdm.tqdm(pool.imap(keyed_study_example, jobs, chunksize=1), **progress)
+        with multiprocessing.get_context("spawn").Pool(self.num_workers, initializer=_init_worker) as pool:
+            results = pool.imap(study_example_and_problems, jobs, chunksize=1)
+            yield from self._tallied(split, tqdm.tqdm(results, **progress))
+
+    def _tallied(self, split: str, results):
+        """(key, example) of each (key, example, problems) result, counting the study and its problems."""
+        for key, example, found in results:
+            self._tally.add(split, example, found)
+            yield key, example
+
+    def _download_and_prepare(self, dl_manager, download_config):
+        """TFDS's generation, then `build_report.json` beside the records (still in the incomplete dir)."""
+        self._tally = _BuildTally()
+        super()._download_and_prepare(dl_manager, download_config)
+        manual_dir = os.fspath(dl_manager.manual_dir)
+        self.build_report = self._report(manual_dir, self.source_fingerprint or manual_dir_fingerprint(manual_dir))
+        with open(os.path.join(self.data_dir, REPORT_FILE), "w") as f:
+            json.dump(self.build_report, f, indent=1)
+
+    def _report(self, manual_dir: str, fingerprint: str) -> dict:
+        """The build report (module docstring): what was written, what was dropped and why, the source."""
+        return {
+            "dataset": f"{self.name}/{self.builder_config.name}/{self.version}",
+            "source": {"manual_dir": os.path.abspath(manual_dir), "fingerprint": fingerprint},
+            "studies": {name: int(split.num_examples) for name, split in self.info.splits.items()},
+            "series_absent_in_records": self._tally.absent,
+            "problems": problems.summarize(self._tally.problems),
+        }
