@@ -6,7 +6,7 @@ named"): train.csv holds the labels, so a value that cannot be trusted there ref
 conflicting duplicate, no rows at all). A bad row of train_label_coordinates.csv or of a series descriptions CSV
 costs only that row: it is skipped and reported through `problems.report` (file, line, column, value), as is a
 NaN coordinate and a duplicate row (the first one is kept). Line numbers are those a text editor shows
-(header = line 1).
+(header = line 1). `split_studies` says which studies a split holds and reports those one source lacks.
 """
 
 from __future__ import annotations
@@ -225,3 +225,32 @@ def read_descriptions(path: str) -> dict[int, dict[int, tuple[str, int]]]:
             problems.report("csv_row", where(path, row.line), reason,
                             f"study {study_id} series {series_id}: line {kept[1]} ({kept[0]!r}) kept")
     return out
+
+
+def split_studies(root: str, split: str, described: dict, labels: dict, annotations: dict,
+                  folders: dict) -> list[int]:
+    """The study ids of a split, sorted: those of its descriptions CSV, for train also of train.csv, for test
+    also of its image folders (`folders`: {study_id: {series_id: dir}}). Every study that one source (CSV,
+    image folder) has and another lacks is reported (study_mismatch), saying what becomes of it."""
+    desc_name, images = f"{split}_series_descriptions.csv", f"{split}_images"
+    studies = set(described) | set(labels) | (set(folders) if split == "test" else set())
+    for s in sorted(set(labels) - set(described)):
+        problems.report("study_mismatch", f"{LABELS_CSV} study {s}", f"study not in {desc_name}",
+                        "labels kept; series from its image folder, if any")
+    for s in sorted(set(described) - set(labels) if split == "train" else ()):
+        problems.report("study_mismatch", f"{desc_name} study {s}", f"study not in {LABELS_CSV}", "labels missing")
+    for s in sorted(set(folders) - studies):
+        problems.report("study_mismatch", os.path.join(root, images, str(s)), "image folder of a study in no CSV",
+                        "ignored")
+    for s in sorted(set(folders) - set(described) if split == "test" else ()):
+        problems.report("study_mismatch", os.path.join(root, images, str(s)), f"study not in {desc_name}",
+                        "series types from their DICOM SeriesDescription")
+    for s in sorted(set(annotations) - studies):
+        first = min(a.line for a in annotations[s])
+        problems.report("study_mismatch", f"{COORDINATES_CSV} line {first}", "study in no other CSV",
+                        f"study_id = {s}; its {len(annotations[s])} points dropped")
+    if split == "train" and os.path.exists(os.path.join(root, COORDINATES_CSV)):
+        for s in sorted(set(labels) - set(annotations)):
+            problems.report("study_mismatch", f"{LABELS_CSV} study {s}", f"study not in {COORDINATES_CSV}",
+                            "no label coordinates")
+    return sorted(studies)

@@ -19,8 +19,8 @@ import numpy as np
 from lumbar_jax import labels as L
 from lumbar_jax.data import dicom, problems, volume
 from lumbar_jax.data import grid as grid_lib
-from lumbar_jax.data.kaggle_csv import COORDINATE_COLUMNS, COORDINATES_CSV, LABELS_CSV, Annotation
-from lumbar_jax.data.kaggle_csv import read_annotations, read_descriptions, read_labels
+from lumbar_jax.data.kaggle_csv import COORDINATE_COLUMNS, COORDINATES_CSV, Annotation, read_annotations
+from lumbar_jax.data.kaggle_csv import read_descriptions, read_labels, split_studies
 
 __all__ = ["COORDINATE_COLUMNS", "PLANE_OF_SERIES", "Annotation", "StudyEntry", "choose_series", "has_split",
            "list_studies", "load_study_volumes", "map_annotations", "map_annotations_to_grid", "read_annotations",
@@ -63,7 +63,7 @@ def list_studies(root: str, split: str) -> list[StudyEntry]:
     labels = read_labels(root) if split == "train" else {}
     annotations = read_annotations(root) if split == "train" else {}
     folders = _image_folders(os.path.join(root, f"{split}_images"))
-    study_ids = _reconcile_studies(root, split, described, labels, annotations, folders)
+    study_ids = split_studies(root, split, described, labels, annotations, folders)
     missing_labels = np.full(L.NUM_TARGETS, L.MISSING, dtype=np.int64)
     entries = []
     for s in study_ids:
@@ -95,33 +95,6 @@ def _image_folders(images: str) -> dict[int, dict[int, str]]:
                     problems.report("study_mismatch", os.path.join(study_dir, name),
                                     "image folder name not a series id", "ignored")
     return out
-
-
-def _reconcile_studies(root: str, split: str, described: dict, labels: dict, annotations: dict,
-                       folders: dict) -> list[int]:
-    """The study ids of a split (sorted); every study one source has and another lacks is reported."""
-    desc_name, images = f"{split}_series_descriptions.csv", f"{split}_images"
-    studies = set(described) | set(labels) | (set(folders) if split == "test" else set())
-    for s in sorted(set(labels) - set(described)):
-        problems.report("study_mismatch", f"{LABELS_CSV} study {s}", f"study not in {desc_name}",
-                        "labels kept; series from its image folder, if any")
-    for s in sorted(set(described) - set(labels) if split == "train" else ()):
-        problems.report("study_mismatch", f"{desc_name} study {s}", f"study not in {LABELS_CSV}", "labels missing")
-    for s in sorted(set(folders) - studies):
-        problems.report("study_mismatch", os.path.join(root, images, str(s)), "image folder of a study in no CSV",
-                        "ignored")
-    for s in sorted(set(folders) - set(described) & studies if split == "test" else ()):
-        problems.report("study_mismatch", os.path.join(root, images, str(s)), f"study not in {desc_name}",
-                        "series types from their DICOM SeriesDescription")
-    for s in sorted(set(annotations) - studies):
-        first = min(a.line for a in annotations[s])
-        problems.report("study_mismatch", f"{COORDINATES_CSV} line {first}", "study in no other CSV",
-                        f"study_id = {s}; its {len(annotations[s])} points dropped")
-    if split == "train" and os.path.exists(os.path.join(root, COORDINATES_CSV)):
-        for s in sorted(set(labels) - set(annotations)):
-            problems.report("study_mismatch", f"{LABELS_CSV} study {s}", f"study not in {COORDINATES_CSV}",
-                            "no label coordinates")
-    return sorted(studies)
 
 
 def _study_series(desc_path: str, described: dict[int, tuple[str, int]], folders: dict[int, str]):

@@ -37,7 +37,8 @@ def test_choose_series_takes_most_readable_slices_then_lowest_id(kaggle, tmp_pat
                   (10, _copy_series(source, tmp_path / "10", count)), (99, str(tmp_path / "99")))  # 99: no folder
     with pytest.warns(UserWarning):
         assert study.choose_series(candidates, "sagittal")[0] == 10
-    assert study.series_preference(10, count) < study.series_preference(20, count) < study.series_preference(5, count - 4)
+    preference = study.series_preference
+    assert preference(10, count) < preference(20, count) < preference(5, count - 4)
     assert study.choose_series(((99, str(tmp_path / "99")),)) is None
     with pytest.warns(problems.DataProblemWarning, match="no readable series"):
         assert study.read_study_series((((99, str(tmp_path / "99")),), (), ()), 7)[1].tolist() == [-1, -1, -1]
