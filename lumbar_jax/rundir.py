@@ -3,6 +3,7 @@
 A run of `python -m lumbar_jax.main` writes everything into one directory (docs/conventions.md section 5):
 
     config.json              the resolved config, written before any work
+    dataset.json             which dataset it trains on: path, name, source folder, content hash
     fold_{k}/checkpoints/    Orbax checkpoints `latest` (for resume) and `best` (`train.state.CheckpointStore`)
     fold_{k}/metrics.jsonl   train/ and val/ scalars; fold_{k}/tensorboard/ the same (`train.logging`)
     fold_{k}/result.json     the fold's final result; a fold with one is finished and not trained again
@@ -19,6 +20,7 @@ import json
 import os
 
 CONFIG_FILE = "config.json"
+DATASET_FILE = "dataset.json"
 OOF_FILE = "oof_predictions.csv"
 SUMMARY_FILE = "cv_summary.json"
 RESULT_FILE = "result.json"
@@ -59,6 +61,36 @@ def write_config(workdir: str, config_json: str) -> None:
     os.makedirs(workdir, exist_ok=True)
     with open(config_path(workdir), "w") as f:
         f.write(config_json)
+
+
+def dataset_path(workdir: str) -> str:
+    return os.path.join(workdir, DATASET_FILE)
+
+
+def read_dataset_record(workdir: str) -> dict | None:
+    """The run's dataset.json (`data.dataset.dataset_record` of the dataset it trains on), or None."""
+    if not os.path.exists(dataset_path(workdir)):
+        return None
+    with open(dataset_path(workdir)) as f:
+        return json.load(f)
+
+
+def check_dataset_record(workdir: str, record: dict, num_folds: int) -> None:
+    """ValueError when a run that has trained folds recorded another dataset (name or content hash) than
+    `record`: its folds would mix two datasets. The message names both and what to do."""
+    previous = read_dataset_record(workdir)
+    if previous is None or not trained_folds(workdir, num_folds):
+        return
+    if (previous["name"], previous["content_hash"]) != (record["name"], record["content_hash"]):
+        raise ValueError(
+            f"{workdir} has folds trained on {previous['path']} (content hash {previous['content_hash'][:16]}), "
+            f"but this config gives {record['path']} (content hash {record['content_hash'][:16]}): use a new "
+            f"workdir, or remove {dataset_path(workdir)} and the fold_* folders to retrain on it")
+
+
+def write_dataset_record(workdir: str, record: dict) -> None:
+    with open(dataset_path(workdir), "w") as f:
+        json.dump(record, f, indent=2)
 
 
 def read_fold_result(workdir: str, fold: int) -> dict | None:

@@ -3,6 +3,7 @@
 `cross_validate(config, workdir)` is the whole main job: resolve the dataset, split studies into folds
 (`train.folds`: stratified, seeded, identical on every run), train each unfinished fold from a fresh model,
 then write `oof_predictions.csv` and `cv_summary.json` and print the table (docs/conventions.md section 5).
+The run's `dataset.json` records which dataset it trained on; a run with trained folds refuses another one.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def cross_validate(config, workdir: str) -> dict | None:
         rundir.write_config(workdir, config.to_json_best_effort(indent=2))
 
     split = load_fold_split(config)
+    rundir.check_dataset_record(workdir, split.dataset, config.cv.num_folds)
+    if jax.process_index() == 0:
+        rundir.write_dataset_record(workdir, split.dataset)
     wanted = range(config.cv.num_folds) if config.cv.fold < 0 else [config.cv.fold]
     results = {}
     for k in wanted:

@@ -76,6 +76,7 @@ class FoldSplit:
     study_ids: np.ndarray  # int [N] study id of every record
     labels: np.ndarray  # int [N, 25], -1 missing
     folds: np.ndarray  # int [N] held-out fold of every record; -1 for studies without any label
+    dataset: dict | None = None  # which dataset the records are (`data.dataset.dataset_record`)
 
     def fold(self, k: int) -> Fold:
         """Fold `k`: trains on the labelled records of the other folds, holds out its own."""
@@ -96,6 +97,8 @@ def _prepare_dataset(data_config) -> str:
 def load_fold_split(config) -> FoldSplit:
     """Resolve (building if needed) the config's dataset, check it fits the model, and split it into folds."""
     data_dir = _prepare_dataset(config.data)
+    record = dataset.dataset_record(data_dir, config.data.config)
+    log.info("dataset %s (content hash %s)", record["path"], record["content_hash"][:16])
     source = dataset.load_split(data_dir, config.data.config, "train")
     config_lib.check_dataset(config, source)
     study_ids, labels = pipeline.read_labels(source)
@@ -103,7 +106,7 @@ def load_fold_split(config) -> FoldSplit:
     folds = np.full(len(labels), -1)
     folds[labelled] = make_folds(labels[labelled], config.cv.num_folds, config.seed)
     log.info("%d studies (%d labelled) in %d folds", len(labels), len(labelled), config.cv.num_folds)
-    return FoldSplit(source, study_ids, labels, folds)
+    return FoldSplit(source, study_ids, labels, folds, record)
 
 
 def evaluate_fold(eval_step, state, fold: Fold, batch_size: int, mesh) -> tuple[np.ndarray, dict]:
