@@ -3,12 +3,15 @@
 Studies are read with the builder's own reader (`data.study.study_example`: same series choice, canonical
 orientation, resampling and intensity normalisation as the training records), predicted by the ensemble of
 the run's folds (each fold's best checkpoint; probabilities averaged) and, with `tta`, also on the
-left/right-mirrored study. No prebuilt dataset is needed.
+left/right-mirrored study. No prebuilt dataset is needed. A study folder (`read_study_dir`) says which of its
+series folders it did not use and why (empty, unreadable, type unknown), and one with no usable series is
+refused, naming each folder's reason.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
@@ -18,6 +21,7 @@ import tqdm
 from lumbar_jax import inference
 from lumbar_jax import labels as L
 from lumbar_jax import rundir
+from lumbar_jax.data import problems
 from lumbar_jax.data import study as study_lib
 from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train.config import GRID_DATASETS
@@ -103,12 +107,51 @@ def predict_split(predictor: Predictor, data_dir: str, split: str = "test") -> t
     return submission_frame(np.array([e.study_id for e in entries]), probs), timing
 
 
-def study_report(study_id: int, present: np.ndarray, probs: np.ndarray) -> dict:
-    """A study's prediction as a JSON-able dict: the series used and, per target, the three probabilities and
-    the most likely grade. probs float [25, 3]."""
+def read_study_dir(predictor: Predictor, study_dir: str, descriptions_csv: str | None = None
+                   ) -> tuple[study_lib.StudyEntry, dict, dict[str, str]]:
+    """One study folder -> (its StudyEntry, its record, {series folder: why it was not used}). ValueError naming
+    the folder and each series folder's reason when no series of it can be used (a prediction without any
+    image would be the class prior, not a prediction of this study)."""
+    with problems.collect() as found:
+        entry = study_lib.study_from_directory(study_dir, descriptions_csv)
+        record = predictor.read([entry])[0]
+    unused = unused_series_folders(study_dir, record["series_ids"], found)
+    if not np.any(record["present"]):
+        reasons = "; ".join(f"{os.path.basename(d)}: {why}" for d, why in unused.items()) or "it has no subfolder"
+        raise ValueError(f"study folder {study_dir} has no usable series ({reasons})")
+    return entry, record, unused
+
+
+def unused_series_folders(study_dir: str, series_ids: np.ndarray, found: list[problems.Problem]) -> dict[str, str]:
+    """{folder: why} for every subfolder of a study folder that gave no volume: not a series id, empty (no
+    .dcm file), or the reasons reported while reading it (`found`); a readable series not chosen for its type
+    is "not used (another series of its type was chosen)"."""
+    used = {str(int(s)) for s in series_ids if s >= 0}
+    out = {}
+    for name in sorted(os.listdir(study_dir)):
+        folder = os.path.join(study_dir, name)
+        if not os.path.isdir(folder) or name in used:
+            continue
+        if not name.isdigit():
+            out[folder] = "not a series folder (its name is not a series id)"
+        elif not any(f.endswith(".dcm") for f in os.listdir(folder)):
+            out[folder] = "empty series folder (no .dcm file)"
+        else:
+            reasons = list(dict.fromkeys(p.reason + (f" ({p.detail})" if p.detail else "") for p in found
+                                         if p.where == folder or p.where.startswith(folder + os.sep)))
+            out[folder] = "; ".join(reasons[:3]) or "not used (another series of its type was chosen)"
+    return out
+
+
+def study_report(study_id: int, present: np.ndarray, probs: np.ndarray, unused: dict[str, str] | None = None
+                 ) -> dict:
+    """A study's prediction as a JSON-able dict: the series used, the series folders not used and why
+    (`unused`, from `read_study_dir`) and, per target, the three probabilities and the most likely grade.
+    probs float [25, 3]."""
     return {
         "study_id": int(study_id),
         "series_present": {name: bool(p) for name, p in zip(L.SERIES_TYPES, present)},
+        "series_not_used": dict(unused or {}),
         "targets": {t: {**{c: float(probs[i, k]) for k, c in enumerate(L.SEVERITY_COLUMNS)},
                         "grade": L.SEVERITY_NAMES[int(np.argmax(probs[i]))]}
                     for i, t in enumerate(L.TARGETS)},
@@ -122,8 +165,9 @@ def format_study_report(report: dict) -> str:
     """Per level (rows) and condition (columns): the most likely grade and its probability; `*` marks a
     moderate or severe grade."""
     present = ", ".join(f"{n} {'yes' if p else 'ABSENT'}" for n, p in report["series_present"].items())
-    lines = [f"study {report['study_id']}  (series: {present})",
-             f"{'level':7s}" + "".join(f"{c:>20s}" for c in _REPORT_COLUMNS)]
+    lines = [f"study {report['study_id']}  (series: {present})"]
+    lines += [f"  series folder {folder} not used: {why}" for folder, why in report.get("series_not_used", {}).items()]
+    lines.append(f"{'level':7s}" + "".join(f"{c:>20s}" for c in _REPORT_COLUMNS))
     for level, level_name in zip(L.LEVELS, L.LEVEL_CSV_NAMES):
         cells = []
         for condition in L.CONDITIONS:

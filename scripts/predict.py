@@ -7,8 +7,10 @@ The first form reads KAGGLE_DIR/test_series_descriptions.csv and test_images/ (n
 the best checkpoint of every trained fold, averages their probabilities, and writes submission.csv with the
 competition's header and 25 rows per study. The second reads one study folder ({study_id}/{series_id}/*.dcm);
 series types come from --descriptions (a *_series_descriptions.csv) or the DICOM SeriesDescription, and it
-prints a per-level report and writes it as JSON. A missing series is predicted without it; --tta averages
-with the left/right-mirrored study (left and right targets swapped back).
+prints a per-level report and writes it as JSON. A missing series is predicted without it, and each series
+folder not used is named with its reason (empty, unreadable, type unknown); a study folder with no usable
+series is an error (exit status 2). --tta averages with the left/right-mirrored study (left and right targets
+swapped back).
 """
 
 import json
@@ -35,7 +37,6 @@ def main(argv=None) -> int:
         parser.error("give exactly one of --data_dir and --study_dir")
     cli.setup_logging()
     from lumbar_jax import predict  # after parsing: JAX, Orbax, TFDS
-    from lumbar_jax.data import study
 
     predictor = predict.Predictor(args.workdir, args.fold, args.checkpoint, args.tta)
     if args.data_dir:
@@ -46,9 +47,8 @@ def main(argv=None) -> int:
               f"read {timing['read_s']:.1f} s + predict {timing['predict_s']:.1f} s = "
               f"{timing['studies_per_s']:.2f} studies/s")
         return 0
-    entry = study.study_from_directory(args.study_dir, args.descriptions)
-    record = predictor.read([entry])[0]
-    report = predict.study_report(entry.study_id, record["present"], predictor.predict([record])[0])
+    entry, record, unused = predict.read_study_dir(predictor, args.study_dir, args.descriptions)
+    report = predict.study_report(entry.study_id, record["present"], predictor.predict([record])[0], unused)
     print(predict.format_study_report(report))
     path = args.json or f"{entry.study_id}_report.json"
     with open(path, "w") as f:

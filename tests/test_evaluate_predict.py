@@ -20,7 +20,7 @@ from lumbar_jax.analysis import attention as attention_lib
 from lumbar_jax.analysis import write_report
 from lumbar_jax.models.heads import token_centres
 from lumbar_jax import labels as L
-from lumbar_jax.data import augment, build, study, synthetic
+from lumbar_jax.data import augment, build, dataset, study, synthetic
 from lumbar_jax.train import config as config_lib
 from lumbar_jax.train import cv
 from lumbar_jax.train import mesh as mesh_lib
@@ -160,6 +160,40 @@ def test_study_dir_report_from_dicom_descriptions_and_from_csv(run, tmp_path, ca
     from_csv = study.study_from_directory(study_dir, os.path.join(kaggle, "test_series_descriptions.csv"))
     assert from_csv.series_dirs == study.study_from_directory(study_dir).series_dirs
     assert [[sid for sid, _ in c] for c in from_csv.series_dirs] == [[sid for sid, _ in c] for c in entry.series_dirs]
+
+
+def test_run_records_the_dataset_it_trained_on(run):
+    kaggle, workdir = run
+    record = rundir.read_dataset_record(workdir)
+    assert record == dataset.dataset_record(os.path.join(os.path.dirname(kaggle), "tfds"), "r64")
+    assert record["source"]["manual_dir"] == os.path.abspath(kaggle) and record["studies"]["train"] == 12
+
+
+def test_study_dir_names_an_empty_series_folder(run, tmp_path, capsys):
+    kaggle, workdir = run
+    entry = study.list_studies(kaggle, "test")[0]
+    study_dir = str(tmp_path / str(entry.study_id))
+    shutil.copytree(os.path.dirname(entry.series_dirs[1][0][1]), study_dir)
+    empty = os.path.join(study_dir, "12345")
+    os.mkdir(empty)
+    out = str(tmp_path / "report.json")
+    assert run_script("predict.py", "--workdir", workdir, "--study_dir", study_dir, "--json", out) == 0
+    assert f"series folder {empty} not used: empty series folder (no .dcm file)" in capsys.readouterr().out
+    report = json.load(open(out))
+    assert report["series_not_used"] == {empty: "empty series folder (no .dcm file)"}
+    assert all(report["series_present"].values())
+
+
+def test_study_dir_without_a_usable_series_is_an_error_naming_each_folder(run, tmp_path, capsys):
+    _, workdir = run
+    study_dir = tmp_path / "4242"
+    (study_dir / "1").mkdir(parents=True)
+    (study_dir / "2").mkdir()
+    (study_dir / "2" / "1.dcm").write_bytes(b"not a DICOM file")
+    assert run_script("predict.py", "--workdir", workdir, "--study_dir", str(study_dir)) == 2
+    err = capsys.readouterr().err
+    assert f"error: study folder {study_dir} has no usable series (1: empty series folder (no .dcm file); 2: " in err
+    assert not os.path.exists("4242_report.json")
 
 
 @pytest.mark.parametrize("description, kind", [
