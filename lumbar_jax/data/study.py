@@ -97,11 +97,12 @@ def _image_folders(images: str) -> dict[int, dict[int, str]]:
     return out
 
 
-def _study_series(desc_path: str, described: dict[int, tuple[str, int]], folders: dict[int, str]):
+def _study_series(desc_path: str | None, described: dict[int, tuple[str, int]], folders: dict[int, str]):
     """Per series type the candidate (series_id, dir) pairs of one study: the described series that have a
-    folder, and the undescribed folders typed by their DICOM SeriesDescription; the rest reported."""
+    folder, and the undescribed folders typed by their DICOM SeriesDescription (a study mismatch when there
+    is a descriptions CSV, `desc_path`); the rest reported."""
     candidates: list[list[tuple[int, str]]] = [[] for _ in L.SERIES_TYPES]
-    desc_name = os.path.basename(desc_path)
+    desc_name = os.path.basename(desc_path) if desc_path else None
     for series_id, (description, line) in sorted(described.items()):
         kind = _DESCRIPTION_TO_TYPE.get(description)
         if kind is None:
@@ -114,21 +115,22 @@ def _study_series(desc_path: str, described: dict[int, tuple[str, int]], folders
             candidates[kind].append((series_id, folders[series_id]))
     for series_id, series_dir in sorted(folders.items()):
         if series_id not in described:
-            kind = _type_from_header(series_dir, f"series folder not in {desc_name}")
+            kind = _type_from_header(series_dir, desc_name and f"series folder not in {desc_name}")
             if kind is not None:
                 candidates[kind].append((series_id, series_dir))
     return tuple(tuple(c) for c in candidates)
 
 
-def _type_from_header(series_dir: str, why: str) -> int | None:
-    """The series type of a folder from its DICOM SeriesDescription, reported with `why` (study_mismatch);
-    None, reported as a skipped series, when the type cannot be told."""
+def _type_from_header(series_dir: str, mismatch: str | None) -> int | None:
+    """The series type of a folder from its DICOM SeriesDescription, reported as `mismatch` (study_mismatch)
+    when given; None, reported as a skipped series, when the type cannot be told."""
     description = dicom.series_description(series_dir)
     kind = series_type_of_description(description) if description else None
     if kind is None:
         problems.report("series_skipped", series_dir, "series type unknown", f"SeriesDescription = {description!r}")
-    else:
-        problems.report("study_mismatch", series_dir, why, f"typed {L.SERIES_TYPES[kind]} by its SeriesDescription")
+    elif mismatch:
+        problems.report("study_mismatch", series_dir, mismatch,
+                        f"typed {L.SERIES_TYPES[kind]} by its SeriesDescription")
     return kind
 
 
@@ -179,19 +181,8 @@ def study_from_directory(study_dir: str, descriptions_csv: str | None = None) ->
     study_id = int(name) if name.isdigit() else 0
     folders = {int(n): os.path.join(study_dir, n) for n in sorted(os.listdir(study_dir))
                if n.isdigit() and os.path.isdir(os.path.join(study_dir, n))}
-    if descriptions_csv:
-        series_dirs = _study_series(descriptions_csv, read_descriptions(descriptions_csv).get(study_id, {}), folders)
-    else:
-        candidates: list[list[tuple[int, str]]] = [[] for _ in L.SERIES_TYPES]
-        for series_id, series_dir in folders.items():
-            description = dicom.series_description(series_dir)
-            kind = series_type_of_description(description) if description else None
-            if kind is None:
-                problems.report("series_skipped", series_dir, "series type unknown",
-                                f"SeriesDescription = {description!r}")
-                continue
-            candidates[kind].append((series_id, series_dir))
-        series_dirs = tuple(tuple(c) for c in candidates)
+    described = read_descriptions(descriptions_csv).get(study_id, {}) if descriptions_csv else {}
+    series_dirs = _study_series(descriptions_csv, described, folders)
     return StudyEntry(study_id, series_dirs, np.full(L.NUM_TARGETS, L.MISSING, dtype=np.int64))
 
 

@@ -334,3 +334,30 @@ def test_described_series_without_a_folder_is_reported_and_its_type_absent(clean
     assert {p.reason for p in found if p.kind == "label_point_dropped"} == {"series not in the study"}
     assert not got[study_id]["present"][2] and got[study_id]["series_ids"][2] == -1
     _assert_same(got[study_id], records[study_id], axial, except_keys=("axial_t2", "present", "series_ids"))
+
+
+def test_unknown_series_description_costs_its_series_naming_the_line(clean, damaged):
+    _, records = clean
+    rows = _read(damaged, DESCRIPTIONS)
+    line, study_id = next((i + 1, int(r[0])) for i, r in enumerate(rows) if r[2] == "Sagittal T1")
+    rows[line - 1][2] = "Coronal T1"
+    _write(damaged, DESCRIPTIONS, rows)
+    got, found = _records(damaged)
+    problem = _only(found, "csv_row")
+    assert (problem.where, problem.detail) == (f"{DESCRIPTIONS} line {line}", "series_description = 'Coronal T1'")
+    assert _only(found, "series_absent").where == f"study {study_id} sagittal_t1"
+    sagittal_t1 = [t for t in range(L.NUM_TARGETS) if L.CONDITION_SERIES[t // L.NUM_LEVELS] == 0]
+    _assert_same(got[study_id], records[study_id], sagittal_t1, except_keys=("sagittal_t1", "present", "series_ids"))
+
+
+def test_test_image_folder_missing_from_its_csv_is_kept_typed_by_its_headers(tmp_path):
+    root = str(tmp_path / "kaggle")
+    synthetic.write_synthetic_dataset(root, num_studies=1, seed=4, num_test_studies=2, quirks=False, progress=False)
+    clean = study.list_studies(root, "test")
+    rows = _read(root, "test_series_descriptions.csv")
+    _write(root, "test_series_descriptions.csv", [r for r in rows if r[0] != str(clean[0].study_id)])
+    with problems.collect() as found:
+        got = study.list_studies(root, "test")
+    assert [e.series_dirs for e in got] == [e.series_dirs for e in clean]
+    assert found[0].kind == "study_mismatch" and found[0].where.endswith(str(clean[0].study_id))
+    assert [p.kind for p in found] == ["study_mismatch"] * 4  # the study, and each of its three series
