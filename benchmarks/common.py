@@ -148,6 +148,19 @@ def measure_interleaved(fns: Mapping[str, Callable[[], Any]], *, items: Mapping[
     return {name: Timing(times[name], float(items[name]), warmup, cpu[name]) for name in names}
 
 
+def matmul_rate(dtype: str, n: int, repeats: int) -> dict:
+    """The default device's `dtype` matmul rate now: one n x n @ n x n product, median of `repeats` timings; the
+    'peak' that achieved FLOP/s are read against."""
+    import jax
+    import jax.numpy as jnp
+
+    a, b = (jax.random.normal(jax.random.key(i), (n, n), jnp.dtype(dtype)) for i in (0, 1))
+    product = jax.jit(jnp.matmul)
+    timing = measure(lambda: jax.block_until_ready(product(a, b)), items=2.0 * n**3, repeats=repeats, warmup=2)
+    return {"n": n, "flop_per_s": timing.rate_median, "tflop_per_s": timing.rate_median / 1e12,
+            "timing": timing.to_json()}
+
+
 def busy_work(n: int) -> int:
     """A fixed amount of single-core Python work (for `parallel_capacity`); module-level so it pickles."""
     total = 0

@@ -82,21 +82,6 @@ def parse_args(argv):
 
 
 # ------------------------------------------------------------------------------------------------ machine
-def matmul_rate(dtype: str, n: int, repeats: int) -> dict:
-    """The default device's `dtype` matmul rate now: one n x n @ n x n product, median of `repeats` timings."""
-    import jax
-    import jax.numpy as jnp
-
-    from benchmarks import common
-
-    a, b = (jax.random.normal(jax.random.key(i), (n, n), jnp.dtype(dtype)) for i in (0, 1))
-    product = jax.jit(jnp.matmul)
-    timing = common.measure(lambda: jax.block_until_ready(product(a, b)), items=2.0 * n**3, repeats=repeats,
-                            warmup=2)
-    return {"n": n, "flop_per_s": timing.rate_median, "tflop_per_s": timing.rate_median / 1e12,
-            "timing": timing.to_json()}
-
-
 def machine_section(ctx) -> dict:
     import jax
 
@@ -125,9 +110,11 @@ class Context:
         self._matmul: dict[str, dict] = {}
 
     def matmul(self, dtype: str) -> dict:
+        from benchmarks import common
+
         if dtype not in self._matmul:
             mode = "smoke" if self.smoke else "full"
-            self._matmul[dtype] = matmul_rate(dtype, MATMUL_N[mode], MATMUL_REPEATS[mode])
+            self._matmul[dtype] = common.matmul_rate(dtype, MATMUL_N[mode], MATMUL_REPEATS[mode])
         return self._matmul[dtype]
 
     def may_start(self, required: bool, optional_share: float) -> bool:

@@ -193,23 +193,6 @@ def steps_section(ctx) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- peer
-def _encoder(kind: str, p: dict, dtype: str):
-    """lumbar_jax's 3D encoder of benchmarks/models.py's comparison, computing in `dtype`, with the kernels
-    `model.kernels='auto'` picks on this backend."""
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from lumbar_jax.models.efficientnet import EfficientNet
-    from lumbar_jax.models.registry import resolve_kernels
-    from lumbar_jax.models.vit import VisionTransformer
-
-    kw = dict(in_channels=1, num_classes=bench_models.NUM_CLASSES, kernels=resolve_kernels("auto"),
-              dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0, dropout=1))
-    if kind == "vit":
-        return VisionTransformer(p["vit"], input_shape=p["shape"], patch=p["vit_patch"], **kw)
-    return EfficientNet(p["effnet"], ndim=3, **kw)
-
-
 def _torch_device_steps(model, p: dict, dtype: str, device):
     """(train step thunk, inference thunk) of a MONAI model on `device`: inputs on the device, cross-entropy +
     AdamW like benchmarks/models.py's `_torch_steps`, under autocast(bfloat16) for dtype bfloat16; each call
@@ -247,7 +230,8 @@ def _peer_rows(ctx, size: str, kind: str, dtype: str, device) -> list[dict]:
     """Train-step and inference rows of one encoder kind at one size and dtype, lumbar_jax against MONAI."""
     p = PEER_SIZES[size]
     variant = p[kind]
-    train_ours, infer_ours, ours = bench_models._jax_steps(_encoder(kind, p, dtype), p["batch"], p["shape"])
+    train_ours, infer_ours, ours = bench_models._jax_steps(bench_models.jax_encoder(kind, variant, p, dtype),
+                                                           p["batch"], p["shape"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module=r"monai(\.|$)")
         train_peer, infer_peer = _torch_device_steps(bench_models._torch_model(kind, p), p, dtype, device)

@@ -40,19 +40,21 @@ PARAM_TOLERANCE = 0.01
 
 
 # ------------------------------------------------------------------------------------------------ lumbar_jax
-def _jax_encoder(kind: str, variant: str, p: dict):
+def jax_encoder(kind: str, variant: str, p: dict, dtype: str = "float32"):
+    """lumbar_jax's 3D encoder of the comparison (1 channel, NUM_CLASSES outputs), computing in `dtype`, with
+    the kernels `model.kernels='auto'` picks on this backend."""
+    import jax.numpy as jnp
     from flax import nnx
 
     from lumbar_jax.models import resolve_kernels
     from lumbar_jax.models.efficientnet import EfficientNet
     from lumbar_jax.models.vit import VisionTransformer
 
-    rngs = nnx.Rngs(params=0, dropout=1)
-    kernels = resolve_kernels("auto")  # what a run on this backend uses
+    kw = dict(in_channels=1, num_classes=NUM_CLASSES, kernels=resolve_kernels("auto"), dtype=jnp.dtype(dtype),
+              rngs=nnx.Rngs(params=0, dropout=1))
     if kind == "vit":
-        return VisionTransformer(variant, input_shape=p["shape"], patch=p["vit_patch"], in_channels=1,
-                                 num_classes=NUM_CLASSES, kernels=kernels, rngs=rngs)
-    return EfficientNet(variant, ndim=3, in_channels=1, num_classes=NUM_CLASSES, kernels=kernels, rngs=rngs)
+        return VisionTransformer(variant, input_shape=p["shape"], patch=p["vit_patch"], **kw)
+    return EfficientNet(variant, ndim=3, **kw)
 
 
 def _jax_steps(model, batch: int, shape) -> tuple[Any, Any, dict]:
@@ -162,21 +164,10 @@ def _torch_steps(model, batch: int, shape) -> tuple[Any, Any, dict]:
 
 
 # ---------------------------------------------------------------------------------------------------- rows
-def _matmul_rate(n: int, repeats: int) -> float:
-    """The machine's f32 matmul rate now (FLOP/s, median), XLA:CPU on all cores: the 'peak' for utilisation."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jnp.ones((n, n), jnp.float32)
-    dot = jax.jit(lambda a: a @ a)
-    timing = common.measure(lambda: jax.block_until_ready(dot(a)), items=2.0 * n**3, repeats=max(repeats, 3))
-    return timing.rate_median
-
-
 def _encoder_rows(ctx: common.Context, kind: str, p: dict, matmul_flops: float) -> tuple[list[dict], dict]:
     variant = p[kind]
     batch, shape = p["batch"], p["shape"]
-    train_ours, infer_ours, ours = _jax_steps(_jax_encoder(kind, variant, p), batch, shape)
+    train_ours, infer_ours, ours = _jax_steps(jax_encoder(kind, variant, p), batch, shape)
     fns = {"train_ours": train_ours, "infer_ours": infer_ours}
     extra = {"lumbar_jax_params": ours["params"], "compile_s": ours["compile_s"]}
     if ctx.peer["available"]:
@@ -292,7 +283,7 @@ def train_step_consumption(ctx: common.Context, volume_shape: tuple[int, int, in
 
 def run(ctx: common.Context) -> dict[str, Any]:
     p = SMOKE if ctx.smoke else FULL
-    matmul = _matmul_rate(p["matmul"], p["repeats"])
+    matmul = common.matmul_rate("float32", p["matmul"], max(p["repeats"], 3))["flop_per_s"]
     rows, extra, extra_md = [], {"matmul_gflops": matmul / 1e9}, {}
     params = {}
     for kind in ("vit", "effnet"):

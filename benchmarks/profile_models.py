@@ -115,7 +115,7 @@ def _thunk_times(trace_dir: str, window: str) -> dict[str, float]:
 def _jax_profile(kind: str, step: str, p: dict, workdir: str) -> dict[str, Any]:
     import jax
 
-    train, inference, info = models._jax_steps(models._jax_encoder(kind, p[kind], p), p["batch"], p["shape"])
+    train, inference, info = models._jax_steps(models.jax_encoder(kind, p[kind], p), p["batch"], p["shape"])
     fn = train if step == "train" else inference
     fn()
     trace_dir = os.path.join(workdir, f"jax_{kind}_{step}")
