@@ -188,7 +188,8 @@ def study_from_directory(study_dir: str, descriptions_csv: str | None = None) ->
 
 def series_preference(series_id: int, num_slices: int) -> tuple[int, int]:
     """The rule for choosing among several series of one type, as a sort key (the smallest is used): most
-    readable slices (those in the volume `dicom.read_series` returns), ties to the lowest series_id.
+    readable slices (those of the volume `dicom.read_series` returns that were read from files, not
+    interpolated across a gap), ties to the lowest series_id.
     `read_study_series` applies it to the series it could read, the synthetic generator to the series it plans
     (it annotates the series a reader would use)."""
     return -num_slices, series_id
@@ -206,7 +207,7 @@ def _read_preferred(candidates, plane: str | None):
         except (dicom.DicomReadError, OSError) as err:
             failed.append((series_id, series_dir, err))
             continue
-        key = series_preference(series_id, len(geometry.instance_numbers))
+        key = series_preference(series_id, _read_slices(geometry))
         if best is None or key < best[0]:
             best = (key, series_id, series_dir, canonical, geometry)
     if best is not None:
@@ -214,6 +215,12 @@ def _read_preferred(candidates, plane: str | None):
             problems.report("series_skipped", series_dir, "series unreadable",
                             f"series {best[1]} of the same type used; {err}")
     return (best[1:] if best else None), failed
+
+
+def _read_slices(geometry) -> int:
+    """The slices of a volume that were read from files: its depth less any slice `dicom.read_series`
+    interpolated across a gap (`SeriesGeometry.interpolated_slices`, where the reader provides it)."""
+    return geometry.shape[0] - len(getattr(geometry, "interpolated_slices", ()))
 
 
 def choose_series(candidates: tuple[tuple[int, str], ...], plane: str | None = None) -> tuple[int, str] | None:
