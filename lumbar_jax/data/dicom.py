@@ -3,12 +3,13 @@
 What happens to a series, in order:
 
 1. Every file is parsed once (`pydicom.dcmread`, full file; pixels are decoded lazily, only for the slices
-   that end up in the volume). A file that cannot be used (not DICOM, truncated, no pixel data, colour, no
-   ImageOrientationPatient/ImagePositionPatient/PixelSpacing/InstanceNumber, multi-frame without per-frame
-   geometry, undecodable pixels) is skipped; each skip is reported with `warnings.warn(..., DicomSkipWarning)`
-   naming the file and the reason, once the rest of the series has been read. Files without slice geometry
-   (e.g. CR) are never guessed into a volume: if nothing usable is left, `DicomReadError` names the series
-   and lists every file with its reason (the dataset builder then marks the series absent).
+   that end up in the volume). A file that cannot be used (not DICOM, truncated, no pixel data, colour, a
+   required value absent, any value read that cannot be used: not convertible, not a number, NaN/inf, out of
+   range, the wrong number of values; multi-frame without per-frame geometry, undecodable pixels) is skipped,
+   and only that file: `problems.report("file_skipped", path, reason, detail)` names the file, the reason and
+   the field with its value (a `DicomSkipWarning`, i.e. `problems.DataProblemWarning`). Files without slice
+   geometry (e.g. CR) are never guessed into a volume: if nothing usable is left, `DicomReadError` names the
+   series and lists every file with its reason (the dataset builder then marks the series absent).
 2. Slices are grouped by orientation: two slices belong together when their planes (normals, up to sign) lie
    within `ANGLE_TOLERANCE_DEG`. Axial series are often acquired as sub-stacks tilted a few degrees to follow
    the discs; those stay one group. Clearly different planes (e.g. coronal localisers inside an axial series)
@@ -21,7 +22,13 @@ What happens to a series, in order:
    in-plane offset of the corner into the position. InstanceNumber and file names are never used to order.
 4. Each slice is brought to the in-plane layout of the group's first slice (transpose/flips) and, where its
    shape differs from the most common one, resampled linearly (corner-aligned) to it.
-5. The stack (slice, row, col) is reoriented to the canonical layout of its plane by the axis permutation
+5. The slices go onto the depth axis by their true positions: where neighbouring parallel slices are
+   farther apart than the series' slice spacing allows (`dicom_geometry.GAP_FACTOR`: a file missing or
+   skipped from the middle), the missing slices are interpolated linearly from the two neighbours at evenly
+   spaced positions, and `problems.report("series_gap", series, ...)` names the gap in mm. The geometry
+   (positions, spacing, affines) describes that evenly spaced axis, so label points keep their place; a
+   series without a gap is stacked exactly as it is.
+6. The stack (slice, row, col) is reoriented to the canonical layout of its plane by the axis permutation
    and flips that best match the direction cosines (maximal summed |cosine| alignment).
 
 Pixel values: RescaleSlope/RescaleIntercept applied (1/0 where absent), MONOCHROME1 inverted so that bright
@@ -30,33 +37,36 @@ is high signal everywhere. Nothing that identifies the patient (names, ids, date
 
 This module holds the public names and `read_series` with stages 1-3; the rest lives beside it:
 `dicom_slice` (one image plane, `_Slice`, from checked header values), `dicom_header` (the fast path that
-reads the header values of plain single-frame files from the raw elements), `dicom_pixels` (stages 4-5 for
-the pixels: decoding and stacking into the volume) and `dicom_geometry` (`SeriesGeometry`, the in-plane
-alignment, axis permutation and per-slice affines).
+reads the header values of plain single-frame files from the raw elements, and truncation), `dicom_pixels`
+(stages 4-6 for the pixels: decoding and stacking into the volume) and `dicom_geometry` (`SeriesGeometry`,
+the in-plane alignment, depth plan, axis permutation and per-slice affines).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import pydicom
 
+from lumbar_jax.data import problems
 from lumbar_jax.data.dicom_geometry import (
     _CANONICAL_DIRECTIONS,
+    INTERPOLATED,
     PLANES,
     SeriesGeometry,
     _best_permutation,
+    _depth_plan,
+    _DepthPlan,
     _in_plane_alignment,
     _Layout,
     _series_geometry,
 )
-from lumbar_jax.data.dicom_header import _plain_header
+from lumbar_jax.data.dicom_header import _plain_header, _truncation
 from lumbar_jax.data.dicom_pixels import _common_shape, _decode_slices, _stack_volume
-from lumbar_jax.data.dicom_slice import _frame_slice, _Skip, _Slice
+from lumbar_jax.data.dicom_slice import _file_header, _frame_slice, _get, _Skip, _Slice
 
 # Two slices are in one orientation group when the angle between their planes is at most this. Large enough
 # for sub-stacks tilted to follow the discs (typically < 10 degrees apart), far below the 90 degrees between
@@ -72,8 +82,10 @@ class DicomReadError(ValueError):
     """A series (or the single file given) cannot be read; the message names it and says why."""
 
 
-class DicomSkipWarning(UserWarning):
-    """A file of a series was skipped; the message names the file and the reason."""
+# A file of a series was skipped, or slices are missing from it: the `problems.DataProblemWarning` that
+# `problems.report` emits (kinds file_skipped, series_gap); its message names the file or series, the reason
+# and the field and value. Kept under this name for the callers that filter or expect it.
+DicomSkipWarning = problems.DataProblemWarning
 
 
 def read_series(
@@ -85,12 +97,13 @@ def read_series(
     `plane` ('sagittal' or 'axial') selects the canonical layout; None infers it from the slice normal (x ->
     sagittal, z -> axial). The slices must run along the layout's depth axis: a coronal or too oblique series
     (plane=None), or a series whose slices do not match the requested plane, raises DicomReadError naming the
-    series, as does a series without a usable image. Skipped files are warned about (DicomSkipWarning).
+    series, as does a series without a usable image. Skipped files and gaps are reported (`problems.report`).
     """
     if plane is not None and plane not in PLANES:
         raise ValueError(f"plane must be one of {PLANES} or None, got {plane!r}")
     files, where = _series_files(series)
-    candidates, skips = _read_headers(files)  # skips: (file name, reason) of unusable files
+    candidates, skips = _read_headers(files)  # skips: (path, _Skip) of unusable files
+    _report_skips(skips)
     if not candidates:
         raise _error(where, "no readable image", skips)
 
@@ -101,17 +114,21 @@ def read_series(
 
     reference = layout.reference
     decoded = _decode_slices(members, [_in_plane_alignment(m, reference.row_dir, reference.col_dir) for m in members])
-    skips += [(item.name, reason) for item, reason in decoded.failed]
+    failed = [(item.path, skip) for item, skip in decoded.failed]
+    _report_skips(failed)
+    skips += failed
     others += [item for item, _ in decoded.failed]
     if not decoded.slices:
         raise _error(where, "no readable image", skips)
-    _warn_skips(where, skips)
+    plan = _depth_plan(decoded.slices, layout.depth_direction)
+    _report_gaps(where, decoded.slices, plan)
 
     common, resampled = _common_shape(decoded.images)
-    volume = _stack_volume(decoded.images, decoded.transforms, common, layout.permutation, layout.flips)
-    skipped_files = tuple(dict.fromkeys([m.name for m in others] + [name for name, _ in skips]))
+    volume = _stack_volume(decoded.images, decoded.transforms, common, layout.permutation, layout.flips,
+                           plan.depth, plan.interpolated)
+    skipped_files = tuple(dict.fromkeys([m.name for m in others] + [os.path.basename(path) for path, _ in skips]))
     geometry = _series_geometry(layout, volume.shape, decoded.slices, decoded.alignments, common, resampled,
-                                len(groups), skipped_files, others)
+                                len(groups), skipped_files, others, plan)
     return volume, geometry
 
 
@@ -151,27 +168,28 @@ def _series_files(series) -> tuple[list[str], str]:
     return files, f"{len(files)} files in {os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])}"
 
 
-def _read_headers(files: list[str]) -> tuple[list[_Slice], list[tuple[str, str]]]:
-    """(the slices of every usable file in file order, (file name, reason) of every file skipped)."""
+def _read_headers(files: list[str]) -> tuple[list[_Slice], list[tuple[str, _Skip]]]:
+    """(the slices of every usable file in file order, (path, why) of every file skipped)."""
     slices: list[_Slice] = []
-    skips: list[tuple[str, str]] = []
+    skips: list[tuple[str, _Skip]] = []
     for path in files:
         try:
             slices.extend(_file_slices(path))
         except _Skip as skip:
-            skips.append((os.path.basename(path), str(skip)))
+            skips.append((path, skip))
     return slices, skips
 
 
 def _lookup(dataset: pydicom.Dataset, groups: list[pydicom.Dataset], sequence: str, keyword: str, top_level: bool):
-    """An attribute from a frame's functional groups (per-frame first, then shared), else from the top level."""
+    """An attribute from a frame's functional groups (per-frame first, then shared), else from the top level;
+    None where absent. _Skip naming the field and value where pydicom cannot convert it (`_get`)."""
     for group in groups:
-        items = group.get(sequence)
+        items = _get(group, sequence)
         if items:
-            value = items[0].get(keyword)
+            value = _get(items[0], keyword)
             if value is not None:
                 return value
-    return dataset.get(keyword) if top_level else None
+    return _get(dataset, keyword) if top_level else None
 
 
 def _file_slices(path: str) -> list[_Slice]:
@@ -180,14 +198,18 @@ def _file_slices(path: str) -> list[_Slice]:
         dataset = pydicom.dcmread(path)
     except pydicom.errors.InvalidDicomError:
         raise _Skip("not a DICOM file") from None
-    except Exception as error:  # truncated or malformed: pydicom raises many types
-        raise _Skip(f"unreadable ({type(error).__name__}: {error})") from None
+    except Exception as error:  # malformed: pydicom raises many types
+        raise _Skip("unreadable", f"{type(error).__name__}: {error}") from None
+    if "PixelData" not in dataset:  # cut in its header? (cut in the pixel data: said when decoding fails)
+        truncated = _truncation(path, dataset)
+        if truncated is not None:
+            raise truncated
     try:
         return _header_slices(path, dataset)
     except _Skip:
         raise
-    except Exception as error:  # a malformed value (e.g. a non-numeric IS) surfaces when it is accessed
-        raise _Skip(f"invalid header ({type(error).__name__}: {error})") from None
+    except Exception as error:  # a value that passed its check but breaks later: still only this file
+        raise _Skip("invalid header", f"{type(error).__name__}: {error}") from None
 
 
 def _header_slices(path: str, dataset: pydicom.Dataset) -> list[_Slice]:
@@ -198,19 +220,13 @@ def _header_slices(path: str, dataset: pydicom.Dataset) -> list[_Slice]:
         return [plain]
     if "PixelData" not in dataset:
         raise _Skip("no pixel data")
-    if int(dataset.get("SamplesPerPixel", 1) or 1) != 1:
-        raise _Skip(f"colour image (SamplesPerPixel={dataset.SamplesPerPixel}); expected greyscale")
-    rows, cols = int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0)
-    if rows < 1 or cols < 1:
-        raise _Skip("no Rows/Columns")
-    if dataset.get("InstanceNumber") in (None, ""):
-        raise _Skip("no InstanceNumber")
-    instance_number = int(dataset.InstanceNumber)
-    n_frames = int(dataset.get("NumberOfFrames") or 1)
-    shared = dataset.get("SharedFunctionalGroupsSequence") or []
-    per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
+    header = _file_header(functools.partial(_get, dataset))
+    n_frames = header.n_frames
+    shared = _get(dataset, "SharedFunctionalGroupsSequence") or []
+    per_frame = _get(dataset, "PerFrameFunctionalGroupsSequence") or []
     if n_frames > 1 and len(per_frame) != n_frames:
-        raise _Skip(f"multi-frame file ({n_frames} frames) without per-frame geometry (PerFrameFunctionalGroups)")
+        raise _Skip("multi-frame file without per-frame geometry (PerFrameFunctionalGroups)",
+                    f"NumberOfFrames = {n_frames}, {len(per_frame)} per-frame groups")
     slices = []
     for frame in range(n_frames):
         groups = ([per_frame[frame]] if per_frame else []) + ([shared[0]] if shared else [])
@@ -224,8 +240,8 @@ def _header_slices(path: str, dataset: pydicom.Dataset) -> list[_Slice]:
                 raise _Skip("multi-frame file without per-frame geometry (PlaneOrientation/PlanePositionSequence)")
             raise _Skip("no ImageOrientationPatient/ImagePositionPatient (no slice geometry)")
         lookup = functools.partial(_lookup, dataset, groups)
-        slices.append(_frame_slice(path, dataset, frame if n_frames > 1 else None, instance_number, rows, cols,
-                                   orientation, position, lookup, top))
+        slices.append(_frame_slice(path, dataset, frame if n_frames > 1 else None, header, orientation, position,
+                                   lookup, top))
     return slices
 
 
@@ -281,18 +297,31 @@ def _infer_plane(normal: np.ndarray, where: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- reporting
-def _warn_skips(where: str, skips: list[tuple[str, str]]) -> None:
-    """One DicomSkipWarning per skipped file (its frames share the reason), attributed to read_series' caller."""
-    for name, reason in dict.fromkeys(skips):
-        warnings.warn(f"{where}: skipped {name}: {reason}", DicomSkipWarning, stacklevel=3)
+def _report_skips(skips: list[tuple[str, _Skip]]) -> None:
+    """One `problems.report("file_skipped", path, reason, detail)` per skipped file (its frames share the
+    reason), attributed to read_series' caller."""
+    for path, skip in {path: skip for path, skip in skips}.items():
+        problems.report("file_skipped", path, skip.reason, skip.detail, stacklevel=3)
+
+
+def _report_gaps(where: str, kept: list[_Slice], plan: _DepthPlan) -> None:
+    """One `problems.report("series_gap", series, ...)` per gap of `plan` between the kept slices, naming the
+    instance numbers around it, its size in mm and how many slices were interpolated in it."""
+    for gap in plan.gaps:
+        reason = "gap in the slice positions" if gap.interpolated else "gap in the slice positions too large to fill"
+        filled = f"{gap.interpolated} slice(s) interpolated" if gap.interpolated else "not filled"
+        detail = (f"{gap.distance:.1f} mm between instances {kept[gap.lower].instance_number} and "
+                  f"{kept[gap.lower + 1].instance_number}, slice spacing {gap.spacing:.1f} mm: {filled}")
+        problems.report("series_gap", where, reason, detail, stacklevel=3)
 
 
 def _rounded(vector: np.ndarray) -> list[float]:
     return np.round(vector, 3).tolist()
 
 
-def _error(where: str, problem: str, skips: list[tuple[str, str]]) -> DicomReadError:
-    skips = list(dict.fromkeys(skips))  # frames of one file share their reason
+def _error(where: str, problem: str, skips: list[tuple[str, _Skip]]) -> DicomReadError:
+    """DicomReadError naming the series and the reasons of its skipped files (up to _MAX_REASONS_IN_ERROR)."""
+    skips = list({os.path.basename(path): str(skip) for path, skip in skips}.items())  # frames share their reason
     details = "; ".join(f"{name}: {reason}" for name, reason in skips[:_MAX_REASONS_IN_ERROR])
     if len(skips) > _MAX_REASONS_IN_ERROR:
         details += f"; ... and {len(skips) - _MAX_REASONS_IN_ERROR} more"

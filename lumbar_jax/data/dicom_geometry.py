@@ -3,7 +3,9 @@ arithmetic that maps the slices of a series onto the canonical axes.
 
 `SeriesGeometry` is public (re-exported by `dicom`); the rest is internal to `dicom.read_series`: bringing
 every slice to the in-plane layout of a reference slice, choosing the axis permutation and flips of the stack,
-and building the per-slice affines and spacings of the result.
+placing the slices on the depth axis by their true positions (`_depth_plan`: a gap where slices are missing is
+filled with slices interpolated from its two neighbours, so that depth stays evenly spaced) and building the
+per-slice affines and spacings of the result.
 """
 
 from __future__ import annotations
@@ -16,6 +18,16 @@ import numpy as np
 from lumbar_jax.data.dicom_slice import _Slice
 
 PLANES = ("sagittal", "axial")
+# SeriesGeometry.instance_numbers of a canonical slice interpolated across a gap (no IS value can be this).
+INTERPOLATED = int(np.iinfo(np.int64).min)
+# Consecutive slices farther apart than GAP_FACTOR times the series' slice spacing (the median distance of
+# distinct positions) have round(distance / spacing) - 1 slices missing between them; those are interpolated
+# where the two neighbours are parallel (a missing slice of one stack, not the seam of tilted sub-stacks) and
+# at most MAX_INTERPOLATED per gap (farther apart is not a missing slice but another part of the body).
+GAP_FACTOR = 1.5
+MAX_INTERPOLATED = 32
+_PARALLEL_COS = float(np.cos(np.deg2rad(0.5)))
+_SAME_POSITION_MM = 1e-3  # closer slices are duplicates, not a spacing
 # World (LPS) direction of canonical axes (depth, rows, cols) per plane: the table of docs/conventions.md section 3.
 _CANONICAL_DIRECTIONS = {
     "sagittal": np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]),
@@ -27,7 +39,8 @@ _CANONICAL_DIRECTIONS = {
 class SeriesGeometry:
     """Where the voxels of a canonical volume `[D, H, W]` came from; no patient-identifying values.
 
-    Per-slice arrays are indexed by canonical depth. `slice_affines[k] @ (row, col, 1)` maps a pixel of the
+    Per-slice arrays are indexed by canonical depth; a slice interpolated across a gap of missing slices
+    (`interpolated_slices`) has the instance number INTERPOLATED. `slice_affines[k] @ (row, col, 1)` maps a pixel of the
     stored image of slice k (row = y, col = x, as in train_label_coordinates.csv) to canonical (depth, row,
     col) voxel coordinates; `pixel_to_world[k] @ (row, col, 1)` maps it to patient coordinates (mm, LPS).
     `other_pixel_to_world` does the latter for instances that were read but are not in the volume (other
@@ -50,6 +63,15 @@ class SeriesGeometry:
     slice_affines: np.ndarray  # float [D, 3, 3]
     pixel_to_world: np.ndarray  # float [D, 3, 3]
     other_pixel_to_world: dict[int, np.ndarray]  # instance number -> float [3, 3]
+    # canonical slices interpolated across gaps (instance number INTERPOLATED): their "stored pixel" is the
+    # pixel of their lower neighbour's image, placed on the interpolated plane
+    interpolated_slices: tuple[int, ...] = ()
+
+    @property
+    def read_slices(self) -> int:
+        """How many canonical slices were read from files (D less those interpolated across gaps): the
+        "readable slices" a choice between series of one type counts."""
+        return self.shape[0] - len(self.interpolated_slices)
 
     def canonical_index(self, instance_number: int, row: float, col: float) -> np.ndarray:
         """Float [3] (depth, row, col) voxel coordinates in the canonical volume of pixel (row, col) of the
@@ -184,30 +206,87 @@ def _resampled_spacing(item: _Slice, alignment: tuple[bool, bool, bool], shape: 
     ]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Gap:
+    """Consecutive kept slices `lower`, `lower + 1` `distance` mm apart where slices are `spacing` mm apart;
+    `interpolated` slices fill it (0: left as it is). Internal."""
+
+    lower: int
+    distance: float
+    spacing: float
+    interpolated: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _DepthPlan:
+    """The canonical depth axis of a series: `depth` int [n kept], the canonical index of each kept slice (in
+    depth order); `interpolated` (depth, lower kept slice, weight of the next kept slice) of every slice
+    interpolated in a gap; `size` = D. Internal."""
+
+    depth: np.ndarray
+    interpolated: tuple[tuple[int, int, float], ...]
+    gaps: tuple[_Gap, ...]
+    size: int
+
+
+def _depth_plan(kept: list[_Slice], depth_direction: np.ndarray) -> _DepthPlan:
+    """Where the kept slices (sorted along `depth_direction` [3]) go on the canonical depth axis: one after
+    the other, and across each gap (GAP_FACTOR) the missing slices interpolated at evenly spaced positions
+    between its neighbours, so that each canonical step is the slice spacing (see GAP_FACTOR)."""
+    depth = np.arange(len(kept))
+    steps = np.diff([m.centre @ depth_direction for m in kept])
+    distinct = steps[steps > _SAME_POSITION_MM]
+    if len(distinct) == 0:
+        return _DepthPlan(depth, (), (), len(kept))
+    spacing = float(np.median(distinct))
+    interpolated, gaps = [], []
+    for k in np.flatnonzero(steps > GAP_FACTOR * spacing):
+        missing = int(round(steps[k] / spacing)) - 1
+        parallel = abs(kept[k].normal @ kept[k + 1].normal) >= _PARALLEL_COS
+        if not parallel:  # the seam of tilted sub-stacks: no slice is missing
+            continue
+        filled = missing if missing <= MAX_INTERPOLATED else 0
+        gaps.append(_Gap(int(k), float(steps[k]), spacing, filled))
+        interpolated += [(int(depth[k]) + j, int(k), j / (filled + 1)) for j in range(1, filled + 1)]
+        depth[k + 1:] += filled
+    return _DepthPlan(depth, tuple(interpolated), tuple(gaps), len(kept) + len(interpolated))
+
+
 def _series_geometry(layout: _Layout, volume_shape: tuple[int, ...], kept: list[_Slice],
                      alignments: list[tuple[bool, bool, bool]], common: tuple[int, int], resampled: int,
-                     n_groups: int, skipped_files: tuple[str, ...], others: list[_Slice]) -> SeriesGeometry:
+                     n_groups: int, skipped_files: tuple[str, ...], others: list[_Slice],
+                     plan: _DepthPlan) -> SeriesGeometry:
     """The geometry of a volume `[D, H, W]` stacked from `kept` (in depth order, each aligned as `alignments`
-    says and resampled to `common`); `others` are the slices read but left out (first instance number wins)."""
+    says and resampled to `common`, at the depths of `plan`); `others` are the slices read but left out (first
+    instance number wins)."""
     permutation, flips = layout.permutation, layout.flips
     # Affine from stacked (slice, row, col, 1) to canonical (depth, row, col); depth is never flipped.
     to_canonical = np.zeros((3, 4))
     for i, axis in enumerate(permutation):
         to_canonical[axis, i] = -1.0 if flips[axis] else 1.0
         to_canonical[axis, 3] = volume_shape[axis] - 1 if flips[axis] else 0.0
-    affines = []
-    for k, (item, alignment) in enumerate(zip(kept, alignments)):
-        in_plane = _in_plane_matrix(item, alignment, common)[:2]
-        affines.append(to_canonical @ np.vstack([[0.0, 0.0, k], in_plane, [0.0, 0.0, 1.0]]))
-    positions = np.array([m.centre @ layout.depth_direction for m in kept])
-    depth_spacing = float(np.median(np.diff(positions))) if len(kept) > 1 else kept[0].thickness or 1.0
+    in_plane = [_in_plane_matrix(item, alignment, common) for item, alignment in zip(kept, alignments)]
+    instances = np.full(plan.size, INTERPOLATED, dtype=np.int64)
+    positions, affines, worlds = np.empty(plan.size), np.empty((plan.size, 3, 3)), np.empty((plan.size, 3, 3))
+    for k, (item, depth) in enumerate(zip(kept, plan.depth)):
+        instances[depth], positions[depth] = item.instance_number, item.centre @ layout.depth_direction
+        affines[depth] = to_canonical @ np.vstack([[0.0, 0.0, depth], in_plane[k][:2], [0.0, 0.0, 1.0]])
+        worlds[depth] = item.pixel_to_world
+    for depth, k, t in plan.interpolated:
+        # the plane between slices k and k + 1, in slice k's stored pixels: canonical in-plane point p lies at
+        # (1 - t) * (its point on k) + t * (its point on k + 1)
+        lower, upper = kept[k].pixel_to_world, kept[k + 1].pixel_to_world @ np.linalg.pinv(in_plane[k + 1])
+        worlds[depth] = (1.0 - t) * lower + t * upper @ in_plane[k]
+        positions[depth] = (1.0 - t) * positions[plan.depth[k]] + t * positions[plan.depth[k + 1]]
+        affines[depth] = to_canonical @ np.vstack([[0.0, 0.0, depth], in_plane[k][:2], [0.0, 0.0, 1.0]])
+    depth_spacing = float(np.median(np.diff(positions))) if plan.size > 1 else kept[0].thickness or 1.0
     row_spacing, col_spacing = np.median([_resampled_spacing(m, a, common) for m, a in zip(kept, alignments)], axis=0)
     if permutation[1] == 2:
         row_spacing, col_spacing = col_spacing, row_spacing
     return SeriesGeometry(
         plane=layout.plane,
         shape=tuple(int(s) for s in volume_shape),
-        instance_numbers=np.array([m.instance_number for m in kept], dtype=np.int64),
+        instance_numbers=instances,
         slice_positions=positions,
         spacing=(depth_spacing, float(row_spacing), float(col_spacing)),
         permutation=tuple(int(p) for p in permutation),
@@ -216,7 +295,8 @@ def _series_geometry(layout: _Layout, volume_shape: tuple[int, ...], kept: list[
         skipped_files=skipped_files,
         resampled_slices=resampled,
         depth_direction=layout.depth_direction,
-        slice_affines=np.array(affines),
-        pixel_to_world=np.array([m.pixel_to_world for m in kept]),
+        slice_affines=affines,
+        pixel_to_world=worlds,
         other_pixel_to_world={m.instance_number: m.pixel_to_world for m in reversed(others)},  # first wins
+        interpolated_slices=tuple(depth for depth, _, _ in plan.interpolated),
     )

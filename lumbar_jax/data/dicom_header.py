@@ -7,22 +7,26 @@ undecoded) elements instead, but only where the result is certain to be what pyd
 single-frame little-endian files, every element of the expected VR (or implicit VR), each value a single clean
 token of its VR's grammar (DS/IS as pydicom validates them, so no warning is skipped either), pydicom's default
 conversion settings and hooks. Anything else (big endian, multi-frame or functional groups, missing, empty,
-multi-valued or malformed values, deferred reads) goes through the pydicom path (`dicom._header_slices`),
-which therefore decides every _Skip reason. Internal to `dicom`.
+multi-valued or malformed values, deferred reads) goes through the pydicom path (`dicom._header_slices`).
+Both paths hand their values to the same checks (`dicom_slice._file_header`, `_frame_slice`: ranges, counts,
+finiteness); a file the checks refuse is refused by the pydicom path, which shows the values as stored.
+
+`_truncation` tells a file that ends inside a data element (cut short) from one that lacks an element, for
+every file, from the raw elements as well. Internal to `dicom`.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import re
 
 import pydicom
 import pydicom.hooks
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import BaseTag
 
-from lumbar_jax.data.dicom_slice import _frame_slice, _Slice
+from lumbar_jax.data.dicom_slice import _file_header, _frame_slice, _Skip, _Slice
 
 _DS_TOKEN = re.compile(rb" *[+\-]?([0-9]+|[0-9]+\.[0-9]*|\.[0-9]+)([eE][+\-]?[0-9]+)? *")
 _IS_TOKEN = re.compile(rb" *[+\-]?[0-9]+ *")
@@ -33,20 +37,8 @@ _TAGS = {keyword: BaseTag(tag_for_keyword(keyword)) for keyword in (
     "SamplesPerPixel", "Rows", "Columns", "InstanceNumber", "ImageOrientationPatient", "ImagePositionPatient",
     "PixelSpacing", "SliceThickness", "RescaleSlope", "RescaleIntercept", "BitsAllocated", "BitsStored",
     "PixelRepresentation", "PhotometricInterpretation")}
+_US_KEYWORDS = ("SamplesPerPixel", "Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation")
 _DEFAULT_HOOKS = (pydicom.hooks.raw_element_vr, pydicom.hooks.raw_element_value)
-
-
-@dataclasses.dataclass(frozen=True)
-class _PlainPixels:
-    """How a plain single-frame file stores its pixels, read from its raw header elements (`_plain_header`):
-    the values `_native_pixels` / `_value_transform` would otherwise look up in the dataset (None = element
-    absent). Internal."""
-
-    bits_allocated: int | None
-    bits_stored: int | None
-    pixel_representation: int | None
-    monochrome1: bool
-    pixel_data: bytes
 
 
 class _NotPlain(Exception):
@@ -109,8 +101,8 @@ def _pydicom_defaults() -> bool:
 
 def _plain_header(path: str, dataset: pydicom.Dataset) -> _Slice | None:
     """The slice of a plain single-frame file read from its raw header elements, with the values pydicom would
-    give (see the module docstring); None when the file needs the pydicom path. _Skip only from the checks
-    both paths share (`_frame_slice`)."""
+    give (see the module docstring); None when the file needs the pydicom path, also when the shared checks
+    (`_file_header`, `_frame_slice`) refuse it: the pydicom path then refuses it for the same reason."""
     if not _pydicom_defaults():
         return None
     try:
@@ -118,31 +110,92 @@ def _plain_header(path: str, dataset: pydicom.Dataset) -> _Slice | None:
                 or _raw(dataset, "PerFrameFunctionalGroupsSequence", None) is not None):
             return None
         pixel_data = _raw(dataset, "PixelData", None)
-        samples = _raw_us(dataset, "SamplesPerPixel")
-        rows, cols = _raw_us(dataset, "Rows"), _raw_us(dataset, "Columns")
-        instance_number = _raw_int(dataset, "InstanceNumber")
-        frames = _raw_int(dataset, "NumberOfFrames")
-        orientation = _raw_floats(dataset, "ImageOrientationPatient", 6)
-        position = _raw_floats(dataset, "ImagePositionPatient", 3)
-        if (not isinstance(pixel_data, bytes) or samples not in (None, 1) or not rows or not cols
-                or instance_number is None or frames not in (None, 1) or orientation is None or position is None):
-            return None
-        values = {"PixelSpacing": _raw_floats(dataset, "PixelSpacing", 2),
-                  "SliceThickness": _raw_float(dataset, "SliceThickness"),
-                  "RescaleSlope": _raw_float(dataset, "RescaleSlope"),
-                  "RescaleIntercept": _raw_float(dataset, "RescaleIntercept")}
-        if values["PixelSpacing"] is None:
+        values = {keyword: _raw_us(dataset, keyword) for keyword in _US_KEYWORDS}
+        values |= {"InstanceNumber": _raw_int(dataset, "InstanceNumber"),
+                   "NumberOfFrames": _raw_int(dataset, "NumberOfFrames"),
+                   "ImageOrientationPatient": _raw_floats(dataset, "ImageOrientationPatient", 6),
+                   "ImagePositionPatient": _raw_floats(dataset, "ImagePositionPatient", 3),
+                   "PixelSpacing": _raw_floats(dataset, "PixelSpacing", 2),
+                   "SliceThickness": _raw_float(dataset, "SliceThickness"),
+                   "RescaleSlope": _raw_float(dataset, "RescaleSlope"),
+                   "RescaleIntercept": _raw_float(dataset, "RescaleIntercept")}
+        if (not isinstance(pixel_data, bytes) or values["SamplesPerPixel"] not in (None, 1) or not values["Rows"]
+                or not values["Columns"] or values["InstanceNumber"] is None or values["NumberOfFrames"] not in (None, 1)
+                or values["ImageOrientationPatient"] is None or values["ImagePositionPatient"] is None
+                or values["PixelSpacing"] is None):
             return None
         photometric = _raw(dataset, "PhotometricInterpretation", "CS")
         if photometric is not None:
             photometric = photometric.rstrip(b" \x00")
             if not _CS_TOKEN.fullmatch(photometric):
                 raise _NotPlain
-        plain = _PlainPixels(
-            bits_allocated=_raw_us(dataset, "BitsAllocated"), bits_stored=_raw_us(dataset, "BitsStored"),
-            pixel_representation=_raw_us(dataset, "PixelRepresentation"),
-            monochrome1=photometric is not None and photometric.strip(b" ") == b"MONOCHROME1", pixel_data=pixel_data)
+            values["PhotometricInterpretation"] = photometric.decode("ascii")
     except _NotPlain:
         return None
-    return _frame_slice(path, dataset, None, instance_number, rows, cols, orientation, position,
-                        lambda sequence, keyword, top_level: values[keyword], True, plain)
+    try:
+        header = _file_header(lambda keyword: values.get(keyword))
+        return _frame_slice(path, dataset, None, header, values["ImageOrientationPatient"],
+                            values["ImagePositionPatient"], lambda sequence, keyword, top_level: values[keyword],
+                            True, pixel_data)
+    except _Skip:  # refused: the pydicom path refuses it too, showing the values as stored ("1e999", not inf)
+        return None
+
+
+# ------------------------------------------------------------------------------------------- truncation
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_PREAMBLE_AND_META_HEADER = 128 + 4 + 12  # preamble, "DICM", FileMetaInformationGroupLength element
+
+
+def _truncation(path: str, dataset: pydicom.Dataset | None = None) -> _Skip | None:
+    """_Skip("truncated", "file ends at byte N inside <element>") when the file ends inside a data element:
+    the last element read declares more bytes than the file holds (a file cut in a value, e.g. the pixel
+    data), or, where the dataset has no pixel data, bytes are left after the last element read (pydicom drops
+    an element cut in its header, and the whole dataset when undefined-length pixel data lacks its end
+    delimiter: the elements before the pixel data are then read again). None otherwise. `dataset`: the file
+    as just read (its elements still raw); None: read it again (after a failure, so the cost does not matter)."""
+    if dataset is None:
+        try:
+            dataset = pydicom.dcmread(path)
+        except Exception:  # unreadable now: then it is not known where the file breaks
+            return None
+    size = os.path.getsize(path)
+    last = _last_raw_element(dataset)
+    if last is not None and last.length != _UNDEFINED_LENGTH and last.value_tell + last.length > size:
+        return _Skip("truncated", f"file ends at byte {size} inside {_element_name(last.tag)}, "
+                                  f"{last.length} bytes declared from byte {last.value_tell}")
+    if "PixelData" in dataset:
+        return None
+    if last is None:
+        try:
+            last = _last_raw_element(pydicom.dcmread(path, stop_before_pixels=True))
+        except Exception:  # the header itself unreadable: then it is not known where the file breaks
+            return None
+    if last is not None:
+        end = last.value_tell + last.length if last.length != _UNDEFINED_LENGTH else None
+    else:  # nothing after the file meta information
+        meta_length = dataset.file_meta.get("FileMetaInformationGroupLength")
+        end = _PREAMBLE_AND_META_HEADER + int(meta_length) if isinstance(meta_length, int) else None
+    if end is None or end >= size:
+        return None
+    with open(path, "rb") as file:
+        file.seek(end)
+        head = file.read(4)
+    big_endian = dataset.file_meta.get("TransferSyntaxUID") == pydicom.uid.ExplicitVRBigEndian
+    where = f"the element at byte {end}"
+    if len(head) == 4:
+        group, element = (int.from_bytes(head[i:i + 2], "big" if big_endian else "little") for i in (0, 2))
+        where = f"{_element_name(BaseTag(group << 16 | element))} at byte {end}"
+    return _Skip("truncated", f"file ends at byte {size} inside {where}")
+
+
+def _last_raw_element(dataset: pydicom.Dataset) -> RawDataElement | None:
+    """The last element of `dataset` in file order if it is still raw (value not converted), else None."""
+    tag = next(reversed(dataset.keys()), None)
+    element = None if tag is None else dataset.get_item(tag, keep_deferred=True)
+    return element if isinstance(element, RawDataElement) else None
+
+
+def _element_name(tag: BaseTag) -> str:
+    """"PixelData (7FE0,0010)"; a private or unknown tag by its number alone."""
+    keyword = keyword_for_tag(tag)
+    return f"{keyword} {tag}" if keyword else f"element {tag}"

@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 import pydicom
 
-from lumbar_jax.data.dicom_header import _PlainPixels
+from lumbar_jax.data.dicom_header import _truncation
 from lumbar_jax.data.dicom_slice import _Skip, _Slice
 from lumbar_jax.data.volume import resample
 
@@ -32,7 +32,7 @@ class _Decoded:
     images: list[np.ndarray]
     transforms: list[tuple[float, float, np.float32 | None]]
     alignments: list[_Alignment]
-    failed: list[tuple[_Slice, str]]
+    failed: list[tuple[_Slice, _Skip]]
 
 
 def _decode_slices(members: list[_Slice], alignments: list[_Alignment]) -> _Decoded:
@@ -44,7 +44,7 @@ def _decode_slices(members: list[_Slice], alignments: list[_Alignment]) -> _Deco
         try:
             decoded.images.append(_align_image(_stored_pixels(item, cache), alignment))
         except _Skip as skip:
-            decoded.failed.append((item, str(skip)))
+            decoded.failed.append((item, skip))
             continue
         decoded.transforms.append(_value_transform(item))
         decoded.slices.append(item)
@@ -52,29 +52,22 @@ def _decode_slices(members: list[_Slice], alignments: list[_Alignment]) -> _Deco
     return decoded
 
 
-def _native_pixels(dataset: pydicom.Dataset, rows: int, cols: int, plain: _PlainPixels | None = None
-                   ) -> np.ndarray | None:
+def _native_pixels(item: _Slice) -> np.ndarray | None:
     """Pixels [rows, cols] of an uncompressed little-endian single-frame greyscale image straight from the
     PixelData bytes (what `pixel_array` returns, without its per-call decoder set-up); None for anything else
-    (compressed, big endian, multi-frame, odd bit depths, short data), which goes through `pixel_array`.
-    `plain`: the encoding already read from the raw header (a single-frame file), else it is looked up."""
-    meta = getattr(dataset, "file_meta", None)
-    if meta is None or meta.get("TransferSyntaxUID") not in _NATIVE_SYNTAXES:
+    (compressed, big endian, multi-frame, odd bit depths, short data), which goes through `pixel_array`."""
+    meta = getattr(item.dataset, "file_meta", None)
+    if meta is None or meta.get("TransferSyntaxUID") not in _NATIVE_SYNTAXES or item.frame is not None:
         return None
-    if plain is None:
-        if int(dataset.get("NumberOfFrames") or 1) != 1:
-            return None
-        bits = int(dataset.get("BitsAllocated") or 0)
-        stored = int(dataset.get("BitsStored") or bits)
-        signed = int(dataset.get("PixelRepresentation") or 0) == 1
-    else:
-        bits = plain.bits_allocated or 0
-        stored = plain.bits_stored or bits
-        signed = (plain.pixel_representation or 0) == 1
+    encoding = item.encoding
+    bits = encoding.bits_allocated or 0
+    stored = encoding.bits_stored or bits
+    signed = (encoding.pixel_representation or 0) == 1
     if bits not in (8, 16, 32) or not 0 < stored <= bits:
         return None
     dtype = np.dtype(("<i" if signed else "<u") + str(bits // 8))
-    data = dataset.PixelData if plain is None else plain.pixel_data
+    data = item.dataset.PixelData if item.pixel_data is None else item.pixel_data
+    rows, cols = item.rows, item.cols
     if not isinstance(data, bytes) or len(data) < rows * cols * dtype.itemsize:
         return None
     pixels = np.frombuffer(data, dtype, rows * cols).reshape(rows, cols)
@@ -97,15 +90,17 @@ def _stored_pixels(item: _Slice, cache: dict[str, np.ndarray | _Skip]) -> np.nda
     dataset = item.dataset
     if item.path not in cache:
         try:
-            native = _native_pixels(dataset, item.rows, item.cols, item.plain)
+            native = _native_pixels(item)
             cache[item.path] = native if native is not None else dataset.pixel_array
         except Exception as error:  # truncated data, unsupported or corrupt compression: many types
-            cache[item.path] = _Skip(f"pixel data could not be decoded ({type(error).__name__}: {error})")
+            cache[item.path] = (_truncation(item.path)
+                                or _Skip("pixel data could not be decoded", f"{type(error).__name__}: {error}"))
     if isinstance(cache[item.path], _Skip):
         raise cache[item.path]
     pixels = cache[item.path] if item.frame is None else cache[item.path][item.frame]
     if pixels.shape != (item.rows, item.cols):
-        raise _Skip(f"pixel array of shape {pixels.shape}, expected ({item.rows}, {item.cols})")
+        raise _Skip("pixel array not of shape (Rows, Columns)",
+                    f"shape {pixels.shape}, Rows = {item.rows}, Columns = {item.cols}")
     return pixels
 
 
@@ -124,17 +119,12 @@ def _align_image(image: np.ndarray, alignment: _Alignment) -> np.ndarray:
 def _value_transform(item: _Slice) -> tuple[float, float, np.float32 | None]:
     """(slope, intercept, inversion constant C or None) taking a slice's stored pixels v to its values:
     v * slope + intercept (float32; skipped where slope 1, intercept 0), then C - that for MONOCHROME1."""
-    dataset, plain = item.dataset, item.plain
-    if (plain.monochrome1 if plain is not None
-            else str(dataset.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"):
+    encoding = item.encoding
+    if encoding.monochrome1:
         # Invert within the range of representable values ((lo + hi) - v maps [lo, hi] onto itself), so the
         # result does not depend on the image content and is the same for every slice.
-        if plain is not None:
-            bits = plain.bits_stored or plain.bits_allocated or 16
-            signed = (plain.pixel_representation or 0) == 1
-        else:
-            bits = int(dataset.get("BitsStored") or dataset.get("BitsAllocated") or 16)
-            signed = int(dataset.get("PixelRepresentation") or 0) == 1
+        bits = encoding.bits_stored or encoding.bits_allocated or 16
+        signed = (encoding.pixel_representation or 0) == 1
         stored_lo, stored_hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
         return item.slope, item.intercept, np.float32((stored_lo + stored_hi) * item.slope + 2 * item.intercept)
     return item.slope, item.intercept, None
@@ -160,26 +150,34 @@ def _common_shape(images: list[np.ndarray]) -> tuple[tuple[int, int], int]:
 
 
 def _stack_volume(images: list[np.ndarray], transforms: list, shape: tuple[int, int], permutation: tuple[int, ...],
-                  flips: tuple[bool, ...]) -> np.ndarray:
+                  flips: tuple[bool, ...], depth: np.ndarray | None = None,
+                  interpolated: tuple[tuple[int, int, float], ...] = ()) -> np.ndarray:
     """The canonical float32 volume (C-contiguous) of the aligned stored images of the kept slices, in depth order.
 
     Each image is converted to float32 straight into its place: stacked axes (slice, row, col) go to canonical
     axes `permutation`, then the canonical axes in `flips` are reversed. Its value transform follows in place,
     once over the whole volume where every slice shares it. An image of another shape than `shape` gets its
-    values first and is then resampled (linearly, corner-aligned) to it.
+    values first and is then resampled (linearly, corner-aligned) to it. `depth` int [len(images)]: the
+    stacked index of each image (default: one after the other); `interpolated` (index, kept image k, t): a
+    slice (1 - t) * image k + t * image k + 1, after their values (`dicom_geometry._depth_plan`).
     """
-    stacked_shape = (len(images), *shape)
+    depth = np.arange(len(images)) if depth is None else depth
+    stacked_shape = (len(images) + len(interpolated), *shape)
     volume = np.empty([stacked_shape[i] for i in np.argsort(permutation)], dtype=np.float32)
     stacked = np.flip(volume, [a for a in range(3) if flips[a]]) if any(flips) else volume
     stacked = np.transpose(stacked, permutation)  # a view of `volume` indexed (slice, row, col)
     whole = len(set(transforms)) == 1 and all(image.shape == shape for image in images)
+    for index, _, _ in interpolated:
+        stacked[index] = 0.0  # defined values until they are interpolated
     for k, (image, transform) in enumerate(zip(images, transforms)):
         if image.shape != shape:
-            stacked[k] = resample(_apply_transform(image.astype(np.float32), transform), shape)
+            stacked[depth[k]] = resample(_apply_transform(image.astype(np.float32), transform), shape)
             continue
-        stacked[k] = image  # the cast to float32
+        stacked[depth[k]] = image  # the cast to float32
         if not whole:
-            _apply_transform(stacked[k], transform)
+            _apply_transform(stacked[depth[k]], transform)
     if whole:
         _apply_transform(volume, transforms[0])
+    for index, k, t in interpolated:
+        stacked[index] = np.float32(1.0 - t) * stacked[depth[k]] + np.float32(t) * stacked[depth[k + 1]]
     return volume

@@ -387,17 +387,23 @@ def test_bad_files_are_skipped_with_a_warning_naming_them(tmp_path):
     specs = grid_slices(SAGITTAL, *SAGITTAL_DIRS)
     write_series(tmp_path, specs, SAGITTAL.value)
     truncated = tmp_path / "3.dcm"
-    truncated.write_bytes(truncated.read_bytes()[:-100])  # pixel data cut short
+    size = len(truncated.read_bytes()) - 100
+    truncated.write_bytes(truncated.read_bytes()[:size])  # pixel data cut short
     (tmp_path / "junk.dcm").write_bytes(b"not a dicom file at all")
     with pytest.warns(DicomSkipWarning) as record:
         volume, geometry = read_series(tmp_path)
-    messages = [str(w.message) for w in record if issubclass(w.category, DicomSkipWarning)]
-    assert any("3.dcm" in m and "decoded" in m for m in messages)
-    assert any("junk.dcm" in m and "not a DICOM" in m for m in messages)
-    assert volume.shape == (5, 12, 10) and set(geometry.skipped_files) == {"3.dcm", "junk.dcm"}
-    np.testing.assert_array_equal(volume, np.delete(expected_volume(SAGITTAL, "sagittal"), 2, axis=0))
-    # the undecodable slice is not in the volume but its header was read: it is located between its neighbours
-    np.testing.assert_allclose(geometry.canonical_index(3, 0, 0), [1.5, 0.0, 0.0], atol=1e-9)
+    found = {(w.message.problem.kind, w.message.problem.where): str(w.message) for w in record
+             if issubclass(w.category, DicomSkipWarning)}
+    assert f"truncated (file ends at byte {size} inside PixelData" in found["file_skipped", str(truncated)]
+    assert "not a DICOM file" in found["file_skipped", str(tmp_path / "junk.dcm")]
+    assert "6.0 mm between instances 2 and 4" in found["series_gap", str(tmp_path)]
+    assert set(geometry.skipped_files) == {"3.dcm", "junk.dcm"}
+    # the missing slice is interpolated between its neighbours: exact for this phantom, linear along x
+    np.testing.assert_array_equal(volume, expected_volume(SAGITTAL, "sagittal"))
+    assert geometry.interpolated_slices == (2,) and geometry.instance_numbers[2] == dicom.INTERPOLATED
+    np.testing.assert_allclose(geometry.slice_positions, X0 + 3.0 * np.arange(6))
+    # the undecodable slice is not in the volume but its header was read: it lands on the interpolated slice
+    np.testing.assert_allclose(geometry.canonical_index(3, 0, 0), [2.0, 0.0, 0.0], atol=1e-9)
 
 
 def test_a_series_without_a_usable_image_raises_naming_it(tmp_path):
@@ -615,10 +621,12 @@ def test_fast_header_path_gives_what_the_pydicom_path_gives(tmp_path, monkeypatc
             continue
         for field in SLICE_FIELDS:
             np.testing.assert_array_equal(getattr(plain, field), getattr(reference, field), err_msg=f"{path} {field}")
-        pixels = plain.plain
+        assert plain.encoding == reference.encoding
+        pixels = plain.encoding
         assert (pixels.bits_allocated, pixels.bits_stored, pixels.pixel_representation) == (
             dataset.get("BitsAllocated"), dataset.get("BitsStored"), dataset.get("PixelRepresentation"))
         assert pixels.monochrome1 == (dataset.get("PhotometricInterpretation") == "MONOCHROME1")
+        assert plain.pixel_data == dataset.PixelData and reference.pixel_data is None
     assert fast > 0.8 * (fast + fallback), (fast, fallback)
 
     monkeypatch.setattr(pydicom.config, "use_DS_decimal", True)
