@@ -119,10 +119,10 @@ def _plain_header(path: str, dataset: pydicom.Dataset) -> _Slice | None:
                    "SliceThickness": _raw_float(dataset, "SliceThickness"),
                    "RescaleSlope": _raw_float(dataset, "RescaleSlope"),
                    "RescaleIntercept": _raw_float(dataset, "RescaleIntercept")}
-        if (not isinstance(pixel_data, bytes) or values["SamplesPerPixel"] not in (None, 1) or not values["Rows"]
-                or not values["Columns"] or values["InstanceNumber"] is None or values["NumberOfFrames"] not in (None, 1)
-                or values["ImageOrientationPatient"] is None or values["ImagePositionPatient"] is None
-                or values["PixelSpacing"] is None):
+        required = ("Rows", "Columns", "InstanceNumber", "ImageOrientationPatient", "ImagePositionPatient",
+                    "PixelSpacing")
+        if (not isinstance(pixel_data, bytes) or values["SamplesPerPixel"] not in (None, 1)
+                or values["NumberOfFrames"] not in (None, 1) or any(values[k] is None for k in required)):
             return None
         photometric = _raw(dataset, "PhotometricInterpretation", "CS")
         if photometric is not None:
@@ -147,6 +147,14 @@ _PREAMBLE_AND_META_HEADER = 128 + 4 + 12  # preamble, "DICM", FileMetaInformatio
 
 
 def _truncation(path: str, dataset: pydicom.Dataset | None = None) -> _Skip | None:
+    """`_find_truncation`, which never raises: it is asked about files that are already broken."""
+    try:
+        return _find_truncation(path, dataset)
+    except Exception:  # a file too broken to tell where it ends: the caller keeps its own reason
+        return None
+
+
+def _find_truncation(path: str, dataset: pydicom.Dataset | None) -> _Skip | None:
     """_Skip("truncated", "file ends at byte N inside <element>") when the file ends inside a data element:
     the last element read declares more bytes than the file holds (a file cut in a value, e.g. the pixel
     data), or, where the dataset has no pixel data, bytes are left after the last element read (pydicom drops
@@ -154,10 +162,7 @@ def _truncation(path: str, dataset: pydicom.Dataset | None = None) -> _Skip | No
     delimiter: the elements before the pixel data are then read again). None otherwise. `dataset`: the file
     as just read (its elements still raw); None: read it again (after a failure, so the cost does not matter)."""
     if dataset is None:
-        try:
-            dataset = pydicom.dcmread(path)
-        except Exception:  # unreadable now: then it is not known where the file breaks
-            return None
+        dataset = pydicom.dcmread(path)
     size = os.path.getsize(path)
     last = _last_raw_element(dataset)
     if last is not None and last.length != _UNDEFINED_LENGTH and last.value_tell + last.length > size:
@@ -166,15 +171,14 @@ def _truncation(path: str, dataset: pydicom.Dataset | None = None) -> _Skip | No
     if "PixelData" in dataset:
         return None
     if last is None:
-        try:
-            last = _last_raw_element(pydicom.dcmread(path, stop_before_pixels=True))
-        except Exception:  # the header itself unreadable: then it is not known where the file breaks
-            return None
+        last = _last_raw_element(pydicom.dcmread(path, stop_before_pixels=True))
     if last is not None:
         end = last.value_tell + last.length if last.length != _UNDEFINED_LENGTH else None
-    else:  # nothing after the file meta information
+    else:  # nothing read after the file meta information
         meta_length = dataset.file_meta.get("FileMetaInformationGroupLength")
-        end = _PREAMBLE_AND_META_HEADER + int(meta_length) if isinstance(meta_length, int) else None
+        end = _PREAMBLE_AND_META_HEADER + (meta_length if isinstance(meta_length, int) else 0)
+        if end > size:
+            return _Skip("truncated", f"file ends at byte {size} inside the file meta information")
     if end is None or end >= size:
         return None
     with open(path, "rb") as file:

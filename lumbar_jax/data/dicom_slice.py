@@ -175,13 +175,15 @@ def _file_header(get: Callable[[str], object]) -> _FileHeader:
     shape = [get("Rows"), get("Columns")]
     if None in shape:
         raise _Skip("no Rows/Columns")
-    rows, cols = (_integer(k, v, 1, 2**16 - 1, f"{k} not an integer in 1..65535") for k, v in zip(("Rows", "Columns"), shape))
+    rows, cols = (_integer(keyword, value, 1, 2**16 - 1, f"{keyword} not an integer in 1..65535")
+                  for keyword, value in zip(("Rows", "Columns"), shape))
     instance = get("InstanceNumber")
     if instance is None:
         raise _Skip("no InstanceNumber")
     instance = _integer("InstanceNumber", instance, *_INT32, "InstanceNumber not an integer in range")
     frames = get("NumberOfFrames")
-    frames = 1 if frames is None else _integer("NumberOfFrames", frames, 1, _INT32[1], "NumberOfFrames not a positive integer")
+    if frames is not None:
+        frames = _integer("NumberOfFrames", frames, 1, _INT32[1], "NumberOfFrames not a positive integer")
     allocated = get("BitsAllocated")
     if allocated is not None:
         allocated = _integer("BitsAllocated", allocated, 1, 64, "BitsAllocated not 1 or a multiple of 8 up to 64")
@@ -194,7 +196,7 @@ def _file_header(get: Callable[[str], object]) -> _FileHeader:
     if representation is not None:
         representation = _integer("PixelRepresentation", representation, 0, 1, "PixelRepresentation not 0 or 1")
     monochrome1 = photometric is not None and str(photometric).strip() == "MONOCHROME1"
-    return _FileHeader(instance, rows, cols, frames, _Encoding(allocated, stored, representation, monochrome1))
+    return _FileHeader(instance, rows, cols, frames or 1, _Encoding(allocated, stored, representation, monochrome1))
 
 
 def _optional_number(lookup, sequence: str, keyword: str, top: bool, bound: float, reason: str) -> float | None:
@@ -223,7 +225,8 @@ def _frame_slice(path: str, dataset: pydicom.Dataset, frame: int | None, header:
     thickness = _optional_number(lookup, "PixelMeasuresSequence", "SliceThickness", top, _MAX_MM,
                                  "SliceThickness not a number within 1e5 mm")
     rescale = "PixelValueTransformationSequence"
-    slope = _optional_number(lookup, rescale, "RescaleSlope", True, _MAX_RESCALE, "RescaleSlope not a number within 1e20")
+    slope = _optional_number(lookup, rescale, "RescaleSlope", True, _MAX_RESCALE,
+                             "RescaleSlope not a number within 1e20")
     if slope == 0:
         raise _Skip("RescaleSlope zero", _field("RescaleSlope", lookup(rescale, "RescaleSlope", True)))
     intercept = _optional_number(lookup, rescale, "RescaleIntercept", True, _MAX_RESCALE,

@@ -279,6 +279,7 @@ def test_tilted_axial_substacks_form_one_group_sorted_along_the_mean_normal(tmp_
     volume, geometry = read_series(tmp_path)
     assert geometry.plane == "axial" and volume.shape == (8, 12, 10)
     assert geometry.n_orientation_groups == 1 and geometry.skipped_files == ()
+    assert geometry.interpolated_slices == ()  # the 11 mm seam between tilted stacks is no missing slice
     # canonical depth runs superior -> inferior: the upper (tilted) stack first, each stack top-down
     np.testing.assert_array_equal(geometry.instance_numbers, [4, 3, 2, 1, 8, 7, 6, 5])
     assert np.all(np.diff(geometry.slice_positions) > 0)
