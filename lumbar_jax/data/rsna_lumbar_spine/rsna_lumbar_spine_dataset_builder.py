@@ -38,6 +38,8 @@ from lumbar_jax import labels as L
 from lumbar_jax.data import problems, study
 from lumbar_jax.dataset_configs import DATASET_SHAPES, GRID_DATASETS
 
+REPORT_FILE = "build_report.json"  # beside the records, see the module docstring
+
 _DESCRIPTION = """
 RSNA 2024 Lumbar Spine Degenerative Classification studies as geometry-correct 3D volumes: per study the
 Sagittal T1, Sagittal T2/STIR and Axial T2 series, each sorted along its slice normal, reoriented to the
@@ -93,13 +95,10 @@ def _init_worker() -> None:
     warnings.showwarning = problems.show_warning_in_one_line
 
 
-REPORT_FILE = "build_report.json"
-
-
 def manual_dir_fingerprint(manual_dir: str) -> str:
     """A hash of what a Kaggle folder holds: the contents of its top-level CSVs and, for every file under its
-    `*_images/` folders, the relative path, size and modification time. Reads no DICOM file (seconds for the
-    competition's 147k files), and differs between two folders unless they hold the same CSVs and images."""
+    `*_images/` folders, the relative path, size and modification time. Reads no DICOM file (one stat per
+    file), and differs between two folders unless they hold the same CSVs and images."""
     digest = hashlib.sha256()
     for name in sorted(os.listdir(manual_dir)):
         path = os.path.join(manual_dir, name)
@@ -129,15 +128,13 @@ def _file_listing(directory: str, prefix: str):
 
 
 class _BuildTally:
-    """What one build wrote and dropped: studies and series absent per split, and every reported problem."""
+    """What one build dropped: the series absent from its records per split, and every reported problem."""
 
     def __init__(self):
-        self.studies: dict[str, int] = {}
         self.absent: dict[str, dict[str, int]] = {}
         self.problems: list[problems.Problem] = []
 
     def add(self, split: str, example: dict, found: list) -> None:
-        self.studies[split] = self.studies.get(split, 0) + 1
         absent = self.absent.setdefault(split, dict.fromkeys(L.SERIES_TYPES, 0))
         for name, present in zip(L.SERIES_TYPES, example["present"]):
             absent[name] += int(not present)
@@ -211,7 +208,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             yield from self._tallied(split, tqdm.tqdm(results, **progress))
 
     def _tallied(self, split: str, results):
-        """(key, example) of each (key, example, problems) result, counting the study and its problems."""
+        """(key, example) of each (key, example, problems) result, tallying its absent series and problems."""
         for key, example, found in results:
             self._tally.add(split, example, found)
             yield key, example
