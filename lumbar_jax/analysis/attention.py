@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import textwrap
 
 import matplotlib
 
@@ -27,6 +28,16 @@ from lumbar_jax.data import study  # noqa: E402
 from lumbar_jax.train import mesh as mesh_lib  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+# What every overlay shows, said once in the report above the overlays.
+ATTENTION_INTRO = (
+    "Where each of the 25 target queries of fold 0's model looked in studies held out of fold 0. Each panel is "
+    "the slice of the target's annotated point in the series it was annotated on (without a point: the series "
+    "and slice of the attention peak), with the query's attention over that series as heat, relative to its "
+    "maximum over the series (colour bar). Panel titles: the series and slice, the share of the query's "
+    "attention on that series ('34% attn': 100% = it looked at nothing on the other two series), the predicted "
+    "probabilities Normal/Mild, Moderate, Severe, the true grade and the distance from the attention peak "
+    "(cyan +) to the annotated point (green o) in voxels.")
 
 
 def attention_volumes(attention: np.ndarray, layout: dict, num_series: int) -> np.ndarray:
@@ -54,9 +65,16 @@ def attention_peak(attention: np.ndarray, layout: dict, series: int) -> np.ndarr
     return np.asarray(layout["centres"])[key] * extent
 
 
-def _panel(ax, record: dict, attention: np.ndarray, layout: dict, target: int, probs: np.ndarray) -> float | None:
-    """Draw one target's panel (attention float [K] of its query); returns the voxel distance from attention
-    peak to annotated point (or None)."""
+def probability_text(probs: np.ndarray) -> str:
+    """A target's three predicted probabilities float [3] in one short line: 'P N/M .12 Mod .55 Sev .33'."""
+    names = ("N/M", "Mod", "Sev")
+    return "P " + "  ".join(f"{n} {p:.2f}".replace("0.", ".") for n, p in zip(names, probs))
+
+
+def _panel(ax, record: dict, attention: np.ndarray, layout: dict, target: int, probs: np.ndarray):
+    """Draw one target's panel (attention float [K] of its query, heat relative to the maximum over its series,
+    so that 0..1 matches the figure's colour bar); returns (the heat image, the voxel distance from attention
+    peak to annotated point or None)."""
     heat = attention_volumes(attention, layout, len(L.SERIES_TYPES))
     kind = int(record["coords_series"][target])
     annotated = kind >= 0
@@ -69,43 +87,61 @@ def _panel(ax, record: dict, attention: np.ndarray, layout: dict, target: int, p
     point = np.asarray(record["coords"][target]) * extent if annotated else None
     index = int(round(point[0] if annotated else peak[0]))
     ax.imshow(volume[index], cmap="gray", interpolation="nearest")
-    ax.imshow(series_heat[index], cmap="inferno", alpha=0.5, vmin=0, vmax=series_heat.max(),
-              interpolation="bilinear")
+    image = ax.imshow(series_heat[index] / max(series_heat.max(), 1e-30), cmap="inferno", alpha=0.5, vmin=0,
+                      vmax=1, interpolation="bilinear")
     ax.plot(peak[2], peak[1], "+", color="cyan", ms=9, mew=1.8 if round(peak[0]) == index else 0.8)
     distance = None
     if annotated:
         ax.plot(point[2], point[1], "o", mfc="none", mec="lime", ms=7, mew=1.4)
         distance = float(np.linalg.norm(peak - point))
-    grade = L.SEVERITY_NAMES[int(np.argmax(probs[target]))]
     label = int(record["labels"][target])
     truth = L.SEVERITY_NAMES[label] if label >= 0 else "no label"
     mass = series_heat.sum()
-    ax.set_title(f"{L.SERIES_TYPES[kind]} s{index}  {mass:.0%} here\npred {grade} / true {truth}"
-                 + (f"\npeak {distance:.1f} vox off" if annotated else "\n(no point)"), fontsize=6.5)
+    where = f"peak {distance:.1f} vox off" if annotated else "no point"
+    ax.set_title(f"{L.SERIES_TYPES[kind]} s{index}, {mass:.0%} attn\n{probability_text(probs[target])}\n"
+                 f"true {truth}, {where}", fontsize=8, linespacing=1.25)
     ax.set_xticks([])
     ax.set_yticks([])
-    return distance
+    return image, distance
 
 
 def plot_query_attention(record: dict, probs: np.ndarray, attention: np.ndarray, layout: dict, path: str,
                          title: str) -> tuple[str, list[float]]:
     """A 5x5 grid (levels x conditions) of attention overlays for one study -> (PNG path, the peak-to-point
-    distances in voxels of its annotated targets). attention float [25, K], probs float [25, 3]."""
-    fig, axes = plt.subplots(L.NUM_LEVELS, L.NUM_CONDITIONS, figsize=(2.1 * L.NUM_CONDITIONS, 2.4 * L.NUM_LEVELS))
+    distances in voxels of its annotated targets). attention float [25, K], probs float [25, 3].
+
+    Each panel's title: the series and slice drawn and the share of the query's attention on that series,
+    the three predicted probabilities, the true grade and the peak-to-point distance; one colour bar for all
+    panels (heat relative to the maximum over the drawn series)."""
+    # Fixed layout in inches: square panels, room above each for its three-line title, a header for the
+    # suptitle and condition names, a colour bar on the right.
+    panel, gap_x, gap_y, left, right, header, bottom = 2.3, 0.25, 0.65, 0.5, 1.2, 2.0, 0.15
+    width = left + L.NUM_CONDITIONS * panel + (L.NUM_CONDITIONS - 1) * gap_x + right
+    height = header + L.NUM_LEVELS * panel + (L.NUM_LEVELS - 1) * gap_y + bottom
+    fig, axes = plt.subplots(L.NUM_LEVELS, L.NUM_CONDITIONS, figsize=(width, height))
+    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - header / height, bottom=bottom / height,
+                        wspace=gap_x / panel, hspace=gap_y / panel)
     distances = []
+    image = None
     for t in range(L.NUM_TARGETS):
         ax = axes[L.TARGET_LEVEL[t], t // L.NUM_LEVELS]
-        distance = _panel(ax, record, attention[t], layout, t, probs)
+        image, distance = _panel(ax, record, attention[t], layout, t, probs)
         if distance is not None:
             distances.append(distance)
     for c, name in enumerate(L.CONDITIONS):
-        axes[0, c].annotate(name.replace("_", " "), (0.5, 1.55), xycoords="axes fraction", ha="center",
-                            fontsize=7.5, weight="bold")
+        axes[0, c].annotate(textwrap.fill(name.replace("_", " "), 22), (0.5, 1 + 0.6 / panel), xycoords="axes fraction",
+                            ha="center", va="bottom", fontsize=11, weight="bold", annotation_clip=False)
     for level, name in enumerate(L.LEVEL_CSV_NAMES):
-        axes[level, 0].set_ylabel(name, fontsize=9, weight="bold")
-    fig.suptitle(title + "\nheat: query attention on the slice of the annotated point;  green o: annotated point;"
-                 "  cyan +: attention peak (thin: peak on another slice)", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+        axes[level, 0].set_ylabel(name, fontsize=11, weight="bold")
+    bar_height = 0.5 * (1 - (header + bottom) / height)
+    bar = fig.colorbar(image, cax=fig.add_axes((1 - 0.95 * right / width, 0.5 - bar_height / 2 - header / height / 2
+                                                + bottom / height / 2, 0.18 / width, bar_height)))
+    bar.set_label("attention density on the slice / its maximum over the drawn series", fontsize=10)
+    fig.suptitle(title + "\nheat: the target query's attention on the slice of the annotated point;  "
+                 "green o: annotated point;  cyan +: attention peak (thin: peak on another slice)\n"
+                 "'NN% attn': share of the query's attention on the drawn series (100% = all on it, none on the "
+                 "other two);  P: predicted probabilities Normal/Mild, Moderate, Severe", fontsize=11,
+                 y=1 - 0.1 / height, va="top")
     return plots.save_figure(fig, path), distances
 
 
@@ -136,11 +172,9 @@ def attention_sections(workdir: str, kaggle_dir: str, out_dir: str, num_studies:
             record, probs[0], attention[0], layout, os.path.join(out_dir, f"attention_{entry.study_id}.png"),
             f"study {entry.study_id}, held out in fold 0 (fold 0 model, step {model.step})")
         near = sum(d <= 4 for d in distances)
-        caption = (f"Where each of the 25 target queries looked in study {entry.study_id}, which fold 0's model "
-                   f"(best checkpoint, step {model.step}) did not train on. Each panel is the slice of the "
-                   f"target's annotated point in the series it was annotated on, with the query's attention over "
-                   f"that series as heat and the share of its attention on that series in the title. Attention "
-                   f"peak to annotated point: mean {np.mean(distances):.1f} voxels over {len(distances)} "
-                   f"annotated targets, {near} within 4 voxels (volumes {tuple(config.model.volume_shape)}).")
-        sections.append((f"Attention overlay: study {entry.study_id}", png, caption))
+        caption = (f"Study {entry.study_id}, which fold 0's model (best checkpoint, step {model.step}) did not "
+                   f"train on. Attention peak to annotated point: mean {np.mean(distances):.1f} voxels over "
+                   f"{len(distances)} annotated targets, {near} within 4 voxels (volumes "
+                   f"{tuple(config.model.volume_shape)}).")
+        sections.append((f"Study {entry.study_id}", png, caption))
     return sections

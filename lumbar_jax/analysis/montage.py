@@ -29,6 +29,36 @@ log = logging.getLogger(__name__)
 
 MAX_SLICES = 3  # panels per series: enough to see every plane the points are on, few enough to read
 
+# The canonical orientation of docs/conventions.md section 3: per plane, for volume axes (depth, rows, cols),
+# the anatomy at index 0 and at the last index.
+CANONICAL_AXES = {
+    "sagittal": (("patient right", "patient left"), ("superior", "inferior"), ("anterior", "posterior")),
+    "axial": (("superior", "inferior"), ("anterior", "posterior"), ("patient right", "patient left")),
+}
+SHORT_WORDS = {"patient right": "pat. R", "patient left": "pat. L", "superior": "sup", "inferior": "inf",
+               "anterior": "ant", "posterior": "post"}
+
+
+def axis_words(plane: str) -> dict[str, tuple[str, str]]:
+    """Where each anatomical direction lies on a drawn slice of a `plane` volume (imshow: row 0 at the top,
+    col 0 at the left): {'vertical': (word at the top, word at the bottom), 'horizontal': (word at the left,
+    word at the right)}, short words (SHORT_WORDS), from CANONICAL_AXES' rows and cols."""
+    _, rows, cols = CANONICAL_AXES[plane]
+    return {"vertical": tuple(SHORT_WORDS[w] for w in rows), "horizontal": tuple(SHORT_WORDS[w] for w in cols)}
+
+
+def _orientation_labels(ax, plane: str) -> None:
+    """The direction words at the ends of a panel's edges: left of the image at its top and bottom (rotated),
+    under it at its left and right (`axis_words`)."""
+    words = axis_words(plane)
+    top, bottom = words["vertical"]
+    left, right = words["horizontal"]
+    style = dict(transform=ax.transAxes, fontsize=8, color="black")
+    ax.text(-0.03, 1.0, top, rotation=90, ha="right", va="top", **style)
+    ax.text(-0.03, 0.0, bottom, rotation=90, ha="right", va="bottom", **style)
+    ax.text(0.0, -0.03, left, ha="left", va="top", **style)
+    ax.text(1.0, -0.03, right, ha="right", va="top", **style)
+
 
 def load_examples(kaggle_dir: str, num_studies: int, volume_shape: tuple[int, int, int] = (16, 64, 64),
                   progress: bool = True) -> list[dict]:
@@ -149,10 +179,7 @@ def plot_study(example: dict, path: str, max_slices: int = MAX_SLICES) -> str:
             nearby = sum(point_slice(example, t) != index for t in targets)
             ax.set_title(f"{series_type}  slice {index}/{depth - 1}  ({len(targets)} pts"
                          + (f", {nearby} from +-1 slice)" if nearby else ")"), fontsize=9)
-        if shown:
-            plane = study.PLANE_OF_SERIES[series_type]
-            axes[kind, 0].set_ylabel("sup <- -> inf" if plane == "sagittal" else "ant <- -> post", fontsize=8)
-            axes[kind, 0].set_xlabel("ant <- -> post" if plane == "sagittal" else "pat. R <- -> pat. L", fontsize=8)
+            _orientation_labels(ax, study.PLANE_OF_SERIES[series_type])
     legend = [Line2D([], [], ls="", marker="o", mfc=c, mec="white", label=n)
               for c, n in zip((*plots.CLASS_COLOURS, plots.MISSING_COLOUR), (*L.SEVERITY_NAMES, "no label"))]
     legend.append(Line2D([], [], ls="", marker="o", mfc="none", mec="black", mew=1.4,

@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from lumbar_jax import labels as L  # noqa: E402
 from lumbar_jax.analysis.label_stats import short_name  # noqa: E402
@@ -21,6 +23,7 @@ from lumbar_jax.analysis.label_stats import short_name  # noqa: E402
 CLASS_COLOURS = ("#4c9f70", "#f2a541", "#d1495b")  # normal_mild, moderate, severe
 MISSING_COLOUR = "#b0b0b0"
 DPI = 110
+MIN_BIN_ROWS = 10  # calibration bins with fewer rows are too noisy to read: drawn grey, not joined
 
 
 def save_figure(fig, path: str) -> str:
@@ -93,9 +96,11 @@ def correlation_heatmap(rho: np.ndarray, counts: np.ndarray, path: str) -> str:
     return save_figure(fig, path)
 
 
-def reliability_diagrams(bins_per_group: dict[str, dict], path: str) -> str:
+def reliability_diagrams(bins_per_group: dict[str, dict], path: str, min_rows: int = MIN_BIN_ROWS) -> str:
     """Per condition group (columns): the reliability curve of each severity class (top; diagonal =
-    calibrated, marker area ~ bin count) and the bin counts on a log scale (bottom).
+    calibrated, marker area ~ bin count) and the bin counts on a log scale (bottom). Bins with fewer than
+    `min_rows` rows are left out of the curve and drawn as small grey hollow markers (said in the legend);
+    their count bars are grey too.
 
     bins_per_group: {group: `oof.calibration_bins` output}.
     """
@@ -109,19 +114,27 @@ def reliability_diagrams(bins_per_group: dict[str, dict], path: str) -> str:
         top, bottom = axes[0, g], axes[1, g]
         top.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="calibrated")
         for k, (name, colour) in enumerate(zip(L.SEVERITY_NAMES, CLASS_COLOURS)):
-            filled = data["count"][k] > 0
-            top.plot(data["mean_pred"][k, filled], data["observed"][k, filled], "-", color=colour, lw=1.2,
+            count = data["count"][k]
+            enough, sparse = count >= min_rows, (count > 0) & (count < min_rows)
+            top.plot(data["mean_pred"][k, enough], data["observed"][k, enough], "-", color=colour, lw=1.2,
                      label=name)
-            top.scatter(data["mean_pred"][k, filled], data["observed"][k, filled], color=colour, zorder=3,
-                        s=12 + 60 * np.sqrt(data["count"][k, filled] / max(data["count"].max(), 1)))
-            bottom.bar(centres + (k - 1) * width, data["count"][k], width=width, color=colour,
-                       log=True)
+            top.scatter(data["mean_pred"][k, enough], data["observed"][k, enough], color=colour, zorder=3,
+                        s=12 + 60 * np.sqrt(count[enough] / max(data["count"].max(), 1)))
+            top.scatter(data["mean_pred"][k, sparse], data["observed"][k, sparse], facecolors="none",
+                        edgecolors=MISSING_COLOUR, s=14, lw=0.9, zorder=2)
+            bottom.bar(centres + (k - 1) * width, count, width=width, log=True,
+                       color=[colour if n >= min_rows else MISSING_COLOUR for n in count])
         top.set(xlim=(0, 1), ylim=(0, 1), aspect="equal", title=f"{group}: {data['count'][0].sum()} rows",
                 xlabel="mean predicted probability", ylabel="observed frequency")
         top.grid(alpha=0.3)
+        bottom.yaxis.set_minor_formatter(NullFormatter())  # decade labels only
+        bottom.axhline(min_rows, color=MISSING_COLOUR, ls=":", lw=1)
         bottom.set(xlim=(0, 1), xlabel="predicted probability bin", ylabel="rows (log)")
         bottom.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(loc="upper left", fontsize=8)
+    handles, _ = axes[0, 0].get_legend_handles_labels()
+    handles.append(Line2D([], [], ls="", marker="o", mfc="none", mec=MISSING_COLOUR,
+                          label=f"bin with < {min_rows} rows\n(grey, not joined)"))
+    axes[0, 0].legend(handles=handles, loc="upper left", fontsize=8)
     fig.suptitle("OOF calibration per condition group (one-vs-rest per severity class)", y=0.95)
     return save_figure(fig, path)
 

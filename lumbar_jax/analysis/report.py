@@ -39,6 +39,21 @@ def _image(title: str, png: str, out_dir: str, caption: str) -> str:
     return f"![{title}]({os.path.relpath(png, out_dir)})\n\n{caption}\n"
 
 
+def number_headings(lines: Sequence[str]) -> list[str]:
+    """Number the report's headings in order of appearance: '## Title' -> '## 2. Title', '### Title' under it
+    -> '### 2.1 Title' (the sections present depend on the inputs, so numbers are given here, never by hand)."""
+    section, sub, numbered = 0, 0, []
+    for line in lines:
+        if line.startswith("### "):
+            sub += 1
+            line = f"### {section}.{sub} {line[4:]}"
+        elif line.startswith("## "):
+            section, sub = section + 1, 0
+            line = f"## {section}. {line[3:]}"
+        numbered.append(line)
+    return numbered
+
+
 def _fmt(value: float, digits: int = 3) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
@@ -75,7 +90,7 @@ def _labels_section(labels: np.ndarray, out_dir: str) -> list[str]:
         f"often missing target is {worst_missing} ({table.loc[worst_missing, 'missing']})."
     )
     rows = [[t, r.normal_mild, r.moderate, r.severe, r.missing] for t, r in table.iterrows()]
-    return ["## 1. Labels\n", _image("label distribution", png, out_dir, caption),
+    return ["## Labels\n", _image("label distribution", png, out_dir, caption),
             _table(["target", *L.SEVERITY_NAMES, "missing"], rows) + "\n"]
 
 
@@ -118,7 +133,7 @@ def _correlation_section(labels: np.ndarray, out_dir: str) -> list[str]:
              _fmt(foram.loc[lv, "rho"]), int(foram.loc[lv, "n"]), _p_value(foram.loc[lv, "p_value"])]
             for lv in sub.index]
     return [
-        "## 2. Correlation between targets\n",
+        "## Correlation between targets\n",
         _image("target correlation", png, out_dir, caption),
         "### Left vs right at each level\n",
         _left_right_answer(sub, "subarticular stenosis") + "\n",
@@ -128,8 +143,8 @@ def _correlation_section(labels: np.ndarray, out_dir: str) -> list[str]:
 
 
 def _oof_section(study_ids, labels, probs, folds, summary: dict, out_dir: str, workdir: str) -> list[str]:
-    """Section 3: the OOF scores of a run, per fold, calibration, confusion and the worst-predicted studies."""
-    return [f"## 3. Out-of-fold predictions of `{workdir}`\n",
+    """The section of the OOF scores of a run, per fold, calibration, confusion and the worst-predicted studies."""
+    return [f"## Out-of-fold predictions of `{workdir}`\n",
             *_oof_score_table(study_ids, labels, probs, folds, summary),
             *_fold_score_plot(summary, out_dir),
             *_calibration_plot(labels, probs, out_dir),
@@ -185,10 +200,12 @@ def _calibration_plot(labels: np.ndarray, probs: np.ndarray, out_dir: str) -> li
         "Reliability diagrams of the OOF probabilities per condition group: for each severity class "
         "(one-vs-rest) the labelled rows are put in 10 equal-width bins of predicted probability; the curve "
         "joins (mean predicted, observed frequency) per bin, marker size ~ bin count, and the lower panel shows "
-        "the counts (log scale). On the dashed diagonal the probabilities are calibrated; below it the class is "
-        "predicted more often than it occurs (over-predicted), above it under-predicted. Note the metric weights "
-        "Moderate x2 and Severe x4, so a model tuned for it is expected to over-predict those classes relative "
-        "to their frequency. " + "; ".join(parts) + "."
+        f"the counts (log scale). Bins with fewer than {plots.MIN_BIN_ROWS} rows are too noisy to read: they are "
+        "left out of the curve and drawn as small grey hollow markers (grey bars below). On the dashed diagonal "
+        "the probabilities are calibrated; below it the class is predicted more often than it occurs "
+        "(over-predicted), above it under-predicted. Note the metric weights Moderate x2 and Severe x4, so a "
+        "model tuned for it is expected to over-predict those classes relative to their frequency. "
+        + "; ".join(parts) + "."
     )
     return ["### Calibration\n", _image("calibration", png, out_dir, caption)]
 
@@ -223,10 +240,18 @@ def _worst_study_table(study_ids, labels: np.ndarray, probs: np.ndarray, folds) 
 
 
 def _montage_section(kaggle_dir: str, out_dir: str, num_montages: int, volume_shape) -> list[str]:
-    lines = ["## 4. Canonical volumes with label coordinates\n"]
+    lines = ["## Canonical volumes with label coordinates\n"]
     examples = montage.load_examples(kaggle_dir, num_montages, volume_shape)
     if not examples:
         return lines + ["No study with label coordinates was found: no montage.\n"]
+    lines.append(
+        f"Each study as the dataset builder stores it ({'x'.join(map(str, volume_shape))}, canonical orientation, "
+        f"docs/conventions.md section 3: sagittal rows superior->inferior and columns anterior->posterior, so the "
+        f"spine runs vertically with the discs stacked and the patient facing left; axial a cross-section seen "
+        f"from the feet, anterior up and the patient's left on the image right; the words at the panel edges say "
+        f"which end is which). One row per series type, one panel per slice through annotated points (at most "
+        f"{montage.MAX_SLICES}), markers coloured by the severity label, hollow for a point annotated on the "
+        f"neighbouring slice; a point is drawn at most once.\n")
     for example in examples:
         png = montage.plot_study(example, os.path.join(out_dir, f"montage_{example['study_id']}.png"))
         series = []
@@ -238,15 +263,8 @@ def _montage_section(kaggle_dir: str, out_dir: str, num_montages: int, volume_sh
             points = int((example["coords_series"] == kind).sum())
             drawn = sum(len(t) for _, t in shown)
             series.append(f"{name}: {points} points, {drawn} drawn on slices {[s for s, _ in shown]}")
-        caption = (
-            f"Study {example['study_id']} as the dataset builder stores it ({'x'.join(map(str, volume_shape))}, "
-            f"canonical orientation: sagittal rows superior->inferior and columns anterior->posterior, so the "
-            f"spine runs vertically with the discs stacked; axial a cross-section with the patient's left on the "
-            f"image right). One row per series type, one panel per slice through annotated points (at most "
-            f"{montage.MAX_SLICES}), markers coloured by the severity label, hollow for a point annotated on the "
-            f"neighbouring slice; a point is drawn at most once. {'; '.join(series)}. "
-            f"{int((example['coords_series'] >= 0).sum())} of 25 targets have a coordinate."
-        )
+        caption = (f"Study {example['study_id']}: {int((example['coords_series'] >= 0).sum())} of 25 targets have a "
+                   f"coordinate; {'; '.join(series)}.")
         lines.append(_image(f"study {example['study_id']}", png, out_dir, caption))
     return lines
 
@@ -296,8 +314,12 @@ def write_report(kaggle_dir: str, out_dir: str, workdir: str | None = None, num_
         lines += _montage_section(kaggle_dir, out_dir, num_montages, volume_shape)
     if run is not None and attention_studies > 0:
         log.info("attention overlays of %d held-out studies (restores fold 0's model)", attention_studies)
-        for title, png, caption in attention.attention_sections(workdir, kaggle_dir, out_dir, attention_studies):
-            lines += [f"## {title}\n", _image(title, png, out_dir, caption)]
+        overlays = attention.attention_sections(workdir, kaggle_dir, out_dir, attention_studies)
+        if overlays:
+            lines += ["## Attention overlays of held-out studies\n", attention.ATTENTION_INTRO + "\n"]
+            for title, png, caption in overlays:
+                lines += [f"### {title}\n", _image(title, png, out_dir, caption)]
+    lines = number_headings(lines)
     path = os.path.join(out_dir, REPORT_FILE)
     with open(path, "w") as f:
         f.write("\n".join(lines))

@@ -73,12 +73,17 @@ def test_write_report_end_to_end(kaggle, tmp_path):
     assert f"L1/L2 rho={lr.loc['L1/L2', 'rho']:.2f} (n={lr.loc['L1/L2', 'n']})" in text
     oof_score = summary["oof"]
     assert f"OOF score {oof_score['score']:.4f} vs class-prior baseline {oof_score['baseline']['score']:.4f}" in text
-    assert "### Worst-predicted studies" in text and "montage_" in text
+    assert "### 3.4 Worst-predicted studies" in text and "montage_" in text
+    # Sections numbered in order; the montages' shared explanation said once, not once per montage.
+    assert re.findall(r"^## (\d+)\. ", text, re.M) == ["1", "2", "3", "4"]
+    assert re.findall(r"^### (\d+\.\d+) ", text, re.M) == ["2.1", "3.1", "3.2", "3.3", "3.4"]
+    assert text.count("canonical orientation") == 1
 
 
 def test_write_report_without_run_and_montages(kaggle, tmp_path):
     text = open(write_report(kaggle, str(tmp_path / "r"), num_montages=0)).read()
     assert "Out-of-fold" not in text and "montage_" not in text and "subarticular" in text
+    assert re.findall(r"^## (\d+)\. ", text, re.M) == ["1", "2"]
 
 
 def test_bad_inputs_are_named(kaggle, tmp_path):
