@@ -6,6 +6,10 @@ the run's folds (each fold's best checkpoint; probabilities averaged) and, with 
 left/right-mirrored study. No prebuilt dataset is needed. A study folder (`read_study_dir`) says which of its
 series folders it did not use and why (empty, unreadable, type unknown), and one with no usable series is
 refused, naming each folder's reason.
+
+A study report (`study_report`, `format_study_report`) shows every target's three probabilities, flags the
+cells where Normal/Mild is below 0.5, explains its markers, records where the prediction came from (run,
+folds, checkpoint steps, TTA, model and package version) and says that it is for research use only.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ from lumbar_jax.train.config import GRID_DATASETS
 
 log = logging.getLogger(__name__)
 
+RESEARCH_USE_NOTE = ("Research use only: not a medical device, not validated for clinical use; do not base "
+                     "diagnosis or treatment on it.")
+FLAG_BELOW = 0.5  # a cell is flagged when P(Normal/Mild) < FLAG_BELOW: Moderate or Severe is more likely than not
+
 SUBMISSION_COLUMNS = ("row_id", *L.SEVERITY_COLUMNS)
 
 
@@ -47,13 +55,21 @@ class Predictor:
         if not folds:
             raise FileNotFoundError(f"{workdir} has no trained fold (no fold_k/checkpoints)")
         self.models = [restorer.restore(k, checkpoint) for k in folds]
-        self.tta = tta
+        self.workdir, self.folds, self.checkpoint, self.tta = workdir, list(folds), str(checkpoint), tta
         self.volume_shape = tuple(self.config.model.volume_shape)
         t0 = time.perf_counter()
         self.predict([self._blank_record()])  # compiles every fold's eval step, so timings below are steady
         self.compile_s = time.perf_counter() - t0
         log.info("ensemble of folds %s (%s checkpoints, steps %s)%s; compiled in %.1f s", folds, checkpoint,
                  [m.step for m in self.models], " with flip TTA" if tta else "", self.compile_s)
+
+    def provenance(self) -> dict:
+        """Where a prediction comes from: the run, its folds and checkpoint steps, TTA, the model and the
+        package version (JSON-able)."""
+        return {"workdir": os.path.abspath(self.workdir), "folds": [int(k) for k in self.folds],
+                "checkpoint": self.checkpoint, "checkpoint_steps": [int(m.step) for m in self.models],
+                "tta": bool(self.tta), "model": str(self.config.model.name),
+                "dataset_config": str(self.config.data.config), "package": f"lumbar_jax {package_version()}"}
 
     def _blank_record(self) -> dict:
         """A record with every series absent (docs/conventions.md section 4), to compile on."""
@@ -72,6 +88,16 @@ class Predictor:
         probs = inference.ensemble_predict(self.models, records, inference.eval_batch_size(self.config, self.mesh),
                                            self.mesh, self.tta).astype(np.float64)
         return probs / probs.sum(axis=-1, keepdims=True)
+
+
+def package_version() -> str:
+    """The installed lumbar_jax version (setup.py's `version`), or 'unknown' when it is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("lumbar_jax")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def submission_frame(study_ids: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
@@ -112,10 +138,14 @@ def read_study_dir(predictor: Predictor, study_dir: str, descriptions_csv: str |
     """One study folder -> (its StudyEntry, its record, {series folder: why it was not used}). ValueError naming
     the folder and each series folder's reason when no series of it can be used (a prediction without any
     image would be the class prior, not a prediction of this study)."""
+    t0 = time.perf_counter()
     with problems.collect() as found:
         entry = study_lib.study_from_directory(study_dir, descriptions_csv)
         record = predictor.read([entry])[0]
     unused = unused_series_folders(study_dir, record["series_ids"], found)
+    log.info("study %s: read %d of %d series in %.1f s (%s)", entry.study_id, int(np.sum(record["present"])),
+             len(L.SERIES_TYPES), time.perf_counter() - t0,
+             ", ".join(n for n, p in zip(L.SERIES_TYPES, record["present"]) if p) or "none")
     if not np.any(record["present"]):
         reasons = "; ".join(f"{os.path.basename(d)}: {why}" for d, why in unused.items()) or "it has no subfolder"
         raise ValueError(f"study folder {study_dir} has no usable series ({reasons})")
@@ -143,37 +173,63 @@ def unused_series_folders(study_dir: str, series_ids: np.ndarray, found: list[pr
     return out
 
 
-def study_report(study_id: int, present: np.ndarray, probs: np.ndarray, unused: dict[str, str] | None = None
-                 ) -> dict:
-    """A study's prediction as a JSON-able dict: the series used, the series folders not used and why
-    (`unused`, from `read_study_dir`) and, per target, the three probabilities and the most likely grade.
+def study_report(study_id: int, present: np.ndarray, probs: np.ndarray, unused: dict[str, str] | None = None,
+                 provenance: dict | None = None) -> dict:
+    """A study's prediction as a JSON-able dict: the research-use note, where it comes from (`provenance`, from
+    `Predictor.provenance`), the series used, the series folders not used and why (`unused`, from
+    `read_study_dir`) and, per target, the three probabilities, P(Moderate or Severe), the most likely grade,
+    `flagged` (P(Normal/Mild) < 0.5) and `series_absent` (its condition's series was not there).
     probs float [25, 3]."""
+    present = np.asarray(present, bool)
+    targets = {}
+    for i, t in enumerate(L.TARGETS):
+        targets[t] = {**{c: float(probs[i, k]) for k, c in enumerate(L.SEVERITY_COLUMNS)},
+                      "p_moderate_or_severe": float(probs[i, 1] + probs[i, 2]),
+                      "grade": L.SEVERITY_NAMES[int(np.argmax(probs[i]))],
+                      "flagged": bool(probs[i, 0] < FLAG_BELOW),
+                      "series_absent": not bool(present[L.CONDITION_SERIES[i // L.NUM_LEVELS]])}
     return {
+        "notice": RESEARCH_USE_NOTE,
         "study_id": int(study_id),
+        "provenance": dict(provenance or {}),
         "series_present": {name: bool(p) for name, p in zip(L.SERIES_TYPES, present)},
         "series_not_used": dict(unused or {}),
-        "targets": {t: {**{c: float(probs[i, k]) for k, c in enumerate(L.SEVERITY_COLUMNS)},
-                        "grade": L.SEVERITY_NAMES[int(np.argmax(probs[i]))]}
-                    for i, t in enumerate(L.TARGETS)},
+        "targets": targets,
     }
 
 
 _REPORT_COLUMNS = ("spinal canal", "L foraminal", "R foraminal", "L subarticular", "R subarticular")
+_CELL = 18
 
 
 def format_study_report(report: dict) -> str:
-    """Per level (rows) and condition (columns): the most likely grade and its probability; `*` marks a
-    moderate or severe grade."""
+    """Per level (rows) and condition (columns): P(Normal/Mild) P(Moderate) P(Severe); `!` marks
+    P(Normal/Mild) < 0.5 and `~` a condition whose series was absent; a legend, the provenance and the
+    research-use note below the table."""
     present = ", ".join(f"{n} {'yes' if p else 'ABSENT'}" for n, p in report["series_present"].items())
     lines = [f"study {report['study_id']}  (series: {present})"]
     lines += [f"  series folder {folder} not used: {why}" for folder, why in report.get("series_not_used", {}).items()]
-    lines.append(f"{'level':7s}" + "".join(f"{c:>20s}" for c in _REPORT_COLUMNS))
+    lines.append(f"{'level':7s}" + "".join(f"{c:>{_CELL}s}" for c in _REPORT_COLUMNS))
     for level, level_name in zip(L.LEVELS, L.LEVEL_CSV_NAMES):
         cells = []
         for condition in L.CONDITIONS:
             t = report["targets"][f"{condition}_{level}"]
-            p = t[L.SEVERITY_COLUMNS[L.SEVERITY_NAMES.index(t["grade"])]]
-            mark = "*" if t["grade"] != L.SEVERITY_NAMES[0] else " "
-            cells.append(f"{mark}{t['grade']} {p:.2f}")
-        lines.append(f"{level_name:7s}" + "".join(f"{c:>20s}" for c in cells))
+            mark = ("!" if t.get("flagged", t[L.SEVERITY_COLUMNS[0]] < FLAG_BELOW) else " ") + \
+                   ("~" if t.get("series_absent") else " ")
+            cells.append(" ".join(f"{t[c]:.2f}" for c in L.SEVERITY_COLUMNS) + mark)
+        lines.append(f"{level_name:7s}" + "".join(f"{c:>{_CELL}s}" for c in cells))
+    flagged = sum(bool(t.get("flagged")) for t in report["targets"].values())
+    lines += [
+        "",
+        f"each cell: P({L.SEVERITY_NAMES[0]}) P({L.SEVERITY_NAMES[1]}) P({L.SEVERITY_NAMES[2]}), summing to 1",
+        f"  !  P({L.SEVERITY_NAMES[0]}) < {FLAG_BELOW}: {L.SEVERITY_NAMES[1]} or {L.SEVERITY_NAMES[2]} is more "
+        f"likely than not ({flagged} of {len(report['targets'])} cells)",
+        "  ~  predicted without the series this condition is read on (it was absent)",
+    ]
+    prov = report.get("provenance") or {}
+    if prov:
+        lines.append(f"model {prov.get('model')} ({prov.get('package')}), run {prov.get('workdir')}: folds "
+                     f"{prov.get('folds')}, {prov.get('checkpoint')} checkpoints at steps "
+                     f"{prov.get('checkpoint_steps')}, flip TTA {'on' if prov.get('tta') else 'off'}")
+    lines.append(report.get("notice", RESEARCH_USE_NOTE))
     return "\n".join(lines)

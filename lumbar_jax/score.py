@@ -4,13 +4,17 @@
 
 `--solution` is a train.csv-shaped file (study_id + the 25 target columns of severity names); only the
 studies present in the submission are scored, and every labelled target of those studies must have a row.
-The class-prior baseline printed beside the score uses the class frequencies of `--prior_from` (default:
-the solution file itself, which flatters the baseline slightly: it has seen the answers' frequencies).
+The class-prior baseline and the best constant printed beside the score are fitted on the labels of
+`--prior_from`; by default on the `train.csv` beside the solution file when there is one (the training
+labels), else on the solution itself, which flatters them: they have seen the answers' frequencies, and on
+a few studies the "best constant" can then score worse than the baseline. The output says which labels they
+were fitted on. Fewer than 20 scored studies give a noisy score: one warning line on stderr.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -18,6 +22,8 @@ import numpy as np
 from lumbar_jax import cli
 from lumbar_jax import labels as L
 from lumbar_jax import metrics
+
+FEW_STUDIES = 20  # below this many scored studies the score is noisy: warned on stderr
 
 
 def read_label_table(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +66,17 @@ def read_submission(path: str) -> tuple[np.ndarray, np.ndarray]:
     return study_ids, probs
 
 
+def default_prior_from(solution: str) -> str:
+    """The labels the references are fitted on without `--prior_from`: the `train.csv` beside the solution
+    file when there is one (the training labels), else the solution itself."""
+    train = os.path.join(os.path.dirname(os.path.abspath(solution)), "train.csv")
+    return train if os.path.isfile(train) else solution
+
+
 def score_submission(solution: str, submission: str, prior_from: str | None = None) -> dict:
-    """Competition score of `submission` on the solution's studies it covers, with the baseline beside it."""
+    """Competition score of `submission` on the solution's studies it covers, with the class-prior baseline
+    and the best constant beside it, fitted on `prior_from` (default: `default_prior_from(solution)`);
+    `prior_from` in the result names the labels they were fitted on."""
     sol_ids, sol_labels = read_label_table(solution)
     sub_ids, probs = read_submission(submission)
     index = {s: i for i, s in enumerate(sol_ids)}
@@ -69,9 +84,13 @@ def score_submission(solution: str, submission: str, prior_from: str | None = No
     if unknown:
         raise ValueError(f"{submission}: {len(unknown)} studies not in {solution}, e.g. {unknown[:3]}")
     labels = sol_labels[[index[s] for s in sub_ids]]
-    prior_labels = read_label_table(prior_from)[1] if prior_from else sol_labels
+    prior_from = prior_from or default_prior_from(solution)
+    same = os.path.abspath(prior_from) == os.path.abspath(solution)
+    prior_labels = sol_labels if same else read_label_table(prior_from)[1]
     result = metrics.evaluate_predictions(labels, probs, prior_labels)
     result["num_studies"] = int(len(sub_ids))
+    result["prior_from"] = prior_from
+    result["prior_is_solution"] = same
     return result
 
 
@@ -83,6 +102,10 @@ def format_report(result: dict) -> str:
                      f"{result['weighted_prior'][key]:12.4f}")
     lines.append(f"accuracy {result['accuracy']:.4f}  balanced accuracy {result['balanced_accuracy']:.4f}  "
                  f"studies {result['num_studies']}")
+    if "prior_from" in result:
+        whose = (" (the solution itself: they have seen the answers' class frequencies)"
+                 if result.get("prior_is_solution") else "")
+        lines.append(f"baseline and best constant fitted on the labels of {result['prior_from']}{whose}")
     return "\n".join(lines)
 
 
@@ -91,10 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--solution", required=True, help="train.csv-shaped label file")
     parser.add_argument("--submission", required=True, help="submission.csv (row_id,normal_mild,moderate,severe)")
     parser.add_argument("--prior_from", default=None,
-                        help="label file whose class frequencies form the baseline; default: --solution")
+                        help="label file the baseline and best constant are fitted on; default: the train.csv "
+                             "beside --solution if there is one, else --solution")
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
     args = parser.parse_args(argv)
     result = score_submission(args.solution, args.submission, args.prior_from)
+    if result["num_studies"] < FEW_STUDIES:
+        print(f"warning: only {result['num_studies']} studies scored (fewer than {FEW_STUDIES}): the score and "
+              "the references beside it are noisy", file=sys.stderr)
     print(format_report(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -7,10 +7,13 @@ The first form reads KAGGLE_DIR/test_series_descriptions.csv and test_images/ (n
 the best checkpoint of every trained fold, averages their probabilities, and writes submission.csv with the
 competition's header and 25 rows per study. The second reads one study folder ({study_id}/{series_id}/*.dcm);
 series types come from --descriptions (a *_series_descriptions.csv) or the DICOM SeriesDescription, and it
-prints a per-level report and writes it as JSON. A missing series is predicted without it, and each series
-folder not used is named with its reason (empty, unreadable, type unknown); a study folder with no usable
-series is an error (exit status 2). --tta averages with the left/right-mirrored study (left and right targets
-swapped back).
+prints a per-level report: each target's three probabilities (Normal/Mild, Moderate, Severe), `!` where
+Normal/Mild is below 0.5, a legend, the provenance (run, folds, checkpoint steps, TTA, model and package
+version) and a research-use note; --json also writes it as JSON (nothing is written without --json). A
+missing series is predicted without it (`~` in the report), and each series folder not used is named with
+its reason (empty, unreadable, type unknown); a study folder with no usable series is an error (exit status
+2). --tta averages with the left/right-mirrored study (left and right targets swapped back). Research use
+only: not a medical device.
 """
 
 import json
@@ -27,7 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="test", help="which {split}_series_descriptions.csv to predict")
     parser.add_argument("--study_dir", help="one study folder instead of --data_dir")
     parser.add_argument("--descriptions", help="series descriptions CSV for --study_dir")
-    parser.add_argument("--json", default=None, help="report path for --study_dir; default: STUDY_ID_report.json")
+    parser.add_argument("--json", default=None, help="also write the --study_dir report as JSON here")
     parser.add_argument("--fold", type=int, action="append", default=None,
                         help="use only this fold (repeatable); default: every trained fold")
     parser.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step number")
@@ -48,12 +51,13 @@ def main(argv=None) -> int:
               f"{timing['studies_per_s']:.2f} studies/s")
         return 0
     entry, record, unused = predict.read_study_dir(predictor, args.study_dir, args.descriptions)
-    report = predict.study_report(entry.study_id, record["present"], predictor.predict([record])[0], unused)
+    report = predict.study_report(entry.study_id, record["present"], predictor.predict([record])[0], unused,
+                                  predictor.provenance())
     print(predict.format_study_report(report))
-    path = args.json or f"{entry.study_id}_report.json"
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"wrote {path}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.json}")
     return 0
 
 

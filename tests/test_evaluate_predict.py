@@ -6,6 +6,7 @@ module on a synthetic Kaggle folder that also holds unlabelled test studies.
 """
 
 import json
+import logging
 import os
 import runpy
 import shutil
@@ -46,8 +47,9 @@ def run(tmp_path_factory):
 
 
 def run_script(name: str, *argv: str) -> int:
-    """Run scripts/{name} in-process with `argv`; its exit code."""
-    old = sys.argv
+    """Run scripts/{name} in-process with `argv`; its exit code. The root logger's handlers are put back after
+    it (its `cli.setup_logging` points them at this test's captured stderr, closed once the test ends)."""
+    old, handlers, level = sys.argv, logging.root.handlers[:], logging.root.level
     sys.argv = [name, *argv]
     try:
         runpy.run_path(os.path.join(REPO, "scripts", name), run_name="__main__")
@@ -55,6 +57,8 @@ def run_script(name: str, *argv: str) -> int:
         return int(exit_.code or 0)
     finally:
         sys.argv = old
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
     return 0
 
 
@@ -152,14 +156,50 @@ def test_study_dir_report_from_dicom_descriptions_and_from_csv(run, tmp_path, ca
     study_dir = os.path.dirname(entry.series_dirs[1][0][1])
     out = str(tmp_path / "report.json")
     assert run_script("predict.py", "--workdir", workdir, "--study_dir", study_dir, "--json", out) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert all(name in printed for name in L.LEVEL_CSV_NAMES) and "R subarticular" in printed
+    assert "each cell: P(Normal/Mild) P(Moderate) P(Severe)" in printed and "Research use only" in printed
+    assert f"run {os.path.abspath(workdir)}: folds [0, 1], best checkpoints at steps" in printed
+    assert "INFO lumbar_jax.predict: ensemble of folds [0, 1]" in captured.err  # not swallowed by absl
+    assert f"INFO lumbar_jax.predict: study {entry.study_id}: read 3 of 3 series" in captured.err
     report = json.load(open(out))
     assert report["study_id"] == entry.study_id and len(report["targets"]) == 25
     assert all(report["series_present"].values())
+    assert "not a medical device" in report["notice"]
+    prov = report["provenance"]
+    assert prov["workdir"] == os.path.abspath(workdir) and prov["folds"] == [0, 1] and prov["tta"] is False
+    assert prov["checkpoint"] == "best" and len(prov["checkpoint_steps"]) == 2
+    assert prov["model"] == "vit" and prov["package"] == f"lumbar_jax {predict.package_version()}"
+    target = report["targets"][L.TARGETS[0]]
+    assert target["p_moderate_or_severe"] == pytest.approx(target["moderate"] + target["severe"])
+    assert target["flagged"] == (target["normal_mild"] < 0.5) and target["series_absent"] is False
     from_csv = study.study_from_directory(study_dir, os.path.join(kaggle, "test_series_descriptions.csv"))
     assert from_csv.series_dirs == study.study_from_directory(study_dir).series_dirs
     assert [[sid for sid, _ in c] for c in from_csv.series_dirs] == [[sid for sid, _ in c] for c in entry.series_dirs]
+
+
+def test_study_report_shows_all_three_probabilities_and_flags_normal_mild_below_half():
+    probs = np.tile([0.8, 0.15, 0.05], (25, 1))
+    probs[L.TARGETS.index("spinal_canal_stenosis_l4_l5")] = [0.40, 0.35, 0.25]  # Normal/Mild likeliest, 60 % worse
+    present = np.array([True, True, False])  # no axial T2: the subarticular columns are predicted without it
+    prov = {"workdir": "/runs/x", "folds": [0, 1], "checkpoint": "best", "checkpoint_steps": [7, 9], "tta": True,
+            "model": "vit_effnet", "package": "lumbar_jax 0.1.0"}
+    report = predict.study_report(123, present, probs, provenance=prov)
+    assert report["targets"]["spinal_canal_stenosis_l4_l5"]["flagged"]
+    assert report["targets"]["spinal_canal_stenosis_l4_l5"]["grade"] == "Normal/Mild"
+    assert report["targets"]["spinal_canal_stenosis_l4_l5"]["p_moderate_or_severe"] == pytest.approx(0.6)
+    assert sum(t["flagged"] for t in report["targets"].values()) == 1
+    assert [t["series_absent"] for t in report["targets"].values()] == [False] * 15 + [True] * 10
+    text = predict.format_study_report(report)
+    rows = {line.split()[0]: line for line in text.splitlines() if line[:5] in {"L1/L2", "L4/L5"}}
+    assert "0.40 0.35 0.25!" in rows["L4/L5"] and "0.40" not in rows["L1/L2"]
+    assert rows["L4/L5"].count("!") == 1 and rows["L1/L2"].count("~") == 2 and "!" not in rows["L1/L2"]
+    assert "  !  P(Normal/Mild) < 0.5: Moderate or Severe is more likely than not (1 of 25 cells)" in text
+    assert "  ~  predicted without the series this condition is read on" in text
+    assert "model vit_effnet (lumbar_jax 0.1.0), run /runs/x: folds [0, 1], best checkpoints at steps [7, 9], " \
+           "flip TTA on" in text
+    assert text.splitlines()[-1] == predict.RESEARCH_USE_NOTE and "not a medical device" in predict.RESEARCH_USE_NOTE
 
 
 def test_run_records_the_dataset_it_trained_on(run):
@@ -169,19 +209,22 @@ def test_run_records_the_dataset_it_trained_on(run):
     assert record["source"]["manual_dir"] == os.path.abspath(kaggle) and record["studies"]["train"] == 12
 
 
-def test_study_dir_names_an_empty_series_folder(run, tmp_path, capsys):
+def test_study_dir_names_an_empty_series_folder_and_writes_no_json_unasked(run, tmp_path, capsys, monkeypatch):
     kaggle, workdir = run
     entry = study.list_studies(kaggle, "test")[0]
     study_dir = str(tmp_path / str(entry.study_id))
     shutil.copytree(os.path.dirname(entry.series_dirs[1][0][1]), study_dir)
     empty = os.path.join(study_dir, "12345")
     os.mkdir(empty)
-    out = str(tmp_path / "report.json")
-    assert run_script("predict.py", "--workdir", workdir, "--study_dir", study_dir, "--json", out) == 0
-    assert f"series folder {empty} not used: empty series folder (no .dcm file)" in capsys.readouterr().out
-    report = json.load(open(out))
-    assert report["series_not_used"] == {empty: "empty series folder (no .dcm file)"}
-    assert all(report["series_present"].values())
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert run_script("predict.py", "--workdir", workdir, "--study_dir", study_dir) == 0  # no --json
+    printed = capsys.readouterr().out
+    assert f"series folder {empty} not used: empty series folder (no .dcm file)" in printed
+    assert "ABSENT" not in printed and "wrote" not in printed
+    assert os.listdir(cwd) == [] and sorted(os.listdir(tmp_path)) == sorted(["cwd", str(entry.study_id)])
+    assert not [f for _, _, files in os.walk(tmp_path) for f in files if f.endswith(".json")]  # no JSON anywhere
 
 
 def test_study_dir_without_a_usable_series_is_an_error_naming_each_folder(run, tmp_path, capsys):
@@ -239,7 +282,8 @@ def test_report_draws_attention_of_a_held_out_study(run, tmp_path):
     path = write_report(kaggle, str(tmp_path / "report"), workdir=workdir, num_montages=0, attention_studies=1)
     text = open(path).read()
     pngs = [p for p in os.listdir(tmp_path / "report") if p.startswith("attention_")]
-    assert len(pngs) == 1 and "## Attention overlay: study" in text and "Attention peak to annotated point" in text
+    assert len(pngs) == 1 and "Attention overlays of held-out studies" in text
+    assert "Attention peak to annotated point" in text
     study_id = int(pngs[0].removeprefix("attention_").removesuffix(".png"))
     oof = pd.read_csv(os.path.join(workdir, "oof_predictions.csv"))
     assert set(oof.loc[oof["row_id"].str.startswith(f"{study_id}_"), "fold"]) == {0}  # held out by fold 0

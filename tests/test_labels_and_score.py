@@ -86,3 +86,42 @@ def test_score_cli_names_missing_rows(tmp_path, capsys):
     argv = ["--solution", str(tmp_path / "train.csv"), "--submission", str(tmp_path / "submission.csv")]
     assert cli.run(score.main, argv) == 2
     assert "rows missing" in capsys.readouterr().err
+
+
+def test_score_fits_the_references_on_the_train_csv_beside_the_solution(tmp_path, capsys):
+    labels, probs = _write_case(tmp_path, np.random.default_rng(2), n=8)
+    train = pd.read_csv(tmp_path / "train.csv")
+    train.iloc[:3].to_csv(tmp_path / "solution.csv", index=False)  # 3 held-out studies, train.csv beside them
+    sub = pd.read_csv(tmp_path / "submission.csv")
+    sub[sub["row_id"].str.split("_").str[0].astype(int).isin(train["study_id"].iloc[:3])].to_csv(
+        tmp_path / "sub3.csv", index=False)
+    argv = ["--solution", str(tmp_path / "solution.csv"), "--submission", str(tmp_path / "sub3.csv")]
+    assert score.main(argv) == 0
+    captured = capsys.readouterr()
+    assert f"fitted on the labels of {tmp_path / 'train.csv'}" in captured.out and "itself" not in captured.out
+    result = score.score_submission(str(tmp_path / "solution.csv"), str(tmp_path / "sub3.csv"))
+    assert result["prior_from"] == str(tmp_path / "train.csv") and not result["prior_is_solution"]
+    order = np.argsort(train["study_id"].iloc[:3].to_numpy())  # the submission's studies, sorted
+    want = metrics.evaluate_predictions(labels[:3][order], probs[:3][order], labels)
+    assert result["baseline"]["score"] == pytest.approx(want["baseline"]["score"])
+    assert result["weighted_prior"]["score"] == pytest.approx(want["weighted_prior"]["score"])
+    on_itself = score.score_submission(str(tmp_path / "solution.csv"), str(tmp_path / "sub3.csv"),
+                                       prior_from=str(tmp_path / "solution.csv"))
+    assert on_itself["prior_is_solution"]
+    assert on_itself["baseline"]["score"] != pytest.approx(result["baseline"]["score"])
+    (tmp_path / "train.csv").unlink()  # no train.csv beside it: the solution itself, said so
+    assert score.main(argv) == 0
+    assert "(the solution itself" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("n, warned", [(6, True), (20, False)])
+def test_score_warns_in_one_line_below_20_studies(tmp_path, capsys, n, warned):
+    _write_case(tmp_path, np.random.default_rng(3), n=n)
+    argv = ["--solution", str(tmp_path / "train.csv"), "--submission", str(tmp_path / "submission.csv")]
+    assert score.main(argv) == 0
+    err = capsys.readouterr().err
+    if warned:
+        assert err == f"warning: only {n} studies scored (fewer than 20): the score and the references beside it " \
+                      "are noisy\n"
+    else:
+        assert err == ""
