@@ -1,6 +1,6 @@
 """Every command in the one convention of lumbar_jax/cli.py: `--help` exits 0 with the usage line of the real
-invocation and without importing JAX, matplotlib or TFDS (only the dataset builders import TFDS: their
-package registers the dataset); bad input is one line `error: ...` on stderr with exit status 2."""
+invocation and without importing JAX, matplotlib or TFDS (the build commands import TFDS and register the dataset
+only after parsing); bad input is one line `error: ...` on stderr with exit status 2."""
 
 import os
 import subprocess
@@ -22,9 +22,9 @@ COMMANDS = [
     ("python scripts/analyze.py", ()),
     ("python scripts/compare.py", ()),
     ("python -m lumbar_jax.score", ()),
-    ("python -m lumbar_jax.data.build", ("tensorflow_datasets",)),
-    ("python -m lumbar_jax.data.beam_build", ("tensorflow_datasets",)),
-    ("python -m lumbar_jax.data.synthetic", ("tensorflow_datasets",)),
+    ("python -m lumbar_jax.data.build", ()),
+    ("python -m lumbar_jax.data.beam_build", ()),
+    ("python -m lumbar_jax.data.synthetic", ()),
     ("python -m benchmarks.run", ()),
     ("python -m benchmarks.profile_models", ()),
     ("python -m benchmarks.profile_load", ()),

@@ -1,7 +1,6 @@
 """Data: DICOM reading, the Kaggle layout, the `rsna_lumbar_spine` TFDS dataset, input pipelines.
 
-Importing this package registers the `rsna_lumbar_spine` builder with TFDS, so that
-`tfds.data_source("rsna_lumbar_spine/r64", data_dir=...)` finds it.
+Importing this package imports no TFDS. The `rsna_lumbar_spine` builder is registered with TFDS by importing
+its module, `import lumbar_jax.data.rsna_lumbar_spine`: do that before `tfds.data_source("rsna_lumbar_spine/r64",
+data_dir=...)` or `tfds.builder(...)` looks it up by name.
 """
-
-from lumbar_jax.data import rsna_lumbar_spine  # noqa: F401  (registers the TFDS builder)

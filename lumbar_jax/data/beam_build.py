@@ -24,37 +24,50 @@ Build with `python -m lumbar_jax.data.build` for the full report.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-
-import tensorflow_datasets as tfds
+from typing import TYPE_CHECKING
 
 from lumbar_jax import cli
 from lumbar_jax.data.build import CONFIG_NAMES, build_argument_parser, format_build_report, tfds_scratch_tempdir
-from lumbar_jax.data.rsna_lumbar_spine import Builder
-from lumbar_jax.data.rsna_lumbar_spine.rsna_lumbar_spine_dataset_builder import REPORT_FILE, keyed_study_example
 
-with tfds.core.registered.skip_registration():  # the same dataset (name, configs, files), not a new one
+if TYPE_CHECKING:
+    from lumbar_jax.data.rsna_lumbar_spine import Builder
 
-    class BeamBuilder(Builder):
-        """`rsna_lumbar_spine` whose splits are Beam PTransforms: TFDS then writes them with a Beam pipeline
-        (`DownloadConfig.beam_runner` / `beam_options`) instead of iterating a generator."""
 
-        name = Builder.name
+@functools.cache
+def beam_builder_class() -> type[Builder]:
+    """The Beam variant of the builder, made on first use (TFDS is imported only to build: `--help` answers at
+    once). It is the same dataset (name, configs, files), not a new one, so it is not registered."""
+    import tensorflow_datasets as tfds
 
-        def _generate_examples(self, root: str, split: str):
-            import apache_beam as beam
+    from lumbar_jax.data.rsna_lumbar_spine import Builder
+    from lumbar_jax.data.rsna_lumbar_spine.rsna_lumbar_spine_dataset_builder import keyed_study_example
 
-            shape, grid = tuple(self.builder_config.volume_shape), bool(self.builder_config.grid)
-            jobs = [(entry, shape, grid) for entry in self._list_studies(root, split)]
-            return (f"{split}_studies" >> beam.Create(jobs)
-                    | f"{split}_spread" >> beam.Reshuffle()  # one study per element, spread over the workers
-                    | f"{split}_decode" >> beam.Map(keyed_study_example))
+    with tfds.core.registered.skip_registration():
 
-        def _report(self, manual_dir: str, fingerprint: str) -> dict:
-            """The build report, marked partial: the workers' problems are not collected (module docstring)."""
-            return {**super()._report(manual_dir, fingerprint),
-                    "partial": "Beam build: only the CSV reading's problems; the workers' are in their logs"}
+        class BeamBuilder(Builder):
+            """`rsna_lumbar_spine` whose splits are Beam PTransforms: TFDS then writes them with a Beam pipeline
+            (`DownloadConfig.beam_runner` / `beam_options`) instead of iterating a generator."""
+
+            name = Builder.name
+
+            def _generate_examples(self, root: str, split: str):
+                import apache_beam as beam
+
+                shape, grid = tuple(self.builder_config.volume_shape), bool(self.builder_config.grid)
+                jobs = [(entry, shape, grid) for entry in self._list_studies(root, split)]
+                return (f"{split}_studies" >> beam.Create(jobs)
+                        | f"{split}_spread" >> beam.Reshuffle()  # one study per element, spread over the workers
+                        | f"{split}_decode" >> beam.Map(keyed_study_example))
+
+            def _report(self, manual_dir: str, fingerprint: str) -> dict:
+                """The build report, marked partial: the workers' problems are not collected (module docstring)."""
+                return {**super()._report(manual_dir, fingerprint),
+                        "partial": "Beam build: only the CSV reading's problems; the workers' are in their logs"}
+
+    return BeamBuilder
 
 
 def pipeline_options(workers: int = 2, beam_args: list[str] | None = None):
@@ -78,8 +91,10 @@ def build_dataset_beam(manual_dir: str, data_dir: str, config: str = "r64", work
     except ImportError:
         raise ImportError("the Beam build needs apache-beam: pip install -e '.[beam]' (or use "
                           "`python -m lumbar_jax.data.build`, which does not)") from None
+    import tensorflow_datasets as tfds
+
     with tfds_scratch_tempdir():
-        builder = BeamBuilder(config=config, data_dir=data_dir, file_format="array_record")
+        builder = beam_builder_class()(config=config, data_dir=data_dir, file_format="array_record")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=manual_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
         try_download_gcs=False, beam_options=pipeline_options(workers, beam_args)))
@@ -91,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="DirectRunner worker processes (no --runner given)")
     args, beam_args = parser.parse_known_args(argv)
     cli.setup_logging()
+    from lumbar_jax.data.rsna_lumbar_spine.rsna_lumbar_spine_dataset_builder import REPORT_FILE
+
     builder = build_dataset_beam(args.manual_dir, args.data_dir, args.config, args.workers, beam_args)
     if builder.build_report is not None:
         print(format_build_report(builder.build_report, os.path.join(builder.data_dir, REPORT_FILE)))

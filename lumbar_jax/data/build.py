@@ -19,15 +19,18 @@ import contextlib
 import os
 import sys
 import tempfile
-
-import tensorflow_datasets as tfds
+from typing import TYPE_CHECKING
 
 from lumbar_jax import cli
 from lumbar_jax.data import problems
-from lumbar_jax.data.rsna_lumbar_spine import Builder
-from lumbar_jax.data.rsna_lumbar_spine.rsna_lumbar_spine_dataset_builder import REPORT_FILE
+from lumbar_jax.dataset_configs import DATASET_SHAPES
 
-CONFIG_NAMES = tuple(c.name for c in Builder.BUILDER_CONFIGS)
+if TYPE_CHECKING:
+    from lumbar_jax.data.rsna_lumbar_spine import Builder
+
+# The builder's configs (its BUILDER_CONFIGS are made from the same table); TFDS is imported only to build, so
+# that `--help` answers at once.
+CONFIG_NAMES = tuple(DATASET_SHAPES)
 
 
 @contextlib.contextmanager
@@ -47,6 +50,11 @@ def build_dataset(manual_dir: str, data_dir: str, config: str = "r64", workers: 
                   overwrite: bool = False, source_fingerprint: str | None = None) -> Builder:
     """Build (or reuse) `rsna_lumbar_spine/{config}` under data_dir from the Kaggle folder manual_dir; a build
     prints its report's summary. `source_fingerprint`: the manual dir's, when the caller has computed it."""
+    import tensorflow_datasets as tfds
+
+    from lumbar_jax.data.rsna_lumbar_spine import Builder  # registers the builder with TFDS
+    from lumbar_jax.data.rsna_lumbar_spine.rsna_lumbar_spine_dataset_builder import REPORT_FILE
+
     if config not in CONFIG_NAMES:
         raise ValueError(f"config {config!r} unknown; choose one of {CONFIG_NAMES}")
     if not os.path.isdir(manual_dir):

@@ -22,15 +22,15 @@ class MetricLogger:
         self._tb = SummaryWriter(os.path.join(directory, "tensorboard"))
 
     def write(self, step: int, values: dict[str, float]) -> None:
-        """Append {step, **values}; non-finite numbers are written as null in JSON (and skipped in TB)."""
+        """Append {step, **values} to metrics.jsonl and the same scalars to TensorBoard (the same keys in both);
+        a non-finite number is null in JSON and NaN / inf in TensorBoard."""
         if not self.enabled:
             return
         clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in values.items()}
         self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
         self._jsonl.flush()
-        for key, value in clean.items():
-            if value is not None:
-                self._tb.add_scalar(key, value, step)
+        for key, value in values.items():
+            self._tb.add_scalar(key, float(value), step)
 
     def close(self) -> None:
         if self.enabled:

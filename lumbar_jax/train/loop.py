@@ -14,6 +14,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 import tqdm
 from jax.experimental import multihost_utils
 
@@ -63,16 +64,19 @@ def train_fold(config, workdir: str, fold: Fold, mesh) -> dict:
     # ---------------------------------------------------------------- the loop
     bar = tqdm.tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc=f"fold {fold.index}",
                     unit="step", disable=jax.process_index() != 0, dynamic_ncols=True)
-    t0 = time.perf_counter()
+    interval = _Interval(learning_rate_schedule(tc), tc.batch_size)
     for step in bar:
+        t0 = time.perf_counter()
         batch = mesh_lib.shard_batch(inference.model_inputs(next(batches)), mesh)
         state, step_metrics = train_step(state, batch, step)
         step_metrics = jax.device_get(step_metrics)
         _check_finite(step_metrics["loss"], step, store, workdir, fold.index)
+        # the first step of a (resumed) run compiles: its time is not throughput
+        interval.add(step_metrics, None if step == start else time.perf_counter() - t0)
         done = step + 1
         if _due(done, tc.log_every, tc.steps):
-            rate = (done - start) * tc.batch_size / (time.perf_counter() - t0)
-            _log_train(writer, bar, done, step_metrics, rate)
+            _log_train(writer, bar, done, interval.scalars(done))
+            interval = _Interval(interval.schedule, tc.batch_size)
         if _due(done, tc.eval_every, tc.steps):
             bar.set_postfix(val=f"{evaluate(done, state):.4f}")
         if _due(done, tc.checkpoint_every, tc.steps):
@@ -133,9 +137,44 @@ def _check_finite(loss, step: int, store: CheckpointStore, workdir: str, fold_in
             f"{store.latest_step()}) is intact under {rundir.checkpoints_dir(workdir, fold_index)}/latest")
 
 
-def _log_train(writer: MetricLogger, bar, done: int, step_metrics: dict, rate: float) -> None:
-    writer.write(done, {f"train/{k}": float(v) for k, v in step_metrics.items()} | {"train/volumes_per_s": rate})
-    bar.set_postfix(loss=f"{float(step_metrics['loss']):.3f}", vol_s=f"{rate:.1f}")
+def learning_rate_schedule(tc) -> optax.Schedule:
+    """Step -> learning rate of `config.train` `tc`: the schedule `step.make_optimizer` gives AdamW (the same
+    arguments; tests/train/test_train.py checks the two agree)."""
+    return optax.warmup_cosine_decay_schedule(0.0, tc.lr, max(tc.warmup_steps, 1),
+                                              max(tc.steps, tc.warmup_steps + 1))
+
+
+class _Interval:
+    """The train steps since the last log line: their metrics, and the time of those that did not compile.
+
+    Logged (`scalars`): every train metric's mean over the interval; `train/learning_rate`, the rate of the
+    interval's last update; `train/studies_per_s`, studies (records of 3 series) per second of the timed steps
+    (data loading and the step; held-out evaluation, checkpoints and the first step's compilation are outside
+    them), absent when no step of the interval was timed.
+    """
+
+    def __init__(self, schedule: optax.Schedule, batch_size: int):
+        self.schedule, self.batch_size = schedule, batch_size
+        self.metrics: list[dict] = []
+        self.timed_steps, self.timed_s = 0, 0.0
+
+    def add(self, step_metrics: dict, seconds: float | None) -> None:
+        self.metrics.append(step_metrics)
+        if seconds is not None:
+            self.timed_steps, self.timed_s = self.timed_steps + 1, self.timed_s + seconds
+
+    def scalars(self, done: int) -> dict[str, float]:
+        values = {f"train/{k}": float(np.mean([float(m[k]) for m in self.metrics])) for k in self.metrics[0]}
+        values["train/learning_rate"] = float(self.schedule(done - 1))  # step done-1's update used it
+        if self.timed_steps and self.timed_s > 0:
+            values["train/studies_per_s"] = self.timed_steps * self.batch_size / self.timed_s
+        return values
+
+
+def _log_train(writer: MetricLogger, bar, done: int, values: dict[str, float]) -> None:
+    writer.write(done, values)
+    rate = values.get("train/studies_per_s")
+    bar.set_postfix(loss=f"{values['train/loss']:.3f}", **({"studies_s": f"{rate:.1f}"} if rate else {}))
 
 
 def _val_scalars(result: dict) -> dict:

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import tensorflow_datasets as tfds
 
+import lumbar_jax.data.rsna_lumbar_spine  # noqa: F401  (registers the builder: tfds.data_source looks it up by name)
 from lumbar_jax import cli
 from lumbar_jax import labels as L
 from lumbar_jax.data import build, study, synthetic
@@ -136,11 +137,13 @@ def test_build_command_names_a_bad_manual_dir(tmp_path, capsys):
     assert "train_series_descriptions.csv" in capsys.readouterr().err
 
 
-def test_importing_the_data_package_registers_the_builder_without_tensorflow():
+def test_the_builder_module_registers_the_builder_and_the_data_package_imports_no_tfds():
     import subprocess
     import sys
 
-    code = ("import sys, tensorflow_datasets as tfds, lumbar_jax.data; "
+    code = ("import sys, lumbar_jax.data, lumbar_jax.data.build; "
+            "assert 'tensorflow_datasets' not in sys.modules; "
+            "import tensorflow_datasets as tfds, lumbar_jax.data.rsna_lumbar_spine; "
             "assert 'rsna_lumbar_spine' in tfds.list_builders(with_community_datasets=False); "
             "assert 'tensorflow' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import lumbar_jax.data.rsna_lumbar_spine  # noqa: F401  (registers the builder: tfds.data_source looks it up by name)
 from lumbar_jax import labels as L
 from lumbar_jax.data import build, grid, study, synthetic
 from lumbar_jax.data.dicom import read_series

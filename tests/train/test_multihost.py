@@ -74,7 +74,7 @@ def _wait(workers, out_dir) -> list[dict]:
 
 def _metrics(workdir: str) -> list[dict]:
     with open(os.path.join(rundir.fold_dir(workdir, 0), "metrics.jsonl")) as f:
-        return [{k: v for k, v in json.loads(line).items() if k != "train/volumes_per_s"} for line in f]
+        return [{k: v for k, v in json.loads(line).items() if k != "train/studies_per_s"} for line in f]
 
 
 def _checkpoint(config, workdir: str, which: str, mesh) -> tuple[dict, dict]:
