@@ -11,8 +11,8 @@ fold 0's held-out studies again.
 Checks, each reported as a pass/fail line: the training loss falls (mean of the first 3 logged values > mean
 of the last 3), no loss is NaN (and training did not stop on one), the restored checkpoint evaluates to the
 run's own score (|difference| <= 1e-4). Also reported: the first and last losses, the wall time, the run's
-records/s (`train/volumes_per_s` of its last log line: studies per second since the loop started, its first
-compilation included). Smoke: configs/vit.py:smoke on a tiny model, 8 studies, 6 steps: the loss-falls line
+records/s (`train/studies_per_s` of its last log line: studies per second over that logging interval, without
+compilation and evaluation time). Smoke: configs/vit.py:smoke on a tiny model, 8 studies, 6 steps: the loss-falls line
 is informational there.
 """
 
@@ -104,7 +104,7 @@ def train_section(ctx) -> dict:
     lines, result = _metric_lines(workdir), rundir.read_fold_result(workdir, 0)
     run_score = None if result is None else float(result["val"]["score"])
     losses = [line["train/loss"] for line in lines if "train/loss" in line]
-    rates = [line["train/volumes_per_s"] for line in lines if line.get("train/volumes_per_s")]
+    rates = [line["train/studies_per_s"] for line in lines if line.get("train/studies_per_s")]
     rate = rates[-1] if rates else None
     restored = report["folds"][0]["val"]["score"] if report else None
     checks = _checks(losses, stopped, run_score, restored, ctx.smoke)

@@ -1,8 +1,7 @@
 """The configs of the `rsna_lumbar_spine` dataset: name -> volume shape, and which ones store a shared grid.
 
 One table for the TFDS builder (its BUILDER_CONFIGS) and the run config (`data.config`, `model.volume_shape`).
-It lives outside `lumbar_jax.data` because importing that package imports tensorflow_datasets, which
-loading and validating a run config does not need.
+It imports nothing heavy (no tensorflow_datasets), so that loading and validating a run config stays fast.
 """
 
 from __future__ import annotations

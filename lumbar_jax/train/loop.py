@@ -64,7 +64,7 @@ def train_fold(config, workdir: str, fold: Fold, mesh) -> dict:
     # ---------------------------------------------------------------- the loop
     bar = tqdm.tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc=f"fold {fold.index}",
                     unit="step", disable=jax.process_index() != 0, dynamic_ncols=True)
-    interval = _Interval(learning_rate_schedule(tc), tc.batch_size)
+    interval = _Interval(step_lib.learning_rate_schedule(tc.lr, tc.steps, tc.warmup_steps), tc.batch_size)
     for step in bar:
         t0 = time.perf_counter()
         batch = mesh_lib.shard_batch(inference.model_inputs(next(batches)), mesh)
@@ -135,13 +135,6 @@ def _check_finite(loss, step: int, store: CheckpointStore, workdir: str, fold_in
         raise NonFiniteLossError(
             f"fold {fold_index}: non-finite loss {loss} at step {step + 1}; the last good checkpoint (step "
             f"{store.latest_step()}) is intact under {rundir.checkpoints_dir(workdir, fold_index)}/latest")
-
-
-def learning_rate_schedule(tc) -> optax.Schedule:
-    """Step -> learning rate of `config.train` `tc`: the schedule `step.make_optimizer` gives AdamW (the same
-    arguments; tests/train/test_train.py checks the two agree)."""
-    return optax.warmup_cosine_decay_schedule(0.0, tc.lr, max(tc.warmup_steps, 1),
-                                              max(tc.steps, tc.warmup_steps + 1))
 
 
 class _Interval:

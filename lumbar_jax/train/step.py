@@ -18,10 +18,15 @@ from lumbar_jax.train.loss import LOSSES, cross_entropy_loss, localisation_loss,
 from lumbar_jax.train.state import TrainStatics, eval_model_state, merge_model
 
 
+def learning_rate_schedule(lr: float, steps: int, warmup_steps: int) -> optax.Schedule:
+    """Update index -> learning rate: linear warmup from 0 to `lr`, then cosine decay to 0 at `steps`."""
+    return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup_steps, 1), max(steps, warmup_steps + 1))
+
+
 def make_optimizer(lr: float, steps: int, warmup_steps: int, weight_decay: float, grad_clip: float
                    ) -> optax.GradientTransformation:
-    """AdamW with linear warmup then cosine decay to 0, after global-norm gradient clipping."""
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup_steps, 1), max(steps, warmup_steps + 1))
+    """AdamW on `learning_rate_schedule`, after global-norm gradient clipping."""
+    schedule = learning_rate_schedule(lr, steps, warmup_steps)
     return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adamw(schedule, weight_decay=weight_decay))
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lumbar_jax.train import cv, loop
+from lumbar_jax.train import cv
 from lumbar_jax.train import step as step_lib
 from lumbar_jax.train.logging import MetricLogger
 from tests.train.test_train import tiny_config
@@ -37,7 +37,7 @@ def test_logged_loss_is_the_interval_mean_with_the_schedule_lr_and_studies_per_s
     assert [x["step"] for x in train] == [2, 4]
     assert [x["train/loss"] for x in train] == [pytest.approx(15.0), pytest.approx(35.0)]
     assert train[1]["train/grad_norm"] == pytest.approx((seen[2] + seen[3]) / 2, rel=1e-6)
-    schedule = loop.learning_rate_schedule(config.train)
+    schedule = step_lib.learning_rate_schedule(config.train.lr, config.train.steps, config.train.warmup_steps)
     assert [x["train/learning_rate"] for x in train] == [pytest.approx(float(schedule(1))),
                                                          pytest.approx(float(schedule(3)))]
     assert train[0]["train/learning_rate"] == pytest.approx(config.train.lr / 2)  # step 1 of a 2-step warm-up
@@ -63,7 +63,7 @@ def test_schedule_is_the_one_the_optimizer_applies():
     tx = step_lib.make_optimizer(tc.lr, tc.steps, tc.warmup_steps, weight_decay=0.0, grad_clip=1e9)
     params = jnp.zeros(())
     opt_state = tx.init(params)
-    schedule = loop.learning_rate_schedule(tc)
+    schedule = step_lib.learning_rate_schedule(tc.lr, tc.steps, tc.warmup_steps)
     for step in range(tc.steps):
         updates, opt_state = tx.update(jnp.ones(()), opt_state, params)
         assert float(-updates) == pytest.approx(float(schedule(step)), rel=1e-4, abs=1e-12)  # float32 bias correction
