@@ -47,7 +47,7 @@ SMOKE_STEPS_ROWS = [("vit", "smoke", "bfloat16", True)]
 # smoke: the smoke variant's tiny model on an even smaller volume, so that CI compiles it in seconds
 SMOKE_MODEL = dict(volume_shape=(8, 32, 32), patch=(4, 8, 8), effnet_pool=(1, 1, 1), vit_depth=1, head_hidden=32)
 STEPS_OPTIONAL_SHARE = 0.85  # optional rows start while less than this share of `--budget-s` is spent
-MFU_TARGET = {("vit", "r256", "bfloat16"): 0.40}  # issue 18: the r256 ViT-B train step, bf16
+MFU_TARGET = {("vit", "r256", "bfloat16"): 0.40}  # the goal for the r256 ViT-B train step in bf16
 REPEATS = {"full": (2, 5), "smoke": (1, 2)}  # (warm-up, timed)
 PEER_SIZES = {  # smoke: the ViT only, float32 (a 3D EfficientNet compiles for a minute on a small CPU, and
     # torch's CPU autocast is slow): CI checks the code path, not the figures
