@@ -24,6 +24,7 @@ import importlib.util
 import os
 import re
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,6 +72,14 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[Override]]:
     return rest, overrides
 
 
+def _config_code_error(spec: str, path: str, err: Exception) -> OverrideError:
+    """One line for an exception raised by a config file's code: the file's deepest line in the traceback."""
+    lines = [f.lineno for f in traceback.extract_tb(err.__traceback__)
+             if os.path.abspath(f.filename) == os.path.abspath(path)]
+    where = f"{path} line {lines[-1]}" if lines else path
+    return OverrideError(f"--config {spec}: {where}: {type(err).__name__}: {err}")
+
+
 def load_config(spec: str):
     """`path[:variant]` -> the locked ConfigDict that the file's `get_config([variant])` returns."""
     path, has_variant, variant = spec.partition(":")
@@ -82,13 +91,20 @@ def load_config(spec: str):
     loader = importlib.machinery.SourceFileLoader(name, path)  # any file name, like ml_collections
     module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
     sys.modules[name] = module  # dataclasses and pickling look a module's classes up here
-    loader.exec_module(module)
+    try:
+        loader.exec_module(module)
+    except SyntaxError as err:
+        raise OverrideError(f"--config {spec}: {path} line {err.lineno}: {err.msg}") from None
+    except Exception as err:  # the config file's own code failed: name its line, not a traceback
+        raise _config_code_error(spec, path, err) from None
     if not callable(getattr(module, "get_config", None)):
         raise OverrideError(f"--config {spec}: {path} defines no get_config()")
     try:
         config = module.get_config(variant) if has_variant else module.get_config()
     except ValueError as err:  # an unknown variant: the config file's message names it
         raise OverrideError(f"--config {spec}: {err}") from None
+    except Exception as err:
+        raise _config_code_error(spec, path, err) from None
     from ml_collections import ConfigDict
 
     if not isinstance(config, ConfigDict):

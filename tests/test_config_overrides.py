@@ -145,6 +145,15 @@ def test_bad_config_paths_and_variants(tmp_path, config_path):
         co.load_config(str(tmp_path / "empty.py"))
 
 
+def test_a_config_file_whose_code_fails_is_one_line_naming_its_line(tmp_path):
+    (tmp_path / "syntax.py").write_text("X = 1\nY = (\n")
+    with pytest.raises(co.OverrideError, match=r"syntax.py line 2: '\(' was never closed$"):
+        co.load_config(str(tmp_path / "syntax.py"))
+    (tmp_path / "raises.py").write_text("def get_config(arg=None):\n    return {}['lr']\n")
+    with pytest.raises(co.OverrideError, match=r"raises.py line 2: KeyError: 'lr'$"):
+        co.load_config(str(tmp_path / "raises.py"))
+
+
 def test_the_project_config_resolves_as_config_flags_did(tmp_path):
     """The replaced absl parser (ml_collections.config_flags) and this one give the same config JSON (what the
     run directory's config.json holds) for the README's kinds of command line, on the real config file."""
