@@ -24,6 +24,7 @@ from lumbar_jax import labels as L  # noqa: E402
 from lumbar_jax.analysis import plots  # noqa: E402
 from lumbar_jax.analysis.label_stats import short_name  # noqa: E402
 from lumbar_jax.data import study  # noqa: E402
+from lumbar_jax.data.dicom_geometry import CANONICAL_DIRECTIONS  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,20 @@ MAX_SLICES = 3  # panels per series: enough to see every plane the points are on
 
 # The canonical orientation of docs/conventions.md section 3: per plane, for volume axes (depth, rows, cols),
 # the anatomy at index 0 and at the last index.
-CANONICAL_AXES = {
-    "sagittal": (("patient right", "patient left"), ("superior", "inferior"), ("anterior", "posterior")),
-    "axial": (("superior", "inferior"), ("anterior", "posterior"), ("patient right", "patient left")),
-}
+# Per LPS world axis (x, y, z): the words at its negative and positive ends.
+_LPS_ENDS = (("patient right", "patient left"), ("anterior", "posterior"), ("inferior", "superior"))
+
+
+def _axis_ends(direction: np.ndarray) -> tuple[str, str]:
+    """(word at the start, word at the end) of a canonical axis running along the LPS unit `direction`."""
+    k = int(np.argmax(np.abs(direction)))
+    negative, positive = _LPS_ENDS[k]
+    return (negative, positive) if direction[k] > 0 else (positive, negative)
+
+
+# Per plane, (start word, end word) of the canonical axes (depth, rows, cols), read off the reader's own table.
+CANONICAL_AXES = {plane: tuple(_axis_ends(d) for d in directions)
+                  for plane, directions in CANONICAL_DIRECTIONS.items()}
 SHORT_WORDS = {"patient right": "pat. R", "patient left": "pat. L", "superior": "sup", "inferior": "inf",
                "anterior": "ant", "posterior": "post"}
 

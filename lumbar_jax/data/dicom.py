@@ -53,7 +53,7 @@ import pydicom
 
 from lumbar_jax.data import problems
 from lumbar_jax.data.dicom_geometry import (
-    _CANONICAL_DIRECTIONS,
+    CANONICAL_DIRECTIONS,
     INTERPOLATED,
     PLANES,
     SeriesGeometry,
@@ -279,7 +279,7 @@ def _stack_layout(members: list[_Slice], plane: str | None, where: str) -> _Layo
     if plane is None:
         plane = _infer_plane(normal, where)
     # Stack along the canonical depth direction: the normal, turned to point the way canonical depth runs.
-    depth_direction = normal * np.sign(normal @ _CANONICAL_DIRECTIONS[plane][0])
+    depth_direction = normal * np.sign(normal @ CANONICAL_DIRECTIONS[plane][0])
     permutation, flips = _best_permutation(np.stack([depth_direction, reference.col_dir, reference.row_dir]), plane)
     if permutation[0] != 0:
         raise _error(where, f"slices (normal {_rounded(normal)}) do not run along the {plane} depth axis", [])

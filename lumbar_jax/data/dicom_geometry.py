@@ -29,7 +29,7 @@ MAX_INTERPOLATED = 32
 _PARALLEL_COS = float(np.cos(np.deg2rad(0.5)))
 _SAME_POSITION_MM = 1e-3  # closer slices are duplicates, not a spacing
 # World (LPS) direction of canonical axes (depth, rows, cols) per plane: the table of docs/conventions.md section 3.
-_CANONICAL_DIRECTIONS = {
+CANONICAL_DIRECTIONS = {
     "sagittal": np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]),
     "axial": np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]),
 }
@@ -157,7 +157,7 @@ class _Layout:
 def _best_permutation(directions: np.ndarray, plane: str) -> tuple[tuple[int, ...], tuple[bool, ...]]:
     """Permutation and flips taking stacked axes with world `directions` [3 (slice, row, col), 3] to the
     canonical axes of `plane`: the permutation maximises the summed |direction cosine| alignment."""
-    cosines = directions @ _CANONICAL_DIRECTIONS[plane].T  # [stacked axis, canonical axis]
+    cosines = directions @ CANONICAL_DIRECTIONS[plane].T  # [stacked axis, canonical axis]
     permutation = max(itertools.permutations(range(3)), key=lambda p: sum(abs(cosines[i, p[i]]) for i in range(3)))
     flips = [False] * 3
     for i, axis in enumerate(permutation):

@@ -31,10 +31,11 @@ import numpy as np
 from scipy import ndimage
 
 from lumbar_jax.data.dicom import SeriesGeometry
+from lumbar_jax.data.dicom_geometry import CANONICAL_DIRECTIONS
 from lumbar_jax.data.volume import CLIP_PERCENTILES
 
 # World (LPS) direction of grid axes 0, 1, 2: the sagittal canonical layout (docs/conventions.md section 3).
-GRID_DIRECTIONS = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+GRID_DIRECTIONS = CANONICAL_DIRECTIONS["sagittal"]
 # A box thinner than this along an axis (e.g. a one-slice series alone) is widened to it, about its centre.
 MIN_EXTENT_MM = 1.0
 _CHUNK = 1 << 17  # grid points per vectorised block (bounds the [points, slices] temporaries)
