@@ -207,7 +207,7 @@ def _read_preferred(candidates, plane: str | None):
         except (dicom.DicomReadError, OSError) as err:
             failed.append((series_id, series_dir, err))
             continue
-        key = series_preference(series_id, _read_slices(geometry))
+        key = series_preference(series_id, geometry.read_slices)
         if best is None or key < best[0]:
             best = (key, series_id, series_dir, canonical, geometry)
     if best is not None:
@@ -215,12 +215,6 @@ def _read_preferred(candidates, plane: str | None):
             problems.report("series_skipped", series_dir, "series unreadable",
                             f"series {best[1]} of the same type used; {err}")
     return (best[1:] if best else None), failed
-
-
-def _read_slices(geometry) -> int:
-    """The slices of a volume that were read from files: its depth less any slice `dicom.read_series`
-    interpolated across a gap (`SeriesGeometry.interpolated_slices`, where the reader provides it)."""
-    return geometry.shape[0] - len(getattr(geometry, "interpolated_slices", ()))
 
 
 def choose_series(candidates: tuple[tuple[int, str], ...], plane: str | None = None) -> tuple[int, str] | None:
