@@ -28,6 +28,10 @@ ROW_KEYS = {"id", "name", "unit", "lumbar_jax", "peer", "ratio", "ratio_best", "
 PEER_ROWS = ("data.load_study", "data.load_study_uint8", "data.load_study_kaggle")  # rows whose peer is MONAI
 
 
+# rows computed as (N - n0) / (t(N) - t(n0)): "not resolvable" when the timings do not separate
+DIFFERENCE_ROWS = {"data.build_scaling_steady"}
+
+
 def _peer_installed() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("torch", "monai"))
 
@@ -47,7 +51,11 @@ def _check_results(out_dir, sections, peer_installed):
         assert [r["id"] for r in section["rows"]] == EXPECTED_ROWS[name]
         for r in section["rows"]:
             assert ROW_KEYS <= set(r), r["id"]
-            if name in ("data", "pipeline"):  # our side is always measured
+            if r["id"] in DIFFERENCE_ROWS and r["lumbar_jax"]["status"] != "measured":
+                # a difference of two timings: at smoke sizes it may be within noise, and the row must say so
+                assert r["lumbar_jax"]["status"] == "not resolvable (build times within noise)", r["id"]
+                assert r["ratio"] is None, r["id"]
+            elif name in ("data", "pipeline"):  # our side is always measured
                 assert r["lumbar_jax"]["status"] == "measured", r["id"]
                 assert r["lumbar_jax"]["median"] > 0 and r["lumbar_jax"]["repeats"] >= 1
             if r["id"] in PEER_ROWS:
