@@ -1,0 +1,147 @@
+"""Temperature calibration: one temperature per condition group, fitted on out-of-fold predictions.
+
+The metric is a log loss (docs/conventions.md section 2), so a model that ranks well but is over- or
+under-confident loses score that a single scale of its log probabilities wins back. Per condition group g
+(labels.CONDITION_GROUPS) the calibrated rows are softmax(log p / T_g): T > 1 softens, T < 1 sharpens, T = 1
+leaves normalised rows unchanged, and the argmax never changes.
+
+Each temperature minimises the competition score itself (metrics.competition_score), not a plain log loss:
+the spinal temperature also moves `any_severe_spinal`, whose prediction is the largest spinal severe
+probability of a study. Every component of the score depends on one group's rows only, so the score is a sum
+of one function per group's temperature and one 1-D search per group finds the joint minimiser.
+
+`cross_fitted` reports the gain honestly: fold k's rows are calibrated with temperatures fitted on the other
+folds only, so no fold is scored with temperatures fitted on itself.
+
+Arrays are in labels.TARGETS order: labels int [N, 25] (-1 missing), probs float [N, 25, 3].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import optimize, special
+
+from lumbar_jax import labels as L
+from lumbar_jax import metrics
+
+LOG_T_BOUNDS = (np.log(0.25), np.log(4.0))  # the search range of log T
+_GRID_POINTS = 17  # coarse grid over LOG_T_BOUNDS (odd: includes log T = 0) before the local refinement
+_TINY = np.finfo(np.float64).tiny  # floor before the log, so a zero probability stays ~0 instead of -inf
+
+
+def apply_temperatures(probs: np.ndarray, temperatures: dict[str, float]) -> np.ndarray:
+    """Calibrated probabilities: per condition group g, softmax(log probs / temperatures[g]) over severities.
+
+    Args:
+      probs: float [..., 25, 3] probabilities (any leading dims, including none).
+      temperatures: {group: T > 0} for every group in labels.CONDITION_GROUPS.
+    Returns:
+      float64 [..., 25, 3]; rows sum to 1. T = 1 returns normalised rows unchanged.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.shape[-2:] != (L.NUM_TARGETS, L.NUM_SEVERITIES):
+        raise ValueError(f"probs must be [..., {L.NUM_TARGETS}, {L.NUM_SEVERITIES}], got {probs.shape}")
+    missing = set(L.CONDITION_GROUPS) - set(temperatures)
+    if missing:
+        raise KeyError(f"temperatures lack groups {sorted(missing)}; expected {list(L.CONDITION_GROUPS)}")
+    if not all(float(temperatures[g]) > 0 for g in L.CONDITION_GROUPS):
+        raise ValueError(f"temperatures must be positive, got {temperatures}")
+    per_target = np.empty(L.NUM_TARGETS)
+    for group in L.CONDITION_GROUPS:
+        per_target[L.group_target_indices(group)] = float(temperatures[group])
+    log_probs = np.log(np.maximum(probs, _TINY))
+    return special.softmax(log_probs / per_target[:, None], axis=-1)
+
+
+def fit_temperatures(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """The per-group temperatures that minimise the competition score of `apply_temperatures(probs, .)`.
+
+    One bounded 1-D search of log T per group (`_minimise_log_temperature`), the other groups at T = 1 (the
+    score is separable by group, so this is the joint minimiser). A group without a labelled row keeps
+    T = 1. Deterministic.
+
+    Args:
+      labels: int [N, 25] severity codes, -1 missing.
+      probs: float [N, 25, 3] probabilities.
+    Returns:
+      {group: T} for every group in labels.CONDITION_GROUPS, as Python floats.
+    """
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    metrics.competition_score(labels, probs)  # validates shapes and codes once, with the metric's messages
+    identity = {group: 1.0 for group in L.CONDITION_GROUPS}
+    fitted = dict(identity)
+    for group in L.CONDITION_GROUPS:
+        if np.any(labels[:, L.group_target_indices(group)] != L.MISSING):
+            fitted[group] = _fit_one_group(labels, probs, group, identity)
+    return fitted
+
+
+def _fit_one_group(labels: np.ndarray, probs: np.ndarray, group: str, others: dict[str, float]) -> float:
+    """The temperature of `group` minimising the full score, the other groups held at `others`."""
+
+    def score(log_t: float) -> float:
+        calibrated = apply_temperatures(probs, {**others, group: float(np.exp(log_t))})
+        return metrics.competition_score(labels, calibrated)["score"]
+
+    return float(np.exp(_minimise_log_temperature(score)))
+
+
+def _minimise_log_temperature(objective) -> float:
+    """The log T in LOG_T_BOUNDS minimising objective(log T): the best point of a coarse grid, refined by a
+    bounded Brent search between its grid neighbours. The grid keeps the search off a local minimum (the
+    any_severe_spinal term, a max over levels, need not be unimodal in T); Brent alone may stop there."""
+    grid = np.linspace(*LOG_T_BOUNDS, _GRID_POINTS)
+    grid_values = np.array([objective(x) for x in grid])
+    best = int(np.argmin(grid_values))
+    bracket = (grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)])
+    refined = optimize.minimize_scalar(objective, bounds=bracket, method="bounded", options={"xatol": 1e-4})
+    return float(refined.x) if refined.fun < grid_values[best] else float(grid[best])
+
+
+def cross_fitted(labels: np.ndarray, probs: np.ndarray, folds: np.ndarray) -> dict:
+    """The score before and after calibration, each fold calibrated with temperatures fitted on the others.
+
+    Args:
+      labels: int [N, 25] severity codes, -1 missing.
+      probs: float [N, 25, 3] out-of-fold probabilities.
+      folds: int [N], the fold whose model predicted each row; -1 = unscored (left out of everything).
+    Returns:
+      {'before': score of probs over the scored rows,
+       'after': score of the cross-fitted calibrated probs over the same rows,
+       'per_fold': [{'fold', 'before', 'after', 'temperatures'}] per fold (its own rows; temperatures fitted
+         on the other folds),
+       'temperatures': fitted on all scored rows (what predict.py applies)}.
+      Scores are metrics.competition_score(...)['score'].
+    """
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    folds = np.asarray(folds)
+    if folds.shape != labels.shape[:1]:
+        raise ValueError(f"folds must be [N] = {labels.shape[:1]}, got {folds.shape}")
+    fold_ids = sorted(int(k) for k in np.unique(folds[folds >= 0]))
+    if len(fold_ids) < 2:
+        raise ValueError(f"cross-fitting needs at least 2 scored folds, got {fold_ids}")
+    scored = folds >= 0
+    calibrated = probs.copy()
+    per_fold = []
+    for k in fold_ids:
+        own, others = folds == k, scored & (folds != k)
+        temperatures = fit_temperatures(labels[others], probs[others])
+        calibrated[own] = apply_temperatures(probs[own], temperatures)
+        per_fold.append({
+            "fold": k,
+            "before": _score(labels[own], probs[own]),
+            "after": _score(labels[own], calibrated[own]),
+            "temperatures": temperatures,
+        })
+    return {
+        "before": _score(labels[scored], probs[scored]),
+        "after": _score(labels[scored], calibrated[scored]),
+        "per_fold": per_fold,
+        "temperatures": fit_temperatures(labels[scored], probs[scored]),
+    }
+
+
+def _score(labels: np.ndarray, probs: np.ndarray) -> float:
+    return float(metrics.competition_score(labels, probs)["score"])
