@@ -220,7 +220,8 @@ def _fused_state(variant: str, batch: int):
     mesh = mesh_lib.make_mesh(1)
     statics, state = loop.build_state(config, mesh)
     tc = config.train
-    train_step = step_lib.make_train_step(statics, mesh, 0, tc.ema_decay, tc.coord_loss_weight, tc.coord_sigma)
+    train_step = step_lib.make_train_step(statics, mesh, 0, tc.ema_decay,
+                                          step_lib.study_loss(tc.loss, tc.coord_loss_weight, tc.coord_sigma))
     rng = np.random.default_rng(0)
     shape = tuple(config.model.volume_shape)
     coords_series = np.tile(np.repeat(np.array([1, 0, 0, 2, 2]), L.NUM_LEVELS), (batch, 1)).astype(np.int32)

@@ -1,16 +1,21 @@
-"""Train one fold: steps, periodic held-out evaluation, checkpoints, logging, resume.
+"""Train one model in one fold: steps, periodic held-out evaluation, checkpoints, logging, resume.
 
-Reads top-down like big_vision's train.py: `train_fold` is setup, restore-or-start, the loop and the end, and
-each step it takes is a named function below it. Everything a fold writes lives in `workdir/fold_{k}/`
-(`lumbar_jax.rundir`, docs/conventions.md section 5); a fold whose `result.json` exists is finished and is not
-trained again.
+Reads top-down like big_vision's train.py: `run_stage` is restore-or-start, the loop and the end, and each step
+it takes is a named function below it. A `Stage` says what is trained (the one-stage study model of
+`train_fold`, or the localiser and crop classifier of train/two_stage.py). Everything a fold writes lives in
+`workdir/fold_{k}/` (`lumbar_jax.rundir`, docs/conventions.md section 5); a fold whose `result.json` exists is
+finished and is not trained again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -35,42 +40,58 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/inf loss; the message names the fold, the step and the last good checkpoint."""
 
 
-def train_fold(config, workdir: str, fold: Fold, mesh) -> dict:
-    """Train `fold` (resuming if it was interrupted) and return its result (also in result.json).
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One model's training in one fold: what `run_stage` needs, whatever the model is.
 
-    Returns {'fold', 'best_step', 'val': `folds.evaluate_fold` report of the best checkpoint, 'val_indices',
-    'val_probs'}.
+    The one-stage study model (`train_fold` below), and the localiser and crop classifier of the two-stage
+    pipeline (train/two_stage.py), are each a Stage: a fresh state, its jit steps, its batches, and how its
+    held-out part is scored (lower is better; the best-scoring state is kept as the `best` checkpoint).
     """
+
+    name: str  # progress-bar label, e.g. "fold 0" or "fold 0 localiser"
+    directory: str  # where its checkpoints/, metrics.jsonl and tensorboard/ go
+    statics: Any
+    state: dict  # freshly initialised (replaced by the latest checkpoint on resume)
+    train_step: Callable  # (state, batch, step) -> (state, metrics)
+    eval_step: Callable  # (state, batch) -> outputs
+    batches: Callable[[int], Iterator[dict]]  # first step -> this process's train batches of model inputs
+    evaluate: Callable[[dict], tuple[Any, dict]]  # state -> (held-out predictions, report with a 'score')
+    scalars: Callable[[dict], dict]  # a held-out report -> the scalars logged for it
+    train: Any  # steps, lr, warmup_steps, batch_size, log_every, eval_every, checkpoint_every
+
+
+def run_stage(stage: Stage, mesh) -> tuple[dict, int, Any, dict]:
+    """Train `stage` to its last step (resuming from its latest checkpoint) and return the best checkpoint's
+    (state, step, held-out predictions, held-out report)."""
     # ---------------------------------------------------------------- setup
-    tc = config.train
-    writer = MetricLogger(rundir.fold_dir(workdir, fold.index), enabled=jax.process_index() == 0)
-    store = CheckpointStore(rundir.checkpoints_dir(workdir, fold.index))
-    statics, state = build_state(config, mesh, fold.train_labels, load_pretrained=store.latest_step() is None)
-    train_step, eval_step = _make_steps(config, statics, mesh, fold.index)
+    tc = stage.train
+    writer = MetricLogger(stage.directory, enabled=jax.process_index() == 0)
+    store = CheckpointStore(os.path.join(stage.directory, rundir.CHECKPOINTS_DIR))
 
     # ---------------------------------------------------------------- restore or start
-    state, start, best = _restore_or_start(store, state, fold.index)
-    batches = _train_batches(config, fold, start)
+    state, start, best = _restore_or_start(store, stage.state, stage.name)
+    batches = stage.batches(start)
 
     def evaluate(step: int, state) -> float:
         """Score the held-out part, log it, and keep `state` as the best checkpoint when it scores lowest."""
-        _, result = evaluate_fold(eval_step, state, fold, tc.eval_batch_size, mesh)
-        writer.write(step, _val_scalars(result))
+        _, result = stage.evaluate(state)
+        writer.write(step, stage.scalars(result))
         if result["score"] < best["score"]:
             best.update(score=result["score"], step=step)
             store.save_best(step, state, {"step": step, "best": best}, result["score"])
         return result["score"]
 
     # ---------------------------------------------------------------- the loop
-    bar = tqdm.tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc=f"fold {fold.index}",
+    bar = tqdm.tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc=stage.name,
                     unit="step", disable=jax.process_index() != 0, dynamic_ncols=True)
     interval = _Interval(step_lib.learning_rate_schedule(tc.lr, tc.steps, tc.warmup_steps), tc.batch_size)
     for step in bar:
         t0 = time.perf_counter()
-        batch = mesh_lib.shard_batch(inference.model_inputs(next(batches)), mesh)
-        state, step_metrics = train_step(state, batch, step)
+        batch = mesh_lib.shard_batch(next(batches), mesh)
+        state, step_metrics = stage.train_step(state, batch, step)
         step_metrics = jax.device_get(step_metrics)
-        _check_finite(step_metrics["loss"], step, store, workdir, fold.index)
+        _check_finite(step_metrics["loss"], step, store, stage.name)
         # the first step of a (resumed) run compiles: its time is not throughput
         interval.add(step_metrics, None if step == start else time.perf_counter() - t0)
         done = step + 1
@@ -83,14 +104,33 @@ def train_fold(config, workdir: str, fold: Fold, mesh) -> dict:
             store.save_latest(done, state, {"step": done, "best": best})
     bar.close()
 
-    # ---------------------------------------------------------------- the end: best checkpoint's predictions
+    # ---------------------------------------------------------------- the end: the best checkpoint
     state, _ = store.restore_best(state)
-    probs, val = evaluate_fold(eval_step, state, fold, tc.eval_batch_size, mesh)
-    result = {"fold": fold.index, "best_step": best["step"], "val": val,
-              "val_indices": [int(i) for i in fold.val_idx], "val_probs": probs.tolist()}
+    predictions, report = stage.evaluate(state)
     store.close()
-    _write_result(workdir, fold.index, result)
     writer.close()
+    return state, best["step"], predictions, report
+
+
+def train_fold(config, workdir: str, fold: Fold, mesh) -> dict:
+    """Train the one-stage study model of `fold` (resuming if it was interrupted) and return its result (also
+    in result.json): {'fold', 'best_step', 'val': `folds.evaluate_fold` report of the best checkpoint,
+    'val_indices', 'val_probs'}."""
+    tc = config.train
+    directory = rundir.fold_dir(workdir, fold.index)
+    resuming = CheckpointStore.has_latest(os.path.join(directory, rundir.CHECKPOINTS_DIR))
+    statics, state = build_state(config, mesh, fold.train_labels, load_pretrained=not resuming)
+    train_step, eval_step = _make_steps(config, statics, mesh, fold.index)
+    stage = Stage(
+        name=f"fold {fold.index}", directory=directory, statics=statics, state=state,
+        train_step=train_step, eval_step=eval_step,
+        batches=lambda start: map(inference.model_inputs, _train_batches(config, fold, start)),
+        evaluate=lambda state: evaluate_fold(eval_step, state, fold, tc.eval_batch_size, mesh),
+        scalars=val_scalars, train=tc)
+    _, best_step, probs, val = run_stage(stage, mesh)
+    result = {"fold": fold.index, "best_step": best_step, "val": val,
+              "val_indices": [int(i) for i in fold.val_idx], "val_probs": probs.tolist()}
+    write_result(workdir, fold.index, result)
     return result
 
 
@@ -98,20 +138,19 @@ def _make_steps(config, statics, mesh, fold_index: int):
     """(train step, eval step) of the fold; the eval step reports attention peaks for target-query models."""
     tc = config.train
     train_step = step_lib.make_train_step(statics, mesh, config.seed + 1000 * fold_index, tc.ema_decay,
-                                          tc.coord_loss_weight, tc.coord_sigma, tc.get("loss", "metric"))
+                                          step_lib.study_loss(tc.loss, tc.coord_loss_weight, tc.coord_sigma))
     eval_step = step_lib.make_eval_step(statics, mesh,
                                         tc.coord_sigma if registry.uses_query_attention(config.model) else None)
     return train_step, eval_step
 
 
-def _restore_or_start(store: CheckpointStore, state, fold_index: int) -> tuple[dict, int, dict]:
+def _restore_or_start(store: CheckpointStore, state, name: str) -> tuple[dict, int, dict]:
     """(state, first step, best so far {'score', 'step'}): from the latest checkpoint when there is one."""
     if store.latest_step() is None:
         return state, 0, {"score": math.inf, "step": -1}
     state, meta = store.restore_latest(state)
     start, best = int(meta["step"]), meta["best"]
-    log.info("fold %d: resuming at step %d (best so far %.4f at step %d)", fold_index, start, best["score"],
-             best["step"])
+    log.info("%s: resuming at step %d (best so far %.4f at step %d)", name, start, best["score"], best["step"])
     return state, start, best
 
 
@@ -129,12 +168,12 @@ def _due(done: int, every: int, steps: int) -> bool:
     return done % every == 0 or done == steps
 
 
-def _check_finite(loss, step: int, store: CheckpointStore, workdir: str, fold_index: int) -> None:
+def _check_finite(loss, step: int, store: CheckpointStore, name: str) -> None:
     """NonFiniteLossError naming the step and the last good checkpoint when the loss is NaN or inf."""
     if not np.isfinite(loss):
         raise NonFiniteLossError(
-            f"fold {fold_index}: non-finite loss {loss} at step {step + 1}; the last good checkpoint (step "
-            f"{store.latest_step()}) is intact under {rundir.checkpoints_dir(workdir, fold_index)}/latest")
+            f"{name}: non-finite loss {loss} at step {step + 1}; the last good checkpoint (step "
+            f"{store.latest_step()}) is intact under {store.latest.directory}")
 
 
 class _Interval:
@@ -170,14 +209,14 @@ def _log_train(writer: MetricLogger, bar, done: int, values: dict[str, float]) -
     bar.set_postfix(loss=f"{values['train/loss']:.3f}", **({"studies_s": f"{rate:.1f}"} if rate else {}))
 
 
-def _val_scalars(result: dict) -> dict:
+def val_scalars(result: dict) -> dict:
     """The scalars of a held-out report as logged: val/{metric}, val/baseline_{metric}, the best constant."""
     return ({f"val/{k}": v for k, v in result.items() if not isinstance(v, dict)}
             | {f"val/baseline_{k}": v for k, v in result["baseline"].items()}
             | {"val/weighted_prior_score": result["weighted_prior"]["score"]})
 
 
-def _write_result(workdir: str, fold_index: int, result: dict) -> None:
+def write_result(workdir: str, fold_index: int, result: dict) -> None:
     """Process 0 writes result.json; no process goes on (and reads it) before it is written."""
     if jax.process_index() == 0:
         rundir.write_fold_result(workdir, fold_index, result)

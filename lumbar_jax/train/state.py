@@ -151,6 +151,15 @@ class CheckpointStore:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
+    @classmethod
+    def has_latest(cls, directory: str) -> bool:
+        """Whether `directory` holds a latest checkpoint (a run to resume rather than start)."""
+        store = cls(directory)
+        try:
+            return store.latest_step() is not None
+        finally:
+            store.close()
+
     def close(self) -> None:
         self.latest.close()
         self.best.close()

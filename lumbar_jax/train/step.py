@@ -7,6 +7,8 @@ step donates the old state, so a step needs no second copy of parameters and opt
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -16,6 +18,8 @@ from jax.sharding import Mesh
 from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train.loss import LOSSES, cross_entropy_loss, localisation_loss, metric_loss
 from lumbar_jax.train.state import TrainStatics, eval_model_state, merge_model
+
+LossFn = Callable[[nnx.Module, dict], tuple[jax.Array, dict]]  # model, batch -> (loss, logged parts)
 
 
 def learning_rate_schedule(lr: float, steps: int, warmup_steps: int) -> optax.Schedule:
@@ -38,17 +42,41 @@ def _logits_and_localisation(model, batch: dict, coord_sigma: float):
                                      key_series, key_centres, model.head.volume_shape, coord_sigma)
 
 
-def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: float,
-                    coord_loss_weight: float = 0.0, coord_sigma: float = 0.08, loss: str = "metric"):
-    """state, batch, step -> (state, metrics). Dropout keys are fold_in(seed, step): resume-exact.
+def study_loss(loss: str = "metric", coord_loss_weight: float = 0.0, coord_sigma: float = 0.08) -> LossFn:
+    """The loss of a study model (volumes [B, 3, D, H, W] -> logits [B, 25, 3]): model, batch -> (loss, parts).
 
-    The loss is the metric loss (`loss='metric'`) or plain unweighted cross-entropy (`loss='cross_entropy'`,
-    the earlier systems' objective; the metric loss and its components are then logged, not trained on),
-    plus `coord_loss_weight` x the localisation loss of the target queries (needs the 'target_query' head
-    and `coords` / `coords_series` in the batch) when the weight is > 0.
+    The metric loss (`loss='metric'`) or plain unweighted cross-entropy (`loss='cross_entropy'`, the earlier
+    systems' objective; the metric loss and its components are then logged, not trained on), plus
+    `coord_loss_weight` x the localisation loss of the target queries (needs the 'target_query' head and
+    `coords` / `coords_series` in the batch) when the weight is > 0.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss {loss!r} is not one of {LOSSES}")
+
+    def loss_fn(model, batch: dict):
+        if loss == "cross_entropy":
+            logits = model(batch["volumes"], batch["present"])
+            ce, parts = cross_entropy_loss(logits, batch["labels"])
+            metric, metric_parts = jax.lax.stop_gradient(metric_loss(logits, batch["labels"]))
+            return ce, {**parts, **metric_parts, "metric_loss": metric}
+        if coord_loss_weight <= 0:
+            return metric_loss(model(batch["volumes"], batch["present"]), batch["labels"])
+        logits, (coord_loss, coord_parts) = _logits_and_localisation(model, batch, coord_sigma)
+        metric, parts = metric_loss(logits, batch["labels"])
+        coord_parts.pop("annotated")
+        return metric + coord_loss_weight * coord_loss, {**parts, "metric_loss": metric, **coord_parts}
+
+    return loss_fn
+
+
+def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: float, loss_fn: LossFn | None = None):
+    """state, batch, step -> (state, metrics). Dropout keys are fold_in(seed, step): resume-exact.
+
+    `loss_fn(model, batch) -> (scalar loss, dict of logged parts)` is what the step minimises: by default
+    `study_loss()` (the metric loss of a study model); the two-stage pipeline passes its localiser and crop
+    classifier losses.
+    """
+    loss_fn = loss_fn or study_loss()
     base_key = jax.random.key(seed)
     replicated = mesh_lib.replicated(mesh)
 
@@ -56,21 +84,7 @@ def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: flo
         model = merge_model(statics, rng_state, state["model"], train=True)
         nnx.reseed(model, dropout=jax.random.fold_in(base_key, step))
         optimizer = nnx.merge(statics.opt_def, state["opt"])
-
-        def loss_fn(model):
-            if loss == "cross_entropy":
-                logits = model(batch["volumes"], batch["present"])
-                ce, parts = cross_entropy_loss(logits, batch["labels"])
-                metric, metric_parts = jax.lax.stop_gradient(metric_loss(logits, batch["labels"]))
-                return ce, {**parts, **metric_parts, "metric_loss": metric}
-            if coord_loss_weight <= 0:
-                return metric_loss(model(batch["volumes"], batch["present"]), batch["labels"])
-            logits, (coord_loss, coord_parts) = _logits_and_localisation(model, batch, coord_sigma)
-            metric, parts = metric_loss(logits, batch["labels"])
-            coord_parts.pop("annotated")
-            return metric + coord_loss_weight * coord_loss, {**parts, "metric_loss": metric, **coord_parts}
-
-        (value, parts), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        (value, parts), grads = nnx.value_and_grad(lambda m: loss_fn(m, batch), has_aux=True)(model)
         optimizer.update(model, grads)
         new_model = nnx.state(model, nnx.Not(nnx.RngState))
         ema = state["ema"]
@@ -85,21 +99,35 @@ def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: flo
 
 
 def make_eval_step(statics: TrainStatics, mesh: Mesh, coord_sigma: float | None = None):
-    """state, batch -> {"probs": float32 [B, 25, 3] (sharded like the batch)}; with `coord_sigma` (target-query
-    models) from the same forward pass also "peak_distance_sum", the summed voxel distance between each
-    annotated target's attention peak and its annotated point, and "annotated", their number (global sums)."""
+    """state, batch -> {"probs": float32 [B, 25, 3] (sharded like the batch)} of a study model; with
+    `coord_sigma` (target-query models) from the same forward pass also "peak_distance_sum", the summed voxel
+    distance between each annotated target's attention peak and its annotated point, and "annotated", their
+    number (global sums)."""
+    if coord_sigma is None:
+        return make_apply_step(statics, mesh, lambda model, batch: {
+            "probs": jax.nn.softmax(model(batch["volumes"], batch["present"]).astype(jnp.float32), axis=-1)})
 
-    def eval_step(state: dict, batch: dict, rng_state):
-        model = merge_model(statics, rng_state, eval_model_state(state), train=False)
-        if coord_sigma is None:
-            logits = model(batch["volumes"], batch["present"])
-            return {"probs": jax.nn.softmax(logits.astype(jnp.float32), axis=-1)}
+    def outputs(model, batch: dict) -> dict:
         logits, (_, parts) = _logits_and_localisation(model, batch, coord_sigma)
         return {"probs": jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
                 "peak_distance_sum": parts["peak_distance"] * parts["annotated"], "annotated": parts["annotated"]}
 
-    shardings = {"probs": mesh_lib.batch_sharding(mesh)}
-    if coord_sigma is not None:
-        shardings |= {"peak_distance_sum": mesh_lib.replicated(mesh), "annotated": mesh_lib.replicated(mesh)}
-    jitted = jax.jit(eval_step, out_shardings=shardings)
-    return lambda state, batch: jitted(state, batch, statics.rng_state)
+    return make_apply_step(statics, mesh, outputs, summed=("peak_distance_sum", "annotated"))
+
+
+def make_apply_step(statics: TrainStatics, mesh: Mesh, outputs: Callable[[nnx.Module, dict], dict],
+                    summed: tuple[str, ...] = ()):
+    """state, batch -> `outputs(model in eval mode, batch)`: a dict of per-example arrays [B, ...], sharded like
+    the batch, except the keys in `summed` (global scalars, replicated). The evaluation step of every model."""
+
+    def apply_step(state: dict, batch: dict, rng_state):
+        out = outputs(merge_model(statics, rng_state, eval_model_state(state), train=False), batch)
+        return {k: v for k, v in out.items() if k not in summed}, {k: out[k] for k in summed}
+
+    jitted = jax.jit(apply_step, out_shardings=(mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)))
+
+    def step(state: dict, batch: dict) -> dict:
+        per_example, sums = jitted(state, batch, statics.rng_state)
+        return {**per_example, **sums}
+
+    return step
