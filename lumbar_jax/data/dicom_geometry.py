@@ -136,6 +136,32 @@ class SeriesGeometry:
         extent = np.asarray(self.shape, dtype=np.float64) - 1.0
         return np.where(extent > 0, index / np.maximum(extent, 1.0), 0.5)
 
+    def native_affine(self) -> np.ndarray:
+        """Float [4, 4]: canonical voxel index (depth, row, col, 1) of this volume -> patient (x, y, z, 1) (mm, LPS).
+
+        One affine for the whole volume, fitted by least squares to the patient positions of the centre and
+        the four corner voxels of every canonical slice (each through that slice's own geometry). A regular
+        stack (parallel, evenly spaced slices on one pixel grid) is fitted exactly; for tilted sub-stacks or
+        uneven spacing it is the best single affine, off by up to a few mm at the edges of a tilted stack. A
+        one-slice volume takes its depth column from `depth_direction` and the depth spacing.
+        """
+        depth, rows, cols = self.shape
+        corners = [(r, c, 1.0) for r in (0, rows - 1) for c in (0, cols - 1)]
+        in_plane = np.array(corners + [((rows - 1) / 2, (cols - 1) / 2, 1.0)])  # [5, 3] (row, col, 1)
+        design = np.concatenate([np.column_stack([np.full(len(in_plane), k), in_plane]) for k in range(depth)])
+        world = np.concatenate([in_plane @ self._canonical_slice_to_world(k).T for k in range(depth)])
+        solution, *_ = np.linalg.lstsq(design, world, rcond=None)  # [4 (depth, row, col, 1), 3]
+        affine = np.eye(4)
+        affine[:3] = solution.T  # columns: depth, row, col steps, origin
+        if depth == 1:
+            affine[:3, 0] = self.depth_direction * self.spacing[0]
+        return affine
+
+    def _canonical_slice_to_world(self, k: int) -> np.ndarray:
+        """[3, 3]: canonical in-plane (row, col, 1) on canonical slice k -> patient coordinates (mm)."""
+        to_canonical = np.vstack([self.slice_affines[k][1:], [0.0, 0.0, 1.0]])  # stored (row, col, 1) -> canonical
+        return self.pixel_to_world[k] @ np.linalg.pinv(to_canonical)
+
 
 @dataclasses.dataclass(frozen=True)
 class _Layout:

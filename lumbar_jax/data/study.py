@@ -3,10 +3,10 @@
 A Kaggle folder holds `train.csv`, `train_label_coordinates.csv`, `{split}_series_descriptions.csv` and
 `{split}_images/{study_id}/{series_id}/{instance_number}.dcm`. This module turns one study of it into the
 record of docs/conventions.md section 4; the TFDS builder and `scripts/predict.py` both go through
-`load_study_volumes`, so training and prediction see identical preprocessing. The CSVs are parsed by
-`kaggle_csv`; here the sources are reconciled (a study or series present in one and missing from another is
-reported, and kept where it can still be used) and every dropped series or label point is reported through
-`problems.report`.
+`study_example` (`read_study_series`, then `record_volumes`: what `load_study_volumes` does), so training and
+prediction see identical preprocessing. The CSVs are parsed by `kaggle_csv`; here the sources are reconciled (a
+study or series present in one and missing from another is reported, and kept where it can still be used) and
+every dropped series or label point is reported through `problems.report`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from lumbar_jax.data import dicom, problems, volume
 from lumbar_jax.data import grid as grid_lib
 from lumbar_jax.data.kaggle_csv import COORDINATE_COLUMNS, COORDINATES_CSV, Annotation, read_annotations
 from lumbar_jax.data.kaggle_csv import read_descriptions, read_labels, split_studies
+from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_VOLUMES
 
 __all__ = ["COORDINATE_COLUMNS", "PLANE_OF_SERIES", "Annotation", "StudyEntry", "choose_series", "has_split",
-           "list_studies", "load_study_volumes", "map_annotations", "map_annotations_to_grid", "read_annotations",
-           "read_labels", "read_study_series", "series_preference", "series_type_of_description",
-           "study_example", "study_from_directory"]
+           "list_studies", "load_study_volumes", "map_annotations", "map_annotations_to_grid", "native_features",
+           "read_annotations", "read_labels", "read_study_series", "record_volumes", "series_preference",
+           "series_type_of_description", "study_example", "study_from_directory"]
 
 # The plane of each series type, in which `dicom.read_series` orients it (docs/conventions.md section 4 order). Which
 # series type each condition is annotated on is `labels.CONDITION_SERIES`.
@@ -235,12 +236,33 @@ def load_study_volumes(series_dirs, volume_shape: tuple[int, int, int], study_id
       (volumes uint8 [3, D, H, W] (zeros where absent), present bool [3], series_ids int [3] (-1 absent),
        geometries: list of SeriesGeometry or None).
     """
-    volumes = np.zeros((len(L.SERIES_TYPES), *volume_shape), dtype=np.uint8)
     canonicals, series_ids, geometries = read_study_series(series_dirs, study_id)
+    return record_volumes(canonicals, volume_shape), series_ids >= 0, series_ids, geometries
+
+
+def record_volumes(canonicals, volume_shape: tuple[int, int, int]) -> np.ndarray:
+    """Per series type the canonical float volume or None (absent) -> uint8 [3, D, H, W] record volumes of
+    `volume_shape` (`volume.to_record_volume`), zeros where absent."""
+    volumes = np.zeros((len(L.SERIES_TYPES), *volume_shape), dtype=np.uint8)
     for kind, canonical in enumerate(canonicals):
         if canonical is not None:
             volumes[kind] = volume.to_record_volume(canonical, volume_shape)
-    return volumes, series_ids >= 0, series_ids, geometries
+    return volumes
+
+
+def native_features(canonicals, geometries, max_size: int) -> dict[str, np.ndarray]:
+    """Per series type canonical float volume and SeriesGeometry (None: absent) -> the *_native record
+    features (docs/conventions.md section 4): NATIVE_VOLUMES, each uint8 [Dn, Hn, Wn] capped to `max_size`
+    in-plane (`volume.to_native_record_volume`; [1, 1, 1] zeros where absent), and NATIVE_AFFINE float32
+    [3, 4, 4], native voxel index (depth, row, col, 1) -> patient mm (zeros where absent)."""
+    features: dict[str, np.ndarray] = {NATIVE_AFFINE: np.zeros((len(L.SERIES_TYPES), 4, 4), dtype=np.float32)}
+    for kind, (canonical, geometry) in enumerate(zip(canonicals, geometries)):
+        if canonical is None:
+            features[NATIVE_VOLUMES[kind]] = np.zeros((1, 1, 1), dtype=np.uint8)
+            continue
+        features[NATIVE_VOLUMES[kind]], features[NATIVE_AFFINE][kind] = volume.to_native_record_volume(
+            canonical, geometry.native_affine(), max_size)
+    return features
 
 
 def read_study_series(series_dirs, study_id: int | None = None) -> tuple[list, np.ndarray, list]:
@@ -359,29 +381,33 @@ def map_annotations_to_grid(entry: StudyEntry, series_ids: np.ndarray, geometrie
     return coords, coords_series
 
 
-def study_example(entry: StudyEntry, volume_shape: tuple[int, int, int],
-                  grid: bool = False) -> dict[str, np.ndarray | int]:
+def study_example(entry: StudyEntry, volume_shape: tuple[int, int, int], grid: bool = False,
+                  native_max_size: int | None = None) -> dict[str, np.ndarray | int]:
     """One study -> the record of docs/conventions.md section 4 (a dict of numpy values).
 
     grid: False = each series in its own canonical volume of `volume_shape`; True = all series resampled into
     one shared patient-coordinate grid of `volume_shape` (`lumbar_jax.data.grid`; coords refer to that grid).
+    native_max_size: None = the record as above; an int (the *_native configs, canonical volumes only) = also
+    every series at its own resolution, in-plane sides capped to it, and its affine (`native_features`).
     """
+    if grid and native_max_size is not None:
+        raise ValueError("native volumes are stored beside canonical volumes only, not beside a shared grid")
+    canonicals, series_ids, geometries = read_study_series(entry.series_dirs, entry.study_id)
     if grid:
-        canonicals, series_ids, geometries = read_study_series(entry.series_dirs, entry.study_id)
         volumes, study_grid = grid_lib.grid_volumes(canonicals, geometries, volume_shape)
-        present = series_ids >= 0
         coords, coords_series = map_annotations_to_grid(entry, series_ids, geometries, study_grid)
     else:
-        volumes, present, series_ids, geometries = load_study_volumes(entry.series_dirs, volume_shape,
-                                                                      entry.study_id)
+        volumes = record_volumes(canonicals, volume_shape)
         coords, coords_series = map_annotations(entry, series_ids, geometries)
     example: dict[str, np.ndarray | int] = {
         "study_id": entry.study_id,
-        "present": present,
+        "present": series_ids >= 0,
         "series_ids": series_ids,
         "labels": entry.labels.astype(np.int64),
         "coords": coords,
         "coords_series": coords_series,
     }
     example.update({name: volumes[k] for k, name in enumerate(L.SERIES_TYPES)})
+    if native_max_size is not None:
+        example.update(native_features(canonicals, geometries, native_max_size))
     return example

@@ -2,7 +2,8 @@
 
 There is exactly one copy of this code so that training records and test-time inputs are made the same way:
 a canonical float volume `[D, H, W]` (from `lumbar_jax.data.dicom.read_series`) is resampled linearly to the
-dataset config's fixed shape and normalised per volume to uint8.
+dataset config's fixed shape and normalised per volume to uint8. The *_native configs also store it at its
+own resolution, in-plane sides capped (`to_native_record_volume`), with the affine of its voxels.
 
 Resampling is corner-aligned: the centres of the first and last voxel along every axis map onto the centres
 of the first and last output voxel, so normalised coordinates (0 and 1 = those centres, docs/conventions.md section 3)
@@ -135,3 +136,39 @@ def to_record_volume(volume: np.ndarray, shape: tuple[int, int, int]) -> np.ndar
     Resample first, then normalise: the percentiles are taken over the voxels that are actually stored.
     """
     return normalize_uint8(resample(volume, shape))
+
+
+def _index_map(size: int, new_size: int) -> tuple[float, float]:
+    """(scale, offset): corner-aligned resampling of an axis of `size` to `new_size` samples puts output
+    sample i at input position scale * i + offset (the middle when new_size == 1)."""
+    if new_size == 1:
+        return 0.0, (size - 1) / 2.0
+    return (size - 1) / (new_size - 1), 0.0
+
+
+def cap_in_plane(volume: np.ndarray, affine: np.ndarray, max_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Float volume [D, H, W] and its affine [4, 4] (voxel index (d, r, c, 1) -> patient mm) -> the volume
+    with max(H, W) <= max_size (float32) and the affine of its voxels.
+
+    A larger in-plane side shrinks both rows and cols by the same factor (aspect kept, sides rounded; depth
+    untouched), resampled corner-aligned like `resample`, so normalised coordinates keep their point and the
+    affine's row / col columns grow by the resampling step. A volume within the cap is returned as it is.
+    """
+    depth, rows, cols = volume.shape
+    if max(rows, cols) <= max_size:
+        return np.asarray(volume, dtype=np.float32), np.asarray(affine, dtype=np.float64)
+    factor = max_size / max(rows, cols)
+    shape = (depth, max(1, round(rows * factor)), max(1, round(cols * factor)))
+    index_to_old = np.eye(4)  # new voxel index -> old voxel index
+    for axis in (1, 2):
+        index_to_old[axis, axis], index_to_old[axis, 3] = _index_map(volume.shape[axis], shape[axis])
+    return resample(volume, shape), np.asarray(affine, dtype=np.float64) @ index_to_old
+
+
+def to_native_record_volume(volume: np.ndarray, affine: np.ndarray,
+                            max_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical float volume [D, H, W] at its series' resolution and its affine [4, 4] -> (uint8 volume
+    [D, H', W'] in-plane capped to `max_size` (`cap_in_plane`) and normalised like `to_record_volume`, its
+    affine float32 [4, 4]): the native volume of the *_native dataset configs."""
+    capped, capped_affine = cap_in_plane(volume, affine, max_size)
+    return normalize_uint8(capped), capped_affine.astype(np.float32)

@@ -3,7 +3,9 @@
 One example per study, features exactly as docs/conventions.md section 4. Builder configs fix the volume size
 [D, H, W], one per entry of `lumbar_jax.dataset_configs.DATASET_SHAPES` (shapes and uses listed there): `r64`,
 `r128`, `r256` hold each series in its canonical layout; `grid32`, `grid64`, `grid128` hold the earlier system
-B's shared grid (configs/baseline_vit3d_grid.py).
+B's shared grid (configs/baseline_vit3d_grid.py); `r64_native`, `r128_native` hold what `r64` / `r128` hold plus
+every series at its own slices and pixel grid (in-plane sides capped, `NATIVE_MAX_SIZE`) and its voxel-to-patient
+affine, the volumes the two-stage pipeline crops from (dynamic shapes, zlib-encoded like the others).
 
 Sagittal and axial volumes share the size, so one encoder call can take all three series. The `grid*`
 configs store the same features, but every series is resampled into ONE shared axis-aligned grid in patient
@@ -36,7 +38,7 @@ import tqdm
 from lumbar_jax import cli
 from lumbar_jax import labels as L
 from lumbar_jax.data import problems, study
-from lumbar_jax.dataset_configs import DATASET_SHAPES, GRID_DATASETS
+from lumbar_jax.dataset_configs import DATASET_SHAPES, GRID_DATASETS, NATIVE_AFFINE, NATIVE_MAX_SIZE, NATIVE_VOLUMES
 
 REPORT_FILE = "build_report.json"  # beside the records, see the module docstring
 
@@ -63,6 +65,7 @@ _CITATION = """
 class RsnaLumbarSpineConfig(tfds.core.BuilderConfig):
     volume_shape: tuple[int, int, int] = (16, 64, 64)  # [D, H, W] of every stored volume
     grid: bool = False  # True: all series resampled into one shared patient-coordinate grid (data/grid.py)
+    native_max_size: int | None = None  # an int: also the native volumes, in-plane sides capped to it
 
 
 def _builder_config(name: str) -> RsnaLumbarSpineConfig:
@@ -71,14 +74,24 @@ def _builder_config(name: str) -> RsnaLumbarSpineConfig:
     if name in GRID_DATASETS:
         return RsnaLumbarSpineConfig(name=name, volume_shape=shape, grid=True, description=(
             f"{shape[0]}^3 shared patient-coordinate grid per study, one channel per series"))
-    return RsnaLumbarSpineConfig(name=name, volume_shape=shape, description="x".join(map(str, shape)) + " volumes")
+    description = "x".join(map(str, shape)) + " volumes"
+    if name in NATIVE_MAX_SIZE:
+        return RsnaLumbarSpineConfig(name=name, volume_shape=shape, native_max_size=NATIVE_MAX_SIZE[name],
+                                     description=f"{description} + native volumes (sides <= {NATIVE_MAX_SIZE[name]})")
+    return RsnaLumbarSpineConfig(name=name, volume_shape=shape, description=description)
+
+
+def _volume_feature(shape: tuple) -> tfds.features.Tensor:
+    """A uint8 volume feature of `shape` (None: a dynamic axis), zlib-encoded (mostly dark voxels)."""
+    return tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB)
 
 
 def keyed_study_example(job):
-    """One build job `(StudyEntry, volume shape, grid)` -> (key = study id, example): the unit of work of the
-    multiprocessing build here and of the Beam build (data/beam_build.py)."""
-    entry, shape, grid = job
-    return entry.study_id, study.study_example(entry, shape, grid=grid)
+    """One build job `(StudyEntry, volume shape, grid[, native max size])` -> (key = study id, example): the unit
+    of work of the multiprocessing build here and of the Beam build (data/beam_build.py). Jobs are made by
+    `Builder.study_jobs`; the native max size (None or absent: no native volumes) is that of *_native configs."""
+    entry, shape, grid, native_max_size = job if len(job) == 4 else (*job, None)
+    return entry.study_id, study.study_example(entry, shape, grid=grid, native_max_size=native_max_size)
 
 
 def study_example_and_problems(job):
@@ -165,17 +178,21 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         shape = tuple(self.builder_config.volume_shape)
-        volume = lambda: tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB)
+        native = {}
+        if self.builder_config.native_max_size is not None:
+            native = {name: _volume_feature((None, None, None)) for name in NATIVE_VOLUMES}
+            native[NATIVE_AFFINE] = tfds.features.Tensor(shape=(len(L.SERIES_TYPES), 4, 4), dtype=np.float32)
         return self.dataset_info_from_configs(
             description=_DESCRIPTION,
             features=tfds.features.FeaturesDict({
                 "study_id": np.int64,
-                **{name: volume() for name in L.SERIES_TYPES},
+                **{name: _volume_feature(shape) for name in L.SERIES_TYPES},
                 "present": tfds.features.Tensor(shape=(len(L.SERIES_TYPES),), dtype=np.bool_),
                 "series_ids": tfds.features.Tensor(shape=(len(L.SERIES_TYPES),), dtype=np.int64),
                 "labels": tfds.features.Tensor(shape=(L.NUM_TARGETS,), dtype=np.int64),
                 "coords": tfds.features.Tensor(shape=(L.NUM_TARGETS, 3), dtype=np.float32),
                 "coords_series": tfds.features.Tensor(shape=(L.NUM_TARGETS,), dtype=np.int64),
+                **native,
             }),
             supervised_keys=None,
             homepage="https://www.kaggle.com/competitions/rsna-2024-lumbar-spine-degenerative-classification",
@@ -194,9 +211,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._tally.problems.extend(found)
         return entries
 
+    def study_jobs(self, root: str, split: str) -> list[tuple]:
+        """The build jobs of a split (`keyed_study_example`): (StudyEntry, volume shape, grid, native max size)."""
+        config = self.builder_config
+        shape, grid = tuple(config.volume_shape), bool(config.grid)
+        return [(entry, shape, grid, config.native_max_size) for entry in self._list_studies(root, split)]
+
     def _generate_examples(self, root: str, split: str):
-        shape = tuple(self.builder_config.volume_shape)
-        jobs = [(entry, shape, bool(self.builder_config.grid)) for entry in self._list_studies(root, split)]
+        jobs = self.study_jobs(root, split)
         progress = dict(total=len(jobs), desc=f"{split}: decoding studies", unit="study")
         if self.num_workers == 1:
             results = map(study_example_and_problems, jobs)
