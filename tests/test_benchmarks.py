@@ -19,7 +19,7 @@ if REPO not in sys.path:
 EXPECTED_ROWS = {
     "data": ["data.load_study", "data.load_study_uint8", "data.load_study_kaggle", "data.cpu_capacity",
              "data.build_1w", "data.build_2w", "data.build_scaling", "data.build_scaling_steady"],
-    "pipeline": ["pipeline.in_process", "pipeline.workers", "pipeline.worker_scaling"],
+    "pipeline": ["pipeline.in_process", "pipeline.workers", "pipeline.worker_scaling", "pipeline.crop_cutting"],
     "models": ["models.vit_s.train_step", "models.vit_s.inference", "models.effnet_b0.train_step",
                "models.effnet_b0.inference", "models.fused.smoke"],
 }

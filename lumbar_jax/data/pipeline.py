@@ -24,6 +24,8 @@ Determinism and resume: the training stream is a pure function of (seed, step). 
 shuffle, reshuffled each epoch) and augmented with an RNG seeded by (seed, stream position). Nothing depends on
 worker count, thread scheduling or what was read before, so a resumed run passes `start_step` (the
 checkpointed step) and gets exactly the batches an uninterrupted run would have seen.
+`train_stream`, `padded_eval_stream` and `iterate` are that machinery for any per-record example (stage 2's
+crop batches, `lumbar_jax.data.crop_pipeline`, use them).
 
 Where the work happens: decoding and augmentation run on the host, per record, inside grain's reader threads
 (`read_threads`) and, with `worker_count > 0`, in grain worker processes (`mp_prefetch`). Worker processes are
@@ -43,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grain
@@ -72,17 +74,57 @@ def _to_example(record: dict[str, Any]) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: no field-wise hash over the ndarray
 class _TrainExample:
-    """(stream position g, position in `indices`) -> augmented example; picklable for grain workers."""
+    """(stream position g, record index) -> augmented example; picklable for grain workers."""
 
     source: Sequence[Any]
-    indices: np.ndarray
     seed: int
     augment: ml_collections.ConfigDict  # the run config's `augment` section
 
-    def __call__(self, position: int, index_in_fold: int) -> dict[str, np.ndarray]:
+    def __call__(self, position: int, record_index: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng((self.seed, _AUGMENT_STREAM, position))
-        record = self.source[int(self.indices[index_in_fold])]
-        return _to_example(augment_record(record, rng, self.augment))
+        return _to_example(augment_record(self.source[record_index], rng, self.augment))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _AtRecord:
+    """grain's (stream position, position in `indices`) -> `example(stream position, record index)`."""
+
+    example: Callable[[int, int], dict[str, np.ndarray]]
+    indices: np.ndarray
+
+    def __call__(self, position: int, index_in_fold: int) -> dict[str, np.ndarray]:
+        return self.example(position, int(self.indices[index_in_fold]))
+
+
+def train_stream(
+    indices: Sequence[int],
+    example: Callable[[int, int], dict[str, np.ndarray]],
+    *,
+    batch_size: int,
+    seed: int,
+    num_epochs: int | None = None,
+    shard_index: int = 0,
+    shard_count: int = 1,
+) -> grain.MapDataset:
+    """The seeded, sharded training stream of `train_batches`, for any per-record example.
+
+    `example(stream position, record index) -> dict of arrays` must be a pure function of its arguments (derive
+    any RNG from the position) and picklable (grain workers); element k of the result = local batch of step k.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} not in [0, shard_count={shard_count})")
+    global_batch = batch_size * shard_count
+    if len(indices) < global_batch:
+        raise ValueError(f"{len(indices)} training records cannot fill one global batch of {global_batch}")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    stream = grain.MapDataset.range(len(indices)).shuffle(seed=seed).repeat(num_epochs)
+    examples = stream.map_with_index(_AtRecord(example, indices))
+    blocks = examples.batch(batch_size, drop_remainder=True)  # block j = stream positions [jB, (j+1)B)
+    if num_epochs is not None:
+        blocks = blocks[: len(examples) // global_batch * shard_count]
+    return blocks[shard_index::shard_count]
 
 
 def train_batches(
@@ -105,20 +147,8 @@ def train_batches(
     of steps. `augment_config`: the run config's `augment` section (validated with the run config). Lazy:
     nothing is read until an element is accessed.
     """
-    indices = np.asarray(indices, dtype=np.int64)
-    if not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard_index {shard_index} not in [0, shard_count={shard_count})")
-    global_batch = batch_size * shard_count
-    if len(indices) < global_batch:
-        raise ValueError(f"{len(indices)} training records cannot fill one global batch of {global_batch}")
-    if not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
-    stream = grain.MapDataset.range(len(indices)).shuffle(seed=seed).repeat(num_epochs)
-    examples = stream.map_with_index(_TrainExample(source, indices, seed, augment_config))
-    blocks = examples.batch(batch_size, drop_remainder=True)  # block j = stream positions [jB, (j+1)B)
-    if num_epochs is not None:
-        blocks = blocks[: len(examples) // global_batch * shard_count]
-    return blocks[shard_index::shard_count]
+    return train_stream(indices, _TrainExample(source, seed, augment_config), batch_size=batch_size, seed=seed,
+                        num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count)
 
 
 def train_dataset(
@@ -143,25 +173,35 @@ def train_dataset(
     """
     batches = train_batches(source, indices, batch_size=batch_size, seed=seed, augment_config=augment_config,
                             num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count)
-    return _iterate(batches[start_step:], worker_count=worker_count, read_threads=read_threads)
+    return iterate(batches[start_step:], worker_count=worker_count, read_threads=read_threads)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _RecordExample:
+    """Record index -> its un-augmented example."""
+
+    source: Sequence[Any]
+
+    def __call__(self, record_index: int) -> dict[str, np.ndarray]:
+        return _to_example(self.source[record_index])
 
 
 @dataclasses.dataclass
 class _EvalExample:
     """Local position j -> example of record `indices[j]`, or a padding row for j >= len(indices)."""
 
-    source: Sequence[Any]
+    example: Callable[[int], dict[str, np.ndarray]]
     indices: np.ndarray
     template_index: int  # a record whose shapes the padding rows copy
     _padding: dict[str, np.ndarray] | None = dataclasses.field(default=None, init=False, repr=False)
 
     def __call__(self, j: int) -> dict[str, np.ndarray]:
         if j < len(self.indices):
-            return {**_to_example(self.source[int(self.indices[j])]), "valid": np.asarray(True)}
+            return {**self.example(int(self.indices[j])), "valid": np.asarray(True)}
         if self._padding is None:
             # Padding says "nothing here" in every field, so even a metric that forgets `valid` sees only
             # missing labels and absent series.
-            template = _to_example(self.source[self.template_index])
+            template = self.example(self.template_index)
             fill = {"labels": L.MISSING, "coords": -1, "coords_series": -1, "study_id": -1}
             self._padding = {k: np.full_like(v, fill.get(k, 0)) for k, v in template.items()}
             self._padding["valid"] = np.asarray(False)
@@ -185,6 +225,24 @@ def eval_batches(
     process p gets `indices[p::shard_count]` and every process yields the same number of batches (padding as
     needed), so collective ops stay in step; gather predictions with `valid` (or `study_id`).
     """
+    batches = padded_eval_stream(indices, _RecordExample(source), batch_size=batch_size, shard_index=shard_index,
+                                 shard_count=shard_count)
+    return iterate(batches, worker_count=worker_count, read_threads=read_threads)
+
+
+def padded_eval_stream(
+    indices: Sequence[int],
+    example: Callable[[int], dict[str, np.ndarray]],
+    *,
+    batch_size: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+) -> grain.MapDataset:
+    """The padded, sharded evaluation batches of `eval_batches`, for any per-record example.
+
+    `example(record index) -> dict of arrays` (picklable). Rows gain `valid`; padding rows copy the shapes of
+    `example(indices[0])` and are 0 everywhere except labels, coords, coords_series and study_id (-1).
+    """
     indices = np.asarray(indices, dtype=np.int64)
     if len(indices) == 0:
         raise ValueError("eval_batches needs at least one index")
@@ -192,11 +250,11 @@ def eval_batches(
         raise ValueError(f"shard_index {shard_index} not in [0, shard_count={shard_count})")
     local = indices[shard_index::shard_count]
     num_batches = math.ceil(math.ceil(len(indices) / shard_count) / batch_size)
-    rows = grain.MapDataset.range(num_batches * batch_size).map(_EvalExample(source, local, int(indices[0])))
-    return _iterate(rows.batch(batch_size), worker_count=worker_count, read_threads=read_threads)
+    rows = grain.MapDataset.range(num_batches * batch_size).map(_EvalExample(example, local, int(indices[0])))
+    return rows.batch(batch_size)
 
 
-def _iterate(batches: grain.MapDataset, *, worker_count: int, read_threads: int) -> grain.DatasetIterator:
+def iterate(batches: grain.MapDataset, *, worker_count: int, read_threads: int) -> grain.DatasetIterator:
     """Iterator over `batches` with `read_threads` threads (per process) prefetching up to 2 batches each."""
     read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * max(read_threads, 1))
     dataset = batches.to_iter_dataset(read)
