@@ -112,26 +112,40 @@ def predict(eval_step, state, records, indices: np.ndarray, batch_size: int, mes
 
     `records` is any random-access record source (a tfds split, a list of records); `study_ids` int
     [len(records)] the (distinct) study id of every record. Each process feeds its shard of every global
-    batch; predictions and study ids are gathered from all processes and put back in `indices` order by
-    study id, padding dropped.
+    batch (`gather_outputs`).
     """
-    gathered_probs, gathered_ids = [], []
-    distance_sum, annotated = 0.0, None  # None: the eval step reports no attention peaks
-    for batch in pipeline.eval_batches(records, indices, batch_size=mesh_lib.process_batch_size(batch_size),
-                                       shard_index=jax.process_index(), shard_count=jax.process_count()):
-        out = eval_step(state, mesh_lib.shard_batch(model_inputs(batch), mesh))
-        gathered_probs.append(np.asarray(multihost_utils.process_allgather(out["probs"], tiled=True)))
+    batches = pipeline.eval_batches(records, indices, batch_size=mesh_lib.process_batch_size(batch_size),
+                                    shard_index=jax.process_index(), shard_count=jax.process_count())
+    out, sums = gather_outputs(eval_step, state, batches, mesh, MODEL_INPUTS, study_ids[indices])
+    peak_distance = sums["peak_distance_sum"] / max(sums["annotated"], 1) if "annotated" in sums else None
+    return out["probs"], peak_distance
+
+
+def gather_outputs(eval_step, state, batches, mesh: Mesh, inputs: Sequence[str], study_ids: np.ndarray
+                   ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Run `eval_step` (train.step.make_apply_step) over this process's eval `batches` (each with `study_id`,
+    -1 on padding) and return (per-example outputs gathered from every process, each [len(study_ids), ...] in
+    `study_ids` order, padding dropped; the step's summed scalars, added over the batches). `inputs`: the batch
+    keys the step reads."""
+    per_example: dict[str, list] = {}
+    sums: dict[str, float] = {}
+    gathered_ids = []
+    for batch in batches:
+        out = eval_step(state, mesh_lib.shard_batch({k: batch[k] for k in inputs}, mesh))
+        for key, value in out.items():
+            if value.ndim == 0:
+                sums[key] = sums.get(key, 0.0) + float(value)
+            else:
+                per_example.setdefault(key, []).append(
+                    np.asarray(multihost_utils.process_allgather(value, tiled=True)))
         # int64 study ids travel as int32 pairs: with x64 off, JAX would truncate ids >= 2**31 (Kaggle's go to 4e9)
         ids32 = np.ascontiguousarray(batch["study_id"], dtype=np.int64).view(np.int32).reshape(-1, 2)
         gathered_ids.append(np.ascontiguousarray(
             multihost_utils.process_allgather(ids32, tiled=True), dtype=np.int32).view(np.int64).reshape(-1))
-        if "annotated" in out:
-            distance_sum += float(out["peak_distance_sum"])
-            annotated = (annotated or 0) + int(out["annotated"])
-    probs, ids = np.concatenate(gathered_probs), np.concatenate(gathered_ids)
+    ids = np.concatenate(gathered_ids)
     row_of_study = {int(s): r for r, s in enumerate(ids) if s >= 0}
-    peak_distance = None if annotated is None else distance_sum / max(annotated, 1)
-    return probs[[row_of_study[int(s)] for s in study_ids[indices]]], peak_distance
+    rows = [row_of_study[int(s)] for s in study_ids]
+    return {k: np.concatenate(v)[rows] for k, v in per_example.items()}, sums
 
 
 class FlippedRecords(Sequence):

@@ -7,6 +7,8 @@ A run of `python -m lumbar_jax.main` writes everything into one directory (docs/
     fold_{k}/checkpoints/    Orbax checkpoints `latest` (for resume) and `best` (`train.state.CheckpointStore`)
     fold_{k}/metrics.jsonl   train/ and val/ scalars; fold_{k}/tensorboard/ the same (`train.logging`)
     fold_{k}/result.json     the fold's final result; a fold with one is finished and not trained again
+    fold_{k}/localiser/      two-stage runs: the localiser's checkpoints/, metrics.jsonl and tensorboard/
+    fold_{k}/localiser_predictions.npz   two-stage runs: fold k's localiser's points for every study
     oof_predictions.csv      out-of-fold probabilities, 25 rows per study (`train.cv.write_oof`)
     cv_summary.json          per-fold and out-of-fold scores
 
@@ -19,12 +21,16 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+
 CONFIG_FILE = "config.json"
 DATASET_FILE = "dataset.json"
 OOF_FILE = "oof_predictions.csv"
 SUMMARY_FILE = "cv_summary.json"
 RESULT_FILE = "result.json"
 CHECKPOINTS_DIR = "checkpoints"
+LOCALISER_DIR = "localiser"
+LOCALISER_PREDICTIONS_FILE = "localiser_predictions.npz"
 
 
 def config_path(workdir: str) -> str:
@@ -45,6 +51,31 @@ def fold_dir(workdir: str, fold: int) -> str:
 
 def checkpoints_dir(workdir: str, fold: int) -> str:
     return os.path.join(fold_dir(workdir, fold), CHECKPOINTS_DIR)
+
+
+def localiser_dir(workdir: str, fold: int) -> str:
+    return os.path.join(fold_dir(workdir, fold), LOCALISER_DIR)
+
+
+def localiser_predictions_path(workdir: str, fold: int) -> str:
+    return os.path.join(fold_dir(workdir, fold), LOCALISER_PREDICTIONS_FILE)
+
+
+def write_localiser_predictions(path: str, study_ids, points, held_out) -> None:
+    """`localiser_predictions.npz`: study_id int64 [N], points float32 [N, 25, 3] (normalised (depth, row, col)
+    on each target's series), held_out bool [N] (the studies this fold's localiser never trained on).
+    Written to a temporary name and renamed, so that a file that exists is complete."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    partial = path + ".partial.npz"
+    np.savez(partial, study_id=np.asarray(study_ids, np.int64), points=np.asarray(points, np.float32),
+             held_out=np.asarray(held_out, bool))
+    os.replace(partial, path)
+
+
+def read_localiser_predictions(path: str) -> dict:
+    """The arrays of a `localiser_predictions.npz` (see `write_localiser_predictions`)."""
+    with np.load(path) as data:
+        return {k: data[k] for k in ("study_id", "points", "held_out")}
 
 
 def result_path(workdir: str, fold: int) -> str:

@@ -56,9 +56,7 @@ def beam_builder_class() -> type[Builder]:
             def _generate_examples(self, root: str, split: str):
                 import apache_beam as beam
 
-                shape, grid = tuple(self.builder_config.volume_shape), bool(self.builder_config.grid)
-                jobs = [(entry, shape, grid) for entry in self._list_studies(root, split)]
-                return (f"{split}_studies" >> beam.Create(jobs)
+                return (f"{split}_studies" >> beam.Create(self.study_jobs(root, split))
                         | f"{split}_spread" >> beam.Reshuffle()  # one study per element, spread over the workers
                         | f"{split}_decode" >> beam.Map(keyed_study_example))
 

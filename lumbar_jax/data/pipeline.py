@@ -55,6 +55,7 @@ from absl import flags
 
 from lumbar_jax import labels as L
 from lumbar_jax.data.augment import augment_record
+from lumbar_jax.dataset_configs import NATIVE_VOLUMES
 
 _AUGMENT_STREAM = 0x5EED  # separates the augmentation RNG streams from any other use of the same seed
 _LABEL_READ_CHUNK = 256
@@ -268,14 +269,15 @@ def iterate(batches: grain.MapDataset, *, worker_count: int, read_threads: int) 
 def read_labels(source: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     """(study_ids int64 [N], labels int64 [N, 25]) of every record of `source`, in source order.
 
-    For fold assignment. A TFDS data source is re-opened with the volume features left undecoded (TFDS
-    SkipDecoding: the zlib-compressed bytes are not inflated), several times faster per record, and the gap
-    grows with the volume size. Any other sequence is read record by record.
+    For fold assignment. A TFDS data source is re-opened with the volume features (native ones too) left
+    undecoded (TFDS SkipDecoding: the zlib-compressed bytes are not inflated), several times faster per record,
+    and the gap grows with the volume size. Any other sequence is read record by record.
     """
     if dataclasses.is_dataclass(source) and hasattr(source, "dataset_info"):
         import tensorflow_datasets as tfds  # only needed for a TFDS source
 
-        source = dataclasses.replace(source, decoders={name: tfds.decode.SkipDecoding() for name in L.SERIES_TYPES})
+        volumes = [name for name in (*L.SERIES_TYPES, *NATIVE_VOLUMES) if name in source.dataset_info.features]
+        source = dataclasses.replace(source, decoders={name: tfds.decode.SkipDecoding() for name in volumes})
     n = len(source)
     study_ids = np.empty(n, dtype=np.int64)
     labels = np.empty((n, L.NUM_TARGETS), dtype=np.int64)

@@ -16,9 +16,11 @@ from flax import nnx
 
 from lumbar_jax.labels import SERIES_TYPES
 from lumbar_jax.models import baselines, pretrained
+from lumbar_jax.models.crop_classifier import CropClassifier
 from lumbar_jax.models.efficientnet import EfficientNet
 from lumbar_jax.models.fused import SeriesEncoder, StudyModel
 from lumbar_jax.models.heads import fusion_head
+from lumbar_jax.models.localiser import Localiser
 from lumbar_jax.models.layers import KERNELS
 from lumbar_jax.models.vit import VIT_VARIANTS, VisionTransformer
 
@@ -61,15 +63,43 @@ def create_model(config: Mapping, rngs: nnx.Rngs, load_pretrained: bool = False)
     kernels = resolve_kernels(config["kernels"])
     kw = dict(dtype=jnp.dtype(config["dtype"]), param_dtype=jnp.dtype(config["param_dtype"]), rngs=rngs)
     encoders = encoders_of(config)
-    vit_variant = None
-    if "vit" in encoders:
-        vit_variant = VIT_VARIANTS[config["vit"]]
-        if config["vit_depth"]:
-            vit_variant = vit_variant._replace(depth=config["vit_depth"])
+    vit_variant = _vit_variant(config) if "vit" in encoders else None
     if config["name"] in BASELINE_MODELS:
         model = baselines.create_baseline(config, vit_variant, kernels=kernels, **kw)
     else:
         model = _study_model(config, encoders, vit_variant, kernels, kw)
+    if load_pretrained:
+        pretrained.apply_pretrained(model, config)
+    return model
+
+
+def _vit_variant(config: Mapping):
+    """The `model.vit` variant, `model.vit_depth` blocks deep when that is set."""
+    variant = VIT_VARIANTS[config["vit"]]
+    return variant._replace(depth=config["vit_depth"]) if config["vit_depth"] else variant
+
+
+def create_localiser(config: Mapping, model_config: Mapping, volume_shape, rngs: nnx.Rngs) -> Localiser:
+    """Stage 1 of the two-stage pipeline from the run config's `localiser` section: `model(volumes [B, 3, D, H,
+    W], present [B, 3]).points -> [B, 25, 3]`. Kernels and dtypes are the `model` section's."""
+    return Localiser(config["variant"], volume_shape=tuple(volume_shape),
+                     kernels=resolve_kernels(model_config["kernels"]), dtype=jnp.dtype(model_config["dtype"]),
+                     param_dtype=jnp.dtype(model_config["param_dtype"]), rngs=rngs)
+
+
+def create_crop_classifier(config: Mapping, crop_shape, rngs: nnx.Rngs, load_pretrained: bool = False
+                           ) -> CropClassifier:
+    """Stage 2 of the two-stage pipeline from a validated `model` section: `model(crops [B, 25, K, P, P],
+    crop_present [B, 25]) -> logits [B, 25, 3]`, each crop slice through the 2D encoders of `model.name`.
+    `load_pretrained`: timm weights into the 2D encoders, 1:1 (no inflation)."""
+    encoders = encoders_of(config)
+    model = CropClassifier(
+        crop_shape=tuple(crop_shape), vit=_vit_variant(config) if "vit" in encoders else None,
+        effnet=config["effnet"] if "effnet" in encoders else None, vit_patch=tuple(config["slice_patch"]),
+        vit_pool=config["pool"], hidden=config["head_hidden"], num_heads=config["head_heads"],
+        depth=config["head_depth"], dropout=config["dropout"], drop_path=config["drop_path"],
+        dtype=jnp.dtype(config["dtype"]), param_dtype=jnp.dtype(config["param_dtype"]),
+        kernels=resolve_kernels(config["kernels"]), effnet_padding=config["effnet_padding"], rngs=rngs)
     if load_pretrained:
         pretrained.apply_pretrained(model, config)
     return model

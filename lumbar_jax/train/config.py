@@ -18,7 +18,7 @@ from lumbar_jax.dataset_configs import DATASET_SHAPES, GRID_DATASETS
 from lumbar_jax.train.config_validation import ConfigError, check_dataset, validate_config
 
 __all__ = ["DATASET_SHAPES", "GRID_DATASETS", "SPATIAL_JITTER", "ConfigError", "apply_variant", "check_dataset",
-           "default_config", "restore_config", "validate"]
+           "default_config", "restore_config", "two_stage_config", "validate"]
 
 # The spatial augmentation of the long (GPU-sized) runs; the CPU default trains without it (augment section).
 SPATIAL_JITTER = dict(shift=0.1, scale=(0.9, 1.1))
@@ -28,10 +28,13 @@ def default_config() -> ml_collections.ConfigDict:
     """The CPU default run (configs/vit_effnet.py) with every field of every section."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # model init, dropout, data order, augmentation and folds all derive from it; in [0, 2**32)
+    c.pipeline = "one_stage"  # 'one_stage': the model reads whole volumes; 'two_stage': localiser, then crops
     c.data = _data_section()
     c.augment = _augment_section()
     c.model = _model_section()
     c.train = _train_section()
+    c.localiser = _localiser_section()
+    c.crops = _crops_section()
 
     c.cv = ml_collections.ConfigDict()
     c.cv.num_folds = 5  # stratified folds of the labelled studies
@@ -77,13 +80,16 @@ def _augment_section() -> ml_collections.ConfigDict:
 
 
 def _model_section() -> ml_collections.ConfigDict:
-    """The study model (models/registry.py `create_model`); fields of an encoder the model lacks are unused."""
+    """The study model (models/registry.py `create_model`), or with `pipeline='two_stage'` the crop classifier
+    (models/crop_classifier.py); fields of an encoder the model lacks are unused."""
     m = ml_collections.ConfigDict()
-    m.name = "vit_effnet"  # 'vit' | 'effnet' | 'vit_effnet' (encoders per series); 'vit2d' | 'vit3d_grid' (baselines)
+    m.name = "vit_effnet"  # 'vit' | 'effnet' | 'vit_effnet': encoders per series (two_stage: per crop slice);
+    # 'vit2d' | 'vit3d_grid': one-stage baselines
     m.vit = "vit_tiny_test"  # ViT variant, one of models.vit.VIT_VARIANTS
     m.effnet = "effnet_tiny_test"  # EfficientNet variant, one of models.efficientnet.EFFNET_VARIANTS
     m.volume_shape = DATASET_SHAPES["r64"]  # [D, H, W] the model is built for: data.config's volume shape
     m.patch = (4, 8, 8)  # ViT tubelet [d, h, w], divides volume_shape; 4x8x8 = 256 tokens per r64 series
+    m.slice_patch = (8, 8)  # two_stage only: ViT patch [h, w] of a crop slice; divides crops.pixels
     m.vit_depth = 0  # ViT blocks; 0 = the variant's own depth (> 0: a shallower ViT of the variant's width)
     m.image_size = (224, 224)  # vit2d only: [H, W] the middle sagittal T2 slice is resized to
     m.pool = "cls"  # ViT pooling: 'cls' token or 'mean' of the patch tokens
@@ -125,6 +131,32 @@ def _train_section() -> ml_collections.ConfigDict:
     return t
 
 
+def _localiser_section() -> ml_collections.ConfigDict:
+    """Stage 1 of the two-stage pipeline (models/localiser.py): the 25 points from the low-resolution volumes.
+    Trained in every fold before the crop classifier, on the fold's training studies; `train.grad_clip`,
+    `train.weight_decay`, `train.log_every` and `train.checkpoint_every` apply to it too."""
+    loc = ml_collections.ConfigDict()
+    loc.variant = "loc_small"  # one of models.localiser.LOCALISER_VARIANTS (3D EfficientNet blocks + decoder)
+    loc.steps = 200  # optimizer steps per fold
+    loc.batch_size = 12  # global batch
+    loc.lr = 3e-3  # peak AdamW learning rate (warmup, then cosine decay)
+    loc.warmup_steps = 20  # linear warmup steps
+    loc.eval_every = 100  # steps between held-out evaluations (best checkpoint = lowest median error)
+    return loc
+
+
+def _crops_section() -> ml_collections.ConfigDict:
+    """The crops the two-stage classifier reads (data/crops.py): per target, neighbouring slices of its series
+    at the series' own resolution, around the annotated point (training) or the localiser's (held out)."""
+    cr = ml_collections.ConfigDict()
+    cr.slices = 5  # K: slices per crop, centred on the point's slice, along the series' own slice axis
+    cr.size_mm = 40.0  # in-plane side of a crop in mm (patient space)
+    cr.pixels = 32  # P: in-plane samples per side; crops are uint8 [K, P, P]
+    cr.jitter_scale = 1.0  # training jitter = this x the localiser's held-out error (std per group and axis)
+    cr.points = "predicted"  # held-out crops at the fold's localiser's 'predicted' points, or 'annotated' ones
+    return cr
+
+
 def validate(c: ml_collections.ConfigDict, *, check_paths: bool = True) -> None:
     """Refuse an impossible config before any work: ConfigError `config.<section>.<field>: problem` for an
     unknown or missing field, a bad value or an inconsistent combination. `check_paths=False` for a
@@ -149,6 +181,16 @@ def restore_config(stored: Mapping) -> ml_collections.ConfigDict:
     return config
 
 
+def two_stage_config() -> ml_collections.ConfigDict:
+    """`default_config()` switched to the two-stage pipeline: the localiser on the r64 volumes, then the crop
+    classifier (model.name's 2D encoders per crop slice) on crops of the native series."""
+    c = default_config()
+    c.pipeline = "two_stage"
+    c.data.config = "r64_native"
+    c.train.coord_loss_weight = 0.0  # the localiser learns the coordinates; the classifier has no queries
+    return c
+
+
 def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:
     """The shared `get_config(arg)` variants of configs/*.py: '' (CPU default), smoke, r128, r256."""
     if not variant:
@@ -158,9 +200,12 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_colle
         c.cv.num_folds = 2
         c.train.update(batch_size=4, eval_batch_size=8, steps=6, warmup_steps=2, eval_every=3,
                        checkpoint_every=3, log_every=2)
+        c.localiser.update(batch_size=4, steps=6, warmup_steps=2, eval_every=3)
     elif variant in ("r128", "r256"):  # GPU / TPU sized
         big = variant == "r256"
-        c.data.config = variant
+        if c.pipeline == "two_stage" and big:
+            raise ConfigError("config variant 'r256' is one-stage only; the two-stage GPU variant is 'r128'")
+        c.data.config = f"{variant}_native" if c.pipeline == "two_stage" else variant
         c.model.update(volume_shape=DATASET_SHAPES[variant], patch=(8, 16, 16) if big else (4, 16, 16),
                        vit="vit_b" if big else "vit_s", effnet="effnet_b3" if big else "effnet_b0",
                        head_hidden=256, effnet_pool=(1, 1, 1), dtype="bfloat16")

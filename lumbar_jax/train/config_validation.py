@@ -13,13 +13,18 @@ from collections.abc import Mapping
 
 import ml_collections
 
-from lumbar_jax.dataset_configs import DATASET_SHAPES, GRID_DATASETS
+from lumbar_jax.dataset_configs import DATASET_SHAPES, GRID_DATASETS, NATIVE_MAX_SIZE
 from lumbar_jax.models import registry
 from lumbar_jax.models.efficientnet import EFFNET_VARIANTS, PADDINGS
 from lumbar_jax.models.heads import FUSIONS
+from lumbar_jax.models.localiser import LOCALISER_VARIANTS
 from lumbar_jax.models.pretrained import INFLATIONS, PRETRAINED_EFFNETS, PRETRAINED_VIT_PATCH, PRETRAINED_VITS
 from lumbar_jax.models.vit import POOLS, VIT_VARIANTS
 from lumbar_jax.train.loss import LOSSES
+
+
+PIPELINES = ("one_stage", "two_stage")
+CROP_POINTS = ("predicted", "annotated")
 
 
 class ConfigError(ValueError):
@@ -95,6 +100,9 @@ def validate_config(c, schema: ml_collections.ConfigDict, *, check_paths: bool =
     _check_augment(c)
     _check_model(c, check_paths)
     _check_combinations(c)
+    _choice(c, "pipeline", PIPELINES)
+    if c.pipeline == "two_stage":
+        _check_two_stage(c)
 
 
 def _check_data_and_folds(c, check_paths: bool) -> None:
@@ -235,3 +243,32 @@ def check_dataset(c, source) -> None:
     shape = tuple(source[0]["sagittal_t2"].shape)
     _require(shape == tuple(c.model.volume_shape), "model.volume_shape",
              f"{tuple(c.model.volume_shape)} but the dataset's volumes are {shape}")
+
+
+def _check_two_stage(c) -> None:
+    """The localiser and crops sections, and what the two-stage pipeline needs of the others."""
+    _require(c.data.config in NATIVE_MAX_SIZE, "data.config",
+             f"pipeline='two_stage' cuts crops from native-resolution series: needs one of {tuple(NATIVE_MAX_SIZE)}, "
+             f"got {c.data.config!r}")
+    _require(c.model.name in registry.MODEL_ENCODERS, "model.name",
+             f"pipeline='two_stage' reads crops with {tuple(registry.MODEL_ENCODERS)}, got {c.model.name!r}")
+    _require(not c.train.coord_loss_weight, "train.coord_loss_weight",
+             "must be 0 with pipeline='two_stage' (the localiser is trained on the coordinates instead)")
+    loc = c.localiser
+    _choice(c, "localiser.variant", LOCALISER_VARIANTS)
+    for name in ("steps", "batch_size", "eval_every"):
+        _positive_int(c, f"localiser.{name}")
+    _require(_is_number(loc.lr) and loc.lr > 0, "localiser.lr", f"must be positive, got {loc.lr!r}")
+    _require(_is_int(loc.warmup_steps) and 0 <= loc.warmup_steps <= loc.steps, "localiser.warmup_steps",
+             f"must be in 0..localiser.steps ({loc.steps})")
+    cr = c.crops
+    for name in ("slices", "pixels"):
+        _positive_int(c, f"crops.{name}")
+    _require(_is_number(cr.size_mm) and cr.size_mm > 0, "crops.size_mm", f"must be positive, got {cr.size_mm!r}")
+    _require(_is_number(cr.jitter_scale) and cr.jitter_scale >= 0, "crops.jitter_scale",
+             f"must be >= 0, got {cr.jitter_scale!r}")
+    _choice(c, "crops.points", CROP_POINTS)
+    if "vit" in registry.encoders_of(c.model):
+        patch = _positive_ints(c, "model.slice_patch", 2)
+        _require(not any(cr.pixels % p for p in patch), "model.slice_patch",
+                 f"{patch} does not divide crops.pixels {cr.pixels}")

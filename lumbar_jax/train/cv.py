@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from lumbar_jax import labels as L
-from lumbar_jax import metrics, rundir
+from lumbar_jax import calibration, metrics, rundir
 from lumbar_jax.train import config as config_lib
-from lumbar_jax.train import loop
+from lumbar_jax.train import loop, two_stage
 from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train.folds import FoldSplit, load_fold_split
 
@@ -52,6 +52,13 @@ def format_table(summary: dict) -> str:
     if "peak_distance" in summary["oof"]:
         lines.append(f"attention peak to annotated point (held-out, mean of folds): "
                      f"{summary['oof']['peak_distance']:.2f} voxels")
+    c = summary["calibration"]
+    lines.append(f"OOF with one temperature per condition group (each fold's fitted on the other folds): "
+                 f"{c['after']:.4f} (uncalibrated {c['before']:.4f})")
+    if "localiser" in summary:
+        loc = summary["localiser"]
+        lines.append(f"localiser (held out): median {loc['median_mm']:.2f} mm, p90 {loc['p90_mm']:.2f} mm, "
+                     f"correct level {100 * loc['level_accuracy']:.1f} %")
     lines.append("OOF losses: " + "  ".join(
         f"{k} {summary['oof'][k]:.4f} (baseline {summary['oof']['baseline'][k]:.4f})" for k in metrics.LOSS_KEYS))
     return "\n".join(lines)
@@ -78,7 +85,8 @@ def cross_validate(config, workdir: str) -> dict | None:
         if results[k] is not None:
             log.info("fold %d already finished (score %.4f), skipped", k, results[k]["val"]["score"])
             continue
-        results[k] = loop.train_fold(config, workdir, split.fold(k), mesh)
+        train_fold = two_stage.train_fold if config.pipeline == "two_stage" else loop.train_fold
+        results[k] = train_fold(config, workdir, split.fold(k), mesh)
     done = {k: rundir.read_fold_result(workdir, k) or results.get(k) for k in range(config.cv.num_folds)}
     if any(r is None for r in done.values()):
         return None
@@ -115,6 +123,7 @@ def oof_summary(split: FoldSplit, results: list[dict]) -> tuple[dict, np.ndarray
         "oof": oof,
         "folds": [{k: v for k, v in r.items() if k not in ("val_probs", "val_indices")} for r in results],
         "num_studies": int(len(scored)),
+        "calibration": calibration.cross_fitted(labels[scored], probs[scored], folds[scored]),
     }
     return summary, probs
 
@@ -122,6 +131,8 @@ def oof_summary(split: FoldSplit, results: list[dict]) -> tuple[dict, np.ndarray
 def summarize(workdir: str, split: FoldSplit, results: list[dict]) -> dict:
     """Assemble OOF predictions from every fold's best checkpoint; write the CSV, the JSON and the table."""
     summary, probs = oof_summary(split, results)
+    if all("localiser" in r for r in results):
+        summary["localiser"] = two_stage.oof_localiser_report(workdir, split)
     scored = np.flatnonzero(split.folds >= 0)
     if jax.process_index() == 0:
         write_oof(rundir.oof_path(workdir), split.study_ids[scored], probs[scored], split.folds[scored])

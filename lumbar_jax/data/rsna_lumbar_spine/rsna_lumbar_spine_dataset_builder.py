@@ -87,10 +87,10 @@ def _volume_feature(shape: tuple) -> tfds.features.Tensor:
 
 
 def keyed_study_example(job):
-    """One build job `(StudyEntry, volume shape, grid[, native max size])` -> (key = study id, example): the unit
+    """One build job `(StudyEntry, volume shape, grid, native max size)` -> (key = study id, example): the unit
     of work of the multiprocessing build here and of the Beam build (data/beam_build.py). Jobs are made by
-    `Builder.study_jobs`; the native max size (None or absent: no native volumes) is that of *_native configs."""
-    entry, shape, grid, native_max_size = job if len(job) == 4 else (*job, None)
+    `Builder.study_jobs`; the native max size (None: no native volumes) is that of *_native configs."""
+    entry, shape, grid, native_max_size = job
     return entry.study_id, study.study_example(entry, shape, grid=grid, native_max_size=native_max_size)
 
 

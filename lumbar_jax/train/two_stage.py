@@ -1,0 +1,250 @@
+"""The two-stage pipeline in one fold: the localiser (stage 1), then the crop classifier (stage 2).
+
+Stage 1 trains models/localiser.py on the fold's training studies (their annotated points on the r64
+volumes), keeps the checkpoint with the lowest held-out median error, and predicts the 25 points of every
+record of the split: `fold_k/localiser_predictions.npz` (docs/conventions.md section 5). The fold's held-out
+studies are thereby located by a localiser that never trained on them. Its held-out errors, measured in the
+native series (slices and mm), set the training jitter of stage 2.
+
+Stage 2 trains models/crop_classifier.py on crops of the native series (data/crop_pipeline.py): at the
+annotated points moved by that jitter (targets without one: at the localiser's point), and scores the
+held-out studies on crops at the localiser's points (`crops.points='predicted'`) or, for the ablation that
+measures what the localiser costs, at the annotated ones. Both stages resume from their latest checkpoints;
+a finished stage 1 (its predictions file exists) is not trained again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+
+from lumbar_jax import inference, localisation, metrics, rundir
+from lumbar_jax import labels as L
+from lumbar_jax.data import crop_pipeline, pipeline
+from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_VOLUMES
+from lumbar_jax.models import registry
+from lumbar_jax.models.localiser import localiser_loss, predict_points
+from lumbar_jax.train import loop
+from lumbar_jax.train import mesh as mesh_lib
+from lumbar_jax.train import step as step_lib
+from lumbar_jax.train.folds import Fold
+from lumbar_jax.train.loss import metric_loss
+from lumbar_jax.train.state import CheckpointStore, create_train_state
+
+log = logging.getLogger(__name__)
+
+LOCALISER_INPUTS = ("volumes", "present", "coords", "coords_series")
+CROP_INPUTS = ("crops", "crop_present", "labels")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyGeometry:
+    """What scoring points needs of every record of a split, read once: annotated points and native series."""
+
+    coords: np.ndarray  # float [N, 25, 3] normalised annotated points, -1 absent
+    coords_series: np.ndarray  # int [N, 25] series of each annotated point, -1 absent
+    affine: np.ndarray  # float [N, 3, 4, 4] native voxel index -> patient mm per series, zeros when absent
+    native_shape: np.ndarray  # int [N, 3, 3] native [Dn, Hn, Wn] per series
+
+    def rows(self, indices: np.ndarray) -> StudyGeometry:
+        return StudyGeometry(*(getattr(self, f.name)[indices] for f in dataclasses.fields(self)))
+
+    def report(self, points: np.ndarray) -> dict:
+        """`localisation.localisation_report` of `points` [N, 25, 3] (these studies' predictions), in mm."""
+        return localisation.localisation_report(points, self.coords, self.coords_series, self.affine,
+                                                self.native_shape)
+
+    def placement_error(self, points: np.ndarray) -> np.ndarray:
+        """float [3 groups, 3]: per condition group (labels.CONDITION_GROUPS order) the root-mean-square error of
+        `points` [N, 25, 3] along the native (slices, rows in mm, cols in mm) of each point's series, over the
+        scored points (`localisation.scored_points`): the crop jitter that reproduces the localiser's error."""
+        series = localisation.TARGET_SERIES
+        shape = self.native_shape[:, series].astype(np.float64)  # [N, 25, 3]
+        spacing = np.linalg.norm(self.affine[:, series, :3, :3], axis=-2)  # [N, 25, 3] mm per voxel, by axis
+        residual = (points - self.coords) * (shape - 1) * np.concatenate([np.ones_like(spacing[..., :1]),
+                                                                          spacing[..., 1:]], axis=-1)
+        scored = localisation.scored_points(self.coords_series, self.affine)
+        error = np.zeros((len(L.CONDITION_GROUPS), 3))
+        for g, group in enumerate(L.CONDITION_GROUPS):
+            sel = scored & np.isin(np.arange(L.NUM_TARGETS), L.group_target_indices(group))[None]
+            if sel.any():
+                error[g] = np.sqrt(np.mean(residual[sel] ** 2, axis=0))
+        return error
+
+
+def read_geometry(source) -> StudyGeometry:
+    """The StudyGeometry of every record of `source` (a `*_native` split), in source order."""
+    records = [source[i] for i in range(len(source))]
+    return StudyGeometry(
+        coords=np.stack([np.asarray(r["coords"], np.float64) for r in records]),
+        coords_series=np.stack([np.asarray(r["coords_series"], np.int64) for r in records]),
+        affine=np.stack([np.asarray(r[NATIVE_AFFINE], np.float64) for r in records]),
+        native_shape=np.array([[np.shape(r[name]) for name in NATIVE_VOLUMES] for r in records]))
+
+
+def train_fold(config, workdir: str, fold: Fold, mesh) -> dict:
+    """Train both stages of `fold` (resuming where it stopped) and return the fold's result, as the one-stage
+    `loop.train_fold` does, with the localiser's held-out figures under 'localiser' (also in result.json)."""
+    geometry = read_geometry(fold.source)
+    points, report = localise(config, workdir, fold, mesh, geometry)
+    jitter = config.crops.jitter_scale * geometry.rows(fold.val_idx).placement_error(points[fold.val_idx])
+    log.info("fold %d localiser (held out): median %.2f mm, p90 %.2f mm, level accuracy %.3f", fold.index,
+             report["median_mm"], report["p90_mm"], report["level_accuracy"])
+    _, best_step, probs, val = loop.run_stage(_classifier_stage(config, workdir, fold, mesh, points, jitter), mesh)
+    result = {"fold": fold.index, "best_step": best_step, "val": val, "localiser": report,
+              "val_indices": [int(i) for i in fold.val_idx], "val_probs": probs.tolist()}
+    loop.write_result(workdir, fold.index, result)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ stage 1
+
+
+def localise(config, workdir: str, fold: Fold, mesh, geometry: StudyGeometry) -> tuple[np.ndarray, dict]:
+    """(points float32 [N, 25, 3] of every record by fold k's localiser, its held-out report). Trains the
+    localiser unless its predictions are already saved."""
+    path = rundir.localiser_predictions_path(workdir, fold.index)
+    if os.path.exists(path):
+        saved = rundir.read_localiser_predictions(path)
+        log.info("fold %d: localiser already trained, its predictions read from %s", fold.index, path)
+        return saved["points"], geometry.rows(fold.val_idx).report(saved["points"][fold.val_idx])
+    stage, predict_all = _localiser_stage(config, workdir, fold, mesh, geometry)
+    state, _, _, _ = loop.run_stage(stage, mesh)
+    points = predict_all(state)
+    if jax.process_index() == 0:
+        held_out = np.zeros(len(points), bool)
+        held_out[fold.val_idx] = True
+        rundir.write_localiser_predictions(path, fold.study_ids, points, held_out)
+    return points, geometry.rows(fold.val_idx).report(points[fold.val_idx])
+
+
+def _localiser_stage(config, workdir: str, fold: Fold, mesh, geometry: StudyGeometry):
+    """(loop.Stage of the localiser, state -> points [N, 25, 3] of every record)."""
+    lc, tc = config.localiser, config.train
+    volume_shape = tuple(config.model.volume_shape)
+    model = registry.create_localiser(lc, config.model, volume_shape,
+                                      nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+    tx = step_lib.make_optimizer(lc.lr, lc.steps, lc.warmup_steps, tc.weight_decay, tc.grad_clip)
+    statics, state = create_train_state(model, tx, use_ema=False)
+    state = jax.device_put(state, mesh_lib.replicated(mesh))
+
+    def loss_fn(model, batch):
+        loss, parts = localiser_loss(model(batch["volumes"], batch["present"]), batch["coords"],
+                                     batch["coords_series"], batch["present"], volume_shape=volume_shape)
+        return loss, {"distance_voxels": parts["distance"]}
+
+    train_step = step_lib.make_train_step(statics, mesh, config.seed + 1000 * fold.index, 0.0, loss_fn)
+    eval_step = step_lib.make_apply_step(statics, mesh, lambda model, batch: {
+        "points": predict_points(model, batch["volumes"], batch["present"], flip_tta=True)})
+
+    def predict(state, indices: np.ndarray) -> np.ndarray:
+        batches = pipeline.eval_batches(fold.source, indices, batch_size=mesh_lib.process_batch_size(
+            tc.eval_batch_size), shard_index=jax.process_index(), shard_count=jax.process_count())
+        out, _ = inference.gather_outputs(eval_step, state, batches, mesh, ("volumes", "present"),
+                                          fold.study_ids[indices])
+        return out["points"]
+
+    def evaluate(state) -> tuple[np.ndarray, dict]:
+        points = predict(state, fold.val_idx)
+        held_out = geometry.rows(fold.val_idx)
+        report = localisation.localisation_report(points, held_out.coords, held_out.coords_series,
+                                                  volume_shape=volume_shape)
+        figures = {"score": report["median_vox"], "p90_voxels": report["p90_vox"],
+                   "level_accuracy": report["level_accuracy"]}
+        return points, {k: (math.inf if v is None and k == "score" else v) for k, v in figures.items()}
+
+    def batches(start: int):
+        return map(lambda b: {k: b[k] for k in LOCALISER_INPUTS}, pipeline.train_dataset(
+            fold.source, fold.train_idx, batch_size=mesh_lib.process_batch_size(lc.batch_size),
+            seed=config.seed + fold.index, augment_config=config.augment, start_step=start,
+            worker_count=config.data.worker_count, shard_index=jax.process_index(),
+            shard_count=jax.process_count()))
+
+    schedule = dict(steps=lc.steps, lr=lc.lr, warmup_steps=lc.warmup_steps, batch_size=lc.batch_size,
+                    log_every=tc.log_every, eval_every=lc.eval_every, checkpoint_every=tc.checkpoint_every)
+    stage = loop.Stage(
+        name=f"fold {fold.index} localiser", directory=rundir.localiser_dir(workdir, fold.index), statics=statics,
+        state=state, train_step=train_step, eval_step=eval_step, batches=batches, evaluate=evaluate,
+        scalars=lambda r: {f"val/{'median_voxels' if k == 'score' else k}": v for k, v in r.items()
+                           if v is not None},
+        train=_Schedule(**schedule))
+    return stage, lambda state: predict(state, np.arange(len(fold.study_ids)))
+
+
+# ------------------------------------------------------------------------------------------------ stage 2
+
+
+def _classifier_stage(config, workdir: str, fold: Fold, mesh, points: np.ndarray, jitter: np.ndarray
+                      ) -> loop.Stage:
+    """The loop.Stage of the crop classifier: `points` [N, 25, 3] the localiser's for every record, `jitter`
+    [3 groups, 3] the training placement noise (std in slices, mm, mm)."""
+    tc, cr = config.train, config.crops
+    crop_shape = (cr.slices, cr.pixels, cr.pixels)
+    crop_args = dict(slices=cr.slices, size_mm=cr.size_mm, pixels=cr.pixels)
+    directory = rundir.fold_dir(workdir, fold.index)
+    resuming = CheckpointStore.has_latest(os.path.join(directory, rundir.CHECKPOINTS_DIR))
+    model = registry.create_crop_classifier(config.model, crop_shape,
+                                            nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+                                            load_pretrained=not resuming)
+    model.set_output_bias(np.log(metrics.class_prior_baseline(fold.train_labels, 1)[0]))
+    tx = step_lib.make_optimizer(tc.lr, tc.steps, tc.warmup_steps, tc.weight_decay, tc.grad_clip)
+    statics, state = create_train_state(model, tx, use_ema=tc.ema_decay > 0)
+    state = jax.device_put(state, mesh_lib.replicated(mesh))
+    train_step = step_lib.make_train_step(
+        statics, mesh, config.seed + 1000 * fold.index, tc.ema_decay,
+        lambda model, batch: metric_loss(model(batch["crops"], batch["crop_present"]), batch["labels"]))
+    eval_step = step_lib.make_apply_step(statics, mesh, lambda model, batch: {
+        "probs": jax.nn.softmax(model(batch["crops"], batch["crop_present"]), axis=-1)})
+    held_out_points = points if config.crops.points == "predicted" else None
+
+    def evaluate(state) -> tuple[np.ndarray, dict]:
+        batches = crop_pipeline.eval_batches(
+            fold.source, fold.val_idx, batch_size=mesh_lib.process_batch_size(tc.eval_batch_size),
+            points=held_out_points, shard_index=jax.process_index(), shard_count=jax.process_count(), **crop_args)
+        out, _ = inference.gather_outputs(eval_step, state, batches, mesh, ("crops", "crop_present"),
+                                          fold.study_ids[fold.val_idx])
+        return out["probs"], metrics.evaluate_predictions(fold.val_labels, out["probs"], fold.train_labels)
+
+    def batches(start: int):
+        a = config.augment
+        return map(lambda b: {k: b[k] for k in CROP_INPUTS}, crop_pipeline.train_dataset(
+            fold.source, fold.train_idx, batch_size=mesh_lib.process_batch_size(tc.batch_size),
+            seed=config.seed + fold.index, jitter=jitter, intensity_scale=tuple(a.intensity_scale),
+            intensity_shift=a.intensity_shift, fallback_points=points, start_step=start,
+            worker_count=config.data.worker_count, shard_index=jax.process_index(),
+            shard_count=jax.process_count(), **crop_args))
+
+    return loop.Stage(name=f"fold {fold.index}", directory=directory, statics=statics, state=state,
+                      train_step=train_step, eval_step=eval_step, batches=batches, evaluate=evaluate,
+                      scalars=loop.val_scalars, train=tc)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Schedule:
+    """The fields of `config.train` that `loop.run_stage` reads, for the localiser's own schedule."""
+
+    steps: int
+    lr: float
+    warmup_steps: int
+    batch_size: int
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+
+
+def oof_localiser_report(workdir: str, split) -> dict:
+    """The localiser's figures over every fold's held-out studies together (each located by the localiser
+    of its own fold), from the folds' `localiser_predictions.npz`: what cv_summary.json keeps as 'localiser'."""
+    geometry = read_geometry(split.source)
+    points = np.full((len(split.study_ids), L.NUM_TARGETS, 3), np.nan)
+    for k in range(int(split.folds.max()) + 1):
+        saved = rundir.read_localiser_predictions(rundir.localiser_predictions_path(workdir, k))
+        points[saved["held_out"]] = saved["points"][saved["held_out"]]
+    scored = np.flatnonzero(split.folds >= 0)
+    return geometry.rows(scored).report(points[scored])

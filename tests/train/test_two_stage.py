@@ -1,0 +1,95 @@
+"""The two-stage main job on a tiny config: both stages per fold, the run directory's files, resume in the
+middle of stage 2, and the localiser's figures in cv_summary.json."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lumbar_jax import rundir
+from lumbar_jax.data import build
+from lumbar_jax.train import config as config_lib
+from lumbar_jax.train import cv
+from lumbar_jax.train import step as step_lib
+
+
+@pytest.fixture(scope="module")
+def native_data_dir(tmp_path_factory):
+    """The training tests' 12 synthetic studies (conftest `data_dir`, seed 5) built as r64_native."""
+    from lumbar_jax.data import synthetic
+
+    root = tmp_path_factory.mktemp("two_stage_data")
+    synthetic.write_synthetic_dataset(str(root / "kaggle"), num_studies=12, seed=5, progress=False)
+    build.build_dataset(str(root / "kaggle"), str(root / "tfds"), "r64_native", workers=1)
+    return str(root / "tfds")
+
+
+def tiny_two_stage_config(data_dir: str, **train):
+    c = config_lib.apply_variant(config_lib.two_stage_config(), "smoke")
+    c.data.data_dir = data_dir
+    c.model.update(head_hidden=32, head_depth=1, drop_path=0.0, slice_patch=(8, 8))
+    c.crops.update(slices=3, pixels=16)
+    c.localiser.update(variant="loc_tiny_test", batch_size=4, steps=2, warmup_steps=1, eval_every=2)
+    c.train.update(batch_size=4, eval_batch_size=4, steps=4, warmup_steps=1, eval_every=2, checkpoint_every=2,
+                   log_every=1)
+    c.train.update(train)
+    return c
+
+
+def test_both_stages_run_per_fold_and_write_the_run_directory(native_data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    summary = cv.cross_validate(tiny_two_stage_config(native_data_dir), workdir)
+    assert np.isfinite(summary["oof"]["score"])
+    for k in range(2):
+        assert os.path.isdir(os.path.join(rundir.localiser_dir(workdir, k), "checkpoints", "best"))
+        assert os.path.isdir(os.path.join(rundir.checkpoints_dir(workdir, k), "best"))
+        saved = rundir.read_localiser_predictions(rundir.localiser_predictions_path(workdir, k))
+        assert saved["points"].shape == (12, 25, 3) and np.isfinite(saved["points"]).all()
+        result = rundir.read_fold_result(workdir, k)
+        # the held-out studies of the predictions file are exactly the fold's held-out studies
+        assert sorted(np.flatnonzero(saved["held_out"]).tolist()) == sorted(result["val_indices"])
+        assert {"median_mm", "p90_mm", "level_accuracy"} <= set(result["localiser"])
+    stored = json.load(open(rundir.summary_path(workdir)))
+    assert {"median_mm", "p90_mm", "level_accuracy"} <= set(stored["localiser"])
+    assert 0.0 <= stored["localiser"]["level_accuracy"] <= 1.0
+    assert {"before", "after", "temperatures"} <= set(stored["calibration"])
+
+
+def test_killed_in_stage_two_and_resumed_ends_like_an_uninterrupted_run(native_data_dir, tmp_path, monkeypatch):
+    config = tiny_two_stage_config(native_data_dir)
+    config.cv.fold = 0
+    assert cv.cross_validate(config, str(tmp_path / "straight")) is None
+    straight = rundir.read_fold_result(str(tmp_path / "straight"), 0)
+
+    original, made = step_lib.make_train_step, []
+
+    def dies_at_stage_two_step_3(*args, **kwargs):
+        step_fn = original(*args, **kwargs)
+        made.append(step_fn)
+        stage = len(made)  # the localiser's train step is made first, the classifier's second
+
+        def wrapped(state, batch, step):
+            if stage == 2 and step == 3:
+                raise KeyboardInterrupt("killed")
+            return step_fn(state, batch, step)
+        return wrapped
+
+    monkeypatch.setattr(step_lib, "make_train_step", dies_at_stage_two_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        cv.cross_validate(config, str(tmp_path / "resumed"))
+    monkeypatch.setattr(step_lib, "make_train_step", original)
+    # the localiser finished before the kill: its predictions are kept and it is not trained again
+    assert os.path.exists(rundir.localiser_predictions_path(str(tmp_path / "resumed"), 0))
+    cv.cross_validate(config, str(tmp_path / "resumed"))
+    resumed = rundir.read_fold_result(str(tmp_path / "resumed"), 0)
+    assert resumed["best_step"] == straight["best_step"]
+    np.testing.assert_allclose(resumed["val_probs"], straight["val_probs"], rtol=1e-5, atol=1e-6)
+    assert resumed["localiser"] == straight["localiser"]
+
+
+def test_two_stage_config_needs_a_native_dataset():
+    c = config_lib.two_stage_config()
+    c.data.config = "r64"
+    with pytest.raises(config_lib.ConfigError, match="config.data.config: pipeline='two_stage'"):
+        config_lib.validate(c)
