@@ -1,0 +1,150 @@
+"""Stage 2 of the two-stage pipeline: the crop classifier, `crops [B, 25, K, P, P]` -> logits `[B, 25, 3]`.
+
+Input: per study and target t (labels.TARGETS order) a crop of K neighbouring slices of P x P pixels around
+t's point on its series (uint8, or float on the uint8 scale; left-side crops already mirrored to look like
+right-side ones), and `crop_present` bool `[B, 25]` (False where t's series is absent; such crops are zeros).
+
+1. Slice encoder: every slice `[B * 25 * K, P, P, 1]` (normalised as fused.normalize_volumes) goes through a
+   2D ViT and / or a 2D EfficientNet (optionally on the slice average-pooled by `effnet_pool`, for CPU speed),
+   pooled and concatenated (a fused.SeriesEncoder, the layout of the study model's shared encoder, so timm
+   ImageNet weights load 1:1 with pretrained.apply_pretrained), then LayerNorm -> dense -> `hidden`.
+2. Slice pooling: one learned query attends over the crop's K slice vectors (plus a learned slice-position
+   embedding) in a cross-attention block -> one vector per crop.
+3. Study head: each crop vector plus learned condition (t // 5), level (labels.TARGET_LEVEL) and side
+   (labels.TARGET_SIDE: none / left / right) embeddings is one of 25 tokens; `depth` pre-LN transformer
+   blocks of self-attention over a study's tokens let each target read the other levels and conditions (what
+   any_severe_spinal and correlated levels need); LayerNorm -> a linear classifier shared by the targets plus
+   a per-target bias (`set_output_bias`) -> 3 severity logits.
+
+Absent crops: their slices are still encoded (static shapes) but excluded from BatchNorm statistics, their
+crop vector is replaced by zeros, and their token is masked as an attention key, so nothing of their pixels
+reaches any output. Their logits still come out: the token is the target's embeddings alone, attending to the
+study's present crops (a prior conditioned on the rest of the study). A study without any present crop lets
+every token attend to every token (embeddings only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lumbar_jax import labels as L
+from lumbar_jax.labels import NUM_SEVERITIES, NUM_TARGETS
+from lumbar_jax.models.efficientnet import EfficientNet, EffNetVariant
+from lumbar_jax.models.fused import SeriesEncoder, normalize_volumes
+from lumbar_jax.models.transformer import TRUNC_NORMAL, Block, CrossBlock, dense, layer_norm
+from lumbar_jax.models.vit import VisionTransformer, ViTVariant
+
+# Per target: its condition (index into labels.CONDITIONS), level and side (0 none, 1 left, 2 right).
+TARGET_CONDITION = np.arange(NUM_TARGETS) // L.NUM_LEVELS
+NUM_SIDES = 3
+
+
+class SlicePooling(nnx.Module):
+    """A learned query attends over the K slice vectors of a crop: `[N, K, E]` -> `[N, E]`.
+
+    The slices get a learned position embedding (which slice is the centre one, which side is which: left
+    crops are mirrored, so slice order means the same on both sides); one pre-LN cross-attention block (with
+    its MLP), then LayerNorm."""
+
+    def __init__(self, num_slices: int, hidden: int, *, num_heads: int, dropout: float, dtype, param_dtype,
+                 rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.slice_embed = nnx.Param(TRUNC_NORMAL(rngs.params(), (num_slices, hidden), param_dtype))
+        self.query = nnx.Param(TRUNC_NORMAL(rngs.params(), (1, 1, hidden), param_dtype))
+        self.block = CrossBlock(hidden, num_heads, dropout=dropout, **kw)
+        self.norm = layer_norm(hidden, **kw)
+
+    def __call__(self, slices: jax.Array) -> jax.Array:
+        """slices `[N, K, E]` -> crop vectors `[N, E]`."""
+        tokens = slices + self.slice_embed[...].astype(slices.dtype)
+        query = jnp.broadcast_to(self.query[...].astype(slices.dtype), (slices.shape[0], 1, slices.shape[-1]))
+        pooled, _ = self.block(query, tokens)
+        return self.norm(pooled[:, 0])
+
+
+class CropClassifier(nnx.Module):
+    """crops `[B, 25, K, P, P]` (uint8 scale), crop_present bool `[B, 25]` -> logits float32 `[B, 25, 3]`
+    (see the module docstring).
+
+    crop_shape: (K, P, P) the model is built for (the slice embedding is per K; the ViT position embeddings
+      are learned for P x P and resampled for other sizes).
+    vit / effnet: a vit.VIT_VARIANTS / efficientnet.EFFNET_VARIANTS name (or variant), or None to leave that
+      encoder out (at least one is required). vit_patch: the ViT's 2D patch (h, w); vit_pool: 'cls' or 'mean'.
+    effnet_pool: average-pooling factor of the slices before the EfficientNet only (1 = none; 2 = P/2 x P/2):
+      on the CPU the EfficientNet's large early feature maps dominate the step (the ViT keeps the detail).
+    hidden, num_heads: width and heads of the slice pooling and the study head; depth: its transformer blocks.
+    dropout: in the pooling and head blocks; drop_path: the encoders' stochastic depth.
+    kernels: layers.KERNELS ('cpu' | 'xla'), for every convolution and attention; effnet_padding: 'symmetric'
+      (timm efficientnet_b*) or 'same' (tf_efficientnet_b*).
+    """
+
+    def __init__(self, *, crop_shape: Sequence[int], vit: str | ViTVariant | None, effnet: str | EffNetVariant | None,
+                 vit_patch: Sequence[int] = (16, 16), vit_pool: str = "cls", effnet_pool: int = 1, hidden: int = 256,
+                 num_heads: int = 4, depth: int = 2, dropout: float = 0.0, drop_path: float = 0.0, dtype=jnp.float32,
+                 param_dtype=jnp.float32, kernels: str, effnet_padding: str = "symmetric", rngs: nnx.Rngs):
+        if vit is None and effnet is None:
+            raise ValueError("the crop classifier needs a ViT, an EfficientNet or both")
+        self.crop_shape = tuple(int(n) for n in crop_shape)
+        self.dtype = dtype
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        vit_encoder = effnet_encoder = None
+        if vit is not None:
+            vit_encoder = VisionTransformer(vit, input_shape=self.crop_shape[1:], patch=tuple(vit_patch), pool=vit_pool,
+                                            drop_path=drop_path, kernels=kernels, **kw)
+        if effnet is not None:
+            effnet_encoder = EfficientNet(effnet, ndim=2, drop_path=drop_path, padding=effnet_padding, kernels=kernels,
+                                          **kw)
+        # A list of one shared slice encoder: StudyModel's layout, which pretrained.apply_pretrained loads.
+        self.encoders = nnx.List([SeriesEncoder(vit_encoder, effnet_encoder, (effnet_pool, effnet_pool))])
+        features = self.encoders[0].num_features
+        self.slice_norm = layer_norm(features, **kw)
+        self.slice_proj = dense(features, hidden, **kw)
+        self.pool = SlicePooling(self.crop_shape[0], hidden, num_heads=num_heads, dropout=dropout, **kw)
+        embed = lambda n: nnx.Param(TRUNC_NORMAL(rngs.params(), (n, hidden), param_dtype))  # noqa: E731
+        self.condition_embed, self.level_embed = embed(L.NUM_CONDITIONS), embed(L.NUM_LEVELS)
+        self.side_embed = embed(NUM_SIDES)
+        self.blocks = nnx.List([Block(hidden, num_heads, kernels=kernels, dropout=dropout, **kw) for _ in range(depth)])
+        self.norm_out = layer_norm(hidden, **kw)
+        self.classifier = dense(hidden, NUM_SEVERITIES, **kw)
+        self.target_bias = nnx.Param(jnp.zeros((NUM_TARGETS, NUM_SEVERITIES), param_dtype))
+
+    def set_output_bias(self, bias: jax.Array) -> None:
+        """Set the per-target bias of the logits `[25, 3]` (e.g. the log class prior of the training labels)."""
+        self.target_bias[...] = jnp.asarray(bias, self.target_bias.dtype)
+
+    def target_embeddings(self) -> jax.Array:
+        """The sum of each target's condition, level and side embeddings `[25, hidden]`."""
+        return (self.condition_embed[...][TARGET_CONDITION] + self.level_embed[...][L.TARGET_LEVEL]
+                + self.side_embed[...][L.TARGET_SIDE])
+
+    def encode_slices(self, crops: jax.Array, crop_present: jax.Array) -> jax.Array:
+        """crops `[B, 25, K, P, P]`, crop_present bool `[B, 25]` -> the encoders' pooled features of every slice
+        `[B, 25, K, F]` (ViT then EfficientNet; BatchNorm statistics from present crops only)."""
+        if crops.ndim != 5 or crops.shape[1] != NUM_TARGETS or crops.shape[2] != self.crop_shape[0]:
+            raise ValueError(f"crops {tuple(crops.shape)}: expected [B, {NUM_TARGETS}, {self.crop_shape[0]}, P, P] "
+                             f"(the model was built for crop_shape {self.crop_shape})")
+        b, t, k = crops.shape[:3]
+        x = normalize_volumes(crops, self.dtype).reshape(b * t * k, *crops.shape[3:], 1)
+        slice_present = jnp.repeat(crop_present.astype(bool).reshape(-1), k)
+        features, _ = self.encoders[0](x, slice_present)
+        return features.reshape(b, t, k, -1)
+
+    def __call__(self, crops: jax.Array, crop_present: jax.Array) -> jax.Array:
+        """crops `[B, 25, K, P, P]` (uint8 scale), crop_present bool `[B, 25]` -> logits float32 `[B, 25, 3]`."""
+        present = crop_present.astype(bool)
+        features = self.encode_slices(crops, present)
+        b, t, k, _ = features.shape
+        slices = self.slice_proj(self.slice_norm(features)).reshape(b * t, k, -1)
+        crop_vectors = self.pool(slices).reshape(b, t, -1)
+        crop_vectors = jnp.where(present[..., None], crop_vectors, jnp.zeros((), crop_vectors.dtype))
+        tokens = crop_vectors + self.target_embeddings().astype(crop_vectors.dtype)
+        key_mask = present | ~present.any(axis=1, keepdims=True)
+        for block in self.blocks:
+            tokens = block(tokens, key_mask)
+        logits = self.classifier(self.norm_out(tokens)) + self.target_bias[...].astype(tokens.dtype)
+        return logits.astype(jnp.float32)
