@@ -90,12 +90,14 @@ def create_localiser(config: Mapping, model_config: Mapping, volume_shape, rngs:
 def create_crop_classifier(config: Mapping, crop_shape, rngs: nnx.Rngs, load_pretrained: bool = False
                            ) -> CropClassifier:
     """Stage 2 of the two-stage pipeline from a validated `model` section: `model(crops [B, 25, K, P, P],
-    crop_present [B, 25]) -> logits [B, 25, 3]`, each crop slice through the 2D encoders of `model.name`.
+    crop_present [B, 25]) -> logits [B, 25, 3]`, each crop slice through the 2D encoders of `model.name` (the
+    EfficientNet's input average-pooled by the [h, w] of `model.effnet_pool`).
     `load_pretrained`: timm weights into the 2D encoders, 1:1 (no inflation)."""
     encoders = encoders_of(config)
     model = CropClassifier(
         crop_shape=tuple(crop_shape), vit=_vit_variant(config) if "vit" in encoders else None,
-        effnet=config["effnet"] if "effnet" in encoders else None, vit_patch=tuple(config["slice_patch"]),
+        effnet=config["effnet"] if "effnet" in encoders else None, effnet_pool=config["effnet_pool"][1],
+        vit_patch=tuple(config["slice_patch"]),
         vit_pool=config["pool"], hidden=config["head_hidden"], num_heads=config["head_heads"],
         depth=config["head_depth"], dropout=config["dropout"], drop_path=config["drop_path"],
         dtype=jnp.dtype(config["dtype"]), param_dtype=jnp.dtype(config["param_dtype"]),

@@ -105,7 +105,7 @@ def _model_section() -> ml_collections.ConfigDict:
     m.param_dtype = "float32"  # parameter dtype ('float32' also under bfloat16 compute: mixed precision)
     m.kernels = "auto"  # convolution / attention kernels: 'cpu' | 'xla'; 'auto' = 'cpu' on the CPU backend, else 'xla'
     m.effnet_padding = "symmetric"  # EfficientNet padding: 'symmetric' (timm efficientnet_b*), 'same' (tf_*)
-    m.effnet_pool = (1, 2, 2)  # average-pool window [d, h, w] before the EfficientNet (CPU speed); the ViT keeps detail
+    m.effnet_pool = (1, 2, 2)  # average-pool [d, h, w] before the EfficientNet, CPU speed (two_stage: [h, w] per slice)
     m.pretrained_vit = ""  # timm ViT checkpoint file loaded when training starts (models/pretrained.py); "" = none
     m.pretrained_effnet = ""  # timm efficientnet_b* / tf_efficientnet_b* checkpoint file; "" = none
     m.inflation = "centre"  # pretrained 2D kernel -> 3D: 'centre' (middle depth slice) or 'average' (over depth)

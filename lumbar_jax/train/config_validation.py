@@ -268,6 +268,11 @@ def _check_two_stage(c) -> None:
     _require(_is_number(cr.jitter_scale) and cr.jitter_scale >= 0, "crops.jitter_scale",
              f"must be >= 0, got {cr.jitter_scale!r}")
     _choice(c, "crops.points", CROP_POINTS)
+    if "effnet" in registry.encoders_of(c.model):
+        pool = tuple(c.model.effnet_pool)
+        _require(pool[1] == pool[2] and cr.pixels % pool[1] == 0, "model.effnet_pool",
+                 f"{pool}: with pipeline='two_stage' its [h, w] pools each crop slice, so h == w dividing "
+                 f"crops.pixels {cr.pixels}")
     if "vit" in registry.encoders_of(c.model):
         patch = _positive_ints(c, "model.slice_patch", 2)
         _require(not any(cr.pixels % p for p in patch), "model.slice_patch",
