@@ -9,13 +9,13 @@ training run works on one can only be measured on a GPU. Sections:
 - machine: device name and memory; jax, jaxlib, flax (and the peer's) versions; the device's bf16 and f32
   matmul rate, measured now (one square matmul, 16384 on a side, JAX's default precision: TF32 for f32 on
   NVIDIA tensor cores). Every MFU figure is read against the rate of its own dtype from the same run.
-- steps (benchmarks/gpu_steps.py): train-step throughput of configs/vit_effnet.py `:r128` and `:r256`, then
+- steps (benchmarks/gpu_steps.py): train-step throughput of configs/vit_effnet_one_stage.py `:r128` and `:r256`, then
   (within a time budget) configs/vit.py and configs/effnet.py, in bfloat16 and float32: records/s, median step
   time, compile time, device memory, achieved FLOP/s (XLA's cost analysis) and MFU. Target: the r256 ViT-B
   step (configs/vit.py:r256) at >= 40 % MFU in bfloat16.
 - peer (benchmarks/gpu_steps.py): where torch and monai import, benchmarks/models.py's MONAI ViT and
   EfficientNetBN on the same device against the same lumbar_jax encoders, as ratios; target >= 1.5x.
-- train (benchmarks/gpu_train.py): about 200 steps of one fold of `configs/vit_effnet.py:r128` on a
+- train (benchmarks/gpu_train.py): about 200 steps of one fold of `configs/vit_effnet_one_stage.py:r128` on a
   synthetic r128 set in bfloat16, through the main job (`cross_validate`); then the best checkpoint is restored
   and evaluated (`evaluate_run`). Pass/fail lines: the loss falls, no NaN, the restored score is the run's.
 

@@ -1,7 +1,7 @@
 """Sections `steps` and `peer` of `python -m benchmarks.gpu`: train-step throughput of the GPU variants, and
 lumbar_jax's encoders against MONAI's on the same device.
 
-steps: the study model of `configs/{vit_effnet,vit,effnet}.py:{r128,r256}` (`registry.create_model`, as the
+steps: the study model of `configs/{vit_effnet_one_stage,vit,effnet}.py:{r128,r256}` (`registry.create_model`, as the
 main job builds it), one jit-compiled train step: forward on uint8 volumes [B, 3, D, H, W] with every series
 present, softmax cross-entropy over the 25 x 3 logits, backward, AdamW. (The main job's step adds the
 coordinate loss of the target queries and, in these variants, an EMA of the parameters: a few % of the work.)
@@ -37,9 +37,9 @@ from benchmarks import models as bench_models
 
 BATCH = {"r128": 32, "r256": 4, "smoke": 2}
 STEPS_ROWS = [  # (config file, variant, dtype, required), in this order
-    ("vit_effnet", "r128", "bfloat16", True), ("vit", "r256", "bfloat16", True),
-    ("vit_effnet", "r256", "bfloat16", True), ("vit_effnet", "r128", "float32", True),
-    ("vit_effnet", "r256", "float32", True), ("vit", "r128", "bfloat16", False),
+    ("vit_effnet_one_stage", "r128", "bfloat16", True), ("vit", "r256", "bfloat16", True),
+    ("vit_effnet_one_stage", "r256", "bfloat16", True), ("vit_effnet_one_stage", "r128", "float32", True),
+    ("vit_effnet_one_stage", "r256", "float32", True), ("vit", "r128", "bfloat16", False),
     ("effnet", "r128", "bfloat16", False), ("effnet", "r256", "bfloat16", False),
     ("vit", "r128", "float32", False), ("vit", "r256", "float32", False), ("effnet", "r128", "float32", False),
     ("effnet", "r256", "float32", False)]

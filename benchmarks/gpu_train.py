@@ -1,6 +1,6 @@
 """Section `train` of `python -m benchmarks.gpu`: a short real training on the GPU, restored and evaluated.
 
-The main job's own path: `lumbar_jax.train.cv.cross_validate(config, workdir)` on `configs/vit_effnet.py:r128`
+The main job's own path: `lumbar_jax.train.cv.cross_validate(config, workdir)` on `configs/vit_effnet_one_stage.py:r128`
 (vit_s + effnet_b0, r128 volumes, batch 32, bfloat16 compute) with one fold (`config.fold = 0`) of the
 embedded synthetic set (128 studies, generated and built as r128 under the scratch directory), 200 steps
 (warm-up 20, evaluation and checkpoints every 100, the loss logged every 10, parameter EMA 0.99: the
@@ -38,7 +38,7 @@ def train_config(smoke: bool, cache_dir: str):
     from benchmarks.gpu_steps import load_config
 
     mode = "smoke" if smoke else "full"
-    config = load_config("vit" if smoke else "vit_effnet", "smoke" if smoke else "r128")
+    config = load_config("vit" if smoke else "vit_effnet_one_stage", "smoke" if smoke else "r128")
     config.fold = 0  # also cv.fold: one fold
     config.model.dtype = "bfloat16"
     config.train.update(STEPS[mode])
@@ -110,7 +110,8 @@ def train_section(ctx) -> dict:
     checks = _checks(losses, stopped, run_score, restored, ctx.smoke)
     t = config.train
     return {
-        "description": f"{'configs/vit.py:smoke (tiny)' if ctx.smoke else 'configs/vit_effnet.py:r128'}, fold 0 of "
+        "description": f"{'configs/vit.py:smoke (tiny)' if ctx.smoke else 'configs/vit_effnet_one_stage.py:r128'}, "
+                       f"fold 0 of "
                        f"{config.cv.num_folds}, {config.data.synthetic_studies} synthetic studies, {t.steps} steps "
                        f"of batch {t.batch_size}, {config.model.dtype}: training {train_s:.0f} s (data build and "
                        f"compilation included, {rate and f'{rate:.3g}'} records/s over the loop), restore + "

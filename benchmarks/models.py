@@ -14,7 +14,7 @@ are printed side by side (they must agree within 1 %), and the achieved FLOP/s o
 (XLA's cost analysis of the compiled step / median step time) against the machine's f32 matmul rate
 measured in the same run.
 
-The fused model (`configs/vit_effnet.py`, the CPU default, and its `:r128` variant in float32): train-step
+The one-stage fused model (`configs/vit_effnet_one_stage.py` and its `:r128` variant in float32): train-step
 rate of the whole study model (3 series per record, coordinate loss on) and the benchmark process's peak
 resident memory after each (ru_maxrss: monotonic, so the r128 figure bounds that model from above). The
 default's rate is also the pipeline section's peer (`train_step_consumption`): how many records/s training
@@ -199,7 +199,7 @@ def _encoder_rows(ctx: common.Context, kind: str, p: dict, matmul_flops: float) 
 
 
 def _fused_state(variant: str, batch: int):
-    """(train step thunk, compile seconds, config) of `configs/vit_effnet.py:variant` at `batch` records."""
+    """(train step thunk, compile seconds, config) of `configs/vit_effnet_one_stage.py:variant` at `batch` records."""
     import importlib.util
     import os
 
@@ -211,7 +211,8 @@ def _fused_state(variant: str, batch: int):
     from lumbar_jax.train import mesh as mesh_lib
     from lumbar_jax.train import step as step_lib
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "vit_effnet.py")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(repo, "configs", "vit_effnet_one_stage.py")
     spec = importlib.util.spec_from_file_location("vit_effnet_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -249,7 +250,7 @@ _FUSED: dict[tuple, tuple[dict, dict]] = {}  # (variant, batch, repeats) -> (row
 
 
 def _fused_row(variant: str, batch: int, repeats: int) -> tuple[dict, dict]:
-    """(row, extra) of the fused model's train step, `configs/vit_effnet.py:variant` at `batch` records."""
+    """(row, extra) of the fused model's train step, `configs/vit_effnet_one_stage.py:variant` at `batch` records."""
     key = (variant, batch, repeats)
     if key not in _FUSED:
         step, compile_s, config = _fused_state(variant, batch)

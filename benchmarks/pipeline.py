@@ -1,8 +1,8 @@
 """Section `pipeline`: the grain training pipeline over a built r64 dataset, default augmentation.
 
 `lumbar_jax.data.pipeline.train_dataset(source, all indices, batch_size, seed=0)` with every augmentation on
-(the default `augment` section plus the GPU variants' spatial jitter: flip, zoom/shift, intensity), read in-process (`worker_count=0`) and with 2 grain worker
-processes. After warm-up batches (for workers: the first batch also pays their start-up, reported separately),
+(the default `augment` section plus the GPU variants' spatial jitter: flip, zoom/shift, intensity), read
+in-process (`worker_count=0`) and with 2 grain worker processes. After warm-up batches (for workers: the first batch also pays their start-up, reported separately),
 each timed repetition draws `batches_per_repeat` batches; rate = records / s (each record holds 3 volumes).
 
 Peer: the rate at which the lumbar_jax train step of the default config consumes records (the models

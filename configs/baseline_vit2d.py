@@ -23,7 +23,7 @@ best held-out checkpoint per fold, the default augmentations (patient left/right
 swapped, which moves the middle slice by one for an even D; contrast / brightness jitter).
 
 Variants (`--config configs/baseline_vit2d.py:VARIANT`):
-  (default)  CPU-sized, same data and budget as configs/vit_effnet.py (r64, 320 steps of batch 12 per fold,
+  (default)  CPU-sized, same data and budget as configs/vit_effnet_one_stage.py (r64, 320 steps of batch 12 per fold,
              5 folds, seed 0). Differs from the original in the model only, to fit that budget on a 2-core
              CPU: the slice is used at the r64 records' own 64 x 64 (resizing it to 224 adds no information,
              only tokens) with 8 x 8 patches (8 x 8 = 64 tokens instead of 14 x 14), and the ViT has ViT-Ti's

@@ -24,7 +24,7 @@ refuses them on grid data); contrast / brightness jitter stays. The grid records
 coordinates in the grid (unused here: no target queries).
 
 Variants (`--config configs/baseline_vit3d_grid.py:VARIANT`):
-  (default)  CPU-sized, same budget as configs/vit_effnet.py (320 steps of batch 12 per fold, 5 folds,
+  (default)  CPU-sized, same budget as configs/vit_effnet_one_stage.py (320 steps of batch 12 per fold, 5 folds,
              seed 0, the same 300 synthetic studies), to fit that budget on a 2-core CPU: a 32^3 grid
              (`grid32`) instead of 128^3 with 8^3-voxel patches (each patch covers the same share of the grid
              as 16^3 of 64^3: 4^3 = 64 tokens instead of 8^3 = 512), and a ViT of width 192 (3 heads) with 6

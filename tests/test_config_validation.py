@@ -180,3 +180,37 @@ def test_a_restored_config_of_an_earlier_version_takes_defaults_and_the_new_fiel
     assert (restored.train.loss, restored.model.kernels) == ("metric", "cpu")
     stored["model"]["typo"] = 1
     _refused(config_lib.restore_config(stored), "model.typo")
+
+
+TWO_STAGE_REFUSED = [  # (overrides of the two-stage default, the field the error names)
+    ({"data.config": "r64"}, "data.config"),  # no native series to crop from
+    ({"model.name": "vit2d", "model.patch": (1, 16, 16)}, "model.name"),  # a one-stage baseline
+    ({"train.coord_loss_weight": 1.0}, "train.coord_loss_weight"),
+    ({"localiser.variant": "loc_huge"}, "localiser.variant"),
+    ({"localiser.steps": 0}, "localiser.steps"),
+    ({"localiser.lr": 0.0}, "localiser.lr"),
+    ({"localiser.warmup_steps": 10**6}, "localiser.warmup_steps"),
+    ({"crops.slices": 0}, "crops.slices"),
+    ({"crops.size_mm": -40.0}, "crops.size_mm"),
+    ({"crops.jitter_scale": -1.0}, "crops.jitter_scale"),
+    ({"crops.points": "oracle"}, "crops.points"),
+    ({"model.slice_patch": (5, 5)}, "model.slice_patch"),  # does not divide crops.pixels 32
+    ({"model.effnet_pool": (1, 2, 4)}, "model.effnet_pool"),  # a crop slice is pooled square
+    ({"model.pretrained_vit": "vit.safetensors", "model.vit": "vit_s"}, "model.slice_patch"),  # patch-16 weights
+]
+
+
+@pytest.mark.parametrize("overrides,field", TWO_STAGE_REFUSED)
+def test_two_stage_fields_are_checked_naming_the_field(overrides, field):
+    config = config_lib.two_stage_config()
+    config_lib.validate(config)
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    _refused(config, field)
+
+
+def test_unknown_pipeline_is_refused_before_the_sections_it_selects():
+    config = config_lib.two_stage_config()
+    config.pipeline = "three_stage"
+    _refused(config, "pipeline")

@@ -45,7 +45,7 @@ def test_unknown_variant_is_refused(name):
     ({"model.effnet_pool": (1, 3, 2)}, "model.effnet_pool"),
 ])
 def test_bad_coordinate_and_head_settings_are_refused_naming_the_field(overrides, field):
-    config = _load("vit_effnet.py").get_config()
+    config = _load("vit_effnet_one_stage.py").get_config()
     for key, value in overrides.items():
         section, name = key.split(".")
         config[section][name] = value
@@ -54,13 +54,13 @@ def test_bad_coordinate_and_head_settings_are_refused_naming_the_field(overrides
 
 
 def test_pooled_heads_train_without_coordinate_supervision():
-    config = _load("vit_effnet.py").get_config()
+    config = _load("vit_effnet_one_stage.py").get_config()
     config.model.fusion, config.train.coord_loss_weight = "attention", 0.0
     config_lib.validate(config)
 
 
 def test_fold_and_cv_fold_are_one_setting():
-    config = _load("vit_effnet.py").get_config()
+    config = _load("vit_effnet_one_stage.py").get_config()
     config.fold = 2
     assert config.cv.fold == 2
     config.cv.fold = 4
@@ -72,8 +72,8 @@ def test_fold_and_cv_fold_are_one_setting():
 
 
 @pytest.mark.parametrize("name,overrides,field", [
-    ("vit_effnet.py", {"train.loss": "focal"}, "train.loss"),
-    ("vit_effnet.py", {"train.loss": "cross_entropy"}, "train.coord_loss_weight"),  # coordinate loss still on
+    ("vit_effnet_one_stage.py", {"train.loss": "focal"}, "train.loss"),
+    ("vit_effnet_one_stage.py", {"train.loss": "cross_entropy"}, "train.coord_loss_weight"),  # coordinate loss still on
     ("baseline_vit2d.py", {"train.coord_loss_weight": 1.0}, "train.coord_loss_weight"),  # no target queries
     ("baseline_vit3d_grid.py", {"data.config": "r64"}, "data.config"),  # needs the aligned grid channels
     ("baseline_vit3d_grid.py", {"augment.flip_lr_prob": 0.5}, "augment"),  # per-series flips break the grid

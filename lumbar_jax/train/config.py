@@ -188,6 +188,8 @@ def two_stage_config() -> ml_collections.ConfigDict:
     c.pipeline = "two_stage"
     c.data.config = "r64_native"
     c.train.coord_loss_weight = 0.0  # the localiser learns the coordinates; the classifier has no queries
+    c.train.update(steps=200, eval_every=100, checkpoint_every=100)  # crops learn fast: the CPU budget's size
+    c.localiser.update(steps=150, eval_every=75)
     return c
 
 
@@ -212,6 +214,10 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_colle
         c.augment.update(SPATIAL_JITTER)
         c.train.update(batch_size=64 if big else 32, eval_batch_size=64, steps=3000, warmup_steps=300,
                        lr=3e-4, eval_every=500, checkpoint_every=500, log_every=50, ema_decay=0.999)
+        if c.pipeline == "two_stage":  # 40 mm crops sampled to 64x64 (~0.6 mm/px), ViT-S/16 patches per slice
+            c.crops.pixels = 64
+            c.model.update(slice_patch=(16, 16), head_depth=2)
+            c.localiser.update(batch_size=32, steps=1500, warmup_steps=150, lr=1e-3, eval_every=500)
     else:
         raise ConfigError(f"config variant {variant!r} unknown; use one of '', 'smoke', 'r128', 'r256'")
     return c

@@ -95,12 +95,12 @@ def validate_config(c, schema: ml_collections.ConfigDict, *, check_paths: bool =
     pretrained weight files that do not exist (training; a restored run reads neither)."""
     check_fields(c, schema)
     _require(_is_int(c.seed) and 0 <= c.seed < 2**32, "seed", f"{c.seed!r} is not an integer in [0, 2**32)")
+    _choice(c, "pipeline", PIPELINES)
     _check_data_and_folds(c, check_paths)
     _check_train(c)
     _check_augment(c)
     _check_model(c, check_paths)
     _check_combinations(c)
-    _choice(c, "pipeline", PIPELINES)
     if c.pipeline == "two_stage":
         _check_two_stage(c)
 
@@ -200,7 +200,10 @@ def _check_pretrained(c, encoders: tuple[str, ...], check_paths: bool) -> None:
         _require(kind in encoders, f"model.{field}", f"set, but model.name={m.name!r} has no {kind} encoder")
         _require(m[kind] in variants, f"model.{kind}",
                  f"{m[kind]!r} has no timm ImageNet checkpoint (model.{field} is set); one of {variants}")
-        if kind == "vit":
+        if kind == "vit" and c.pipeline == "two_stage":
+            _require(tuple(m.slice_patch) == PRETRAINED_VIT_PATCH, "model.slice_patch",
+                     f"{tuple(m.slice_patch)}: a patch-16 checkpoint (model.pretrained_vit) needs [16, 16]")
+        elif kind == "vit":
             _require(tuple(m.patch)[1:] == PRETRAINED_VIT_PATCH, "model.patch",
                      f"{tuple(m.patch)}: a patch-16 checkpoint (model.pretrained_vit) needs [d, 16, 16]")
         if kind == "effnet" and "efficientnet" in path.lower():
