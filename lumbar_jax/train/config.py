@@ -197,7 +197,7 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_colle
     """The shared `get_config(arg)` variants of configs/*.py: '' (CPU default), smoke, r128, r256."""
     if not variant:
         return c
-    if variant == "smoke":  # the whole job end to end in about a minute
+    if variant == "smoke":  # the whole job end to end on 40 studies: a few minutes, mostly compilation
         c.data.synthetic_studies = 40
         c.cv.num_folds = 2
         c.train.update(batch_size=4, eval_batch_size=8, steps=6, warmup_steps=2, eval_every=3,

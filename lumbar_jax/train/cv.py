@@ -71,6 +71,8 @@ def cross_validate(config, workdir: str) -> dict | None:
     mesh = mesh_lib.make_mesh(config.mesh.num_devices)
     mesh_lib.check_batch_size(config.train.batch_size, mesh)
     mesh_lib.check_batch_size(config.train.eval_batch_size, mesh, "train.eval_batch_size")
+    if config.pipeline == "two_stage":
+        mesh_lib.check_batch_size(config.localiser.batch_size, mesh, "localiser.batch_size")
     if jax.process_index() == 0:
         rundir.write_config(workdir, config.to_json_best_effort(indent=2))
 
