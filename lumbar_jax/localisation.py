@@ -1,0 +1,125 @@
+"""How well the 25 target points are localised: error in patient space, level assignment, slice error (numpy).
+
+Inputs, for N studies: predicted and annotated normalised (depth, row, col) points `[N, 25, 3]`
+(docs/conventions.md section 3), `coords_series [N, 25]` (the series each point was annotated on, -1 = none)
+and, optionally, per study the native geometry of its three series (the `*_native` records): `native_affine
+[N, 3, 4, 4]` taking a native voxel index (depth, row, col, 1) to patient coordinates in mm (all zeros for an
+absent series) and `native_shapes [N, 3, 3]` (Dn, Hn, Wn). A normalised point maps to the native index
+`coords * (shape - 1)`. Without geometry the errors are in voxels of the fixed-size volume (`volume_shape`).
+
+Scored points: those annotated on their target's own series (labels.CONDITION_SERIES; the localiser predicts
+there), on a series with geometry when geometry is given.
+
+`localisation_report` returns, per condition group (labels.CONDITION_GROUPS) and overall:
+- `median_mm`, `p90_mm` (`median_vox`, `p90_vox` without geometry): Euclidean error of the points;
+- `level_accuracy`: share of points whose prediction is nearer to the annotated point of its own level than
+  to the annotated point of every other level of the same condition in the same study (points whose condition
+  has no other annotated level are not counted): catches a prediction on the wrong disc even when it is close;
+- `slice_exact`, `slice_within_1`: the predicted native slice (depth index, rounded) equals the annotated one,
+  or is within one slice; depth is the series' own slice axis (across the sagittal slices, along the axial
+  stack); on sagittal series this is what decides left / centre / right;
+- `n`: scored points (`level_n`: those counted in level_accuracy).
+Empty groups give None. The dict is JSON-able.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lumbar_jax import labels as L
+
+# Series of each target's point, [25].
+TARGET_SERIES = np.repeat(L.CONDITION_SERIES, L.NUM_LEVELS)
+
+
+def scored_points(coords_series: np.ndarray, native_affine: np.ndarray | None = None) -> np.ndarray:
+    """bool `[N, 25]`: points annotated on their target's own series (and, with geometry, on a series that has
+    an affine: a zero affine means the series is absent)."""
+    scored = np.asarray(coords_series) == TARGET_SERIES
+    if native_affine is not None:
+        has_geometry = np.any(np.asarray(native_affine) != 0, axis=(-2, -1))  # [N, 3]
+        scored &= has_geometry[:, TARGET_SERIES]
+    return scored
+
+
+def to_space(points: np.ndarray, native_affine: np.ndarray | None = None, native_shapes: np.ndarray | None = None,
+             volume_shape=(16, 64, 64)) -> np.ndarray:
+    """Normalised points `[N, 25, 3]` on each target's series -> `[N, 25, 3]` in patient mm (with geometry:
+    affine @ (coords * (shape - 1), 1)) or in voxels of `volume_shape` (coords * (shape - 1))."""
+    points = np.asarray(points, np.float64)
+    if native_affine is None:
+        return points * (np.asarray(volume_shape, np.float64) - 1)
+    shapes = np.asarray(native_shapes, np.float64)[:, TARGET_SERIES]  # [N, 25, 3]
+    index = points * (shapes - 1)
+    affine = np.asarray(native_affine, np.float64)[:, TARGET_SERIES]  # [N, 25, 4, 4]
+    return np.einsum("ntij,ntj->nti", affine[..., :3, :3], index) + affine[..., :3, 3]
+
+
+def _native_slices(points: np.ndarray, native_shapes: np.ndarray | None, volume_shape) -> np.ndarray:
+    """Depth index `[N, 25]` (float) of normalised points on the native (or fixed-size) volume."""
+    if native_shapes is None:
+        depth = np.full(points.shape[:2], volume_shape[0], np.float64)
+    else:
+        depth = np.asarray(native_shapes, np.float64)[:, TARGET_SERIES, 0]
+    return np.asarray(points, np.float64)[..., 0] * (depth - 1)
+
+
+def level_correct(pred: np.ndarray, true: np.ndarray, scored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(correct bool `[N, 25]`, counted bool `[N, 25]`) from points in one space `[N, 25, 3]`: a scored point
+    is counted when its condition has another scored level in its study, and correct when its prediction is
+    strictly nearer its own annotated point than every other scored level's annotated point."""
+    n = pred.shape[0]
+    pred_c = pred.reshape(n, L.NUM_CONDITIONS, L.NUM_LEVELS, 3)
+    true_c = true.reshape(n, L.NUM_CONDITIONS, L.NUM_LEVELS, 3)
+    scored_c = scored.reshape(n, L.NUM_CONDITIONS, L.NUM_LEVELS)
+    # distance[n, c, l, m] = |pred of level l - annotated point of level m|
+    distance = np.linalg.norm(pred_c[:, :, :, None] - true_c[:, :, None, :], axis=-1)
+    own = np.diagonal(distance, axis1=2, axis2=3)  # [N, C, L]
+    others = scored_c[:, :, None, :] & ~np.eye(L.NUM_LEVELS, dtype=bool)  # [N, C, L, M]
+    nearest_other = np.where(others, distance, np.inf).min(axis=-1)
+    counted = scored_c & others.any(axis=-1)
+    correct = counted & (own < nearest_other)
+    return correct.reshape(n, -1), counted.reshape(n, -1)
+
+
+def _summary(error: np.ndarray, correct: np.ndarray, counted: np.ndarray, slice_error: np.ndarray, unit: str
+             ) -> dict:
+    """The statistics of one set of scored points (1-D arrays over them)."""
+    n, level_n = int(error.size), int(counted.sum())
+    stat = (lambda f: float(f(error))) if n else (lambda f: None)
+    return {
+        f"median_{unit}": stat(np.median),
+        f"p90_{unit}": stat(lambda e: np.percentile(e, 90)),
+        "level_accuracy": float(correct.sum() / level_n) if level_n else None,
+        "slice_exact": float(np.mean(slice_error == 0)) if n else None,
+        "slice_within_1": float(np.mean(slice_error <= 1)) if n else None,
+        "n": n,
+        "level_n": level_n,
+    }
+
+
+def localisation_report(pred: np.ndarray, coords: np.ndarray, coords_series: np.ndarray,
+                        native_affine: np.ndarray | None = None, native_shapes: np.ndarray | None = None,
+                        volume_shape=(16, 64, 64)) -> dict:
+    """Localisation statistics (module docstring) of predicted normalised points `pred [N, 25, 3]` against the
+    annotated `coords [N, 25, 3]` / `coords_series [N, 25]`; with `native_affine [N, 3, 4, 4]` and
+    `native_shapes [N, 3, 3]` in mm and native slices, else in voxels and slices of `volume_shape`.
+    Returns {group: {...}, plus the overall statistics at the top level, "unit": "mm" | "vox"}."""
+    if (native_affine is None) != (native_shapes is None):
+        raise ValueError("give both native_affine and native_shapes, or neither")
+    unit = "vox" if native_affine is None else "mm"
+    scored = scored_points(coords_series, native_affine)
+    pred_space = to_space(pred, native_affine, native_shapes, volume_shape)
+    true_space = to_space(coords, native_affine, native_shapes, volume_shape)
+    error = np.linalg.norm(pred_space - true_space, axis=-1)
+    correct, counted = level_correct(pred_space, true_space, scored)
+    slice_error = np.abs(np.rint(_native_slices(pred, native_shapes, volume_shape))
+                         - np.rint(_native_slices(coords, native_shapes, volume_shape)))
+    report: dict = {"unit": unit}
+    for group in L.CONDITION_GROUPS:
+        targets = np.zeros(L.NUM_TARGETS, bool)
+        targets[L.group_target_indices(group)] = True
+        sel = scored & targets
+        report[group] = _summary(error[sel], correct[sel], counted[sel], slice_error[sel], unit)
+    report.update(_summary(error[scored], correct[scored], counted[scored], slice_error[scored], unit))
+    return report
