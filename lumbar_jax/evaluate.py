@@ -6,7 +6,11 @@ studies are predicted and scored again by the training loop's own held-out evalu
 (`train.folds.evaluate_fold`). The report has what the training summary has (competition score,
 per-condition losses, any_severe_spinal, accuracy, balanced accuracy, per-class recall, class-prior baseline,
 best constant) per fold and, with every fold, out of fold. Evaluating the best checkpoints of every fold
-reproduces `cv_summary.json`; `evaluate_run` says whether it did.
+reproduces `cv_summary.json` and each fold's `result.json`; `evaluate_run` says whether it did.
+
+Two-stage runs (`lumbar_jax.two_stage_inference`): fold k's held-out studies are located by fold k's localiser
+(its best checkpoint) and read by fold k's crop classifier, as training scored them; the report adds the
+localiser's held-out figures and how far its points are from the fold's saved `localiser_predictions.npz`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 
 from lumbar_jax import inference
 from lumbar_jax import labels as L
-from lumbar_jax import metrics, rundir
+from lumbar_jax import metrics, rundir, two_stage_inference
 from lumbar_jax.train import cv, folds as folds_lib
 from lumbar_jax.train import mesh as mesh_lib
 
@@ -35,6 +39,10 @@ def evaluate_run(workdir: str, folds: list[int] | None = None, checkpoint: str |
 
     Returns {'checkpoint', 'folds': [{'fold', 'step', 'val'}], 'devices'} and, when every fold is evaluated,
     'oof' (as in cv_summary.json) and 'cv_summary_oof_score' / 'reproduces_cv_summary' when the run has one.
+    A fold evaluated at its best checkpoint also has 'trained_score' / 'reproduces_result' (its result.json's
+    val score). Two-stage runs: each fold's held-out studies go through that fold's localiser and classifier,
+    and its entry also has 'localiser_step', 'localiser' (the held-out localisation report, mm) and
+    'saved_points_max_diff' (vs its localiser_predictions.npz); with every fold, 'oof_localiser' too.
     """
     config = inference.load_run_config(workdir)
     num_folds = config.cv.num_folds
@@ -43,10 +51,28 @@ def evaluate_run(workdir: str, folds: list[int] | None = None, checkpoint: str |
     if bad:
         raise ValueError(f"--fold {bad[0]} not in 0..{num_folds - 1} (the run has {num_folds} folds)")
     mesh = mesh or mesh_lib.make_mesh()
-    restorer = inference.RunRestorer(workdir, mesh, with_attention_peaks=True)
     split = folds_lib.load_fold_split(config)
-    batch_size = inference.eval_batch_size(config, mesh)
+    evaluate_folds = _two_stage_folds if config.pipeline == "two_stage" else _one_stage_folds
+    results = evaluate_folds(workdir, config, split, folds, checkpoint, mesh)
 
+    report = {"checkpoint": str(checkpoint), "devices": int(mesh.size),
+              "folds": [_fold_entry(workdir, r, checkpoint) for r in results]}
+    if sorted(folds) == list(range(num_folds)):
+        summary, _ = cv.oof_summary(split, sorted(results, key=lambda r: r["fold"]))
+        report["oof"] = summary["oof"]
+        if config.pipeline == "two_stage":
+            report["oof_localiser"] = two_stage_inference.pooled_localiser_report(results)
+        if os.path.exists(rundir.summary_path(workdir)):
+            trained = rundir.read_summary(workdir)["oof"]["score"]
+            report["cv_summary_oof_score"] = trained
+            report["reproduces_cv_summary"] = bool(abs(trained - report["oof"]["score"]) < REPRODUCE_TOLERANCE)
+    return report
+
+
+def _one_stage_folds(workdir: str, config, split, folds: list[int], checkpoint, mesh) -> list[dict]:
+    """Per fold {'fold', 'best_step', 'val', 'val_indices', 'val_probs'} of its restored study model."""
+    restorer = inference.RunRestorer(workdir, mesh, with_attention_peaks=True)
+    batch_size = inference.eval_batch_size(config, mesh)
     results = []
     for k in folds:
         model, fold = restorer.restore(k, checkpoint), split.fold(k)
@@ -55,17 +81,35 @@ def evaluate_run(workdir: str, folds: list[int] | None = None, checkpoint: str |
                  val["baseline"]["score"])
         results.append({"fold": k, "best_step": model.step, "val": val, "val_indices": fold.val_idx,
                         "val_probs": probs})
+    return results
 
-    report = {"checkpoint": str(checkpoint), "devices": int(mesh.size),
-              "folds": [{"fold": r["fold"], "step": r["best_step"], "val": r["val"]} for r in results]}
-    if sorted(folds) == list(range(num_folds)):
-        summary, _ = cv.oof_summary(split, sorted(results, key=lambda r: r["fold"]))
-        report["oof"] = summary["oof"]
-        if os.path.exists(rundir.summary_path(workdir)):
-            trained = rundir.read_summary(workdir)["oof"]["score"]
-            report["cv_summary_oof_score"] = trained
-            report["reproduces_cv_summary"] = bool(abs(trained - report["oof"]["score"]) < REPRODUCE_TOLERANCE)
-    return report
+
+def _two_stage_folds(workdir: str, config, split, folds: list[int], checkpoint, mesh) -> list[dict]:
+    """Per fold the one-stage keys plus the localiser's ('localiser_step', 'localiser', 'points', 'geometry',
+    'saved_points_max_diff'; `TwoStageRestorer.evaluate_fold`)."""
+    restorer = two_stage_inference.TwoStageRestorer(workdir, mesh)
+    results = []
+    for k in folds:
+        model, fold = restorer.restore(k, checkpoint), split.fold(k)
+        out = restorer.evaluate_fold(model, fold)
+        log.info("fold %d, step %d (localiser step %d): score %.4f (baseline %.4f), localiser median %s mm", k,
+                 model.step, model.localiser_step, out["val"]["score"], out["val"]["baseline"]["score"],
+                 _fmt_optional(out["localiser"]["median_mm"]))
+        results.append({"fold": k, "best_step": model.step, "val_indices": fold.val_idx, "val_probs": out.pop("probs"),
+                        "localiser_step": model.localiser_step, **out})
+    return results
+
+
+def _fold_entry(workdir: str, result: dict, checkpoint) -> dict:
+    """A fold's entry of the report: fold, step, val, the two-stage figures, and the trained score to
+    reproduce when the best checkpoint was evaluated."""
+    entry = {"fold": result["fold"], "step": result["best_step"], "val": result["val"]}
+    entry.update({k: result[k] for k in ("localiser_step", "localiser", "saved_points_max_diff") if k in result})
+    trained = rundir.read_fold_result(workdir, result["fold"]) if str(checkpoint) == "best" else None
+    if trained is not None:
+        entry["trained_score"] = trained["val"]["score"]
+        entry["reproduces_result"] = bool(abs(trained["val"]["score"] - result["val"]["score"]) < REPRODUCE_TOLERANCE)
+    return entry
 
 
 def format_report(report: dict) -> str:
@@ -86,11 +130,40 @@ def format_report(report: dict) -> str:
     if any("peak_distance" in r for _, r, _ in rows):
         lines.append("attention peak to annotated point (voxels): " + "  ".join(
             f"{name} {r['peak_distance']:.2f}" for name, r, _ in rows if "peak_distance" in r))
+    lines += _localiser_lines(report)
+    trained = [f for f in report["folds"] if "trained_score" in f]
+    if trained:
+        lines.append("result.json: " + "  ".join(
+            f"fold {f['fold']} {f['trained_score']:.6f} ({'reproduced' if f['reproduces_result'] else 'DIFFERS'})"
+            for f in trained))
     if "cv_summary_oof_score" in report:
         verdict = "reproduced" if report["reproduces_cv_summary"] else "DIFFERS"
         lines.append(f"OOF score {report['oof']['score']:.6f} vs cv_summary.json {report['cv_summary_oof_score']:.6f}:"
                      f" {verdict}")
     return "\n".join(lines)
+
+
+def _localiser_lines(report: dict) -> list[str]:
+    """Two-stage runs: per fold (and pooled) the held-out localisation figures, and how far the points
+    recomputed here are from those training saved."""
+    rows = [(f"fold {f['fold']}", f["localiser"], f) for f in report["folds"] if "localiser" in f]
+    if "oof_localiser" in report:
+        rows.append(("OOF", report["oof_localiser"], {}))
+    lines = []
+    for name, loc, fold in rows:
+        level = loc["level_accuracy"]
+        line = (f"localiser {name}: median {_fmt_optional(loc['median_mm'])} mm, p90 {_fmt_optional(loc['p90_mm'])} "
+                f"mm, correct level {'n/a' if level is None else f'{100 * level:.1f} %'}")
+        if "localiser_step" in fold:
+            line += f" (step {fold['localiser_step']})"
+        if fold.get("saved_points_max_diff") is not None:
+            line += f"; points vs localiser_predictions.npz: max |diff| {fold['saved_points_max_diff']:.2e}"
+        lines.append(line)
+    return lines
+
+
+def _fmt_optional(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _fmt(value: float) -> str:

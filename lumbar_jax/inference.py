@@ -8,7 +8,8 @@ A run directory (docs/conventions.md section 5) holds the resolved `config.json`
 (a checkpoint written on 4 devices restores on 1: the state is replicated, and Orbax restores onto the
 shardings of a freshly built template); records are predicted with one fold's model or with the ensemble of
 folds, optionally averaged with the left/right flip (test-time augmentation). `scripts/evaluate.py` and
-`scripts/predict.py` are built on it.
+`scripts/predict.py` are built on it; two-stage runs (a localiser and a crop classifier per fold) are restored
+by `lumbar_jax.two_stage_inference` on the same functions (`gather_outputs`, `restore_checkpoint`).
 """
 
 from __future__ import annotations
@@ -75,21 +76,32 @@ class RunRestorer:
     def __init__(self, workdir: str, mesh: Mesh, with_attention_peaks: bool = False):
         self.workdir = workdir
         self.config = load_run_config(workdir)
+        if self.config.pipeline == "two_stage":
+            raise ValueError(f"{workdir} is a two-stage run: restore it with "
+                             "lumbar_jax.two_stage_inference.TwoStageRestorer")
         self.statics, self.template = build_state(self.config, mesh)
         tq = with_attention_peaks and registry.uses_query_attention(self.config.model)
         self.eval_step = step_lib.make_eval_step(self.statics, mesh, self.config.train.coord_sigma if tq else None)
 
     def restore(self, fold: int, checkpoint: str | int = "best") -> FoldModel:
         """Fold `fold`'s checkpoint: 'best', 'latest' or a step."""
-        directory = rundir.checkpoints_dir(self.workdir, fold)
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(f"{directory} not found: fold {fold} of {self.workdir} has not been trained")
-        store = CheckpointStore(directory)
-        try:
-            state, meta = store.restore(self.template, checkpoint)
-        finally:
-            store.close()
-        return FoldModel(fold, int(meta["step"]), state, self.eval_step, self.statics)
+        state, step = restore_checkpoint(rundir.checkpoints_dir(self.workdir, fold), self.template, checkpoint,
+                                         f"fold {fold} of {self.workdir}")
+        return FoldModel(fold, step, state, self.eval_step, self.statics)
+
+
+def restore_checkpoint(directory: str, template: dict, checkpoint: str | int, what: str) -> tuple[dict, int]:
+    """(state shaped and sharded like `template`, its training step) of the `checkpoint` ('best', 'latest' or
+    a step) under `directory` (a train.state.CheckpointStore); FileNotFoundError naming `what` (e.g. "fold 0
+    of RUN") when the directory does not exist."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory} not found: {what} has not been trained")
+    store = CheckpointStore(directory)
+    try:
+        state, meta = store.restore(template, checkpoint)
+    finally:
+        store.close()
+    return state, int(meta["step"])
 
 
 def eval_batch_size(config, mesh: Mesh) -> int:

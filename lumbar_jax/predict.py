@@ -7,9 +7,15 @@ left/right-mirrored study. No prebuilt dataset is needed. A study folder (`read_
 series folders it did not use and why (empty, unreadable, type unknown), and one with no usable series is
 refused, naming each folder's reason.
 
+The ensemble's probabilities are calibrated with the run's per-group temperatures (cv_summary.json
+'calibration', fitted on its out-of-fold predictions) when it has them, unless switched off. Two-stage runs
+(`two_stage_inference`) read the studies with their native series: each fold's localiser places the crops
+that fold's classifier reads.
+
 A study report (`study_report`, `format_study_report`) shows every target's three probabilities, flags the
 cells where Normal/Mild is below 0.5, explains its markers, records where the prediction came from (run,
-folds, checkpoint steps, TTA, model and package version) and says that it is for research use only.
+folds, checkpoint steps, TTA, calibration, model and package version; two-stage: each target's localised
+point) and says that it is for research use only.
 """
 
 from __future__ import annotations
@@ -22,11 +28,11 @@ import numpy as np
 import pandas as pd
 import tqdm
 
-from lumbar_jax import inference
+from lumbar_jax import calibration, inference, rundir, two_stage_inference
 from lumbar_jax import labels as L
-from lumbar_jax import rundir
 from lumbar_jax.data import problems
 from lumbar_jax.data import study as study_lib
+from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_MAX_SIZE, NATIVE_VOLUMES
 from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train.config import GRID_DATASETS
 
@@ -40,54 +46,114 @@ SUBMISSION_COLUMNS = ("row_id", *L.SEVERITY_COLUMNS)
 
 
 class Predictor:
-    """The ensemble of a run's folds at one checkpoint, on the devices present."""
+    """The ensemble of a run's folds at one checkpoint, on the devices present, calibrated with the run's
+    temperatures (cv_summary.json 'calibration') unless `calibrate` is False.
+
+    One-stage runs: each fold's study model (`inference.RunRestorer`), optionally with flip TTA. Two-stage runs
+    (`two_stage_inference`): each fold's localiser (flip TTA, as in training) places the crops its classifier
+    reads; `tta` is refused (left crops are already mirrored, so a flipped study gives the classifier the same
+    crops)."""
 
     def __init__(self, workdir: str, folds: list[int] | None = None, checkpoint: str | int = "best",
-                 tta: bool = False):
+                 tta: bool = False, calibrate: bool = True):
         self.mesh = mesh_lib.make_mesh()
-        restorer = inference.RunRestorer(workdir, self.mesh)
-        self.config = restorer.config
+        self.config = inference.load_run_config(workdir)
+        self.two_stage = self.config.pipeline == "two_stage"
         self.grid = self.config.data.config in GRID_DATASETS  # records in one shared patient grid (data/grid.py)
-        if tta and self.grid:
-            raise ValueError(f"flip TTA mirrors canonical layouts; the {self.config.data.config} grid records of "
-                             f"{workdir} have none: predict without TTA")
+        if tta and (self.grid or self.two_stage):
+            what = (f"the {self.config.data.config} grid records of {workdir} have no canonical layout to mirror"
+                    if self.grid else f"{workdir} is a two-stage run: its localiser already averages with the "
+                    "flip, and its classifier reads left crops mirrored into right-side ones")
+            raise ValueError(f"flip TTA: {what}; predict without --tta")
         folds = rundir.trained_folds(workdir, self.config.cv.num_folds) if folds is None else folds
         if not folds:
             raise FileNotFoundError(f"{workdir} has no trained fold (no fold_k/checkpoints)")
-        self.models = [restorer.restore(k, checkpoint) for k in folds]
+        if self.two_stage:
+            self.restorer = two_stage_inference.TwoStageRestorer(workdir, self.mesh)
+        else:
+            self.restorer = inference.RunRestorer(workdir, self.mesh)
+        self.models = [self.restorer.restore(k, checkpoint) for k in folds]
         self.workdir, self.folds, self.checkpoint, self.tta = workdir, list(folds), str(checkpoint), tta
+        self.calibration = run_calibration(workdir, calibrate)
         self.volume_shape = tuple(self.config.model.volume_shape)
         t0 = time.perf_counter()
         self.predict([self._blank_record()])  # compiles every fold's eval step, so timings below are steady
         self.compile_s = time.perf_counter() - t0
-        log.info("ensemble of folds %s (%s checkpoints, steps %s)%s; compiled in %.1f s", folds, checkpoint,
-                 [m.step for m in self.models], " with flip TTA" if tta else "", self.compile_s)
+        log.info("ensemble of folds %s (%s checkpoints, steps %s)%s%s; %s; compiled in %.1f s", folds, checkpoint,
+                 [m.step for m in self.models], " with flip TTA" if tta else "",
+                 ", crops at each fold's localiser's points" if self.two_stage else "",
+                 calibration_text(self.calibration), self.compile_s)
 
     def provenance(self) -> dict:
-        """Where a prediction comes from: the run, its folds and checkpoint steps, TTA, the model and the
-        package version (JSON-able)."""
-        return {"workdir": os.path.abspath(self.workdir), "folds": [int(k) for k in self.folds],
-                "checkpoint": self.checkpoint, "checkpoint_steps": [int(m.step) for m in self.models],
-                "tta": bool(self.tta), "model": str(self.config.model.name),
-                "dataset_config": str(self.config.data.config), "package": f"lumbar_jax {package_version()}"}
+        """Where a prediction comes from: the run, its folds and checkpoint steps, TTA, the calibration, the
+        model and the package version (JSON-able); two-stage runs also the pipeline and localiser steps."""
+        out = {"workdir": os.path.abspath(self.workdir), "folds": [int(k) for k in self.folds],
+               "checkpoint": self.checkpoint, "checkpoint_steps": [int(m.step) for m in self.models],
+               "tta": bool(self.tta), "calibration": dict(self.calibration), "model": str(self.config.model.name),
+               "dataset_config": str(self.config.data.config), "package": f"lumbar_jax {package_version()}"}
+        if self.two_stage:
+            out.update(pipeline="two_stage", localiser_steps=[int(m.localiser_step) for m in self.models],
+                       localiser_flip_tta=True)
+        return out
 
     def _blank_record(self) -> dict:
         """A record with every series absent (docs/conventions.md section 4), to compile on."""
-        return {"study_id": 0, "present": np.zeros(len(L.SERIES_TYPES), bool),
-                "labels": np.full(L.NUM_TARGETS, L.MISSING), "coords": np.full((L.NUM_TARGETS, 3), -1.0, np.float32),
-                "coords_series": np.full(L.NUM_TARGETS, -1),
-                **{name: np.zeros(self.volume_shape, np.uint8) for name in L.SERIES_TYPES}}
+        record = {"study_id": 0, "present": np.zeros(len(L.SERIES_TYPES), bool),
+                  "labels": np.full(L.NUM_TARGETS, L.MISSING), "coords": np.full((L.NUM_TARGETS, 3), -1.0, np.float32),
+                  "coords_series": np.full(L.NUM_TARGETS, -1),
+                  **{name: np.zeros(self.volume_shape, np.uint8) for name in L.SERIES_TYPES}}
+        if self.two_stage:
+            record.update({name: np.zeros((1, 1, 1), np.uint8) for name in NATIVE_VOLUMES})
+            record[NATIVE_AFFINE] = np.zeros((len(L.SERIES_TYPES), 4, 4), np.float32)
+        return record
 
     def read(self, entries: list[study_lib.StudyEntry]) -> list[dict]:
-        """Each study's record (docs/conventions.md section 4), read from its DICOM series, with a progress bar."""
-        return [study_lib.study_example(e, self.volume_shape, grid=self.grid)
+        """Each study's record (docs/conventions.md section 4; with the native series for a two-stage run),
+        read from its DICOM series, with a progress bar."""
+        native = NATIVE_MAX_SIZE[self.config.data.config] if self.two_stage else None
+        return [study_lib.study_example(e, self.volume_shape, grid=self.grid, native_max_size=native)
                 for e in tqdm.tqdm(entries, desc="reading studies", unit="study", disable=len(entries) < 2)]
 
     def predict(self, records: list[dict]) -> np.ndarray:
         """Probabilities float64 [N, 25, 3] of `records`, rows summing to 1."""
-        probs = inference.ensemble_predict(self.models, records, inference.eval_batch_size(self.config, self.mesh),
-                                           self.mesh, self.tta).astype(np.float64)
-        return probs / probs.sum(axis=-1, keepdims=True)
+        return self.predict_with_points(records)[0]
+
+    def predict_with_points(self, records: list[dict]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities float64 [N, 25, 3], rows summing to 1, calibrated when `self.calibration` says so;
+        two-stage runs: each fold's localiser points float [F, N, 25, 3], else None)."""
+        batch_size = inference.eval_batch_size(self.config, self.mesh)
+        points = None
+        if self.two_stage:
+            probs, points = self.restorer.ensemble_predict(self.models, records)
+        else:
+            probs = inference.ensemble_predict(self.models, records, batch_size, self.mesh, self.tta)
+        probs = probs.astype(np.float64)
+        probs /= probs.sum(axis=-1, keepdims=True)
+        if self.calibration["applied"]:
+            probs = calibration.apply_temperatures(probs, self.calibration["temperatures"])
+        return probs, points
+
+
+def run_calibration(workdir: str, calibrate: bool = True) -> dict:
+    """Whether predictions of `workdir` are calibrated, and how: {'applied': True, 'temperatures': {group: T}}
+    (cv_summary.json 'calibration'.'temperatures', fitted on the run's out-of-fold predictions), or
+    {'applied': False, 'reason': why not} (switched off, or the run has no fitted temperatures)."""
+    if not calibrate:
+        return {"applied": False, "reason": "switched off (--no_calibration)"}
+    if not os.path.exists(rundir.summary_path(workdir)):
+        return {"applied": False, "reason": f"no {rundir.SUMMARY_FILE} (the run has not finished every fold)"}
+    temperatures = rundir.read_summary(workdir).get("calibration", {}).get("temperatures")
+    if not temperatures:
+        return {"applied": False, "reason": f"{rundir.SUMMARY_FILE} has no calibration temperatures"}
+    return {"applied": True, "temperatures": {g: float(temperatures[g]) for g in L.CONDITION_GROUPS}}
+
+
+def calibration_text(calibration_record: dict) -> str:
+    """'calibrated (temperatures spinal 1.10, ...)' or 'uncalibrated (why)' for logs and the study report."""
+    if calibration_record.get("applied"):
+        return "calibrated (temperatures " + ", ".join(
+            f"{g} {t:.2f}" for g, t in calibration_record["temperatures"].items()) + ")"
+    return f"uncalibrated ({calibration_record.get('reason', 'unknown')})"
 
 
 def package_version() -> str:
@@ -152,6 +218,15 @@ def read_study_dir(predictor: Predictor, study_dir: str, descriptions_csv: str |
     return entry, record, unused
 
 
+def predict_study(predictor: Predictor, study_dir: str, descriptions_csv: str | None = None) -> dict:
+    """One study folder -> its `study_report` (provenance, series not used, and for a two-stage run where each
+    target's crop was cut); errors as `read_study_dir`."""
+    entry, record, unused = read_study_dir(predictor, study_dir, descriptions_csv)
+    probs, points = predictor.predict_with_points([record])
+    localiser = None if points is None else two_stage_inference.point_report(record, points[:, 0])
+    return study_report(entry.study_id, record["present"], probs[0], unused, predictor.provenance(), localiser)
+
+
 def unused_series_folders(study_dir: str, series_ids: np.ndarray, found: list[problems.Problem]) -> dict[str, str]:
     """{folder: why} for every subfolder of a study folder that gave no volume: not a series id, empty (no
     .dcm file), or the reasons reported while reading it (`found`); a readable series not chosen for its type
@@ -174,12 +249,13 @@ def unused_series_folders(study_dir: str, series_ids: np.ndarray, found: list[pr
 
 
 def study_report(study_id: int, present: np.ndarray, probs: np.ndarray, unused: dict[str, str] | None = None,
-                 provenance: dict | None = None) -> dict:
+                 provenance: dict | None = None, localiser: dict[str, dict] | None = None) -> dict:
     """A study's prediction as a JSON-able dict: the research-use note, where it comes from (`provenance`, from
     `Predictor.provenance`), the series used, the series folders not used and why (`unused`, from
     `read_study_dir`) and, per target, the three probabilities, P(Moderate or Severe), the most likely grade,
-    `flagged` (P(Normal/Mild) < 0.5) and `series_absent` (its condition's series was not there).
-    probs float [25, 3]."""
+    `flagged` (P(Normal/Mild) < 0.5), `series_absent` (its condition's series was not there) and, for a
+    two-stage run, `localiser`: where its crop was cut (`localiser[target]`, from
+    `two_stage_inference.point_report`). probs float [25, 3]."""
     present = np.asarray(present, bool)
     targets = {}
     for i, t in enumerate(L.TARGETS):
@@ -188,6 +264,8 @@ def study_report(study_id: int, present: np.ndarray, probs: np.ndarray, unused: 
                       "grade": L.SEVERITY_NAMES[int(np.argmax(probs[i]))],
                       "flagged": bool(probs[i, 0] < FLAG_BELOW),
                       "series_absent": not bool(present[L.CONDITION_SERIES[i // L.NUM_LEVELS]])}
+        if localiser is not None:
+            targets[t]["localiser"] = localiser[t]
     return {
         "notice": RESEARCH_USE_NOTE,
         "study_id": int(study_id),
@@ -231,5 +309,10 @@ def format_study_report(report: dict) -> str:
         lines.append(f"model {prov.get('model')} ({prov.get('package')}), run {prov.get('workdir')}: folds "
                      f"{prov.get('folds')}, {prov.get('checkpoint')} checkpoints at steps "
                      f"{prov.get('checkpoint_steps')}, flip TTA {'on' if prov.get('tta') else 'off'}")
+        if prov.get("pipeline") == "two_stage":
+            lines.append(f"two-stage: each fold's localiser (steps {prov.get('localiser_steps')}, flip TTA) placed "
+                         "the crops its classifier read; the points are in the JSON report (--json)")
+        if "calibration" in prov:
+            lines.append(f"probabilities {calibration_text(prov['calibration'])}")
     lines.append(report.get("notice", RESEARCH_USE_NOTE))
     return "\n".join(lines)

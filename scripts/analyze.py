@@ -1,11 +1,14 @@
 """Write the analysis report (PNG plots + report.md) of a Kaggle-layout dataset and, optionally, a CV run.
 
   python scripts/analyze.py --data_dir KAGGLE_DIR --out REPORT_DIR [--workdir WORKDIR] [--num_montages K]
+                            [--crop_studies N]
 
 The dataset part: label statistics and montages of studies with their label coordinates. With `--workdir`
 (a finished cross-validation run: oof_predictions.csv, cv_summary.json) also the OOF score vs the baseline,
 calibration, confusion matrices, the worst-predicted studies and, for a target-query model, the per-target
-attention of fold 0's best checkpoint on held-out studies of fold 0.
+attention of fold 0's best checkpoint on held-out studies of fold 0; for a two-stage run
+(configs/vit_effnet.py, the default), the crops its classifier read in the worst-predicted held-out
+studies, with each fold's localiser's point and the annotated point marked (--crop_studies).
 
 Exit status 2 with a message naming the path for a missing train.csv, run directory or run file, or OOF
 predictions of studies not in train.csv. The work is done by lumbar_jax.analysis.write_report.
@@ -32,14 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention_studies", type=int, default=1,
                         help="held-out studies drawn with the model's per-target attention (needs --workdir); "
                              "0 for none")
+    parser.add_argument("--crop_studies", type=int, default=3,
+                        help="two-stage runs: worst-predicted held-out studies drawn with the crops the classifier "
+                             "read and the localiser's and annotated points (needs --workdir); 0 for none")
     args = parser.parse_args(argv)
-    if args.num_montages < 0 or args.attention_studies < 0:
-        parser.error("--num_montages and --attention_studies must be >= 0")
+    if min(args.num_montages, args.attention_studies, args.crop_studies) < 0:
+        parser.error("--num_montages, --attention_studies and --crop_studies must be >= 0")
     cli.setup_logging()
     from lumbar_jax.analysis import write_report  # after parsing: matplotlib, JAX
 
     path = write_report(args.data_dir, args.out, workdir=args.workdir, num_montages=args.num_montages,
-                        volume_shape=tuple(args.volume_shape), attention_studies=args.attention_studies)
+                        volume_shape=tuple(args.volume_shape), attention_studies=args.attention_studies,
+                        crop_studies=args.crop_studies)
     print(path)
     return 0
 

@@ -6,7 +6,11 @@ Restores each fold's checkpoint onto the devices present (a run trained on 4 dev
 recomputes the run's folds from its config.json, and prints per fold (and, with every fold, out of fold):
 the competition score, class-prior baseline, best constant, accuracy, balanced accuracy, per-condition
 losses, any_severe_spinal and per-class recall. With the best checkpoints of every fold the OOF score is
-checked against cv_summary.json. The report is also written as JSON (default: W/evaluation_CHECKPOINT.json).
+checked against cv_summary.json, and with the best checkpoint each fold's score against its result.json.
+A two-stage run (configs/vit_effnet.py, the default) is evaluated as it trained: fold k's held-out studies
+are located by fold k's localiser (its best checkpoint) and read by fold k's crop classifier; the report
+adds the localiser's held-out error in mm and correct-level share, and how far its points are from the
+saved localiser_predictions.npz. The report is also written as JSON (default: W/evaluation_CHECKPOINT.json).
 """
 
 import os

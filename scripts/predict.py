@@ -1,6 +1,6 @@
 """Predict new studies from DICOM with a trained run: Kaggle submission.csv, or one study's report.
 
-  python scripts/predict.py --workdir W --data_dir KAGGLE_DIR --output submission.csv [--tta]
+  python scripts/predict.py --workdir W --data_dir KAGGLE_DIR --output submission.csv [--tta] [--no_calibration]
   python scripts/predict.py --workdir W --study_dir PATH/TO/STUDY [--descriptions CSV] [--json report.json]
 
 The first form reads KAGGLE_DIR/test_series_descriptions.csv and test_images/ (no prebuilt dataset), runs
@@ -12,8 +12,14 @@ Normal/Mild is below 0.5, a legend, the provenance (run, folds, checkpoint steps
 version) and a research-use note; --json also writes it as JSON (nothing is written without --json). A
 missing series is predicted without it (`~` in the report), and each series folder not used is named with
 its reason (empty, unreadable, type unknown); a study folder with no usable series is an error (exit status
-2). --tta averages with the left/right-mirrored study (left and right targets swapped back). Research use
-only: not a medical device.
+2). --tta averages with the left/right-mirrored study (left and right targets swapped back; one-stage runs).
+
+The probabilities are calibrated with the run's temperatures per condition group (cv_summary.json
+"calibration", fitted on its out-of-fold predictions) when it has them; --no_calibration switches that off,
+and the provenance says which. A two-stage run (configs/vit_effnet.py, the default) works the same way:
+each fold's localiser finds the 25 points and that fold's crop classifier reads crops of the native series
+there; the --json report also holds, per target, the series, the normalised point and its patient
+coordinates (mm, LPS). Research use only: not a medical device.
 """
 
 import json
@@ -34,14 +40,19 @@ def main(argv=None) -> int:
     parser.add_argument("--fold", type=int, action="append", default=None,
                         help="use only this fold (repeatable); default: every trained fold")
     parser.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step number")
-    parser.add_argument("--tta", action="store_true", help="average with the left/right flip")
+    parser.add_argument("--tta", action="store_true",
+                        help="average with the left/right flip (one-stage runs; a two-stage run's localiser "
+                             "always does)")
+    parser.add_argument("--no_calibration", action="store_true",
+                        help="do not apply the run's calibration temperatures (cv_summary.json)")
     args = parser.parse_args(argv)
     if bool(args.data_dir) == bool(args.study_dir):
         parser.error("give exactly one of --data_dir and --study_dir")
     cli.setup_logging()
     from lumbar_jax import predict  # after parsing: JAX, Orbax, TFDS
 
-    predictor = predict.Predictor(args.workdir, args.fold, args.checkpoint, args.tta)
+    predictor = predict.Predictor(args.workdir, args.fold, args.checkpoint, args.tta,
+                                  calibrate=not args.no_calibration)
     if args.data_dir:
         table, timing = predict.predict_split(predictor, args.data_dir, args.split)
         table.to_csv(args.output, index=False, float_format="%.6g")
@@ -50,9 +61,7 @@ def main(argv=None) -> int:
               f"read {timing['read_s']:.1f} s + predict {timing['predict_s']:.1f} s = "
               f"{timing['studies_per_s']:.2f} studies/s")
         return 0
-    entry, record, unused = predict.read_study_dir(predictor, args.study_dir, args.descriptions)
-    report = predict.study_report(entry.study_id, record["present"], predictor.predict([record])[0], unused,
-                                  predictor.provenance())
+    report = predict.predict_study(predictor, args.study_dir, args.descriptions)
     print(predict.format_study_report(report))
     if args.json:
         with open(args.json, "w") as f:

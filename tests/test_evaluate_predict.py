@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar_jax import evaluate, predict, rundir
+from lumbar_jax import calibration, evaluate, predict, rundir
 from lumbar_jax.analysis import attention as attention_lib
 from lumbar_jax.analysis import write_report
 from lumbar_jax.models.heads import token_centres
@@ -148,6 +148,19 @@ def test_flip_tta_is_left_right_equivariant(run):
     np.testing.assert_allclose(probs[1], augment.unflip_predictions(probs[0]), atol=1e-5)
     plain = predict.Predictor(workdir).predict([record])
     assert not np.allclose(plain[0], probs[0], atol=1e-6)  # the flip pass changed something
+
+
+def test_one_stage_predictions_are_calibrated_with_the_runs_temperatures_unless_switched_off(run):
+    kaggle, workdir = run
+    temperatures = json.load(open(os.path.join(workdir, "cv_summary.json")))["calibration"]["temperatures"]
+    calibrated, plain = predict.Predictor(workdir), predict.Predictor(workdir, calibrate=False)
+    records = plain.read(study.list_studies(kaggle, "test")[:2])
+    np.testing.assert_allclose(calibrated.predict(records),
+                               calibration.apply_temperatures(plain.predict(records), temperatures), atol=1e-9)
+    assert calibrated.provenance()["calibration"] == {"applied": True, "temperatures": temperatures}
+    assert plain.provenance()["calibration"]["applied"] is False
+    assert "probabilities calibrated (temperatures spinal" in predict.format_study_report(
+        predict.study_report(1, np.ones(3, bool), calibrated.predict(records)[0], provenance=calibrated.provenance()))
 
 
 def test_study_dir_report_from_dicom_descriptions_and_from_csv(run, tmp_path, capsys):

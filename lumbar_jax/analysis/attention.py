@@ -151,6 +151,9 @@ def attention_sections(workdir: str, kaggle_dir: str, out_dir: str, num_studies:
     fold 0 (by study id) that have every series and label coordinates; [] for a model without a
     target-query head."""
     config = inference.load_run_config(workdir)  # cheap: decide before building a model
+    if config.pipeline == "two_stage":
+        log.info("%s: a two-stage run has no target queries; no attention overlays", workdir)
+        return []
     if config.model.fusion != "target_query":
         log.info("%s: fusion head %r has no target queries; no attention overlays", workdir, config.model.fusion)
         return []

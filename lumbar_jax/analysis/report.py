@@ -6,7 +6,8 @@ slow step (a missing file is a FileNotFoundError naming it, OOF studies absent f
 naming some), so a bad call fails in seconds, not after the DICOM reading.
 
 With a run whose model has the target-query head, the report ends with per-target attention overlays of
-held-out studies (`analysis.attention`).
+held-out studies (`analysis.attention`); with a two-stage run, with the crops its classifier read in the
+worst-predicted held-out studies, the localiser's and the annotated points marked (`analysis.crops`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pandas as pd
 
 from lumbar_jax import labels as L
 from lumbar_jax import metrics
-from lumbar_jax.analysis import attention, label_stats, montage, oof, plots
+from lumbar_jax.analysis import attention, crops, label_stats, montage, oof, plots
 
 log = logging.getLogger(__name__)
 
@@ -269,9 +270,27 @@ def _montage_section(kaggle_dir: str, out_dir: str, num_montages: int, volume_sh
     return lines
 
 
+def _crops_section(workdir: str, kaggle_dir: str, out_dir: str, num_studies: int, run) -> list[str]:
+    """Two-stage runs: the crops of the worst-predicted held-out studies (`analysis.crops`); [] otherwise."""
+    oof_ids, labels, probs, folds, summary = run
+    sections = crops.crop_sections(workdir, kaggle_dir, out_dir, num_studies, oof_ids, labels, probs, folds)
+    if not sections:
+        return []
+    loc = summary.get("localiser") or {}
+    figures = ""
+    if loc.get("median_mm") is not None:
+        figures = (f" Over every held-out study the localiser's error is median {_fmt(loc['median_mm'], 2)} mm, "
+                   f"p90 {_fmt(loc.get('p90_mm'), 2)} mm, correct level {_fmt(100 * loc['level_accuracy'], 1)} % "
+                   "(cv_summary.json).")
+    lines = ["## Crops of the worst-predicted held-out studies\n", crops.CROPS_INTRO + figures + "\n"]
+    for title, png, caption in sections:
+        lines += [f"### {title}\n", _image(title, png, out_dir, caption)]
+    return lines
+
+
 def write_report(kaggle_dir: str, out_dir: str, workdir: str | None = None, num_montages: int = 3,
                  volume_shape: tuple[int, int, int] = (16, 64, 64),
-                 attention_studies: int = 1) -> str:
+                 attention_studies: int = 1, crop_studies: int = 3) -> str:
     """Write the analysis PNGs and `report.md` into out_dir; return the path of report.md.
 
     Args:
@@ -284,6 +303,8 @@ def write_report(kaggle_dir: str, out_dir: str, workdir: str | None = None, num_
       volume_shape: the [D, H, W] volumes are resampled to for the montages (the dataset config's).
       attention_studies: with a target-query run, held-out studies drawn with the model's per-target
         attention (restores fold 0's best checkpoint); 0 for none.
+      crop_studies: with a two-stage run, the worst-predicted held-out studies drawn with the crops the
+        classifier read and the localiser's and annotated points; 0 for none.
     Raises:
       FileNotFoundError naming a missing train.csv, run directory or file of it; ValueError for OOF
       predictions of studies that train.csv does not hold (naming some), or malformed files.
@@ -319,6 +340,9 @@ def write_report(kaggle_dir: str, out_dir: str, workdir: str | None = None, num_
             lines += ["## Attention overlays of held-out studies\n", attention.ATTENTION_INTRO + "\n"]
             for title, png, caption in overlays:
                 lines += [f"### {title}\n", _image(title, png, out_dir, caption)]
+    if run is not None and crop_studies > 0:
+        log.info("crops of the %d worst-predicted held-out studies (two-stage runs; reads DICOMs)", crop_studies)
+        lines += _crops_section(workdir, kaggle_dir, out_dir, crop_studies, run)
     lines = number_headings(lines)
     path = os.path.join(out_dir, REPORT_FILE)
     with open(path, "w") as f:

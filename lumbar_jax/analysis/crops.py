@@ -1,0 +1,186 @@
+"""What the crop classifier of a two-stage run read in its worst-predicted held-out studies.
+
+For each of the N held-out studies with the highest per-study loss (`oof.worst_studies`), one figure of 5 x 5
+panels (levels x conditions): per target, the middle slice of the crop that its fold's classifier read,
+cut as the held-out evaluation cut it (data.crops.study_crops: at the fold's localiser's point from
+`fold_k/localiser_predictions.npz`, or at the annotated point for a run with `crops.points='annotated'`),
+with the localiser's point (cyan +) and the annotated point (green o) marked. Left targets' crops are
+mirrored as the classifier reads them (sagittal: slice order reversed; axial: columns flipped), and so are
+the marks. No model is restored: the points are the ones training saved, the probabilities the run's
+out-of-fold ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import textwrap
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lumbar_jax import inference, localisation, rundir  # noqa: E402
+from lumbar_jax import labels as L  # noqa: E402
+from lumbar_jax.analysis import oof, plots  # noqa: E402
+from lumbar_jax.analysis.attention import probability_text  # noqa: E402
+from lumbar_jax.data import crops as crops_lib  # noqa: E402
+from lumbar_jax.data import study  # noqa: E402
+from lumbar_jax.data.dicom_geometry import CANONICAL_DIRECTIONS  # noqa: E402
+from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_MAX_SIZE, NATIVE_VOLUMES  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+TARGET_SERIES = localisation.TARGET_SERIES  # [25]: the series each target's crop is cut from
+# Per series, the crop axis (of [K, P, P]) that runs patient right -> left: what mirroring a left crop reverses
+# (docs/conventions.md section 3: sagittal depth = the slice axis 0, axial cols = axis 2).
+_MIRROR_AXIS = tuple(int(np.argmax(np.abs(CANONICAL_DIRECTIONS[name.split("_")[0]][:, 0])))
+                     for name in L.SERIES_TYPES)
+
+CROPS_INTRO = (
+    "What the crop classifier read in the held-out studies it predicted worst (highest per-study loss out of "
+    "fold). Each panel is the middle slice of one target's crop, cut from the native series as the held-out "
+    "evaluation cut it (left targets mirrored into right-side crops, as the classifier reads them). Cyan +: the "
+    "point of the study's fold's localiser (a localiser that never trained on the study); green o: the annotated "
+    "point (thin and faint when it lies on another slice than the one drawn, the slice difference in the "
+    "title). Titles: the series, the localiser's error in mm, the predicted probabilities Normal/Mild, "
+    "Moderate, Severe and the true grade.")
+
+
+def centre_slice(target: int, slices: int) -> int:
+    """Index in target's crop [K, P, P] of the slice through the crop's centre point, after mirroring (a left
+    sagittal crop has its slice order reversed)."""
+    mirrored = L.TARGET_SIDE[target] == 1 and _MIRROR_AXIS[TARGET_SERIES[target]] == 0
+    return slices - 1 - slices // 2 if mirrored else slices // 2
+
+
+def mark_in_crop(record: dict, target: int, centre: np.ndarray, point: np.ndarray, *, size_mm: float,
+                 pixels: int) -> tuple[float, float, int]:
+    """Where normalised `point` [3] falls in target's crop centred at normalised `centre` [3], as drawn (after
+    mirroring): (row, col) in pixels of the crop's slices, and how many native slices it lies off the centre
+    slice. Pixel j's centre is (j - (P - 1) / 2) * size_mm / P mm from the crop centre (data.crops.cut_crops)."""
+    series = int(TARGET_SERIES[target])
+    depth, height, width = np.shape(record[NATIVE_VOLUMES[series]])
+    row_mm, col_mm = crops_lib.in_plane_spacing(np.asarray(record[NATIVE_AFFINE])[series])
+    per_mm = pixels / size_mm
+    row = (pixels - 1) / 2 + (point[1] - centre[1]) * (height - 1) * row_mm * per_mm
+    col = (pixels - 1) / 2 + (point[2] - centre[2]) * (width - 1) * col_mm * per_mm
+    if L.TARGET_SIDE[target] == 1 and _MIRROR_AXIS[series] == 2:
+        col = pixels - 1 - col
+    slice_offset = int(np.rint(point[0] * (depth - 1)) - np.rint(centre[0] * (depth - 1)))
+    return float(row), float(col), slice_offset
+
+
+def localiser_errors(record: dict, points: np.ndarray) -> np.ndarray:
+    """float [25]: mm between the localiser's `points` [25, 3] and the annotated points, NaN where a target
+    has no annotated point on its own series (present, with geometry)."""
+    affine = np.asarray(record[NATIVE_AFFINE], np.float64)[None]
+    shapes = np.array([[np.shape(record[name]) for name in NATIVE_VOLUMES]])
+    scored = localisation.scored_points(np.asarray(record["coords_series"])[None], affine)[0]
+    predicted = localisation.to_space(np.asarray(points)[None], affine, shapes)[0]
+    annotated = localisation.to_space(np.asarray(record["coords"])[None], affine, shapes)[0]
+    return np.where(scored, np.linalg.norm(predicted - annotated, axis=-1), np.nan)
+
+
+def _panel(ax, record: dict, crops: np.ndarray, present: bool, target: int, read_at: np.ndarray,
+           predicted: np.ndarray, error_mm: float, probs: np.ndarray, size_mm: float) -> None:
+    """One target's panel: its crop's middle slice with the localiser's and the annotated point marked."""
+    series = int(TARGET_SERIES[target])
+    slices, pixels = crops.shape[1], crops.shape[-1]
+    ax.set_xticks([])
+    ax.set_yticks([])
+    label = int(record["labels"][target])
+    truth = L.SEVERITY_NAMES[label] if label >= 0 else "no label"
+    if not present:
+        ax.set_facecolor("0.85")
+        ax.set_title(f"{L.SERIES_TYPES[series]} absent\ntrue {truth}", fontsize=8)
+        return
+    ax.imshow(crops[target, centre_slice(target, slices)], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    marks = dict(size_mm=size_mm, pixels=pixels)
+    row, col, _ = mark_in_crop(record, target, read_at, predicted, **marks)
+    ax.plot(col, row, "+", color="cyan", ms=10, mew=1.8)
+    where = "no point"
+    if np.isfinite(error_mm):
+        row, col, off = mark_in_crop(record, target, read_at, np.asarray(record["coords"][target]), **marks)
+        faint = off != 0
+        ax.plot(col, row, "o", mfc="none", mec="lime", ms=8, mew=0.7 if faint else 1.4, alpha=0.6 if faint else 1.0)
+        where = f"err {error_mm:.1f} mm" + (f", {abs(off)} sl off" if off else "")
+    ax.set_xlim(-0.5, pixels - 0.5)
+    ax.set_ylim(pixels - 0.5, -0.5)
+    ax.set_title(f"{L.SERIES_TYPES[series]}, {where}\n{probability_text(probs[target])}\ntrue {truth}",
+                 fontsize=8, linespacing=1.25)
+
+
+def plot_study_crops(record: dict, crops: np.ndarray, crop_present: np.ndarray, read_at: np.ndarray,
+                     predicted: np.ndarray, probs: np.ndarray, size_mm: float, path: str, title: str) -> str:
+    """A 5 x 5 grid (levels x conditions) of one study's crops [25, K, P, P] (present [25]) cut at `read_at`
+    [25, 3], with the localiser's `predicted` [25, 3] and the annotated points marked; probs [25, 3]."""
+    errors = localiser_errors(record, predicted)
+    # Fixed layout in inches: square panels, room above each for its three-line title, a header for the
+    # suptitle and the condition names.
+    panel, gap_x, gap_y, left, right, header, bottom = 2.2, 0.3, 0.75, 0.5, 0.15, 1.5, 0.15
+    width = left + L.NUM_CONDITIONS * panel + (L.NUM_CONDITIONS - 1) * gap_x + right
+    height = header + L.NUM_LEVELS * panel + (L.NUM_LEVELS - 1) * gap_y + bottom
+    fig, axes = plt.subplots(L.NUM_LEVELS, L.NUM_CONDITIONS, figsize=(width, height))
+    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - header / height, bottom=bottom / height,
+                        wspace=gap_x / panel, hspace=gap_y / panel)
+    for t in range(L.NUM_TARGETS):
+        _panel(axes[L.TARGET_LEVEL[t], t // L.NUM_LEVELS], record, crops, bool(crop_present[t]), t, read_at[t],
+               predicted[t], errors[t], probs, size_mm)
+    for c, name in enumerate(L.CONDITIONS):
+        axes[0, c].annotate(textwrap.fill(name.replace("_", " "), 22), (0.5, 1 + 0.62 / panel),
+                            xycoords="axes fraction", ha="center", va="bottom", fontsize=10, weight="bold",
+                            annotation_clip=False)
+    for level, name in enumerate(L.LEVEL_CSV_NAMES):
+        axes[level, 0].set_ylabel(name, fontsize=10, weight="bold")
+    fig.suptitle(title + "\ncyan +: localiser's point;  green o: annotated point (thin: on another slice)",
+                 fontsize=11, y=1 - 0.1 / height, va="top")
+    return plots.save_figure(fig, path)
+
+
+def crop_sections(workdir: str, kaggle_dir: str, out_dir: str, num_studies: int, study_ids: np.ndarray,
+                  labels: np.ndarray, probs: np.ndarray, folds: np.ndarray) -> list[tuple[str, str, str]]:
+    """(title, PNG path, caption) of the crops of the `num_studies` worst-predicted held-out studies of a
+    two-stage run (OOF arrays as `oof.read_oof` + labels); [] for a one-stage run. Studies are read from
+    `kaggle_dir` (train split) with their native series."""
+    config = inference.load_run_config(workdir)
+    if config.pipeline != "two_stage":
+        return []
+    worst = oof.worst_studies(study_ids, labels, probs, folds, top=num_studies)
+    entries = {e.study_id: e for e in study.list_studies(kaggle_dir, "train")}
+    cr = config.crops
+    sections = []
+    for row in worst.itertuples():
+        record = study.study_example(entries[row.study_id], tuple(config.model.volume_shape),
+                                     native_max_size=NATIVE_MAX_SIZE[config.data.config])
+        predicted = _held_out_points(workdir, row.fold, row.study_id)
+        read_at = crops_lib.training_points(record) if cr.points == "annotated" else predicted
+        crops, present = crops_lib.study_crops(record, read_at, slices=cr.slices, size_mm=cr.size_mm,
+                                               pixels=cr.pixels)
+        study_probs = probs[int(np.flatnonzero(study_ids == row.study_id)[0])]
+        png = plot_study_crops(record, crops, present, read_at, predicted, study_probs, cr.size_mm,
+                               os.path.join(out_dir, f"crops_{row.study_id}.png"),
+                               f"study {row.study_id}, held out in fold {row.fold} (per-study loss {row.loss:.3f})")
+        errors = localiser_errors(record, predicted)
+        scored = errors[np.isfinite(errors)]
+        where = ("at the annotated points (crops.points='annotated'), the localiser's points marked"
+                 if cr.points == "annotated" else "at its fold's localiser's points")
+        caption = (f"Study {row.study_id} (fold {row.fold}, per-study loss {row.loss:.3f}; worst targets: "
+                   f"{row.worst_targets}). Crops of {cr.slices} slices x {cr.size_mm:g} mm sampled to "
+                   f"{cr.pixels} px, cut {where}. Localiser error over its {scored.size} annotated targets: "
+                   + (f"median {np.median(scored):.1f} mm, max {np.max(scored):.1f} mm." if scored.size
+                      else "none annotated."))
+        sections.append((f"Study {row.study_id}", png, caption))
+    return sections
+
+
+def _held_out_points(workdir: str, fold: int, study_id: int) -> np.ndarray:
+    """float [25, 3]: fold `fold`'s localiser's points for `study_id`, which that fold held out."""
+    path = rundir.localiser_predictions_path(workdir, fold)
+    saved = rundir.read_localiser_predictions(path)
+    rows = np.flatnonzero(saved["study_id"] == study_id)
+    if len(rows) != 1 or not saved["held_out"][rows[0]]:
+        raise ValueError(f"{path}: study {study_id} is not one of the studies fold {fold} held out")
+    return saved["points"][rows[0]].astype(np.float64)
