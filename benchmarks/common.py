@@ -262,6 +262,35 @@ def loadavg() -> list[float] | None:
         return None
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident memory (Linux: VmHWM, `/proc/self/clear_refs`); False if it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_mib(field: str) -> float | None:
+    """`field` (VmRSS: resident now, VmHWM: peak since the last reset) of /proc/self/status in MiB, or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def max_rss_mib() -> float:
+    """Peak resident memory since the process started (ru_maxrss: where the peak cannot be reset)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def machine_info(repo: str) -> dict[str, Any]:
     """CPU model, cores, memory, load, date, platform and package versions (for the JSON and the header)."""
     try:

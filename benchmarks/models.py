@@ -1,4 +1,4 @@
-"""Section `models`: lumbar_jax's 3D encoders against MONAI's, train step and inference; the fused model.
+"""Section `models`: lumbar_jax's 3D encoders against MONAI's (train step, inference); lumbar_jax's own train steps.
 
 Peers, CPU, float32, batch 4 of 1 x 32 x 128 x 128 (smoke: batch 2 of 1 x 32 x 32 x 32, tiny lumbar_jax variants):
   - lumbar_jax `vit_s` 3D (`VisionTransformer('vit_s', patch 4x16x16, 1 channel, 75 classes)`) vs MONAI
@@ -14,10 +14,17 @@ are printed side by side (they must agree within 1 %), and the achieved FLOP/s o
 (XLA's cost analysis of the compiled step / median step time) against the machine's f32 matmul rate
 measured in the same run.
 
-The one-stage fused model (`configs/vit_effnet_one_stage.py` and its `:r128` variant in float32): train-step
-rate of the whole study model (3 series per record, coordinate loss on) and the benchmark process's peak
-resident memory after each (ru_maxrss: monotonic, so the r128 figure bounds that model from above). The
-default's rate is also the pipeline section's peer (`train_step_consumption`): how many records/s training
+lumbar_jax's own train steps (no peer), each `train.step.make_train_step` jitted on a fixed random batch, rate in
+studies/s (one study = one record), with its compile time (the first call) and the benchmark process's peak
+resident memory while the model was built, compiled and stepped (Linux: VmHWM reset before each; elsewhere
+ru_maxrss since the process started, an upper bound):
+  - the one-stage fused model (`configs/vit_effnet_one_stage.py` at batch 12 and its `:r128` variant in float32
+    at batch 2; smoke: `:smoke` at batch 4): 3 series per record, coordinate loss on;
+  - the two-stage default's stages (`configs/vit_effnet.py`, smoke: `:smoke`), at the config's batch sizes: the
+    localiser (`localiser` section, `models.localiser.localiser_loss` on r64 volumes) and the crop classifier
+    (`model` section on 25 crops [K, P, P] of the `crops` section, `train.loss.metric_loss`), built and trained
+    as `train.two_stage` does.
+Their rates are also the pipeline section's peers (`train_step_consumption`): how many studies/s training
 consumes.
 """
 
@@ -30,9 +37,9 @@ from typing import Any
 from benchmarks import common
 
 FULL = dict(batch=4, shape=(32, 128, 128), vit="vit_s", effnet="effnet_b0", vit_patch=(4, 16, 16), repeats=5,
-            fused_batch={"": 12, "r128": 2}, fused_repeats=3, matmul=2048)
+            fused_batch={"": 12, "r128": 2}, two_stage="", step_repeats=3, matmul=2048)
 SMOKE = dict(batch=2, shape=(32, 32, 32), vit="vit_tiny_test", effnet="effnet_tiny_test", vit_patch=(4, 16, 16),
-             repeats=1, fused_batch={"smoke": 4}, fused_repeats=1, matmul=256)
+             repeats=1, fused_batch={"smoke": 4}, two_stage="smoke", step_repeats=1, matmul=256)
 NUM_CLASSES = 75  # 25 targets x 3 severities
 MONAI_VIT = dict(hidden_size=384, mlp_dim=1536, num_layers=12, num_heads=6)  # = vit_s
 TARGET = 1.5  # the goal: lumbar_jax at least 1.5x MONAI, train and inference
@@ -198,42 +205,123 @@ def _encoder_rows(ctx: common.Context, kind: str, p: dict, matmul_flops: float) 
     return rows, extra
 
 
-def _fused_state(variant: str, batch: int):
-    """(train step thunk, compile seconds, config) of `configs/vit_effnet_one_stage.py:variant` at `batch` records."""
-    import importlib.util
+# ------------------------------------------------------------------------------ lumbar_jax's own train steps
+def load_config(name: str, variant: str):
+    """`configs/{name}.py:variant` computing in float32 (CPU: the r128 variants' bfloat16 is for accelerators)."""
     import os
 
-    import jax
+    from lumbar_jax import config_overrides
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = config_overrides.load_config(f"{os.path.join(repo, 'configs', name + '.py')}:{variant}")
+    config.model.dtype = "float32"
+    return config
+
+
+def two_stage_config(ctx: common.Context):
+    """The two-stage default whose stages this section measures (`configs/vit_effnet.py`, `:smoke` in smoke)."""
+    return load_config("vit_effnet", (SMOKE if ctx.smoke else FULL)["two_stage"])
+
+
+def _study_arrays(config, batch: int, rng) -> dict:
+    """A random study batch as the r64 pipeline gives it (every target annotated on its own series)."""
     import numpy as np
 
     from lumbar_jax import labels as L
+    from lumbar_jax.models.localiser import TARGET_SERIES
+
+    shape = tuple(config.model.volume_shape)
+    return {"volumes": rng.integers(0, 256, (batch, 3, *shape), dtype=np.uint8), "present": np.ones((batch, 3), bool),
+            "labels": rng.integers(0, 3, (batch, L.NUM_TARGETS)).astype(np.int32),
+            "coords": rng.uniform(0.1, 0.9, (batch, L.NUM_TARGETS, 3)).astype(np.float32),
+            "coords_series": np.tile(TARGET_SERIES, (batch, 1)).astype(np.int32)}
+
+
+def _fused_parts(config, batch: int, rng):
+    """(statics, state, loss_fn, ema_decay, batch arrays, row name) of the one-stage study model."""
     from lumbar_jax.train import loop
     from lumbar_jax.train import mesh as mesh_lib
     from lumbar_jax.train import step as step_lib
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(repo, "configs", "vit_effnet_one_stage.py")
-    spec = importlib.util.spec_from_file_location("vit_effnet_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(variant or None)
-    config.model.dtype = "float32"  # CPU: the r128 variant's bfloat16 compute is for accelerators
-    mesh = mesh_lib.make_mesh(1)
-    statics, state = loop.build_state(config, mesh)
+    statics, state = loop.build_state(config, mesh_lib.make_mesh(1))
     tc = config.train
-    train_step = step_lib.make_train_step(statics, mesh, 0, tc.ema_decay,
-                                          step_lib.study_loss(tc.loss, tc.coord_loss_weight, tc.coord_sigma))
-    rng = np.random.default_rng(0)
+    shape = "x".join(map(str, config.model.volume_shape))
+    return (statics, state, step_lib.study_loss(tc.loss, tc.coord_loss_weight, tc.coord_sigma), tc.ema_decay,
+            _study_arrays(config, batch, rng), f"train step, batch {batch} of 3x{shape} (one study = 3 series)")
+
+
+def _localiser_parts(config, batch: int, rng):
+    """The same for the two-stage localiser (stage 1), its loss as `train.two_stage` trains it."""
+    from flax import nnx
+
+    from lumbar_jax.models import registry
+    from lumbar_jax.models.localiser import localiser_loss
+    from lumbar_jax.train import step as step_lib
+    from lumbar_jax.train.state import create_train_state
+
+    lc, tc = config.localiser, config.train
     shape = tuple(config.model.volume_shape)
-    coords_series = np.tile(np.repeat(np.array([1, 0, 0, 2, 2]), L.NUM_LEVELS), (batch, 1)).astype(np.int32)
-    batch_arrays = mesh_lib.shard_batch({
-        "volumes": rng.integers(0, 256, (batch, 3, *shape), dtype=np.uint8),
-        "present": np.ones((batch, 3), bool),
-        "labels": rng.integers(0, 3, (batch, L.NUM_TARGETS)).astype(np.int32),
-        "coords": rng.uniform(0.1, 0.9, (batch, L.NUM_TARGETS, 3)).astype(np.float32),
-        "coords_series": coords_series,
-    }, mesh)
-    box = {"state": state, "step": 0}
+    model = registry.create_localiser(lc, config.model, shape, nnx.Rngs(params=0, dropout=1))
+    tx = step_lib.make_optimizer(lc.lr, lc.steps, lc.warmup_steps, tc.weight_decay, tc.grad_clip)
+    statics, state = create_train_state(model, tx, use_ema=False)
+
+    def loss_fn(model, b):
+        return localiser_loss(model(b["volumes"], b["present"]), b["coords"], b["coords_series"], b["present"],
+                              volume_shape=shape)
+
+    return (statics, state, loss_fn, 0.0, _study_arrays(config, batch, rng),
+            f"localiser ({lc.variant}) train step, batch {batch} of 3x{'x'.join(map(str, shape))}")
+
+
+def _crop_classifier_parts(config, batch: int, rng):
+    """The same for the two-stage crop classifier (stage 2) on crops [B, 25, K, P, P], the metric loss."""
+    import numpy as np
+    from flax import nnx
+
+    from lumbar_jax import labels as L
+    from lumbar_jax.models import registry
+    from lumbar_jax.train import step as step_lib
+    from lumbar_jax.train.loss import metric_loss
+    from lumbar_jax.train.state import create_train_state
+
+    tc, cr, m = config.train, config.crops, config.model
+    crop_shape = (cr.slices, cr.pixels, cr.pixels)
+    model = registry.create_crop_classifier(m, crop_shape, nnx.Rngs(params=0, dropout=1))
+    tx = step_lib.make_optimizer(tc.lr, tc.steps, tc.warmup_steps, tc.weight_decay, tc.grad_clip)
+    statics, state = create_train_state(model, tx, use_ema=tc.ema_decay > 0)
+    arrays = {"crops": rng.integers(0, 256, (batch, L.NUM_TARGETS, *crop_shape), dtype=np.uint8),
+              "crop_present": np.ones((batch, L.NUM_TARGETS), bool),
+              "labels": rng.integers(0, 3, (batch, L.NUM_TARGETS)).astype(np.int32)}
+    return (statics, state, lambda model, b: metric_loss(model(b["crops"], b["crop_present"]), b["labels"]),
+            tc.ema_decay, arrays, f"crop classifier ({m.name}: {m.vit} + {m.effnet} per slice) train step, batch "
+            f"{batch} of 25 crops {'x'.join(map(str, crop_shape))}")
+
+
+# model -> (config file, parts builder, batch of a config: what training runs unless the run says otherwise)
+TRAIN_STEPS = {
+    "fused": ("vit_effnet_one_stage", _fused_parts, lambda c: c.train.batch_size),
+    "localiser": ("vit_effnet", _localiser_parts, lambda c: c.localiser.batch_size),
+    "crop_classifier": ("vit_effnet", _crop_classifier_parts, lambda c: c.train.batch_size),
+}
+
+
+def _train_step(model: str, variant: str, batch: int | None):
+    """(step thunk, compile seconds, config file[:variant], batch, row name) of `TRAIN_STEPS[model]` at `batch`
+    (None: the config's own), one jitted `train.step.make_train_step` step per call on a fixed random batch."""
+    import jax
+    import numpy as np
+
+    from lumbar_jax.train import mesh as mesh_lib
+    from lumbar_jax.train import step as step_lib
+
+    name, parts, config_batch = TRAIN_STEPS[model]
+    config = load_config(name, variant)
+    batch = batch or config_batch(config)
+    statics, state, loss_fn, ema_decay, arrays, what = parts(config, batch, np.random.default_rng(0))
+    mesh = mesh_lib.make_mesh(1)
+    train_step = step_lib.make_train_step(statics, mesh, 0, ema_decay, loss_fn)
+    box = {"state": jax.device_put(state, mesh_lib.replicated(mesh)), "step": 0}
+    batch_arrays = mesh_lib.shard_batch(arrays, mesh)
 
     def step():
         box["state"], metrics = train_step(box["state"], batch_arrays, box["step"])
@@ -242,44 +330,42 @@ def _fused_state(variant: str, batch: int):
 
     start = time.perf_counter()
     step()  # compiles
-    compile_s = time.perf_counter() - start
-    return step, compile_s, config
+    return step, time.perf_counter() - start, f"{name}{':' + variant if variant else ''}", batch, what
 
 
-_FUSED: dict[tuple, tuple[dict, dict]] = {}  # (variant, batch, repeats) -> (row, extra): measured once per run
+_MEASURED: dict[tuple, tuple[dict, dict]] = {}  # (model, variant, batch, repeats) -> (row, extra): once per run
 
 
-def _fused_row(variant: str, batch: int, repeats: int) -> tuple[dict, dict]:
-    """(row, extra) of the fused model's train step, `configs/vit_effnet_one_stage.py:variant` at `batch` records."""
-    key = (variant, batch, repeats)
-    if key not in _FUSED:
-        step, compile_s, config = _fused_state(variant, batch)
+def train_step_row(model: str, variant: str, batch: int | None, repeats: int) -> tuple[dict, dict]:
+    """(row, extra) of `TRAIN_STEPS[model]`'s train step, `configs/<file>.py:variant` at `batch` studies (None:
+    the config's); extra holds the compile time and the process's peak memory while it was built and run."""
+    key = (model, variant, batch, repeats)
+    if key not in _MEASURED:
+        rss_before, resets = common.rss_mib("VmRSS"), common.reset_peak_rss()
+        step, compile_s, config_name, batch, what = _train_step(model, variant, batch)
         timing = common.measure(step, items=batch, repeats=repeats, warmup=1)
-        name = f"vit_effnet{':' + variant if variant else ''}"
-        shape_text = "x".join(map(str, config.model.volume_shape))
-        row = common.row(f"models.fused.{variant or 'default'}", f"{name} train step, batch {batch} of "
-                         f"3x{shape_text} (one study = 3 series)", "records/s", timing,
+        per_study = f"{3 * timing.rate_median:.1f} volumes/s" if model != "crop_classifier" else (
+            f"{25 * timing.rate_median:.0f} crops/s")
+        row = common.row(f"models.{model}.{variant or 'default'}", f"{config_name} {what}", "studies/s", timing,
                          common.status("no peer (lumbar_jax's own model)"),
-                         note=f"{3 * timing.rate_median:.1f} volumes/s; compile {compile_s:.0f} s")
-        _FUSED[key] = row, {"model": name, "compile_s": compile_s, "batch": batch,
-                            "peak_rss_mib": _peak_rss_mib(), "timing": timing}
-    return _FUSED[key]
+                         note=f"{per_study}; compile {compile_s:.0f} s")
+        peak = common.rss_mib("VmHWM") if resets else None
+        _MEASURED[key] = row, {"model": config_name, "compile_s": compile_s, "batch": batch, "timing": timing,
+                               "rss_before_mib": rss_before, "peak_rss_mib": peak or common.max_rss_mib(),
+                               "peak_rss_since": "its build" if peak else "process start"}
+    return _MEASURED[key]
 
 
-def _peak_rss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def train_step_consumption(ctx: common.Context, volume_shape: tuple[int, int, int],
-                           batch_size: int) -> dict[str, Any] | None:
-    """Records/s the default training model consumes (the pipeline section's peer): the fused default's train
-    step at its own batch (what training runs), measured once per run and shared with the models section."""
-    del volume_shape, batch_size  # the default model's own shape and batch: what training consumes
+def train_step_consumption(ctx: common.Context, model: str) -> dict[str, Any]:
+    """Studies/s that training consumes (the pipeline section's peers): the train step of `TRAIN_STEPS[model]`
+    as the models section runs it ('fused': the one-stage default, 'localiser', 'crop_classifier': the two-stage
+    default's stages, `:smoke` in smoke mode), measured once per run and shared with the models section."""
     p = SMOKE if ctx.smoke else FULL
-    variant, batch = next(iter(p["fused_batch"].items()))
-    _, extra = _fused_row(variant, batch, p["fused_repeats"])
+    if model == "fused":
+        variant, batch = next(iter(p["fused_batch"].items()))
+    else:
+        variant, batch = p["two_stage"], None
+    _, extra = train_step_row(model, variant, batch, p["step_repeats"])
     return {**extra["timing"].to_json(), "model": extra["model"]}
 
 
@@ -293,12 +379,14 @@ def run(ctx: common.Context) -> dict[str, Any]:
         rows += kind_rows
         extra[p[kind]] = kind_extra
         params[p[kind]] = (kind_extra["lumbar_jax_params"], kind_extra.get("monai_params"))
-    for variant, batch in p["fused_batch"].items():
-        row, fused = _fused_row(variant, batch, p["fused_repeats"])
+    steps = [("fused", variant, batch) for variant, batch in p["fused_batch"].items()]
+    steps += [(model, p["two_stage"], None) for model in ("localiser", "crop_classifier")]
+    for model, variant, batch in steps:
+        row, measured = train_step_row(model, variant, batch, p["step_repeats"])
         rows.append(row)
-        extra.setdefault("fused", {})[fused["model"]] = {k: v for k, v in fused.items() if k != "timing"}
-        extra_md[f"{fused['model']}: peak resident memory of the benchmark process after its step"] = (
-            f"{fused['peak_rss_mib']:.0f} MiB")
+        extra.setdefault("train_steps", {})[row["id"]] = {k: v for k, v in measured.items() if k != "timing"}
+        extra_md[f"{row['id']}: peak resident memory of the benchmark process since {measured['peak_rss_since']}"] = (
+            f"{measured['peak_rss_mib']:.0f} MiB (resident before it: {measured['rss_before_mib'] or 0:.0f} MiB)")
     extra_md |= {"parameter counts (lumbar_jax / MONAI)": ", ".join(
         f"{name} {ours:,} / {peer:,} ({ours / peer - 1:+.2%})" if peer else f"{name} {ours:,} / -"
         for name, (ours, peer) in params.items()),

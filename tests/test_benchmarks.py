@@ -19,13 +19,17 @@ if REPO not in sys.path:
 EXPECTED_ROWS = {
     "data": ["data.load_study", "data.load_study_uint8", "data.load_study_kaggle", "data.cpu_capacity",
              "data.build_1w", "data.build_2w", "data.build_scaling", "data.build_scaling_steady"],
-    "pipeline": ["pipeline.in_process", "pipeline.workers", "pipeline.worker_scaling", "pipeline.crop_cutting"],
+    "pipeline": ["pipeline.in_process", "pipeline.workers", "pipeline.worker_scaling", "pipeline.crop_pipeline"],
     "models": ["models.vit_s.train_step", "models.vit_s.inference", "models.effnet_b0.train_step",
-               "models.effnet_b0.inference", "models.fused.smoke"],
+               "models.effnet_b0.inference", "models.fused.smoke", "models.localiser.smoke",
+               "models.crop_classifier.smoke"],
 }
 ROW_KEYS = {"id", "name", "unit", "lumbar_jax", "peer", "ratio", "ratio_best", "ratio_of", "peer_label", "target",
             "target_text", "target_met", "note"}
 PEER_ROWS = ("data.load_study", "data.load_study_uint8", "data.load_study_kaggle")  # rows whose peer is MONAI
+TRAIN_STEP_ROWS = ("models.fused.smoke", "models.localiser.smoke", "models.crop_classifier.smoke")  # no peer
+# rows whose peer is one of those train steps (always measured): the pipelines against what training consumes
+TRAIN_STEP_PEER_ROWS = ("pipeline.in_process", "pipeline.workers", "pipeline.crop_pipeline")
 
 
 # rows computed as (N - n0) / (t(N) - t(n0)): "not resolvable" when the timings do not separate
@@ -58,6 +62,10 @@ def _check_results(out_dir, sections, peer_installed):
             elif name in ("data", "pipeline"):  # our side is always measured
                 assert r["lumbar_jax"]["status"] == "measured", r["id"]
                 assert r["lumbar_jax"]["median"] > 0 and r["lumbar_jax"]["repeats"] >= 1
+            if r["id"] in TRAIN_STEP_ROWS:
+                assert r["lumbar_jax"]["status"] == "measured" and r["lumbar_jax"]["median"] > 0, r["id"]
+            if r["id"] in TRAIN_STEP_PEER_ROWS:
+                assert r["peer"]["status"] == "measured" and r["ratio"] > 0, r["id"]
             if r["id"] in PEER_ROWS:
                 if peer_installed:
                     assert r["peer"]["status"] == "measured" and r["ratio"] is not None
