@@ -209,8 +209,9 @@ def localiser_loss(output: LocaliserOutput, coords: jax.Array, coords_series: ja
     """Mean over trained targets (`trained_targets`) of the Euclidean distance, in voxels of the input volume,
     between the predicted and the annotated point; plus `heatmap_weight` x the cross-entropy of each heatmap
     with a Gaussian around the annotated point (std `heatmap_sigma` voxels). The distance alone gets sub-voxel
-    precision; the cross-entropy pulls the whole heatmap toward the point from the first step (the defaults
-    reached a 0.94 voxel median held-out error in 200 steps where the distance alone reached 1.17).
+    precision; the cross-entropy pulls the whole heatmap toward the point from the first step (on 240 / 60
+    synthetic studies, 200 steps at lr 3e-3: 0.94 r64 voxels median held-out error with the defaults, 1.17 with
+    the distance alone).
 
     output: the model's LocaliserOutput (points [B, 25, 3], log_probs [B, 25, K], centres [K, 3]).
     coords float [B, 25, 3] normalised; coords_series int [B, 25]; present bool [B, 3]; volume_shape: the
