@@ -251,50 +251,33 @@ def _fused_parts(config, batch: int, rng):
 
 
 def _localiser_parts(config, batch: int, rng):
-    """The same for the two-stage localiser (stage 1), its loss as `train.two_stage` trains it."""
-    from flax import nnx
+    """The same for the two-stage localiser (stage 1), built and trained as `train.two_stage` does."""
+    from lumbar_jax.train import mesh as mesh_lib
+    from lumbar_jax.train import two_stage
 
-    from lumbar_jax.models import registry
-    from lumbar_jax.models.localiser import localiser_loss
-    from lumbar_jax.train import step as step_lib
-    from lumbar_jax.train.state import create_train_state
-
-    lc, tc = config.localiser, config.train
     shape = tuple(config.model.volume_shape)
-    model = registry.create_localiser(lc, config.model, shape, nnx.Rngs(params=0, dropout=1))
-    tx = step_lib.make_optimizer(lc.lr, lc.steps, lc.warmup_steps, tc.weight_decay, tc.grad_clip)
-    statics, state = create_train_state(model, tx, use_ema=False)
-
-    def loss_fn(model, b):
-        return localiser_loss(model(b["volumes"], b["present"]), b["coords"], b["coords_series"], b["present"],
-                              volume_shape=shape)
-
-    return (statics, state, loss_fn, 0.0, _study_arrays(config, batch, rng),
-            f"localiser ({lc.variant}) train step, batch {batch} of 3x{'x'.join(map(str, shape))}")
+    statics, state = two_stage.localiser_state(config, mesh_lib.make_mesh(1))
+    return (statics, state, two_stage.localiser_loss_fn(shape), 0.0, _study_arrays(config, batch, rng),
+            f"localiser ({config.localiser.variant}) train step, batch {batch} of 3x{'x'.join(map(str, shape))}")
 
 
 def _crop_classifier_parts(config, batch: int, rng):
     """The same for the two-stage crop classifier (stage 2) on crops [B, 25, K, P, P], the metric loss."""
     import numpy as np
-    from flax import nnx
 
     from lumbar_jax import labels as L
-    from lumbar_jax.models import registry
-    from lumbar_jax.train import step as step_lib
-    from lumbar_jax.train.loss import metric_loss
-    from lumbar_jax.train.state import create_train_state
+    from lumbar_jax.train import mesh as mesh_lib
+    from lumbar_jax.train import two_stage
 
-    tc, cr, m = config.train, config.crops, config.model
+    cr, m = config.crops, config.model
     crop_shape = (cr.slices, cr.pixels, cr.pixels)
-    model = registry.create_crop_classifier(m, crop_shape, nnx.Rngs(params=0, dropout=1))
-    tx = step_lib.make_optimizer(tc.lr, tc.steps, tc.warmup_steps, tc.weight_decay, tc.grad_clip)
-    statics, state = create_train_state(model, tx, use_ema=tc.ema_decay > 0)
+    statics, state = two_stage.classifier_state(config, mesh_lib.make_mesh(1))
     arrays = {"crops": rng.integers(0, 256, (batch, L.NUM_TARGETS, *crop_shape), dtype=np.uint8),
               "crop_present": np.ones((batch, L.NUM_TARGETS), bool),
               "labels": rng.integers(0, 3, (batch, L.NUM_TARGETS)).astype(np.int32)}
-    return (statics, state, lambda model, b: metric_loss(model(b["crops"], b["crop_present"]), b["labels"]),
-            tc.ema_decay, arrays, f"crop classifier ({m.name}: {m.vit} + {m.effnet} per slice) train step, batch "
-            f"{batch} of 25 crops {'x'.join(map(str, crop_shape))}")
+    return (statics, state, two_stage.classifier_loss, config.train.ema_decay, arrays,
+            f"crop classifier ({m.name}: {m.vit} + {m.effnet} per slice) train step, batch {batch} of 25 crops "
+            f"{'x'.join(map(str, crop_shape))}")
 
 
 # model -> (config file, parts builder, batch of a config: what training runs unless the run says otherwise)

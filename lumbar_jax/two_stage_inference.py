@@ -23,20 +23,15 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh
 
 from lumbar_jax import inference, localisation, metrics, rundir
 from lumbar_jax import labels as L
 from lumbar_jax.data import crop_pipeline, pipeline
 from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_VOLUMES
-from lumbar_jax.models import registry
-from lumbar_jax.models.localiser import predict_points
 from lumbar_jax.train import mesh as mesh_lib
-from lumbar_jax.train import step as step_lib
 from lumbar_jax.train import two_stage
 from lumbar_jax.train.folds import Fold
-from lumbar_jax.train.state import create_train_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +58,10 @@ class TwoStageRestorer:
         cr = self.config.crops
         self.crop_args = dict(slices=cr.slices, size_mm=cr.size_mm, pixels=cr.pixels)
         self.batch_size = inference.eval_batch_size(self.config, mesh)
-        localiser_statics, self.localiser_template = _localiser_state(self.config, mesh)
-        classifier_statics, self.classifier_template = _classifier_state(self.config, mesh)
-        self.localiser_step = step_lib.make_apply_step(localiser_statics, mesh, lambda model, batch: {
-            "points": predict_points(model, batch["volumes"], batch["present"], flip_tta=True)})
-        self.classifier_step = step_lib.make_apply_step(classifier_statics, mesh, lambda model, batch: {
-            "probs": jax.nn.softmax(model(batch["crops"], batch["crop_present"]), axis=-1)})
+        localiser_statics, self.localiser_template = two_stage.localiser_state(self.config, mesh)
+        classifier_statics, self.classifier_template = two_stage.classifier_state(self.config, mesh)
+        self.localiser_step = two_stage.localiser_eval_step(localiser_statics, mesh)
+        self.classifier_step = two_stage.classifier_eval_step(classifier_statics, mesh)
 
     def restore(self, fold: int, checkpoint: str | int = "best") -> TwoStageFoldModel:
         """Fold `fold`'s best localiser and its classifier at `checkpoint` ('best', 'latest' or a step)."""
@@ -152,27 +145,6 @@ def pooled_localiser_report(fold_results: Sequence[dict]) -> dict:
     geometry = two_stage.StudyGeometry(*(np.concatenate([getattr(r["geometry"], f.name) for r in fold_results])
                                          for f in dataclasses.fields(two_stage.StudyGeometry)))
     return geometry.report(np.concatenate([r["points"] for r in fold_results]))
-
-
-def _localiser_state(config, mesh: Mesh):
-    """(statics, state) of a fresh localiser and its optimizer, replicated: the template training saved
-    (train/two_stage.py: no EMA)."""
-    lc, tc = config.localiser, config.train
-    model = registry.create_localiser(lc, config.model, tuple(config.model.volume_shape),
-                                      nnx.Rngs(params=config.seed, dropout=config.seed + 1))
-    tx = step_lib.make_optimizer(lc.lr, lc.steps, lc.warmup_steps, tc.weight_decay, tc.grad_clip)
-    statics, state = create_train_state(model, tx, use_ema=False)
-    return statics, jax.device_put(state, mesh_lib.replicated(mesh))
-
-
-def _classifier_state(config, mesh: Mesh):
-    """(statics, state) of a fresh crop classifier and its optimizer (EMA when the run kept one), replicated."""
-    tc, cr = config.train, config.crops
-    model = registry.create_crop_classifier(config.model, (cr.slices, cr.pixels, cr.pixels),
-                                            nnx.Rngs(params=config.seed, dropout=config.seed + 1))
-    tx = step_lib.make_optimizer(tc.lr, tc.steps, tc.warmup_steps, tc.weight_decay, tc.grad_clip)
-    statics, state = create_train_state(model, tx, use_ema=tc.ema_decay > 0)
-    return statics, jax.device_put(state, mesh_lib.replicated(mesh))
 
 
 def point_report(record: dict, fold_points: np.ndarray) -> dict[str, dict]:

@@ -189,7 +189,7 @@ def two_stage_config() -> ml_collections.ConfigDict:
     c.data.config = "r64_native"
     c.train.coord_loss_weight = 0.0  # the localiser learns the coordinates; the classifier has no queries
     c.train.update(steps=200, eval_every=100, checkpoint_every=100)  # crops learn fast: the CPU budget's size
-    c.localiser.update(steps=150, eval_every=75)
+    c.localiser.update(steps=150, eval_every=75, lr=2e-2)  # the small localiser learns fastest at a high rate
     return c
 
 

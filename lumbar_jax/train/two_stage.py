@@ -103,6 +103,63 @@ def train_fold(config, workdir: str, fold: Fold, mesh) -> dict:
     return result
 
 
+# ------------------------------------------------------------------------------------------------ the models
+
+
+def localiser_state(config, mesh) -> tuple:
+    """(statics, state) of a fresh localiser and its optimizer (no EMA), replicated over `mesh`: what stage 1
+    trains and what restoring its checkpoints starts from."""
+    lc, tc = config.localiser, config.train
+    model = registry.create_localiser(lc, config.model, tuple(config.model.volume_shape),
+                                      nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+    tx = step_lib.make_optimizer(lc.lr, lc.steps, lc.warmup_steps, tc.weight_decay, tc.grad_clip)
+    statics, state = create_train_state(model, tx, use_ema=False)
+    return statics, jax.device_put(state, mesh_lib.replicated(mesh))
+
+
+def classifier_state(config, mesh, train_labels: np.ndarray | None = None, load_pretrained: bool = False
+                     ) -> tuple:
+    """(statics, state) of a fresh crop classifier and its optimizer (EMA when configured), replicated; with
+    `train_labels` [M, 25] its logit bias starts at their log class prior (as `train.init.build_state`)."""
+    tc, cr = config.train, config.crops
+    model = registry.create_crop_classifier(config.model, (cr.slices, cr.pixels, cr.pixels),
+                                            nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+                                            load_pretrained=load_pretrained)
+    if train_labels is not None:
+        model.set_output_bias(np.log(metrics.class_prior_baseline(train_labels, 1)[0]))
+    tx = step_lib.make_optimizer(tc.lr, tc.steps, tc.warmup_steps, tc.weight_decay, tc.grad_clip)
+    statics, state = create_train_state(model, tx, use_ema=tc.ema_decay > 0)
+    return statics, jax.device_put(state, mesh_lib.replicated(mesh))
+
+
+def localiser_loss_fn(volume_shape) -> step_lib.LossFn:
+    """Stage 1's loss: the localiser's mean distance to the annotated points, in voxels of `volume_shape`."""
+
+    def loss_fn(model, batch):
+        loss, parts = localiser_loss(model(batch["volumes"], batch["present"]), batch["coords"],
+                                     batch["coords_series"], batch["present"], volume_shape=tuple(volume_shape))
+        return loss, {"distance_voxels": parts["distance"]}
+
+    return loss_fn
+
+
+def classifier_loss(model, batch):
+    """Stage 2's loss: the metric loss of the crop classifier's logits."""
+    return metric_loss(model(batch["crops"], batch["crop_present"]), batch["labels"])
+
+
+def localiser_eval_step(statics, mesh):
+    """state, batch (volumes, present) -> {"points": [B, 25, 3]}, with the left/right flip averaged in."""
+    return step_lib.make_apply_step(statics, mesh, lambda model, batch: {
+        "points": predict_points(model, batch["volumes"], batch["present"], flip_tta=True)})
+
+
+def classifier_eval_step(statics, mesh):
+    """state, batch (crops, crop_present) -> {"probs": [B, 25, 3]}."""
+    return step_lib.make_apply_step(statics, mesh, lambda model, batch: {
+        "probs": jax.nn.softmax(model(batch["crops"], batch["crop_present"]), axis=-1)})
+
+
 # ------------------------------------------------------------------------------------------------ stage 1
 
 
@@ -128,20 +185,11 @@ def _localiser_stage(config, workdir: str, fold: Fold, mesh, geometry: StudyGeom
     """(loop.Stage of the localiser, state -> points [N, 25, 3] of every record)."""
     lc, tc = config.localiser, config.train
     volume_shape = tuple(config.model.volume_shape)
-    model = registry.create_localiser(lc, config.model, volume_shape,
-                                      nnx.Rngs(params=config.seed, dropout=config.seed + 1))
-    tx = step_lib.make_optimizer(lc.lr, lc.steps, lc.warmup_steps, tc.weight_decay, tc.grad_clip)
-    statics, state = create_train_state(model, tx, use_ema=False)
-    state = jax.device_put(state, mesh_lib.replicated(mesh))
+    statics, state = localiser_state(config, mesh)
 
-    def loss_fn(model, batch):
-        loss, parts = localiser_loss(model(batch["volumes"], batch["present"]), batch["coords"],
-                                     batch["coords_series"], batch["present"], volume_shape=volume_shape)
-        return loss, {"distance_voxels": parts["distance"]}
-
-    train_step = step_lib.make_train_step(statics, mesh, config.seed + 1000 * fold.index, 0.0, loss_fn)
-    eval_step = step_lib.make_apply_step(statics, mesh, lambda model, batch: {
-        "points": predict_points(model, batch["volumes"], batch["present"], flip_tta=True)})
+    train_step = step_lib.make_train_step(statics, mesh, config.seed + 1000 * fold.index, 0.0,
+                                          localiser_loss_fn(volume_shape))
+    eval_step = localiser_eval_step(statics, mesh)
 
     def predict(state, indices: np.ndarray) -> np.ndarray:
         batches = pipeline.eval_batches(fold.source, indices, batch_size=mesh_lib.process_batch_size(
@@ -185,22 +233,13 @@ def _classifier_stage(config, workdir: str, fold: Fold, mesh, points: np.ndarray
     """The loop.Stage of the crop classifier: `points` [N, 25, 3] the localiser's for every record, `jitter`
     [3 groups, 3] the training placement noise (std in slices, mm, mm)."""
     tc, cr = config.train, config.crops
-    crop_shape = (cr.slices, cr.pixels, cr.pixels)
     crop_args = dict(slices=cr.slices, size_mm=cr.size_mm, pixels=cr.pixels)
     directory = rundir.fold_dir(workdir, fold.index)
     resuming = CheckpointStore.has_latest(os.path.join(directory, rundir.CHECKPOINTS_DIR))
-    model = registry.create_crop_classifier(config.model, crop_shape,
-                                            nnx.Rngs(params=config.seed, dropout=config.seed + 1),
-                                            load_pretrained=not resuming)
-    model.set_output_bias(np.log(metrics.class_prior_baseline(fold.train_labels, 1)[0]))
-    tx = step_lib.make_optimizer(tc.lr, tc.steps, tc.warmup_steps, tc.weight_decay, tc.grad_clip)
-    statics, state = create_train_state(model, tx, use_ema=tc.ema_decay > 0)
-    state = jax.device_put(state, mesh_lib.replicated(mesh))
-    train_step = step_lib.make_train_step(
-        statics, mesh, config.seed + 1000 * fold.index, tc.ema_decay,
-        lambda model, batch: metric_loss(model(batch["crops"], batch["crop_present"]), batch["labels"]))
-    eval_step = step_lib.make_apply_step(statics, mesh, lambda model, batch: {
-        "probs": jax.nn.softmax(model(batch["crops"], batch["crop_present"]), axis=-1)})
+    statics, state = classifier_state(config, mesh, fold.train_labels, load_pretrained=not resuming)
+    train_step = step_lib.make_train_step(statics, mesh, config.seed + 1000 * fold.index, tc.ema_decay,
+                                          classifier_loss)
+    eval_step = classifier_eval_step(statics, mesh)
     held_out_points = points if config.crops.points == "predicted" else None
 
     def evaluate(state) -> tuple[np.ndarray, dict]:
