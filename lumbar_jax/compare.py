@@ -2,9 +2,10 @@
 
   python scripts/compare.py --workdirs W1 W2 ... [--markdown] [--json out.json]
 
-Every row shows the out-of-fold competition score, its four component losses, accuracy and balanced accuracy
-next to the two references every report here carries (docs/conventions.md section 2): the class-prior baseline and
-the best constant (`weighted_prior`, the metric-weighted prior), both scored out of fold on the same studies.
+Every row shows the out-of-fold competition score (also calibrated, with temperatures cross-fitted over the
+folds), its four component losses, accuracy and balanced accuracy next to the two references every report here
+carries (docs/conventions.md section 2): the class-prior baseline and the best constant (`weighted_prior`, the
+metric-weighted prior), both scored out of fold on the same studies.
 A run that only matches the best constant learnt nothing from the images, whatever its accuracy.
 """
 
@@ -19,17 +20,19 @@ from lumbar_jax import metrics, rundir
 # (key, plain-text header, markdown header) of every column, in order.
 COLUMNS = (
     ("run", "run", "run"),
+    ("pipeline", "pipeline", "pipeline"),
     ("model", "model", "model"),
     ("data", "data", "data"),
     ("loss", "loss", "loss"),
     ("score", "OOF score", "OOF score"),
+    ("calibrated", "calibrated", "calibrated OOF"),
     *((k, k, k) for k in metrics.LOSS_KEYS),
     ("accuracy", "accuracy", "accuracy"),
     ("balanced_accuracy", "bal.acc", "balanced acc."),
     ("baseline", "class prior", "class-prior baseline"),
     ("best_constant", "best const", "best constant"),
 )
-_TEXT_COLUMNS = ("run", "model", "data", "loss")
+_TEXT_COLUMNS = ("run", "pipeline", "model", "data", "loss")
 
 
 class RunNotComparable(FileNotFoundError):
@@ -51,6 +54,15 @@ def _unfinished(workdir: str, config: dict) -> str:
             "re-run its command to finish it)")
 
 
+def _pipeline(config: dict) -> str:
+    """'one_stage' or 'two_stage' (runs before the two-stage pipeline: one-stage); a two-stage run scored on crops
+    at the annotated instead of the localiser's points says so."""
+    pipeline = config.get("pipeline", "one_stage")
+    if pipeline == "two_stage" and config.get("crops", {}).get("points") == "annotated":
+        return "two_stage (annotated points)"
+    return pipeline
+
+
 def run_row(workdir: str) -> dict:
     """The comparison row of one finished run; RunNotComparable naming `workdir` otherwise."""
     if not os.path.isdir(workdir):
@@ -64,10 +76,13 @@ def run_row(workdir: str) -> dict:
         oof = summary["oof"]
         row = {
             "run": workdir,
+            "pipeline": _pipeline(config),
             "model": config.get("model", {}).get("name", "?"),
             "data": config.get("data", {}).get("config", "?"),
             "loss": config.get("train", {}).get("loss", "metric"),  # runs before train.loss trained on the metric
             "score": oof["score"],
+            # cross-fitted temperature calibration (runs before it was reported: None)
+            "calibrated": summary.get("calibration", {}).get("after"),
             **{k: oof[k] for k in metrics.LOSS_KEYS},
             "accuracy": oof["accuracy"],
             "balanced_accuracy": oof["balanced_accuracy"],

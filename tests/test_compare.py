@@ -72,8 +72,9 @@ def test_script_prints_text_markdown_and_json(two_runs, tmp_path):
     out = subprocess.run([sys.executable, SCRIPT, "--workdirs", a, b, "--markdown", "--json", path],
                          capture_output=True, text=True, check=True)
     lines = out.stdout.splitlines()
-    assert lines[0].startswith("| run | model |") and "class-prior baseline" in lines[0] and lines[1].startswith("|---")
-    assert lines[2].startswith(f"| {a} | vit_effnet | r64 | metric | {oof_a['score']:.4f} |")
+    assert lines[0].startswith("| run | pipeline | model |") and "class-prior baseline" in lines[0]
+    assert lines[1].startswith("|---")
+    assert lines[2].startswith(f"| {a} | one_stage | vit_effnet | r64 | metric | {oof_a['score']:.4f} |")
     saved = json.load(open(path))
     assert [r["run"] for r in saved["runs"]] == [a, b] and saved["runs"][0]["score"] == oof_a["score"]
 
@@ -92,3 +93,24 @@ def test_missing_and_unfinished_runs_are_named_with_exit_status_2(two_runs, tmp_
     assert f"{missing}: no such run directory" in message and a not in message
     out = subprocess.run([sys.executable, SCRIPT, "--workdirs", a, missing], capture_output=True, text=True)
     assert out.returncode == 2 and missing in out.stderr and out.stdout == ""
+
+
+def test_rows_say_the_pipeline_and_the_calibrated_score(tmp_path):
+    one = str(tmp_path / "one")
+    fake_run(one, "vit_effnet", confident_truth, 0)
+    rows = {}
+    for name, points in (("two", "predicted"), ("oracle", "annotated")):
+        workdir = str(tmp_path / name)
+        fake_run(workdir, "vit_effnet", confident_truth, 0)
+        config = json.load(open(os.path.join(workdir, "config.json")))
+        config.update(pipeline="two_stage", crops={"points": points})
+        json.dump(config, open(os.path.join(workdir, "config.json"), "w"))
+        summary = json.load(open(os.path.join(workdir, "cv_summary.json")))
+        summary["calibration"] = {"before": summary["oof"]["score"], "after": 0.1234}
+        json.dump(summary, open(os.path.join(workdir, "cv_summary.json"), "w"))
+        rows[name] = workdir
+    table = compare.compare_runs([one, rows["two"], rows["oracle"]])
+    assert [r["pipeline"] for r in table] == ["one_stage", "two_stage", "two_stage (annotated points)"]
+    assert table[0]["calibrated"] is None and table[1]["calibrated"] == 0.1234
+    markdown = compare.format_markdown(table)
+    assert "| nan |" in markdown.splitlines()[2] and "0.1234" in markdown.splitlines()[3]
