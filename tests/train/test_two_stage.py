@@ -8,21 +8,9 @@ import numpy as np
 import pytest
 
 from lumbar_jax import rundir
-from lumbar_jax.data import build
 from lumbar_jax.train import config as config_lib
 from lumbar_jax.train import cv
 from lumbar_jax.train import step as step_lib
-
-
-@pytest.fixture(scope="module")
-def native_data_dir(tmp_path_factory):
-    """The training tests' 12 synthetic studies (conftest `data_dir`, seed 5) built as r64_native."""
-    from lumbar_jax.data import synthetic
-
-    root = tmp_path_factory.mktemp("two_stage_data")
-    synthetic.write_synthetic_dataset(str(root / "kaggle"), num_studies=12, seed=5, progress=False)
-    build.build_dataset(str(root / "kaggle"), str(root / "tfds"), "r64_native", workers=1)
-    return str(root / "tfds")
 
 
 def tiny_two_stage_config(data_dir: str, **train):
