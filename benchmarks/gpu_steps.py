@@ -55,7 +55,7 @@ PEER_SIZES = {  # smoke: the ViT only, float32 (a 3D EfficientNet compiles for a
                  kinds=("vit", "effnet")),
     "r256": dict(batch=4, shape=(64, 256, 256), vit="vit_b", effnet="effnet_b0", vit_patch=(8, 16, 16),
                  kinds=("vit", "effnet")),
-    "smoke": dict(batch=2, shape=(32, 32, 32), vit="vit_tiny_test", vit_patch=(4, 16, 16), kinds=("vit",)),
+    "smoke": dict(batch=2, shape=(32, 32, 32), vit="vit_cpu", vit_patch=(4, 16, 16), kinds=("vit",)),
 }
 PEER_ROWS = [("r128", "bfloat16", True), ("r256", "bfloat16", False), ("r128", "float32", False)]
 SMOKE_PEER_ROWS = [("smoke", "float32", True)]

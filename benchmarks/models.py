@@ -38,7 +38,7 @@ from benchmarks import common
 
 FULL = dict(batch=4, shape=(32, 128, 128), vit="vit_s", effnet="effnet_b0", vit_patch=(4, 16, 16), repeats=5,
             fused_batch={"": 12, "r128": 2}, two_stage="", step_repeats=3, matmul=2048)
-SMOKE = dict(batch=2, shape=(32, 32, 32), vit="vit_tiny_test", effnet="effnet_tiny_test", vit_patch=(4, 16, 16),
+SMOKE = dict(batch=2, shape=(32, 32, 32), vit="vit_cpu", effnet="effnet_cpu", vit_patch=(4, 16, 16),
              repeats=1, fused_batch={"smoke": 4}, two_stage="smoke", step_repeats=1, matmul=256)
 NUM_CLASSES = 75  # 25 targets x 3 severities
 MONAI_VIT = dict(hidden_size=384, mlp_dim=1536, num_layers=12, num_heads=6)  # = vit_s
@@ -128,7 +128,7 @@ def _torch_model(kind: str, p: dict):
     from monai.networks.nets import ViT, EfficientNetBN
 
     if kind == "vit":
-        if p["vit"] != "vit_s":  # smoke: a MONAI ViT as small as vit_tiny_test
+        if p["vit"] != "vit_s":  # smoke: a MONAI ViT as small as vit_cpu
             from lumbar_jax.models.vit import VIT_VARIANTS
 
             v = VIT_VARIANTS[p["vit"]]

@@ -83,9 +83,9 @@ REFUSED = [  # (model name, overrides, the field the error names)
     # Pretrained weights (models/pretrained.py).
     ("vit", {"model.inflation": "middle"}, "model.inflation"),
     ("effnet", {"model.pretrained_vit": "w.safetensors"}, "model.pretrained_vit"),  # no ViT to load into
-    ("vit", {"model.pretrained_vit": "w.safetensors"}, "model.vit"),  # vit_tiny_test: no timm weights
+    ("vit", {"model.pretrained_vit": "w.safetensors"}, "model.vit"),  # vit_cpu: no timm weights
     ("vit", {"model.vit": "vit_s", "model.pretrained_vit": "w.safetensors"}, "model.patch"),  # needs [d, 16, 16]
-    ("effnet", {"model.effnet": "effnet_tiny_test", "model.pretrained_effnet": "w.pth"}, "model.effnet"),
+    ("effnet", {"model.effnet": "effnet_cpu", "model.pretrained_effnet": "w.pth"}, "model.effnet"),
     ("effnet", {"model.effnet": "effnet_b0", "model.pretrained_effnet": "hub/tf_efficientnet_b0/model.safetensors"},
      "model.effnet_padding"),
     ("effnet", {"model.effnet": "effnet_b0", "model.effnet_padding": "same",
@@ -180,6 +180,15 @@ def test_a_restored_config_of_an_earlier_version_takes_defaults_and_the_new_fiel
     assert (restored.train.loss, restored.model.kernels) == ("metric", "cpu")
     stored["model"]["typo"] = 1
     _refused(config_lib.restore_config(stored), "model.typo")
+
+
+def test_a_restored_config_with_the_earlier_cpu_encoder_names_takes_the_current_ones():
+    stored = json.loads(_config().to_json_best_effort())
+    stored["model"].update(vit="vit_tiny_test", effnet="effnet_tiny_test")  # the names before vit_cpu / effnet_cpu
+    restored = config_lib.restore_config(stored)
+    config_lib.validate(restored, check_paths=False)
+    assert (restored.model.vit, restored.model.effnet) == ("vit_cpu", "effnet_cpu")
+    assert stored["model"]["vit"] == "vit_tiny_test"  # the caller's dict is left as it was
 
 
 TWO_STAGE_REFUSED = [  # (overrides of the two-stage default, the field the error names)

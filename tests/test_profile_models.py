@@ -39,7 +39,7 @@ def test_smoke_run_writes_profiles_and_component_table(tmp_path):
     with open(tmp_path / "profile_models.json") as f:
         results = json.load(f)
     (profile,) = results["profiles"]
-    assert profile["step"] == "inference" and profile["model"] == "vit_tiny_test"
+    assert profile["step"] == "inference" and profile["model"] == "vit_cpu"
     ops = profile["lumbar_jax"]["ops"]
     assert ops and all(o["kind"] in profile_models.KINDS for o in ops)
     matched = sum(o["seconds"] for o in ops if o["shape"] != "?")

@@ -41,9 +41,10 @@ B0_STAGES = (
     Stage(6, 5, 2, 192, 4),
     Stage(6, 3, 1, 320, 1),
 )
-# For tests: every block kind (depthwise-separable, inverted residual with 3^d and 5^d kernels, stride 1 and
-# 2, a residual with stochastic depth) in 4 blocks, so that compiling forward + backward stays short.
-TINY_TEST_STAGES = (
+# The CPU-sized default (`effnet_cpu`, config model.effnet): every block kind (depthwise-separable, inverted
+# residual with 3^d and 5^d kernels, stride 1 and 2, a residual with stochastic depth) in 4 blocks, so that a
+# CPU trains it in minutes and compiling forward + backward stays short; no timm counterpart.
+CPU_STAGES = (
     Stage(1, 3, 1, 16, 1),
     Stage(6, 3, 2, 24, 2),
     Stage(6, 5, 2, 40, 1),
@@ -74,7 +75,7 @@ EFFNET_VARIANTS = {
     "effnet_b5": EffNetVariant(1.6, 2.2, 456, 0.4),
     "effnet_b6": EffNetVariant(1.8, 2.6, 528, 0.5),
     "effnet_b7": EffNetVariant(2.0, 3.1, 600, 0.5),
-    "effnet_tiny_test": EffNetVariant(0.5, 1.0, 64, 0.0, head_channels=128, stages=TINY_TEST_STAGES),
+    "effnet_cpu": EffNetVariant(0.5, 1.0, 64, 0.0, head_channels=128, stages=CPU_STAGES),
 }
 PADDINGS = ("symmetric", "same")
 

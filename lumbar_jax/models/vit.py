@@ -32,7 +32,7 @@ VIT_VARIANTS = {
     "vit_s": ViTVariant(384, 12, 6),
     "vit_b": ViTVariant(768, 12, 12),
     "vit_l": ViTVariant(1024, 24, 16),
-    "vit_tiny_test": ViTVariant(32, 2, 2),
+    "vit_cpu": ViTVariant(32, 2, 2),  # the CPU-sized default (config model.vit): trains in minutes; no timm counterpart
 }
 POOLS = ("cls", "mean")
 

@@ -85,8 +85,8 @@ def _model_section() -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
     m.name = "vit_effnet"  # 'vit' | 'effnet' | 'vit_effnet': encoders per series (two_stage: per crop slice);
     # 'vit2d' | 'vit3d_grid': one-stage baselines
-    m.vit = "vit_tiny_test"  # ViT variant, one of models.vit.VIT_VARIANTS
-    m.effnet = "effnet_tiny_test"  # EfficientNet variant, one of models.efficientnet.EFFNET_VARIANTS
+    m.vit = "vit_cpu"  # ViT variant, one of models.vit.VIT_VARIANTS
+    m.effnet = "effnet_cpu"  # EfficientNet variant, one of models.efficientnet.EFFNET_VARIANTS
     m.volume_shape = DATASET_SHAPES["r64"]  # [D, H, W] the model is built for: data.config's volume shape
     m.patch = (4, 8, 8)  # ViT tubelet [d, h, w], divides volume_shape; 4x8x8 = 256 tokens per r64 series
     m.slice_patch = (8, 8)  # two_stage only: ViT patch [h, w] of a crop slice; divides crops.pixels
@@ -167,12 +167,18 @@ def validate(c: ml_collections.ConfigDict, *, check_paths: bool = True) -> None:
 def restore_config(stored: Mapping) -> ml_collections.ConfigDict:
     """A run's stored config (the dict of its `config.json`) on this schema: `default_config()` updated with the
     stored values, so tuples are tuples again and fields the run's version did not have take their defaults.
-    The stored `model.conv_impl` of earlier versions becomes `model.kernels`. Validate the result."""
+    The stored `model.conv_impl` of earlier versions becomes `model.kernels`, and the CPU-sized encoders' earlier
+    names ('vit_tiny_test', 'effnet_tiny_test') their current ones. Validate the result."""
+    renamed_variants = {"vit_tiny_test": "vit_cpu", "effnet_tiny_test": "effnet_cpu"}  # earlier name -> current
     stored = copy.deepcopy(dict(stored))
     model = stored.get("model")
     if isinstance(model, dict) and "conv_impl" in model:
         impl = model.pop("conv_impl")
         model.setdefault("kernels", {"slices": "cpu", "lax": "xla"}.get(impl, impl))
+    if isinstance(model, dict):
+        for field in ("vit", "effnet"):
+            if isinstance(model.get(field), str):
+                model[field] = renamed_variants.get(model[field], model[field])
     config = default_config()
     try:
         config.update(stored)

@@ -57,7 +57,7 @@ forward = nnx.jit(lambda model, volumes, present: model(volumes, present))
 
 
 def small_slice_model():
-    cfg = model_config("vit2d", vit="vit_tiny_test", patch=(1, 8, 8), image_size=(16, 16), volume_shape=(5, 16, 16),
+    cfg = model_config("vit2d", vit="vit_cpu", patch=(1, 8, 8), image_size=(16, 16), volume_shape=(5, 16, 16),
                        drop_path=0.0)
     model = create_model(cfg, nnx.Rngs(0))
     model.eval()
@@ -85,7 +85,7 @@ def test_slice_model_reads_the_middle_sagittal_t2_slice_only():
 
 
 def test_slice_model_resizes_the_slice_to_its_image_size():
-    cfg = model_config("vit2d", vit="vit_tiny_test", patch=(1, 16, 16), image_size=(32, 32), volume_shape=(4, 8, 8))
+    cfg = model_config("vit2d", vit="vit_cpu", patch=(1, 16, 16), image_size=(32, 32), volume_shape=(4, 8, 8))
     model = create_model(cfg, nnx.Rngs(0))
     volumes = np.zeros((1, 3, 4, 8, 8), np.uint8)
     volumes[0, 1, 2] = 255  # constant bright middle slice -> constant bright image
@@ -95,7 +95,7 @@ def test_slice_model_resizes_the_slice_to_its_image_size():
 
 
 def test_grid_model_reads_every_channel():
-    cfg = model_config("vit3d_grid", vit="vit_tiny_test", patch=(4, 4, 4), volume_shape=(8, 8, 8), drop_path=0.0)
+    cfg = model_config("vit3d_grid", vit="vit_cpu", patch=(4, 4, 4), volume_shape=(8, 8, 8), drop_path=0.0)
     model = create_model(cfg, nnx.Rngs(0))
     model.eval()
     volumes = np.random.default_rng(1).integers(0, 256, (2, 3, 8, 8, 8), dtype=np.uint8)

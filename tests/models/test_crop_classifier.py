@@ -27,7 +27,7 @@ LOGITS_SHAPE = (NUM_TARGETS, NUM_SEVERITIES)
 
 
 def _model(seed: int = 0, **overrides) -> CropClassifier:
-    kw = dict(crop_shape=(K, P, P), vit="vit_tiny_test", effnet="effnet_tiny_test", vit_patch=(8, 8), hidden=32,
+    kw = dict(crop_shape=(K, P, P), vit="vit_cpu", effnet="effnet_cpu", vit_patch=(8, 8), hidden=32,
               num_heads=2, depth=2, kernels=KERNELS) | overrides
     return CropClassifier(**kw, rngs=cheap_rngs(seed))
 
@@ -147,7 +147,7 @@ def test_encoder_ablations_and_shape_errors():
     """Either encoder can be left out (the slice features are the other one's; traced, not compiled); none is
     refused, and so are crops of another slice count."""
     crops, present = _batch()
-    for vit, effnet, width in (("vit_tiny_test", None, 32), (None, "effnet_tiny_test", 64)):
+    for vit, effnet, width in (("vit_cpu", None, 32), (None, "effnet_cpu", 64)):
         model = _model(vit=vit, effnet=effnet, depth=1)
         features, logits = nnx.eval_shape(lambda m: (m.encode_slices(crops, present), m(crops, present)), model)
         assert features.shape == (2, NUM_TARGETS, K, width) and logits.shape == (2, *LOGITS_SHAPE)
@@ -163,9 +163,9 @@ def test_encoder_ablations_and_shape_errors():
 def _imagenet_layout(seed: int) -> tuple[VisionTransformer, EfficientNet]:
     """2D tiny encoders in timm's ImageNet layout (3 channels, 1000 classes) with non-trivial BatchNorm
     statistics, in eval mode: stand-ins for timm checkpoints of variants timm does not have."""
-    vit = VisionTransformer("vit_tiny_test", input_shape=(P, P), patch=(8, 8), in_channels=3, num_classes=1000,
+    vit = VisionTransformer("vit_cpu", input_shape=(P, P), patch=(8, 8), in_channels=3, num_classes=1000,
                             kernels=KERNELS, rngs=cheap_rngs(seed))
-    effnet = EfficientNet("effnet_tiny_test", ndim=2, in_channels=3, num_classes=1000, drop_path=0.0,
+    effnet = EfficientNet("effnet_cpu", ndim=2, in_channels=3, num_classes=1000, drop_path=0.0,
                           kernels=KERNELS, rngs=cheap_rngs(seed + 1))
     stats = nnx.state(effnet, nnx.BatchStat)
     leaves, treedef = jax.tree.flatten(stats)

@@ -83,7 +83,7 @@ def test_masked_batchnorm_matches_nnx_batchnorm_on_the_selected_samples():
 def test_train_eval_switch_and_feature_shape():
     """model.eval() / model.train() flip every BatchNorm and stochastic-depth layer (checked abstractly; the
     tiny model runs forward and backward in test_fused)."""
-    model = nnx.eval_shape(lambda: EfficientNet("effnet_tiny_test", drop_path=0.2, kernels=KERNELS, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: EfficientNet("effnet_cpu", drop_path=0.2, kernels=KERNELS, rngs=nnx.Rngs(0)))
     norms = [m for _, m in nnx.iter_modules(model) if isinstance(m, MaskedBatchNorm)]
     drops = [m for _, m in nnx.iter_modules(model) if isinstance(m, DropPath) and m.rate > 0]
     assert len(norms) == 2 + 2 + 3 * 3 and len(drops) == 1  # the one residual block has stochastic depth

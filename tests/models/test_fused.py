@@ -97,7 +97,7 @@ def test_bfloat16_compute_returns_float32_logits():
 def test_attention_maps_and_position_embedding_resampling(share_encoders, shape):
     """A ViT model built for 16x64x64 volumes runs on 8x32x32 and 32x64x64 (resampled position embeddings);
     attention maps are one `[B, S, heads, T, T]` per block, rows summing to 1."""
-    model = _model("vit", share_encoders=share_encoders, volume_shape=(16, 64, 64),  # vit_tiny_test: 2 x 2 heads
+    model = _model("vit", share_encoders=share_encoders, volume_shape=(16, 64, 64),  # vit_cpu: 2 x 2 heads
                    fusion="attention")  # a pooled head: the target-query head is built for one token grid
     model.eval()
     volumes, present = study_batch(2, shape)
@@ -122,7 +122,7 @@ def test_query_attention_with_pooled_effnet_input_matches_the_key_layout():
     model = _model("vit_effnet", effnet_pool=(1, 2, 2), head_hidden=32, patch=(4, 8, 8))
     model.eval()
     grids = [grid for grid, _ in model.encoders[0].token_sources((16, 64, 64))]
-    assert grids == [(4, 8, 8), (2, 4, 4)]  # effnet_tiny_test: stride 8 on the 16x32x32 pooled input
+    assert grids == [(4, 8, 8), (2, 4, 4)]  # effnet_cpu: stride 8 on the 16x32x32 pooled input
     volumes, present = study_batch(2)
     present[1, 2] = False
     logits, attention = nnx.jit(lambda m, v, p: m.with_query_attention(v, p))(model, volumes, present)

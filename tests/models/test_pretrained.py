@@ -176,7 +176,7 @@ def test_inflation_and_channel_rules():
 
 def _tiny_vit_2d(seed=0, **kw):
     kw = dict(input_shape=(32, 32), patch=(16, 16), in_channels=3, num_classes=10) | kw
-    return VisionTransformer("vit_tiny_test", kernels=KERNELS, **kw, rngs=cheap_rngs(seed))
+    return VisionTransformer("vit_cpu", kernels=KERNELS, **kw, rngs=cheap_rngs(seed))
 
 
 def test_mismatch_lists_missing_unexpected_and_shapes_and_writes_nothing(timm):
@@ -228,7 +228,7 @@ def test_shallower_vit_takes_the_first_blocks(tmp_path):
 
     state = pretrained.timm_state_dict(_tiny_vit_2d(seed=5))
     save_file(state, str(tmp_path / "vit.safetensors"))
-    shallow = VisionTransformer(VIT_VARIANTS["vit_tiny_test"]._replace(depth=1), kernels=KERNELS, input_shape=(32, 32),
+    shallow = VisionTransformer(VIT_VARIANTS["vit_cpu"]._replace(depth=1), kernels=KERNELS, input_shape=(32, 32),
                                 patch=(16, 16), in_channels=3, num_classes=10, rngs=cheap_rngs(6))
     cfg = {"pretrained_vit": str(tmp_path / "vit.safetensors"), "pretrained_effnet": "", "inflation": "centre",
            "vit_depth": 1}
@@ -291,7 +291,7 @@ def test_create_model_loads_every_encoder_and_keeps_the_head_fresh(tmp_path, mon
 
     vit_state = pretrained.timm_state_dict(_tiny_vit_2d(seed=3, num_classes=1000))
     effnet_state = pretrained.timm_state_dict(
-        EfficientNet("effnet_tiny_test", ndim=2, in_channels=3, num_classes=1000, kernels=KERNELS,
+        EfficientNet("effnet_cpu", ndim=2, in_channels=3, num_classes=1000, kernels=KERNELS,
                      rngs=cheap_rngs(4)))
     save_file(vit_state, str(tmp_path / "vit.safetensors"))
     save_file(effnet_state, str(tmp_path / "effnet.safetensors"))

@@ -105,7 +105,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(dat
 def test_train_step_on_four_devices_matches_one(data_dir):
     assert jax.device_count() >= 4
     config = tiny_config(data_dir)
-    config.model.update(name="vit_effnet", effnet="effnet_tiny_test")  # BatchNorm: global statistics
+    config.model.update(name="vit_effnet", effnet="effnet_cpu")  # BatchNorm: global statistics
     config.train.ema_decay = 0.5  # the EMA is donated with the parameters: it needs buffers of its own
     rng = np.random.default_rng(0)
     batch = {"volumes": rng.integers(0, 255, (4, 3, 16, 64, 64), dtype=np.uint8),
