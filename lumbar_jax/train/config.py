@@ -36,6 +36,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.localiser = _localiser_section()
     c.crops = _crops_section()
 
+    c.compilation_cache = True  # keep compiled XLA programs in {data.cache_dir}/xla: later folds and runs load them
+
     c.cv = ml_collections.ConfigDict()
     c.cv.num_folds = 5  # stratified folds of the labelled studies
     c.fold = -1  # -1 = every fold; k = only fold k (to spread folds over machines); alias of cv.fold
@@ -56,7 +58,7 @@ def _data_section() -> ml_collections.ConfigDict:
     d.manual_dir = ""  # Kaggle competition folder (train.csv, train_images/); "" = not given
     d.data_dir = ""  # TFDS data dir with a built rsna_lumbar_spine; "" = build into the cache
     d.config = "r64"  # dataset config, one of lumbar_jax.dataset_configs.DATASET_SHAPES (volume size)
-    d.cache_dir = "~/.cache/lumbar_jax"  # where the synthetic set and default builds live
+    d.cache_dir = "~/.cache/lumbar_jax"  # where the synthetic set, default builds and compiled programs live
     d.synthetic_studies = 300  # studies of the embedded synthetic set (used when no data is given)
     d.synthetic_seed = 0  # seed of the synthetic set
     d.build_workers = 0  # processes decoding DICOM during a build; 0 = every core

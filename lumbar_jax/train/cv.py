@@ -17,7 +17,7 @@ import pandas as pd
 from lumbar_jax import labels as L
 from lumbar_jax import calibration, metrics, rundir
 from lumbar_jax.train import config as config_lib
-from lumbar_jax.train import loop, two_stage
+from lumbar_jax.train import loop, two_stage, xla_cache
 from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train.folds import FoldSplit, load_fold_split
 
@@ -67,6 +67,8 @@ def format_table(summary: dict) -> str:
 def cross_validate(config, workdir: str) -> dict | None:
     """Run the configured folds; returns the CV summary once every fold is done (None for a single fold)."""
     config_lib.validate(config)
+    if config.compilation_cache:
+        xla_cache.enable(config.data.cache_dir)
     mesh_lib.initialize_distributed(**config.distributed)
     mesh = mesh_lib.make_mesh(config.mesh.num_devices)
     mesh_lib.check_batch_size(config.train.batch_size, mesh)

@@ -70,7 +70,9 @@ def study_loss(loss: str = "metric", coord_loss_weight: float = 0.0, coord_sigma
 
 
 def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: float, loss_fn: LossFn | None = None):
-    """state, batch, step -> (state, metrics). Dropout keys are fold_in(seed, step): resume-exact.
+    """state, batch, step -> (state, metrics). Dropout keys are fold_in(seed, step): resume-exact. The seed's
+    key is an argument of the compiled step, not a constant in it, so steps differing only in seed (the folds)
+    compile to one program (train/xla_cache.py).
 
     `loss_fn(model, batch) -> (scalar loss, dict of logged parts)` is what the step minimises: by default
     `study_loss()` (the metric loss of a study model); the two-stage pipeline passes its localiser and crop
@@ -80,7 +82,7 @@ def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: flo
     base_key = jax.random.key(seed)
     replicated = mesh_lib.replicated(mesh)
 
-    def train_step(state: dict, batch: dict, step: jax.Array, rng_state):
+    def train_step(state: dict, batch: dict, step: jax.Array, rng_state, base_key: jax.Array):
         model = merge_model(statics, rng_state, state["model"], train=True)
         nnx.reseed(model, dropout=jax.random.fold_in(base_key, step))
         optimizer = nnx.merge(statics.opt_def, state["opt"])
@@ -95,7 +97,7 @@ def make_train_step(statics: TrainStatics, mesh: Mesh, seed: int, ema_decay: flo
         return {"model": new_model, "opt": nnx.state(optimizer), "ema": ema}, metrics
 
     jitted = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
-    return lambda state, batch, step: jitted(state, batch, step, statics.rng_state)
+    return lambda state, batch, step: jitted(state, batch, step, statics.rng_state, base_key)
 
 
 def make_eval_step(statics: TrainStatics, mesh: Mesh, coord_sigma: float | None = None):
