@@ -1,6 +1,7 @@
 """Every command in the one convention of lumbar_jax/cli.py: `--help` exits 0 with the usage line of the real
-invocation and without importing JAX, matplotlib or TFDS (the build commands import TFDS and register the dataset
-only after parsing); bad input is one line `error: ...` on stderr with exit status 2."""
+invocation and without importing JAX, matplotlib, TFDS, SciPy, pydicom or (but where listed) NumPy (the build
+commands import TFDS and register the dataset only after parsing); bad input is one line `error: ...` on stderr
+with exit status 2."""
 
 import os
 import subprocess
@@ -12,7 +13,7 @@ from lumbar_jax import cli
 from lumbar_jax import main as main_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEAVY = ("jax", "matplotlib", "tensorflow_datasets", "torch")
+HEAVY = ("jax", "matplotlib", "tensorflow_datasets", "torch", "scipy", "pydicom", "numpy")
 
 # (how the command is run, the heavy modules its --help may import)
 COMMANDS = [
@@ -21,9 +22,9 @@ COMMANDS = [
     ("python scripts/predict.py", ()),
     ("python scripts/analyze.py", ()),
     ("python scripts/compare.py", ()),
-    ("python -m lumbar_jax.score", ()),
-    ("python -m lumbar_jax.data.build", ()),
-    ("python -m lumbar_jax.data.beam_build", ()),
+    ("python -m lumbar_jax.score", ("numpy",)),
+    ("python -m lumbar_jax.data.build", ("numpy",)),
+    ("python -m lumbar_jax.data.beam_build", ("numpy",)),
     ("python -m lumbar_jax.data.synthetic", ()),
     ("python -m benchmarks.run", ()),
     ("python -m benchmarks.profile_models", ()),

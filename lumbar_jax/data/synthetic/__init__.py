@@ -18,21 +18,49 @@ CLI (`__main__`): `python -m lumbar_jax.data.synthetic --out DIR --studies N --s
 
 API: `write_synthetic_dataset`; `make_study` plans one study (ids, labels, anatomy, series geometry, label
 coordinates; no pixels), `render_series` its pixels, `write_study` its files; `draw_labels` (label-only,
-fast), `label_noise_matrix`, `noise_floor_score`; `phantom` / `Anatomy` for geometric checks.
+fast), `label_noise_matrix`, `noise_floor_score`; `phantom` / `Anatomy` for geometric checks. The names are
+imported from their submodule on first use, so that the CLI's `--help` answers before NumPy, SciPy and pydicom
+load.
 """
 
-from lumbar_jax.data.synthetic.acquisition import Series
-from lumbar_jax.data.synthetic.dicom_writer import (PHI_BIRTH_DATE, PHI_INSTITUTION, PHI_MARKER, PHI_PATIENT_NAME,
-                                                    PHI_SENTINELS, phi_patient_id, write_study)
-from lumbar_jax.data.synthetic.labels import (KAPPA, P_MISSING_CELL, PRIORS, QUIRK_PERIOD, draw_labels,
-                                              label_noise_matrix, noise_floor_score)
-from lumbar_jax.data.synthetic.layout import VERSION, write_synthetic_dataset
-from lumbar_jax.data.synthetic.phantom import SHRINK, Anatomy, phantom, render_series
-from lumbar_jax.data.synthetic.plan import Study, choose_series, draw_ids, make_study
+from __future__ import annotations
 
-__all__ = [
-    "KAPPA", "P_MISSING_CELL", "PHI_BIRTH_DATE", "PHI_INSTITUTION", "PHI_MARKER", "PHI_PATIENT_NAME",
-    "PHI_SENTINELS", "PRIORS", "QUIRK_PERIOD", "SHRINK", "VERSION", "Anatomy", "Series", "Study",
-    "choose_series", "draw_ids", "draw_labels", "label_noise_matrix", "make_study", "noise_floor_score",
-    "phantom", "phi_patient_id", "render_series", "write_study", "write_synthetic_dataset",
-]
+import importlib
+import sys
+import types
+
+# public name -> the submodule that defines it, imported on first use
+_SUBMODULE_OF = {
+    "Series": "acquisition",
+    **dict.fromkeys(("PHI_BIRTH_DATE", "PHI_INSTITUTION", "PHI_MARKER", "PHI_PATIENT_NAME", "PHI_SENTINELS",
+                     "phi_patient_id", "write_study"), "dicom_writer"),
+    **dict.fromkeys(("KAPPA", "P_MISSING_CELL", "PRIORS", "QUIRK_PERIOD", "draw_labels", "label_noise_matrix",
+                     "noise_floor_score"), "labels"),
+    **dict.fromkeys(("VERSION", "write_synthetic_dataset"), "layout"),
+    **dict.fromkeys(("SHRINK", "Anatomy", "phantom", "render_series"), "phantom"),
+    **dict.fromkeys(("Study", "choose_series", "draw_ids", "make_study"), "plan"),
+}
+__all__ = sorted(_SUBMODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _SUBMODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_SUBMODULE_OF[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Keeps `synthetic.phantom` the function: importing the submodule `phantom` would bind it there instead."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if not (name == "phantom" and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
