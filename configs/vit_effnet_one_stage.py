@@ -9,7 +9,7 @@ Run (the embedded synthetic dataset, all 5 folds, a 2-core CPU):
 Its scores, time and memory are in the README (Results).
 
 Variants (`--config configs/vit_effnet_one_stage.py:VARIANT`):
-  (default)  CPU-sized: r64 volumes (16x64x64), tiny encoders, 320 steps of batch 12 per fold.
+  (default)  CPU-sized: r64 volumes (16x64x64), encoders vit_cpu + effnet_cpu, 320 steps of batch 12 per fold.
   smoke      a few steps, 2 folds, few studies: checks the whole job end to end in about a minute.
   r128       GPU-sized: r128 volumes (32x128x128), vit_s + effnet_b0, batch 32, bfloat16 compute.
   r256       large GPU/TPU: r256 volumes (64x256x256), vit_b + effnet_b3, batch 64, bfloat16.
