@@ -2,8 +2,8 @@
 the program, the backend and the JAX version, so a program compiled once is loaded, not compiled again.
 
 Every fold of a run builds the same train and eval steps (the per-fold dropout key is an argument, not a
-constant), so folds 1..k-1 and later runs of the same config skip their compilation, which on a CPU is a good
-part of a short fold. A loaded program is the one that was compiled: results do not change.
+constant), so folds 1..k-1 and later runs of the same config load those programs instead of compiling them. A
+loaded program is the one that was compiled: results do not change.
 """
 
 from __future__ import annotations
