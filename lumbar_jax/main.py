@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from lumbar_jax import cli, config_overrides
+from lumbar_jax import cli, config_overrides, huge_pages
 
 PROG = "python -m lumbar_jax.main"
 
@@ -59,4 +59,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    huge_pages.reexec_with_huge_pages()  # once, before any work: XLA:CPU's step buffers on huge pages
     sys.exit(cli.run(main))

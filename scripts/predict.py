@@ -25,7 +25,7 @@ coordinates (mm, LPS). Research use only: not a medical device.
 import json
 import sys
 
-from lumbar_jax import cli
+from lumbar_jax import cli, huge_pages
 
 
 def main(argv=None) -> int:
@@ -71,4 +71,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    huge_pages.reexec_with_huge_pages()  # once, before any work: XLA:CPU's buffers on huge pages
     sys.exit(cli.run(main))

@@ -1,0 +1,68 @@
+"""Transparent huge pages for XLA:CPU's step buffers: the training job re-executes itself once with glibc's
+`glibc.malloc.hugetlb=1` tunable set.
+
+XLA:CPU allocates the temporary buffers of every step afresh. glibc serves allocations above 32 MiB with
+mmap and returns them with munmap, so each step faults its whole working set back in, 4 KiB at a time, and
+on a small CPU machine the kernel's page zeroing takes a large share of the job's time. With the tunable
+(glibc >= 2.35) malloc asks the kernel for transparent huge pages on those mappings (madvise), which needs
+512 times fewer faults. The buffers and the arithmetic are the same, so results are unchanged. glibc reads
+tunables only when a process starts, hence the re-exec.
+
+The re-exec happens only where it helps: Linux with glibc >= 2.35 and transparent huge pages in `madvise`
+mode (`always` already backs the mappings with huge pages; `never` cannot). To switch it off, set the
+tunable yourself, e.g. `GLIBC_TUNABLES=glibc.malloc.hugetlb=0`: a GLIBC_TUNABLES that already names it is
+left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+
+TUNABLE = "glibc.malloc.hugetlb"
+THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+MIN_GLIBC = (2, 35)  # the first glibc with glibc.malloc.hugetlb
+
+
+def glibc_version() -> tuple[int, int] | None:
+    """(major, minor) of the C library this process runs on, or None when it is not glibc."""
+    try:
+        name = os.confstr("CS_GNU_LIBC_VERSION") or ""  # "glibc 2.36"
+    except (ValueError, OSError, AttributeError):  # not glibc, or not a POSIX confstr
+        return None
+    match = re.fullmatch(r"glibc (\d+)\.(\d+).*", name)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def thp_mode(path: str = THP_MODE_FILE) -> str | None:
+    """The kernel's transparent huge page mode (the bracketed word of `always [madvise] never`), or None."""
+    try:
+        with open(path) as f:
+            match = re.search(r"\[(\w+)\]", f.read())
+    except OSError:
+        return None
+    return match[1] if match else None
+
+
+def wants_reexec(environ: Mapping[str, str], glibc: tuple[int, int] | None, mode: str | None) -> bool:
+    """Whether re-executing with the tunable set would back the step buffers with huge pages."""
+    return (glibc is not None and glibc >= MIN_GLIBC and mode == "madvise"
+            and TUNABLE not in environ.get("GLIBC_TUNABLES", ""))
+
+
+def with_tunable(environ: Mapping[str, str]) -> dict[str, str]:
+    """A copy of `environ` whose GLIBC_TUNABLES also sets the tunable (other tunables are kept)."""
+    env = dict(environ)
+    env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES", ""), f"{TUNABLE}=1"]))
+    return env
+
+
+def reexec_with_huge_pages() -> None:
+    """Replace this process by the same command line with the tunable set, where that helps (see above).
+    Call it first thing in a `__main__` block: nothing done before it survives the exec."""
+    if wants_reexec(os.environ, glibc_version(), thp_mode()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, sys.orig_argv, with_tunable(os.environ))

@@ -1,0 +1,67 @@
+"""The training job's re-exec with glibc.malloc.hugetlb=1 (lumbar_jax/huge_pages.py): when it happens, that
+it keeps the user's tunables, and that the re-executed process is the same command line."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lumbar_jax import huge_pages
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("environ, glibc, mode, expected", [
+    ({}, (2, 36), "madvise", True),
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, (2, 35), "madvise", True),
+    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, (2, 36), "madvise", False),  # the user's off switch
+    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, (2, 36), "madvise", False),  # already re-executed
+    ({}, (2, 34), "madvise", False),  # glibc without the tunable
+    ({}, None, "madvise", False),  # not glibc (musl, macOS)
+    ({}, (2, 36), "always", False),  # the kernel backs large mappings with huge pages already
+    ({}, (2, 36), "never", False),
+    ({}, (2, 36), None, False),  # no THP support
+])
+def test_wants_reexec(environ, glibc, mode, expected):
+    assert huge_pages.wants_reexec(environ, glibc, mode) is expected
+
+
+def test_with_tunable_keeps_other_tunables():
+    env = huge_pages.with_tunable({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "HOME": "/h"})
+    assert env == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "HOME": "/h"}
+    assert huge_pages.with_tunable({})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+
+
+def test_thp_mode_reads_the_bracketed_word(tmp_path):
+    path = tmp_path / "enabled"
+    path.write_text("always [madvise] never\n")
+    assert huge_pages.thp_mode(str(path)) == "madvise"
+    assert huge_pages.thp_mode(str(tmp_path / "missing")) is None
+
+
+def test_glibc_version_is_this_c_library():
+    version = huge_pages.glibc_version()
+    if sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION"):
+        assert version is not None and version >= (2, 17)
+    else:
+        assert version is None
+
+
+SCRIPT = """
+import os, sys
+from lumbar_jax import huge_pages
+print("before", flush=True)
+huge_pages.reexec_with_huge_pages()
+print(os.environ.get("GLIBC_TUNABLES", ""), sys.argv[1:])
+"""
+
+
+def test_reexec_runs_the_same_command_once_with_the_tunable():
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, "-c", SCRIPT, "a", "--b=1"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout.splitlines()
+    if huge_pages.wants_reexec(env, huge_pages.glibc_version(), huge_pages.thp_mode()):
+        assert out == ["before", "before", "glibc.malloc.hugetlb=1 ['a', '--b=1']"]  # one re-exec, same argv
+    else:
+        assert out == ["before", " ['a', '--b=1']"]  # no re-exec where it would not help
