@@ -196,7 +196,7 @@ def two_stage_config() -> ml_collections.ConfigDict:
     c.pipeline = "two_stage"
     c.data.config = "r64_native"
     c.train.coord_loss_weight = 0.0  # the localiser learns the coordinates; the classifier has no queries
-    c.train.update(steps=300, eval_every=100, checkpoint_every=100)  # what the CPU budget affords (README: score vs steps)
+    c.train.update(steps=300, eval_every=100, checkpoint_every=100)  # the CPU budget (README: score vs steps)
     c.train.update(lr=2e-3, warmup_steps=50)  # 3e-3 after 20 warm-up steps can leave the classifier at the prior
     c.localiser.update(steps=150, eval_every=75, lr=2e-2)  # the small localiser learns fastest at a high rate
     return c
