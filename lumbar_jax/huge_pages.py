@@ -59,10 +59,32 @@ def with_tunable(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def reexec_with_huge_pages() -> None:
+def started_entry(orig_argv: list[str]) -> str | None:
+    """What the process was started to run: the module of `python -m MODULE`, the real path of `python FILE`,
+    or None (`python -c`, an interactive interpreter)."""
+    args, i = orig_argv[1:], 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("-m"):
+            return arg[2:] or (args[i + 1] if i + 1 < len(args) else None)
+        if arg.startswith("-c") or arg == "-":
+            return None
+        if arg.startswith("-"):
+            i += 2 if arg in ("-X", "-W", "--check-hash-based-pycs") else 1  # options that take a value
+            continue
+        return os.path.realpath(arg)
+    return None
+
+
+def reexec_with_huge_pages(entry: str) -> None:
     """Replace this process by the same command line with the tunable set, where that helps (see above).
-    Call it first thing in a `__main__` block: nothing done before it survives the exec."""
-    if wants_reexec(os.environ, glibc_version(), thp_mode()):
+
+    `entry` is the calling command, a module name (`lumbar_jax.main`) or a script's `__file__`: nothing
+    happens unless the process was started as that command, so a harness that runs the command in-process
+    (a test through runpy) is never replaced. Call it first thing in the `__main__` block: nothing done before
+    it survives the exec."""
+    wanted = os.path.realpath(entry) if entry.endswith(".py") else entry
+    if started_entry(sys.orig_argv) == wanted and wants_reexec(os.environ, glibc_version(), thp_mode()):
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, sys.orig_argv, with_tunable(os.environ))

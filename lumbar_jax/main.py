@@ -59,5 +59,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    huge_pages.reexec_with_huge_pages()  # once, before any work: XLA:CPU's step buffers on huge pages
+    huge_pages.reexec_with_huge_pages("lumbar_jax.main")  # once, before any work: XLA:CPU's step buffers on huge pages
     sys.exit(cli.run(main))

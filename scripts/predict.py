@@ -71,5 +71,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    huge_pages.reexec_with_huge_pages()  # once, before any work: XLA:CPU's buffers on huge pages
+    huge_pages.reexec_with_huge_pages(__file__)  # once, before any work: XLA:CPU's buffers on huge pages
     sys.exit(cli.run(main))

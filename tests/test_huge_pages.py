@@ -48,20 +48,45 @@ def test_glibc_version_is_this_c_library():
         assert version is None
 
 
+@pytest.mark.parametrize("orig_argv, expected", [
+    (["python", "-m", "lumbar_jax.main", "--config", "c.py"], "lumbar_jax.main"),
+    (["python", "-X", "dev", "-u", "-mlumbar_jax.main"], "lumbar_jax.main"),
+    (["python", "-m", "pytest", "-q"], "pytest"),  # a test running the command in-process
+    (["python", "-W", "ignore", "scripts/predict.py", "--help"], os.path.realpath("scripts/predict.py")),
+    (["python", "-c", "import x"], None),
+    (["python"], None),
+])
+def test_started_entry(orig_argv, expected):
+    assert huge_pages.started_entry(orig_argv) == expected
+
+
 SCRIPT = """
 import os, sys
 from lumbar_jax import huge_pages
 print("before", flush=True)
-huge_pages.reexec_with_huge_pages()
+huge_pages.reexec_with_huge_pages(sys.argv[1])
 print(os.environ.get("GLIBC_TUNABLES", ""), sys.argv[1:])
 """
 
 
-def test_reexec_runs_the_same_command_once_with_the_tunable():
+def _run_script(tmp_path, entry: str) -> tuple[list[str], str, dict]:
+    script = tmp_path / "entry.py"
+    script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    out = subprocess.run([sys.executable, "-c", SCRIPT, "a", "--b=1"], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=60, check=True).stdout.splitlines()
+    entry = str(script) if entry == "itself" else entry
+    return subprocess.run([sys.executable, str(script), entry, "--b=1"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60, check=True).stdout.splitlines(), entry, env
+
+
+def test_reexec_runs_the_same_command_once_with_the_tunable(tmp_path):
+    out, entry, env = _run_script(tmp_path, "itself")
     if huge_pages.wants_reexec(env, huge_pages.glibc_version(), huge_pages.thp_mode()):
-        assert out == ["before", "before", "glibc.malloc.hugetlb=1 ['a', '--b=1']"]  # one re-exec, same argv
+        assert out == ["before", "before", f"glibc.malloc.hugetlb=1 [{entry!r}, '--b=1']"]  # once, same argv
     else:
-        assert out == ["before", " ['a', '--b=1']"]  # no re-exec where it would not help
+        assert out == ["before", f" [{entry!r}, '--b=1']"]  # no re-exec where it would not help
+
+
+def test_no_reexec_when_the_process_was_started_as_another_command(tmp_path):
+    """A harness (pytest running scripts/predict.py through runpy) must never be replaced by itself."""
+    out, entry, _ = _run_script(tmp_path, "lumbar_jax.main")  # started as entry.py, not as the module
+    assert out == ["before", f" [{entry!r}, '--b=1']"]
