@@ -1,12 +1,12 @@
-"""Transparent huge pages for XLA:CPU's step buffers: the training job re-executes itself once with glibc's
-`glibc.malloc.hugetlb=1` tunable set.
+"""Transparent huge pages for XLA:CPU's step buffers: the main job and `scripts/predict.py` re-execute
+themselves once with glibc's `glibc.malloc.hugetlb=1` tunable set.
 
-XLA:CPU allocates the temporary buffers of every step afresh. glibc serves allocations above 32 MiB with
-mmap and returns them with munmap, so each step faults its whole working set back in, 4 KiB at a time, and
-on a small CPU machine the kernel's page zeroing takes a large share of the job's time. With the tunable
-(glibc >= 2.35) malloc asks the kernel for transparent huge pages on those mappings (madvise), which needs
-512 times fewer faults. The buffers and the arithmetic are the same, so results are unchanged. glibc reads
-tunables only when a process starts, hence the re-exec.
+XLA:CPU allocates the temporary buffers of every step afresh. glibc serves large allocations with mmap (above
+a threshold that cannot be raised past 32 MiB) and returns them with munmap, so each step faults its whole
+working set back in, 4 KiB at a time, and on a small CPU machine the kernel's page zeroing takes a large share
+of the job's time. With the tunable (glibc >= 2.35) malloc asks the kernel for transparent huge pages on those
+mappings (madvise), which needs 512 times fewer faults. The buffers and the arithmetic are the same, so
+results are unchanged. glibc reads tunables only when a process starts, hence the re-exec.
 
 The re-exec happens only where it helps: Linux with glibc >= 2.35 and transparent huge pages in `madvise`
 mode (`always` already backs the mappings with huge pages; `never` cannot). To switch it off, set the
