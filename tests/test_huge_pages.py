@@ -1,5 +1,5 @@
-"""The training job's re-exec with glibc.malloc.hugetlb=1 (lumbar_jax/huge_pages.py): when it happens, that
-it keeps the user's tunables, and that the re-executed process is the same command line."""
+"""The re-exec of the main job and predict.py with glibc.malloc.hugetlb=1 (lumbar_jax/huge_pages.py): when it
+happens, that it keeps the user's tunables, and that the re-executed process is the same command line."""
 
 import os
 import subprocess
@@ -58,6 +58,27 @@ def test_glibc_version_is_this_c_library():
 ])
 def test_started_entry(orig_argv, expected):
     assert huge_pages.started_entry(orig_argv) == expected
+
+
+@pytest.mark.parametrize("orig_argv, replaced", [
+    (["python", "-m", "lumbar_jax.main", "--config", "c.py"], True),
+    (["python", "-m", "pytest", "-q"], False),  # pytest running the main job in-process
+])
+def test_reexec_replaces_only_a_process_started_as_the_command(monkeypatch, orig_argv, replaced):
+    """The decision on any host: glibc and the THP mode are set here, and the exec is recorded, not done."""
+    calls = []
+    monkeypatch.setattr(sys, "orig_argv", orig_argv)
+    monkeypatch.setattr(huge_pages, "glibc_version", lambda: (2, 36))
+    monkeypatch.setattr(huge_pages, "thp_mode", lambda: "madvise")
+    monkeypatch.setattr(os, "execve", lambda *args: calls.append(args))
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    huge_pages.reexec_with_huge_pages("lumbar_jax.main")
+    if replaced:
+        [(path, argv, env)] = calls
+        assert (path, argv) == (sys.executable, orig_argv)
+        assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    else:
+        assert calls == []
 
 
 SCRIPT = """
