@@ -1,6 +1,6 @@
 """Section `train` of `python -m benchmarks.gpu`: a short real training on the GPU, restored and evaluated.
 
-The main job's own path: `lumbar_jax.train.cv.cross_validate(config, workdir)` on `configs/vit_effnet_one_stage.py:r128`
+The main job's own path: `lumbar_jax.cross_validation.cross_validate(config, workdir)` on `configs/vit_effnet_one_stage.py:r128`
 (vit_s + effnet_b0, r128 volumes, batch 32, bfloat16 compute) with one fold (`config.fold = 0`) of the
 embedded synthetic set (128 studies, generated and built as r128 under the scratch directory), 200 steps
 (warm-up 20, evaluation and checkpoints every 100, the loss logged every 10, parameter EMA 0.99: the
@@ -86,7 +86,7 @@ def _checks(losses: list, stopped: str | None, run_score, restored, smoke: bool)
 def train_section(ctx) -> dict:
     from lumbar_jax import rundir
     from lumbar_jax.evaluate import evaluate_run
-    from lumbar_jax.train.cv import cross_validate
+    from lumbar_jax.cross_validation import cross_validate
 
     config = train_config(ctx.smoke, os.path.join(ctx.cache, "data"))
     workdir = os.path.join(ctx.cache, "train_run")

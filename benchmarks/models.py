@@ -239,11 +239,11 @@ def _study_arrays(config, batch: int, rng) -> dict:
 
 def _fused_parts(config, batch: int, rng):
     """(statics, state, loss_fn, ema_decay, batch arrays, row name) of the one-stage study model."""
-    from lumbar_jax.train import loop
     from lumbar_jax.train import mesh as mesh_lib
     from lumbar_jax.train import step as step_lib
+    from lumbar_jax.train.init import study_model_state
 
-    statics, state = loop.build_state(config, mesh_lib.make_mesh(1))
+    statics, state = study_model_state(config, mesh_lib.make_mesh(1))
     tc = config.train
     shape = "x".join(map(str, config.model.volume_shape))
     return (statics, state, step_lib.study_loss(tc.loss, tc.coord_loss_weight, tc.coord_sigma), tc.ema_decay,
@@ -253,11 +253,12 @@ def _fused_parts(config, batch: int, rng):
 def _localiser_parts(config, batch: int, rng):
     """The same for the two-stage localiser (stage 1), built and trained as `train.two_stage` does."""
     from lumbar_jax.train import mesh as mesh_lib
-    from lumbar_jax.train import two_stage
+    from lumbar_jax.train.init import localiser_state
+    from lumbar_jax.train.two_stage_models import localiser_loss_fn
 
     shape = tuple(config.model.volume_shape)
-    statics, state = two_stage.localiser_state(config, mesh_lib.make_mesh(1))
-    return (statics, state, two_stage.localiser_loss_fn(shape), 0.0, _study_arrays(config, batch, rng),
+    statics, state = localiser_state(config, mesh_lib.make_mesh(1))
+    return (statics, state, localiser_loss_fn(shape), 0.0, _study_arrays(config, batch, rng),
             f"localiser ({config.localiser.variant}) train step, batch {batch} of 3x{'x'.join(map(str, shape))}")
 
 
@@ -266,16 +267,18 @@ def _crop_classifier_parts(config, batch: int, rng):
     import numpy as np
 
     from lumbar_jax import labels as L
+    from lumbar_jax.data.crops import CropSpec
     from lumbar_jax.train import mesh as mesh_lib
-    from lumbar_jax.train import two_stage
+    from lumbar_jax.train.init import classifier_state
+    from lumbar_jax.train.two_stage_models import classifier_loss
 
-    cr, m = config.crops, config.model
-    crop_shape = (cr.slices, cr.pixels, cr.pixels)
-    statics, state = two_stage.classifier_state(config, mesh_lib.make_mesh(1))
+    m = config.model
+    crop_shape = CropSpec.from_config(config.crops).shape
+    statics, state = classifier_state(config, mesh_lib.make_mesh(1))
     arrays = {"crops": rng.integers(0, 256, (batch, L.NUM_TARGETS, *crop_shape), dtype=np.uint8),
               "crop_present": np.ones((batch, L.NUM_TARGETS), bool),
               "labels": rng.integers(0, 3, (batch, L.NUM_TARGETS)).astype(np.int32)}
-    return (statics, state, two_stage.classifier_loss, config.train.ema_decay, arrays,
+    return (statics, state, classifier_loss, config.train.ema_decay, arrays,
             f"crop classifier ({m.name}: {m.vit} + {m.effnet} per slice) train step, batch {batch} of 25 crops "
             f"{'x'.join(map(str, crop_shape))}")
 

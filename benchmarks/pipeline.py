@@ -67,6 +67,8 @@ def _timed_iterator(it, *, batch_size: int, warmup_batches: int, batches: int, r
 
 def crop_pipeline(ctx: common.Context, p: dict) -> tuple[common.Timing, common.Timing, dict[str, Any]]:
     """(timing of the stage-2 crop pipeline, of the crop cutting alone, its settings): studies/s."""
+    import dataclasses
+
     import numpy as np
 
     from lumbar_jax import labels as L
@@ -78,12 +80,12 @@ def crop_pipeline(ctx: common.Context, p: dict) -> tuple[common.Timing, common.T
 
     config = models.two_stage_config(ctx)
     source = load_split(ctx.built(CROP_CONFIG, p["crop_studies"]), CROP_CONFIG, "train")
-    geometry = dict(slices=config.crops.slices, size_mm=config.crops.size_mm, pixels=config.crops.pixels)
+    crop = crops.CropSpec.from_config(config.crops)
     centres = np.full((len(source), L.NUM_TARGETS, 3), 0.5)  # where targets without a point are cut
     batch_size, a = config.train.batch_size, config.augment
     it = cp.train_dataset(source, np.arange(len(source)), batch_size=batch_size, seed=0, jitter=CROP_JITTER,
                           intensity_scale=tuple(a.intensity_scale), intensity_shift=a.intensity_shift,
-                          fallback_points=centres, worker_count=0, **geometry)
+                          fallback_points=centres, worker_count=0, crop=crop)
     try:
         timing, _ = _timed_iterator(it, batch_size=batch_size, warmup_batches=p["crop_warmup_batches"],
                                     batches=p["crop_batches_per_repeat"], repeats=p["repeats"])
@@ -94,11 +96,11 @@ def crop_pipeline(ctx: common.Context, p: dict) -> tuple[common.Timing, common.T
 
     def cut_all():
         for i, record in enumerate(records):
-            crops.study_crops(record, crops.training_points(record, centres[i]), **geometry,
+            crops.study_crops(record, crops.training_points(record, centres[i]), crop,
                               jitter=np.asarray(CROP_JITTER), rng=rng)
 
     cutting = common.measure(cut_all, items=len(records), repeats=p["repeats"])
-    return timing, cutting, {**geometry, "batch_size": batch_size, "jitter": CROP_JITTER,
+    return timing, cutting, {**dataclasses.asdict(crop), "batch_size": batch_size, "jitter": CROP_JITTER,
                              "intensity_scale": list(a.intensity_scale), "intensity_shift": a.intensity_shift}
 
 

@@ -15,7 +15,7 @@ import json
 import math
 import os
 
-from lumbar_jax import metrics, rundir
+from lumbar_jax import metrics, pipelines, rundir
 
 # (key, plain-text header, markdown header) of every column, in order.
 COLUMNS = (
@@ -55,12 +55,8 @@ def _unfinished(workdir: str, config: dict) -> str:
 
 
 def _pipeline(config: dict) -> str:
-    """'one_stage' or 'two_stage' (runs before the two-stage pipeline: one-stage); a two-stage run scored on crops
-    at the annotated instead of the localiser's points says so."""
-    pipeline = config.get("pipeline", "one_stage")
-    if pipeline == "two_stage" and config.get("crops", {}).get("points") == "annotated":
-        return "two_stage (annotated points)"
-    return pipeline
+    """The run's pipeline as its `Pipeline.label` names it (runs before the two-stage pipeline: one-stage)."""
+    return pipelines.get(config.get("pipeline", "one_stage")).label(config)
 
 
 def run_row(workdir: str) -> dict:

@@ -8,9 +8,10 @@ per-condition losses, any_severe_spinal, accuracy, balanced accuracy, per-class 
 best constant) per fold and, with every fold, out of fold. Evaluating the best checkpoints of every fold
 reproduces `cv_summary.json` and each fold's `result.json`; `evaluate_run` says whether it did.
 
-Two-stage runs (`lumbar_jax.two_stage_inference`): fold k's held-out studies are located by fold k's localiser
-(its best checkpoint) and read by fold k's crop classifier, as training scored them; the report adds the
-localiser's held-out figures and how far its points are from the fold's saved `localiser_predictions.npz`.
+The run's pipeline restores and evaluates each fold (`Restorer.evaluate_fold`, pipelines/): two-stage runs
+locate fold k's held-out studies by fold k's localiser (its best checkpoint) and read them by fold k's crop
+classifier, as training scored them; the report adds the localiser's held-out figures and how far its points
+are from the fold's saved `localiser_predictions.npz`.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ import os
 
 import numpy as np
 
-from lumbar_jax import inference
+from lumbar_jax import cross_validation, metrics, pipelines, rundir
 from lumbar_jax import labels as L
-from lumbar_jax import metrics, rundir, two_stage_inference
-from lumbar_jax.train import cv, folds as folds_lib
+from lumbar_jax.train import folds as folds_lib
 from lumbar_jax.train import mesh as mesh_lib
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def evaluate_run(workdir: str, folds: list[int] | None = None, checkpoint: str |
     and its entry also has 'localiser_step', 'localiser' (the held-out localisation report, mm) and
     'saved_points_max_diff' (vs its localiser_predictions.npz); with every fold, 'oof_localiser' too.
     """
-    config = inference.load_run_config(workdir)
+    config, pipeline = pipelines.for_run(workdir)
     num_folds = config.cv.num_folds
     folds = list(range(num_folds)) if folds is None else list(folds)
     bad = [k for k in folds if not 0 <= k < num_folds]
@@ -52,52 +52,23 @@ def evaluate_run(workdir: str, folds: list[int] | None = None, checkpoint: str |
         raise ValueError(f"--fold {bad[0]} not in 0..{num_folds - 1} (the run has {num_folds} folds)")
     mesh = mesh or mesh_lib.make_mesh()
     split = folds_lib.load_fold_split(config)
-    evaluate_folds = _two_stage_folds if config.pipeline == "two_stage" else _one_stage_folds
-    results = evaluate_folds(workdir, config, split, folds, checkpoint, mesh)
+    restorer = pipeline.restorer(workdir, config, mesh)
+    results = []
+    for k in folds:
+        results.append(restorer.evaluate_fold(restorer.restore(k, checkpoint), split.fold(k)))
+        log.info(restorer.describe_fold(results[-1]))
 
     report = {"checkpoint": str(checkpoint), "devices": int(mesh.size),
               "folds": [_fold_entry(workdir, r, checkpoint) for r in results]}
     if sorted(folds) == list(range(num_folds)):
-        summary, _ = cv.oof_summary(split, sorted(results, key=lambda r: r["fold"]))
+        summary, _ = cross_validation.oof_summary(split, sorted(results, key=lambda r: r["fold"]))
         report["oof"] = summary["oof"]
-        if config.pipeline == "two_stage":
-            report["oof_localiser"] = two_stage_inference.pooled_localiser_report(results)
+        report.update(restorer.pooled_figures(results))
         if os.path.exists(rundir.summary_path(workdir)):
             trained = rundir.read_summary(workdir)["oof"]["score"]
             report["cv_summary_oof_score"] = trained
             report["reproduces_cv_summary"] = bool(abs(trained - report["oof"]["score"]) < REPRODUCE_TOLERANCE)
     return report
-
-
-def _one_stage_folds(workdir: str, config, split, folds: list[int], checkpoint, mesh) -> list[dict]:
-    """Per fold {'fold', 'best_step', 'val', 'val_indices', 'val_probs'} of its restored study model."""
-    restorer = inference.RunRestorer(workdir, mesh, with_attention_peaks=True)
-    batch_size = inference.eval_batch_size(config, mesh)
-    results = []
-    for k in folds:
-        model, fold = restorer.restore(k, checkpoint), split.fold(k)
-        probs, val = folds_lib.evaluate_fold(model.eval_step, model.state, fold, batch_size, mesh)
-        log.info("fold %d, step %d: score %.4f (baseline %.4f)", k, model.step, val["score"],
-                 val["baseline"]["score"])
-        results.append({"fold": k, "best_step": model.step, "val": val, "val_indices": fold.val_idx,
-                        "val_probs": probs})
-    return results
-
-
-def _two_stage_folds(workdir: str, config, split, folds: list[int], checkpoint, mesh) -> list[dict]:
-    """Per fold the one-stage keys plus the localiser's ('localiser_step', 'localiser', 'points', 'geometry',
-    'saved_points_max_diff'; `TwoStageRestorer.evaluate_fold`)."""
-    restorer = two_stage_inference.TwoStageRestorer(workdir, mesh)
-    results = []
-    for k in folds:
-        model, fold = restorer.restore(k, checkpoint), split.fold(k)
-        out = restorer.evaluate_fold(model, fold)
-        log.info("fold %d, step %d (localiser step %d): score %.4f (baseline %.4f), localiser median %s mm", k,
-                 model.step, model.localiser_step, out["val"]["score"], out["val"]["baseline"]["score"],
-                 _fmt_optional(out["localiser"]["median_mm"]))
-        results.append({"fold": k, "best_step": model.step, "val_indices": fold.val_idx, "val_probs": out.pop("probs"),
-                        "localiser_step": model.localiser_step, **out})
-    return results
 
 
 def _fold_entry(workdir: str, result: dict, checkpoint) -> dict:
@@ -118,7 +89,7 @@ def format_report(report: dict) -> str:
     if "oof" in report:
         rows.append(("OOF", report["oof"], ""))
     lines = [f"checkpoint: {report['checkpoint']} (on {report['devices']} device(s))",
-             *cv.score_table(rows, step_header="step")]
+             *cross_validation.score_table(rows, step_header="step")]
     recalls = [f"recall_{c}" for c in L.SEVERITY_COLUMNS]
     lines.append("")
     lines.append(f"{'':10s}" + "".join(f"{k:>19s}" for k in metrics.LOSS_KEYS)

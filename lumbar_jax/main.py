@@ -9,7 +9,7 @@ set with `--config.FIELD=VALUE` (or `--config.FIELD VALUE`), read as the field's
   --config.model.share_encoders=false  --config.mesh.num_devices=4  --config.fold=0
 An unknown field or a value that is not of the field's type stops the command before any work
 (lumbar_jax/config_overrides.py). Only flags live here; the work is
-`lumbar_jax.train.cv.cross_validate(config, workdir)`.
+`lumbar_jax.cross_validation.cross_validate(config, workdir)`.
 """
 
 from __future__ import annotations
@@ -43,10 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = config_overrides.load_config(args.config)
     config_overrides.apply_overrides(config, overrides)
     cli.setup_logging()
-    from lumbar_jax.train import config as config_lib, cv  # after flag parsing: keeps `--help` fast
+    from lumbar_jax import cross_validation  # after flag parsing: keeps `--help` fast
+    from lumbar_jax.train import config as config_lib
 
     try:
-        summary = cv.cross_validate(config, workdir)
+        summary = cross_validation.cross_validate(config, workdir)
     except (config_lib.ConfigError, FileNotFoundError):
         raise  # bad input, named by the message: one line (cli.run)
     except (ValueError, OSError) as err:  # a failure of the run, not of its input: keep the traceback

@@ -8,9 +8,9 @@ series folders it did not use and why (empty, unreadable, type unknown), and one
 refused, naming each folder's reason.
 
 The ensemble's probabilities are calibrated with the run's per-group temperatures (cv_summary.json
-'calibration', fitted on its out-of-fold predictions) when it has them, unless switched off. Two-stage runs
-(`two_stage_inference`) read the studies with their native series: each fold's localiser places the crops
-that fold's classifier reads.
+'calibration', fitted on its out-of-fold predictions) when it has them, unless switched off. The run's
+pipeline (pipelines/) restores and predicts: two-stage runs read the studies with their native series, and
+each fold's localiser places the crops that fold's classifier reads.
 
 A study report (`study_report`, `format_study_report`) shows every target's three probabilities, flags the
 cells where Normal/Mild is below 0.5, explains its markers, records where the prediction came from (run,
@@ -28,13 +28,13 @@ import numpy as np
 import pandas as pd
 import tqdm
 
-from lumbar_jax import calibration, inference, rundir, two_stage_inference
+from lumbar_jax import calibration, pipelines, rundir
 from lumbar_jax import labels as L
 from lumbar_jax.data import problems
 from lumbar_jax.data import study as study_lib
-from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_MAX_SIZE, NATIVE_VOLUMES
+from lumbar_jax.dataset_configs import GRID_DATASETS
+from lumbar_jax.pipelines.two_stage import point_report
 from lumbar_jax.train import mesh as mesh_lib
-from lumbar_jax.train.config import GRID_DATASETS
 
 log = logging.getLogger(__name__)
 
@@ -49,69 +49,52 @@ class Predictor:
     """The ensemble of a run's folds at one checkpoint, on the devices present, calibrated with the run's
     temperatures (cv_summary.json 'calibration') unless `calibrate` is False.
 
-    One-stage runs: each fold's study model (`inference.RunRestorer`), optionally with flip TTA. Two-stage runs
-    (`two_stage_inference`): each fold's localiser (flip TTA, as in training) places the crops its classifier
-    reads; `tta` is refused (left crops are already mirrored, so a flipped study gives the classifier the same
-    crops)."""
+    The run's pipeline restores the folds and predicts (`pipelines.base.Restorer`). One-stage runs: each fold's
+    study model, optionally with flip TTA. Two-stage runs: each fold's localiser (flip TTA, as in training)
+    places the crops its classifier reads; `tta` is refused (left crops are already mirrored, so a flipped
+    study gives the classifier the same crops)."""
 
     def __init__(self, workdir: str, folds: list[int] | None = None, checkpoint: str | int = "best",
                  tta: bool = False, calibrate: bool = True):
         self.mesh = mesh_lib.make_mesh()
-        self.config = inference.load_run_config(workdir)
-        self.two_stage = self.config.pipeline == "two_stage"
+        self.config, pipeline = pipelines.for_run(workdir)
         self.grid = self.config.data.config in GRID_DATASETS  # records in one shared patient grid (data/grid.py)
-        if tta and (self.grid or self.two_stage):
-            what = (f"the {self.config.data.config} grid records of {workdir} have no canonical layout to mirror"
-                    if self.grid else f"{workdir} is a two-stage run: its localiser already averages with the "
-                    "flip, and its classifier reads left crops mirrored into right-side ones")
-            raise ValueError(f"flip TTA: {what}; predict without --tta")
+        self.native_max_size = pipeline.native_max_size(self.config)
+        refusal = pipeline.tta_refusal(workdir, self.config)
+        if tta and refusal:
+            raise ValueError(f"flip TTA: {refusal}; predict without --tta")
         folds = rundir.trained_folds(workdir, self.config.cv.num_folds) if folds is None else folds
         if not folds:
             raise FileNotFoundError(f"{workdir} has no trained fold (no fold_k/checkpoints)")
-        if self.two_stage:
-            self.restorer = two_stage_inference.TwoStageRestorer(workdir, self.mesh)
-        else:
-            self.restorer = inference.RunRestorer(workdir, self.mesh)
+        self.restorer = pipeline.restorer(workdir, self.config, self.mesh)
         self.models = [self.restorer.restore(k, checkpoint) for k in folds]
         self.workdir, self.folds, self.checkpoint, self.tta = workdir, list(folds), str(checkpoint), tta
         self.calibration = run_calibration(workdir, calibrate)
         self.volume_shape = tuple(self.config.model.volume_shape)
         t0 = time.perf_counter()
-        self.predict([self._blank_record()])  # compiles every fold's eval step, so timings below are steady
+        self.predict([self.restorer.blank_record()])  # compiles every fold's eval step, so timings below are steady
         self.compile_s = time.perf_counter() - t0
         log.info("ensemble of folds %s (%s checkpoints, steps %s)%s%s; %s; compiled in %.1f s", folds, checkpoint,
                  [m.step for m in self.models], " with flip TTA" if tta else "",
-                 ", crops at each fold's localiser's points" if self.two_stage else "",
+                 ", crops at each fold's localiser's points" if pipeline.localises else "",
                  calibration_text(self.calibration), self.compile_s)
 
     def provenance(self) -> dict:
         """Where a prediction comes from: the run, its folds and checkpoint steps, TTA, the calibration, the
-        model and the package version (JSON-able); two-stage runs also the pipeline and localiser steps."""
+        model and the package version (JSON-able), and the pipeline's own part (two-stage: the pipeline and
+        localiser steps)."""
         out = {"workdir": os.path.abspath(self.workdir), "folds": [int(k) for k in self.folds],
                "checkpoint": self.checkpoint, "checkpoint_steps": [int(m.step) for m in self.models],
                "tta": bool(self.tta), "calibration": dict(self.calibration), "model": str(self.config.model.name),
                "dataset_config": str(self.config.data.config), "package": f"lumbar_jax {package_version()}"}
-        if self.two_stage:
-            out.update(pipeline="two_stage", localiser_steps=[int(m.localiser_step) for m in self.models],
-                       localiser_flip_tta=True)
+        out.update(self.restorer.provenance(self.models))
         return out
 
-    def _blank_record(self) -> dict:
-        """A record with every series absent (docs/conventions.md section 4), to compile on."""
-        record = {"study_id": 0, "present": np.zeros(len(L.SERIES_TYPES), bool),
-                  "labels": np.full(L.NUM_TARGETS, L.MISSING), "coords": np.full((L.NUM_TARGETS, 3), -1.0, np.float32),
-                  "coords_series": np.full(L.NUM_TARGETS, -1),
-                  **{name: np.zeros(self.volume_shape, np.uint8) for name in L.SERIES_TYPES}}
-        if self.two_stage:
-            record.update({name: np.zeros((1, 1, 1), np.uint8) for name in NATIVE_VOLUMES})
-            record[NATIVE_AFFINE] = np.zeros((len(L.SERIES_TYPES), 4, 4), np.float32)
-        return record
-
     def read(self, entries: list[study_lib.StudyEntry]) -> list[dict]:
-        """Each study's record (docs/conventions.md section 4; with the native series for a two-stage run),
-        read from its DICOM series, with a progress bar."""
-        native = NATIVE_MAX_SIZE[self.config.data.config] if self.two_stage else None
-        return [study_lib.study_example(e, self.volume_shape, grid=self.grid, native_max_size=native)
+        """Each study's record (docs/conventions.md section 4; with the native series for a pipeline that reads
+        them), read from its DICOM series, with a progress bar."""
+        return [study_lib.study_example(e, self.volume_shape, grid=self.grid,
+                                        native_max_size=self.native_max_size)
                 for e in tqdm.tqdm(entries, desc="reading studies", unit="study", disable=len(entries) < 2)]
 
     def predict(self, records: list[dict]) -> np.ndarray:
@@ -120,13 +103,8 @@ class Predictor:
 
     def predict_with_points(self, records: list[dict]) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities float64 [N, 25, 3], rows summing to 1, calibrated when `self.calibration` says so;
-        two-stage runs: each fold's localiser points float [F, N, 25, 3], else None)."""
-        batch_size = inference.eval_batch_size(self.config, self.mesh)
-        points = None
-        if self.two_stage:
-            probs, points = self.restorer.ensemble_predict(self.models, records)
-        else:
-            probs = inference.ensemble_predict(self.models, records, batch_size, self.mesh, self.tta)
+        each fold's points float [F, N, 25, 3] for a pipeline that localises, else None)."""
+        probs, points = self.restorer.predict(self.models, records, self.tta)
         probs = probs.astype(np.float64)
         probs /= probs.sum(axis=-1, keepdims=True)
         if self.calibration["applied"]:
@@ -223,7 +201,7 @@ def predict_study(predictor: Predictor, study_dir: str, descriptions_csv: str | 
     target's crop was cut); errors as `read_study_dir`."""
     entry, record, unused = read_study_dir(predictor, study_dir, descriptions_csv)
     probs, points = predictor.predict_with_points([record])
-    localiser = None if points is None else two_stage_inference.point_report(record, points[:, 0])
+    localiser = None if points is None else point_report(record, points[:, 0])
     return study_report(entry.study_id, record["present"], probs[0], unused, predictor.provenance(), localiser)
 
 
@@ -255,7 +233,7 @@ def study_report(study_id: int, present: np.ndarray, probs: np.ndarray, unused: 
     `read_study_dir`) and, per target, the three probabilities, P(Moderate or Severe), the most likely grade,
     `flagged` (P(Normal/Mild) < 0.5), `series_absent` (its condition's series was not there) and, for a
     two-stage run, `localiser`: where its crop was cut (`localiser[target]`, from
-    `two_stage_inference.point_report`). probs float [25, 3]."""
+    `pipelines.two_stage.point_report`). probs float [25, 3]."""
     present = np.asarray(present, bool)
     targets = {}
     for i, t in enumerate(L.TARGETS):
@@ -309,7 +287,7 @@ def format_study_report(report: dict) -> str:
         lines.append(f"model {prov.get('model')} ({prov.get('package')}), run {prov.get('workdir')}: folds "
                      f"{prov.get('folds')}, {prov.get('checkpoint')} checkpoints at steps "
                      f"{prov.get('checkpoint_steps')}, flip TTA {'on' if prov.get('tta') else 'off'}")
-        if prov.get("pipeline") == "two_stage":
+        if "localiser_steps" in prov:
             lines.append(f"two-stage: each fold's localiser (steps {prov.get('localiser_steps')}, flip TTA) placed "
                          "the crops its classifier read; the points are in the JSON report (--json)")
         if "calibration" in prov:

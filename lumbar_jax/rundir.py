@@ -9,7 +9,7 @@ A run of `python -m lumbar_jax.main` writes everything into one directory (docs/
     fold_{k}/result.json     the fold's final result; a fold with one is finished and not trained again
     fold_{k}/localiser/      two-stage runs: the localiser's checkpoints/, metrics.jsonl and tensorboard/
     fold_{k}/localiser_predictions.npz   two-stage runs: fold k's localiser's points for every study
-    oof_predictions.csv      out-of-fold probabilities, 25 rows per study (`train.cv.write_oof`)
+    oof_predictions.csv      out-of-fold probabilities, 25 rows per study (`cross_validation.write_oof`)
     cv_summary.json          per-fold and out-of-fold scores
 
 Every name of that layout that more than one module needs is here, so that training, evaluation, prediction

@@ -16,14 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar_jax import calibration, evaluate, predict, rundir
+from lumbar_jax import calibration, cross_validation, evaluate, predict, rundir
 from lumbar_jax.analysis import attention as attention_lib
 from lumbar_jax.analysis import write_report
 from lumbar_jax.models.heads import token_centres
 from lumbar_jax import labels as L
 from lumbar_jax.data import augment, build, dataset, study, synthetic
 from lumbar_jax.train import config as config_lib
-from lumbar_jax.train import cv
 from lumbar_jax.train import mesh as mesh_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +41,7 @@ def run(tmp_path_factory):
     c.train.update(batch_size=4, eval_batch_size=4, steps=2, warmup_steps=1, eval_every=1, checkpoint_every=1,
                    log_every=1)
     workdir = str(root / "run")
-    cv.cross_validate(c, workdir)
+    cross_validation.cross_validate(c, workdir)
     return kaggle, workdir
 
 

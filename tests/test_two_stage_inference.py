@@ -13,14 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar_jax import calibration, evaluate, localisation, predict, rundir
+from lumbar_jax import calibration, cross_validation, evaluate, localisation, predict, rundir
 from lumbar_jax import labels as L
 from lumbar_jax.analysis import crops as crops_figure
 from lumbar_jax.analysis import label_stats, oof, write_report
 from lumbar_jax.data import build, crops, dataset, study, synthetic
 from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_VOLUMES
 from lumbar_jax.train import config as config_lib
-from lumbar_jax.train import cv
 from tests.test_evaluate_predict import run_script
 
 
@@ -39,7 +38,7 @@ def run(tmp_path_factory):
     c.train.update(batch_size=4, eval_batch_size=4, steps=2, warmup_steps=1, eval_every=2, checkpoint_every=2,
                    log_every=1)
     workdir = str(root / "run")
-    cv.cross_validate(c, workdir)
+    cross_validation.cross_validate(c, workdir)
     return kaggle, tfds_dir, workdir
 
 
@@ -76,7 +75,7 @@ def test_submission_from_dicom_equals_the_ensemble_on_the_tfds_test_records(run,
     assert submission["row_id"].tolist() == expected_rows
     source = dataset.load_split(tfds_dir, "r64_native", "test")
     records = [source[i] for i in range(len(source))]
-    probs, points = predictor.restorer.ensemble_predict(predictor.models, records)
+    probs, points = predictor.restorer.predict(predictor.models, records)
     assert points.shape == (2, len(records), 25, 3)
     expected = calibration.apply_temperatures(probs, predictor.calibration["temperatures"])
     by_study = {int(r["study_id"]): p for r, p in zip(records, expected)}
@@ -174,7 +173,7 @@ def test_marks_land_on_the_pixel_the_point_was_cut_into(target):
     for voxel in [(3, 24, 13), (4, 17, 26)]:  # on the centre slice, then one slice deeper
         record = _record_with_a_bright_voxel(series, voxel)
         points = np.tile(centre, (25, 1))
-        cut, _ = crops.study_crops(record, points, slices=3, size_mm=15.0, pixels=15)  # 1 px = 1 mm = 1 voxel
+        cut, _ = crops.study_crops(record, points, crops.CropSpec(slices=3, size_mm=15.0, pixels=15))  # 1 px = 1 mm = 1 voxel
         row, col, off = crops_figure.mark_in_crop(record, t, centre, np.array(voxel) / extent, size_mm=15.0,
                                                   pixels=15)
         assert off == voxel[0] - 3

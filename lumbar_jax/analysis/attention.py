@@ -1,7 +1,7 @@
 """Where the model looked: per-target attention overlays of a target-query model on a held-out study.
 
 Each of the 25 target queries of the 'target_query' head attends over the spatial tokens of every series
-(ViT patches and EfficientNet cells, `inference.query_attention`). Here that attention is spread back over the
+(ViT patches and EfficientNet cells, `OneStageRestorer.query_attention`, pipelines/one_stage.py). Here that attention is spread back over the
 voxels of each series (every key's weight evenly over its cell, so sources with different cell sizes add up
 as densities) and drawn over the slice of the target's annotated point, with the annotated point and the
 attention peak marked. The study is taken from a fold's held-out part and shown with that fold's best
@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lumbar_jax import inference  # noqa: E402
+from lumbar_jax import pipelines  # noqa: E402
 from lumbar_jax import labels as L  # noqa: E402
 from lumbar_jax.analysis import oof, plots  # noqa: E402
 from lumbar_jax.data import study  # noqa: E402
@@ -150,17 +150,16 @@ def attention_sections(workdir: str, kaggle_dir: str, out_dir: str, num_studies:
     """(title, PNG path, caption) of the attention overlays of the first `num_studies` held-out studies of
     fold 0 (by study id) that have every series and label coordinates; [] for a model without a
     target-query head."""
-    config = inference.load_run_config(workdir)  # cheap: decide before building a model
-    if config.pipeline == "two_stage":
-        log.info("%s: a two-stage run has no target queries; no attention overlays", workdir)
-        return []
-    if config.model.fusion != "target_query":
-        log.info("%s: fusion head %r has no target queries; no attention overlays", workdir, config.model.fusion)
+    config, pipeline = pipelines.for_run(workdir)  # cheap: decide before building a model
+    if not pipeline.has_target_queries(config):
+        log.info("%s: the %s model (fusion head %r) has no target queries; no attention overlays", workdir,
+                 pipeline.name, config.model.fusion)
         return []
     oof_path, _ = oof.check_run_dir(workdir)
     oof_ids, _, folds = oof.read_oof(oof_path)
     held_out = set(oof_ids[folds == 0].tolist())
-    model = inference.RunRestorer(workdir, mesh_lib.make_mesh(1)).restore(0)
+    restorer = pipeline.restorer(workdir, config, mesh_lib.make_mesh(1))
+    model = restorer.restore(0)
     sections = []
     for entry in study.list_studies(kaggle_dir, "train"):
         if len(sections) >= num_studies:
@@ -170,7 +169,7 @@ def attention_sections(workdir: str, kaggle_dir: str, out_dir: str, num_studies:
         record = study.study_example(entry, tuple(config.model.volume_shape))
         if not record["present"].all() or (record["coords_series"] < 0).all():
             continue
-        probs, attention, layout = inference.query_attention(model, [record])
+        probs, attention, layout = restorer.query_attention(model, [record])
         png, distances = plot_query_attention(
             record, probs[0], attention[0], layout, os.path.join(out_dir, f"attention_{entry.study_id}.png"),
             f"study {entry.study_id}, held out in fold 0 (fold 0 model, step {model.step})")

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lumbar_jax import inference, localisation, rundir  # noqa: E402
+from lumbar_jax import localisation, pipelines, rundir  # noqa: E402
 from lumbar_jax import labels as L  # noqa: E402
 from lumbar_jax.analysis import oof, plots  # noqa: E402
 from lumbar_jax.analysis.attention import probability_text  # noqa: E402
@@ -145,20 +145,19 @@ def crop_sections(workdir: str, kaggle_dir: str, out_dir: str, num_studies: int,
     """(title, PNG path, caption) of the crops of the `num_studies` worst-predicted held-out studies of a
     two-stage run (OOF arrays as `oof.read_oof` + labels); [] for a one-stage run. Studies are read from
     `kaggle_dir` (train split) with their native series."""
-    config = inference.load_run_config(workdir)
-    if config.pipeline != "two_stage":
+    config, pipeline = pipelines.for_run(workdir)
+    if not pipeline.localises:
         return []
     worst = oof.worst_studies(study_ids, labels, probs, folds, top=num_studies)
     entries = {e.study_id: e for e in study.list_studies(kaggle_dir, "train")}
-    cr = config.crops
+    cr, crop = config.crops, crops_lib.CropSpec.from_config(config.crops)
     sections = []
     for row in worst.itertuples():
         record = study.study_example(entries[row.study_id], tuple(config.model.volume_shape),
                                      native_max_size=NATIVE_MAX_SIZE[config.data.config])
         predicted = _held_out_points(workdir, row.fold, row.study_id)
         read_at = crops_lib.training_points(record) if cr.points == "annotated" else predicted
-        crops, present = crops_lib.study_crops(record, read_at, slices=cr.slices, size_mm=cr.size_mm,
-                                               pixels=cr.pixels)
+        crops, present = crops_lib.study_crops(record, read_at, crop)
         study_probs = probs[int(np.flatnonzero(study_ids == row.study_id)[0])]
         png = plot_study_crops(record, crops, present, read_at, predicted, study_probs, cr.size_mm,
                                os.path.join(out_dir, f"crops_{row.study_id}.png"),

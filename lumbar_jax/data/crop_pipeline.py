@@ -3,7 +3,7 @@
 `source` and `indices` as in `lumbar_jax.data.pipeline`, over a `*_native` dataset (r64_native, r128_native):
 records with `{series}_native` volumes and `native_affine` besides the fields of docs/conventions.md section 4.
 
-Batches are dicts of numpy arrays, B = batch size of this process, K = `slices`, P = `pixels`:
+Batches are dicts of numpy arrays, B = batch size of this process, K = `crop.slices`, P = `crop.pixels`:
     crops          uint8   [B, 25, K, P, P]  per target, the crop of its series (`crops.study_crops`)
     crop_present   bool    [B, 25]           False where the series is absent or the target has no point
     labels         int32   [B, 25]           -1 = missing
@@ -40,10 +40,10 @@ from lumbar_jax.data import pipeline
 _CROP_STREAM = 0xC809  # separates the crop augmentation RNG streams from other uses of the same seed
 
 
-def _row(record: dict[str, Any], points: np.ndarray, geometry: dict[str, Any], *, jitter: np.ndarray | None = None,
+def _row(record: dict[str, Any], points: np.ndarray, crop: C.CropSpec, *, jitter: np.ndarray | None = None,
          rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """One batch row (module docstring, without the batch axis) of `record` with crops at `points` [25, 3]."""
-    crops, crop_present = C.study_crops(record, points, **geometry, jitter=jitter, rng=rng)
+    crops, crop_present = C.study_crops(record, points, crop, jitter=jitter, rng=rng)
     return {
         "crops": crops,
         "crop_present": crop_present,
@@ -80,7 +80,7 @@ class _TrainCropExample:
 
     source: Sequence[Any]
     seed: int
-    geometry: dict[str, Any]  # slices, size_mm, pixels
+    crop: C.CropSpec
     jitter: np.ndarray | None
     intensity_scale: tuple[float, float]
     intensity_shift: float
@@ -90,7 +90,7 @@ class _TrainCropExample:
         rng = np.random.default_rng((self.seed, _CROP_STREAM, position))
         record = self.source[record_index]
         fallback = None if self.fallback_points is None else self.fallback_points[record_index]
-        row = _row(record, C.training_points(record, fallback), self.geometry, jitter=self.jitter, rng=rng)
+        row = _row(record, C.training_points(record, fallback), self.crop, jitter=self.jitter, rng=rng)
         row["crops"] = _jitter_intensity(row["crops"], row["crop_present"], rng, self.intensity_scale,
                                          self.intensity_shift)
         return row
@@ -101,13 +101,13 @@ class _EvalCropExample:
     """Record index -> its row, crops at `points[record]`, or at the annotated points when `points` is None."""
 
     source: Sequence[Any]
-    geometry: dict[str, Any]
+    crop: C.CropSpec
     points: np.ndarray | None
 
     def __call__(self, record_index: int) -> dict[str, np.ndarray]:
         record = self.source[record_index]
         points = C.training_points(record) if self.points is None else self.points[record_index]
-        return _row(record, points, self.geometry)
+        return _row(record, points, self.crop)
 
 
 def _per_record_points(points: np.ndarray | None, source: Sequence[Any], what: str) -> np.ndarray | None:
@@ -126,9 +126,7 @@ def train_batches(
     *,
     batch_size: int,
     seed: int,
-    slices: int,
-    size_mm: float,
-    pixels: int,
+    crop: C.CropSpec,
     jitter: np.ndarray | None = None,
     intensity_scale: tuple[float, float] = (1.0, 1.0),
     intensity_shift: float = 0.0,
@@ -140,7 +138,7 @@ def train_batches(
     """Random-access training batches of crops of this process: element k = local batch of training step k.
 
     The stream of `pipeline.train_batches` (seeded order, reshuffled per epoch, `num_epochs`, sharding). Crops:
-    K=`slices` slices x `size_mm` mm squares sampled to P=`pixels`; `jitter` [3, 3] std per condition group
+    `crop` (K slices x size_mm squares sampled to P pixels); `jitter` [3, 3] std per condition group
     (slices, mm, mm) or None; `intensity_scale` (low, high) contrast range and `intensity_shift` brightness
     range (fraction of 255), neutral by default; `fallback_points` [len(source), 25, 3]: where to cut targets
     without an annotated point (e.g. the localiser's predictions), None = leave them absent. Lazy.
@@ -149,7 +147,7 @@ def train_batches(
         raise ValueError(f"intensity_scale must be 0 < low <= high and intensity_shift >= 0, got "
                          f"{intensity_scale}, {intensity_shift}")
     example = _TrainCropExample(
-        source, seed, dict(slices=slices, size_mm=size_mm, pixels=pixels),
+        source, seed, crop,
         None if jitter is None else np.asarray(jitter, dtype=np.float64), tuple(intensity_scale), intensity_shift,
         _per_record_points(fallback_points, source, "fallback_points"))
     return pipeline.train_stream(indices, example, batch_size=batch_size, seed=seed, num_epochs=num_epochs,
@@ -162,9 +160,7 @@ def train_dataset(
     *,
     batch_size: int,
     seed: int,
-    slices: int,
-    size_mm: float,
-    pixels: int,
+    crop: C.CropSpec,
     jitter: np.ndarray | None = None,
     intensity_scale: tuple[float, float] = (1.0, 1.0),
     intensity_shift: float = 0.0,
@@ -178,8 +174,7 @@ def train_dataset(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Iterator over training batches from step `start_step` on (= `train_batches(...)[start_step:]`), read
     as `pipeline.train_dataset` reads (`worker_count` processes, `read_threads` threads; close it when done)."""
-    batches = train_batches(source, indices, batch_size=batch_size, seed=seed, slices=slices, size_mm=size_mm,
-                            pixels=pixels, jitter=jitter, intensity_scale=intensity_scale,
+    batches = train_batches(source, indices, batch_size=batch_size, seed=seed, crop=crop, jitter=jitter, intensity_scale=intensity_scale,
                             intensity_shift=intensity_shift, fallback_points=fallback_points,
                             num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count)
     return pipeline.iterate(batches[start_step:], worker_count=worker_count, read_threads=read_threads)
@@ -190,9 +185,7 @@ def eval_batches(
     indices: Sequence[int],
     *,
     batch_size: int,
-    slices: int,
-    size_mm: float,
-    pixels: int,
+    crop: C.CropSpec,
     points: np.ndarray | None = None,
     worker_count: int = 0,
     read_threads: int = 2,
@@ -206,8 +199,7 @@ def eval_batches(
     target on its series, e.g. the localiser's predictions (every finite point is cut, annotated or not);
     None = the annotated points (`crops.training_points`).
     """
-    example = _EvalCropExample(source, dict(slices=slices, size_mm=size_mm, pixels=pixels),
-                               _per_record_points(points, source, "points"))
+    example = _EvalCropExample(source, crop, _per_record_points(points, source, "points"))
     batches = pipeline.padded_eval_stream(indices, example, batch_size=batch_size, shard_index=shard_index,
                                           shard_count=shard_count)
     return pipeline.iterate(batches, worker_count=worker_count, read_threads=read_threads)

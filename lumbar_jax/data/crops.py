@@ -21,6 +21,7 @@ labels keep their side.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -151,10 +152,29 @@ def draw_offsets(jitter: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return rng.standard_normal((L.NUM_TARGETS, 3)) * jitter[L.TARGET_GROUP]
 
 
-def study_crops(record: Mapping[str, Any], points: np.ndarray, *, slices: int, size_mm: float, pixels: int,
-                jitter: np.ndarray | None = None,
+@dataclasses.dataclass(frozen=True)
+class CropSpec:
+    """What a crop is (`config.crops`): K slices of `size_mm` x `size_mm` squares sampled to P x P pixels."""
+
+    slices: int  # K: neighbouring slices of the series' depth axis, centred on the point's nearest slice
+    size_mm: float  # side of the in-plane square, mm
+    pixels: int  # P: pixels per side the square is sampled to
+
+    @classmethod
+    def from_config(cls, crops_config) -> CropSpec:
+        """The crops section of a run config (`config.crops`) as a CropSpec."""
+        return cls(int(crops_config.slices), float(crops_config.size_mm), int(crops_config.pixels))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """[K, P, P]: one crop's shape."""
+        return self.slices, self.pixels, self.pixels
+
+
+def study_crops(record: Mapping[str, Any], points: np.ndarray, crop: CropSpec, *, jitter: np.ndarray | None = None,
                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The 25 crops of a `*_native` record: (crops uint8 [25, K, P, P], crop_present bool [25]).
+    """The 25 crops of a `*_native` record: (crops uint8 [25, K, P, P], crop_present bool [25]) of `crop`'s
+    shape.
 
     Target t is cut from series TARGET_SERIES[t] around `points[t]` (normalised, [25, 3]); a NaN point means
     "no point" (see `training_points`). crop_present[t] = the series is present and the point is finite; other
@@ -171,13 +191,13 @@ def study_crops(record: Mapping[str, Any], points: np.ndarray, *, slices: int, s
     offsets = draw_offsets(jitter, rng) if jitter is not None else np.zeros_like(points)
     present = np.asarray(record["present"], dtype=bool)
     crop_present = present[TARGET_SERIES] & np.all(np.isfinite(points), axis=-1)
-    crops = np.zeros((L.NUM_TARGETS, slices, pixels, pixels), np.uint8)
+    crops = np.zeros((L.NUM_TARGETS, *crop.shape), np.uint8)
     for s, name in enumerate(L.SERIES_TYPES):
         targets = np.flatnonzero(crop_present & (TARGET_SERIES == s))
         if len(targets) == 0:
             continue
         cut = cut_crops(record[f"{name}_native"], np.asarray(record["native_affine"])[s], points[targets],
-                        slices=slices, size_mm=size_mm, pixels=pixels, offsets=offsets[targets])
+                        slices=crop.slices, size_mm=crop.size_mm, pixels=crop.pixels, offsets=offsets[targets])
         left = _LEFT[targets]
         cut[left] = np.flip(cut[left], axis=1 + _RIGHT_TO_LEFT_AXIS[s])
         crops[targets] = cut

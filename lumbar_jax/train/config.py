@@ -3,7 +3,7 @@ configs/*.py, and its validation before any work starts.
 
 Files under `configs/` start from `default_config()` and change what they need. `validate` (the checks live
 in config_validation.py) refuses a bad config with a ConfigError that names the field, once, at the entry
-point (train/cv.py for training, inference.py for a restored run); the library then trusts the config:
+point (cross_validation.py for training, inference.py for a restored run); the library then trusts the config:
 `models.create_model(config.model, ...)`, `data.pipeline.train_batches(..., augment_config=config.augment)`.
 """
 

@@ -15,6 +15,7 @@ import ml_collections
 
 from lumbar_jax.dataset_configs import DATASET_SHAPES, GRID_DATASETS, NATIVE_MAX_SIZE
 from lumbar_jax.models import registry
+from lumbar_jax.pipelines import NAMES as PIPELINES
 from lumbar_jax.models.efficientnet import EFFNET_VARIANTS, PADDINGS
 from lumbar_jax.models.heads import FUSIONS
 from lumbar_jax.models.localiser import LOCALISER_VARIANTS
@@ -22,8 +23,6 @@ from lumbar_jax.models.pretrained import INFLATIONS, PRETRAINED_EFFNETS, PRETRAI
 from lumbar_jax.models.vit import POOLS, VIT_VARIANTS
 from lumbar_jax.train.loss import LOSSES
 
-
-PIPELINES = ("one_stage", "two_stage")
 CROP_POINTS = ("predicted", "annotated")
 
 

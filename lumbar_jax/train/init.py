@@ -1,7 +1,9 @@
-"""A fresh train state for a config: the model, its optimizer and EMA, replicated over the mesh.
+"""Fresh train states: a model, its optimizer and EMA, replicated over the mesh.
 
-Training starts (or resumes) from it, and restoring a checkpoint (`inference.RunRestorer`) needs it as the
-template whose shapes and shardings Orbax restores onto.
+`fresh_state` is the one builder; the three models a run trains each have a constructor on it: the
+one-stage study model (`study_model_state`), and the two-stage pipeline's localiser (`localiser_state`) and
+crop classifier (`classifier_state`). Training starts (or resumes) from them, and restoring a checkpoint needs
+one as the template whose shapes and shardings Orbax restores onto.
 """
 
 from __future__ import annotations
@@ -11,26 +13,57 @@ import numpy as np
 from flax import nnx
 
 from lumbar_jax import metrics
+from lumbar_jax.data.crops import CropSpec
 from lumbar_jax.models import registry
 from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train import step as step_lib
+from lumbar_jax.train.seeds import model_rngs
 from lumbar_jax.train.state import create_train_state
 
 
-def build_state(config, mesh, train_labels: np.ndarray | None = None, load_pretrained: bool = False):
-    """(statics, state): a freshly initialised model + optimizer for this config, replicated over the mesh.
-
-    With `train_labels` (int [M, 25]) the logit bias starts at the log class prior of those labels, so the
-    first steps learn from the images instead of spending themselves on moving a bias (Adam moves each
-    parameter by about the learning rate per step: a bias of log(0.05) would take thousands).
-    `load_pretrained` loads the config's pretrained encoder weights (`model.pretrained_*`): a fresh start only,
-    a resumed or restored state overwrites them anyway.
-    """
-    model = registry.create_model(config.model, nnx.Rngs(params=config.seed, dropout=config.seed + 1),
-                                  load_pretrained=load_pretrained)
-    if train_labels is not None:
-        model.head.set_output_bias(np.log(metrics.class_prior_baseline(train_labels, 1)[0]))
-    tx = step_lib.make_optimizer(config.train.lr, config.train.steps, config.train.warmup_steps,
-                                 config.train.weight_decay, config.train.grad_clip)
-    statics, state = create_train_state(model, tx, use_ema=config.train.ema_decay > 0)
+def fresh_state(model: nnx.Module, schedule, config, mesh, use_ema: bool) -> tuple:
+    """(statics, state) of `model` with AdamW on `schedule`'s (lr, steps, warmup_steps) and the run's weight
+    decay and gradient clip (`config.train`), an EMA copy when `use_ema`, replicated over `mesh`."""
+    tx = step_lib.make_optimizer(schedule.lr, schedule.steps, schedule.warmup_steps, config.train.weight_decay,
+                                 config.train.grad_clip)
+    statics, state = create_train_state(model, tx, use_ema=use_ema)
     return statics, jax.device_put(state, mesh_lib.replicated(mesh))
+
+
+def log_prior(train_labels: np.ndarray) -> np.ndarray:
+    """float [25, 3]: the log class prior of `train_labels` int [M, 25], where a fresh model's logit bias starts,
+    so the first steps learn from the images instead of spending themselves on moving a bias (Adam moves each
+    parameter by about the learning rate per step: a bias of log(0.05) would take thousands)."""
+    return np.log(metrics.class_prior_baseline(train_labels, 1)[0])
+
+
+def study_model_state(config, mesh, train_labels: np.ndarray | None = None, load_pretrained: bool = False):
+    """(statics, state) of a fresh one-stage study model (`registry.create_model`) for this config.
+
+    With `train_labels` (int [M, 25]) the logit bias starts at their `log_prior`. `load_pretrained` loads the
+    config's pretrained encoder weights (`model.pretrained_*`): a fresh start only, a resumed or restored state
+    overwrites them anyway.
+    """
+    model = registry.create_model(config.model, model_rngs(config.seed), load_pretrained=load_pretrained)
+    if train_labels is not None:
+        model.head.set_output_bias(log_prior(train_labels))
+    return fresh_state(model, config.train, config, mesh, use_ema=config.train.ema_decay > 0)
+
+
+def localiser_state(config, mesh) -> tuple:
+    """(statics, state) of a fresh localiser (two-stage stage 1) on its own schedule (`config.localiser`), no
+    EMA."""
+    model = registry.create_localiser(config.localiser, config.model, tuple(config.model.volume_shape),
+                                      model_rngs(config.seed))
+    return fresh_state(model, config.localiser, config, mesh, use_ema=False)
+
+
+def classifier_state(config, mesh, train_labels: np.ndarray | None = None, load_pretrained: bool = False
+                     ) -> tuple:
+    """(statics, state) of a fresh crop classifier (two-stage stage 2) on `config.train`'s schedule (EMA when
+    configured); `train_labels` and `load_pretrained` as `study_model_state`."""
+    model = registry.create_crop_classifier(config.model, CropSpec.from_config(config.crops).shape,
+                                            model_rngs(config.seed), load_pretrained=load_pretrained)
+    if train_labels is not None:
+        model.set_output_bias(log_prior(train_labels))
+    return fresh_state(model, config.train, config, mesh, use_ema=config.train.ema_decay > 0)

@@ -2,7 +2,7 @@
 
 Reads top-down like big_vision's train.py: `run_stage` is restore-or-start, the loop and the end, and each step
 it takes is a named function below it. A `Stage` says what is trained (the one-stage study model of
-`train_fold`, or the localiser and crop classifier of train/two_stage.py). Everything a fold writes lives in
+train/one_stage.py, or the localiser and crop classifier of train/two_stage.py). Everything a fold writes lives in
 `workdir/fold_{k}/` (`lumbar_jax.rundir`, docs/conventions.md section 5); a fold whose `result.json` exists is
 finished and is not trained again.
 """
@@ -23,13 +23,9 @@ import optax
 import tqdm
 from jax.experimental import multihost_utils
 
-from lumbar_jax import inference, rundir
-from lumbar_jax.data import pipeline
-from lumbar_jax.models import registry
+from lumbar_jax import rundir
 from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train import step as step_lib
-from lumbar_jax.train.folds import Fold, evaluate_fold
-from lumbar_jax.train.init import build_state
 from lumbar_jax.train.logging import MetricLogger
 from lumbar_jax.train.state import CheckpointStore
 
@@ -44,7 +40,7 @@ class NonFiniteLossError(FloatingPointError):
 class Stage:
     """One model's training in one fold: what `run_stage` needs, whatever the model is.
 
-    The one-stage study model (`train_fold` below), and the localiser and crop classifier of the two-stage
+    The one-stage study model (train/one_stage.py), and the localiser and crop classifier of the two-stage
     pipeline (train/two_stage.py), are each a Stage: a fresh state, its jit steps, its batches, and how its
     held-out part is scored (lower is better; the best-scoring state is kept as the `best` checkpoint).
     """
@@ -112,38 +108,6 @@ def run_stage(stage: Stage, mesh) -> tuple[dict, int, Any, dict]:
     return state, best["step"], predictions, report
 
 
-def train_fold(config, workdir: str, fold: Fold, mesh) -> dict:
-    """Train the one-stage study model of `fold` (resuming if it was interrupted) and return its result (also
-    in result.json): {'fold', 'best_step', 'val': `folds.evaluate_fold` report of the best checkpoint,
-    'val_indices', 'val_probs'}."""
-    tc = config.train
-    directory = rundir.fold_dir(workdir, fold.index)
-    resuming = CheckpointStore.has_latest(os.path.join(directory, rundir.CHECKPOINTS_DIR))
-    statics, state = build_state(config, mesh, fold.train_labels, load_pretrained=not resuming)
-    train_step, eval_step = _make_steps(config, statics, mesh, fold.index)
-    stage = Stage(
-        name=f"fold {fold.index}", directory=directory, statics=statics, state=state,
-        train_step=train_step, eval_step=eval_step,
-        batches=lambda start: map(inference.model_inputs, _train_batches(config, fold, start)),
-        evaluate=lambda state: evaluate_fold(eval_step, state, fold, tc.eval_batch_size, mesh),
-        scalars=val_scalars, train=tc)
-    _, best_step, probs, val = run_stage(stage, mesh)
-    result = {"fold": fold.index, "best_step": best_step, "val": val,
-              "val_indices": [int(i) for i in fold.val_idx], "val_probs": probs.tolist()}
-    write_result(workdir, fold.index, result)
-    return result
-
-
-def _make_steps(config, statics, mesh, fold_index: int):
-    """(train step, eval step) of the fold; the eval step reports attention peaks for target-query models."""
-    tc = config.train
-    train_step = step_lib.make_train_step(statics, mesh, config.seed + 1000 * fold_index, tc.ema_decay,
-                                          step_lib.study_loss(tc.loss, tc.coord_loss_weight, tc.coord_sigma))
-    eval_step = step_lib.make_eval_step(statics, mesh,
-                                        tc.coord_sigma if registry.uses_query_attention(config.model) else None)
-    return train_step, eval_step
-
-
 def _restore_or_start(store: CheckpointStore, state, name: str) -> tuple[dict, int, dict]:
     """(state, first step, best so far {'score', 'step'}): from the latest checkpoint when there is one."""
     if store.latest_step() is None:
@@ -152,15 +116,6 @@ def _restore_or_start(store: CheckpointStore, state, name: str) -> tuple[dict, i
     start, best = int(meta["step"]), meta["best"]
     log.info("%s: resuming at step %d (best so far %.4f at step %d)", name, start, best["score"], best["step"])
     return state, start, best
-
-
-def _train_batches(config, fold: Fold, start: int):
-    """This process's shard of the fold's training batches from step `start` on (the same as an uninterrupted
-    run would have drawn there)."""
-    return pipeline.train_dataset(
-        fold.source, fold.train_idx, batch_size=mesh_lib.process_batch_size(config.train.batch_size),
-        seed=config.seed + fold.index, augment_config=config.augment, start_step=start,
-        worker_count=config.data.worker_count, shard_index=jax.process_index(), shard_count=jax.process_count())
 
 
 def _due(done: int, every: int, steps: int) -> bool:

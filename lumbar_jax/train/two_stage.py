@@ -22,25 +22,23 @@ import os
 
 import jax
 import numpy as np
-from flax import nnx
 
-from lumbar_jax import inference, localisation, metrics, rundir
+from lumbar_jax import localisation, metrics, rundir
 from lumbar_jax import labels as L
 from lumbar_jax.data import crop_pipeline, pipeline
+from lumbar_jax.data.crops import CropSpec
 from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_VOLUMES
-from lumbar_jax.models import registry
-from lumbar_jax.models.localiser import localiser_loss, predict_points
-from lumbar_jax.train import loop
+from lumbar_jax.train import loop, seeds
 from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train import step as step_lib
 from lumbar_jax.train.folds import Fold
-from lumbar_jax.train.loss import metric_loss
-from lumbar_jax.train.state import CheckpointStore, create_train_state
+from lumbar_jax.train.init import classifier_state, localiser_state
+from lumbar_jax.train.state import CheckpointStore
+from lumbar_jax.train.two_stage_models import (CROP_INPUTS, LOCALISER_INPUTS, Classify, Localise,
+                                               classifier_eval_step, classifier_loss, localiser_eval_step,
+                                               localiser_loss_fn)
 
 log = logging.getLogger(__name__)
-
-LOCALISER_INPUTS = ("volumes", "present", "coords", "coords_series")
-CROP_INPUTS = ("crops", "crop_present", "labels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,63 +101,6 @@ def train_fold(config, workdir: str, fold: Fold, mesh) -> dict:
     return result
 
 
-# ------------------------------------------------------------------------------------------------ the models
-
-
-def localiser_state(config, mesh) -> tuple:
-    """(statics, state) of a fresh localiser and its optimizer (no EMA), replicated over `mesh`: what stage 1
-    trains and what restoring its checkpoints starts from."""
-    lc, tc = config.localiser, config.train
-    model = registry.create_localiser(lc, config.model, tuple(config.model.volume_shape),
-                                      nnx.Rngs(params=config.seed, dropout=config.seed + 1))
-    tx = step_lib.make_optimizer(lc.lr, lc.steps, lc.warmup_steps, tc.weight_decay, tc.grad_clip)
-    statics, state = create_train_state(model, tx, use_ema=False)
-    return statics, jax.device_put(state, mesh_lib.replicated(mesh))
-
-
-def classifier_state(config, mesh, train_labels: np.ndarray | None = None, load_pretrained: bool = False
-                     ) -> tuple:
-    """(statics, state) of a fresh crop classifier and its optimizer (EMA when configured), replicated; with
-    `train_labels` [M, 25] its logit bias starts at their log class prior (as `train.init.build_state`)."""
-    tc, cr = config.train, config.crops
-    model = registry.create_crop_classifier(config.model, (cr.slices, cr.pixels, cr.pixels),
-                                            nnx.Rngs(params=config.seed, dropout=config.seed + 1),
-                                            load_pretrained=load_pretrained)
-    if train_labels is not None:
-        model.set_output_bias(np.log(metrics.class_prior_baseline(train_labels, 1)[0]))
-    tx = step_lib.make_optimizer(tc.lr, tc.steps, tc.warmup_steps, tc.weight_decay, tc.grad_clip)
-    statics, state = create_train_state(model, tx, use_ema=tc.ema_decay > 0)
-    return statics, jax.device_put(state, mesh_lib.replicated(mesh))
-
-
-def localiser_loss_fn(volume_shape) -> step_lib.LossFn:
-    """Stage 1's loss: the localiser's mean distance to the annotated points, in voxels of `volume_shape`."""
-
-    def loss_fn(model, batch):
-        loss, parts = localiser_loss(model(batch["volumes"], batch["present"]), batch["coords"],
-                                     batch["coords_series"], batch["present"], volume_shape=tuple(volume_shape))
-        return loss, {"distance_voxels": parts["distance"]}
-
-    return loss_fn
-
-
-def classifier_loss(model, batch):
-    """Stage 2's loss: the metric loss of the crop classifier's logits."""
-    return metric_loss(model(batch["crops"], batch["crop_present"]), batch["labels"])
-
-
-def localiser_eval_step(statics, mesh):
-    """state, batch (volumes, present) -> {"points": [B, 25, 3]}, with the left/right flip averaged in."""
-    return step_lib.make_apply_step(statics, mesh, lambda model, batch: {
-        "points": predict_points(model, batch["volumes"], batch["present"], flip_tta=True)})
-
-
-def classifier_eval_step(statics, mesh):
-    """state, batch (crops, crop_present) -> {"probs": [B, 25, 3]}."""
-    return step_lib.make_apply_step(statics, mesh, lambda model, batch: {
-        "probs": jax.nn.softmax(model(batch["crops"], batch["crop_present"]), axis=-1)})
-
-
 # ------------------------------------------------------------------------------------------------ stage 1
 
 
@@ -187,16 +128,13 @@ def _localiser_stage(config, workdir: str, fold: Fold, mesh, geometry: StudyGeom
     volume_shape = tuple(config.model.volume_shape)
     statics, state = localiser_state(config, mesh)
 
-    train_step = step_lib.make_train_step(statics, mesh, config.seed + 1000 * fold.index, 0.0,
+    train_step = step_lib.make_train_step(statics, mesh, seeds.dropout_seed(config.seed, fold.index), 0.0,
                                           localiser_loss_fn(volume_shape))
     eval_step = localiser_eval_step(statics, mesh)
+    localise_points = Localise(eval_step, tc.eval_batch_size, mesh)
 
     def predict(state, indices: np.ndarray) -> np.ndarray:
-        batches = pipeline.eval_batches(fold.source, indices, batch_size=mesh_lib.process_batch_size(
-            tc.eval_batch_size), shard_index=jax.process_index(), shard_count=jax.process_count())
-        out, _ = inference.gather_outputs(eval_step, state, batches, mesh, ("volumes", "present"),
-                                          fold.study_ids[indices])
-        return out["points"]
+        return localise_points(state, fold.source, indices, fold.study_ids)
 
     def evaluate(state) -> tuple[np.ndarray, dict]:
         points = predict(state, fold.val_idx)
@@ -210,7 +148,7 @@ def _localiser_stage(config, workdir: str, fold: Fold, mesh, geometry: StudyGeom
     def batches(start: int):
         return map(lambda b: {k: b[k] for k in LOCALISER_INPUTS}, pipeline.train_dataset(
             fold.source, fold.train_idx, batch_size=mesh_lib.process_batch_size(lc.batch_size),
-            seed=config.seed + fold.index, augment_config=config.augment, start_step=start,
+            seed=seeds.data_seed(config.seed, fold.index), augment_config=config.augment, start_step=start,
             worker_count=config.data.worker_count, shard_index=jax.process_index(),
             shard_count=jax.process_count()))
 
@@ -232,32 +170,28 @@ def _classifier_stage(config, workdir: str, fold: Fold, mesh, points: np.ndarray
                       ) -> loop.Stage:
     """The loop.Stage of the crop classifier: `points` [N, 25, 3] the localiser's for every record, `jitter`
     [3 groups, 3] the training placement noise (std in slices, mm, mm)."""
-    tc, cr = config.train, config.crops
-    crop_args = dict(slices=cr.slices, size_mm=cr.size_mm, pixels=cr.pixels)
+    tc, crop = config.train, CropSpec.from_config(config.crops)
     directory = rundir.fold_dir(workdir, fold.index)
     resuming = CheckpointStore.has_latest(os.path.join(directory, rundir.CHECKPOINTS_DIR))
     statics, state = classifier_state(config, mesh, fold.train_labels, load_pretrained=not resuming)
-    train_step = step_lib.make_train_step(statics, mesh, config.seed + 1000 * fold.index, tc.ema_decay,
-                                          classifier_loss)
+    train_step = step_lib.make_train_step(statics, mesh, seeds.dropout_seed(config.seed, fold.index),
+                                          tc.ema_decay, classifier_loss)
     eval_step = classifier_eval_step(statics, mesh)
-    held_out_points = points if config.crops.points == "predicted" else None
+    classify = Classify(eval_step, crop, tc.eval_batch_size, mesh)
+    held_out_points = points[fold.val_idx] if config.crops.points == "predicted" else None
 
     def evaluate(state) -> tuple[np.ndarray, dict]:
-        batches = crop_pipeline.eval_batches(
-            fold.source, fold.val_idx, batch_size=mesh_lib.process_batch_size(tc.eval_batch_size),
-            points=held_out_points, shard_index=jax.process_index(), shard_count=jax.process_count(), **crop_args)
-        out, _ = inference.gather_outputs(eval_step, state, batches, mesh, ("crops", "crop_present"),
-                                          fold.study_ids[fold.val_idx])
-        return out["probs"], metrics.evaluate_predictions(fold.val_labels, out["probs"], fold.train_labels)
+        probs = classify(state, fold.source, fold.val_idx, fold.study_ids, held_out_points)
+        return probs, metrics.evaluate_predictions(fold.val_labels, probs, fold.train_labels)
 
     def batches(start: int):
         a = config.augment
         return map(lambda b: {k: b[k] for k in CROP_INPUTS}, crop_pipeline.train_dataset(
             fold.source, fold.train_idx, batch_size=mesh_lib.process_batch_size(tc.batch_size),
-            seed=config.seed + fold.index, jitter=jitter, intensity_scale=tuple(a.intensity_scale),
-            intensity_shift=a.intensity_shift, fallback_points=points, start_step=start,
-            worker_count=config.data.worker_count, shard_index=jax.process_index(),
-            shard_count=jax.process_count(), **crop_args))
+            seed=seeds.data_seed(config.seed, fold.index), crop=crop, jitter=jitter,
+            intensity_scale=tuple(a.intensity_scale), intensity_shift=a.intensity_shift, fallback_points=points,
+            start_step=start, worker_count=config.data.worker_count, shard_index=jax.process_index(),
+            shard_count=jax.process_count()))
 
     return loop.Stage(name=f"fold {fold.index}", directory=directory, statics=statics, state=state,
                       train_step=train_step, eval_step=eval_step, batches=batches, evaluate=evaluate,

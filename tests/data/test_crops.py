@@ -17,7 +17,8 @@ NATIVE = {  # series -> (shape [D, H, W], spacing (slice gap, rows, cols) mm)
     "sagittal_t2": ((9, 33, 65), (4.0, 1.0, 0.5)),
     "axial_t2": ((17, 65, 33), (3.0, 0.75, 0.5)),
 }
-GEOMETRY = dict(slices=5, size_mm=12.0, pixels=16)
+CROP = C.CropSpec(slices=5, size_mm=12.0, pixels=16)
+GEOMETRY = dict(slices=CROP.slices, size_mm=CROP.size_mm, pixels=CROP.pixels)  # cut_crop's keywords
 JITTER = np.array([[1.0, 2.0, 2.0], [1.5, 3.0, 1.0], [0.5, 1.0, 3.0]])  # std per group: (slices, mm, mm)
 
 
@@ -148,8 +149,8 @@ def test_outside_the_volume_is_zero_and_interpolates_into_it():
 def test_left_crops_of_a_study_are_the_right_crops_of_its_mirror_image():
     record = native_record(np.random.default_rng(0))
     flipped = flip_native(record)
-    crops, present = C.study_crops(record, C.training_points(record), **GEOMETRY)
-    flipped_crops, flipped_present = C.study_crops(flipped, C.training_points(flipped), **GEOMETRY)
+    crops, present = C.study_crops(record, C.training_points(record), CROP)
+    flipped_crops, flipped_present = C.study_crops(flipped, C.training_points(flipped), CROP)
     mirror = L.MIRROR_TARGET_INDEX
     sided = np.flatnonzero(L.TARGET_SIDE > 0)
     assert present[sided].sum() >= 18
@@ -169,10 +170,10 @@ def test_left_crops_of_a_study_are_the_right_crops_of_its_mirror_image():
 def test_jitter_moves_crops_in_the_volume_frame_and_is_a_function_of_the_seed():
     record = native_record(np.random.default_rng(1))
     points = C.training_points(record)
-    crops, _ = C.study_crops(record, points, **GEOMETRY, jitter=JITTER, rng=np.random.default_rng(3))
-    again, _ = C.study_crops(record, points, **GEOMETRY, jitter=JITTER, rng=np.random.default_rng(3))
-    other, _ = C.study_crops(record, points, **GEOMETRY, jitter=JITTER, rng=np.random.default_rng(4))
-    plain, _ = C.study_crops(record, points, **GEOMETRY)
+    crops, _ = C.study_crops(record, points, CROP, jitter=JITTER, rng=np.random.default_rng(3))
+    again, _ = C.study_crops(record, points, CROP, jitter=JITTER, rng=np.random.default_rng(3))
+    other, _ = C.study_crops(record, points, CROP, jitter=JITTER, rng=np.random.default_rng(4))
+    plain, _ = C.study_crops(record, points, CROP)
     np.testing.assert_array_equal(crops, again)
     assert not np.array_equal(crops, other) and not np.array_equal(crops, plain)
     offsets = C.draw_offsets(JITTER, np.random.default_rng(3))
@@ -185,7 +186,7 @@ def test_jitter_moves_crops_in_the_volume_frame_and_is_a_function_of_the_seed():
         if L.TARGET_SIDE[t] == 1:  # jittered, then mirrored
             cut = np.flip(cut, axis=C._RIGHT_TO_LEFT_AXIS[s])
         np.testing.assert_array_equal(crops[t], cut, err_msg=name)
-    zero, _ = C.study_crops(record, points, **GEOMETRY, jitter=np.zeros((3, 3)), rng=np.random.default_rng(3))
+    zero, _ = C.study_crops(record, points, CROP, jitter=np.zeros((3, 3)), rng=np.random.default_rng(3))
     np.testing.assert_array_equal(zero, plain)
 
 
@@ -208,7 +209,7 @@ def test_training_points_and_absent_crops():
     predicted = np.full((L.NUM_TARGETS, 3), 0.25)
     np.testing.assert_array_equal(C.training_points(record, predicted)[~on_series], 0.25)
 
-    crops, present = C.study_crops(record, points, **GEOMETRY)
+    crops, present = C.study_crops(record, points, CROP)
     axial = C.TARGET_SERIES == 2
     np.testing.assert_array_equal(present, on_series & ~axial)
     assert not crops[~present].any() and all(crops[t].any() for t in np.flatnonzero(present))
@@ -223,6 +224,6 @@ def test_bad_inputs_are_refused():
         C.cut_crop(volume.astype(np.float32), np.eye(4), (0.5, 0.5, 0.5), slices=1, size_mm=4.0, pixels=4)
     record = native_record(np.random.default_rng(0))
     with pytest.raises(ValueError, match="rng"):
-        C.study_crops(record, C.training_points(record), **GEOMETRY, jitter=JITTER)
+        C.study_crops(record, C.training_points(record), CROP, jitter=JITTER)
     with pytest.raises(ValueError, match="points"):
-        C.study_crops(record, np.zeros((5, 3)), **GEOMETRY)
+        C.study_crops(record, np.zeros((5, 3)), CROP)

@@ -3,7 +3,7 @@
     python tests/train/multihost_worker.py --data_dir D --workdir W --out O.json \
         --coordinator_address localhost:PORT --num_processes 2 --process_id 0
 
-Trains `multihost_config(data_dir)` through the real entry (`lumbar_jax.train.cv.cross_validate`) and writes
+Trains `multihost_config(data_dir)` through the real entry (`lumbar_jax.cross_validation.cross_validate`) and writes
 what this process saw (process index/count, devices, the fold result it returned) to `--out`. The caller sets
 XLA_FLAGS (fake CPU devices per process) and JAX_PLATFORMS=cpu in the environment; with no
 `--coordinator_address` it is an ordinary single-process run. CPU collectives across processes use gloo.
@@ -52,12 +52,12 @@ def main() -> None:
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process CPU collectives
-    from lumbar_jax.train import cv
+    from lumbar_jax import cross_validation
 
     config = multihost_config(args.data_dir)
     config.distributed.update(coordinator_address=args.coordinator_address, num_processes=args.num_processes,
                               process_id=args.process_id)
-    result = cv.cross_validate(config, args.workdir)
+    result = cross_validation.cross_validate(config, args.workdir)
     from lumbar_jax import rundir
 
     fold = rundir.read_fold_result(args.workdir, 0)  # every process reads what process 0 wrote

@@ -9,10 +9,9 @@ import os
 import pandas as pd
 import pytest
 
-from lumbar_jax import compare
+from lumbar_jax import compare, cross_validation
 from lumbar_jax import labels as L
 from lumbar_jax.data import build, synthetic
-from lumbar_jax.train import cv
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
 
@@ -42,7 +41,7 @@ def runs(data_dir, tmp_path_factory):
     out = {}
     for name in ("baseline_vit2d", "baseline_vit3d_grid"):
         out[name] = str(root / name)
-        out[name + ":summary"] = cv.cross_validate(smoke_config(name, data_dir), out[name])
+        out[name + ":summary"] = cross_validation.cross_validate(smoke_config(name, data_dir), out[name])
     return out
 
 

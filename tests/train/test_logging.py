@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lumbar_jax.train import cv
+from lumbar_jax import cross_validation
 from lumbar_jax.train import step as step_lib
 from lumbar_jax.train.logging import MetricLogger
 from tests.train.test_train import tiny_config
@@ -31,7 +31,7 @@ def test_logged_loss_is_the_interval_mean_with_the_schedule_lr_and_studies_per_s
         return wrapped
 
     monkeypatch.setattr(step_lib, "make_train_step", known_losses)
-    cv.cross_validate(config, str(tmp_path / "run"))
+    cross_validation.cross_validate(config, str(tmp_path / "run"))
     lines = [json.loads(x) for x in open(tmp_path / "run" / "fold_0" / "metrics.jsonl")]
     train = [x for x in lines if "train/loss" in x]
     assert [x["step"] for x in train] == [2, 4]
@@ -49,7 +49,7 @@ def test_logged_loss_is_the_interval_mean_with_the_schedule_lr_and_studies_per_s
 def test_first_interval_of_one_compiling_step_logs_no_rate(data_dir, tmp_path):
     config = tiny_config(data_dir, steps=2, log_every=1)
     config.cv.fold = 0
-    cv.cross_validate(config, str(tmp_path / "run"))
+    cross_validation.cross_validate(config, str(tmp_path / "run"))
     train = [json.loads(x) for x in open(tmp_path / "run" / "fold_0" / "metrics.jsonl")]
     train = [x for x in train if "train/loss" in x]
     assert "train/studies_per_s" not in train[0] and train[1]["train/studies_per_s"] > 0

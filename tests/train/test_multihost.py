@@ -1,5 +1,5 @@
 """Multi-process training on one machine: 2 CPU processes x 2 fake devices (JAX distributed runtime, gloo
-collectives) train the same fold as 1 process x 4 devices, through the real entry `cv.cross_validate`, and
+collectives) train the same fold as 1 process x 4 devices, through the real entry `cross_validation.cross_validate`, and
 end with the same parameters, metrics and held-out score; the 2-process checkpoint restores and evaluates in
 one process on one device. Plus `mesh.initialize_distributed`'s decisions (cluster detection, config errors).
 
@@ -18,11 +18,10 @@ import jax
 import numpy as np
 import pytest
 
-from lumbar_jax import evaluate, rundir
+from lumbar_jax import cross_validation, evaluate, rundir
 from lumbar_jax.train import config as config_lib
-from lumbar_jax.train import cv
 from lumbar_jax.train import mesh as mesh_lib
-from lumbar_jax.train.init import build_state
+from lumbar_jax.train.init import study_model_state
 from lumbar_jax.train.state import CheckpointStore
 from tests.train.multihost_worker import multihost_config
 
@@ -78,7 +77,7 @@ def _metrics(workdir: str) -> list[dict]:
 
 
 def _checkpoint(config, workdir: str, which: str, mesh) -> tuple[dict, dict]:
-    _, template = build_state(config, mesh)
+    _, template = study_model_state(config, mesh)
     store = CheckpointStore(rundir.checkpoints_dir(workdir, 0))
     try:
         state, meta = store.restore(template, which)
@@ -118,7 +117,7 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(data_
     try:  # the 1-process x 4-device reference, here, while the workers run
         single_config = multihost_config(data_dir)
         single_config.mesh.num_devices = 4
-        assert cv.cross_validate(single_config, single_dir) is None  # one fold of two: no CV summary yet
+        assert cross_validation.cross_validate(single_config, single_dir) is None  # one fold of two: no CV summary yet
     finally:
         reports = _wait(workers, tmp_path)
 
@@ -250,5 +249,5 @@ def test_global_batch_that_does_not_split_over_the_devices_is_refused(tmp_path, 
     config = config_lib.default_config()
     config.train[field] = 6  # global: 6 rows cannot be spread over the 4 devices
     with pytest.raises(config_lib.ConfigError, match=rf"config\.train\.{field}=6 must be a multiple of the 4"):
-        cv.cross_validate(config, str(tmp_path / "w"))
+        cross_validation.cross_validate(config, str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w")

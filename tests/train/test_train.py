@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 
 from lumbar_jax import labels as L
-from lumbar_jax import main as main_module
+from lumbar_jax import cross_validation, main as main_module
 from lumbar_jax import rundir
 from lumbar_jax.train import config as config_lib
-from lumbar_jax.train import cv, loop
+from lumbar_jax.train import loop
 from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train import step as step_lib
-from lumbar_jax.train.init import build_state
+from lumbar_jax.train.init import study_model_state
 
 
 def tiny_config(data_dir: str, **train):
@@ -35,7 +35,7 @@ def tiny_config(data_dir: str, **train):
 def test_one_step_per_fold_writes_checkpoints_metrics_and_cv_outputs(data_dir, tmp_path):
     workdir = str(tmp_path / "run")
     config = tiny_config(data_dir, steps=1, eval_every=1, checkpoint_every=1)
-    summary = cv.cross_validate(config, workdir)
+    summary = cross_validation.cross_validate(config, workdir)
     for k in range(2):
         fold = os.path.join(workdir, f"fold_{k}")
         assert os.path.isdir(os.path.join(fold, "checkpoints", "latest", "1"))
@@ -58,7 +58,7 @@ def test_one_step_per_fold_writes_checkpoints_metrics_and_cv_outputs(data_dir, t
 def test_killed_and_resumed_fold_ends_like_an_uninterrupted_one(data_dir, tmp_path, monkeypatch):
     config = tiny_config(data_dir, steps=4, checkpoint_every=2, eval_every=2)
     config.cv.fold = 0
-    assert cv.cross_validate(config, str(tmp_path / "straight")) is None
+    assert cross_validation.cross_validate(config, str(tmp_path / "straight")) is None
     straight = rundir.read_fold_result(str(tmp_path / "straight"), 0)
 
     original = step_lib.make_train_step
@@ -74,9 +74,9 @@ def test_killed_and_resumed_fold_ends_like_an_uninterrupted_one(data_dir, tmp_pa
 
     monkeypatch.setattr(step_lib, "make_train_step", dies_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        cv.cross_validate(config, str(tmp_path / "resumed"))
+        cross_validation.cross_validate(config, str(tmp_path / "resumed"))
     monkeypatch.setattr(step_lib, "make_train_step", original)
-    cv.cross_validate(config, str(tmp_path / "resumed"))
+    cross_validation.cross_validate(config, str(tmp_path / "resumed"))
     resumed = rundir.read_fold_result(str(tmp_path / "resumed"), 0)
     assert resumed["best_step"] == straight["best_step"]
     np.testing.assert_allclose(resumed["val_probs"], straight["val_probs"], rtol=1e-6, atol=1e-7)
@@ -98,7 +98,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(dat
 
     monkeypatch.setattr(step_lib, "make_train_step", nan_from_step_2)
     with pytest.raises(loop.NonFiniteLossError, match=r"step 3.*checkpoint \(step 2\)"):
-        cv.cross_validate(config, str(tmp_path / "nan"))
+        cross_validation.cross_validate(config, str(tmp_path / "nan"))
     assert os.path.isdir(tmp_path / "nan" / "fold_1" / "checkpoints" / "latest" / "2")
 
 
@@ -114,7 +114,7 @@ def test_train_step_on_four_devices_matches_one(data_dir):
     results = []
     for devices in (1, 4):
         mesh = mesh_lib.make_mesh(devices)
-        statics, state = build_state(config, mesh)
+        statics, state = study_model_state(config, mesh)
         train_step = step_lib.make_train_step(statics, mesh, seed=0, ema_decay=config.train.ema_decay)
         state, metrics = train_step(state, mesh_lib.shard_batch(batch, mesh), 0)
         results.append((jax.device_get((state["model"], state["ema"])), float(metrics["loss"])))
@@ -135,7 +135,7 @@ def test_bad_config_is_refused_before_any_work_naming_the_field(tmp_path, field,
     section, name = field.split(".")
     config[section][name] = value
     with pytest.raises(config_lib.ConfigError, match=message):
-        cv.cross_validate(config, str(tmp_path / "w"))
+        cross_validation.cross_validate(config, str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w")  # refused before anything was written
 
 

@@ -7,9 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from lumbar_jax import rundir
+from lumbar_jax import cross_validation, rundir
 from lumbar_jax.train import config as config_lib
-from lumbar_jax.train import cv
 from lumbar_jax.train import step as step_lib
 
 
@@ -27,7 +26,7 @@ def tiny_two_stage_config(data_dir: str, **train):
 
 def test_both_stages_run_per_fold_and_write_the_run_directory(native_data_dir, tmp_path):
     workdir = str(tmp_path / "run")
-    summary = cv.cross_validate(tiny_two_stage_config(native_data_dir), workdir)
+    summary = cross_validation.cross_validate(tiny_two_stage_config(native_data_dir), workdir)
     assert np.isfinite(summary["oof"]["score"])
     for k in range(2):
         assert os.path.isdir(os.path.join(rundir.localiser_dir(workdir, k), "checkpoints", "best"))
@@ -47,7 +46,7 @@ def test_both_stages_run_per_fold_and_write_the_run_directory(native_data_dir, t
 def test_killed_in_stage_two_and_resumed_ends_like_an_uninterrupted_run(native_data_dir, tmp_path, monkeypatch):
     config = tiny_two_stage_config(native_data_dir)
     config.cv.fold = 0
-    assert cv.cross_validate(config, str(tmp_path / "straight")) is None
+    assert cross_validation.cross_validate(config, str(tmp_path / "straight")) is None
     straight = rundir.read_fold_result(str(tmp_path / "straight"), 0)
 
     original, made = step_lib.make_train_step, []
@@ -65,11 +64,11 @@ def test_killed_in_stage_two_and_resumed_ends_like_an_uninterrupted_run(native_d
 
     monkeypatch.setattr(step_lib, "make_train_step", dies_at_stage_two_step_3)
     with pytest.raises(KeyboardInterrupt):
-        cv.cross_validate(config, str(tmp_path / "resumed"))
+        cross_validation.cross_validate(config, str(tmp_path / "resumed"))
     monkeypatch.setattr(step_lib, "make_train_step", original)
     # the localiser finished before the kill: its predictions are kept and it is not trained again
     assert os.path.exists(rundir.localiser_predictions_path(str(tmp_path / "resumed"), 0))
-    cv.cross_validate(config, str(tmp_path / "resumed"))
+    cross_validation.cross_validate(config, str(tmp_path / "resumed"))
     resumed = rundir.read_fold_result(str(tmp_path / "resumed"), 0)
     assert resumed["best_step"] == straight["best_step"]
     np.testing.assert_allclose(resumed["val_probs"], straight["val_probs"], rtol=1e-5, atol=1e-6)

@@ -1,7 +1,8 @@
 """K-fold cross-validation: the fold loop, out-of-fold predictions and the CV summary.
 
 `cross_validate(config, workdir)` is the whole main job: resolve the dataset, split studies into folds
-(`train.folds`: stratified, seeded, identical on every run), train each unfinished fold from a fresh model,
+(`train.folds`: stratified, seeded, identical on every run), train each unfinished fold from a fresh model
+with the config's pipeline (`pipelines.get(config.pipeline)`, chosen here once),
 then write `oof_predictions.csv` and `cv_summary.json` and print the table (docs/conventions.md section 5).
 The run's `dataset.json` records which dataset it trained on; a run with trained folds refuses another one.
 """
@@ -15,10 +16,10 @@ import numpy as np
 import pandas as pd
 
 from lumbar_jax import labels as L
-from lumbar_jax import calibration, metrics, rundir
+from lumbar_jax import calibration, metrics, pipelines, rundir
 from lumbar_jax.train import config as config_lib
-from lumbar_jax.train import loop, two_stage, xla_cache
 from lumbar_jax.train import mesh as mesh_lib
+from lumbar_jax.train import xla_cache
 from lumbar_jax.train.folds import FoldSplit, load_fold_split
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,8 @@ def cross_validate(config, workdir: str) -> dict | None:
     mesh = mesh_lib.make_mesh(config.mesh.num_devices)
     mesh_lib.check_batch_size(config.train.batch_size, mesh)
     mesh_lib.check_batch_size(config.train.eval_batch_size, mesh, "train.eval_batch_size")
-    if config.pipeline == "two_stage":
-        mesh_lib.check_batch_size(config.localiser.batch_size, mesh, "localiser.batch_size")
+    pipeline = pipelines.get(config.pipeline)
+    pipeline.check_config(config, mesh)
     if jax.process_index() == 0:
         rundir.write_config(workdir, config.to_json_best_effort(indent=2))
 
@@ -89,17 +90,17 @@ def cross_validate(config, workdir: str) -> dict | None:
         if results[k] is not None:
             log.info("fold %d already finished (score %.4f), skipped", k, results[k]["val"]["score"])
             continue
-        train_fold = two_stage.train_fold if config.pipeline == "two_stage" else loop.train_fold
-        results[k] = train_fold(config, workdir, split.fold(k), mesh)
+        results[k] = pipeline.train_fold(config, workdir, split.fold(k), mesh)
     done = {k: rundir.read_fold_result(workdir, k) or results.get(k) for k in range(config.cv.num_folds)}
     if any(r is None for r in done.values()):
         return None
-    return summarize(workdir, split, list(done.values()))
+    return summarize(workdir, split, list(done.values()), pipeline)
 
 
 def oof_summary(split: FoldSplit, results: list[dict]) -> tuple[dict, np.ndarray]:
     """(CV summary, OOF probabilities float [N, 25, 3] in record order, NaN for unlabelled studies) from every
-    fold's result (`{'fold', 'best_step', 'val', 'val_indices', 'val_probs'}`, as `loop.train_fold` returns)."""
+    fold's result (`{'fold', 'best_step', 'val', 'val_indices', 'val_probs'}`, as `Pipeline.train_fold`
+    returns)."""
     labels, folds = split.labels, split.folds
     probs = np.full((len(labels), L.NUM_TARGETS, L.NUM_SEVERITIES), np.nan)
     for r in results:
@@ -132,11 +133,11 @@ def oof_summary(split: FoldSplit, results: list[dict]) -> tuple[dict, np.ndarray
     return summary, probs
 
 
-def summarize(workdir: str, split: FoldSplit, results: list[dict]) -> dict:
-    """Assemble OOF predictions from every fold's best checkpoint; write the CSV, the JSON and the table."""
+def summarize(workdir: str, split: FoldSplit, results: list[dict], pipeline) -> dict:
+    """Assemble OOF predictions from every fold's best checkpoint, with the pipeline's own figures
+    (`Pipeline.summary_figures`); write the CSV, the JSON and the table."""
     summary, probs = oof_summary(split, results)
-    if all("localiser" in r for r in results):
-        summary["localiser"] = two_stage.oof_localiser_report(workdir, split)
+    summary.update(pipeline.summary_figures(workdir, split))
     scored = np.flatnonzero(split.folds >= 0)
     if jax.process_index() == 0:
         write_oof(rundir.oof_path(workdir), split.study_ids[scored], probs[scored], split.folds[scored])
