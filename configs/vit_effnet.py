@@ -31,10 +31,10 @@ Variants (`--config configs/vit_effnet.py:VARIANT`):
 Real data: add `--config.data.manual_dir=/path/to/rsna-2024-lumbar-spine-degenerative-classification`.
 """
 
-from lumbar_jax.train.config import apply_variant, two_stage_config
+from lumbar_jax.train.config import apply_two_stage_variant, two_stage_config
 
 VARIANTS = (None, "smoke", "r128")  # r256 is one-stage only
 
 
 def get_config(arg: str | None = None):
-    return apply_variant(two_stage_config(), arg)
+    return apply_two_stage_variant(two_stage_config(), arg)

@@ -17,15 +17,16 @@ import ml_collections
 from lumbar_jax.dataset_configs import DATASET_SHAPES, GRID_DATASETS
 from lumbar_jax.train.config_validation import ConfigError, check_dataset, validate_config
 
-__all__ = ["DATASET_SHAPES", "GRID_DATASETS", "SPATIAL_JITTER", "ConfigError", "apply_variant", "check_dataset",
-           "default_config", "restore_config", "two_stage_config", "validate"]
+__all__ = ["DATASET_SHAPES", "GRID_DATASETS", "SPATIAL_JITTER", "ConfigError", "apply_two_stage_variant",
+           "apply_variant", "check_dataset", "default_config", "restore_config", "two_stage_config", "validate"]
 
 # The spatial augmentation of the long (GPU-sized) runs; the CPU default trains without it (augment section).
 SPATIAL_JITTER = dict(shift=0.1, scale=(0.9, 1.1))
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The CPU default run (configs/vit_effnet.py) with every field of every section."""
+    """The schema: every field of every section, at the one-stage CPU settings (configs/vit_effnet_one_stage.py).
+    `two_stage_config()` switches it to the default run's two-stage pipeline (configs/vit_effnet.py)."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # model init, dropout, data order, augmentation and folds all derive from it; in [0, 2**32)
     c.pipeline = "one_stage"  # 'one_stage': the model reads whole volumes; 'two_stage': localiser, then crops
@@ -214,19 +215,28 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_colle
         c.localiser.update(batch_size=4, steps=6, warmup_steps=2, eval_every=3)
     elif variant in ("r128", "r256"):  # GPU / TPU sized
         big = variant == "r256"
-        if c.pipeline == "two_stage" and big:
-            raise ConfigError("config variant 'r256' is one-stage only; the two-stage GPU variant is 'r128'")
-        c.data.config = f"{variant}_native" if c.pipeline == "two_stage" else variant
+        c.data.config = variant
         c.model.update(volume_shape=DATASET_SHAPES[variant], patch=(8, 16, 16) if big else (4, 16, 16),
                        vit="vit_b" if big else "vit_s", effnet="effnet_b3" if big else "effnet_b0",
                        head_hidden=256, effnet_pool=(1, 1, 1), dtype="bfloat16")
         c.augment.update(SPATIAL_JITTER)
         c.train.update(batch_size=64 if big else 32, eval_batch_size=64, steps=3000, warmup_steps=300,
                        lr=3e-4, eval_every=500, checkpoint_every=500, log_every=50, ema_decay=0.999)
-        if c.pipeline == "two_stage":  # 40 mm crops sampled to 64x64 (~0.6 mm/px), ViT-S/16 patches per slice
-            c.crops.pixels = 64
-            c.model.update(slice_patch=(16, 16), head_depth=2)
-            c.localiser.update(batch_size=32, steps=1500, warmup_steps=150, lr=1e-3, eval_every=500)
     else:
         raise ConfigError(f"config variant {variant!r} unknown; use one of '', 'smoke', 'r128', 'r256'")
+    return c
+
+
+def apply_two_stage_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:
+    """The variants of configs/vit_effnet.py: '' (CPU default), smoke, and the GPU-sized r128, which reads
+    r128_native records and 40 mm crops sampled to 64x64 (~0.6 mm/px) with ViT-S/16 patches per slice."""
+    if variant not in (None, "", "smoke", "r128"):
+        raise ConfigError(f"config variant {variant!r} unknown for the two-stage pipeline; use one of '', 'smoke', "
+                          "'r128'")
+    apply_variant(c, variant)
+    if variant == "r128":
+        c.data.config = "r128_native"
+        c.crops.pixels = 64
+        c.model.update(slice_patch=(16, 16), head_depth=2)
+        c.localiser.update(batch_size=32, steps=1500, warmup_steps=150, lr=1e-3, eval_every=500)
     return c
