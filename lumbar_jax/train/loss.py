@@ -8,9 +8,10 @@ is the metric's own formula evaluated on a batch, with missing labels (and padde
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lumbar_jax import labels as L
 
@@ -64,8 +65,7 @@ def metric_loss(logits: jax.Array, labels: jax.Array, valid: jax.Array | None = 
     return loss, components
 
 
-def localisation_loss(query_attention: jax.Array, coords: jax.Array, coords_series: jax.Array,
-                      present: jax.Array, key_series: np.ndarray, key_centres: np.ndarray, volume_shape,
+def localisation_loss(query_attention: jax.Array, batch: Mapping[str, jax.Array], key_layout: tuple, volume_shape,
                       sigma: float) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Pull each target query's attention toward its annotated point (the coordinate supervision).
 
@@ -76,14 +76,16 @@ def localisation_loss(query_attention: jax.Array, coords: jax.Array, coords_seri
 
     Args:
       query_attention: float [B, 25, K] attention of each target query over the keys (rows sum to 1).
-      coords: float [B, 25, 3] normalised (depth, row, col); coords_series int [B, 25] (-1 = none).
-      present: bool [B, S]. key_series int [K], key_centres float [K, 3]: the head's `key_layout()`.
+      batch: its `coords` float [B, 25, 3] normalised (depth, row, col), `coords_series` int [B, 25] (-1 =
+        none) and `present` bool [B, S] are read.
+      key_layout: (key_series int [K], key_centres float [K, 3]): the head's `key_layout()`.
       volume_shape: [D, H, W], to report distances in voxels.
     Returns:
       (loss, {"localisation": loss, "peak_distance": mean voxel distance between the attention peak over the
       annotated series' keys and the annotated point, over the same (b, t); "annotated": their number}).
     """
-    key_series, key_centres = jnp.asarray(key_series), jnp.asarray(key_centres, jnp.float32)
+    coords, coords_series, present = batch["coords"], batch["coords_series"], batch["present"]
+    key_series, key_centres = jnp.asarray(key_layout[0]), jnp.asarray(key_layout[1], jnp.float32)
     series = jnp.clip(coords_series, 0, present.shape[1] - 1)
     annotated = (coords_series >= 0) & jnp.take_along_axis(present, series, axis=1)  # [B, 25]
     on_series = key_series[None, None, :] == coords_series[..., None]  # [B, 25, K]

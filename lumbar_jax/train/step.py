@@ -37,9 +37,7 @@ def make_optimizer(lr: float, steps: int, warmup_steps: int, weight_decay: float
 def _logits_and_localisation(model, batch: dict, coord_sigma: float):
     """Target-query model on a batch -> (logits, train.loss.localisation_loss of its query attention)."""
     logits, attention = model.with_query_attention(batch["volumes"], batch["present"])
-    key_series, key_centres = model.head.key_layout()
-    return logits, localisation_loss(attention, batch["coords"], batch["coords_series"], batch["present"],
-                                     key_series, key_centres, model.head.volume_shape, coord_sigma)
+    return logits, localisation_loss(attention, batch, model.head.key_layout(), model.head.volume_shape, coord_sigma)
 
 
 def study_loss(loss: str = "metric", coord_loss_weight: float = 0.0, coord_sigma: float = 0.08) -> LossFn:

@@ -75,8 +75,8 @@ def test_localisation_loss_on_a_hand_made_example():
     attention = np.full((1, L.NUM_TARGETS, 4), 0.25, np.float32)
     attention[0, 0] = [0.0, 0.0, 0.6, 0.4]
     sigma = 0.5
-    loss, parts = localisation_loss(attention, coords, coords_series, present, key_series, key_centres,
-                                    (16, 65, 64), sigma)
+    batch = {"coords": coords, "coords_series": coords_series, "present": present}
+    loss, parts = localisation_loss(attention, batch, (key_series, key_centres), (16, 65, 64), sigma)
     # Goal over series 1's keys: Gaussian weights at row distances 0.25 and 0.75.
     w = np.exp(-0.5 * np.array([0.25, 0.75]) ** 2 / sigma**2)
     goal = w / w.sum()
@@ -88,11 +88,10 @@ def test_localisation_loss_on_a_hand_made_example():
 
     # The loss is lowest when the attention follows the goal, and nothing annotated gives 0.
     attention[0, 0] = [0.0, 0.0, goal[0], goal[1]]
-    best, _ = localisation_loss(attention, coords, coords_series, present, key_series, key_centres, (16, 65, 64),
-                                sigma)
+    best, _ = localisation_loss(attention, batch, (key_series, key_centres), (16, 65, 64), sigma)
     assert float(best) < expected
-    none, _ = localisation_loss(attention, coords, np.full_like(coords_series, -1), present, key_series,
-                                key_centres, (16, 65, 64), sigma)
+    none, _ = localisation_loss(attention, {**batch, "coords_series": np.full_like(coords_series, -1)},
+                                (key_series, key_centres), (16, 65, 64), sigma)
     assert float(none) == 0.0
 
 
@@ -124,8 +123,7 @@ def test_localisation_loss_follows_the_left_right_flip():
     flipped_attention = attention[:, L.MIRROR_TARGET_INDEX][..., key_mirror]
 
     def loss(attn, s):
-        return localisation_loss(attn, s["coords"], s["coords_series"], present, key_series, key_centres, shape,
-                                 0.1)
+        return localisation_loss(attn, {**s, "present": present}, (key_series, key_centres), shape, 0.1)
 
     (plain, parts), (mirror, mirror_parts) = loss(attention, study), loss(flipped_attention, flipped)
     assert float(mirror) == pytest.approx(float(plain), rel=1e-5)
