@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from lumbar_jax import cross_validation, metrics, pipelines, rundir
+from lumbar_jax import cross_validation, inference, metrics, rundir
 from lumbar_jax import labels as L
 from lumbar_jax.train import folds as folds_lib
 from lumbar_jax.train import mesh as mesh_lib
@@ -44,7 +44,7 @@ def evaluate_run(workdir: str, folds: list[int] | None = None, checkpoint: str |
     and its entry also has 'localiser_step', 'localiser' (the held-out localisation report, mm) and
     'saved_points_max_diff' (vs its localiser_predictions.npz); with every fold, 'oof_localiser' too.
     """
-    config, pipeline = pipelines.for_run(workdir)
+    config, pipeline = inference.load_run(workdir)
     num_folds = config.cv.num_folds
     folds = list(range(num_folds)) if folds is None else list(folds)
     bad = [k for k in folds if not 0 <= k < num_folds]

@@ -2,7 +2,7 @@
 
 A run directory (docs/conventions.md section 5) holds the resolved `config.json` and, per fold, Orbax
 checkpoints (`best`, `latest`). `load_run_config` reads the config back on the current schema and validates
-it; `restore_checkpoint` restores one checkpoint onto the shardings of a freshly built template (a checkpoint
+it, and `load_run` also picks its pipeline; `restore_checkpoint` restores one checkpoint onto the shardings of a freshly built template (a checkpoint
 written on 4 devices restores on 1: the state is replicated). The pipelines' restorers
 (pipelines/one_stage.py, pipelines/two_stage.py) are built on them.
 """
@@ -16,7 +16,7 @@ import os
 import ml_collections
 from jax.sharding import Mesh
 
-from lumbar_jax import rundir
+from lumbar_jax import pipelines, rundir
 from lumbar_jax.train import config as config_lib
 from lumbar_jax.train.state import CheckpointStore
 
@@ -34,6 +34,13 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
             raise ValueError(f"{path}: not valid JSON ({err})") from None
     config_lib.validate(config, check_paths=False)
     return config
+
+
+def load_run(workdir: str):
+    """(the validated config of the run in `workdir`, its `pipelines.base.Pipeline`): how evaluation, prediction
+    and analysis find what restores the run."""
+    config = load_run_config(workdir)
+    return config, pipelines.get(config.pipeline)
 
 
 def restore_checkpoint(directory: str, template: dict, checkpoint: str | int, what: str) -> tuple[dict, int]:

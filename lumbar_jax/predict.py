@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import tqdm
 
-from lumbar_jax import calibration, pipelines, rundir
+from lumbar_jax import calibration, inference, rundir
 from lumbar_jax import labels as L
 from lumbar_jax.data import problems
 from lumbar_jax.data import study as study_lib
@@ -57,7 +57,7 @@ class Predictor:
     def __init__(self, workdir: str, folds: list[int] | None = None, checkpoint: str | int = "best",
                  tta: bool = False, calibrate: bool = True):
         self.mesh = mesh_lib.make_mesh()
-        self.config, pipeline = pipelines.for_run(workdir)
+        self.config, pipeline = inference.load_run(workdir)
         self.grid = self.config.data.config in GRID_DATASETS  # records in one shared patient grid (data/grid.py)
         self.native_max_size = pipeline.native_max_size(self.config)
         refusal = pipeline.tta_refusal(workdir, self.config)

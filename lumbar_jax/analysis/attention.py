@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lumbar_jax import pipelines  # noqa: E402
+from lumbar_jax import inference  # noqa: E402
 from lumbar_jax import labels as L  # noqa: E402
 from lumbar_jax.analysis import oof, plots  # noqa: E402
 from lumbar_jax.data import study  # noqa: E402
@@ -150,7 +150,7 @@ def attention_sections(workdir: str, kaggle_dir: str, out_dir: str, num_studies:
     """(title, PNG path, caption) of the attention overlays of the first `num_studies` held-out studies of
     fold 0 (by study id) that have every series and label coordinates; [] for a model without a
     target-query head."""
-    config, pipeline = pipelines.for_run(workdir)  # cheap: decide before building a model
+    config, pipeline = inference.load_run(workdir)  # cheap: decide before building a model
     if not pipeline.has_target_queries(config):
         log.info("%s: the %s model (fusion head %r) has no target queries; no attention overlays", workdir,
                  pipeline.name, config.model.fusion)

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lumbar_jax import localisation, pipelines, rundir  # noqa: E402
+from lumbar_jax import inference, localisation, rundir  # noqa: E402
 from lumbar_jax import labels as L  # noqa: E402
 from lumbar_jax.analysis import oof, plots  # noqa: E402
 from lumbar_jax.analysis.attention import probability_text  # noqa: E402
@@ -145,7 +145,7 @@ def crop_sections(workdir: str, kaggle_dir: str, out_dir: str, num_studies: int,
     """(title, PNG path, caption) of the crops of the `num_studies` worst-predicted held-out studies of a
     two-stage run (OOF arrays as `oof.read_oof` + labels); [] for a one-stage run. Studies are read from
     `kaggle_dir` (train split) with their native series."""
-    config, pipeline = pipelines.for_run(workdir)
+    config, pipeline = inference.load_run(workdir)
     if not pipeline.localises:
         return []
     worst = oof.worst_studies(study_ids, labels, probs, folds, top=num_studies)

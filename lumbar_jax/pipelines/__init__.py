@@ -26,10 +26,3 @@ def get(name: str):
         raise ValueError(f"pipeline {name!r} unknown; use one of {NAMES}")
     return importlib.import_module(_MODULES[name]).PIPELINE
 
-
-def for_run(workdir: str):
-    """(the validated config of the run in `workdir`, its `base.Pipeline`)."""
-    from lumbar_jax import inference  # here, not at the top: config validation imports this module
-
-    config = inference.load_run_config(workdir)
-    return config, get(config.pipeline)
