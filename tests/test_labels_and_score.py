@@ -44,8 +44,10 @@ def test_each_condition_is_read_on_its_competition_series():
                       "Right Neural Foraminal Narrowing": "Sagittal T1",
                       "Left Subarticular Stenosis": "Axial T2",
                       "Right Subarticular Stenosis": "Axial T2"}
-    target_series = np.repeat(L.CONDITION_SERIES, L.NUM_LEVELS)
-    np.testing.assert_array_equal(target_series[L.MIRROR_TARGET_INDEX], target_series)  # a flip keeps the series
+    for t, name in enumerate(L.TARGETS):
+        assert name.startswith(L.CONDITIONS[L.TARGET_CONDITION[t]])
+        assert L.TARGET_SERIES[t] == L.CONDITION_SERIES[L.TARGET_CONDITION[t]]
+    np.testing.assert_array_equal(L.TARGET_SERIES[L.MIRROR_TARGET_INDEX], L.TARGET_SERIES)  # a flip keeps the series
 
 
 def test_severity_codes():
