@@ -31,11 +31,14 @@ import ml_collections
 import numpy as np
 
 from lumbar_jax import labels as L
+from lumbar_jax.data.dicom_geometry import RIGHT_TO_LEFT_AXIS
 
-# Per series, the axis that runs patient right -> left (docs/conventions.md section 3): depth (0) for sagittal
-# volumes, cols (2) for the axial one; the same index picks that component of a (depth, row, col) coordinate.
-_LR_AXIS = {"sagittal_t1": 0, "sagittal_t2": 0, "axial_t2": 2}
-_LR_COORD_AXIS = np.array([_LR_AXIS[name] for name in L.SERIES_TYPES])  # [3], indexed by coords_series
+
+def mirror_volume(volume, series: int, xp=np):
+    """`volume` [..., D, H, W] of series `series` (index in SERIES_TYPES) mirrored patient left <-> right:
+    reversed along the series' right -> left axis (dicom_geometry.RIGHT_TO_LEFT_AXIS: sagittal depth, axial
+    cols). `xp`: numpy (a view) or jax.numpy. Crops [..., K, P, P] keep the volume's axes, so they mirror alike."""
+    return xp.flip(volume, axis=int(RIGHT_TO_LEFT_AXIS[series]) - 3)
 
 
 def flip_left_right(example: Mapping[str, Any]) -> dict[str, Any]:
@@ -50,14 +53,14 @@ def flip_left_right(example: Mapping[str, Any]) -> dict[str, Any]:
     Flipping twice is the identity. Returns a new dict; the input is not modified. Other keys pass through.
     """
     out = dict(example)
-    for name, axis in _LR_AXIS.items():
+    for s, name in enumerate(L.SERIES_TYPES):
         if name in out:
-            out[name] = np.ascontiguousarray(np.flip(out[name], axis=axis - 3))
+            out[name] = np.ascontiguousarray(mirror_volume(out[name], s))
     if "volumes" in out:
         volumes = np.asarray(out["volumes"])
         flipped = np.empty_like(volumes)
-        for s, name in enumerate(L.SERIES_TYPES):
-            flipped[..., s, :, :, :] = np.flip(volumes[..., s, :, :, :], axis=_LR_AXIS[name] - 3)
+        for s in range(len(L.SERIES_TYPES)):
+            flipped[..., s, :, :, :] = mirror_volume(volumes[..., s, :, :, :], s)
         out["volumes"] = flipped
     mirror = L.MIRROR_TARGET_INDEX
     if "labels" in out:
@@ -66,7 +69,7 @@ def flip_left_right(example: Mapping[str, Any]) -> dict[str, Any]:
         coords = np.asarray(out["coords"])[..., mirror, :].copy()
         series = np.asarray(out["coords_series"])[..., mirror]
         has = series >= 0
-        lr = _LR_COORD_AXIS[np.where(has, series, 0)]  # [..., 25]: which component is left-right
+        lr = RIGHT_TO_LEFT_AXIS[np.where(has, series, 0)]  # [..., 25]: which component is left-right
         lr_value = np.take_along_axis(coords, lr[..., None], axis=-1)[..., 0]
         np.put_along_axis(coords, lr[..., None], np.where(has, 1.0 - lr_value, lr_value)[..., None], axis=-1)
         out["coords"] = coords
