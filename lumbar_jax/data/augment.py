@@ -12,8 +12,9 @@ Extra keys are passed through untouched.
    acquisitions with their own field of view, so they are jittered independently). The same map is applied to
    the coordinates annotated on that series, so every coordinate keeps pointing at the same anatomy; a
    coordinate pushed outside [0, 1] is marked absent (coords -1, coords_series -1; its label is kept).
-3. Contrast/brightness jitter and optional Gaussian noise.
+3. Contrast/brightness jitter (`draw_intensity`) and optional Gaussian noise.
 Absent series are left as all-zero volumes (the model and the `present` mask rely on that).
+`jitter_crop_intensity` is step 3 for the crops of the two-stage pipeline (per series over its crops).
 
 Volumes stay uint8: it keeps host->device transfers 4x smaller than float32, and the model normalises anyway.
 The resampling and intensity ops run in float32 and are rounded to uint8 once at the end.
@@ -123,6 +124,38 @@ def _zoom_shift(volume: np.ndarray, scale: float, shift: np.ndarray) -> np.ndarr
     return volume
 
 
+def draw_intensity(rng: np.random.Generator, intensity_scale: tuple[float, float],
+                   intensity_shift: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per series (SERIES_TYPES order): contrast ~ U(intensity_scale) and brightness ~ U(+-intensity_shift) * 255
+    (uint8 grey levels), float64 [3] each, drawn in that order."""
+    contrasts = rng.uniform(*intensity_scale, size=len(L.SERIES_TYPES))
+    brightness = rng.uniform(-intensity_shift, intensity_shift, size=len(L.SERIES_TYPES)) * 255.0
+    return contrasts, brightness
+
+
+def jitter_crop_intensity(crops: np.ndarray, crop_present: np.ndarray, rng: np.random.Generator,
+                          intensity_scale: tuple[float, float], intensity_shift: float) -> np.ndarray:
+    """Contrast and brightness jitter of a study's crops uint8 [25, K, P, P] per series, as `augment_record`
+    does per volume: the present crops (crop_present bool [25]) of series s (labels.TARGET_SERIES) become
+    (v - mean) * contrast + mean + brightness, mean over those crops, rounded to uint8 (a new array; `crops`
+    itself when the jitter is neutral). Always draws `draw_intensity` first, so later draws from `rng` do not
+    depend on the settings."""
+    contrasts, brightness = draw_intensity(rng, intensity_scale, intensity_shift)
+    if tuple(intensity_scale) == (1.0, 1.0) and intensity_shift == 0:
+        return crops
+    out = crops.copy()
+    for s in range(len(L.SERIES_TYPES)):
+        targets = crop_present & (L.TARGET_SERIES == s)
+        if not targets.any():
+            continue
+        values = crops[targets].astype(np.float32)
+        offset = 0.5 + float(values.mean()) * (1.0 - contrasts[s]) + brightness[s]  # +0.5, truncation: rounding
+        values *= np.float32(contrasts[s])
+        values += np.float32(offset)
+        out[targets] = np.clip(values, 0, 255, out=values).astype(np.uint8)
+    return out
+
+
 def augment_record(record: Mapping[str, Any], rng: np.random.Generator,
                    config: ml_collections.ConfigDict) -> dict[str, Any]:
     """A randomly augmented copy of `record` (see the module docstring); `record` is not modified.
@@ -137,8 +170,7 @@ def augment_record(record: Mapping[str, Any], rng: np.random.Generator,
     do_flip = rng.random() < config.flip_lr_prob
     scales = rng.uniform(*config.scale, size=n_series).tolist()
     shifts = rng.uniform(-config.shift, config.shift, size=(n_series, 3)).astype(np.float32)
-    contrasts = rng.uniform(*config.intensity_scale, size=n_series).tolist()
-    brightness = (rng.uniform(-config.intensity_shift, config.intensity_shift, size=n_series) * 255.0).tolist()
+    contrasts, brightness = (a.tolist() for a in draw_intensity(rng, config.intensity_scale, config.intensity_shift))
 
     out = flip_left_right(record) if do_flip else dict(record)
     coords = np.array(out["coords"], dtype=np.float32)
