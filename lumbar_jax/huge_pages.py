@@ -1,5 +1,5 @@
-"""Transparent huge pages for XLA:CPU's step buffers: the main job and `scripts/predict.py` re-execute
-themselves once with glibc's `glibc.malloc.hugetlb=1` tunable set.
+"""Transparent huge pages for XLA:CPU's step buffers: the main job, `scripts/evaluate.py` and
+`scripts/predict.py` re-execute themselves once with glibc's `glibc.malloc.hugetlb=1` tunable set.
 
 XLA:CPU allocates the temporary buffers of every step afresh. glibc serves large allocations with mmap (above
 a threshold that cannot be raised past 32 MiB) and returns them with munmap, so each step faults its whole

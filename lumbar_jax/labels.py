@@ -55,20 +55,23 @@ CONDITION_GROUPS = {
     "subarticular": (3, 4),
 }
 
-# Per target (TARGETS order, [25] int): its metric group (index in CONDITION_GROUPS), its disc level, and its
-# side (0 = none / spinal, 1 = left, 2 = right).
+# Per target (TARGETS order, [25] int): its condition (index in CONDITIONS), its metric group (index in
+# CONDITION_GROUPS), its disc level, its side (0 = none / spinal, 1 = left, 2 = right) and the series it is
+# graded, annotated, located and cropped on (index in SERIES_TYPES).
 _CONDITION_GROUP = tuple(next(i for i, conds in enumerate(CONDITION_GROUPS.values()) if c in conds)
                          for c in range(NUM_CONDITIONS))
 _CONDITION_SIDE = tuple(1 if name.startswith("left_") else 2 if name.startswith("right_") else 0
                         for name in CONDITIONS)
+TARGET_CONDITION = np.repeat(np.arange(NUM_CONDITIONS), NUM_LEVELS)
 TARGET_GROUP = np.repeat(_CONDITION_GROUP, NUM_LEVELS)
 TARGET_LEVEL = np.tile(np.arange(NUM_LEVELS), NUM_CONDITIONS)
 TARGET_SIDE = np.repeat(_CONDITION_SIDE, NUM_LEVELS)
+TARGET_SERIES = np.repeat(CONDITION_SERIES, NUM_LEVELS)
 
 # Left/right partner of every target (identity for spinal): what a left/right flip swaps.
 _CONDITION_MIRROR = (0, 2, 1, 4, 3)
 MIRROR_TARGET_INDEX = np.array(
-    [_CONDITION_MIRROR[t // NUM_LEVELS] * NUM_LEVELS + t % NUM_LEVELS for t in range(NUM_TARGETS)]
+    [_CONDITION_MIRROR[TARGET_CONDITION[t]] * NUM_LEVELS + TARGET_LEVEL[t] for t in range(NUM_TARGETS)]
 )
 
 

@@ -27,9 +27,8 @@ from __future__ import annotations
 import numpy as np
 
 from lumbar_jax import labels as L
-
-# Series of each target's point, [25].
-TARGET_SERIES = np.repeat(L.CONDITION_SERIES, L.NUM_LEVELS)
+from lumbar_jax.data.dicom_geometry import normalized_to_index
+from lumbar_jax.labels import TARGET_SERIES
 
 
 def scored_points(coords_series: np.ndarray, native_affine: np.ndarray | None = None) -> np.ndarray:
@@ -46,22 +45,17 @@ def to_space(points: np.ndarray, native_affine: np.ndarray | None = None, native
              volume_shape=(16, 64, 64)) -> np.ndarray:
     """Normalised points `[N, 25, 3]` on each target's series -> `[N, 25, 3]` in patient mm (with geometry:
     affine @ (coords * (shape - 1), 1)) or in voxels of `volume_shape` (coords * (shape - 1))."""
-    points = np.asarray(points, np.float64)
     if native_affine is None:
-        return points * (np.asarray(volume_shape, np.float64) - 1)
-    shapes = np.asarray(native_shapes, np.float64)[:, TARGET_SERIES]  # [N, 25, 3]
-    index = points * (shapes - 1)
+        return normalized_to_index(points, volume_shape)
+    index = normalized_to_index(points, np.asarray(native_shapes, np.float64)[:, TARGET_SERIES])  # [N, 25, 3]
     affine = np.asarray(native_affine, np.float64)[:, TARGET_SERIES]  # [N, 25, 4, 4]
     return np.einsum("ntij,ntj->nti", affine[..., :3, :3], index) + affine[..., :3, 3]
 
 
 def _native_slices(points: np.ndarray, native_shapes: np.ndarray | None, volume_shape) -> np.ndarray:
     """Depth index `[N, 25]` (float) of normalised points on the native (or fixed-size) volume."""
-    if native_shapes is None:
-        depth = np.full(points.shape[:2], volume_shape[0], np.float64)
-    else:
-        depth = np.asarray(native_shapes, np.float64)[:, TARGET_SERIES, 0]
-    return np.asarray(points, np.float64)[..., 0] * (depth - 1)
+    shapes = volume_shape if native_shapes is None else np.asarray(native_shapes, np.float64)[:, TARGET_SERIES]
+    return normalized_to_index(points, shapes)[..., 0]
 
 
 def level_correct(pred: np.ndarray, true: np.ndarray, scored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -27,18 +27,12 @@ FEW_STUDIES = 20  # below this many scored studies the score is noisy: warned on
 
 
 def read_label_table(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """train.csv -> (study_ids int [N], labels int [N, 25] in target order, -1 missing)."""
-    import pandas as pd  # here, not at the top: `--help` answers without it
+    """train.csv-shaped file -> (study_ids int [N], labels int [N, 25] in target order, -1 missing): every row,
+    read by `data.kaggle_csv.read_label_table` in its lenient mode."""
+    from lumbar_jax.data import kaggle_csv  # here, not at the top: `--help` answers without it
 
-    table = pd.read_csv(path)
-    missing = [c for c in ("study_id", *L.TARGETS) if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
-    try:
-        codes = np.array([[L.severity_code(v) for v in table[t]] for t in L.TARGETS]).T
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
-    return table["study_id"].to_numpy(np.int64), codes.reshape(len(table), L.NUM_TARGETS)
+    study_ids, codes, _ = kaggle_csv.read_label_table(path, strict=False)
+    return study_ids, codes
 
 
 def read_submission(path: str) -> tuple[np.ndarray, np.ndarray]:

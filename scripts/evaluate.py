@@ -16,7 +16,7 @@ saved localiser_predictions.npz. The report is also written as JSON (default: W/
 import os
 import sys
 
-from lumbar_jax import cli
+from lumbar_jax import cli, huge_pages
 
 
 def main(argv=None) -> int:
@@ -41,4 +41,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    huge_pages.reexec_with_huge_pages(__file__)  # once, before any work: XLA:CPU's buffers on huge pages
     sys.exit(cli.run(main))

@@ -1,8 +1,9 @@
-"""The re-exec of the main job and predict.py with glibc.malloc.hugetlb=1 (lumbar_jax/huge_pages.py): when it
+"""The re-exec of the main job, evaluate.py and predict.py with glibc.malloc.hugetlb=1 (lumbar_jax/huge_pages.py): when it
 happens, that it keeps the user's tunables, and that the re-executed process is the same command line."""
 
 import os
 import platform
+import runpy
 import subprocess
 import sys
 
@@ -111,3 +112,19 @@ def test_no_reexec_when_the_process_was_started_as_another_command(tmp_path):
     """A harness (pytest running scripts/predict.py through runpy) must never be replaced by itself."""
     out, entry, _ = _run_script(tmp_path, "lumbar_jax.main")  # started as entry.py, not as the module
     assert out == ["before", f" [{entry!r}, '--b=1']"]
+
+
+@pytest.mark.parametrize("script", ["scripts/evaluate.py", "scripts/predict.py"])
+def test_the_scripts_reexec_before_any_work(monkeypatch, capsys, script):
+    """Each script's `__main__` block re-executes first (recorded here, not done), then parses its flags."""
+    calls = []
+    path = os.path.join(REPO, script)
+    monkeypatch.setattr(sys, "orig_argv", ["python", path, "--help"])
+    monkeypatch.setattr(sys, "argv", [path, "--help"])
+    monkeypatch.setattr(huge_pages, "glibc_version", lambda: (2, 36))
+    monkeypatch.setattr(huge_pages, "thp_mode", lambda: "madvise")
+    monkeypatch.setattr(os, "execve", lambda *args: calls.append(args))
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(path, run_name="__main__")
+    assert exit_.value.code == 0 and len(calls) == 1 and calls[0][1] == sys.orig_argv
+    assert capsys.readouterr().out.startswith(f"usage: python {script} ")

@@ -6,6 +6,7 @@ import pytest
 
 from lumbar_jax import labels as L
 from lumbar_jax import cli, metrics, score
+from lumbar_jax.data import kaggle_csv, problems
 
 
 def test_target_order_is_the_conventions_order():
@@ -44,8 +45,10 @@ def test_each_condition_is_read_on_its_competition_series():
                       "Right Neural Foraminal Narrowing": "Sagittal T1",
                       "Left Subarticular Stenosis": "Axial T2",
                       "Right Subarticular Stenosis": "Axial T2"}
-    target_series = np.repeat(L.CONDITION_SERIES, L.NUM_LEVELS)
-    np.testing.assert_array_equal(target_series[L.MIRROR_TARGET_INDEX], target_series)  # a flip keeps the series
+    for t, name in enumerate(L.TARGETS):
+        assert name.startswith(L.CONDITIONS[L.TARGET_CONDITION[t]])
+        assert L.TARGET_SERIES[t] == L.CONDITION_SERIES[L.TARGET_CONDITION[t]]
+    np.testing.assert_array_equal(L.TARGET_SERIES[L.MIRROR_TARGET_INDEX], L.TARGET_SERIES)  # a flip keeps the series
 
 
 def test_severity_codes():
@@ -125,3 +128,15 @@ def test_score_warns_in_one_line_below_20_studies(tmp_path, capsys, n, warned):
                       "are noisy\n"
     else:
         assert err == ""
+
+
+def test_the_solution_is_read_leniently_every_row_kept_a_malformed_one_skipped(tmp_path):
+    labels, _ = _write_case(tmp_path, np.random.default_rng(4), n=3)
+    lines = (tmp_path / "train.csv").read_text().splitlines()
+    (tmp_path / "train.csv").write_text("\n".join([*lines, lines[1], "123,Moderate"]) + "\n")
+    with pytest.warns(problems.DataProblemWarning, match="line 6"):
+        study_ids, codes = score.read_label_table(str(tmp_path / "train.csv"))
+    assert len(study_ids) == 4 and study_ids[3] == study_ids[0]  # a repeated study is kept as it is
+    np.testing.assert_array_equal(codes, np.concatenate([labels, labels[:1]]))
+    with pytest.raises(ValueError, match="line 6"):  # the builder's strict mode refuses the row
+        kaggle_csv.read_label_table(str(tmp_path / "train.csv"), strict=True)

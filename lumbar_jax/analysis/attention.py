@@ -124,7 +124,7 @@ def plot_query_attention(record: dict, probs: np.ndarray, attention: np.ndarray,
     distances = []
     image = None
     for t in range(L.NUM_TARGETS):
-        ax = axes[L.TARGET_LEVEL[t], t // L.NUM_LEVELS]
+        ax = axes[L.TARGET_LEVEL[t], L.TARGET_CONDITION[t]]
         image, distance = _panel(ax, record, attention[t], layout, t, probs)
         if distance is not None:
             distances.append(distance)

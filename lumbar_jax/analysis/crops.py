@@ -28,16 +28,11 @@ from lumbar_jax.analysis import oof, plots  # noqa: E402
 from lumbar_jax.analysis.attention import probability_text  # noqa: E402
 from lumbar_jax.data import crops as crops_lib  # noqa: E402
 from lumbar_jax.data import study  # noqa: E402
-from lumbar_jax.data.dicom_geometry import CANONICAL_DIRECTIONS  # noqa: E402
+from lumbar_jax.data.dicom_geometry import RIGHT_TO_LEFT_AXIS  # noqa: E402
 from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_MAX_SIZE, NATIVE_VOLUMES  # noqa: E402
+from lumbar_jax.labels import TARGET_SERIES  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-TARGET_SERIES = localisation.TARGET_SERIES  # [25]: the series each target's crop is cut from
-# Per series, the crop axis (of [K, P, P]) that runs patient right -> left: what mirroring a left crop reverses
-# (docs/conventions.md section 3: sagittal depth = the slice axis 0, axial cols = axis 2).
-_MIRROR_AXIS = tuple(int(np.argmax(np.abs(CANONICAL_DIRECTIONS[name.split("_")[0]][:, 0])))
-                     for name in L.SERIES_TYPES)
 
 CROPS_INTRO = (
     "What the crop classifier read in the held-out studies it predicted worst (highest per-study loss out of "
@@ -52,7 +47,7 @@ CROPS_INTRO = (
 def centre_slice(target: int, slices: int) -> int:
     """Index in target's crop [K, P, P] of the slice through the crop's centre point, after mirroring (a left
     sagittal crop has its slice order reversed)."""
-    mirrored = L.TARGET_SIDE[target] == 1 and _MIRROR_AXIS[TARGET_SERIES[target]] == 0
+    mirrored = L.TARGET_SIDE[target] == 1 and RIGHT_TO_LEFT_AXIS[TARGET_SERIES[target]] == 0
     return slices - 1 - slices // 2 if mirrored else slices // 2
 
 
@@ -67,7 +62,7 @@ def mark_in_crop(record: dict, target: int, centre: np.ndarray, point: np.ndarra
     per_mm = pixels / size_mm
     row = (pixels - 1) / 2 + (point[1] - centre[1]) * (height - 1) * row_mm * per_mm
     col = (pixels - 1) / 2 + (point[2] - centre[2]) * (width - 1) * col_mm * per_mm
-    if L.TARGET_SIDE[target] == 1 and _MIRROR_AXIS[series] == 2:
+    if L.TARGET_SIDE[target] == 1 and RIGHT_TO_LEFT_AXIS[series] == 2:
         col = pixels - 1 - col
     slice_offset = int(np.rint(point[0] * (depth - 1)) - np.rint(centre[0] * (depth - 1)))
     return float(row), float(col), slice_offset
@@ -127,7 +122,7 @@ def plot_study_crops(record: dict, crops: np.ndarray, crop_present: np.ndarray, 
     fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - header / height, bottom=bottom / height,
                         wspace=gap_x / panel, hspace=gap_y / panel)
     for t in range(L.NUM_TARGETS):
-        _panel(axes[L.TARGET_LEVEL[t], t // L.NUM_LEVELS], record, crops, bool(crop_present[t]), t, read_at[t],
+        _panel(axes[L.TARGET_LEVEL[t], L.TARGET_CONDITION[t]], record, crops, bool(crop_present[t]), t, read_at[t],
                predicted[t], errors[t], probs, size_mm)
     for c, name in enumerate(L.CONDITIONS):
         axes[0, c].annotate(textwrap.fill(name.replace("_", " "), 22), (0.5, 1 + 0.62 / panel),

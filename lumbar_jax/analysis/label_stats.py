@@ -25,7 +25,7 @@ _SIDE_PREFIX = ("", "L ", "R ")
 
 def short_name(target: int) -> str:
     """A short display name of a target index, e.g. 'L4/L5 spinal', 'L L4/L5 foraminal', 'R L5/S1 subarticular'."""
-    condition = target // L.NUM_LEVELS
+    condition = L.TARGET_CONDITION[target]
     return (f"{_SIDE_PREFIX[L.TARGET_SIDE[target]]}{L.LEVEL_CSV_NAMES[L.TARGET_LEVEL[target]]} "
             f"{_CONDITION_SHORT[condition]}")
 
@@ -54,7 +54,7 @@ def label_distribution(labels: np.ndarray) -> pd.DataFrame:
     labels = np.asarray(labels)
     table = pd.DataFrame(
         {
-            "condition": [L.CONDITIONS[t // L.NUM_LEVELS] for t in range(L.NUM_TARGETS)],
+            "condition": [L.CONDITIONS[L.TARGET_CONDITION[t]] for t in range(L.NUM_TARGETS)],
             "level": [L.LEVEL_CSV_NAMES[L.TARGET_LEVEL[t]] for t in range(L.NUM_TARGETS)],
             **{name: (labels == k).sum(axis=0) for k, name in enumerate(L.SEVERITY_COLUMNS)},
             "missing": (labels == L.MISSING).sum(axis=0),

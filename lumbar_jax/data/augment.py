@@ -12,8 +12,9 @@ Extra keys are passed through untouched.
    acquisitions with their own field of view, so they are jittered independently). The same map is applied to
    the coordinates annotated on that series, so every coordinate keeps pointing at the same anatomy; a
    coordinate pushed outside [0, 1] is marked absent (coords -1, coords_series -1; its label is kept).
-3. Contrast/brightness jitter and optional Gaussian noise.
+3. Contrast/brightness jitter (`draw_intensity`) and optional Gaussian noise.
 Absent series are left as all-zero volumes (the model and the `present` mask rely on that).
+`jitter_crop_intensity` is step 3 for the crops of the two-stage pipeline (per series over its crops).
 
 Volumes stay uint8: it keeps host->device transfers 4x smaller than float32, and the model normalises anyway.
 The resampling and intensity ops run in float32 and are rounded to uint8 once at the end.
@@ -31,11 +32,14 @@ import ml_collections
 import numpy as np
 
 from lumbar_jax import labels as L
+from lumbar_jax.data.dicom_geometry import RIGHT_TO_LEFT_AXIS
 
-# Per series, the axis that runs patient right -> left (docs/conventions.md section 3): depth (0) for sagittal
-# volumes, cols (2) for the axial one; the same index picks that component of a (depth, row, col) coordinate.
-_LR_AXIS = {"sagittal_t1": 0, "sagittal_t2": 0, "axial_t2": 2}
-_LR_COORD_AXIS = np.array([_LR_AXIS[name] for name in L.SERIES_TYPES])  # [3], indexed by coords_series
+
+def mirror_volume(volume, series: int, xp=np):
+    """`volume` [..., D, H, W] of series `series` (index in SERIES_TYPES) mirrored patient left <-> right:
+    reversed along the series' right -> left axis (dicom_geometry.RIGHT_TO_LEFT_AXIS: sagittal depth, axial
+    cols). `xp`: numpy (a view) or jax.numpy. Crops [..., K, P, P] keep the volume's axes, so they mirror alike."""
+    return xp.flip(volume, axis=int(RIGHT_TO_LEFT_AXIS[series]) - 3)
 
 
 def flip_left_right(example: Mapping[str, Any]) -> dict[str, Any]:
@@ -50,14 +54,14 @@ def flip_left_right(example: Mapping[str, Any]) -> dict[str, Any]:
     Flipping twice is the identity. Returns a new dict; the input is not modified. Other keys pass through.
     """
     out = dict(example)
-    for name, axis in _LR_AXIS.items():
+    for s, name in enumerate(L.SERIES_TYPES):
         if name in out:
-            out[name] = np.ascontiguousarray(np.flip(out[name], axis=axis - 3))
+            out[name] = np.ascontiguousarray(mirror_volume(out[name], s))
     if "volumes" in out:
         volumes = np.asarray(out["volumes"])
         flipped = np.empty_like(volumes)
-        for s, name in enumerate(L.SERIES_TYPES):
-            flipped[..., s, :, :, :] = np.flip(volumes[..., s, :, :, :], axis=_LR_AXIS[name] - 3)
+        for s in range(len(L.SERIES_TYPES)):
+            flipped[..., s, :, :, :] = mirror_volume(volumes[..., s, :, :, :], s)
         out["volumes"] = flipped
     mirror = L.MIRROR_TARGET_INDEX
     if "labels" in out:
@@ -66,7 +70,7 @@ def flip_left_right(example: Mapping[str, Any]) -> dict[str, Any]:
         coords = np.asarray(out["coords"])[..., mirror, :].copy()
         series = np.asarray(out["coords_series"])[..., mirror]
         has = series >= 0
-        lr = _LR_COORD_AXIS[np.where(has, series, 0)]  # [..., 25]: which component is left-right
+        lr = RIGHT_TO_LEFT_AXIS[np.where(has, series, 0)]  # [..., 25]: which component is left-right
         lr_value = np.take_along_axis(coords, lr[..., None], axis=-1)[..., 0]
         np.put_along_axis(coords, lr[..., None], np.where(has, 1.0 - lr_value, lr_value)[..., None], axis=-1)
         out["coords"] = coords
@@ -120,6 +124,38 @@ def _zoom_shift(volume: np.ndarray, scale: float, shift: np.ndarray) -> np.ndarr
     return volume
 
 
+def draw_intensity(rng: np.random.Generator, intensity_scale: tuple[float, float],
+                   intensity_shift: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per series (SERIES_TYPES order): contrast ~ U(intensity_scale) and brightness ~ U(+-intensity_shift) * 255
+    (uint8 grey levels), float64 [3] each, drawn in that order."""
+    contrasts = rng.uniform(*intensity_scale, size=len(L.SERIES_TYPES))
+    brightness = rng.uniform(-intensity_shift, intensity_shift, size=len(L.SERIES_TYPES)) * 255.0
+    return contrasts, brightness
+
+
+def jitter_crop_intensity(crops: np.ndarray, crop_present: np.ndarray, rng: np.random.Generator,
+                          intensity_scale: tuple[float, float], intensity_shift: float) -> np.ndarray:
+    """Contrast and brightness jitter of a study's crops uint8 [25, K, P, P] per series, as `augment_record`
+    does per volume: the present crops (crop_present bool [25]) of series s (labels.TARGET_SERIES) become
+    (v - mean) * contrast + mean + brightness, mean over those crops, rounded to uint8 (a new array; `crops`
+    itself when the jitter is neutral). Always draws `draw_intensity` first, so later draws from `rng` do not
+    depend on the settings."""
+    contrasts, brightness = draw_intensity(rng, intensity_scale, intensity_shift)
+    if tuple(intensity_scale) == (1.0, 1.0) and intensity_shift == 0:
+        return crops
+    out = crops.copy()
+    for s in range(len(L.SERIES_TYPES)):
+        targets = crop_present & (L.TARGET_SERIES == s)
+        if not targets.any():
+            continue
+        values = crops[targets].astype(np.float32)
+        offset = 0.5 + float(values.mean()) * (1.0 - contrasts[s]) + brightness[s]  # +0.5, truncation: rounding
+        values *= np.float32(contrasts[s])
+        values += np.float32(offset)
+        out[targets] = np.clip(values, 0, 255, out=values).astype(np.uint8)
+    return out
+
+
 def augment_record(record: Mapping[str, Any], rng: np.random.Generator,
                    config: ml_collections.ConfigDict) -> dict[str, Any]:
     """A randomly augmented copy of `record` (see the module docstring); `record` is not modified.
@@ -134,8 +170,7 @@ def augment_record(record: Mapping[str, Any], rng: np.random.Generator,
     do_flip = rng.random() < config.flip_lr_prob
     scales = rng.uniform(*config.scale, size=n_series).tolist()
     shifts = rng.uniform(-config.shift, config.shift, size=(n_series, 3)).astype(np.float32)
-    contrasts = rng.uniform(*config.intensity_scale, size=n_series).tolist()
-    brightness = (rng.uniform(-config.intensity_shift, config.intensity_shift, size=n_series) * 255.0).tolist()
+    contrasts, brightness = (a.tolist() for a in draw_intensity(rng, config.intensity_scale, config.intensity_shift))
 
     out = flip_left_right(record) if do_flip else dict(record)
     coords = np.array(out["coords"], dtype=np.float32)

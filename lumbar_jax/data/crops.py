@@ -3,7 +3,7 @@
 A `*_native` record (the r64 record of docs/conventions.md section 4 plus, per series, `{series}_native` uint8
 [Dn, Hn, Wn], the canonical volume at the series' own resolution, and `native_affine` float32 [3, 4, 4], the
 affine from native voxel index (depth, row, col, 1) to patient mm) is cut, per target t, around a normalised
-point (depth, row, col) on series `labels.CONDITION_SERIES[t // 5]`. Normalised coordinates are resolution
+point (depth, row, col) on series `labels.TARGET_SERIES[t]`. Normalised coordinates are resolution
 independent (0/1 = centres of the first/last voxel), so the record's `coords` address the native volume too.
 
 A crop is uint8 [K, P, P]: K neighbouring slices of the series' own depth axis, centred on the slice nearest to
@@ -28,16 +28,13 @@ from typing import Any
 import numpy as np
 
 from lumbar_jax import labels as L
-from lumbar_jax.data.dicom_geometry import CANONICAL_DIRECTIONS
+from lumbar_jax.data.augment import mirror_volume
+from lumbar_jax.data.dicom_geometry import normalized_to_index
+from lumbar_jax.labels import TARGET_SERIES
 
-# Per series (SERIES_TYPES order): the canonical axis that runs patient right -> left (+x), from the table of
-# docs/conventions.md section 3 (sagittal: depth 0, axial: cols 2).
-_RIGHT_TO_LEFT_AXIS = tuple(int(np.argmax(np.abs(CANONICAL_DIRECTIONS[name.split("_")[0]][:, 0])))
-                            for name in L.SERIES_TYPES)
-TARGET_SERIES = np.repeat(L.CONDITION_SERIES, L.NUM_LEVELS)  # [25]: series each target is cut from
 _LEFT = L.TARGET_SIDE == 1  # [25]
-# Samples gathered per vectorised step: ~0.6 MB of temporaries, so they stay in a core's cache (a study's P=64
-# crops cut in one piece per series took ~2x the CPU time of pieces of this size; P=32 is indifferent).
+# Samples gathered per vectorised step: few enough that the float32 temporaries stay in a core's cache (cutting
+# a study's crops in one piece per series is slower).
 _CHUNK_SAMPLES = 1 << 15
 
 
@@ -88,14 +85,15 @@ def cut_crops(volume: np.ndarray, affine: np.ndarray, points: np.ndarray, *, sli
     if height < 2 or width < 2:
         raise ValueError(f"volume needs at least 2 x 2 pixels per slice, got {volume.shape}")
 
-    centre_slice = np.rint(points[:, 0] * (depth - 1) + offsets[:, 0]).astype(np.int64)
+    index = normalized_to_index(points, volume.shape)  # [n, 3] voxel positions of the crop centres
+    centre_slice = np.rint(index[:, 0] + offsets[:, 0]).astype(np.int64)
     slice_index = centre_slice[:, None] + (np.arange(slices) - slices // 2)  # [n, K]
     in_volume = ((slice_index >= 0) & (slice_index < depth)).astype(np.float32)[:, :, None, None]
     slice_start = np.clip(slice_index, 0, depth - 1) * (height * width)
 
     grid_mm = (np.arange(pixels) - (pixels - 1) / 2) * (size_mm / pixels)  # [P], symmetric about 0
-    rows = points[:, 1:2] * (height - 1) + (offsets[:, 1:2] + grid_mm) / row_mm  # [n, P] voxel positions
-    cols = points[:, 2:3] * (width - 1) + (offsets[:, 2:3] + grid_mm) / col_mm
+    rows = index[:, 1:2] + (offsets[:, 1:2] + grid_mm) / row_mm  # [n, P] voxel positions
+    cols = index[:, 2:3] + (offsets[:, 2:3] + grid_mm) / col_mm
     row_taps = _taps(rows, height)
     col_taps = _taps(cols, width)
 
@@ -129,15 +127,6 @@ def _bilinear(flat: np.ndarray, width: int, slice_start: np.ndarray, in_volume: 
     out *= in_volume
     out += 0.5  # then truncation = rounding; weights sum to <= 1, so values stay below 256
     return out.astype(np.uint8)
-
-
-def cut_crop(volume: np.ndarray, affine: np.ndarray, point: np.ndarray, *, slices: int, size_mm: float,
-             pixels: int, offset_mm: tuple[float, float] = (0.0, 0.0), offset_slices: int = 0) -> np.ndarray:
-    """One crop uint8 [slices, pixels, pixels] of `volume` uint8 [D, H, W] around normalised `point` [3]:
-    `cut_crops` with offsets (offset_slices, *offset_mm)."""
-    offsets = np.array([[offset_slices, *offset_mm]], dtype=np.float64)
-    return cut_crops(volume, affine, np.asarray(point)[None], slices=slices, size_mm=size_mm, pixels=pixels,
-                     offsets=offsets)[0]
 
 
 def draw_offsets(jitter: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -199,7 +188,7 @@ def study_crops(record: Mapping[str, Any], points: np.ndarray, crop: CropSpec, *
         cut = cut_crops(record[f"{name}_native"], np.asarray(record["native_affine"])[s], points[targets],
                         slices=crop.slices, size_mm=crop.size_mm, pixels=crop.pixels, offsets=offsets[targets])
         left = _LEFT[targets]
-        cut[left] = np.flip(cut[left], axis=1 + _RIGHT_TO_LEFT_AXIS[s])
+        cut[left] = mirror_volume(cut[left], s)
         crops[targets] = cut
     return crops, crop_present
 

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lumbar_jax.data.dicom_slice import _Slice
+from lumbar_jax import labels as L
+
+if TYPE_CHECKING:  # annotations only: the coordinate helpers below are imported by models/, without pydicom
+    from lumbar_jax.data.dicom_slice import _Slice
 
 PLANES = ("sagittal", "axial")
 # SeriesGeometry.instance_numbers of a canonical slice interpolated across a gap (no IS value can be this).
@@ -33,6 +37,29 @@ CANONICAL_DIRECTIONS = {
     "sagittal": np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]),
     "axial": np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]),
 }
+# Per series (labels.SERIES_TYPES order), the canonical axis that runs patient right -> left (+x): int [3],
+# (0, 0, 2) = sagittal depth, axial cols. Also the component of a normalised (depth, row, col) point on that
+# series that a left/right mirror maps v -> 1 - v.
+RIGHT_TO_LEFT_AXIS = np.array([int(np.argmax(np.abs(CANONICAL_DIRECTIONS[name.split("_")[0]][:, 0])))
+                               for name in L.SERIES_TYPES])
+
+
+def voxel_extent(shape) -> np.ndarray:
+    """float64 [3]: voxel steps from the first to the last voxel centre of each axis of `shape` (n - 1), at
+    least 1: the voxel length of a normalised unit (docs/conventions.md section 3)."""
+    return np.maximum(np.asarray(shape, np.float64) - 1.0, 1.0)
+
+
+def normalized_to_index(points, shape) -> np.ndarray:
+    """Normalised points float [..., 3] -> continuous voxel index float64 [..., 3] of a volume of `shape`
+    ([3] or broadcastable [..., 3]): points * (shape - 1)."""
+    return np.asarray(points, np.float64) * (np.asarray(shape, np.float64) - 1)
+
+
+def index_to_normalized(index, shape) -> np.ndarray:
+    """Continuous voxel index [..., 3] of a volume of `shape` -> normalised float64 [..., 3]: 0/1 = centre of the
+    first/last voxel; an axis of one voxel has no extent and gives 0.5."""
+    return np.where(np.asarray(shape) > 1, np.asarray(index, np.float64) / voxel_extent(shape), 0.5)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -133,8 +160,7 @@ class SeriesGeometry:
 
     def normalize(self, index: np.ndarray) -> np.ndarray:
         """Canonical voxel coordinates [3] -> normalised coordinates [3] (see `normalized`)."""
-        extent = np.asarray(self.shape, dtype=np.float64) - 1.0
-        return np.where(extent > 0, index / np.maximum(extent, 1.0), 0.5)
+        return index_to_normalized(index, self.shape)
 
     def native_affine(self) -> np.ndarray:
         """Float [4, 4]: canonical voxel index (depth, row, col, 1) of this volume -> patient (x, y, z, 1) (mm, LPS).

@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from lumbar_jax.data.dicom import SeriesGeometry
-from lumbar_jax.data.dicom_geometry import CANONICAL_DIRECTIONS
+from lumbar_jax.data.dicom_geometry import CANONICAL_DIRECTIONS, index_to_normalized, voxel_extent
 from lumbar_jax.data.volume import CLIP_PERCENTILES
 
 # World (LPS) direction of grid axes 0, 1, 2: the sagittal canonical layout (docs/conventions.md section 3).
@@ -60,8 +60,7 @@ class Grid:
 
     def normalize(self, index: np.ndarray) -> np.ndarray:
         """Grid voxel coordinates -> normalised coordinates (0 / 1 = centre of the first / last voxel)."""
-        extent = np.asarray(self.shape, np.float64) - 1.0
-        return np.where(extent > 0, np.asarray(index, np.float64) / np.maximum(extent, 1.0), 0.5)
+        return index_to_normalized(index, self.shape)
 
     def points(self) -> np.ndarray:
         """Patient coordinates float [prod(shape), 3] of every voxel centre, in C (row-major) order."""
@@ -94,8 +93,7 @@ def study_grid(geometries: Sequence[SeriesGeometry | None], shape: Sequence[int]
     widen = np.maximum(MIN_EXTENT_MM - (hi - lo), 0.0) / 2
     lo, hi = lo - widen, hi + widen
     shape = tuple(int(n) for n in shape)
-    steps = np.array([max(n - 1, 1) for n in shape], np.float64)
-    return Grid(origin=lo @ GRID_DIRECTIONS, spacing=(hi - lo) / steps, shape=shape)
+    return Grid(origin=lo @ GRID_DIRECTIONS, spacing=(hi - lo) / voxel_extent(shape), shape=shape)
 
 
 def _slice_maps(geometry: SeriesGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -123,24 +123,38 @@ def parse_float(row: Row, column: str) -> float:
 def read_labels(root: str) -> dict[int, np.ndarray]:
     """train.csv -> {study_id: int [25] severity codes}. Refused (ValueError naming file, line and column):
     a study_id that is not an integer, an unknown severity, two rows of one study that disagree (naming both
-    lines), a file without rows. An identical repeated row is reported (csv_row) and read once."""
+    lines), a row with the wrong number of fields, a file without rows. An identical repeated row is reported
+    (csv_row) and read once."""
     path = os.path.join(root, LABELS_CSV)
-    rows = read_rows(path, ("study_id", *L.TARGETS), strict=True)
-    if not rows:
-        raise ValueError(f"{path}: no study rows (header only); every label would be missing")
+    study_ids, codes, lines = read_label_table(path, strict=True)
     out: dict[int, np.ndarray] = {}
     first_line: dict[int, int] = {}
+    for study_id, row_codes, line in zip(study_ids.tolist(), codes, lines.tolist()):
+        if study_id in out:
+            _repeated_study(path, study_id, first_line[study_id], line, out[study_id], row_codes)
+            continue
+        out[study_id], first_line[study_id] = row_codes, line
+    return out
+
+
+def read_label_table(path: str, *, strict: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A train.csv-shaped file (study_id + the 25 target columns) -> its rows in file order, repeats included:
+    (study_ids int64 [N], severity codes int64 [N, 25] in target order, -1 missing, line numbers int64 [N]).
+    A study_id that is not an integer or an unknown severity is a ValueError naming file, line and column.
+    `strict` (the builder's train.csv): a row with the wrong number of fields or a file without rows is refused
+    too; lenient (a solution file being scored): such a row is skipped and reported (csv_row), no rows is N = 0."""
+    rows = read_rows(path, ("study_id", *L.TARGETS), strict=strict)
+    if strict and not rows:
+        raise ValueError(f"{path}: no study rows (header only); every label would be missing")
+    study_ids, codes = [], []
     for row in rows:
         try:
-            study_id = parse_int(row, "study_id")
-            codes = np.array([_severity(row, t) for t in L.TARGETS], dtype=np.int64)
+            study_ids.append(parse_int(row, "study_id"))
+            codes.append([_severity(row, t) for t in L.TARGETS])
         except CellError as err:
             raise ValueError(f"{path} line {row.line}, {err}") from None
-        if study_id in out:
-            _repeated_study(path, study_id, first_line[study_id], row.line, out[study_id], codes)
-            continue
-        out[study_id], first_line[study_id] = codes, row.line
-    return out
+    return (np.array(study_ids, np.int64), np.array(codes, np.int64).reshape(len(rows), L.NUM_TARGETS),
+            np.array([row.line for row in rows], np.int64))
 
 
 def _severity(row: Row, target: str) -> int:

@@ -29,7 +29,6 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from lumbar_jax import labels as L
@@ -39,9 +38,7 @@ from lumbar_jax.models.fused import SeriesEncoder, normalize_volumes
 from lumbar_jax.models.transformer import TRUNC_NORMAL, Block, CrossBlock, dense, layer_norm
 from lumbar_jax.models.vit import VisionTransformer, ViTVariant
 
-# Per target: its condition (index into labels.CONDITIONS), level and side (0 none, 1 left, 2 right).
-TARGET_CONDITION = np.arange(NUM_TARGETS) // L.NUM_LEVELS
-NUM_SIDES = 3
+NUM_SIDES = 3  # labels.TARGET_SIDE values: 0 none, 1 left, 2 right
 
 
 class SlicePooling(nnx.Module):
@@ -119,7 +116,7 @@ class CropClassifier(nnx.Module):
 
     def target_embeddings(self) -> jax.Array:
         """The sum of each target's condition, level and side embeddings `[25, hidden]`."""
-        return (self.condition_embed[...][TARGET_CONDITION] + self.level_embed[...][L.TARGET_LEVEL]
+        return (self.condition_embed[...][L.TARGET_CONDITION] + self.level_embed[...][L.TARGET_LEVEL]
                 + self.side_embed[...][L.TARGET_SIDE])
 
     def encode_slices(self, crops: jax.Array, crop_present: jax.Array) -> jax.Array:

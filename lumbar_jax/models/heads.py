@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from lumbar_jax import labels as L
+from lumbar_jax.data.dicom_geometry import index_to_normalized
 from lumbar_jax.labels import NUM_SEVERITIES, NUM_TARGETS
 from lumbar_jax.models.transformer import TRUNC_NORMAL, Block, CrossBlock, Mlp, dense, layer_norm
 
@@ -104,7 +105,7 @@ def token_centres(grid: Sequence[int], volume_shape: Sequence[int]) -> np.ndarra
     axes = []
     for g, n in zip(grid, volume_shape):
         centre = (np.arange(g) + 0.5) * n / g - 0.5
-        axes.append(centre / (n - 1) if n > 1 else np.full(g, 0.5))
+        axes.append(index_to_normalized(centre, n))
     return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
 
 

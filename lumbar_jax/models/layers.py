@@ -147,31 +147,6 @@ def _im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], pads: 
     return patches @ kernel.reshape(-1, kernel.shape[-1])
 
 
-def depthwise_conv(
-    x: jax.Array,
-    kernel: jax.Array,
-    strides: int | Sequence[int] = 1,
-    padding: str | Sequence[tuple[int, int]] = "SAME",
-    *,
-    kernels: str,
-) -> jax.Array:
-    """Depthwise convolution of channels-last `x [B, *S, C]` (1 to 3 spatial axes) with `kernel [*k, 1, C]`.
-
-    `padding`: 'SAME', 'VALID' or (low, high) pairs per spatial axis, as in lax; `kernels` in KERNELS.
-    Returns `[B, *S_out, C]` in the dtype of `x`.
-    """
-    nsp = x.ndim - 2
-    if kernel.ndim != nsp + 2 or kernel.shape[-2] != 1 or kernel.shape[-1] != x.shape[-1]:
-        raise ValueError(f"depthwise kernel must be [*k, 1, C={x.shape[-1]}] for x {x.shape}; got {kernel.shape}")
-    strides = (strides,) * nsp if isinstance(strides, int) else tuple(strides)
-    pads = _explicit_pads(x.shape[1:-1], kernel.shape[:-2], strides, padding)
-    if kernels == "xla":
-        spatial = "DHW"[3 - nsp:]
-        dn = lax.conv_dimension_numbers(x.shape, kernel.shape, (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
-        return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=dn, feature_group_count=x.shape[-1])
-    return _depthwise_slices(x, kernel[..., 0, :], strides, pads)
-
-
 def _cpu_conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
                               dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
     """`lax.conv_general_dilated` for `nnx.Conv` (channels-last) with depthwise convs as shifted slices and dense
@@ -248,8 +223,3 @@ def resample_pos_embed(grid_embed: jax.Array, new_grid: Sequence[int]) -> jax.Ar
     if tuple(grid_embed.shape[:-1]) == new_grid:
         return grid_embed
     return jax.image.resize(grid_embed, (*new_grid, grid_embed.shape[-1]), "linear", antialias=False)
-
-
-def num_params(module: nnx.Module) -> int:
-    """Number of trainable parameters (nnx.Param elements) of a concrete or `nnx.eval_shape` module."""
-    return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(module, nnx.Param)))

@@ -1,8 +1,8 @@
 """Stage 1 of the two-stage pipeline: the localiser, three r64 volumes -> the 25 target points.
 
 `Localiser(volumes [B, 3, D, H, W] uint8, present bool [B, 3])` -> `LocaliserOutput`: per target t a
-normalised (depth, row, col) point (docs/conventions.md section 3) on series `TARGET_SERIES[t]` =
-labels.CONDITION_SERIES[t // 5], float32 `[B, 25, 3]`, and the heatmap it comes from.
+normalised (depth, row, col) point (docs/conventions.md section 3) on series labels.TARGET_SERIES[t],
+float32 `[B, 25, 3]`, and the heatmap it comes from.
 
 Design (why): one small 3D EfficientNet-style trunk shared by the three series (the MBConv blocks and masked
 BatchNorm of models/efficientnet.py) with anisotropic strides: the volume is average-pooled 2x in-plane and
@@ -10,7 +10,7 @@ the stem halves the in-plane axes again, so the heatmap grid (r64: 16x16x16, str
 slice of the depth axis (where a sagittal slice decides left / centre / right); two stride-2 stages reach a
 4x4x4 grid that sees the whole volume (which disc is L1/L2 is decided by counting from the sacrum), and a
 feature-pyramid decoder brings that context back to the heatmap grid. Only depthwise-separable blocks run at
-the fine grid: on a 2-core CPU a train step of 12 studies costs ~0.6 CPU-seconds. A 1x1x1 conv gives 25
+the fine grid, which keeps a train step cheap enough for the CPU. A 1x1x1 conv gives 25
 heatmap channels per series; target t reads its channel on its own series only. A softmax over the grid cells
 and its expectation over the cell centres (soft-argmax) give a sub-voxel point, trained directly by the
 distance term of `localiser_loss`; its Gaussian-heatmap cross-entropy term makes the early steps faster.
@@ -31,7 +31,9 @@ import numpy as np
 from flax import nnx
 
 from lumbar_jax import labels as L
-from lumbar_jax.localisation import TARGET_SERIES
+from lumbar_jax.data.augment import mirror_volume
+from lumbar_jax.data.dicom_geometry import RIGHT_TO_LEFT_AXIS, voxel_extent
+from lumbar_jax.labels import TARGET_SERIES
 from lumbar_jax.models.efficientnet import (
     BN_EPS,
     BN_MOMENTUM,
@@ -42,11 +44,8 @@ from lumbar_jax.models.efficientnet import (
 from lumbar_jax.models.fused import normalize_volumes
 from lumbar_jax.models.layers import CONV, conv_padding
 
-# Per series, the component of a (depth, row, col) point that runs patient right -> left (docs section 3):
-# depth on the sagittal series, cols on the axial one (as data.augment).
-_LR_AXIS = {"sagittal_t1": 0, "sagittal_t2": 0, "axial_t2": 2}
 # [25, 3] float: 1 where a target's point component is its series' left-right axis.
-_TARGET_LR_MASK = np.eye(3, dtype=np.float32)[[_LR_AXIS[L.SERIES_TYPES[s]] for s in TARGET_SERIES]]
+_TARGET_LR_MASK = np.eye(3, dtype=np.float32)[RIGHT_TO_LEFT_AXIS[TARGET_SERIES]]
 
 
 class LocStage(NamedTuple):
@@ -107,7 +106,7 @@ def cell_centres(volume_shape, grid) -> np.ndarray:
     centre is ((i + 0.5) n / m - 0.5) / (n - 1); mirror-symmetric, so a flip maps cells onto cells."""
     axes = []
     for n, m in zip(volume_shape, grid):
-        axes.append(((np.arange(m) + 0.5) * n / m - 0.5) / max(n - 1, 1))
+        axes.append(((np.arange(m) + 0.5) * n / m - 0.5) / voxel_extent(n))
     mesh = np.meshgrid(*axes, indexing="ij")
     return np.stack([a.reshape(-1) for a in mesh], axis=-1).astype(np.float32)
 
@@ -209,16 +208,15 @@ def localiser_loss(output: LocaliserOutput, coords: jax.Array, coords_series: ja
     """Mean over trained targets (`trained_targets`) of the Euclidean distance, in voxels of the input volume,
     between the predicted and the annotated point; plus `heatmap_weight` x the cross-entropy of each heatmap
     with a Gaussian around the annotated point (std `heatmap_sigma` voxels). The distance alone gets sub-voxel
-    precision; the cross-entropy pulls the whole heatmap toward the point from the first step (on 240 / 60
-    synthetic studies, 200 steps at lr 3e-3: 0.94 r64 voxels median held-out error with the defaults, 1.17 with
-    the distance alone).
+    precision; the cross-entropy pulls the whole heatmap toward the point from the first step, and together they
+    end with a lower held-out error than the distance alone.
 
     output: the model's LocaliserOutput (points [B, 25, 3], log_probs [B, 25, K], centres [K, 3]).
     coords float [B, 25, 3] normalised; coords_series int [B, 25]; present bool [B, 3]; volume_shape: the
     model's input [D, H, W] (the voxel unit).
     Returns (loss, {"distance": mean voxel distance, "heatmap_ce", "annotated": number of trained targets}).
     """
-    extent = jnp.asarray([max(n - 1, 1) for n in volume_shape], jnp.float32)
+    extent = jnp.asarray(voxel_extent(volume_shape), jnp.float32)
     trained = trained_targets(coords_series, present)
     count = jnp.maximum(trained.sum(), 1)
     delta = (output.points - coords) * extent
@@ -236,8 +234,7 @@ def flip_volumes(volumes: jax.Array) -> jax.Array:
     """Mirror the patient left <-> right in `[..., 3, D, H, W]` (SERIES_TYPES order): sagittal series reverse
     their depth axis, the axial series its cols axis (as data.augment.flip_left_right; numpy or jax)."""
     xp = jnp if isinstance(volumes, jax.Array) else np
-    return xp.stack([xp.flip(volumes[..., s, :, :, :], axis=_LR_AXIS[name] - 3)
-                     for s, name in enumerate(L.SERIES_TYPES)], axis=-4)
+    return xp.stack([mirror_volume(volumes[..., s, :, :, :], s, xp) for s in range(len(L.SERIES_TYPES))], axis=-4)
 
 
 def unflip_points(points):

@@ -212,6 +212,22 @@ def test_intensity_jitter_touches_present_series_only():
                          {k: record[k] for k in ("labels", "coords", "coords_series")})
 
 
+def test_crop_intensity_jitter_is_per_series_over_its_present_crops():
+    crops = np.random.default_rng(0).integers(60, 200, (L.NUM_TARGETS, 3, 8, 8), dtype=np.uint8)
+    present = np.ones(L.NUM_TARGETS, bool)
+    present[[0, 7]] = False
+    out = A.jitter_crop_intensity(crops, present, np.random.default_rng(1), (0.5, 0.5), 0.0)
+    np.testing.assert_array_equal(out[~present], crops[~present])
+    for s in range(len(L.SERIES_TYPES)):
+        chosen = present & (L.TARGET_SERIES == s)
+        mean = crops[chosen].astype(np.float64).mean()
+        np.testing.assert_allclose(out[chosen], (crops[chosen] - mean) * 0.5 + mean, atol=1)
+    rng, fresh = np.random.default_rng(1), np.random.default_rng(1)
+    assert A.jitter_crop_intensity(crops, present, rng, (1.0, 1.0), 0.0) is crops
+    fresh.uniform(size=2 * len(L.SERIES_TYPES))
+    assert rng.random() == fresh.random()  # the same draws whatever the settings
+
+
 def test_certain_flip_with_everything_else_neutral_is_flip_left_right():
     record = make_record(np.random.default_rng(7))
     out = A.augment_record(record, np.random.default_rng(0), augment_config(**NEUTRAL | dict(flip_lr_prob=1.0)))

@@ -126,7 +126,7 @@ def test_eval_cuts_at_the_given_points_once_per_record_and_pads(records, given_p
         np.testing.assert_array_equal(crops[row], expected)
         np.testing.assert_array_equal(present[row], expected_present)
     if given_points:  # every target of a present series is cut, annotated or not
-        series_present = np.stack([records[i]["present"] for i in fold])[:, C.TARGET_SERIES]
+        series_present = np.stack([records[i]["present"] for i in fold])[:, L.TARGET_SERIES]
         np.testing.assert_array_equal(present[:5], series_present)
     padding = {k: np.concatenate([b[k] for b in batches])[~valid] for k in batches[0]}
     assert not padding["crops"].any() and not padding["crop_present"].any()

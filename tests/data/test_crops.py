@@ -7,7 +7,7 @@ import pytest
 from lumbar_jax import labels as L
 from lumbar_jax.data import crops as C
 from lumbar_jax.data.augment import flip_left_right
-from lumbar_jax.data.dicom_geometry import CANONICAL_DIRECTIONS
+from lumbar_jax.data.dicom_geometry import CANONICAL_DIRECTIONS, RIGHT_TO_LEFT_AXIS
 from tests.data.test_augment import make_record
 
 # Native shapes with (size - 1) a power of 2 and dyadic spacings, so dyadic normalised points land on exactly
@@ -30,6 +30,14 @@ def native_affine(series: str, spacing, origin=(12.0, -30.0, 40.0)) -> np.ndarra
     return affine
 
 
+def cut_crop(volume, affine, point, *, slices, size_mm, pixels, offset_mm=(0.0, 0.0), offset_slices=0):
+    """One crop uint8 [slices, pixels, pixels] around normalised `point` [3]: `cut_crops` with offsets
+    (offset_slices, *offset_mm)."""
+    offsets = np.array([[offset_slices, *offset_mm]], dtype=np.float64)
+    return C.cut_crops(volume, affine, np.asarray(point)[None], slices=slices, size_mm=size_mm, pixels=pixels,
+                       offsets=offsets)[0]
+
+
 def native_record(rng, present=(True, True, True), study_id=1, native=NATIVE):
     """A random `*_native` record: low-res record of test_augment plus native volumes and affines; every
     target annotated on its own series at a dyadic point (exact under mirroring), a few not."""
@@ -43,12 +51,12 @@ def native_record(rng, present=(True, True, True), study_id=1, native=NATIVE):
             record[f"{name}_native"] = np.zeros((1, 1, 1), np.uint8)
     record["native_affine"] = affines
     coords = np.empty((L.NUM_TARGETS, 3), np.float32)
-    for t, s in enumerate(C.TARGET_SERIES):
+    for t, s in enumerate(L.TARGET_SERIES):
         d, h, w = native[L.SERIES_TYPES[s]][0]
         coords[t] = [rng.integers(0, d) / (d - 1), rng.integers(0, 2 * h) / (2 * (h - 1)),
                      rng.integers(0, 2 * w) / (2 * (w - 1))]
     record["coords"] = coords
-    record["coords_series"] = C.TARGET_SERIES.copy()
+    record["coords_series"] = L.TARGET_SERIES.copy()
     record["coords_series"][[3, 12]] = -1, 2  # one target without a point, one annotated on another series
     record["coords"][3] = -1
     return record
@@ -64,8 +72,8 @@ def flip_native(record):
 
 
 def test_right_to_left_axes_follow_the_conventions():
-    assert C._RIGHT_TO_LEFT_AXIS == (0, 0, 2)  # sagittal: depth; axial: cols
-    assert list(C.TARGET_SERIES[::5]) == list(L.CONDITION_SERIES)
+    assert tuple(RIGHT_TO_LEFT_AXIS) == (0, 0, 2)  # sagittal: depth; axial: cols
+    assert list(L.TARGET_SERIES[::5]) == list(L.CONDITION_SERIES)
 
 
 @pytest.mark.parametrize("pixels", [32, 33])
@@ -77,7 +85,7 @@ def test_a_marker_at_the_point_is_at_the_crop_centre_at_its_size_in_mm(pixels):
     distance2 = ((rows - centre[1]) * spacing[1]) ** 2 + ((cols - centre[2]) * spacing[2]) ** 2
     volume = np.zeros(shape, np.uint8)
     volume[4] = np.round(250 * np.exp(-distance2 / (2 * sigma_mm**2)))
-    crop = C.cut_crop(volume, native_affine("sagittal_t1", spacing), centre / (np.array(shape) - 1), slices=3,
+    crop = cut_crop(volume, native_affine("sagittal_t1", spacing), centre / (np.array(shape) - 1), slices=3,
                       size_mm=12.0, pixels=pixels)
     assert crop.shape == (3, pixels, pixels) and crop.dtype == np.uint8
     assert not crop[0].any() and not crop[2].any()  # neighbouring slices of the volume are empty
@@ -106,7 +114,7 @@ def test_the_crop_is_the_same_physical_square_at_any_resolution(point_mm):
         rows_mm, cols_mm = np.meshgrid(np.arange(size) * spacing[1], np.arange(size) * spacing[2], indexing="ij")
         volume = np.repeat(np.round(smooth_image(rows_mm, cols_mm)).astype(np.uint8)[None], 3, axis=0)
         point = (0.5, point_mm[0] / (40 * 0.8), point_mm[1] / (40 * 0.6))  # normalised: resolution independent
-        crops.append(C.cut_crop(volume, native_affine("axial_t2", spacing), point, slices=1, size_mm=10.0,
+        crops.append(cut_crop(volume, native_affine("axial_t2", spacing), point, slices=1, size_mm=10.0,
                                 pixels=20)[0].astype(int))
     offsets = (np.arange(20) - 9.5) * 0.5  # pixel centres, mm from the point
     expected = smooth_image(point_mm[0] + offsets[:, None], point_mm[1] + offsets[None, :])
@@ -121,7 +129,7 @@ def test_slices_follow_depth_offsets_and_are_zero_outside():
     affine = native_affine("sagittal_t2", (4.0, 1.0, 1.0))
 
     def slice_values(depth_index, offset_slices=0, slices=5):
-        crop = C.cut_crop(volume, affine, (depth_index / 8, 0.5, 0.5), slices=slices, size_mm=2.0, pixels=2,
+        crop = cut_crop(volume, affine, (depth_index / 8, 0.5, 0.5), slices=slices, size_mm=2.0, pixels=2,
                           offset_slices=offset_slices)
         return crop[:, 0, 0].tolist()
 
@@ -137,12 +145,12 @@ def test_slices_follow_depth_offsets_and_are_zero_outside():
 def test_outside_the_volume_is_zero_and_interpolates_into_it():
     volume = np.full((3, 40, 40), 200, np.uint8)
     affine = native_affine("axial_t2", (3.0, 1.0, 1.0))
-    crop = C.cut_crop(volume, affine, (0.5, 0.0, 0.0), slices=1, size_mm=16.0, pixels=16)[0]
+    crop = cut_crop(volume, affine, (0.5, 0.0, 0.0), slices=1, size_mm=16.0, pixels=16)[0]
     # Pixel centres at -7.5 ... 7.5 voxels from voxel (0, 0) along rows and cols.
     assert not crop[:7].any() and not crop[:, :7].any()  # more than a voxel outside
     assert np.all(crop[8:, 8:] == 200)
     assert np.all(crop[7, 8:] == 100) and np.all(crop[8:, 7] == 100)  # half a voxel outside: half the value
-    far = C.cut_crop(volume, affine, (0.5, -1.0, 0.5), slices=1, size_mm=16.0, pixels=16)
+    far = cut_crop(volume, affine, (0.5, -1.0, 0.5), slices=1, size_mm=16.0, pixels=16)
     assert not far.any()
 
 
@@ -162,7 +170,7 @@ def test_left_crops_of_a_study_are_the_right_crops_of_its_mirror_image():
         np.testing.assert_array_equal(flipped_crops[t], crops[t][::-1])
     # A left crop is the mirror image of what was cut at its point (random volumes: not the cut itself).
     left = L.TARGETS.index("left_subarticular_stenosis_l3_l4")
-    cut = C.cut_crop(record["axial_t2_native"], record["native_affine"][2], record["coords"][left], **GEOMETRY)
+    cut = cut_crop(record["axial_t2_native"], record["native_affine"][2], record["coords"][left], **GEOMETRY)
     np.testing.assert_array_equal(crops[left], cut[:, :, ::-1])
     assert not np.array_equal(crops[left], cut)
 
@@ -180,11 +188,11 @@ def test_jitter_moves_crops_in_the_volume_frame_and_is_a_function_of_the_seed():
     for name in ("left_neural_foraminal_narrowing_l2_l3", "left_subarticular_stenosis_l5_s1",
                  "right_subarticular_stenosis_l1_l2"):
         t = L.TARGETS.index(name)
-        s = C.TARGET_SERIES[t]
+        s = L.TARGET_SERIES[t]
         cut = C.cut_crops(record[f"{L.SERIES_TYPES[s]}_native"], record["native_affine"][s], points[t],
                           offsets=offsets[t], **GEOMETRY)[0]
         if L.TARGET_SIDE[t] == 1:  # jittered, then mirrored
-            cut = np.flip(cut, axis=C._RIGHT_TO_LEFT_AXIS[s])
+            cut = np.flip(cut, axis=RIGHT_TO_LEFT_AXIS[s])
         np.testing.assert_array_equal(crops[t], cut, err_msg=name)
     zero, _ = C.study_crops(record, points, CROP, jitter=np.zeros((3, 3)), rng=np.random.default_rng(3))
     np.testing.assert_array_equal(zero, plain)
@@ -203,14 +211,14 @@ def test_offsets_are_drawn_per_group():
 def test_training_points_and_absent_crops():
     record = native_record(np.random.default_rng(2), present=(True, True, False))
     points = C.training_points(record)
-    on_series = record["coords_series"] == C.TARGET_SERIES
+    on_series = record["coords_series"] == L.TARGET_SERIES
     np.testing.assert_array_equal(points[on_series], record["coords"][on_series])
     assert np.isnan(points[~on_series]).all() and (~on_series).sum() == 2  # targets 3 (no point) and 12
     predicted = np.full((L.NUM_TARGETS, 3), 0.25)
     np.testing.assert_array_equal(C.training_points(record, predicted)[~on_series], 0.25)
 
     crops, present = C.study_crops(record, points, CROP)
-    axial = C.TARGET_SERIES == 2
+    axial = L.TARGET_SERIES == 2
     np.testing.assert_array_equal(present, on_series & ~axial)
     assert not crops[~present].any() and all(crops[t].any() for t in np.flatnonzero(present))
     assert crops.shape == (L.NUM_TARGETS, 5, 16, 16) and crops.dtype == np.uint8
@@ -219,9 +227,9 @@ def test_training_points_and_absent_crops():
 def test_bad_inputs_are_refused():
     volume = np.zeros((3, 8, 8), np.uint8)
     with pytest.raises(ValueError, match="in-plane spacing"):
-        C.cut_crop(volume, np.zeros((4, 4)), (0.5, 0.5, 0.5), slices=1, size_mm=4.0, pixels=4)
+        cut_crop(volume, np.zeros((4, 4)), (0.5, 0.5, 0.5), slices=1, size_mm=4.0, pixels=4)
     with pytest.raises(ValueError, match="uint8"):
-        C.cut_crop(volume.astype(np.float32), np.eye(4), (0.5, 0.5, 0.5), slices=1, size_mm=4.0, pixels=4)
+        cut_crop(volume.astype(np.float32), np.eye(4), (0.5, 0.5, 0.5), slices=1, size_mm=4.0, pixels=4)
     record = native_record(np.random.default_rng(0))
     with pytest.raises(ValueError, match="rng"):
         C.study_crops(record, C.training_points(record), CROP, jitter=JITTER)

@@ -1,6 +1,7 @@
 """Shared helpers of the model tests: small uint8 study batches built with numpy (no per-shape JAX compile)."""
 
 import functools
+import math
 
 import jax
 import numpy as np
@@ -67,3 +68,8 @@ def abstract_encoder(variant: str, ndim: int) -> nnx.Module:
     else:
         kw = dict(input_shape=(224, 224), patch=(16, 16), in_channels=3, num_classes=1000)
     return nnx.eval_shape(lambda: VisionTransformer(variant, **kw, kernels=KERNELS, rngs=nnx.Rngs(0)))
+
+
+def num_params(module: nnx.Module) -> int:
+    """Number of trainable parameters (nnx.Param elements) of a concrete or `nnx.eval_shape` module."""
+    return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(module, nnx.Param)))

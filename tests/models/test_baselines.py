@@ -11,10 +11,9 @@ import pytest
 from flax import nnx
 
 from lumbar_jax.models import baselines, create_model
-from lumbar_jax.models.layers import num_params
 from lumbar_jax.models.registry import uses_query_attention
 from lumbar_jax.train import config as config_lib
-from tests.models.helpers import model_config
+from tests.models.helpers import model_config, num_params
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax import lax
 
 from lumbar_jax.models.layers import (
     CONV,
@@ -13,7 +14,6 @@ from lumbar_jax.models.layers import (
     MAX_FUSED_TAPS,
     DropPath,
     conv_padding,
-    depthwise_conv,
     resample_pos_embed,
 )
 from tests.models.helpers import jit_fast_compile
@@ -27,6 +27,15 @@ DEPTHWISE_CASES = [
     ((1, 7, 5, 8, 4), 3, 2, "VALID"),
     ((1, 6, 9, 7, 2), 5, 2, "SAME"),
 ]
+
+
+def depthwise_conv(x, kernel, stride, padding, *, kernels):
+    """Depthwise convolution of channels-last `x [B, *S, C]` with `kernel [*k, 1, C]` by CONV[kernels], called
+    as nnx.Conv calls it."""
+    spatial = "DHW"[5 - x.ndim:]
+    dn = lax.conv_dimension_numbers(x.shape, kernel.shape, (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
+    return CONV[kernels](x, kernel, (stride,) * (x.ndim - 2), padding, dimension_numbers=dn,
+                         feature_group_count=x.shape[-1])
 
 
 def _padding(shape, k, stride, mode):
@@ -94,8 +103,6 @@ def test_nnx_conv_hook_matches_lax(ndim, stride, groups):
 def test_conv_kernels_table_and_errors():
     assert set(CONV) == set(KERNELS) == {"cpu", "xla"}
     assert CONV["xla"] is jax.lax.conv_general_dilated
-    with pytest.raises(ValueError, match="depthwise kernel"):
-        depthwise_conv(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 3, 1)), kernels="cpu")
 
 
 def test_conv_padding_modes():

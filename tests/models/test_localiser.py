@@ -9,7 +9,7 @@ from flax import nnx
 
 from lumbar_jax import labels as L
 from lumbar_jax.data.augment import flip_left_right
-from lumbar_jax.localisation import TARGET_SERIES
+from lumbar_jax.labels import TARGET_SERIES
 from lumbar_jax.models.localiser import (
     Localiser,
     cell_centres,

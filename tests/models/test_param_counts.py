@@ -13,9 +13,8 @@ count that CI never checks is not pinned.
 import pytest
 
 from lumbar_jax.models.efficientnet import EFFNET_VARIANTS
-from lumbar_jax.models.layers import num_params
 from lumbar_jax.models.vit import VIT_VARIANTS
-from tests.models.helpers import abstract_encoder
+from tests.models.helpers import abstract_encoder, num_params
 
 # variant: (3D count, 2D count)
 PARAM_COUNTS = {

@@ -8,10 +8,10 @@ from flax import nnx
 
 from lumbar_jax.models import MODEL_NAMES, create_model, resolve_kernels
 from lumbar_jax.models.efficientnet import EfficientNet
-from lumbar_jax.models.layers import CONV, num_params
+from lumbar_jax.models.layers import CONV
 from lumbar_jax.models.registry import BASELINE_MODELS, MODEL_ENCODERS
 from lumbar_jax.models.transformer import Attention
-from tests.models.helpers import model_config
+from tests.models.helpers import model_config, num_params
 
 # The sizes the counts below were pinned with: the default fusion head 256 wide, ViT patch 4x16x16 and the
 # EfficientNet on the full 16x64x64 volume (its feature-map cells are target-query keys).
