@@ -228,13 +228,12 @@ def _study_arrays(config, batch: int, rng) -> dict:
     import numpy as np
 
     from lumbar_jax import labels as L
-    from lumbar_jax.models.localiser import TARGET_SERIES
 
     shape = tuple(config.model.volume_shape)
     return {"volumes": rng.integers(0, 256, (batch, 3, *shape), dtype=np.uint8), "present": np.ones((batch, 3), bool),
             "labels": rng.integers(0, 3, (batch, L.NUM_TARGETS)).astype(np.int32),
             "coords": rng.uniform(0.1, 0.9, (batch, L.NUM_TARGETS, 3)).astype(np.float32),
-            "coords_series": np.tile(TARGET_SERIES, (batch, 1)).astype(np.int32)}
+            "coords_series": np.tile(L.TARGET_SERIES, (batch, 1)).astype(np.int32)}
 
 
 def _fused_parts(config, batch: int, rng):

@@ -1,9 +1,9 @@
 """What every pipeline's restorer needs of a run directory: its config, its checkpoints, its eval batch.
 
-A run directory (docs/conventions.md section 5) holds the resolved `config.json` and, per fold, Orbax
-checkpoints (`best`, `latest`). `load_run_config` reads the config back on the current schema and validates
-it, and `load_run` also picks its pipeline; `restore_checkpoint` restores one checkpoint onto the shardings of a freshly built template (a checkpoint
-written on 4 devices restores on 1: the state is replicated). The pipelines' restorers
+A run directory (docs/conventions.md section 5) holds the resolved `config.json` and, per fold, Orbax checkpoints
+(`best`, `latest`). `load_run_config` reads the config back on the current schema and validates it, and `load_run`
+also picks its pipeline; `restore_checkpoint` restores one checkpoint onto the shardings of a freshly built
+template (a checkpoint written on 4 devices restores on 1: the state is replicated). The pipelines' restorers
 (pipelines/one_stage.py, pipelines/two_stage.py) are built on them.
 """
 

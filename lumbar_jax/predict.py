@@ -28,12 +28,11 @@ import numpy as np
 import pandas as pd
 import tqdm
 
-from lumbar_jax import calibration, inference, rundir
+from lumbar_jax import calibration, inference, localiser_metrics, rundir
 from lumbar_jax import labels as L
 from lumbar_jax.data import problems
 from lumbar_jax.data import study as study_lib
 from lumbar_jax.dataset_configs import GRID_DATASETS
-from lumbar_jax.pipelines.two_stage import point_report
 from lumbar_jax.train import mesh as mesh_lib
 
 log = logging.getLogger(__name__)
@@ -201,7 +200,7 @@ def predict_study(predictor: Predictor, study_dir: str, descriptions_csv: str | 
     target's crop was cut); errors as `read_study_dir`."""
     entry, record, unused = read_study_dir(predictor, study_dir, descriptions_csv)
     probs, points = predictor.predict_with_points([record])
-    localiser = None if points is None else point_report(record, points[:, 0])
+    localiser = None if points is None else localiser_metrics.point_report(record, points[:, 0])
     return study_report(entry.study_id, record["present"], probs[0], unused, predictor.provenance(), localiser)
 
 
@@ -233,7 +232,7 @@ def study_report(study_id: int, present: np.ndarray, probs: np.ndarray, unused: 
     `read_study_dir`) and, per target, the three probabilities, P(Moderate or Severe), the most likely grade,
     `flagged` (P(Normal/Mild) < 0.5), `series_absent` (its condition's series was not there) and, for a
     two-stage run, `localiser`: where its crop was cut (`localiser[target]`, from
-    `pipelines.two_stage.point_report`). probs float [25, 3]."""
+    `localiser_metrics.point_report`). probs float [25, 3]."""
     present = np.asarray(present, bool)
     targets = {}
     for i, t in enumerate(L.TARGETS):
@@ -241,7 +240,7 @@ def study_report(study_id: int, present: np.ndarray, probs: np.ndarray, unused: 
                       "p_moderate_or_severe": float(probs[i, 1] + probs[i, 2]),
                       "grade": L.SEVERITY_NAMES[int(np.argmax(probs[i]))],
                       "flagged": bool(probs[i, 0] < FLAG_BELOW),
-                      "series_absent": not bool(present[L.CONDITION_SERIES[i // L.NUM_LEVELS]])}
+                      "series_absent": not bool(present[L.TARGET_SERIES[i]])}
         if localiser is not None:
             targets[t]["localiser"] = localiser[t]
     return {

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar_jax import calibration, cross_validation, evaluate, localisation, predict, rundir
+from lumbar_jax import calibration, cross_validation, evaluate, localiser_metrics, predict, rundir
 from lumbar_jax import labels as L
-from lumbar_jax.analysis import crops as crops_figure
+from lumbar_jax.analysis import crop_figures
 from lumbar_jax.analysis import label_stats, oof, write_report
 from lumbar_jax.data import build, crops, dataset, study, synthetic
 from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_VOLUMES
@@ -167,17 +167,18 @@ def _record_with_a_bright_voxel(series: int, voxel: tuple[int, int, int]) -> dic
                                     "left_subarticular_stenosis_l4_l5", "right_subarticular_stenosis_l4_l5"])
 def test_marks_land_on_the_pixel_the_point_was_cut_into(target):
     t = L.TARGETS.index(target)
-    series = int(localisation.TARGET_SERIES[t])
+    series = int(localiser_metrics.TARGET_SERIES[t])
     extent = np.array([6.0, 40.0, 40.0])
     centre = np.array([3, 20, 20]) / extent
     for voxel in [(3, 24, 13), (4, 17, 26)]:  # on the centre slice, then one slice deeper
         record = _record_with_a_bright_voxel(series, voxel)
         points = np.tile(centre, (25, 1))
-        cut, _ = crops.study_crops(record, points, crops.CropSpec(slices=3, size_mm=15.0, pixels=15))  # 1 px = 1 mm = 1 voxel
-        row, col, off = crops_figure.mark_in_crop(record, t, centre, np.array(voxel) / extent, size_mm=15.0,
+        # 1 px = 1 mm = 1 voxel
+        cut, _ = crops.study_crops(record, points, crops.CropSpec(slices=3, size_mm=15.0, pixels=15))
+        row, col, off = crop_figures.mark_in_crop(record, t, centre, np.array(voxel) / extent, size_mm=15.0,
                                                   pixels=15)
         assert off == voxel[0] - 3
-        drawn = crops_figure.centre_slice(t, 3)
+        drawn = crop_figures.centre_slice(t, 3)
         mirrored_slices = L.TARGET_SIDE[t] == 1 and series < 2
         index = drawn - off if mirrored_slices else drawn + off
         bright = np.unravel_index(np.argmax(cut[t, index]), (15, 15))

@@ -7,7 +7,7 @@ naming some), so a bad call fails in seconds, not after the DICOM reading.
 
 With a run whose model has the target-query head, the report ends with per-target attention overlays of
 held-out studies (`analysis.attention`); with a two-stage run, with the crops its classifier read in the
-worst-predicted held-out studies, the localiser's and the annotated points marked (`analysis.crops`).
+worst-predicted held-out studies, the localiser's and the annotated points marked (`analysis.crop_figures`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pandas as pd
 
 from lumbar_jax import labels as L
 from lumbar_jax import metrics
-from lumbar_jax.analysis import attention, crops, label_stats, montage, oof, plots
+from lumbar_jax.analysis import attention, crop_figures, label_stats, montage, oof, plots
 
 log = logging.getLogger(__name__)
 
@@ -271,9 +271,9 @@ def _montage_section(kaggle_dir: str, out_dir: str, num_montages: int, volume_sh
 
 
 def _crops_section(workdir: str, kaggle_dir: str, out_dir: str, num_studies: int, run) -> list[str]:
-    """Two-stage runs: the crops of the worst-predicted held-out studies (`analysis.crops`); [] otherwise."""
+    """Two-stage runs: the crops of the worst-predicted held-out studies (`analysis.crop_figures`); [] otherwise."""
     oof_ids, labels, probs, folds, summary = run
-    sections = crops.crop_sections(workdir, kaggle_dir, out_dir, num_studies, oof_ids, labels, probs, folds)
+    sections = crop_figures.crop_sections(workdir, kaggle_dir, out_dir, num_studies, oof_ids, labels, probs, folds)
     if not sections:
         return []
     loc = summary.get("localiser") or {}
@@ -282,7 +282,7 @@ def _crops_section(workdir: str, kaggle_dir: str, out_dir: str, num_studies: int
         figures = (f" Over every held-out study the localiser's error is median {_fmt(loc['median_mm'], 2)} mm, "
                    f"p90 {_fmt(loc.get('p90_mm'), 2)} mm, correct level {_fmt(100 * loc['level_accuracy'], 1)} % "
                    "(cv_summary.json).")
-    lines = ["## Crops of the worst-predicted held-out studies\n", crops.CROPS_INTRO + figures + "\n"]
+    lines = ["## Crops of the worst-predicted held-out studies\n", crop_figures.CROPS_INTRO + figures + "\n"]
     for title, png, caption in sections:
         lines += [f"### {title}\n", _image(title, png, out_dir, caption)]
     return lines

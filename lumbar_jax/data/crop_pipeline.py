@@ -34,6 +34,7 @@ import grain
 import numpy as np
 
 from lumbar_jax import labels as L
+from lumbar_jax.data import augment
 from lumbar_jax.data import crops as C
 from lumbar_jax.data import pipeline
 
@@ -50,28 +51,6 @@ def _row(record: dict[str, Any], points: np.ndarray, crop: C.CropSpec, *, jitter
         "labels": np.asarray(record["labels"], dtype=np.int32),
         "study_id": np.asarray(record["study_id"], dtype=np.int64),
     }
-
-
-def _jitter_intensity(crops: np.ndarray, crop_present: np.ndarray, rng: np.random.Generator,
-                      intensity_scale: tuple[float, float], intensity_shift: float) -> np.ndarray:
-    """Contrast and brightness jitter per series, as `augment.augment_record` does per volume: the present
-    crops of series s ([25, K, P, P] uint8, masked by crop_present [25]) become (v - mean) * contrast + mean +
-    brightness, mean over those crops; contrast ~ U(intensity_scale), brightness ~ U(+-intensity_shift) * 255."""
-    contrasts = rng.uniform(*intensity_scale, size=len(L.SERIES_TYPES))
-    brightness = rng.uniform(-intensity_shift, intensity_shift, size=len(L.SERIES_TYPES)) * 255.0
-    if tuple(intensity_scale) == (1.0, 1.0) and intensity_shift == 0:
-        return crops
-    out = crops.copy()
-    for s in range(len(L.SERIES_TYPES)):
-        targets = crop_present & (C.TARGET_SERIES == s)
-        if not targets.any():
-            continue
-        values = crops[targets].astype(np.float32)
-        offset = 0.5 + float(values.mean()) * (1.0 - contrasts[s]) + brightness[s]  # +0.5, truncation: rounding
-        values *= np.float32(contrasts[s])
-        values += np.float32(offset)
-        out[targets] = np.clip(values, 0, 255, out=values).astype(np.uint8)
-    return out
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: no field-wise hash over the ndarrays
@@ -91,8 +70,8 @@ class _TrainCropExample:
         record = self.source[record_index]
         fallback = None if self.fallback_points is None else self.fallback_points[record_index]
         row = _row(record, C.training_points(record, fallback), self.crop, jitter=self.jitter, rng=rng)
-        row["crops"] = _jitter_intensity(row["crops"], row["crop_present"], rng, self.intensity_scale,
-                                         self.intensity_shift)
+        row["crops"] = augment.jitter_crop_intensity(row["crops"], row["crop_present"], rng, self.intensity_scale,
+                                                     self.intensity_shift)
         return row
 
 
@@ -174,8 +153,8 @@ def train_dataset(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Iterator over training batches from step `start_step` on (= `train_batches(...)[start_step:]`), read
     as `pipeline.train_dataset` reads (`worker_count` processes, `read_threads` threads; close it when done)."""
-    batches = train_batches(source, indices, batch_size=batch_size, seed=seed, crop=crop, jitter=jitter, intensity_scale=intensity_scale,
-                            intensity_shift=intensity_shift, fallback_points=fallback_points,
+    batches = train_batches(source, indices, batch_size=batch_size, seed=seed, crop=crop, jitter=jitter,
+                            intensity_scale=intensity_scale, intensity_shift=intensity_shift, fallback_points=fallback_points,
                             num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count)
     return pipeline.iterate(batches[start_step:], worker_count=worker_count, read_threads=read_threads)
 

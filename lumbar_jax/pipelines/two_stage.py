@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from jax.sharding import Mesh
 
-from lumbar_jax import inference, localisation, metrics, rundir
+from lumbar_jax import inference, localiser_metrics, metrics, rundir
 from lumbar_jax import labels as L
 from lumbar_jax.data.crops import CropSpec
 from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_MAX_SIZE, NATIVE_VOLUMES
@@ -92,13 +92,13 @@ class TwoStageRestorer(Restorer):
     def evaluate_fold(self, model: TwoStageFoldModel, fold) -> dict:
         """Fold k's held-out studies through fold k's localiser and classifier, as training scored them; besides
         the common keys: 'localiser_step', 'points' [len(val_idx), 25, 3], 'geometry' (their
-        train.two_stage.StudyGeometry), 'localiser' (the points' localisation report in mm, as result.json's),
+        localiser_metrics.SplitGeometry), 'localiser' (the points' localisation report in mm, as result.json's),
         'saved_points_max_diff' (largest |point - the fold's localiser_predictions.npz point|, or None without
         that file). Crops are at the annotated points when the run's `crops.points` says so."""
         points = self.localise(model.localiser_state, fold.source, fold.val_idx, fold.study_ids)
         annotated = self.config.crops.points == "annotated"
         probs = self.classify(model.state, fold.source, fold.val_idx, fold.study_ids, None if annotated else points)
-        held_out = two_stage.read_geometry([fold.source[int(i)] for i in fold.val_idx])
+        held_out = localiser_metrics.read_geometry([fold.source[int(i)] for i in fold.val_idx])
         return {"fold": fold.index, "best_step": model.step, "val_indices": fold.val_idx, "val_probs": probs,
                 "val": metrics.evaluate_predictions(fold.val_labels, probs, fold.train_labels),
                 "localiser_step": model.localiser_step, "points": points, "geometry": held_out,
@@ -113,8 +113,7 @@ class TwoStageRestorer(Restorer):
     def pooled_figures(self, results: Sequence[dict]) -> dict:
         """{'oof_localiser': the localisation report of every fold's held-out points together, each by its own
         fold's localiser}: what cv_summary.json keeps as 'localiser'."""
-        geometry = two_stage.StudyGeometry(*(np.concatenate([getattr(r["geometry"], f.name) for r in results])
-                                             for f in dataclasses.fields(two_stage.StudyGeometry)))
+        geometry = localiser_metrics.SplitGeometry.concatenate([r["geometry"] for r in results])
         return {"oof_localiser": geometry.report(np.concatenate([r["points"] for r in results]))}
 
     def provenance(self, models: Sequence[TwoStageFoldModel]) -> dict:
@@ -135,31 +134,6 @@ class TwoStageRestorer(Restorer):
         row = {int(s): r for r, s in enumerate(saved["study_id"])}
         rows = [row[int(s)] for s in fold.study_ids[fold.val_idx]]
         return float(np.max(np.abs(saved["points"][rows] - points)))
-
-
-def point_report(record: dict, fold_points: np.ndarray) -> dict[str, dict]:
-    """Where the localisers put each target of one `*_native` record, for the study report: {target: {'series',
-    'series_present', 'point' (normalised (depth, row, col) on that series, mean over the folds), 'patient_mm'
-    ((x, y, z) LPS of that mean, by the series' native_affine), 'fold_spread_mm' (largest distance of a fold's
-    point from it)}}; point and mm are None where the series is absent. fold_points float [F, 25, 3]."""
-    fold_points = np.asarray(fold_points, np.float64)
-    mean = fold_points.mean(axis=0)
-    every = np.concatenate([mean[None], fold_points])  # [1 + F, 25, 3]
-    affine = np.broadcast_to(np.asarray(record[NATIVE_AFFINE], np.float64), (len(every), len(L.SERIES_TYPES), 4, 4))
-    shapes = np.broadcast_to(np.array([np.shape(record[name]) for name in NATIVE_VOLUMES]),
-                             (len(every), len(L.SERIES_TYPES), 3))
-    mm = localisation.to_space(every, affine, shapes)  # [1 + F, 25, 3]
-    spread = np.linalg.norm(mm[1:] - mm[:1], axis=-1).max(axis=0)  # [25]
-    present = np.asarray(record["present"], bool)
-    out = {}
-    for t, target in enumerate(L.TARGETS):
-        series = int(localisation.TARGET_SERIES[t])
-        on = bool(present[series])
-        out[target] = {"series": L.SERIES_TYPES[series], "series_present": on,
-                       "point": [round(float(v), 4) for v in mean[t]] if on else None,
-                       "patient_mm": [round(float(v), 2) for v in mm[0, t]] if on else None,
-                       "fold_spread_mm": round(float(spread[t]), 2) if on else None}
-    return out
 
 
 class TwoStagePipeline(Pipeline):

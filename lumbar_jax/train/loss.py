@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from lumbar_jax import labels as L
+from lumbar_jax.data.dicom_geometry import voxel_extent
 
 _NUM_GROUPS = len(L.CONDITION_GROUPS)
 _SPINAL = L.group_target_indices("spinal")
@@ -97,7 +98,7 @@ def localisation_loss(query_attention: jax.Array, batch: Mapping[str, jax.Array]
     loss = jnp.sum(jnp.where(annotated, ce, 0.0)) / count
 
     peak = jnp.argmax(jnp.where(on_series, query_attention, -1.0), axis=-1)  # [B, 25]
-    extent = jnp.asarray([max(n - 1, 1) for n in volume_shape], jnp.float32)
+    extent = jnp.asarray(voxel_extent(volume_shape), jnp.float32)
     distance = jnp.linalg.norm((key_centres[peak] - coords) * extent, axis=-1)
     peak_distance = jnp.sum(jnp.where(annotated, distance, 0.0)) / count
     return loss, {"localisation": loss, "peak_distance": peak_distance, "annotated": annotated.sum()}

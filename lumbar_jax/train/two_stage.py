@@ -23,11 +23,10 @@ import os
 import jax
 import numpy as np
 
-from lumbar_jax import localisation, metrics, rundir
+from lumbar_jax import localiser_metrics, metrics, rundir
 from lumbar_jax import labels as L
 from lumbar_jax.data import crop_pipeline, pipeline
 from lumbar_jax.data.crops import CropSpec
-from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_VOLUMES
 from lumbar_jax.train import loop, seeds
 from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train import step as step_lib
@@ -41,55 +40,10 @@ from lumbar_jax.train.two_stage_models import (CROP_INPUTS, LOCALISER_INPUTS, Cl
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class StudyGeometry:
-    """What scoring points needs of every record of a split, read once: annotated points and native series."""
-
-    coords: np.ndarray  # float [N, 25, 3] normalised annotated points, -1 absent
-    coords_series: np.ndarray  # int [N, 25] series of each annotated point, -1 absent
-    affine: np.ndarray  # float [N, 3, 4, 4] native voxel index -> patient mm per series, zeros when absent
-    native_shape: np.ndarray  # int [N, 3, 3] native [Dn, Hn, Wn] per series
-
-    def rows(self, indices: np.ndarray) -> StudyGeometry:
-        return StudyGeometry(*(getattr(self, f.name)[indices] for f in dataclasses.fields(self)))
-
-    def report(self, points: np.ndarray) -> dict:
-        """`localisation.localisation_report` of `points` [N, 25, 3] (these studies' predictions), in mm."""
-        return localisation.localisation_report(points, self.coords, self.coords_series, self.affine,
-                                                self.native_shape)
-
-    def placement_error(self, points: np.ndarray) -> np.ndarray:
-        """float [3 groups, 3]: per condition group (labels.CONDITION_GROUPS order) the root-mean-square error of
-        `points` [N, 25, 3] along the native (slices, rows in mm, cols in mm) of each point's series, over the
-        scored points (`localisation.scored_points`): the crop jitter that reproduces the localiser's error."""
-        series = localisation.TARGET_SERIES
-        shape = self.native_shape[:, series].astype(np.float64)  # [N, 25, 3]
-        spacing = np.linalg.norm(self.affine[:, series, :3, :3], axis=-2)  # [N, 25, 3] mm per voxel, by axis
-        residual = (points - self.coords) * (shape - 1) * np.concatenate([np.ones_like(spacing[..., :1]),
-                                                                          spacing[..., 1:]], axis=-1)
-        scored = localisation.scored_points(self.coords_series, self.affine)
-        error = np.zeros((len(L.CONDITION_GROUPS), 3))
-        for g, group in enumerate(L.CONDITION_GROUPS):
-            sel = scored & np.isin(np.arange(L.NUM_TARGETS), L.group_target_indices(group))[None]
-            if sel.any():
-                error[g] = np.sqrt(np.mean(residual[sel] ** 2, axis=0))
-        return error
-
-
-def read_geometry(source) -> StudyGeometry:
-    """The StudyGeometry of every record of `source` (a `*_native` split), in source order."""
-    records = [source[i] for i in range(len(source))]
-    return StudyGeometry(
-        coords=np.stack([np.asarray(r["coords"], np.float64) for r in records]),
-        coords_series=np.stack([np.asarray(r["coords_series"], np.int64) for r in records]),
-        affine=np.stack([np.asarray(r[NATIVE_AFFINE], np.float64) for r in records]),
-        native_shape=np.array([[np.shape(r[name]) for name in NATIVE_VOLUMES] for r in records]))
-
-
 def train_fold(config, workdir: str, fold: Fold, mesh) -> dict:
     """Train both stages of `fold` (resuming where it stopped) and return the fold's result, as the one-stage
     `loop.train_fold` does, with the localiser's held-out figures under 'localiser' (also in result.json)."""
-    geometry = read_geometry(fold.source)
+    geometry = localiser_metrics.read_geometry(fold.source)
     points, report = localise(config, workdir, fold, mesh, geometry)
     jitter = config.crops.jitter_scale * geometry.rows(fold.val_idx).placement_error(points[fold.val_idx])
     log.info("fold %d localiser (held out): median %.2f mm, p90 %.2f mm, level accuracy %.3f", fold.index,
@@ -104,7 +58,8 @@ def train_fold(config, workdir: str, fold: Fold, mesh) -> dict:
 # ------------------------------------------------------------------------------------------------ stage 1
 
 
-def localise(config, workdir: str, fold: Fold, mesh, geometry: StudyGeometry) -> tuple[np.ndarray, dict]:
+def localise(config, workdir: str, fold: Fold, mesh, geometry: localiser_metrics.SplitGeometry
+             ) -> tuple[np.ndarray, dict]:
     """(points float32 [N, 25, 3] of every record by fold k's localiser, its held-out report). Trains the
     localiser unless its predictions are already saved."""
     path = rundir.localiser_predictions_path(workdir, fold.index)
@@ -122,7 +77,7 @@ def localise(config, workdir: str, fold: Fold, mesh, geometry: StudyGeometry) ->
     return points, geometry.rows(fold.val_idx).report(points[fold.val_idx])
 
 
-def _localiser_stage(config, workdir: str, fold: Fold, mesh, geometry: StudyGeometry):
+def _localiser_stage(config, workdir: str, fold: Fold, mesh, geometry: localiser_metrics.SplitGeometry):
     """(loop.Stage of the localiser, state -> points [N, 25, 3] of every record)."""
     lc, tc = config.localiser, config.train
     volume_shape = tuple(config.model.volume_shape)
@@ -139,8 +94,8 @@ def _localiser_stage(config, workdir: str, fold: Fold, mesh, geometry: StudyGeom
     def evaluate(state) -> tuple[np.ndarray, dict]:
         points = predict(state, fold.val_idx)
         held_out = geometry.rows(fold.val_idx)
-        report = localisation.localisation_report(points, held_out.coords, held_out.coords_series,
-                                                  volume_shape=volume_shape)
+        report = localiser_metrics.localisation_report(points, held_out.coords, held_out.coords_series,
+                                                       volume_shape=volume_shape)
         figures = {"score": report["median_vox"], "p90_voxels": report["p90_vox"],
                    "level_accuracy": report["level_accuracy"]}
         return points, {k: (math.inf if v is None and k == "score" else v) for k, v in figures.items()}
@@ -214,7 +169,7 @@ class _Schedule:
 def oof_localiser_report(workdir: str, split) -> dict:
     """The localiser's figures over every fold's held-out studies together (each located by the localiser
     of its own fold), from the folds' `localiser_predictions.npz`: what cv_summary.json keeps as 'localiser'."""
-    geometry = read_geometry(split.source)
+    geometry = localiser_metrics.read_geometry(split.source)
     points = np.full((len(split.study_ids), L.NUM_TARGETS, 3), np.nan)
     for k in range(int(split.folds.max()) + 1):
         saved = rundir.read_localiser_predictions(rundir.localiser_predictions_path(workdir, k))

@@ -37,8 +37,8 @@ _SUBMODULE_OF = {
     **dict.fromkeys(("KAPPA", "P_MISSING_CELL", "PRIORS", "QUIRK_PERIOD", "draw_labels", "label_noise_matrix",
                      "noise_floor_score"), "labels"),
     **dict.fromkeys(("VERSION", "write_synthetic_dataset"), "layout"),
-    **dict.fromkeys(("SHRINK", "Anatomy", "phantom", "render_series"), "phantom"),
-    **dict.fromkeys(("Study", "choose_series", "draw_ids", "make_study"), "plan"),
+    **dict.fromkeys(("SHRINK", "Anatomy", "phantom"), "phantom"),
+    **dict.fromkeys(("Study", "choose_series", "draw_ids", "make_study", "render_series"), "plan"),
 }
 __all__ = sorted(_SUBMODULE_OF)
 

@@ -2,7 +2,7 @@
 
 Each slice becomes one `{instance_number}.dcm` (explicit VR little endian, or RLE / JPEG 2000 lossless with
 those quirks) whose header states the slice's geometry exactly as planned (`acquisition.Series`); the stored
-pixels are the rendered image content (`phantom.render_series`) put through the file's own rescale and
+pixels are the rendered image content (`plan.render_series`) put through the file's own rescale and
 photometric interpretation. Broken files (truncated, junk) are written as the plan says.
 
 Patient identifiers are fake and distinctive (`PHI_SENTINELS`): any of them in a pipeline output is a leak.
@@ -22,7 +22,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, MRImageStorage, RLELossless
 
-from lumbar_jax.data.synthetic.phantom import render_series
+from lumbar_jax.data.synthetic.plan import render_series
 
 if TYPE_CHECKING:
     from lumbar_jax.data.synthetic.acquisition import Series

@@ -15,23 +15,18 @@ even at the default 16x64x64 resampling.
 
 Every pixel of every slice is the 3D phantom sampled at that pixel's patient position (from the slice's own
 ImagePositionPatient / ImageOrientationPatient / PixelSpacing), with T1 or T2 tissue contrasts, a smooth
-multiplicative bias field and Rician noise (`render_series`); so the series are geometrically consistent and
+multiplicative bias field and Rician noise (`plan.render_series`); so the series are geometrically consistent and
 flips / transposes / tilts are real acquisitions, not painted.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lumbar_jax import labels as L
 from lumbar_jax.data.synthetic.labels import GROUP_NAMES
-
-if TYPE_CHECKING:
-    from lumbar_jax.data.synthetic.acquisition import Series
-    from lumbar_jax.data.synthetic.plan import Study
 
 SHRINK = {  # metric group -> per-class range of the narrowing fraction n (module docstring)
     "spinal": ((0.0, 0.2), (0.45, 0.6), (0.72, 0.85)),
@@ -168,19 +163,3 @@ def phantom(anat: Anatomy, points: np.ndarray, sequence: int) -> np.ndarray:
     recess = _ellipse(np.sqrt(((au - ru) / (rau * keep)) ** 2 + ((v - rv) / (rav * keep)) ** 2), rav * keep)
     img += (csf - img) * np.maximum(canal, recess)
     return img
-
-
-def render_series(study: Study, s: Series) -> list[np.ndarray]:
-    """The image content of every slice, in instance order: uint16 [rows, cols] values in [0, 4095], i.e.
-    what a reader must obtain after applying the rescale and the MONOCHROME1 inversion of the stored pixels.
-    Phantom x smooth bias field, Rician noise (its own RNG stream per series), times the series gain."""
-    points = np.concatenate([s.pixel_points(k).reshape(-1, 3) for k in range(len(s.ipp))]).T  # [3, N]
-    anat = study.anatomy
-    img = phantom(anat, points, 0 if s.kind == 0 else 1)
-    d = [((points[i] - anat.origin[i]) / 40.0).astype(np.float32) for i in range(3)]
-    b = anat.bias.astype(np.float32)
-    img *= np.exp(d[0] * b[0] + d[1] * b[1] + d[2] * b[2] + b[3] * (d[0] ** 2 + d[1] ** 2 + d[2] ** 2))
-    rng = np.random.default_rng([study.seed, 0, study.index, 2 + s.number])
-    noise = rng.standard_normal((2, len(img)), dtype=np.float32) * np.float32(s.noise)
-    values = np.clip(np.rint(np.hypot(img + noise[0], noise[1]) * np.float32(s.gain)), 0, 4095).astype(np.uint16)
-    return [v.reshape(shape) for v, shape in zip(np.split(values, np.cumsum(s.shape.prod(1))[:-1]), s.shape)]

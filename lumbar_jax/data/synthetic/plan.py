@@ -2,7 +2,7 @@
 
 `make_study` is cheap and deterministic: study `index` of seed `seed` draws its labels from their own stream
 (`labels`), its anatomy and series from `np.random.default_rng([seed, 0, index, 1])`, and its ids from the
-dataset-wide table `draw_ids` (pixel noise has one stream per series, `phantom.render_series`), so any study
+dataset-wide table `draw_ids` (pixel noise has one stream per series, `render_series`), so any study
 can be planned, or re-planned, alone.
 """
 
@@ -16,7 +16,7 @@ from lumbar_jax import labels as L
 from lumbar_jax.data import study as study_lib
 from lumbar_jax.data.synthetic.acquisition import Series, plan_series
 from lumbar_jax.data.synthetic.labels import draw_study_labels
-from lumbar_jax.data.synthetic.phantom import Anatomy, make_anatomy
+from lumbar_jax.data.synthetic.phantom import Anatomy, make_anatomy, phantom
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,3 +120,19 @@ def _label_coordinates(anat: Anatomy, series: list[Series], written: np.ndarray)
         if s is not None:
             coords.append((cond, lv, s.series_id, *s.locate(centres[t])))
     return coords
+
+
+def render_series(study: Study, s: Series) -> list[np.ndarray]:
+    """The image content of every slice, in instance order: uint16 [rows, cols] values in [0, 4095], i.e.
+    what a reader must obtain after applying the rescale and the MONOCHROME1 inversion of the stored pixels.
+    Phantom x smooth bias field, Rician noise (its own RNG stream per series), times the series gain."""
+    points = np.concatenate([s.pixel_points(k).reshape(-1, 3) for k in range(len(s.ipp))]).T  # [3, N]
+    anat = study.anatomy
+    img = phantom(anat, points, 0 if s.kind == 0 else 1)
+    d = [((points[i] - anat.origin[i]) / 40.0).astype(np.float32) for i in range(3)]
+    b = anat.bias.astype(np.float32)
+    img *= np.exp(d[0] * b[0] + d[1] * b[1] + d[2] * b[2] + b[3] * (d[0] ** 2 + d[1] ** 2 + d[2] ** 2))
+    rng = np.random.default_rng([study.seed, 0, study.index, 2 + s.number])
+    noise = rng.standard_normal((2, len(img)), dtype=np.float32) * np.float32(s.noise)
+    values = np.clip(np.rint(np.hypot(img + noise[0], noise[1]) * np.float32(s.gain)), 0, 4095).astype(np.uint16)
+    return [v.reshape(shape) for v, shape in zip(np.split(values, np.cumsum(s.shape.prod(1))[:-1]), s.shape)]

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lumbar_jax import inference, localisation, rundir  # noqa: E402
+from lumbar_jax import inference, localiser_metrics, rundir  # noqa: E402
 from lumbar_jax import labels as L  # noqa: E402
 from lumbar_jax.analysis import oof, plots  # noqa: E402
 from lumbar_jax.analysis.attention import probability_text  # noqa: E402
@@ -73,9 +73,9 @@ def localiser_errors(record: dict, points: np.ndarray) -> np.ndarray:
     has no annotated point on its own series (present, with geometry)."""
     affine = np.asarray(record[NATIVE_AFFINE], np.float64)[None]
     shapes = np.array([[np.shape(record[name]) for name in NATIVE_VOLUMES]])
-    scored = localisation.scored_points(np.asarray(record["coords_series"])[None], affine)[0]
-    predicted = localisation.to_space(np.asarray(points)[None], affine, shapes)[0]
-    annotated = localisation.to_space(np.asarray(record["coords"])[None], affine, shapes)[0]
+    scored = localiser_metrics.scored_points(np.asarray(record["coords_series"])[None], affine)[0]
+    predicted = localiser_metrics.to_space(np.asarray(points)[None], affine, shapes)[0]
+    annotated = localiser_metrics.to_space(np.asarray(record["coords"])[None], affine, shapes)[0]
     return np.where(scored, np.linalg.norm(predicted - annotated, axis=-1), np.nan)
 
 

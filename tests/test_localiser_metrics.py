@@ -8,7 +8,7 @@ import pytest
 
 from lumbar_jax import labels as L
 from lumbar_jax.labels import TARGET_SERIES
-from lumbar_jax.localisation import level_correct, localisation_report, scored_points, to_space
+from lumbar_jax.localiser_metrics import level_correct, localisation_report, scored_points, to_space
 
 # Native geometry of a hand-made study: sagittal 15 slices of 80x80 at 4 mm x 0.9 mm, axial 20 slices of 64x64
 # at 3 mm x 1.1 mm (diagonal affines: only the spacing and an offset matter to distances).

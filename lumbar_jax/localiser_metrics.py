@@ -20,14 +20,22 @@ there), on a series with geometry when geometry is given.
   stack); on sagittal series this is what decides left / centre / right;
 - `n`: scored points (`level_n`: those counted in level_accuracy).
 Empty groups give None. The dict is JSON-able.
+
+`SplitGeometry` holds what scoring needs of a split's records (read once with `read_geometry`); its `report`
+is the localisation report in mm, and `placement_error` the localiser's error as stage 2's crop jitter.
+`point_report` says where a study's 25 points lie, for the study report of `predict.py`.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from lumbar_jax import labels as L
 from lumbar_jax.data.dicom_geometry import normalized_to_index
+from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_VOLUMES
 from lumbar_jax.labels import TARGET_SERIES
 
 
@@ -117,3 +125,79 @@ def localisation_report(pred: np.ndarray, coords: np.ndarray, coords_series: np.
         report[group] = _summary(error[sel], correct[sel], counted[sel], slice_error[sel], unit)
     report.update(_summary(error[scored], correct[scored], counted[scored], slice_error[scored], unit))
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitGeometry:
+    """What scoring points needs of every record of a split (or of some of its records), read once: the
+    annotated points and the native series' geometry."""
+
+    coords: np.ndarray  # float [N, 25, 3] normalised annotated points, -1 absent
+    coords_series: np.ndarray  # int [N, 25] series of each annotated point, -1 absent
+    affine: np.ndarray  # float [N, 3, 4, 4] native voxel index -> patient mm per series, zeros when absent
+    native_shape: np.ndarray  # int [N, 3, 3] native [Dn, Hn, Wn] per series
+
+    def rows(self, indices: np.ndarray) -> SplitGeometry:
+        """The geometry of the records `indices`, in that order."""
+        return SplitGeometry(*(getattr(self, f.name)[indices] for f in dataclasses.fields(self)))
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[SplitGeometry]) -> SplitGeometry:
+        """The records of `parts`, one after the other."""
+        return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(cls)))
+
+    def report(self, points: np.ndarray) -> dict:
+        """`localisation_report` of `points` [N, 25, 3] (these studies' predictions), in mm."""
+        return localisation_report(points, self.coords, self.coords_series, self.affine, self.native_shape)
+
+    def placement_error(self, points: np.ndarray) -> np.ndarray:
+        """float [3 groups, 3]: per condition group (labels.CONDITION_GROUPS order) the root-mean-square error of
+        `points` [N, 25, 3] along the native (slices, rows in mm, cols in mm) of each point's series, over the
+        scored points (`scored_points`): the crop jitter that reproduces the localiser's error."""
+        series = L.TARGET_SERIES
+        shape = self.native_shape[:, series].astype(np.float64)  # [N, 25, 3]
+        spacing = np.linalg.norm(self.affine[:, series, :3, :3], axis=-2)  # [N, 25, 3] mm per voxel, by axis
+        residual = (points - self.coords) * (shape - 1) * np.concatenate([np.ones_like(spacing[..., :1]),
+                                                                          spacing[..., 1:]], axis=-1)
+        scored = scored_points(self.coords_series, self.affine)
+        error = np.zeros((len(L.CONDITION_GROUPS), 3))
+        for g, group in enumerate(L.CONDITION_GROUPS):
+            sel = scored & np.isin(np.arange(L.NUM_TARGETS), L.group_target_indices(group))[None]
+            if sel.any():
+                error[g] = np.sqrt(np.mean(residual[sel] ** 2, axis=0))
+        return error
+
+
+def read_geometry(source: Sequence[Mapping]) -> SplitGeometry:
+    """The SplitGeometry of every record of `source` (`*_native` records), in source order."""
+    records = [source[i] for i in range(len(source))]
+    return SplitGeometry(
+        coords=np.stack([np.asarray(r["coords"], np.float64) for r in records]),
+        coords_series=np.stack([np.asarray(r["coords_series"], np.int64) for r in records]),
+        affine=np.stack([np.asarray(r[NATIVE_AFFINE], np.float64) for r in records]),
+        native_shape=np.array([[np.shape(r[name]) for name in NATIVE_VOLUMES] for r in records]))
+
+
+def point_report(record: dict, fold_points: np.ndarray) -> dict[str, dict]:
+    """Where the localisers put each target of one `*_native` record, for the study report: {target: {'series',
+    'series_present', 'point' (normalised (depth, row, col) on that series, mean over the folds), 'patient_mm'
+    ((x, y, z) LPS of that mean, by the series' native_affine), 'fold_spread_mm' (largest distance of a fold's
+    point from it)}}; point and mm are None where the series is absent. fold_points float [F, 25, 3]."""
+    fold_points = np.asarray(fold_points, np.float64)
+    mean = fold_points.mean(axis=0)
+    every = np.concatenate([mean[None], fold_points])  # [1 + F, 25, 3]
+    affine = np.broadcast_to(np.asarray(record[NATIVE_AFFINE], np.float64), (len(every), len(L.SERIES_TYPES), 4, 4))
+    shapes = np.broadcast_to(np.array([np.shape(record[name]) for name in NATIVE_VOLUMES]),
+                             (len(every), len(L.SERIES_TYPES), 3))
+    mm = to_space(every, affine, shapes)  # [1 + F, 25, 3]
+    spread = np.linalg.norm(mm[1:] - mm[:1], axis=-1).max(axis=0)  # [25]
+    present = np.asarray(record["present"], bool)
+    out = {}
+    for t, target in enumerate(L.TARGETS):
+        series = int(L.TARGET_SERIES[t])
+        on = bool(present[series])
+        out[target] = {"series": L.SERIES_TYPES[series], "series_present": on,
+                       "point": [round(float(v), 4) for v in mean[t]] if on else None,
+                       "patient_mm": [round(float(v), 2) for v in mm[0, t]] if on else None,
+                       "fold_spread_mm": round(float(spread[t]), 2) if on else None}
+    return out
