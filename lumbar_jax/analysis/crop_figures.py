@@ -12,6 +12,7 @@ out-of-fold ones.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import textwrap
@@ -29,7 +30,7 @@ from lumbar_jax.analysis.attention import probability_text  # noqa: E402
 from lumbar_jax.data import crops as crops_lib  # noqa: E402
 from lumbar_jax.data import study  # noqa: E402
 from lumbar_jax.data.dicom_geometry import RIGHT_TO_LEFT_AXIS  # noqa: E402
-from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_MAX_SIZE, NATIVE_VOLUMES  # noqa: E402
+from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_VOLUMES  # noqa: E402
 from lumbar_jax.labels import TARGET_SERIES  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -79,21 +80,35 @@ def localiser_errors(record: dict, points: np.ndarray) -> np.ndarray:
     return np.where(scored, np.linalg.norm(predicted - annotated, axis=-1), np.nan)
 
 
-def _panel(ax, record: dict, crops: np.ndarray, present: bool, target: int, read_at: np.ndarray,
-           predicted: np.ndarray, error_mm: float, probs: np.ndarray, size_mm: float) -> None:
+@dataclasses.dataclass(frozen=True)
+class StudyCrops:
+    """One held-out study as its fold's classifier read it: what a crop figure shows."""
+
+    record: dict  # the study's `*_native` record
+    crops: np.ndarray  # uint8 [25, K, P, P] as cut (left targets mirrored)
+    present: np.ndarray  # bool [25] crop_present
+    read_at: np.ndarray  # float [25, 3] normalised points the crops were cut at
+    predicted: np.ndarray  # float [25, 3] the fold's localiser's points
+    probs: np.ndarray  # float [25, 3] the out-of-fold probabilities
+    size_mm: float  # crop side in mm
+
+
+def _panel(ax, study_crops: StudyCrops, target: int, error_mm: float) -> None:
     """One target's panel: its crop's middle slice with the localiser's and the annotated point marked."""
+    record, crops, probs = study_crops.record, study_crops.crops, study_crops.probs
+    read_at, predicted = study_crops.read_at[target], study_crops.predicted[target]
     series = int(TARGET_SERIES[target])
     slices, pixels = crops.shape[1], crops.shape[-1]
     ax.set_xticks([])
     ax.set_yticks([])
     label = int(record["labels"][target])
     truth = L.SEVERITY_NAMES[label] if label >= 0 else "no label"
-    if not present:
+    if not study_crops.present[target]:
         ax.set_facecolor("0.85")
         ax.set_title(f"{L.SERIES_TYPES[series]} absent\ntrue {truth}", fontsize=8)
         return
     ax.imshow(crops[target, centre_slice(target, slices)], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    marks = dict(size_mm=size_mm, pixels=pixels)
+    marks = dict(size_mm=study_crops.size_mm, pixels=pixels)
     row, col, _ = mark_in_crop(record, target, read_at, predicted, **marks)
     ax.plot(col, row, "+", color="cyan", ms=10, mew=1.8)
     where = "no point"
@@ -108,10 +123,10 @@ def _panel(ax, record: dict, crops: np.ndarray, present: bool, target: int, read
                  fontsize=8, linespacing=1.25)
 
 
-def plot_study_crops(record: dict, crops: np.ndarray, crop_present: np.ndarray, read_at: np.ndarray,
-                     predicted: np.ndarray, probs: np.ndarray, size_mm: float, path: str, title: str) -> str:
-    """A 5 x 5 grid (levels x conditions) of one study's crops [25, K, P, P] (present [25]) cut at `read_at`
-    [25, 3], with the localiser's `predicted` [25, 3] and the annotated points marked; probs [25, 3]."""
+def plot_study_crops(study_crops: StudyCrops, path: str, title: str) -> str:
+    """A 5 x 5 grid (levels x conditions) of one study's crops, cut at `read_at`, with the localiser's
+    `predicted` and the annotated points marked."""
+    record, predicted = study_crops.record, study_crops.predicted
     errors = localiser_errors(record, predicted)
     # Fixed layout in inches: square panels, room above each for its three-line title, a header for the
     # suptitle and the condition names.
@@ -122,8 +137,7 @@ def plot_study_crops(record: dict, crops: np.ndarray, crop_present: np.ndarray, 
     fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - header / height, bottom=bottom / height,
                         wspace=gap_x / panel, hspace=gap_y / panel)
     for t in range(L.NUM_TARGETS):
-        _panel(axes[L.TARGET_LEVEL[t], L.TARGET_CONDITION[t]], record, crops, bool(crop_present[t]), t, read_at[t],
-               predicted[t], errors[t], probs, size_mm)
+        _panel(axes[L.TARGET_LEVEL[t], L.TARGET_CONDITION[t]], study_crops, t, errors[t])
     for c, name in enumerate(L.CONDITIONS):
         axes[0, c].annotate(textwrap.fill(name.replace("_", " "), 22), (0.5, 1 + 0.62 / panel),
                             xycoords="axes fraction", ha="center", va="bottom", fontsize=10, weight="bold",
@@ -135,35 +149,37 @@ def plot_study_crops(record: dict, crops: np.ndarray, crop_present: np.ndarray, 
     return plots.save_figure(fig, path)
 
 
-def crop_sections(workdir: str, kaggle_dir: str, out_dir: str, num_studies: int, study_ids: np.ndarray,
-                  labels: np.ndarray, probs: np.ndarray, folds: np.ndarray) -> list[tuple[str, str, str]]:
+def crop_sections(workdir: str, kaggle_dir: str, out_dir: str, out_of_fold: tuple, num_studies: int
+                  ) -> list[tuple[str, str, str]]:
     """(title, PNG path, caption) of the crops of the `num_studies` worst-predicted held-out studies of a
-    two-stage run (OOF arrays as `oof.read_oof` + labels); [] for a one-stage run. Studies are read from
+    run whose pipeline localises; [] for any other. `out_of_fold`: the run's (study_ids [N], labels [N, 25],
+    probs [N, 25, 3], folds [N]), as `oof.read_oof` with the labels aligned. Studies are read from
     `kaggle_dir` (train split) with their native series."""
     config, pipeline = inference.load_run(workdir)
     if not pipeline.localises:
         return []
+    study_ids, labels, probs, folds = out_of_fold
     worst = oof.worst_studies(study_ids, labels, probs, folds, top=num_studies)
     entries = {e.study_id: e for e in study.list_studies(kaggle_dir, "train")}
-    cr, crop = config.crops, crops_lib.CropSpec.from_config(config.crops)
+    crop, annotated = crops_lib.CropSpec.from_config(config.crops), config.crops.points == "annotated"
     sections = []
     for row in worst.itertuples():
         record = study.study_example(entries[row.study_id], tuple(config.model.volume_shape),
-                                     native_max_size=NATIVE_MAX_SIZE[config.data.config])
+                                     native_max_size=pipeline.native_max_size(config))
         predicted = _held_out_points(workdir, row.fold, row.study_id)
-        read_at = crops_lib.training_points(record) if cr.points == "annotated" else predicted
+        read_at = crops_lib.training_points(record) if annotated else predicted
         crops, present = crops_lib.study_crops(record, read_at, crop)
         study_probs = probs[int(np.flatnonzero(study_ids == row.study_id)[0])]
-        png = plot_study_crops(record, crops, present, read_at, predicted, study_probs, cr.size_mm,
+        png = plot_study_crops(StudyCrops(record, crops, present, read_at, predicted, study_probs, crop.size_mm),
                                os.path.join(out_dir, f"crops_{row.study_id}.png"),
                                f"study {row.study_id}, held out in fold {row.fold} (per-study loss {row.loss:.3f})")
         errors = localiser_errors(record, predicted)
         scored = errors[np.isfinite(errors)]
         where = ("at the annotated points (crops.points='annotated'), the localiser's points marked"
-                 if cr.points == "annotated" else "at its fold's localiser's points")
+                 if annotated else "at its fold's localiser's points")
         caption = (f"Study {row.study_id} (fold {row.fold}, per-study loss {row.loss:.3f}; worst targets: "
-                   f"{row.worst_targets}). Crops of {cr.slices} slices x {cr.size_mm:g} mm sampled to "
-                   f"{cr.pixels} px, cut {where}. Localiser error over its {scored.size} annotated targets: "
+                   f"{row.worst_targets}). Crops of {crop.slices} slices x {crop.size_mm:g} mm sampled to "
+                   f"{crop.pixels} px, cut {where}. Localiser error over its {scored.size} annotated targets: "
                    + (f"median {np.median(scored):.1f} mm, max {np.max(scored):.1f} mm." if scored.size
                       else "none annotated."))
         sections.append((f"Study {row.study_id}", png, caption))

@@ -273,7 +273,7 @@ def _montage_section(kaggle_dir: str, out_dir: str, num_montages: int, volume_sh
 def _crops_section(workdir: str, kaggle_dir: str, out_dir: str, num_studies: int, run) -> list[str]:
     """Two-stage runs: the crops of the worst-predicted held-out studies (`analysis.crop_figures`); [] otherwise."""
     oof_ids, labels, probs, folds, summary = run
-    sections = crop_figures.crop_sections(workdir, kaggle_dir, out_dir, num_studies, oof_ids, labels, probs, folds)
+    sections = crop_figures.crop_sections(workdir, kaggle_dir, out_dir, (oof_ids, labels, probs, folds), num_studies)
     if not sections:
         return []
     loc = summary.get("localiser") or {}

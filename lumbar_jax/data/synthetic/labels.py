@@ -14,10 +14,10 @@ P(written | latent).
 Missing labels (quirks only): each cell with p = 0.012, plus a whole condition of study index = 0 mod 20,
 ~2.2 % of cells in all.
 
-Noise floor (`noise_floor_score(seed=0, num_studies=20000)`, `metrics.competition_score`): a reader who knows
-the latent severity and predicts P(written | latent) scores 0.310 (spinal 0.233, foraminal 0.341, subarticular
-0.406, any_severe_spinal 0.258); the class-prior baseline (each target's written-label frequencies, add-one
-smoothed) scores 1.109 on the same rows. No model can beat ~0.31 in expectation.
+Noise floor (`noise_floor_score(seed=0, num_studies=20000)`, `metrics.competition_score`): the score of a
+reader who knows the latent severity and predicts P(written | latent), beside the class-prior baseline (each
+target's written-label frequencies, add-one smoothed) on the same rows; no model can beat it in expectation.
+Its value is in the README (Results, References).
 
 Study `index` of seed `seed` draws its labels from `np.random.default_rng([seed, 0, index, 0])`, a stream of
 their own that the anatomy and pixels never touch; the quirk switch only empties cells, so the latent
