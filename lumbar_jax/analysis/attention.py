@@ -13,19 +13,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import textwrap
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from lumbar_jax import inference  # noqa: E402
-from lumbar_jax import labels as L  # noqa: E402
-from lumbar_jax.analysis import oof, plots  # noqa: E402
-from lumbar_jax.data import study  # noqa: E402
-from lumbar_jax.train import mesh as mesh_lib  # noqa: E402
+from lumbar_jax import inference
+from lumbar_jax import labels as L
+from lumbar_jax.analysis import oof, plots
+from lumbar_jax.data import study
+from lumbar_jax.train import mesh as mesh_lib
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +108,11 @@ def plot_query_attention(record: dict, probs: np.ndarray, attention: np.ndarray,
     Each panel's title: the series and slice drawn and the share of the query's attention on that series,
     the three predicted probabilities, the true grade and the peak-to-point distance; one colour bar for all
     panels (heat relative to the maximum over the drawn series)."""
-    # Fixed layout in inches: square panels, room above each for its three-line title, a header for the
-    # suptitle and condition names, a colour bar on the right.
-    panel, gap_x, gap_y, left, right, header, bottom = 2.3, 0.25, 0.65, 0.5, 1.2, 2.0, 0.15
-    width = left + L.NUM_CONDITIONS * panel + (L.NUM_CONDITIONS - 1) * gap_x + right
-    height = header + L.NUM_LEVELS * panel + (L.NUM_LEVELS - 1) * gap_y + bottom
-    fig, axes = plt.subplots(L.NUM_LEVELS, L.NUM_CONDITIONS, figsize=(width, height))
-    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - header / height, bottom=bottom / height,
-                        wspace=gap_x / panel, hspace=gap_y / panel)
+    # Square panels, room above each for its three-line title, a header for the suptitle and condition names,
+    # a colour bar on the right.
+    right, header, bottom = 1.2, 2.0, 0.15
+    fig, axes, width, height = plots.target_grid(2.3, gaps=(0.25, 0.65), margins=(0.5, right, header, bottom),
+                                                 label_size=11, label_offset=0.6)
     distances = []
     image = None
     for t in range(L.NUM_TARGETS):
@@ -128,11 +120,6 @@ def plot_query_attention(record: dict, probs: np.ndarray, attention: np.ndarray,
         image, distance = _panel(ax, record, attention[t], layout, t, probs)
         if distance is not None:
             distances.append(distance)
-    for c, name in enumerate(L.CONDITIONS):
-        axes[0, c].annotate(textwrap.fill(name.replace("_", " "), 22), (0.5, 1 + 0.6 / panel), xycoords="axes fraction",
-                            ha="center", va="bottom", fontsize=11, weight="bold", annotation_clip=False)
-    for level, name in enumerate(L.LEVEL_CSV_NAMES):
-        axes[level, 0].set_ylabel(name, fontsize=11, weight="bold")
     bar_height = 0.5 * (1 - (header + bottom) / height)
     bar = fig.colorbar(image, cax=fig.add_axes((1 - 0.95 * right / width, 0.5 - bar_height / 2 - header / height / 2
                                                 + bottom / height / 2, 0.18 / width, bar_height)))

@@ -15,23 +15,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import textwrap
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from lumbar_jax import inference, localiser_metrics, rundir  # noqa: E402
-from lumbar_jax import labels as L  # noqa: E402
-from lumbar_jax.analysis import oof, plots  # noqa: E402
-from lumbar_jax.analysis.attention import probability_text  # noqa: E402
-from lumbar_jax.data import crops as crops_lib  # noqa: E402
-from lumbar_jax.data import study  # noqa: E402
-from lumbar_jax.data.dicom_geometry import RIGHT_TO_LEFT_AXIS  # noqa: E402
-from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_VOLUMES  # noqa: E402
-from lumbar_jax.labels import TARGET_SERIES  # noqa: E402
+from lumbar_jax import inference, localiser_metrics, rundir
+from lumbar_jax import labels as L
+from lumbar_jax.analysis import oof, plots
+from lumbar_jax.analysis.attention import probability_text
+from lumbar_jax.data import crops as crops_lib
+from lumbar_jax.data import study
+from lumbar_jax.data.dicom_geometry import RIGHT_TO_LEFT_AXIS
+from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_VOLUMES
+from lumbar_jax.labels import TARGET_SERIES
 
 log = logging.getLogger(__name__)
 
@@ -128,22 +123,11 @@ def plot_study_crops(study_crops: StudyCrops, path: str, title: str) -> str:
     `predicted` and the annotated points marked."""
     record, predicted = study_crops.record, study_crops.predicted
     errors = localiser_errors(record, predicted)
-    # Fixed layout in inches: square panels, room above each for its three-line title, a header for the
-    # suptitle and the condition names.
-    panel, gap_x, gap_y, left, right, header, bottom = 2.2, 0.3, 0.75, 0.5, 0.15, 1.5, 0.15
-    width = left + L.NUM_CONDITIONS * panel + (L.NUM_CONDITIONS - 1) * gap_x + right
-    height = header + L.NUM_LEVELS * panel + (L.NUM_LEVELS - 1) * gap_y + bottom
-    fig, axes = plt.subplots(L.NUM_LEVELS, L.NUM_CONDITIONS, figsize=(width, height))
-    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - header / height, bottom=bottom / height,
-                        wspace=gap_x / panel, hspace=gap_y / panel)
+    # Square panels, room above each for its three-line title, a header for the suptitle and the condition names.
+    fig, axes, _, height = plots.target_grid(2.2, gaps=(0.3, 0.75), margins=(0.5, 0.15, 1.5, 0.15), label_size=10,
+                                             label_offset=0.62)
     for t in range(L.NUM_TARGETS):
         _panel(axes[L.TARGET_LEVEL[t], L.TARGET_CONDITION[t]], study_crops, t, errors[t])
-    for c, name in enumerate(L.CONDITIONS):
-        axes[0, c].annotate(textwrap.fill(name.replace("_", " "), 22), (0.5, 1 + 0.62 / panel),
-                            xycoords="axes fraction", ha="center", va="bottom", fontsize=10, weight="bold",
-                            annotation_clip=False)
-    for level, name in enumerate(L.LEVEL_CSV_NAMES):
-        axes[level, 0].set_ylabel(name, fontsize=10, weight="bold")
     fig.suptitle(title + "\ncyan +: localiser's point;  green o: annotated point (thin: on another slice)",
                  fontsize=11, y=1 - 0.1 / height, va="top")
     return plots.save_figure(fig, path)

@@ -7,6 +7,7 @@ Agg backend (no display on the development machines, docs/conventions.md section
 from __future__ import annotations
 
 import os
+import textwrap
 
 import matplotlib
 
@@ -32,6 +33,27 @@ def save_figure(fig, path: str) -> str:
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def target_grid(panel: float, gaps: tuple[float, float], margins: tuple[float, float, float, float],
+                label_size: int, label_offset: float):
+    """A figure of 5 x 5 square panels (levels x conditions) laid out in inches: `panel` the side of a panel,
+    `gaps` (x, y) between panels, `margins` (left, right, header, bottom); each condition named `label_offset`
+    inches above its column and each level beside its row, in `label_size` points. -> (fig, axes [5, 5], width,
+    height in inches)."""
+    (gap_x, gap_y), (left, right, header, bottom) = gaps, margins
+    width = left + L.NUM_CONDITIONS * panel + (L.NUM_CONDITIONS - 1) * gap_x + right
+    height = header + L.NUM_LEVELS * panel + (L.NUM_LEVELS - 1) * gap_y + bottom
+    fig, axes = plt.subplots(L.NUM_LEVELS, L.NUM_CONDITIONS, figsize=(width, height))
+    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - header / height, bottom=bottom / height,
+                        wspace=gap_x / panel, hspace=gap_y / panel)
+    for c, name in enumerate(L.CONDITIONS):
+        axes[0, c].annotate(textwrap.fill(name.replace("_", " "), 22), (0.5, 1 + label_offset / panel),
+                            xycoords="axes fraction", ha="center", va="bottom", fontsize=label_size, weight="bold",
+                            annotation_clip=False)
+    for level, name in enumerate(L.LEVEL_CSV_NAMES):
+        axes[level, 0].set_ylabel(name, fontsize=label_size, weight="bold")
+    return fig, axes, width, height
 
 
 def label_distribution(table: pd.DataFrame, path: str) -> str:
