@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -34,8 +33,8 @@ def predict(eval_step, state, records, indices: np.ndarray, batch_size: int, mes
     `records` is any random-access record source (a tfds split, a list of records); `study_ids` int
     [len(records)] the (distinct) study id of every record; `batch_size` the global eval batch.
     """
-    batches = pipeline.eval_batches(records, indices, batch_size=mesh_lib.process_batch_size(batch_size),
-                                    shard_index=jax.process_index(), shard_count=jax.process_count())
+    batches = pipeline.iterate(pipeline.eval_batches(records, indices, shard=pipeline.Shard.of_process(),
+                                                     batch_size=mesh_lib.process_batch_size(batch_size)))
     out, sums = gather_outputs(eval_step, state, batches, mesh, MODEL_INPUTS, study_ids[indices])
     peak_distance = sums["peak_distance_sum"] / max(sums["annotated"], 1) if "annotated" in sums else None
     return out["probs"], peak_distance
