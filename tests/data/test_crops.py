@@ -181,8 +181,8 @@ def test_jitter_moves_crops_in_the_volume_frame_and_is_a_function_of_the_seed():
                  "right_subarticular_stenosis_l1_l2"):
         t = L.TARGETS.index(name)
         s = C.TARGET_SERIES[t]
-        cut = C.cut_crops(record[f"{L.SERIES_TYPES[s]}_native"], record["native_affine"][s], points[t],
-                          offsets=offsets[t], **GEOMETRY)[0]
+        cut = C.cut_crops(record[f"{L.SERIES_TYPES[s]}_native"], record["native_affine"][s], points[t], CROP,
+                          offsets=offsets[t])[0]
         if L.TARGET_SIDE[t] == 1:  # jittered, then mirrored
             cut = np.flip(cut, axis=C._RIGHT_TO_LEFT_AXIS[s])
         np.testing.assert_array_equal(crops[t], cut, err_msg=name)
