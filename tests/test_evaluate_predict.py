@@ -33,7 +33,7 @@ def run(tmp_path_factory):
     """(kaggle dir with train + test studies, trained run dir)."""
     root = tmp_path_factory.mktemp("eval_run")
     kaggle = str(root / "kaggle")
-    synthetic.write_synthetic_dataset(kaggle, num_studies=12, seed=5, num_test_studies=3, progress=False)
+    synthetic.write_synthetic_dataset(kaggle, synthetic.DatasetSpec(12, seed=5, num_test_studies=3), progress=False)
     build.build_dataset(kaggle, str(root / "tfds"), "r64", workers=1)
     c = config_lib.apply_variant(config_lib.default_config(), "smoke")
     c.data.data_dir = str(root / "tfds")

@@ -28,7 +28,7 @@ def run(tmp_path_factory):
     """(kaggle dir with train + test studies, its r64_native dataset dir, trained two-stage run dir)."""
     root = tmp_path_factory.mktemp("two_stage_run")
     kaggle, tfds_dir = str(root / "kaggle"), str(root / "tfds")
-    synthetic.write_synthetic_dataset(kaggle, num_studies=12, seed=5, num_test_studies=3, progress=False)
+    synthetic.write_synthetic_dataset(kaggle, synthetic.DatasetSpec(12, seed=5, num_test_studies=3), progress=False)
     build.build_dataset(kaggle, tfds_dir, "r64_native", workers=1)
     c = config_lib.apply_variant(config_lib.two_stage_config(), "smoke")
     c.data.data_dir = tfds_dir

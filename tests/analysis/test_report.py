@@ -22,7 +22,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def kaggle(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("analysis") / "kaggle")
-    synthetic.write_synthetic_dataset(root, num_studies=6, seed=0, workers=1, progress=False)
+    synthetic.write_synthetic_dataset(root, synthetic.DatasetSpec(6, seed=0), workers=1, progress=False)
     return root
 
 
