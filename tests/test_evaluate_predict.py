@@ -18,7 +18,7 @@ import pytest
 
 from lumbar_jax import calibration, cross_validation, evaluate, predict, rundir
 from lumbar_jax.analysis import attention as attention_lib
-from lumbar_jax.analysis import write_report
+from lumbar_jax.analysis import Drawn, write_report
 from lumbar_jax.models.heads import token_centres
 from lumbar_jax import labels as L
 from lumbar_jax.data import augment, build, dataset, study, synthetic
@@ -291,7 +291,7 @@ def test_attention_density_puts_each_key_on_its_cell():
 @pytest.mark.filterwarnings("ignore::lumbar_jax.data.dicom.DicomSkipWarning")  # synthetic quirks, expected
 def test_report_draws_attention_of_a_held_out_study(run, tmp_path):
     kaggle, workdir = run
-    path = write_report(kaggle, str(tmp_path / "report"), workdir=workdir, num_montages=0, attention_studies=1)
+    path = write_report(kaggle, str(tmp_path / "report"), workdir=workdir, drawn=Drawn(montages=0, attention=1))
     text = open(path).read()
     pngs = [p for p in os.listdir(tmp_path / "report") if p.startswith("attention_")]
     assert len(pngs) == 1 and "Attention overlays of held-out studies" in text

@@ -16,7 +16,7 @@ import pytest
 from lumbar_jax import calibration, cross_validation, evaluate, localisation, predict, rundir
 from lumbar_jax import labels as L
 from lumbar_jax.analysis import crops as crops_figure
-from lumbar_jax.analysis import label_stats, oof, write_report
+from lumbar_jax.analysis import Drawn, label_stats, oof, write_report
 from lumbar_jax.data import build, crops, dataset, study, synthetic
 from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_VOLUMES
 from lumbar_jax.train import config as config_lib
@@ -140,7 +140,7 @@ def test_flip_tta_is_refused_for_a_two_stage_run(run):
 @pytest.mark.filterwarnings("ignore::lumbar_jax.data.dicom.DicomSkipWarning")  # synthetic quirks, expected
 def test_report_draws_the_crops_of_the_worst_predicted_held_out_studies(run, tmp_path):
     kaggle, _, workdir = run
-    path = write_report(kaggle, str(tmp_path / "report"), workdir=workdir, num_montages=0, crop_studies=2)
+    path = write_report(kaggle, str(tmp_path / "report"), workdir=workdir, drawn=Drawn(montages=0, crops=2))
     text = open(path).read()
     oof_ids, probs, folds = oof.read_oof(rundir.oof_path(workdir))
     labels = oof.align_labels(oof_ids, *label_stats.read_label_matrix(kaggle))
