@@ -55,6 +55,12 @@ class Context:
 
     SEED = 0
 
+    def synthetic_spec(self, num_studies: int, matrix_scale: int = 1):
+        """The `DatasetSpec` of `synthetic(num_studies, matrix_scale)`: clean studies of seed SEED."""
+        from lumbar_jax.data.synthetic import DatasetSpec
+
+        return DatasetSpec(num_studies, seed=self.SEED, quirks=False, matrix_scale=matrix_scale)
+
     def synthetic(self, num_studies: int, matrix_scale: int = 1) -> str:
         key = (num_studies, matrix_scale)
         if key not in self._synthetic:
@@ -62,8 +68,7 @@ class Context:
 
             name = f"synthetic_{num_studies}" + (f"_x{matrix_scale}" if matrix_scale != 1 else "")
             out = os.path.join(self.workdir, name)
-            write_synthetic_dataset(out, num_studies=num_studies, seed=self.SEED, quirks=False, workers=1,
-                                    progress=False, matrix_scale=matrix_scale)
+            write_synthetic_dataset(out, self.synthetic_spec(num_studies, matrix_scale), workers=1, progress=False)
             self._synthetic[key] = out
         return self._synthetic[key]
 

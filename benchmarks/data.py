@@ -1,7 +1,7 @@
 """Section `data`: DICOM study -> canonical volumes, against MONAI; and the dataset build command's scaling.
 
 1. Study loading, one process each, same files: synthetic Kaggle-layout studies (`write_synthetic_dataset(...,
-   quirks=False)`), 3 series per study.
+   DatasetSpec(..., quirks=False))`), 3 series per study.
    - lumbar_jax: `lumbar_jax.data.study.load_study_volumes(entry.series_dirs, shape)` -- series choice, DICOM
      parsing, slice sorting along the normal, reorientation to the canonical layout, linear resampling to
      `shape` and percentile normalisation to uint8.
@@ -137,8 +137,8 @@ def _slice_sizes(ctx: common.Context, num_studies: int, matrix_scale: int) -> tu
     (from the generator's plan: no file is read)."""
     from lumbar_jax.data.synthetic import make_study
 
-    rows = [int(r) for i in range(num_studies)
-            for s in make_study(ctx.SEED, i, quirks=False, matrix_scale=matrix_scale).series for r in s.shape[:, 0]]
+    spec = ctx.synthetic_spec(num_studies, matrix_scale)
+    rows = [int(r) for i in range(num_studies) for s in make_study(spec, i).series for r in s.shape[:, 0]]
     return min(rows), max(rows)
 
 

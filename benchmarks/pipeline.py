@@ -1,17 +1,17 @@
 """Section `pipeline`: the grain training pipelines over built datasets: r64 volumes, and stage 2's crops.
 
-`lumbar_jax.data.pipeline.train_dataset(source, all indices, batch_size, seed=0)` over a built r64 dataset with
-every augmentation on (the default `augment` section plus the GPU variants' spatial jitter: flip, zoom/shift,
-intensity), read in-process (`worker_count=0`) and with 2 grain worker processes. After warm-up batches (for
-workers: the first batch also pays their start-up, reported separately), each timed repetition draws
-`batches_per_repeat` batches; rate = records / s (each record holds 3 volumes).
+`lumbar_jax.data.pipeline.train_batches(source, all indices, Stream(batch_size, seed=0), augment)` over a built
+r64 dataset with every augmentation on (the default `augment` section plus the GPU variants' spatial jitter: flip,
+zoom/shift, intensity), read (`pipeline.iterate`) in-process (`worker_count=0`) and with 2 grain worker
+processes. After warm-up batches (for workers: the first batch also pays their start-up, reported separately),
+each timed repetition draws `batches_per_repeat` batches; rate = records / s (each record holds 3 volumes).
 Peer: the rate at which the one-stage model's train step consumes records (the models section's
 `benchmarks.models.train_step_consumption(ctx, 'fused')`); the ratio is pipeline / train step. The notes give
 the same ratio against the two-stage default's localiser step, which reads these batches in that pipeline.
 Target: >= 10x, so that on a machine whose cores the step also uses, reading and augmenting costs the step at
 most ~10 % of its time.
 
-Row `pipeline.crop_pipeline`: stage 2's input pipeline end to end, `lumbar_jax.data.crop_pipeline.train_dataset`
+Row `pipeline.crop_pipeline`: stage 2's input pipeline end to end, `lumbar_jax.data.crop_pipeline.train_batches`
 over a built r64_native dataset (`crop_studies`: the same 24 studies; smoke: 4, one batch), in-process, with
 the two-stage default's crop settings, batch size and intensity jitter (`benchmarks.models.two_stage_config`:
 `configs/vit_effnet.py`, `:smoke` in smoke) and a fixed placement jitter (CROP_JITTER, the scale of the
@@ -73,7 +73,7 @@ def crop_pipeline(ctx: common.Context, p: dict) -> tuple[common.Timing, common.T
 
     from lumbar_jax import labels as L
     from lumbar_jax.data import crop_pipeline as cp
-    from lumbar_jax.data import crops
+    from lumbar_jax.data import crops, pipeline
     from lumbar_jax.data.dataset import load_split
 
     from benchmarks import models
@@ -83,9 +83,8 @@ def crop_pipeline(ctx: common.Context, p: dict) -> tuple[common.Timing, common.T
     crop = crops.CropSpec.from_config(config.crops)
     centres = np.full((len(source), L.NUM_TARGETS, 3), 0.5)  # where targets without a point are cut
     batch_size, a = config.train.batch_size, config.augment
-    it = cp.train_dataset(source, np.arange(len(source)), batch_size=batch_size, seed=0, jitter=CROP_JITTER,
-                          intensity_scale=tuple(a.intensity_scale), intensity_shift=a.intensity_shift,
-                          fallback_points=centres, worker_count=0, crop=crop)
+    it = pipeline.iterate(cp.train_batches(source, np.arange(len(source)), pipeline.Stream(batch_size, seed=0), crop,
+                                           augment=cp.CropAugment.from_config(a, CROP_JITTER), fallback_points=centres))
     try:
         timing, _ = _timed_iterator(it, batch_size=batch_size, warmup_batches=p["crop_warmup_batches"],
                                     batches=p["crop_batches_per_repeat"], repeats=p["repeats"])
@@ -119,8 +118,8 @@ def run(ctx: common.Context) -> dict[str, Any]:
     augment.update(config_lib.SPATIAL_JITTER)
 
     def iterator(workers: int):
-        return pipeline.train_dataset(source, indices, batch_size=p["batch_size"], seed=0, worker_count=workers,
-                                      augment_config=augment)
+        batches = pipeline.train_batches(source, indices, pipeline.Stream(p["batch_size"], seed=0), augment)
+        return pipeline.iterate(batches, pipeline.Reading(worker_count=workers))
 
     timing = dict(batch_size=p["batch_size"], warmup_batches=p["warmup_batches"], batches=p["batches_per_repeat"],
                   repeats=p["repeats"])

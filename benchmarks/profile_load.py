@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     shape = args.shape
 
     from lumbar_jax.data import study
-    from lumbar_jax.data.synthetic import write_synthetic_dataset
+    from lumbar_jax.data.synthetic import DatasetSpec, write_synthetic_dataset
 
     with tempfile.TemporaryDirectory(prefix="lumbar_jax_profile_") as root:
-        write_synthetic_dataset(root, args.studies, seed=0, quirks=False, progress=False)
+        write_synthetic_dataset(root, DatasetSpec(args.studies, seed=0, quirks=False), progress=False)
         entries = study.list_studies(root, "train")
 
         def load():

@@ -42,11 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.num_montages, args.attention_studies, args.crop_studies) < 0:
         parser.error("--num_montages, --attention_studies and --crop_studies must be >= 0")
     cli.setup_logging()
-    from lumbar_jax.analysis import write_report  # after parsing: matplotlib, JAX
+    from lumbar_jax.analysis import Drawn, write_report  # after parsing: matplotlib, JAX
 
-    path = write_report(args.data_dir, args.out, workdir=args.workdir, num_montages=args.num_montages,
-                        volume_shape=tuple(args.volume_shape), attention_studies=args.attention_studies,
-                        crop_studies=args.crop_studies)
+    drawn = Drawn(montages=args.num_montages, attention=args.attention_studies, crops=args.crop_studies)
+    path = write_report(args.data_dir, args.out, workdir=args.workdir, drawn=drawn,
+                        volume_shape=tuple(args.volume_shape))
     print(path)
     return 0
 

@@ -18,7 +18,7 @@ import pytest
 
 from lumbar_jax import calibration, cross_validation, evaluate, predict, rundir
 from lumbar_jax.analysis import attention as attention_lib
-from lumbar_jax.analysis import write_report
+from lumbar_jax.analysis import Drawn, write_report
 from lumbar_jax.models.heads import token_centres
 from lumbar_jax import labels as L
 from lumbar_jax.data import augment, build, dataset, study, synthetic
@@ -33,7 +33,7 @@ def run(tmp_path_factory):
     """(kaggle dir with train + test studies, trained run dir)."""
     root = tmp_path_factory.mktemp("eval_run")
     kaggle = str(root / "kaggle")
-    synthetic.write_synthetic_dataset(kaggle, num_studies=12, seed=5, num_test_studies=3, progress=False)
+    synthetic.write_synthetic_dataset(kaggle, synthetic.DatasetSpec(12, seed=5, num_test_studies=3), progress=False)
     build.build_dataset(kaggle, str(root / "tfds"), "r64", workers=1)
     c = config_lib.apply_variant(config_lib.default_config(), "smoke")
     c.data.data_dir = str(root / "tfds")
@@ -291,7 +291,7 @@ def test_attention_density_puts_each_key_on_its_cell():
 @pytest.mark.filterwarnings("ignore::lumbar_jax.data.dicom.DicomSkipWarning")  # synthetic quirks, expected
 def test_report_draws_attention_of_a_held_out_study(run, tmp_path):
     kaggle, workdir = run
-    path = write_report(kaggle, str(tmp_path / "report"), workdir=workdir, num_montages=0, attention_studies=1)
+    path = write_report(kaggle, str(tmp_path / "report"), workdir=workdir, drawn=Drawn(montages=0, attention=1))
     text = open(path).read()
     pngs = [p for p in os.listdir(tmp_path / "report") if p.startswith("attention_")]
     assert len(pngs) == 1 and "Attention overlays of held-out studies" in text

@@ -15,8 +15,7 @@ import pytest
 
 from lumbar_jax import calibration, cross_validation, evaluate, localiser_metrics, predict, rundir
 from lumbar_jax import labels as L
-from lumbar_jax.analysis import crop_figures
-from lumbar_jax.analysis import label_stats, oof, write_report
+from lumbar_jax.analysis import Drawn, crop_figures, label_stats, oof, write_report
 from lumbar_jax.data import build, crops, dataset, study, synthetic
 from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_VOLUMES
 from lumbar_jax.train import config as config_lib
@@ -28,7 +27,7 @@ def run(tmp_path_factory):
     """(kaggle dir with train + test studies, its r64_native dataset dir, trained two-stage run dir)."""
     root = tmp_path_factory.mktemp("two_stage_run")
     kaggle, tfds_dir = str(root / "kaggle"), str(root / "tfds")
-    synthetic.write_synthetic_dataset(kaggle, num_studies=12, seed=5, num_test_studies=3, progress=False)
+    synthetic.write_synthetic_dataset(kaggle, synthetic.DatasetSpec(12, seed=5, num_test_studies=3), progress=False)
     build.build_dataset(kaggle, tfds_dir, "r64_native", workers=1)
     c = config_lib.apply_variant(config_lib.two_stage_config(), "smoke")
     c.data.data_dir = tfds_dir
@@ -140,7 +139,7 @@ def test_flip_tta_is_refused_for_a_two_stage_run(run):
 @pytest.mark.filterwarnings("ignore::lumbar_jax.data.dicom.DicomSkipWarning")  # synthetic quirks, expected
 def test_report_draws_the_crops_of_the_worst_predicted_held_out_studies(run, tmp_path):
     kaggle, _, workdir = run
-    path = write_report(kaggle, str(tmp_path / "report"), workdir=workdir, num_montages=0, crop_studies=2)
+    path = write_report(kaggle, str(tmp_path / "report"), workdir=workdir, drawn=Drawn(montages=0, crops=2))
     text = open(path).read()
     oof_ids, probs, folds = oof.read_oof(rundir.oof_path(workdir))
     labels = oof.align_labels(oof_ids, *label_stats.read_label_matrix(kaggle))

@@ -4,11 +4,11 @@
   oof          OOF predictions of a run directory: reading, calibration bins, confusion, worst studies (pure)
   plots        one matplotlib PNG per function (Agg backend)
   montage      canonical volumes of a few studies with their annotated points (a geometry check)
-  report       write_report: all of the above into out_dir/report.md
+  report       write_report (`Drawn`: studies per drawn section): all of the above into out_dir/report.md
 
 CLI: `python scripts/analyze.py --data_dir KAGGLE_DIR [--workdir W] --out REPORT_DIR`.
 """
 
-from lumbar_jax.analysis.report import write_report
+from lumbar_jax.analysis.report import Drawn, write_report
 
-__all__ = ["write_report"]
+__all__ = ["Drawn", "write_report"]

@@ -12,6 +12,7 @@ worst-predicted held-out studies, the localiser's and the annotated points marke
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Sequence
@@ -288,9 +289,17 @@ def _crops_section(workdir: str, kaggle_dir: str, out_dir: str, num_studies: int
     return lines
 
 
-def write_report(kaggle_dir: str, out_dir: str, workdir: str | None = None, num_montages: int = 3,
-                 volume_shape: tuple[int, int, int] = (16, 64, 64),
-                 attention_studies: int = 1, crop_studies: int = 3) -> str:
+@dataclasses.dataclass(frozen=True)
+class Drawn:
+    """How many studies each drawn section of the report shows; 0 leaves the section out."""
+
+    montages: int = 3  # studies drawn with their label coordinates (the first that have them)
+    attention: int = 1  # with a target-query run: held-out studies with the model's per-target attention
+    crops: int = 3  # with a two-stage run: the worst-predicted held-out studies with the crops the classifier read
+
+
+def write_report(kaggle_dir: str, out_dir: str, workdir: str | None = None, drawn: Drawn = Drawn(),
+                 volume_shape: tuple[int, int, int] = (16, 64, 64)) -> str:
     """Write the analysis PNGs and `report.md` into out_dir; return the path of report.md.
 
     Args:
@@ -299,12 +308,9 @@ def write_report(kaggle_dir: str, out_dir: str, workdir: str | None = None, num_
       out_dir: created if needed; PNGs and report.md go there.
       workdir: optional finished cross-validation run directory (docs/conventions.md section 5): adds the OOF
         sections (scores, calibration, confusion, worst studies).
-      num_montages: number of studies drawn (the first with label coordinates); 0 for none.
+      drawn: how many studies the montages, the attention overlays (restores fold 0's best checkpoint) and
+        the crops (with the localiser's and the annotated points) show.
       volume_shape: the [D, H, W] volumes are resampled to for the montages (the dataset config's).
-      attention_studies: with a target-query run, held-out studies drawn with the model's per-target
-        attention (restores fold 0's best checkpoint); 0 for none.
-      crop_studies: with a two-stage run, the worst-predicted held-out studies drawn with the crops the
-        classifier read and the localiser's and annotated points; 0 for none.
     Raises:
       FileNotFoundError naming a missing train.csv, run directory or file of it; ValueError for OOF
       predictions of studies that train.csv does not hold (naming some), or malformed files.
@@ -330,19 +336,19 @@ def write_report(kaggle_dir: str, out_dir: str, workdir: str | None = None, num_
     if run is not None:
         log.info("OOF diagnostics of %s", workdir)
         lines += _oof_section(*run, out_dir=out_dir, workdir=workdir)
-    if num_montages > 0:
-        log.info("montages of %d studies (reads DICOMs)", num_montages)
-        lines += _montage_section(kaggle_dir, out_dir, num_montages, volume_shape)
-    if run is not None and attention_studies > 0:
-        log.info("attention overlays of %d held-out studies (restores fold 0's model)", attention_studies)
-        overlays = attention.attention_sections(workdir, kaggle_dir, out_dir, attention_studies)
+    if drawn.montages > 0:
+        log.info("montages of %d studies (reads DICOMs)", drawn.montages)
+        lines += _montage_section(kaggle_dir, out_dir, drawn.montages, volume_shape)
+    if run is not None and drawn.attention > 0:
+        log.info("attention overlays of %d held-out studies (restores fold 0's model)", drawn.attention)
+        overlays = attention.attention_sections(workdir, kaggle_dir, out_dir, drawn.attention)
         if overlays:
             lines += ["## Attention overlays of held-out studies\n", attention.ATTENTION_INTRO + "\n"]
             for title, png, caption in overlays:
                 lines += [f"### {title}\n", _image(title, png, out_dir, caption)]
-    if run is not None and crop_studies > 0:
-        log.info("crops of the %d worst-predicted held-out studies (two-stage runs; reads DICOMs)", crop_studies)
-        lines += _crops_section(workdir, kaggle_dir, out_dir, crop_studies, run)
+    if run is not None and drawn.crops > 0:
+        log.info("crops of the %d worst-predicted held-out studies (two-stage runs; reads DICOMs)", drawn.crops)
+        lines += _crops_section(workdir, kaggle_dir, out_dir, drawn.crops, run)
     lines = number_headings(lines)
     path = os.path.join(out_dir, REPORT_FILE)
     with open(path, "w") as f:

@@ -11,23 +11,23 @@ Batches are dicts of numpy arrays, B = batch size of this process, K = `crop.sli
     valid          bool    [B]               eval batches only: False on padding rows
 
 Training places the crops at `crops.training_points` (the annotated point on the target's series, else
-`fallback_points[record]` when given, else no crop), moved by Gaussian jitter per condition group (`jitter`,
-std in (slices, mm, mm), e.g. the localiser's measured error, so training sees the placement errors that
-evaluation will), then jitters contrast and brightness per series. Evaluation places them at `points[record]`
-(the localiser's predictions for held-out studies) or, without `points`, at the annotated points; no
-augmentation. No left/right flip: left crops are already mirrored into right-side crops, so flipping the
-patient would give the encoder the very same pixels and only move each crop, with its label, to the other
-side's token.
+`fallback_points[record]` when given, else no crop), moved by Gaussian jitter per condition group
+(`CropAugment.jitter`, std in (slices, mm, mm), e.g. the localiser's measured error, so training sees the placement
+errors that evaluation will), then jitters contrast and brightness per series. Evaluation places them at
+`points[record]` (the localiser's predictions for held-out studies) or, without `points`, at the annotated points;
+no augmentation. No left/right flip: left crops are already mirrored into right-side crops, so flipping the patient
+would give the encoder the very same pixels and only move each crop, with its label, to the other side's token.
 
 Determinism, resume, sharding and workers are those of `lumbar_jax.data.pipeline` (same stream: `train_stream`,
 `padded_eval_stream`, `iterate`): training batch k is a pure function of (seed, k), the augmentation RNG is
-seeded by (seed, stream position), so `start_step` resumes exactly and worker count changes nothing.
+seeded by (seed, stream position), so `train_batches(...)[start:]` resumes exactly and worker count changes
+nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -53,6 +53,30 @@ def _row(record: dict[str, Any], points: np.ndarray, crop: C.CropSpec, *, jitter
     }
 
 
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: no field-wise hash over the ndarray
+class CropAugment:
+    """How training crops are augmented (neutral by default): placement jitter, then contrast and brightness
+    jitter per series."""
+
+    jitter: np.ndarray | None = None  # float64 [3 groups, 3] std (slices, mm, mm) of the placement; None = none
+    intensity_scale: tuple[float, float] = (1.0, 1.0)  # (low, high) contrast range
+    intensity_shift: float = 0.0  # brightness range, a fraction of 255
+
+    def __post_init__(self):
+        if not 0 < self.intensity_scale[0] <= self.intensity_scale[1] or self.intensity_shift < 0:
+            raise ValueError(f"intensity_scale must be 0 < low <= high and intensity_shift >= 0, got "
+                             f"{self.intensity_scale}, {self.intensity_shift}")
+        if self.jitter is not None:
+            object.__setattr__(self, "jitter", np.asarray(self.jitter, dtype=np.float64))
+        object.__setattr__(self, "intensity_scale", tuple(self.intensity_scale))
+
+    @classmethod
+    def from_config(cls, augment_config, jitter: np.ndarray | None) -> CropAugment:
+        """The intensity ranges of a run config's `augment` section, with placement `jitter` [3, 3] (e.g. the
+        localiser's held-out error)."""
+        return cls(jitter, tuple(augment_config.intensity_scale), augment_config.intensity_shift)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: no field-wise hash over the ndarrays
 class _TrainCropExample:
     """(stream position, record index) -> augmented row; picklable for grain workers."""
@@ -60,18 +84,16 @@ class _TrainCropExample:
     source: Sequence[Any]
     seed: int
     crop: C.CropSpec
-    jitter: np.ndarray | None
-    intensity_scale: tuple[float, float]
-    intensity_shift: float
-    fallback_points: np.ndarray | None
+    augment: CropAugment
+    fallback_points: np.ndarray | None  # [len(source), 25, 3] where targets without an annotated point are cut
 
     def __call__(self, position: int, record_index: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng((self.seed, _CROP_STREAM, position))
         record = self.source[record_index]
         fallback = None if self.fallback_points is None else self.fallback_points[record_index]
-        row = _row(record, C.training_points(record, fallback), self.crop, jitter=self.jitter, rng=rng)
-        row["crops"] = augment.jitter_crop_intensity(row["crops"], row["crop_present"], rng, self.intensity_scale,
-                                                     self.intensity_shift)
+        row = _row(record, C.training_points(record, fallback), self.crop, jitter=self.augment.jitter, rng=rng)
+        row["crops"] = augment.jitter_crop_intensity(row["crops"], row["crop_present"], rng,
+                                                     self.augment.intensity_scale, self.augment.intensity_shift)
         return row
 
 
@@ -99,86 +121,31 @@ def _per_record_points(points: np.ndarray | None, source: Sequence[Any], what: s
     return points
 
 
-def train_batches(
-    source: Sequence[Any],
-    indices: Sequence[int],
-    *,
-    batch_size: int,
-    seed: int,
-    crop: C.CropSpec,
-    jitter: np.ndarray | None = None,
-    intensity_scale: tuple[float, float] = (1.0, 1.0),
-    intensity_shift: float = 0.0,
-    fallback_points: np.ndarray | None = None,
-    num_epochs: int | None = None,
-    shard_index: int = 0,
-    shard_count: int = 1,
-) -> grain.MapDataset:
+def train_batches(source: Sequence[Any], indices: Sequence[int], stream: pipeline.Stream, crop: C.CropSpec, *,
+                  augment: CropAugment = CropAugment(), fallback_points: np.ndarray | None = None
+                  ) -> grain.MapDataset:
     """Random-access training batches of crops of this process: element k = local batch of training step k.
 
-    The stream of `pipeline.train_batches` (seeded order, reshuffled per epoch, `num_epochs`, sharding). Crops:
-    `crop` (K slices x size_mm squares sampled to P pixels); `jitter` [3, 3] std per condition group
-    (slices, mm, mm) or None; `intensity_scale` (low, high) contrast range and `intensity_shift` brightness
-    range (fraction of 255), neutral by default; `fallback_points` [len(source), 25, 3]: where to cut targets
-    without an annotated point (e.g. the localiser's predictions), None = leave them absent. Lazy.
+    The stream of `pipeline.train_batches` (seeded order, reshuffled per epoch, epochs, sharding: `stream`).
+    Crops: `crop` (K slices x size_mm squares sampled to P pixels), augmented as `augment` says;
+    `fallback_points` [len(source), 25, 3]: where to cut targets without an annotated point (e.g. the
+    localiser's predictions), None = leave them absent. Lazy; read from step `start` on with
+    `pipeline.iterate(train_batches(...)[start:], reading)`.
     """
-    if not 0 < intensity_scale[0] <= intensity_scale[1] or intensity_shift < 0:
-        raise ValueError(f"intensity_scale must be 0 < low <= high and intensity_shift >= 0, got "
-                         f"{intensity_scale}, {intensity_shift}")
-    example = _TrainCropExample(
-        source, seed, crop,
-        None if jitter is None else np.asarray(jitter, dtype=np.float64), tuple(intensity_scale), intensity_shift,
-        _per_record_points(fallback_points, source, "fallback_points"))
-    return pipeline.train_stream(indices, example, batch_size=batch_size, seed=seed, num_epochs=num_epochs,
-                                 shard_index=shard_index, shard_count=shard_count)
+    example = _TrainCropExample(source, stream.seed, crop, augment,
+                                _per_record_points(fallback_points, source, "fallback_points"))
+    return pipeline.train_stream(indices, example, stream)
 
 
-def train_dataset(
-    source: Sequence[Any],
-    indices: Sequence[int],
-    *,
-    batch_size: int,
-    seed: int,
-    crop: C.CropSpec,
-    jitter: np.ndarray | None = None,
-    intensity_scale: tuple[float, float] = (1.0, 1.0),
-    intensity_shift: float = 0.0,
-    fallback_points: np.ndarray | None = None,
-    num_epochs: int | None = None,
-    start_step: int = 0,
-    worker_count: int = 0,
-    read_threads: int = 2,
-    shard_index: int = 0,
-    shard_count: int = 1,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Iterator over training batches from step `start_step` on (= `train_batches(...)[start_step:]`), read
-    as `pipeline.train_dataset` reads (`worker_count` processes, `read_threads` threads; close it when done)."""
-    batches = train_batches(source, indices, batch_size=batch_size, seed=seed, crop=crop, jitter=jitter,
-                            intensity_scale=intensity_scale, intensity_shift=intensity_shift, fallback_points=fallback_points,
-                            num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count)
-    return pipeline.iterate(batches[start_step:], worker_count=worker_count, read_threads=read_threads)
-
-
-def eval_batches(
-    source: Sequence[Any],
-    indices: Sequence[int],
-    *,
-    batch_size: int,
-    crop: C.CropSpec,
-    points: np.ndarray | None = None,
-    worker_count: int = 0,
-    read_threads: int = 2,
-    shard_index: int = 0,
-    shard_count: int = 1,
-) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(source: Sequence[Any], indices: Sequence[int], crop: C.CropSpec, *, batch_size: int,
+                 points: np.ndarray | None = None, shard: pipeline.Shard = pipeline.Shard()) -> grain.MapDataset:
     """Every record of `indices` once, in order, unaugmented, in fixed-shape batches (padding and sharding as
-    `pipeline.eval_batches`; padding rows: zero crops, crop_present False, labels -1, study_id -1).
+    `pipeline.eval_batches`; padding rows: zero crops, crop_present False, labels -1, study_id -1); read them
+    with `pipeline.iterate`.
 
     `points` float [len(source), 25, 3]: per record (by index in `source`) the normalised point of every
     target on its series, e.g. the localiser's predictions (every finite point is cut, annotated or not);
     None = the annotated points (`crops.training_points`).
     """
     example = _EvalCropExample(source, crop, _per_record_points(points, source, "points"))
-    batches = pipeline.padded_eval_stream(indices, example, batch_size=batch_size, shard_index=shard_index,
-                                          shard_count=shard_count)
-    return pipeline.iterate(batches, worker_count=worker_count, read_threads=read_threads)
+    return pipeline.padded_eval_stream(indices, example, batch_size=batch_size, shard=shard)

@@ -63,12 +63,13 @@ def _taps(positions: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.
     return first, weights[0], weights[1]
 
 
-def cut_crops(volume: np.ndarray, affine: np.ndarray, points: np.ndarray, *, slices: int, size_mm: float,
-              pixels: int, offsets: np.ndarray | None = None) -> np.ndarray:
-    """Crops uint8 [n, K=slices, P=pixels, P] of `volume` uint8 [D, H, W] around `points` [n, 3] (normalised).
+def cut_crops(volume: np.ndarray, affine: np.ndarray, points: np.ndarray, crop: CropSpec, *,
+              offsets: np.ndarray | None = None) -> np.ndarray:
+    """Crops uint8 [n, K=crop.slices, P=crop.pixels, P] of `volume` uint8 [D, H, W] around `points` [n, 3]
+    (normalised).
 
     Crop i takes slices round(points[i, 0] * (D - 1) + offsets[i, 0]) + (-(K // 2) ... K - 1 - K // 2) and, in
-    each, the `size_mm` square centred on (points[i, 1] * (H - 1), points[i, 2] * (W - 1)) moved by
+    each, the `crop.size_mm` square centred on (points[i, 1] * (H - 1), points[i, 2] * (W - 1)) moved by
     offsets[i, 1:] mm along rows / cols; pixel centres lie (j - (P - 1) / 2) * size_mm / P from the centre.
     In-plane spacing comes from `affine` [4, 4] (`in_plane_spacing`). `offsets` [n, 3]: (slices, mm, mm) in the
     volume's frame, default 0. Vectorised over the crops (in cache-sized chunks).
@@ -82,6 +83,7 @@ def cut_crops(volume: np.ndarray, affine: np.ndarray, points: np.ndarray, *, sli
     if not (row_mm > 0 and col_mm > 0):
         raise ValueError(f"affine has no in-plane spacing (rows {row_mm} mm, cols {col_mm} mm): absent series?")
     depth, height, width = volume.shape
+    slices, size_mm, pixels = crop.slices, crop.size_mm, crop.pixels
     if height < 2 or width < 2:
         raise ValueError(f"volume needs at least 2 x 2 pixels per slice, got {volume.shape}")
 
@@ -185,8 +187,8 @@ def study_crops(record: Mapping[str, Any], points: np.ndarray, crop: CropSpec, *
         targets = np.flatnonzero(crop_present & (TARGET_SERIES == s))
         if len(targets) == 0:
             continue
-        cut = cut_crops(record[f"{name}_native"], np.asarray(record["native_affine"])[s], points[targets],
-                        slices=crop.slices, size_mm=crop.size_mm, pixels=crop.pixels, offsets=offsets[targets])
+        cut = cut_crops(record[f"{name}_native"], np.asarray(record["native_affine"])[s], points[targets], crop,
+                        offsets=offsets[targets])
         left = _LEFT[targets]
         cut[left] = mirror_volume(cut[left], s)
         crops[targets] = cut

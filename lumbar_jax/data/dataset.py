@@ -53,7 +53,7 @@ def synthetic_manual_dir(cache_dir: str, num_studies: int, seed: int) -> str:
     marker = os.path.join(out, "synthetic_summary.json")
     if not os.path.exists(marker):
         log.info("generating %d synthetic studies into %s", num_studies, out)
-        synthetic.write_synthetic_dataset(out, num_studies=num_studies, seed=seed, workers=os.cpu_count() or 1)
+        synthetic.write_synthetic_dataset(out, synthetic.DatasetSpec(num_studies, seed), workers=os.cpu_count() or 1)
     return out
 
 

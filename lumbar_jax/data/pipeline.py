@@ -20,25 +20,25 @@ Batches are dicts of numpy arrays, B = batch size of this process:
 (`series_ids` is dropped: the model does not use it.)
 
 Determinism and resume: the training stream is a pure function of (seed, step). Training batch k is
-`train_batches(...)[k]`, built from global stream positions that are fixed by the seed (grain's index
-shuffle, reshuffled each epoch) and augmented with an RNG seeded by (seed, stream position). Nothing depends on
-worker count, thread scheduling or what was read before, so a resumed run passes `start_step` (the
-checkpointed step) and gets exactly the batches an uninterrupted run would have seen.
-`train_stream`, `padded_eval_stream` and `iterate` are that machinery for any per-record example (stage 2's
-crop batches, `lumbar_jax.data.crop_pipeline`, use them).
+`train_batches(..., stream, ...)[k]` (`Stream`: batch size, seed, epochs, shard), built from global stream
+positions that are fixed by the seed (grain's index shuffle, reshuffled each epoch) and augmented with an RNG
+seeded by (seed, stream position). Nothing depends on worker count, thread scheduling or what was read before, so a
+resumed run reads `train_batches(...)[start:]` (start = the checkpointed step) and gets exactly the batches an
+uninterrupted run would have seen. `train_stream`, `padded_eval_stream` and `iterate` are that machinery for any
+per-record example (stage 2's crop batches, `lumbar_jax.data.crop_pipeline`, use them).
 
 Where the work happens: decoding and augmentation run on the host, per record, inside grain's reader threads
-(`read_threads`) and, with `worker_count > 0`, in grain worker processes (`mp_prefetch`). Worker processes are
-started with multiprocessing "spawn", so the training script needs an `if __name__ == "__main__":` guard;
-grain reads absl flags when it starts them (if the script has not parsed its flags yet, they are marked parsed
-with their defaults). Their batches arrive as grain SharedMemoryArray (an np.ndarray subclass); at interpreter
-exit grain may print "leaked shared_memory" / "'NoneType' object has no attribute 'mmap'" warnings (grain
-issue #398, harmless). Records stay uint8 all the way to the device (4x less transfer than float32).
+(`Reading.read_threads`) and, with `Reading.worker_count > 0`, in grain worker processes (`mp_prefetch`). Worker
+processes are started with multiprocessing "spawn", so the training script needs an `if __name__ == "__main__":`
+guard; grain reads absl flags when it starts them (if the script has not parsed its flags yet, they are marked
+parsed with their defaults). Their batches arrive as grain SharedMemoryArray (an np.ndarray subclass); at
+interpreter exit grain may print "leaked shared_memory" / "'NoneType' object has no attribute 'mmap'" warnings
+(grain issue #398, harmless). Records stay uint8 all the way to the device (4x less transfer than float32).
 
-Multi-host: pass `shard_index=jax.process_index()`, `shard_count=jax.process_count()` and the per-process
-batch size. Each global step consumes `batch_size * shard_count` consecutive positions of the global stream;
+Multi-host: pass `Shard.of_process()` (jax.process_index() of jax.process_count()) and the per-process batch
+size. Each global step consumes `batch_size * shard.count` consecutive positions of the global stream;
 process p reads the p-th block of `batch_size`, so processes read disjoint records and the concatenation of
-their local batches equals the single-process batch of size `batch_size * shard_count`.
+their local batches equals the single-process batch of size `batch_size * shard.count`.
 """
 
 from __future__ import annotations
@@ -97,84 +97,80 @@ class _AtRecord:
         return self.example(position, int(self.indices[index_in_fold]))
 
 
-def train_stream(
-    indices: Sequence[int],
-    example: Callable[[int, int], dict[str, np.ndarray]],
-    *,
-    batch_size: int,
-    seed: int,
-    num_epochs: int | None = None,
-    shard_index: int = 0,
-    shard_count: int = 1,
-) -> grain.MapDataset:
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """This process's share of the data: block `index` of every global batch of `count` blocks (training), or
+    every `count`-th index from `index` on (evaluation). Module docstring, multi-host."""
+
+    index: int = 0  # this process: jax.process_index()
+    count: int = 1  # processes sharing the data: jax.process_count()
+
+    def __post_init__(self):
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"shard index {self.index} not in [0, count={self.count})")
+
+    @classmethod
+    def of_process(cls) -> Shard:
+        """The shard of this JAX process (jax.process_index() of jax.process_count())."""
+        import jax  # only here: the records and grain workers need no JAX
+
+        return cls(jax.process_index(), jax.process_count())
+
+
+@dataclasses.dataclass(frozen=True)
+class Stream:
+    """Which training batches this process gets: its local batches of the seeded global stream (module
+    docstring); batch k is a pure function of these fields and k."""
+
+    batch_size: int  # B: rows of this process's batch (a global batch holds B * shard.count)
+    seed: int  # the record order and the augmentation RNG, in [0, 2**32)
+    num_epochs: int | None = None  # passes over the indices; None = repeat forever
+    shard: Shard = Shard()  # this process's block of every global batch
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """How batches are read (`iterate`): never what they hold, so results do not depend on it."""
+
+    worker_count: int = 0  # grain worker processes (started with spawn); 0 = read in this process
+    read_threads: int = 2  # reader threads per process, each prefetching up to 2 batches
+
+
+def train_stream(indices: Sequence[int], example: Callable[[int, int], dict[str, np.ndarray]], stream: Stream
+                 ) -> grain.MapDataset:
     """The seeded, sharded training stream of `train_batches`, for any per-record example.
 
     `example(stream position, record index) -> dict of arrays` must be a pure function of its arguments (derive
     any RNG from the position) and picklable (grain workers); element k of the result = local batch of step k.
     """
     indices = np.asarray(indices, dtype=np.int64)
-    if not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard_index {shard_index} not in [0, shard_count={shard_count})")
-    global_batch = batch_size * shard_count
+    batch_size, shard = stream.batch_size, stream.shard
+    global_batch = batch_size * shard.count
     if len(indices) < global_batch:
         raise ValueError(f"{len(indices)} training records cannot fill one global batch of {global_batch}")
-    if not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
-    stream = grain.MapDataset.range(len(indices)).shuffle(seed=seed).repeat(num_epochs)
-    examples = stream.map_with_index(_AtRecord(example, indices))
+    if not 0 <= stream.seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {stream.seed}")
+    positions = grain.MapDataset.range(len(indices)).shuffle(seed=stream.seed).repeat(stream.num_epochs)
+    examples = positions.map_with_index(_AtRecord(example, indices))
     blocks = examples.batch(batch_size, drop_remainder=True)  # block j = stream positions [jB, (j+1)B)
-    if num_epochs is not None:
-        blocks = blocks[: len(examples) // global_batch * shard_count]
-    return blocks[shard_index::shard_count]
+    if stream.num_epochs is not None:
+        blocks = blocks[: len(examples) // global_batch * shard.count]
+    return blocks[shard.index::shard.count]
 
 
-def train_batches(
-    source: Sequence[Any],
-    indices: Sequence[int],
-    *,
-    batch_size: int,
-    seed: int,
-    augment_config: ml_collections.ConfigDict,
-    num_epochs: int | None = None,
-    shard_index: int = 0,
-    shard_count: int = 1,
-) -> grain.MapDataset:
+def train_batches(source: Sequence[Any], indices: Sequence[int], stream: Stream,
+                  augment_config: ml_collections.ConfigDict) -> grain.MapDataset:
     """Random-access training batches of this process: element k = local batch of training step k.
 
     The global stream visits every record of `indices` once per epoch in a seeded order (a different order
     each epoch) and runs on across epoch boundaries (a batch may hold the end of one epoch and the start of
-    the next). `num_epochs=None` repeats forever; otherwise the stream ends after `num_epochs` passes and the
-    trailing positions that do not fill one global batch are dropped, so every process has the same number
+    the next). `stream.num_epochs=None` repeats forever; otherwise the stream ends after `num_epochs` passes and
+    the trailing positions that do not fill one global batch are dropped, so every process has the same number
     of steps. `augment_config`: the run config's `augment` section (validated with the run config). Lazy:
-    nothing is read until an element is accessed.
+    nothing is read until an element is accessed; read batches from step `start` on with
+    `iterate(train_batches(...)[start:], reading)` (close that iterator when done if it has workers).
     """
-    return train_stream(indices, _TrainExample(source, seed, augment_config), batch_size=batch_size, seed=seed,
-                        num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count)
-
-
-def train_dataset(
-    source: Sequence[Any],
-    indices: Sequence[int],
-    *,
-    batch_size: int,
-    seed: int,
-    augment_config: ml_collections.ConfigDict,
-    num_epochs: int | None = None,
-    start_step: int = 0,
-    worker_count: int = 0,
-    read_threads: int = 2,
-    shard_index: int = 0,
-    shard_count: int = 1,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Iterator over training batches from step `start_step` on (= `train_batches(...)[start_step:]`).
-
-    `worker_count` grain worker processes (0 = read and augment in this process), each with `read_threads`
-    reader threads prefetching whole batches. Close the returned iterator (`.close()`) when done with it if
-    it has workers. See `train_batches` for the stream and the module docstring for resume and sharding.
-    """
-    batches = train_batches(source, indices, batch_size=batch_size, seed=seed, augment_config=augment_config,
-                            num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count)
-    return iterate(batches[start_step:], worker_count=worker_count, read_threads=read_threads)
+    return train_stream(indices, _TrainExample(source, stream.seed, augment_config), stream)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -209,36 +205,21 @@ class _EvalExample:
         return self._padding
 
 
-def eval_batches(
-    source: Sequence[Any],
-    indices: Sequence[int],
-    *,
-    batch_size: int,
-    worker_count: int = 0,
-    read_threads: int = 2,
-    shard_index: int = 0,
-    shard_count: int = 1,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Every record of `indices` exactly once, in order, no augmentation, in fixed-shape batches.
+def eval_batches(source: Sequence[Any], indices: Sequence[int], *, batch_size: int, shard: Shard = Shard()
+                 ) -> grain.MapDataset:
+    """Every record of `indices` exactly once, in order, no augmentation, in fixed-shape batches (read them
+    with `iterate`).
 
     The last batch is padded up to `batch_size` (so jit sees one shape); padding rows have `valid` False,
-    labels -1, coords/coords_series -1, present False, study_id -1 and zero volumes. With `shard_count > 1`,
-    process p gets `indices[p::shard_count]` and every process yields the same number of batches (padding as
-    needed), so collective ops stay in step; gather predictions with `valid` (or `study_id`).
+    labels -1, coords/coords_series -1, present False, study_id -1 and zero volumes. With `shard.count > 1`,
+    process p gets `indices[p::count]` and every process has the same number of batches (padding as needed),
+    so collective ops stay in step; gather predictions with `valid` (or `study_id`).
     """
-    batches = padded_eval_stream(indices, _RecordExample(source), batch_size=batch_size, shard_index=shard_index,
-                                 shard_count=shard_count)
-    return iterate(batches, worker_count=worker_count, read_threads=read_threads)
+    return padded_eval_stream(indices, _RecordExample(source), batch_size=batch_size, shard=shard)
 
 
-def padded_eval_stream(
-    indices: Sequence[int],
-    example: Callable[[int], dict[str, np.ndarray]],
-    *,
-    batch_size: int,
-    shard_index: int = 0,
-    shard_count: int = 1,
-) -> grain.MapDataset:
+def padded_eval_stream(indices: Sequence[int], example: Callable[[int], dict[str, np.ndarray]], *, batch_size: int,
+                       shard: Shard = Shard()) -> grain.MapDataset:
     """The padded, sharded evaluation batches of `eval_batches`, for any per-record example.
 
     `example(record index) -> dict of arrays` (picklable). Rows gain `valid`; padding rows copy the shapes of
@@ -247,22 +228,23 @@ def padded_eval_stream(
     indices = np.asarray(indices, dtype=np.int64)
     if len(indices) == 0:
         raise ValueError("eval_batches needs at least one index")
-    if not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard_index {shard_index} not in [0, shard_count={shard_count})")
-    local = indices[shard_index::shard_count]
-    num_batches = math.ceil(math.ceil(len(indices) / shard_count) / batch_size)
+    local = indices[shard.index::shard.count]
+    num_batches = math.ceil(math.ceil(len(indices) / shard.count) / batch_size)
     rows = grain.MapDataset.range(num_batches * batch_size).map(_EvalExample(example, local, int(indices[0])))
     return rows.batch(batch_size)
 
 
-def iterate(batches: grain.MapDataset, *, worker_count: int, read_threads: int) -> grain.DatasetIterator:
-    """Iterator over `batches` with `read_threads` threads (per process) prefetching up to 2 batches each."""
+def iterate(batches: grain.MapDataset, reading: Reading = Reading()) -> grain.DatasetIterator:
+    """Iterator over `batches` as `reading` says: its `read_threads` threads (per process) prefetch up to 2
+    batches each, in `worker_count` grain worker processes or this one. Close it (`.close()`) when done if it
+    has workers."""
+    read_threads = reading.read_threads
     read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * max(read_threads, 1))
     dataset = batches.to_iter_dataset(read)
-    if worker_count > 0:
+    if reading.worker_count > 0:
         if not flags.FLAGS.is_parsed():  # grain reads its absl flags when it starts workers
             flags.FLAGS.mark_as_parsed()  # (defaults); a later app.run / FLAGS(argv) still parses argv
-        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=reading.worker_count))
     return iter(dataset)
 
 

@@ -24,7 +24,7 @@ from lumbar_jax.dataset_configs import GRID_DATASETS
 from lumbar_jax.models import registry
 from lumbar_jax.pipelines.base import Pipeline, Restorer
 from lumbar_jax.train import one_stage
-from lumbar_jax.train.eval_loop import predict
+from lumbar_jax.train.eval_loop import Predict
 from lumbar_jax.train.folds import evaluate_fold
 from lumbar_jax.train.init import study_model_state
 from lumbar_jax.train.state import eval_model_state, merge_model
@@ -77,10 +77,10 @@ class OneStageRestorer(Restorer):
         """Probabilities float [N, 25, 3] of one fold's model for every record, in order. With `tta` the mean of
         the prediction and the unflipped prediction of the mirrored study."""
         indices, study_ids = np.arange(len(records)), np.array([int(r["study_id"]) for r in records])
-        probs, _ = predict(self.eval_step, model.state, records, indices, self.batch_size, self.mesh, study_ids)
+        predict = Predict(self.eval_step, self.batch_size, self.mesh)
+        probs, _ = predict(model.state, records, indices, study_ids)
         if tta:
-            flipped, _ = predict(self.eval_step, model.state, FlippedRecords(records), indices, self.batch_size,
-                                 self.mesh, study_ids)
+            flipped, _ = predict(model.state, FlippedRecords(records), indices, study_ids)
             probs = (probs + augment.unflip_predictions(flipped)) / 2
         return probs
 

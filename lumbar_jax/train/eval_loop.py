@@ -8,9 +8,10 @@ outputs of all processes come back in the order of the study ids asked for. It s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -26,19 +27,29 @@ def model_inputs(batch: dict) -> dict:
     return {k: batch[k] for k in MODEL_INPUTS}
 
 
-def predict(eval_step, state, records, indices: np.ndarray, batch_size: int, mesh: Mesh, study_ids: np.ndarray
-            ) -> tuple[np.ndarray, float | None]:
-    """(probabilities float [len(indices), 25, 3] of the study model for `records[indices]`, in that order; the
-    mean voxel distance between attention peak and annotated point when `eval_step` reports it, else None).
+@dataclasses.dataclass(frozen=True)
+class Predict:
+    """A study model's state, records -> probabilities: `eval_step` (`train.step.make_eval_step`) over global
+    batches of `batch_size` on `mesh`, each process feeding its shard."""
 
-    `records` is any random-access record source (a tfds split, a list of records); `study_ids` int
-    [len(records)] the (distinct) study id of every record; `batch_size` the global eval batch.
-    """
-    batches = pipeline.eval_batches(records, indices, batch_size=mesh_lib.process_batch_size(batch_size),
-                                    shard_index=jax.process_index(), shard_count=jax.process_count())
-    out, sums = gather_outputs(eval_step, state, batches, mesh, MODEL_INPUTS, study_ids[indices])
-    peak_distance = sums["peak_distance_sum"] / max(sums["annotated"], 1) if "annotated" in sums else None
-    return out["probs"], peak_distance
+    eval_step: Callable  # state, batch of MODEL_INPUTS -> {"probs": [B, 25, 3], optional summed scalars}
+    batch_size: int  # global eval batch
+    mesh: Mesh  # devices the batches are sharded over
+
+    def __call__(self, state, records: Sequence[Any], indices: np.ndarray, study_ids: np.ndarray
+                 ) -> tuple[np.ndarray, float | None]:
+        """(probabilities float [len(indices), 25, 3] of the study model for `records[indices]`, in that order;
+        the mean voxel distance between attention peak and annotated point when `eval_step` reports it, else
+        None).
+
+        `records` is any random-access record source (a tfds split, a list of records); `study_ids` int
+        [len(records)] the (distinct) study id of every record.
+        """
+        batches = pipeline.iterate(pipeline.eval_batches(records, indices, shard=pipeline.Shard.of_process(),
+                                                         batch_size=mesh_lib.process_batch_size(self.batch_size)))
+        out, sums = gather_outputs(self.eval_step, state, batches, self.mesh, MODEL_INPUTS, study_ids[indices])
+        peak_distance = sums["peak_distance_sum"] / max(sums["annotated"], 1) if "annotated" in sums else None
+        return out["probs"], peak_distance
 
 
 def gather_outputs(eval_step, state, batches, mesh: Mesh, inputs: Sequence[str], study_ids: np.ndarray

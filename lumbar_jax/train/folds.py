@@ -20,7 +20,7 @@ from lumbar_jax import labels as L
 from lumbar_jax import metrics
 from lumbar_jax.data import dataset, pipeline
 from lumbar_jax.train import config as config_lib
-from lumbar_jax.train.eval_loop import predict
+from lumbar_jax.train.eval_loop import Predict
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def evaluate_fold(eval_step, state, fold: Fold, batch_size: int, mesh) -> tuple[
     """(held-out probabilities float [len(fold.val_idx), 25, 3], their `metrics.evaluate_predictions` report
     against the class prior of the fold's training part, with 'peak_distance' when `eval_step` reports the
     attention peaks of a target-query model)."""
-    probs, peak_distance = predict(eval_step, state, fold.source, fold.val_idx, batch_size, mesh, fold.study_ids)
+    probs, peak_distance = Predict(eval_step, batch_size, mesh)(state, fold.source, fold.val_idx, fold.study_ids)
     result = metrics.evaluate_predictions(fold.val_labels, probs, fold.train_labels)
     if peak_distance is not None:
         result["peak_distance"] = peak_distance

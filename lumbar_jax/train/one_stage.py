@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 
-import jax
-
 from lumbar_jax import rundir
 from lumbar_jax.data import pipeline
 from lumbar_jax.models import registry
@@ -55,7 +53,7 @@ def study_eval_step(config, statics, mesh, with_attention_peaks: bool):
 def _train_batches(config, fold: Fold, start: int):
     """This process's shard of the fold's training batches from step `start` on (the same as an uninterrupted
     run would have drawn there)."""
-    return pipeline.train_dataset(
-        fold.source, fold.train_idx, batch_size=mesh_lib.process_batch_size(config.train.batch_size),
-        seed=seeds.data_seed(config.seed, fold.index), augment_config=config.augment, start_step=start,
-        worker_count=config.data.worker_count, shard_index=jax.process_index(), shard_count=jax.process_count())
+    stream = pipeline.Stream(mesh_lib.process_batch_size(config.train.batch_size),
+                             seeds.data_seed(config.seed, fold.index), shard=pipeline.Shard.of_process())
+    batches = pipeline.train_batches(fold.source, fold.train_idx, stream, config.augment)
+    return pipeline.iterate(batches[start:], pipeline.Reading(config.data.worker_count))

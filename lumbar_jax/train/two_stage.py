@@ -101,11 +101,11 @@ def _localiser_stage(config, workdir: str, fold: Fold, mesh, geometry: localiser
         return points, {k: (math.inf if v is None and k == "score" else v) for k, v in figures.items()}
 
     def batches(start: int):
-        return map(lambda b: {k: b[k] for k in LOCALISER_INPUTS}, pipeline.train_dataset(
-            fold.source, fold.train_idx, batch_size=mesh_lib.process_batch_size(lc.batch_size),
-            seed=seeds.data_seed(config.seed, fold.index), augment_config=config.augment, start_step=start,
-            worker_count=config.data.worker_count, shard_index=jax.process_index(),
-            shard_count=jax.process_count()))
+        stream = pipeline.Stream(mesh_lib.process_batch_size(lc.batch_size), seeds.data_seed(config.seed, fold.index),
+                                 shard=pipeline.Shard.of_process())
+        batches = pipeline.train_batches(fold.source, fold.train_idx, stream, config.augment)
+        return map(lambda b: {k: b[k] for k in LOCALISER_INPUTS},
+                   pipeline.iterate(batches[start:], pipeline.Reading(config.data.worker_count)))
 
     schedule = dict(steps=lc.steps, lr=lc.lr, warmup_steps=lc.warmup_steps, batch_size=lc.batch_size,
                     log_every=tc.log_every, eval_every=lc.eval_every, checkpoint_every=tc.checkpoint_every)
@@ -140,13 +140,13 @@ def _classifier_stage(config, workdir: str, fold: Fold, mesh, points: np.ndarray
         return probs, metrics.evaluate_predictions(fold.val_labels, probs, fold.train_labels)
 
     def batches(start: int):
-        a = config.augment
-        return map(lambda b: {k: b[k] for k in CROP_INPUTS}, crop_pipeline.train_dataset(
-            fold.source, fold.train_idx, batch_size=mesh_lib.process_batch_size(tc.batch_size),
-            seed=seeds.data_seed(config.seed, fold.index), crop=crop, jitter=jitter,
-            intensity_scale=tuple(a.intensity_scale), intensity_shift=a.intensity_shift, fallback_points=points,
-            start_step=start, worker_count=config.data.worker_count, shard_index=jax.process_index(),
-            shard_count=jax.process_count()))
+        stream = pipeline.Stream(mesh_lib.process_batch_size(tc.batch_size), seeds.data_seed(config.seed, fold.index),
+                                 shard=pipeline.Shard.of_process())
+        batches = crop_pipeline.train_batches(fold.source, fold.train_idx, stream, crop,
+                                              augment=crop_pipeline.CropAugment.from_config(config.augment, jitter),
+                                              fallback_points=points)
+        return map(lambda b: {k: b[k] for k in CROP_INPUTS},
+                   pipeline.iterate(batches[start:], pipeline.Reading(config.data.worker_count)))
 
     return loop.Stage(name=f"fold {fold.index}", directory=directory, statics=statics, state=state,
                       train_step=train_step, eval_step=eval_step, batches=batches, evaluate=evaluate,

@@ -69,8 +69,8 @@ class Localise:
     def __call__(self, state, records: Sequence[Any], indices: np.ndarray, study_ids: np.ndarray) -> np.ndarray:
         """Normalised points float32 [len(indices), 25, 3] of `records[indices]` (flip TTA); `study_ids` int
         [len(records)], distinct."""
-        batches = pipeline.eval_batches(records, indices, batch_size=mesh_lib.process_batch_size(self.batch_size),
-                                        shard_index=jax.process_index(), shard_count=jax.process_count())
+        batches = pipeline.iterate(pipeline.eval_batches(records, indices, shard=pipeline.Shard.of_process(),
+                                                         batch_size=mesh_lib.process_batch_size(self.batch_size)))
         out, _ = gather_outputs(self.eval_step, state, batches, self.mesh, ("volumes", "present"),
                                 study_ids[indices])
         return out["points"]
@@ -94,9 +94,9 @@ class Classify:
         if points is not None:
             per_record = np.full((len(records), L.NUM_TARGETS, 3), np.nan)
             per_record[indices] = points
-        batches = crop_pipeline.eval_batches(
-            records, indices, batch_size=mesh_lib.process_batch_size(self.batch_size), crop=self.crop,
-            points=per_record, shard_index=jax.process_index(), shard_count=jax.process_count())
+        batches = pipeline.iterate(crop_pipeline.eval_batches(
+            records, indices, self.crop, batch_size=mesh_lib.process_batch_size(self.batch_size), points=per_record,
+            shard=pipeline.Shard.of_process()))
         out, _ = gather_outputs(self.eval_step, state, batches, self.mesh, ("crops", "crop_present"),
                                 study_ids[indices])
         return out["probs"]

@@ -12,7 +12,7 @@ import pytest
 
 from lumbar_jax import labels as L
 from lumbar_jax import cli, metrics
-from lumbar_jax.analysis import label_stats, write_report
+from lumbar_jax.analysis import Drawn, label_stats, write_report
 from lumbar_jax.data import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,7 +22,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def kaggle(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("analysis") / "kaggle")
-    synthetic.write_synthetic_dataset(root, num_studies=6, seed=0, workers=1, progress=False)
+    synthetic.write_synthetic_dataset(root, synthetic.DatasetSpec(6, seed=0), workers=1, progress=False)
     return root
 
 
@@ -56,7 +56,7 @@ def test_write_report_end_to_end(kaggle, tmp_path):
     workdir = str(tmp_path / "run")
     summary = _fake_run(kaggle, workdir)
     out = str(tmp_path / "report")
-    path = write_report(kaggle, out, workdir=workdir, num_montages=2, attention_studies=0)
+    path = write_report(kaggle, out, workdir=workdir, drawn=Drawn(montages=2, attention=0))
     assert path == os.path.join(out, "report.md")
     text = open(path).read()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
@@ -81,7 +81,7 @@ def test_write_report_end_to_end(kaggle, tmp_path):
 
 
 def test_write_report_without_run_and_montages(kaggle, tmp_path):
-    text = open(write_report(kaggle, str(tmp_path / "r"), num_montages=0)).read()
+    text = open(write_report(kaggle, str(tmp_path / "r"), drawn=Drawn(montages=0))).read()
     assert "Out-of-fold" not in text and "montage_" not in text and "subarticular" in text
     assert re.findall(r"^## (\d+)\. ", text, re.M) == ["1", "2"]
 
@@ -94,7 +94,7 @@ def test_bad_inputs_are_named(kaggle, tmp_path):
     workdir = str(tmp_path / "foreign")
     _fake_run(kaggle, workdir, study_ids=[123, 456])
     with pytest.raises(ValueError, match=r"not in train.csv, e.g. \[123, 456\]"):
-        write_report(kaggle, str(tmp_path / "r"), workdir=workdir, num_montages=0)
+        write_report(kaggle, str(tmp_path / "r"), workdir=workdir, drawn=Drawn(montages=0))
 
 
 def test_cli_missing_train_csv_exits_2_naming_the_path(tmp_path):

@@ -21,7 +21,7 @@ DESCRIPTIONS = "train_series_descriptions.csv"
 def clean(tmp_path_factory):
     """(root of a clean 3-study synthetic set, {study_id: its record})."""
     root = str(tmp_path_factory.mktemp("bad_input") / "clean")
-    synthetic.write_synthetic_dataset(root, num_studies=3, seed=5, quirks=False, progress=False)
+    synthetic.write_synthetic_dataset(root, synthetic.DatasetSpec(3, seed=5, quirks=False), progress=False)
     records, found = _records(root)
     assert found == []
     return root, records
@@ -353,7 +353,8 @@ def test_unknown_series_description_costs_its_series_naming_the_line(clean, dama
 
 def test_test_image_folder_missing_from_its_csv_is_kept_typed_by_its_headers(tmp_path):
     root = str(tmp_path / "kaggle")
-    synthetic.write_synthetic_dataset(root, num_studies=1, seed=4, num_test_studies=2, quirks=False, progress=False)
+    synthetic.write_synthetic_dataset(root, synthetic.DatasetSpec(1, seed=4, num_test_studies=2, quirks=False),
+                                      progress=False)
     clean = study.list_studies(root, "test")
     rows = _read(root, "test_series_descriptions.csv")
     _write(root, "test_series_descriptions.csv", [r for r in rows if r[0] != str(clean[0].study_id)])

@@ -31,7 +31,7 @@ SENTINELS = ("PHI-SENTINEL", "SYNTHETIC^")  # in PatientName, PatientID, Institu
 def clean(tmp_path_factory):
     """{series description: (series dir, {instance: [(row, col), ...]} of its label points)} of one clean study."""
     root = str(tmp_path_factory.mktemp("bad_input") / "kaggle")
-    synthetic.write_synthetic_dataset(root, 1, seed=4, quirks=False, progress=False)
+    synthetic.write_synthetic_dataset(root, synthetic.DatasetSpec(1, seed=4, quirks=False), progress=False)
     with open(os.path.join(root, "train_series_descriptions.csv")) as f:
         rows = list(csv.DictReader(f))
     with open(os.path.join(root, "train_label_coordinates.csv")) as f:

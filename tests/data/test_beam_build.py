@@ -15,7 +15,7 @@ from lumbar_jax.data import beam_build, build, dataset, synthetic  # noqa: E402
 
 def test_beam_build_writes_the_same_examples_as_the_default_build(tmp_path):
     kaggle = str(tmp_path / "kaggle")
-    synthetic.write_synthetic_dataset(kaggle, num_studies=8, seed=5, progress=False)
+    synthetic.write_synthetic_dataset(kaggle, synthetic.DatasetSpec(8, seed=5), progress=False)
     splits = list(build.build_dataset(kaggle, str(tmp_path / "plain"), "r64", workers=1).info.splits)
     assert list(beam_build.build_dataset_beam(kaggle, str(tmp_path / "beam"), "r64", workers=2).info.splits) == splits
 

@@ -27,8 +27,8 @@ def built(tmp_path_factory):
     """(synthetic summary, build report, printed output, report path)."""
     root = tmp_path_factory.mktemp("build_report")
     manual_dir, data_dir = str(root / "kaggle"), str(root / "tfds")
-    summary = synthetic.write_synthetic_dataset(manual_dir, num_studies=NUM_TRAIN, seed=3,
-                                                num_test_studies=NUM_TEST, progress=False)
+    spec = synthetic.DatasetSpec(NUM_TRAIN, 3, NUM_TEST)
+    summary = synthetic.write_synthetic_dataset(manual_dir, spec, progress=False)
     coordinates = os.path.join(manual_dir, "train_label_coordinates.csv")
     with open(coordinates) as f:
         last = f.read().splitlines()[-1].split(",")

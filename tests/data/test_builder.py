@@ -26,8 +26,7 @@ NUM_TRAIN, NUM_TEST = 8, 2
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("builder")
     manual_dir, data_dir = str(root / "kaggle"), str(root / "tfds")
-    synthetic.write_synthetic_dataset(manual_dir, num_studies=NUM_TRAIN, seed=3, num_test_studies=NUM_TEST,
-                                      progress=False)
+    synthetic.write_synthetic_dataset(manual_dir, synthetic.DatasetSpec(NUM_TRAIN, 3, NUM_TEST), progress=False)
     assert build.main(["--manual_dir", manual_dir, "--data_dir", data_dir, "--config", "r64", "--workers", "1"]) == 0
     source = {split: tfds.data_source("rsna_lumbar_spine/r64", split=split, data_dir=data_dir)
               for split in ("train", "test")}

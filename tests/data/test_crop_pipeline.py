@@ -9,10 +9,11 @@ import pytest
 from lumbar_jax import labels as L
 from lumbar_jax.data import crop_pipeline as CP
 from lumbar_jax.data import crops as C
+from lumbar_jax.data import pipeline as P
 from tests.data.test_crops import CROP, JITTER, native_record
 
 NUM_RECORDS = 9
-AUGMENT = dict(jitter=JITTER, intensity_scale=(0.8, 1.2), intensity_shift=0.1)
+AUGMENT = CP.CropAugment(JITTER, intensity_scale=(0.8, 1.2), intensity_shift=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +30,11 @@ def assert_batches_equal(a, b):
 
 
 def test_train_batch_layout_and_unaugmented_rows(records):
-    batch = CP.train_batches(records, np.arange(NUM_RECORDS), batch_size=4, seed=0, crop=CROP, **AUGMENT)[0]
+    batch = CP.train_batches(records, np.arange(NUM_RECORDS), P.Stream(4, seed=0), CROP, augment=AUGMENT)[0]
     expected = {"crops": (np.uint8, (4, 25, 5, 16, 16)), "crop_present": (np.bool_, (4, 25)),
                 "labels": (np.int32, (4, 25)), "study_id": (np.int64, (4,))}
     assert {k: (v.dtype.type, v.shape) for k, v in batch.items()} == expected
-    plain = CP.train_batches(records, np.arange(NUM_RECORDS), batch_size=4, seed=0, crop=CROP)[0]
+    plain = CP.train_batches(records, np.arange(NUM_RECORDS), P.Stream(4, seed=0), CROP)[0]
     np.testing.assert_array_equal(plain["study_id"], batch["study_id"])
     for i, study_id in enumerate(plain["study_id"]):
         record = records[study_id - 1000]
@@ -48,9 +49,9 @@ def test_train_batch_layout_and_unaugmented_rows(records):
 
 
 def test_intensity_jitter_alone_keeps_the_crops_in_place(records):
-    intensity = dict(intensity_scale=(0.5, 0.5), intensity_shift=0.0)  # halve the contrast about the mean
-    batch = CP.train_batches(records, np.arange(NUM_RECORDS), batch_size=3, seed=1, crop=CROP, **intensity)[0]
-    plain = CP.train_batches(records, np.arange(NUM_RECORDS), batch_size=3, seed=1, crop=CROP)[0]
+    intensity = CP.CropAugment(intensity_scale=(0.5, 0.5), intensity_shift=0.0)  # halve the contrast about the mean
+    batch = CP.train_batches(records, np.arange(NUM_RECORDS), P.Stream(3, seed=1), CROP, augment=intensity)[0]
+    plain = CP.train_batches(records, np.arange(NUM_RECORDS), P.Stream(3, seed=1), CROP)[0]
     present = plain["crop_present"]
     original, jittered = plain["crops"][present].astype(float), batch["crops"][present].astype(float)
     assert np.corrcoef(original.ravel(), jittered.ravel())[0, 1] > 0.99
@@ -59,23 +60,23 @@ def test_intensity_jitter_alone_keeps_the_crops_in_place(records):
 
 def test_training_uses_fallback_points_only_where_nothing_is_annotated(records):
     fallback = np.full((NUM_RECORDS, 25, 3), 0.5)
-    batch = CP.train_batches(records, np.arange(NUM_RECORDS), batch_size=4, seed=0, crop=CROP,
-                             fallback_points=fallback)[0]
+    batch = CP.train_batches(records, np.arange(NUM_RECORDS), P.Stream(4, seed=0), CROP, fallback_points=fallback)[0]
     for i, study_id in enumerate(batch["study_id"]):
         record = records[study_id - 1000]
         crops, _ = C.study_crops(record, C.training_points(record, fallback[0]), CROP)
         np.testing.assert_array_equal(batch["crops"][i], crops)
     assert batch["crop_present"][:, 3].any()  # target 3 has no annotated point: cut at the fallback
     with pytest.raises(ValueError, match="fallback_points"):
-        CP.train_batches(records, np.arange(4), batch_size=2, seed=0, crop=CROP, fallback_points=fallback[:4])
+        CP.train_batches(records, np.arange(4), P.Stream(2, seed=0), CROP, fallback_points=fallback[:4])
 
 
 def test_train_is_a_function_of_the_seed_and_resumes_exactly(records):
-    kwargs = dict(batch_size=2, num_epochs=2, crop=CROP, **AUGMENT)
-    a = list(CP.train_dataset(records, np.arange(NUM_RECORDS), seed=5, **kwargs))
-    b = list(CP.train_dataset(records, np.arange(NUM_RECORDS), seed=5, read_threads=0, **kwargs))
-    c = list(CP.train_dataset(records, np.arange(NUM_RECORDS), seed=6, **kwargs))
-    resumed = list(CP.train_dataset(records, np.arange(NUM_RECORDS), seed=5, start_step=5, **kwargs))
+    def read(seed, start=0, reading=P.Reading()):
+        stream = P.Stream(2, seed, num_epochs=2)
+        return list(P.iterate(CP.train_batches(records, np.arange(NUM_RECORDS), stream, CROP, augment=AUGMENT)[start:],
+                              reading))
+
+    a, b, c, resumed = read(5), read(5, reading=P.Reading(read_threads=0)), read(6), read(5, start=5)
     assert len(a) == len(b) == 9 and len(resumed) == 4  # 18 positions // 2
     for x, y in zip(a, b):
         assert_batches_equal(x, y)
@@ -89,10 +90,9 @@ def test_train_is_a_function_of_the_seed_and_resumes_exactly(records):
 
 
 def test_shards_split_the_global_batch(records):
-    kwargs = dict(seed=1, num_epochs=2, crop=CROP, **AUGMENT)
-    single = CP.train_batches(records, np.arange(NUM_RECORDS), batch_size=4, **kwargs)
-    shards = [CP.train_batches(records, np.arange(NUM_RECORDS), batch_size=2, shard_index=p, shard_count=2,
-                               **kwargs) for p in range(2)]
+    single = CP.train_batches(records, np.arange(NUM_RECORDS), P.Stream(4, 1, num_epochs=2), CROP, augment=AUGMENT)
+    shards = [CP.train_batches(records, np.arange(NUM_RECORDS), P.Stream(2, 1, num_epochs=2, shard=P.Shard(p, 2)),
+                               CROP, augment=AUGMENT) for p in range(2)]
     assert len(single) == len(shards[0]) == len(shards[1]) == 4
     for step in (0, 3):
         parts = [shards[p][step] for p in range(2)]
@@ -102,7 +102,7 @@ def test_shards_split_the_global_batch(records):
 
 def test_examples_survive_pickling_for_grain_workers(records):
     """grain worker processes receive the example callables pickled; they must cut the same crops there."""
-    example = CP._TrainCropExample(records, 3, CROP, JITTER, (0.8, 1.2), 0.1, None)
+    example = CP._TrainCropExample(records, 3, CROP, AUGMENT, None)
     assert_batches_equal(pickle.loads(pickle.dumps(example))(7, 2), example(7, 2))
     evaluate = CP._EvalCropExample(records, CROP, np.full((NUM_RECORDS, 25, 3), 0.5))
     assert_batches_equal(pickle.loads(pickle.dumps(evaluate))(4), evaluate(4))
@@ -112,7 +112,7 @@ def test_examples_survive_pickling_for_grain_workers(records):
 def test_eval_cuts_at_the_given_points_once_per_record_and_pads(records, given_points):
     fold = np.array([8, 1, 4, 0, 6])
     points = np.random.default_rng(3).uniform(0.2, 0.8, (NUM_RECORDS, 25, 3)) if given_points else None
-    batches = list(CP.eval_batches(records, fold, batch_size=3, crop=CROP, points=points))
+    batches = list(P.iterate(CP.eval_batches(records, fold, CROP, batch_size=3, points=points)))
     assert len(batches) == 2 and all(b["crops"].shape == (3, 25, 5, 16, 16) for b in batches)
     valid = np.concatenate([b["valid"] for b in batches])
     np.testing.assert_array_equal(valid, [True] * 5 + [False])
@@ -135,4 +135,4 @@ def test_eval_cuts_at_the_given_points_once_per_record_and_pads(records, given_p
 
 def test_eval_refuses_points_that_do_not_cover_the_source(records):
     with pytest.raises(ValueError, match="points"):
-        CP.eval_batches(records, [0, 1], batch_size=2, crop=CROP, points=np.zeros((2, 25, 3)))
+        CP.eval_batches(records, [0, 1], CROP, batch_size=2, points=np.zeros((2, 25, 3)))

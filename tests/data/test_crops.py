@@ -18,7 +18,6 @@ NATIVE = {  # series -> (shape [D, H, W], spacing (slice gap, rows, cols) mm)
     "axial_t2": ((17, 65, 33), (3.0, 0.75, 0.5)),
 }
 CROP = C.CropSpec(slices=5, size_mm=12.0, pixels=16)
-GEOMETRY = dict(slices=CROP.slices, size_mm=CROP.size_mm, pixels=CROP.pixels)  # cut_crop's keywords
 JITTER = np.array([[1.0, 2.0, 2.0], [1.5, 3.0, 1.0], [0.5, 1.0, 3.0]])  # std per group: (slices, mm, mm)
 
 
@@ -34,7 +33,7 @@ def cut_crop(volume, affine, point, *, slices, size_mm, pixels, offset_mm=(0.0, 
     """One crop uint8 [slices, pixels, pixels] around normalised `point` [3]: `cut_crops` with offsets
     (offset_slices, *offset_mm)."""
     offsets = np.array([[offset_slices, *offset_mm]], dtype=np.float64)
-    return C.cut_crops(volume, affine, np.asarray(point)[None], slices=slices, size_mm=size_mm, pixels=pixels,
+    return C.cut_crops(volume, affine, np.asarray(point)[None], C.CropSpec(slices, size_mm, pixels),
                        offsets=offsets)[0]
 
 
@@ -170,7 +169,8 @@ def test_left_crops_of_a_study_are_the_right_crops_of_its_mirror_image():
         np.testing.assert_array_equal(flipped_crops[t], crops[t][::-1])
     # A left crop is the mirror image of what was cut at its point (random volumes: not the cut itself).
     left = L.TARGETS.index("left_subarticular_stenosis_l3_l4")
-    cut = cut_crop(record["axial_t2_native"], record["native_affine"][2], record["coords"][left], **GEOMETRY)
+    cut = cut_crop(record["axial_t2_native"], record["native_affine"][2], record["coords"][left],
+                   slices=CROP.slices, size_mm=CROP.size_mm, pixels=CROP.pixels)
     np.testing.assert_array_equal(crops[left], cut[:, :, ::-1])
     assert not np.array_equal(crops[left], cut)
 
@@ -189,8 +189,8 @@ def test_jitter_moves_crops_in_the_volume_frame_and_is_a_function_of_the_seed():
                  "right_subarticular_stenosis_l1_l2"):
         t = L.TARGETS.index(name)
         s = L.TARGET_SERIES[t]
-        cut = C.cut_crops(record[f"{L.SERIES_TYPES[s]}_native"], record["native_affine"][s], points[t],
-                          offsets=offsets[t], **GEOMETRY)[0]
+        cut = C.cut_crops(record[f"{L.SERIES_TYPES[s]}_native"], record["native_affine"][s], points[t], CROP,
+                          offsets=offsets[t])[0]
         if L.TARGET_SIDE[t] == 1:  # jittered, then mirrored
             cut = np.flip(cut, axis=RIGHT_TO_LEFT_AXIS[s])
         np.testing.assert_array_equal(crops[t], cut, err_msg=name)

@@ -33,7 +33,7 @@ def two_folders(tmp_path_factory):
     """(folder A, folder B = A with one train.csv label changed, shared cache dir)."""
     root = tmp_path_factory.mktemp("two_folders")
     a, b = str(root / "kaggle_a"), str(root / "kaggle_b")
-    synthetic.write_synthetic_dataset(a, num_studies=4, seed=1, quirks=False, progress=False)
+    synthetic.write_synthetic_dataset(a, synthetic.DatasetSpec(4, seed=1, quirks=False), progress=False)
     shutil.copytree(a, b)
     labels = pd.read_csv(os.path.join(b, "train.csv"), dtype=str, keep_default_na=False)
     target = L.TARGETS[0]

@@ -594,9 +594,9 @@ def test_fast_header_path_gives_what_the_pydicom_path_gives(tmp_path, monkeypatc
     """`_plain_header` (raw elements) and the pydicom path agree on every field of every file of a quirky
     synthetic set (rescale, MONOCHROME1, RLE, JPEG 2000, truncated and junk files), and the fast path is the
     one taken for the plain files; user-changed pydicom conversion settings send every file to pydicom."""
-    from lumbar_jax.data.synthetic import write_synthetic_dataset
+    from lumbar_jax.data.synthetic import DatasetSpec, write_synthetic_dataset
 
-    write_synthetic_dataset(str(tmp_path), 6, seed=0, progress=False)
+    write_synthetic_dataset(str(tmp_path), DatasetSpec(6, seed=0), progress=False)
     fast = fallback = 0
     for path in sorted(glob.glob(str(tmp_path / "train_images" / "*" / "*" / "*.dcm"))):
         try:

@@ -94,7 +94,7 @@ def test_annotations_of_sagittal_and_axial_series_land_on_the_anatomy_in_one_gri
     on the sagittal T2 (spinal) or the axial T2 (subarticular) series, maps through its own series' geometry
     to the grid voxel of the true structure centre, within the annotation's own rounding (the synthetic
     annotator projects the centre onto the nearest slice: up to half a slice gap away)."""
-    s = synthetic.make_study(seed=0, index=1)
+    s = synthetic.make_study(synthetic.DatasetSpec(2, seed=0), 1)
     synthetic.write_study(s, str(tmp_path))
     series_dirs = [[] for _ in L.SERIES_TYPES]
     for x in s.series:
@@ -128,7 +128,7 @@ def test_annotations_of_sagittal_and_axial_series_land_on_the_anatomy_in_one_gri
 @pytest.fixture(scope="module")
 def grid_records(tmp_path_factory):
     root = tmp_path_factory.mktemp("grid_builder")
-    synthetic.write_synthetic_dataset(str(root / "kaggle"), num_studies=6, seed=3, progress=False)
+    synthetic.write_synthetic_dataset(str(root / "kaggle"), synthetic.DatasetSpec(6, seed=3), progress=False)
     build.build_dataset(str(root / "kaggle"), str(root / "tfds"), "grid32", workers=1)
     source = tfds.data_source("rsna_lumbar_spine/grid32", split="train", data_dir=str(root / "tfds"))
     return [source[i] for i in range(len(source))]

@@ -31,8 +31,7 @@ TILTED_TOLERANCE_MM = 3.0  # sub-stacks tilted 3-8 degrees: one least-squares af
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("native")
     manual_dir, data_dir = str(root / "kaggle"), str(root / "tfds")
-    synthetic.write_synthetic_dataset(manual_dir, num_studies=NUM_TRAIN, seed=3, num_test_studies=NUM_TEST,
-                                      progress=False)
+    synthetic.write_synthetic_dataset(manual_dir, synthetic.DatasetSpec(NUM_TRAIN, 3, NUM_TEST), progress=False)
     records = {}
     for config in ("r64", "r64_native"):
         assert build.main(["--manual_dir", manual_dir, "--data_dir", data_dir, "--config", config,

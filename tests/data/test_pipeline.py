@@ -38,15 +38,20 @@ def take(iterator, n):
     return [next(iterator) for _ in range(n)]
 
 
+def read(source, indices, stream, augment, start=0, reading=P.Reading()):
+    """Training batches from step `start` on, read as a training run reads them."""
+    return P.iterate(P.train_batches(source, indices, stream, augment)[start:], reading)
+
+
 def test_train_batch_layout(records):
-    batch = P.train_batches(records, np.arange(NUM_RECORDS), batch_size=4, seed=0, augment_config=AUGMENT)[0]
+    batch = P.train_batches(records, np.arange(NUM_RECORDS), P.Stream(4, seed=0), AUGMENT)[0]
     expected = {
         "volumes": (np.uint8, (4, 3, *SHAPE)), "present": (np.bool_, (4, 3)), "labels": (np.int32, (4, 25)),
         "coords": (np.float32, (4, 25, 3)), "coords_series": (np.int32, (4, 25)), "study_id": (np.int64, (4,)),
     }
     assert {k: (v.dtype.type, v.shape) for k, v in batch.items()} == expected
     # Without augmentation a row is its record, series stacked in SERIES_TYPES order.
-    row = P.train_batches(records, np.arange(NUM_RECORDS), batch_size=4, seed=0, augment_config=NO_AUGMENT)[0]
+    row = P.train_batches(records, np.arange(NUM_RECORDS), P.Stream(4, seed=0), NO_AUGMENT)[0]
     for i, study_id in enumerate(row["study_id"]):
         record = records[study_id - 1000]
         for s, name in enumerate(L.SERIES_TYPES):
@@ -57,7 +62,7 @@ def test_train_batch_layout(records):
 
 def test_train_reads_only_the_fold_and_visits_each_record_once_per_epoch(records):
     fold = np.array([0, 2, 3, 5, 7, 8, 9, 11, 12, 14, 4, 6])  # 12 of 15 records
-    batches = list(P.train_dataset(records, fold, batch_size=4, seed=3, num_epochs=2, augment_config=NO_AUGMENT))
+    batches = list(read(records, fold, P.Stream(4, seed=3, num_epochs=2), NO_AUGMENT))
     assert len(batches) == 6
     ids = np.concatenate([b["study_id"] for b in batches]) - 1000
     first, second = ids[:12], ids[12:]
@@ -67,10 +72,10 @@ def test_train_reads_only_the_fold_and_visits_each_record_once_per_epoch(records
 
 
 def test_train_is_a_function_of_the_seed(records):
-    kwargs = dict(batch_size=4, num_epochs=3, augment_config=AUGMENT)
-    a = list(P.train_dataset(records, np.arange(NUM_RECORDS), seed=5, **kwargs))
-    b = list(P.train_dataset(records, np.arange(NUM_RECORDS), seed=5, read_threads=0, **kwargs))
-    c = list(P.train_dataset(records, np.arange(NUM_RECORDS), seed=6, **kwargs))
+    a = list(read(records, np.arange(NUM_RECORDS), P.Stream(4, seed=5, num_epochs=3), AUGMENT))
+    b = list(read(records, np.arange(NUM_RECORDS), P.Stream(4, seed=5, num_epochs=3), AUGMENT,
+                  reading=P.Reading(read_threads=0)))
+    c = list(read(records, np.arange(NUM_RECORDS), P.Stream(4, seed=6, num_epochs=3), AUGMENT))
     assert len(a) == len(b) == len(c) == 11  # 45 positions // 4, remainder dropped
     for x, y in zip(a, b):
         assert_batches_equal(x, y)
@@ -78,26 +83,24 @@ def test_train_is_a_function_of_the_seed(records):
 
 
 def test_the_same_record_is_augmented_differently_in_each_epoch(records):
-    batches = list(P.train_dataset(records, np.arange(4), batch_size=4, seed=0, num_epochs=2, augment_config=AUGMENT))
+    batches = list(read(records, np.arange(4), P.Stream(4, seed=0, num_epochs=2), AUGMENT))
     order = [np.argsort(b["study_id"]) for b in batches]
     first, second = (b["volumes"][o] for b, o in zip(batches, order))
     assert not np.array_equal(first, second)
 
 
 def test_resumed_iterator_equals_the_advanced_one(records):
-    kwargs = dict(batch_size=4, seed=9, augment_config=NOISY)
-    running = P.train_dataset(records, np.arange(NUM_RECORDS), **kwargs)
+    running = read(records, np.arange(NUM_RECORDS), P.Stream(4, seed=9), NOISY)
     take(running, 7)  # crosses an epoch boundary (15 records, 4 per step)
-    resumed = P.train_dataset(records, np.arange(NUM_RECORDS), start_step=7, **kwargs)
+    resumed = read(records, np.arange(NUM_RECORDS), P.Stream(4, seed=9), NOISY, start=7)
     for x, y in zip(take(running, 3), take(resumed, 3)):
         assert_batches_equal(x, y)
 
 
 def test_shards_split_the_global_batch(records):
-    kwargs = dict(seed=1, num_epochs=3, augment_config=AUGMENT)
-    single = P.train_batches(records, np.arange(NUM_RECORDS), batch_size=4, **kwargs)
-    shards = [P.train_batches(records, np.arange(NUM_RECORDS), batch_size=2, shard_index=p, shard_count=2,
-                              **kwargs) for p in range(2)]
+    single = P.train_batches(records, np.arange(NUM_RECORDS), P.Stream(4, seed=1, num_epochs=3), AUGMENT)
+    shards = [P.train_batches(records, np.arange(NUM_RECORDS), P.Stream(2, seed=1, num_epochs=3, shard=P.Shard(p, 2)),
+                              AUGMENT) for p in range(2)]
     assert len(single) == len(shards[0]) == len(shards[1]) == 11
     for step in (0, 5, 10):
         parts = [shards[p][step] for p in range(2)]
@@ -107,9 +110,8 @@ def test_shards_split_the_global_batch(records):
 
 
 def test_worker_processes_do_not_change_the_batches(records):
-    kwargs = dict(batch_size=3, seed=2, augment_config=NOISY)
-    expected = take(P.train_dataset(records, np.arange(NUM_RECORDS), **kwargs), 6)
-    with_workers = P.train_dataset(records, np.arange(NUM_RECORDS), worker_count=2, **kwargs)
+    expected = take(read(records, np.arange(NUM_RECORDS), P.Stream(3, seed=2), NOISY), 6)
+    with_workers = read(records, np.arange(NUM_RECORDS), P.Stream(3, seed=2), NOISY, reading=P.Reading(worker_count=2))
     try:
         got = take(with_workers, 6)
     finally:
@@ -121,7 +123,7 @@ def test_worker_processes_do_not_change_the_batches(records):
 @pytest.mark.parametrize("batch_size", [4, 5])
 def test_eval_yields_every_record_once_and_pads_the_last_batch(records, batch_size):
     fold = np.array([13, 1, 4, 9, 0, 7, 2])
-    batches = list(P.eval_batches(records, fold, batch_size=batch_size))
+    batches = list(P.iterate(P.eval_batches(records, fold, batch_size=batch_size)))
     assert len(batches) == -(-len(fold) // batch_size)
     assert all(b["volumes"].shape == (batch_size, 3, *SHAPE) and b["valid"].dtype == bool for b in batches)
     valid = np.concatenate([b["valid"] for b in batches])
@@ -138,7 +140,7 @@ def test_eval_yields_every_record_once_and_pads_the_last_batch(records, batch_si
 
 def test_sharded_eval_splits_the_records_and_keeps_processes_in_step(records):
     fold = np.arange(11)
-    shards = [list(P.eval_batches(records, fold, batch_size=2, shard_index=p, shard_count=3)) for p in range(3)]
+    shards = [list(P.eval_batches(records, fold, batch_size=2, shard=P.Shard(p, 3))) for p in range(3)]
     assert [len(s) for s in shards] == [2, 2, 2]  # 4, 4 and 3 records: same batch count everywhere
     seen = np.concatenate([b["study_id"][b["valid"]] for s in shards for b in s]) - 1000
     assert sorted(seen) == list(fold)
@@ -193,10 +195,9 @@ def test_pipelines_over_an_array_record_dataset(tfds_source, records):
     np.testing.assert_array_equal(labels[order], np.stack([r["labels"] for r in records]))
 
     fold = order[:10]
-    evaluated = list(P.eval_batches(tfds_source, fold, batch_size=4))
+    evaluated = list(P.iterate(P.eval_batches(tfds_source, fold, batch_size=4)))
     np.testing.assert_array_equal(np.concatenate([b["study_id"] for b in evaluated])[:10], study_ids[fold])
     in_memory = [records[i] for i in study_ids - 1000]  # the same records in TFDS order
-    kwargs = dict(batch_size=4, seed=4, augment_config=NOISY)
-    for x, y in zip(take(P.train_dataset(tfds_source, fold, **kwargs), 3),
-                    take(P.train_dataset(in_memory, fold, **kwargs), 3)):
+    for x, y in zip(take(read(tfds_source, fold, P.Stream(4, seed=4), NOISY), 3),
+                    take(read(in_memory, fold, P.Stream(4, seed=4), NOISY), 3)):
         assert_batches_equal(x, y)

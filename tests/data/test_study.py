@@ -13,7 +13,7 @@ from lumbar_jax.data import dicom, problems, study, synthetic
 @pytest.fixture(scope="module")
 def kaggle(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("study") / "kaggle")
-    synthetic.write_synthetic_dataset(root, num_studies=3, seed=11, progress=False)
+    synthetic.write_synthetic_dataset(root, synthetic.DatasetSpec(3, seed=11), progress=False)
     return root
 
 

@@ -22,13 +22,14 @@ from lumbar_jax.data import synthetic as S
 from lumbar_jax.data.synthetic import __main__ as synthetic_cli
 
 SEED, NUM_TRAIN, NUM_TEST = 3, 6, 2
+SPEC = S.DatasetSpec(NUM_TRAIN, SEED, NUM_TEST)  # the module's quirky dataset
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """(root folder, summary) of the module's quirky dataset."""
     root = str(tmp_path_factory.mktemp("synthetic"))
-    summary = S.write_synthetic_dataset(root, NUM_TRAIN, SEED, num_test_studies=NUM_TEST, progress=False)
+    summary = S.write_synthetic_dataset(root, SPEC, progress=False)
     return root, summary
 
 
@@ -36,8 +37,7 @@ def dataset(tmp_path_factory):
 def studies():
     """study_id -> the planned Study (phantom, geometry, latent labels) of the module's dataset."""
     ids = S.draw_ids(SEED, NUM_TRAIN + NUM_TEST)
-    planned = [S.make_study(SEED, i, split="train" if i < NUM_TRAIN else "test", ids=ids[i])
-               for i in range(NUM_TRAIN + NUM_TEST)]
+    planned = [S.make_study(SPEC, i, ids=ids[i]) for i in range(NUM_TRAIN + NUM_TEST)]
     return {st.study_id: st for st in planned}
 
 
@@ -221,7 +221,7 @@ def test_no_phi_in_csvs(dataset):
 def test_same_seed_identical_files_any_workers_and_other_seed_differs(dataset, tmp_path):
     root, _ = dataset
     again = str(tmp_path / "again")
-    S.write_synthetic_dataset(again, NUM_TRAIN, SEED, num_test_studies=NUM_TEST, workers=2, progress=False)
+    S.write_synthetic_dataset(again, SPEC, workers=2, progress=False)
     left, right = [], []
     for base, out in ((root, left), (again, right)):
         for folder, _, files in os.walk(base):
@@ -231,10 +231,10 @@ def test_same_seed_identical_files_any_workers_and_other_seed_differs(dataset, t
     assert not mismatch and not errors
 
     other = str(tmp_path / "other")
-    S.write_synthetic_dataset(other, 2, SEED + 1, progress=False)
+    S.write_synthetic_dataset(other, S.DatasetSpec(2, seed=SEED + 1), progress=False)
     assert open(os.path.join(other, "train.csv")).read() != open(os.path.join(root, "train.csv")).read()
-    a = S.make_study(SEED, 1, quirks=False)
-    b = S.make_study(SEED + 1, 1, quirks=False)
+    a = S.make_study(S.DatasetSpec(2, SEED, quirks=False), 1)
+    b = S.make_study(S.DatasetSpec(2, SEED + 1, quirks=False), 1)
     assert a.study_id != b.study_id
     assert not np.array_equal(S.render_series(a, a.series[1])[7], S.render_series(b, b.series[1])[7])
 
@@ -245,7 +245,7 @@ def test_matrix_scale_multiplies_rows_and_columns_and_keeps_studies_labels_and_i
     root, summary = dataset
     n = 3  # study indices 0-2: rescaled, MONOCHROME1, RLE and mixed-matrix series among them
     big = str(tmp_path / "scale2")
-    big_summary = S.write_synthetic_dataset(big, n, SEED, progress=False, matrix_scale=2)
+    big_summary = S.write_synthetic_dataset(big, S.DatasetSpec(n, seed=SEED, matrix_scale=2), progress=False)
     assert big_summary["matrix_scale"] == 2 and "matrix_scale" not in summary
 
     ids = {str(i) for i in S.draw_ids(SEED, n)[:, 0]}  # those of study indices 0..n-1 (CSVs are sorted by id)
@@ -281,12 +281,12 @@ def test_matrix_scale_multiplies_rows_and_columns_and_keeps_studies_labels_and_i
     quirks = {k: [o for o in v if str(o["study_id"]) in ids] for k, v in summary["quirks"].items()}
     assert big_summary["quirks"] == {k: v for k, v in quirks.items() if v}
 
-    plain, scaled = S.make_study(SEED, 2), S.make_study(SEED, 2, matrix_scale=2)
+    plain, scaled = S.make_study(S.DatasetSpec(3, SEED), 2), S.make_study(S.DatasetSpec(3, SEED, matrix_scale=2), 2)
     assert np.array_equal(plain.labels, scaled.labels) and plain.study_id == scaled.study_id
     for a, b in zip(plain.series, scaled.series):
         assert a.series_id == b.series_id and np.array_equal(b.shape, 2 * a.shape)
     with pytest.raises(ValueError, match="matrix_scale"):
-        S.make_study(SEED, 0, matrix_scale=0)
+        S.DatasetSpec(1, SEED, matrix_scale=0)
 
 
 def test_cli_no_quirks_writes_clean_files(tmp_path, capsys):
@@ -336,7 +336,7 @@ def test_label_coordinates_point_at_the_structures(dataset, studies):
 
 def _forced(latent_code: int):
     """Study 9 of SEED without quirks, every target forced to one latent grade (same anatomy otherwise)."""
-    return S.make_study(SEED, 9, quirks=False, latent=np.full(L.NUM_TARGETS, latent_code))
+    return S.make_study(S.DatasetSpec(10, SEED, quirks=False), 9, latent=np.full(L.NUM_TARGETS, latent_code))
 
 
 def _bright_run(row: np.ndarray, centre: int, threshold: float) -> int:
@@ -401,7 +401,7 @@ def test_label_frequencies_noise_and_missingness_match_the_documented_model():
     assert 0.015 < (written == L.MISSING).mean() < 0.03
     clean_latent, clean = S.draw_labels(1, 200, quirks=False)
     assert (clean != L.MISSING).all() and np.array_equal(clean_latent, latent[:200])
-    assert np.array_equal(S.make_study(1, 7).latent, latent[7])
+    assert np.array_equal(S.make_study(S.DatasetSpec(8, seed=1), 7).latent, latent[7])
     assert np.allclose(S.label_noise_matrix("foraminal").sum(1), 1)
 
 

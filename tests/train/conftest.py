@@ -9,7 +9,7 @@ from lumbar_jax.data import build, synthetic
 def kaggle_dir(tmp_path_factory):
     """A Kaggle-layout folder of 12 synthetic studies (seed 5), written once for every training test."""
     root = tmp_path_factory.mktemp("train_kaggle")
-    synthetic.write_synthetic_dataset(str(root), num_studies=12, seed=5, progress=False)
+    synthetic.write_synthetic_dataset(str(root), synthetic.DatasetSpec(12, seed=5), progress=False)
     return str(root)
 
 

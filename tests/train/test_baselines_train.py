@@ -29,7 +29,7 @@ def smoke_config(name: str, data_dir: str):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("baseline_data")
-    synthetic.write_synthetic_dataset(str(root / "kaggle"), num_studies=12, seed=5, progress=False)
+    synthetic.write_synthetic_dataset(str(root / "kaggle"), synthetic.DatasetSpec(12, seed=5), progress=False)
     for config in ("r64", "grid32"):
         build.build_dataset(str(root / "kaggle"), str(root / "tfds"), config, workers=1)
     return str(root / "tfds")

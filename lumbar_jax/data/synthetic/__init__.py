@@ -16,11 +16,11 @@ CLI (`__main__`): `python -m lumbar_jax.data.synthetic --out DIR --studies N --s
 [--no-quirks] [--workers W] [--matrix_scale K]`; K multiplies the in-plane matrix, default 1: 64-96 px, 5:
 320-480 px as in the real data.
 
-API: `write_synthetic_dataset`; `make_study` plans one study (ids, labels, anatomy, series geometry, label
-coordinates; no pixels), `render_series` its pixels, `write_study` its files; `draw_labels` (label-only,
-fast), `label_noise_matrix`, `noise_floor_score`; `phantom` / `Anatomy` for geometric checks. The names are
-imported from their submodule on first use, so that the CLI's `--help` answers before NumPy, SciPy and pydicom
-load.
+API: `write_synthetic_dataset(out_dir, DatasetSpec(...))`; `make_study` plans one study (ids, labels, anatomy,
+series geometry, label coordinates; no pixels), `render_series` its pixels, `write_study` its files; `draw_labels`
+(label-only, fast), `label_noise_matrix`, `noise_floor_score`; `phantom` / `Anatomy` for geometric checks. The
+names are imported from their submodule on first use, so that the CLI's `--help` answers before NumPy, SciPy and
+pydicom load.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ _SUBMODULE_OF = {
                      "noise_floor_score"), "labels"),
     **dict.fromkeys(("VERSION", "write_synthetic_dataset"), "layout"),
     **dict.fromkeys(("SHRINK", "Anatomy", "phantom"), "phantom"),
-    **dict.fromkeys(("Study", "choose_series", "draw_ids", "make_study", "render_series"), "plan"),
+    **dict.fromkeys(("DatasetSpec", "Study", "choose_series", "draw_ids", "make_study", "render_series"), "plan"),
 }
 __all__ = sorted(_SUBMODULE_OF)
 

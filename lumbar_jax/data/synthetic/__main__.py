@@ -32,10 +32,10 @@ def main(argv=None) -> int:
                         help="multiply the in-plane matrix of every series (64-96 px) by this: 5 gives 320-480 px "
                              "slices, the Kaggle sizes (same studies, labels and geometry; ~25x the pixels)")
     args = parser.parse_args(argv)
-    from lumbar_jax.data.synthetic.layout import write_synthetic_dataset
+    from lumbar_jax.data.synthetic.layout import DatasetSpec, write_synthetic_dataset
 
-    summary = write_synthetic_dataset(args.out, args.studies, args.seed, args.test_studies, args.quirks,
-                                      args.workers, matrix_scale=args.matrix_scale)
+    spec = DatasetSpec(args.studies, args.seed, args.test_studies, args.quirks, args.matrix_scale)
+    summary = write_synthetic_dataset(args.out, spec, workers=args.workers)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("quirks", "unreadable_files")}, indent=1))
     print("quirks:", json.dumps({k: sorted({o["study_id"] for o in v}) for k, v in summary["quirks"].items()}))
     return 0

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from lumbar_jax import labels as L
 from lumbar_jax.data.synthetic.dicom_writer import write_study
 from lumbar_jax.data.synthetic.labels import KAPPA
-from lumbar_jax.data.synthetic.plan import Study, draw_ids, make_study
+from lumbar_jax.data.synthetic.plan import DatasetSpec, Study, draw_ids, make_study
 
 VERSION = "1.0.0"
 SUMMARY_NAME = "synthetic_summary.json"
@@ -27,30 +27,27 @@ _LABELS_HEADER = ",".join(("study_id",) + L.TARGETS)  # train.csv, test_solution
 _DESCRIPTIONS_HEADER = "study_id,series_id,series_description"
 
 
-def write_synthetic_dataset(out_dir: str, num_studies: int, seed: int, num_test_studies: int = 0,
-                            quirks: bool = True, workers: int = 1, progress: bool = True,
-                            matrix_scale: int = 1) -> dict:
-    """Write a complete Kaggle-layout dataset of num_studies train (+ num_test_studies test) studies to
-    out_dir and return its summary, also written as synthetic_summary.json. Same arguments -> byte-identical
-    files, whatever `workers`. The summary is removed first and written last, so its presence marks a
-    complete dataset and an interrupted run can simply be repeated into the same folder (every file is
-    rewritten; nothing else there is touched). matrix_scale: in-plane matrix multiplier (`make_study`); the
-    summary records it when it is not 1."""
+def write_synthetic_dataset(out_dir: str, spec: DatasetSpec, *, workers: int = 1, progress: bool = True) -> dict:
+    """Write the complete Kaggle-layout dataset `spec` (num_studies train + num_test_studies test studies) to
+    out_dir, in `workers` processes, and return its summary, also written as synthetic_summary.json. Same spec
+    -> byte-identical files, whatever `workers`. The summary is removed first and written last, so its presence
+    marks a complete dataset and an interrupted run can simply be repeated into the same folder (every file is
+    rewritten; nothing else there is touched). The summary records `spec.matrix_scale` when it is not 1."""
     os.makedirs(out_dir, exist_ok=True)
     marker = os.path.join(out_dir, SUMMARY_NAME)
     if os.path.exists(marker):
         os.remove(marker)
     start = time.time()
-    studies = _plan_studies(seed, num_studies, num_test_studies, quirks, matrix_scale)
+    studies = _plan_studies(spec)
     results = _write_images(studies, out_dir, workers, progress)
     train = sorted((st for st in studies if st.split == "train"), key=lambda st: st.study_id)
     test = sorted((st for st in studies if st.split == "test"), key=lambda st: st.study_id)
     csv_sizes = _write_train_csvs(out_dir, train) + (_write_test_csvs(out_dir, test) if test else [])
-    settings = {"seed": seed, "quirks_enabled": quirks, "num_train_studies": num_studies,
-                "num_test_studies": num_test_studies}
+    settings = {"seed": spec.seed, "quirks_enabled": spec.quirks, "num_train_studies": spec.num_studies,
+                "num_test_studies": spec.num_test_studies}
     summary = _summary(settings, studies, results, csv_sizes)
-    if matrix_scale != 1:
-        summary["matrix_scale"] = int(matrix_scale)
+    if spec.matrix_scale != 1:
+        summary["matrix_scale"] = int(spec.matrix_scale)
     with open(marker + ".tmp", "w") as f:
         json.dump(summary, f, indent=1, sort_keys=True)
     os.replace(marker + ".tmp", marker)
@@ -60,12 +57,11 @@ def write_synthetic_dataset(out_dir: str, num_studies: int, seed: int, num_test_
     return summary
 
 
-def _plan_studies(seed: int, num_studies: int, num_test_studies: int, quirks: bool, matrix_scale: int) -> list[Study]:
+def _plan_studies(spec: DatasetSpec) -> list[Study]:
     """Studies 0..num_studies-1 (train), then num_test_studies test ones, in index order."""
-    total = num_studies + num_test_studies
-    ids = draw_ids(seed, total)
-    return [make_study(seed, i, quirks, "train" if i < num_studies else "test", ids[i], matrix_scale=matrix_scale)
-            for i in range(total)]
+    total = spec.num_studies + spec.num_test_studies
+    ids = draw_ids(spec.seed, total)
+    return [make_study(spec, i, ids[i]) for i in range(total)]
 
 
 def _write_images(studies: list[Study], out_dir: str, workers: int, progress: bool) -> list[dict]:

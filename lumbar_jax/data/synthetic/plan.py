@@ -1,9 +1,9 @@
 """The plan of one synthetic study: ids, labels, phantom, series geometry, label coordinates; no pixels yet.
 
-`make_study` is cheap and deterministic: study `index` of seed `seed` draws its labels from their own stream
-(`labels`), its anatomy and series from `np.random.default_rng([seed, 0, index, 1])`, and its ids from the
-dataset-wide table `draw_ids` (pixel noise has one stream per series, `render_series`), so any study
-can be planned, or re-planned, alone.
+`make_study` is cheap and deterministic: study `index` of a dataset (`DatasetSpec`) of seed `seed` draws its
+labels from their own stream (`labels`), its anatomy and series from `np.random.default_rng([seed, 0, index, 1])`,
+and its ids from the dataset-wide table `draw_ids` (pixel noise has one stream per series, `render_series`), so
+any study can be planned, or re-planned, alone.
 """
 
 from __future__ import annotations
@@ -17,6 +17,21 @@ from lumbar_jax.data import study as study_lib
 from lumbar_jax.data.synthetic.acquisition import Series, plan_series
 from lumbar_jax.data.synthetic.labels import draw_study_labels
 from lumbar_jax.data.synthetic.phantom import Anatomy, make_anatomy, phantom
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a synthetic dataset holds: the same spec gives byte-identical files (however they are written)."""
+
+    num_studies: int  # train (labelled) studies: indices 0 .. num_studies - 1
+    seed: int  # dataset seed: ids, labels, anatomy, geometry, pixel noise
+    num_test_studies: int = 0  # unlabelled test studies: the indices after the train ones
+    quirks: bool = True  # the real data's oddities (rescale, MONOCHROME1, RLE, broken files, ...); False = clean
+    matrix_scale: int = 1  # in-plane matrix multiplier (64-96 px drawn; 5: 320-480 px, Kaggle-like)
+
+    def __post_init__(self):
+        if not (isinstance(self.matrix_scale, (int, np.integer)) and self.matrix_scale >= 1):
+            raise ValueError(f"matrix_scale must be an integer >= 1, got {self.matrix_scale!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,14 +78,13 @@ def choose_series(series, kind: int) -> Series | None:
     return min(same, key=lambda s: study_lib.series_preference(s.series_id, len(s.ipp)), default=None)
 
 
-def make_study(seed: int, index: int, quirks: bool = True, split: str = "train", ids=None, latent=None,
-               matrix_scale: int = 1) -> Study:
-    """Plan study `index` of dataset `seed` (cheap: no pixels). ids: its row of `draw_ids` (computed if None).
-    latent: optional int [25] forcing the latent severities (then written = latent): for tests and demos.
-    matrix_scale: the drawn in-plane matrix (64-96 px) is multiplied by it (5: 320-480 px, Kaggle-like); the
-    random draws do not depend on it, so ids, labels, anatomy and geometry (up to the finer pixel grid) match."""
-    if not (isinstance(matrix_scale, (int, np.integer)) and matrix_scale >= 1):
-        raise ValueError(f"matrix_scale must be an integer >= 1, got {matrix_scale!r}")
+def make_study(spec: DatasetSpec, index: int, ids=None, latent=None) -> Study:
+    """Plan study `index` of dataset `spec` (cheap: no pixels): a train study below `spec.num_studies`, else a
+    test study. ids: its row of `draw_ids` (computed if None). latent: optional int [25] forcing the latent
+    severities (then written = latent): for tests and demos. The random draws do not depend on
+    `spec.matrix_scale`, so ids, labels, anatomy and geometry (up to the finer pixel grid) match at every scale."""
+    seed, quirks, matrix_scale = spec.seed, spec.quirks, spec.matrix_scale
+    split = "train" if index < spec.num_studies else "test"
     ids = draw_ids(seed, index + 1)[index] if ids is None else ids
     lat, written, missing_condition = draw_study_labels(seed, index, quirks)
     if latent is not None:
