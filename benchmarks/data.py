@@ -62,12 +62,12 @@ def _entries(root: str, num_studies: int):
 
 def _chosen_series(entries) -> list[tuple[str, str]]:
     """(plane, series dir) of every series lumbar_jax uses, in study order (what the peer reads)."""
-    from lumbar_jax import labels as L
+    from lumbar_jax import labels
     from lumbar_jax.data import study
 
     out = []
     for entry in entries:
-        for kind, series_type in enumerate(L.SERIES_TYPES):
+        for kind, series_type in enumerate(labels.SERIES_TYPES):
             chosen = study.choose_series(entry.series_dirs[kind])
             if chosen is not None:
                 out.append((study.PLANE_OF_SERIES[series_type], chosen[1]))
@@ -92,13 +92,13 @@ def monai_transforms(shape: tuple[int, int, int], normalise: bool) -> dict[str, 
 
 def _agreement(entries, shape, transforms) -> dict[str, Any]:
     """Correlation / mean |diff| between lumbar_jax's uint8 volumes and MONAI's (normalised the same way)."""
-    from lumbar_jax import labels as L
+    from lumbar_jax import labels
     from lumbar_jax.data import study, volume
 
     correlations, mean_abs = [], []
     for entry in entries:
         ours, present, _, _ = study.load_study_volumes(entry.series_dirs, shape)
-        for kind, series_type in enumerate(L.SERIES_TYPES):
+        for kind, series_type in enumerate(labels.SERIES_TYPES):
             chosen = study.choose_series(entry.series_dirs[kind])
             if chosen is None or not present[kind]:
                 continue

@@ -227,13 +227,13 @@ def _study_arrays(config, batch: int, rng) -> dict:
     """A random study batch as the r64 pipeline gives it (every target annotated on its own series)."""
     import numpy as np
 
-    from lumbar_jax import labels as L
+    from lumbar_jax import labels
 
     shape = tuple(config.model.volume_shape)
     return {"volumes": rng.integers(0, 256, (batch, 3, *shape), dtype=np.uint8), "present": np.ones((batch, 3), bool),
-            "labels": rng.integers(0, 3, (batch, L.NUM_TARGETS)).astype(np.int32),
-            "coords": rng.uniform(0.1, 0.9, (batch, L.NUM_TARGETS, 3)).astype(np.float32),
-            "coords_series": np.tile(L.TARGET_SERIES, (batch, 1)).astype(np.int32)}
+            "labels": rng.integers(0, 3, (batch, labels.NUM_TARGETS)).astype(np.int32),
+            "coords": rng.uniform(0.1, 0.9, (batch, labels.NUM_TARGETS, 3)).astype(np.float32),
+            "coords_series": np.tile(labels.TARGET_SERIES, (batch, 1)).astype(np.int32)}
 
 
 def _fused_parts(config, batch: int, rng):
@@ -265,7 +265,7 @@ def _crop_classifier_parts(config, batch: int, rng):
     """The same for the two-stage crop classifier (stage 2) on crops [B, 25, K, P, P], the metric loss."""
     import numpy as np
 
-    from lumbar_jax import labels as L
+    from lumbar_jax import labels
     from lumbar_jax.data.crops import CropSpec
     from lumbar_jax.train import mesh as mesh_lib
     from lumbar_jax.train.init import classifier_state
@@ -274,9 +274,9 @@ def _crop_classifier_parts(config, batch: int, rng):
     m = config.model
     crop_shape = CropSpec.from_config(config.crops).shape
     statics, state = classifier_state(config, mesh_lib.make_mesh(1))
-    arrays = {"crops": rng.integers(0, 256, (batch, L.NUM_TARGETS, *crop_shape), dtype=np.uint8),
-              "crop_present": np.ones((batch, L.NUM_TARGETS), bool),
-              "labels": rng.integers(0, 3, (batch, L.NUM_TARGETS)).astype(np.int32)}
+    arrays = {"crops": rng.integers(0, 256, (batch, labels.NUM_TARGETS, *crop_shape), dtype=np.uint8),
+              "crop_present": np.ones((batch, labels.NUM_TARGETS), bool),
+              "labels": rng.integers(0, 3, (batch, labels.NUM_TARGETS)).astype(np.int32)}
     return (statics, state, classifier_loss, config.train.ema_decay, arrays,
             f"crop classifier ({m.name}: {m.vit} + {m.effnet} per slice) train step, batch {batch} of 25 crops "
             f"{'x'.join(map(str, crop_shape))}")

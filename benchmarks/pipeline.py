@@ -71,7 +71,7 @@ def crop_pipeline(ctx: common.Context, p: dict) -> tuple[common.Timing, common.T
 
     import numpy as np
 
-    from lumbar_jax import labels as L
+    from lumbar_jax import labels
     from lumbar_jax.data import crop_pipeline as cp
     from lumbar_jax.data import crops, pipeline
     from lumbar_jax.data.dataset import load_split
@@ -81,7 +81,7 @@ def crop_pipeline(ctx: common.Context, p: dict) -> tuple[common.Timing, common.T
     config = models.two_stage_config(ctx)
     source = load_split(ctx.built(CROP_CONFIG, p["crop_studies"]), CROP_CONFIG, "train")
     crop = crops.CropSpec.from_config(config.crops)
-    centres = np.full((len(source), L.NUM_TARGETS, 3), 0.5)  # where targets without a point are cut
+    centres = np.full((len(source), labels.NUM_TARGETS, 3), 0.5)  # where targets without a point are cut
     batch_size, a = config.train.batch_size, config.augment
     it = pipeline.iterate(cp.train_batches(source, np.arange(len(source)), pipeline.Stream(batch_size, seed=0), crop,
                                            augment=cp.CropAugment.from_config(a, CROP_JITTER), fallback_points=centres))

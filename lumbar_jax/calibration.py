@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import optimize, special
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax import metrics
 
 LOG_T_BOUNDS = (np.log(0.25), np.log(4.0))  # the search range of log T
@@ -39,16 +39,17 @@ def apply_temperatures(probs: np.ndarray, temperatures: dict[str, float]) -> np.
       float64 [..., 25, 3]; rows sum to 1. T = 1 returns normalised rows unchanged.
     """
     probs = np.asarray(probs, dtype=np.float64)
-    if probs.shape[-2:] != (L.NUM_TARGETS, L.NUM_SEVERITIES):
-        raise ValueError(f"probs must be [..., {L.NUM_TARGETS}, {L.NUM_SEVERITIES}], got {probs.shape}")
-    missing = set(L.CONDITION_GROUPS) - set(temperatures)
+    if probs.shape[-2:] != (labels_lib.NUM_TARGETS, labels_lib.NUM_SEVERITIES):
+        raise ValueError(f"probs must be [..., {labels_lib.NUM_TARGETS}, {labels_lib.NUM_SEVERITIES}], got "
+                         f"{probs.shape}")
+    missing = set(labels_lib.CONDITION_GROUPS) - set(temperatures)
     if missing:
-        raise KeyError(f"temperatures lack groups {sorted(missing)}; expected {list(L.CONDITION_GROUPS)}")
-    if not all(float(temperatures[g]) > 0 for g in L.CONDITION_GROUPS):
+        raise KeyError(f"temperatures lack groups {sorted(missing)}; expected {list(labels_lib.CONDITION_GROUPS)}")
+    if not all(float(temperatures[g]) > 0 for g in labels_lib.CONDITION_GROUPS):
         raise ValueError(f"temperatures must be positive, got {temperatures}")
-    per_target = np.empty(L.NUM_TARGETS)
-    for group in L.CONDITION_GROUPS:
-        per_target[L.group_target_indices(group)] = float(temperatures[group])
+    per_target = np.empty(labels_lib.NUM_TARGETS)
+    for group in labels_lib.CONDITION_GROUPS:
+        per_target[labels_lib.group_target_indices(group)] = float(temperatures[group])
     log_probs = np.log(np.maximum(probs, _TINY))
     return special.softmax(log_probs / per_target[:, None], axis=-1)
 
@@ -69,10 +70,10 @@ def fit_temperatures(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     labels = np.asarray(labels)
     probs = np.asarray(probs, dtype=np.float64)
     metrics.competition_score(labels, probs)  # validates shapes and codes once, with the metric's messages
-    identity = {group: 1.0 for group in L.CONDITION_GROUPS}
+    identity = {group: 1.0 for group in labels_lib.CONDITION_GROUPS}
     fitted = dict(identity)
-    for group in L.CONDITION_GROUPS:
-        if np.any(labels[:, L.group_target_indices(group)] != L.MISSING):
+    for group in labels_lib.CONDITION_GROUPS:
+        if np.any(labels[:, labels_lib.group_target_indices(group)] != labels_lib.MISSING):
             fitted[group] = _fit_one_group(labels, probs, group, identity)
     return fitted
 

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax import calibration, metrics, pipelines, rundir
 from lumbar_jax.train import config as config_lib
 from lumbar_jax.train import mesh as mesh_lib
@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 def write_oof(path: str, study_ids: np.ndarray, probs: np.ndarray, folds: np.ndarray) -> None:
     """oof_predictions.csv: row_id, normal_mild, moderate, severe, fold (25 rows per study)."""
     rows = {
-        "row_id": [L.row_id(s, t) for s in study_ids for t in L.TARGETS],
-        **{c: probs[:, :, k].reshape(-1) for k, c in enumerate(L.SEVERITY_COLUMNS)},
-        "fold": np.repeat(folds, L.NUM_TARGETS),
+        "row_id": [labels_lib.row_id(s, t) for s in study_ids for t in labels_lib.TARGETS],
+        **{c: probs[:, :, k].reshape(-1) for k, c in enumerate(labels_lib.SEVERITY_COLUMNS)},
+        "fold": np.repeat(folds, labels_lib.NUM_TARGETS),
     }
     pd.DataFrame(rows).to_csv(path, index=False, float_format="%.6g")
 
@@ -102,7 +102,7 @@ def oof_summary(split: FoldSplit, results: list[dict]) -> tuple[dict, np.ndarray
     fold's result (`{'fold', 'best_step', 'val', 'val_indices', 'val_probs'}`, as `Pipeline.train_fold`
     returns)."""
     labels, folds = split.labels, split.folds
-    probs = np.full((len(labels), L.NUM_TARGETS, L.NUM_SEVERITIES), np.nan)
+    probs = np.full((len(labels), labels_lib.NUM_TARGETS, labels_lib.NUM_SEVERITIES), np.nan)
     for r in results:
         probs[r["val_indices"]] = np.asarray(r["val_probs"])
     scored = np.flatnonzero(folds >= 0)

@@ -7,7 +7,7 @@ It imports nothing heavy (no tensorflow_datasets), so that loading and validatin
 
 from __future__ import annotations
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 
 # Dataset config -> [D, H, W] of every stored volume.
 DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
@@ -31,5 +31,5 @@ NATIVE_MAX_SIZE: dict[str, int] = {
 }
 # Record features of the native volumes (uint8 [Dn, Hn, Wn], SERIES_TYPES order) and their affines (float32
 # [3, 4, 4]: native voxel index (depth, row, col, 1) -> patient mm, LPS), only in NATIVE_MAX_SIZE configs.
-NATIVE_VOLUMES = tuple(f"{name}_native" for name in L.SERIES_TYPES)
+NATIVE_VOLUMES = tuple(f"{name}_native" for name in labels.SERIES_TYPES)
 NATIVE_AFFINE = "native_affine"

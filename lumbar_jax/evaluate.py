@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from lumbar_jax import cross_validation, inference, metrics, rundir
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.train import folds as folds_lib
 from lumbar_jax.train import mesh as mesh_lib
 
@@ -90,7 +90,7 @@ def format_report(report: dict) -> str:
         rows.append(("OOF", report["oof"], ""))
     lines = [f"checkpoint: {report['checkpoint']} (on {report['devices']} device(s))",
              *cross_validation.score_table(rows, step_header="step")]
-    recalls = [f"recall_{c}" for c in L.SEVERITY_COLUMNS]
+    recalls = [f"recall_{c}" for c in labels.SEVERITY_COLUMNS]
     lines.append("")
     lines.append(f"{'':10s}" + "".join(f"{k:>19s}" for k in metrics.LOSS_KEYS)
                  + "".join(f"{k.removeprefix('recall_'):>13s}" for k in recalls))

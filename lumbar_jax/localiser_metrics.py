@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data.dicom_geometry import normalized_to_index
 from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_VOLUMES
 from lumbar_jax.labels import TARGET_SERIES
@@ -71,13 +71,13 @@ def level_correct(pred: np.ndarray, true: np.ndarray, scored: np.ndarray) -> tup
     is counted when its condition has another scored level in its study, and correct when its prediction is
     strictly nearer its own annotated point than every other scored level's annotated point."""
     n = pred.shape[0]
-    pred_c = pred.reshape(n, L.NUM_CONDITIONS, L.NUM_LEVELS, 3)
-    true_c = true.reshape(n, L.NUM_CONDITIONS, L.NUM_LEVELS, 3)
-    scored_c = scored.reshape(n, L.NUM_CONDITIONS, L.NUM_LEVELS)
+    pred_c = pred.reshape(n, labels.NUM_CONDITIONS, labels.NUM_LEVELS, 3)
+    true_c = true.reshape(n, labels.NUM_CONDITIONS, labels.NUM_LEVELS, 3)
+    scored_c = scored.reshape(n, labels.NUM_CONDITIONS, labels.NUM_LEVELS)
     # distance[n, c, l, m] = |pred of level l - annotated point of level m|
     distance = np.linalg.norm(pred_c[:, :, :, None] - true_c[:, :, None, :], axis=-1)
     own = np.diagonal(distance, axis1=2, axis2=3)  # [N, C, L]
-    others = scored_c[:, :, None, :] & ~np.eye(L.NUM_LEVELS, dtype=bool)  # [N, C, L, M]
+    others = scored_c[:, :, None, :] & ~np.eye(labels.NUM_LEVELS, dtype=bool)  # [N, C, L, M]
     nearest_other = np.where(others, distance, np.inf).min(axis=-1)
     counted = scored_c & others.any(axis=-1)
     correct = counted & (own < nearest_other)
@@ -118,9 +118,9 @@ def localisation_report(pred: np.ndarray, coords: np.ndarray, coords_series: np.
     slice_error = np.abs(np.rint(_native_slices(pred, native_shapes, volume_shape))
                          - np.rint(_native_slices(coords, native_shapes, volume_shape)))
     report: dict = {"unit": unit}
-    for group in L.CONDITION_GROUPS:
-        targets = np.zeros(L.NUM_TARGETS, bool)
-        targets[L.group_target_indices(group)] = True
+    for group in labels.CONDITION_GROUPS:
+        targets = np.zeros(labels.NUM_TARGETS, bool)
+        targets[labels.group_target_indices(group)] = True
         sel = scored & targets
         report[group] = _summary(error[sel], correct[sel], counted[sel], slice_error[sel], unit)
     report.update(_summary(error[scored], correct[scored], counted[scored], slice_error[scored], unit))
@@ -154,15 +154,15 @@ class SplitGeometry:
         """float [3 groups, 3]: per condition group (labels.CONDITION_GROUPS order) the root-mean-square error of
         `points` [N, 25, 3] along the native (slices, rows in mm, cols in mm) of each point's series, over the
         scored points (`scored_points`): the crop jitter that reproduces the localiser's error."""
-        series = L.TARGET_SERIES
+        series = labels.TARGET_SERIES
         shape = self.native_shape[:, series].astype(np.float64)  # [N, 25, 3]
         spacing = np.linalg.norm(self.affine[:, series, :3, :3], axis=-2)  # [N, 25, 3] mm per voxel, by axis
         residual = (points - self.coords) * (shape - 1) * np.concatenate([np.ones_like(spacing[..., :1]),
                                                                           spacing[..., 1:]], axis=-1)
         scored = scored_points(self.coords_series, self.affine)
-        error = np.zeros((len(L.CONDITION_GROUPS), 3))
-        for g, group in enumerate(L.CONDITION_GROUPS):
-            sel = scored & np.isin(np.arange(L.NUM_TARGETS), L.group_target_indices(group))[None]
+        error = np.zeros((len(labels.CONDITION_GROUPS), 3))
+        for g, group in enumerate(labels.CONDITION_GROUPS):
+            sel = scored & np.isin(np.arange(labels.NUM_TARGETS), labels.group_target_indices(group))[None]
             if sel.any():
                 error[g] = np.sqrt(np.mean(residual[sel] ** 2, axis=0))
         return error
@@ -186,17 +186,18 @@ def point_report(record: dict, fold_points: np.ndarray) -> dict[str, dict]:
     fold_points = np.asarray(fold_points, np.float64)
     mean = fold_points.mean(axis=0)
     every = np.concatenate([mean[None], fold_points])  # [1 + F, 25, 3]
-    affine = np.broadcast_to(np.asarray(record[NATIVE_AFFINE], np.float64), (len(every), len(L.SERIES_TYPES), 4, 4))
+    affine = np.broadcast_to(np.asarray(record[NATIVE_AFFINE], np.float64),
+                             (len(every), len(labels.SERIES_TYPES), 4, 4))
     shapes = np.broadcast_to(np.array([np.shape(record[name]) for name in NATIVE_VOLUMES]),
-                             (len(every), len(L.SERIES_TYPES), 3))
+                             (len(every), len(labels.SERIES_TYPES), 3))
     mm = to_space(every, affine, shapes)  # [1 + F, 25, 3]
     spread = np.linalg.norm(mm[1:] - mm[:1], axis=-1).max(axis=0)  # [25]
     present = np.asarray(record["present"], bool)
     out = {}
-    for t, target in enumerate(L.TARGETS):
-        series = int(L.TARGET_SERIES[t])
+    for t, target in enumerate(labels.TARGETS):
+        series = int(labels.TARGET_SERIES[t])
         on = bool(present[series])
-        out[target] = {"series": L.SERIES_TYPES[series], "series_present": on,
+        out[target] = {"series": labels.SERIES_TYPES[series], "series_present": on,
                        "point": [round(float(v), 4) for v in mean[t]] if on else None,
                        "patient_mm": [round(float(v), 2) for v in mm[0, t]] if on else None,
                        "fold_spread_mm": round(float(spread[t]), 2) if on else None}

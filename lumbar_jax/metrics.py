@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 
 _EPS = np.finfo(np.float64).eps
 LOSS_KEYS = ("spinal", "foraminal", "subarticular", "any_severe_spinal")
@@ -29,11 +29,12 @@ LOSS_KEYS = ("spinal", "foraminal", "subarticular", "any_severe_spinal")
 def _check_shapes(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels)
     probs = np.asarray(probs, dtype=np.float64)
-    if labels.ndim != 2 or labels.shape[1] != L.NUM_TARGETS:
-        raise ValueError(f"labels must be [N, {L.NUM_TARGETS}], got {labels.shape}")
-    if probs.shape != labels.shape + (L.NUM_SEVERITIES,):
-        raise ValueError(f"probs must be [N, {L.NUM_TARGETS}, {L.NUM_SEVERITIES}] like labels, got {probs.shape}")
-    bad = set(np.unique(labels).tolist()) - {L.MISSING, 0, 1, 2}
+    if labels.ndim != 2 or labels.shape[1] != labels_lib.NUM_TARGETS:
+        raise ValueError(f"labels must be [N, {labels_lib.NUM_TARGETS}], got {labels.shape}")
+    if probs.shape != labels.shape + (labels_lib.NUM_SEVERITIES,):
+        raise ValueError(f"probs must be [N, {labels_lib.NUM_TARGETS}, {labels_lib.NUM_SEVERITIES}] like labels, got "
+                         f"{probs.shape}")
+    bad = set(np.unique(labels).tolist()) - {labels_lib.MISSING, 0, 1, 2}
     if bad:
         raise ValueError(f"labels hold codes {sorted(bad)}; expected -1 (missing), 0, 1, 2")
     if not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.max() > 1:
@@ -65,16 +66,16 @@ def competition_score(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]
     """
     labels, probs = _check_shapes(labels, probs)
     losses: dict[str, float] = {}
-    for group in L.CONDITION_GROUPS:
-        idx = L.group_target_indices(group)
+    for group in labels_lib.CONDITION_GROUPS:
+        idx = labels_lib.group_target_indices(group)
         y = labels[:, idx].reshape(-1)
-        p = probs[:, idx].reshape(-1, L.NUM_SEVERITIES)
-        keep = y != L.MISSING
+        p = probs[:, idx].reshape(-1, labels_lib.NUM_SEVERITIES)
+        keep = y != labels_lib.MISSING
         if not keep.any():
             losses[group] = float("nan")
             continue
         y, p = y[keep], p[keep]
-        losses[group] = _weighted_log_loss(np.eye(L.NUM_SEVERITIES)[y], p, L.SEVERITY_WEIGHTS[y])
+        losses[group] = _weighted_log_loss(np.eye(labels_lib.NUM_SEVERITIES)[y], p, labels_lib.SEVERITY_WEIGHTS[y])
     losses["any_severe_spinal"] = _any_severe_spinal_loss(labels, probs)
     finite = [v for v in losses.values() if np.isfinite(v)]
     losses["score"] = float(np.mean(finite)) if finite else float("nan")
@@ -82,16 +83,16 @@ def competition_score(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]
 
 
 def _any_severe_spinal_loss(labels: np.ndarray, probs: np.ndarray) -> float:
-    spinal = L.group_target_indices("spinal")
+    spinal = labels_lib.group_target_indices("spinal")
     y = labels[:, spinal]  # [N, 5]
-    labelled = y != L.MISSING
+    labelled = y != labels_lib.MISSING
     studies = labelled.any(axis=1)
     if not studies.any():
         return float("nan")
     y, labelled = y[studies], labelled[studies]
     severe_prob = np.where(labelled, probs[studies][:, spinal, 2], -np.inf).max(axis=1)
     any_severe = ((y == 2) & labelled).any(axis=1).astype(np.float64)
-    weights = np.where(labelled, L.SEVERITY_WEIGHTS[np.maximum(y, 0)], 0.0).max(axis=1)
+    weights = np.where(labelled, labels_lib.SEVERITY_WEIGHTS[np.maximum(y, 0)], 0.0).max(axis=1)
     onehot = np.stack([1 - any_severe, any_severe], axis=1)
     binary = np.stack([1 - severe_prob, severe_prob], axis=1)
     return _weighted_log_loss(onehot, binary, weights)
@@ -112,10 +113,10 @@ def per_study_loss(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
       float [N]; NaN for a study with no labelled target.
     """
     labels, probs = _check_shapes(labels, probs)
-    labelled = labels != L.MISSING
+    labelled = labels != labels_lib.MISSING
     y = np.maximum(labels, 0)
-    per_row = _row_log_loss(np.eye(L.NUM_SEVERITIES)[y], probs)  # [N, 25]
-    weights = np.where(labelled, L.SEVERITY_WEIGHTS[y], 0.0)
+    per_row = _row_log_loss(np.eye(labels_lib.NUM_SEVERITIES)[y], probs)  # [N, 25]
+    weights = np.where(labelled, labels_lib.SEVERITY_WEIGHTS[y], 0.0)
     total = weights.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, (per_row * weights).sum(axis=1) / total, np.nan)
@@ -133,9 +134,9 @@ def class_prior_baseline(train_labels: np.ndarray, num_eval: int, pseudo_count: 
       float [N, 25, 3] probabilities.
     """
     train_labels = np.asarray(train_labels)
-    counts = np.stack([(train_labels == k).sum(axis=0) for k in range(L.NUM_SEVERITIES)], axis=-1)
+    counts = np.stack([(train_labels == k).sum(axis=0) for k in range(labels_lib.NUM_SEVERITIES)], axis=-1)
     freqs = (counts + pseudo_count) / (counts + pseudo_count).sum(axis=-1, keepdims=True)
-    return np.broadcast_to(freqs, (num_eval, L.NUM_TARGETS, L.NUM_SEVERITIES)).astype(np.float64)
+    return np.broadcast_to(freqs, (num_eval, labels_lib.NUM_TARGETS, labels_lib.NUM_SEVERITIES)).astype(np.float64)
 
 
 def weighted_prior_baseline(train_labels: np.ndarray, num_eval: int, pseudo_count: float = 1.0) -> np.ndarray:
@@ -149,26 +150,26 @@ def weighted_prior_baseline(train_labels: np.ndarray, num_eval: int, pseudo_coun
     Arguments and result as `class_prior_baseline` (the pseudo-count smooths the counts of every target).
     """
     train_labels = np.asarray(train_labels)
-    prior = class_prior_baseline(train_labels, 1, pseudo_count)[0] * L.SEVERITY_WEIGHTS
+    prior = class_prior_baseline(train_labels, 1, pseudo_count)[0] * labels_lib.SEVERITY_WEIGHTS
     prior /= prior.sum(axis=-1, keepdims=True)
-    spinal = L.group_target_indices("spinal")
+    spinal = labels_lib.group_target_indices("spinal")
     prior[spinal] = _best_constant_spinal(train_labels[:, spinal], prior[spinal], pseudo_count)
-    return np.broadcast_to(prior, (num_eval, L.NUM_TARGETS, L.NUM_SEVERITIES)).astype(np.float64)
+    return np.broadcast_to(prior, (num_eval, labels_lib.NUM_TARGETS, labels_lib.NUM_SEVERITIES)).astype(np.float64)
 
 
 def _best_constant_spinal(y: np.ndarray, start: np.ndarray, pseudo_count: float) -> np.ndarray:
     """Constant spinal rows [5, 3] minimising spinal loss + any_severe_spinal on labels y int [M, 5]."""
     from scipy import optimize, special
 
-    counts = np.stack([(y == k).sum(axis=0) for k in range(L.NUM_SEVERITIES)], axis=-1) + pseudo_count
-    class_weight = counts * L.SEVERITY_WEIGHTS  # [5, 3]: weighted (smoothed) counts
-    labelled = y != L.MISSING
+    counts = np.stack([(y == k).sum(axis=0) for k in range(labels_lib.NUM_SEVERITIES)], axis=-1) + pseudo_count
+    class_weight = counts * labels_lib.SEVERITY_WEIGHTS  # [5, 3]: weighted (smoothed) counts
+    labelled = y != labels_lib.MISSING
     studies = labelled.any(axis=1)
     if not studies.any():
         return start
     y, labelled = y[studies], labelled[studies]
     any_severe = ((y == 2) & labelled).any(axis=1)
-    study_weight = np.where(labelled, L.SEVERITY_WEIGHTS[np.maximum(y, 0)], 0.0).max(axis=1)
+    study_weight = np.where(labelled, labels_lib.SEVERITY_WEIGHTS[np.maximum(y, 0)], 0.0).max(axis=1)
 
     def objective(logits: np.ndarray) -> float:
         z = logits.reshape(start.shape)
@@ -189,11 +190,11 @@ def classification_stats(labels: np.ndarray, probs: np.ndarray) -> dict[str, flo
     predictor scores high accuracy and 1/3 balanced accuracy.
     """
     labels, probs = _check_shapes(labels, probs)
-    keep = labels != L.MISSING
+    keep = labels != labels_lib.MISSING
     y, pred = labels[keep], probs.argmax(-1)[keep]
     stats = {"accuracy": float(np.mean(pred == y)) if y.size else float("nan")}
     recalls = []
-    for k, name in enumerate(L.SEVERITY_COLUMNS):
+    for k, name in enumerate(labels_lib.SEVERITY_COLUMNS):
         of_class = y == k
         recall = float(np.mean(pred[of_class] == k)) if of_class.any() else float("nan")
         stats[f"recall_{name}"] = recall

@@ -29,7 +29,7 @@ import pandas as pd
 import tqdm
 
 from lumbar_jax import calibration, inference, localiser_metrics, rundir
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data import problems
 from lumbar_jax.data import study as study_lib
 from lumbar_jax.dataset_configs import GRID_DATASETS
@@ -41,7 +41,7 @@ RESEARCH_USE_NOTE = ("Research use only: not a medical device, not validated for
                      "diagnosis or treatment on it.")
 FLAG_BELOW = 0.5  # a cell is flagged when P(Normal/Mild) < FLAG_BELOW: Moderate or Severe is more likely than not
 
-SUBMISSION_COLUMNS = ("row_id", *L.SEVERITY_COLUMNS)
+SUBMISSION_COLUMNS = ("row_id", *labels.SEVERITY_COLUMNS)
 
 
 class Predictor:
@@ -122,7 +122,7 @@ def run_calibration(workdir: str, calibrate: bool = True) -> dict:
     temperatures = rundir.read_summary(workdir).get("calibration", {}).get("temperatures")
     if not temperatures:
         return {"applied": False, "reason": f"{rundir.SUMMARY_FILE} has no calibration temperatures"}
-    return {"applied": True, "temperatures": {g: float(temperatures[g]) for g in L.CONDITION_GROUPS}}
+    return {"applied": True, "temperatures": {g: float(temperatures[g]) for g in labels.CONDITION_GROUPS}}
 
 
 def calibration_text(calibration_record: dict) -> str:
@@ -146,13 +146,13 @@ def package_version() -> str:
 def submission_frame(study_ids: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
     """The competition's submission table: row_id, normal_mild, moderate, severe; 25 rows per study, in
     study then target order. ValueError if a probability is not finite or a row does not sum to 1."""
-    if probs.shape != (len(study_ids), L.NUM_TARGETS, L.NUM_SEVERITIES):
+    if probs.shape != (len(study_ids), labels.NUM_TARGETS, labels.NUM_SEVERITIES):
         raise ValueError(f"probabilities of shape {probs.shape} for {len(study_ids)} studies")
     if not np.isfinite(probs).all() or not np.allclose(probs.sum(-1), 1.0, atol=1e-6):
         raise ValueError("predicted probabilities are not finite or do not sum to 1")
     return pd.DataFrame({
-        "row_id": [rid for s in study_ids for rid in L.study_row_ids(s)],
-        **{c: probs[:, :, k].reshape(-1) for k, c in enumerate(L.SEVERITY_COLUMNS)},
+        "row_id": [rid for s in study_ids for rid in labels.study_row_ids(s)],
+        **{c: probs[:, :, k].reshape(-1) for k, c in enumerate(labels.SEVERITY_COLUMNS)},
     }, columns=list(SUBMISSION_COLUMNS))
 
 
@@ -187,8 +187,8 @@ def read_study_dir(predictor: Predictor, study_dir: str, descriptions_csv: str |
         record = predictor.read([entry])[0]
     unused = unused_series_folders(study_dir, record["series_ids"], found)
     log.info("study %s: read %d of %d series in %.1f s (%s)", entry.study_id, int(np.sum(record["present"])),
-             len(L.SERIES_TYPES), time.perf_counter() - t0,
-             ", ".join(n for n, p in zip(L.SERIES_TYPES, record["present"]) if p) or "none")
+             len(labels.SERIES_TYPES), time.perf_counter() - t0,
+             ", ".join(n for n, p in zip(labels.SERIES_TYPES, record["present"]) if p) or "none")
     if not np.any(record["present"]):
         reasons = "; ".join(f"{os.path.basename(d)}: {why}" for d, why in unused.items()) or "it has no subfolder"
         raise ValueError(f"study folder {study_dir} has no usable series ({reasons})")
@@ -235,19 +235,19 @@ def study_report(study_id: int, present: np.ndarray, probs: np.ndarray, unused: 
     `localiser_metrics.point_report`). probs float [25, 3]."""
     present = np.asarray(present, bool)
     targets = {}
-    for i, t in enumerate(L.TARGETS):
-        targets[t] = {**{c: float(probs[i, k]) for k, c in enumerate(L.SEVERITY_COLUMNS)},
+    for i, t in enumerate(labels.TARGETS):
+        targets[t] = {**{c: float(probs[i, k]) for k, c in enumerate(labels.SEVERITY_COLUMNS)},
                       "p_moderate_or_severe": float(probs[i, 1] + probs[i, 2]),
-                      "grade": L.SEVERITY_NAMES[int(np.argmax(probs[i]))],
+                      "grade": labels.SEVERITY_NAMES[int(np.argmax(probs[i]))],
                       "flagged": bool(probs[i, 0] < FLAG_BELOW),
-                      "series_absent": not bool(present[L.TARGET_SERIES[i]])}
+                      "series_absent": not bool(present[labels.TARGET_SERIES[i]])}
         if localiser is not None:
             targets[t]["localiser"] = localiser[t]
     return {
         "notice": RESEARCH_USE_NOTE,
         "study_id": int(study_id),
         "provenance": dict(provenance or {}),
-        "series_present": {name: bool(p) for name, p in zip(L.SERIES_TYPES, present)},
+        "series_present": {name: bool(p) for name, p in zip(labels.SERIES_TYPES, present)},
         "series_not_used": dict(unused or {}),
         "targets": targets,
     }
@@ -265,19 +265,20 @@ def format_study_report(report: dict) -> str:
     lines = [f"study {report['study_id']}  (series: {present})"]
     lines += [f"  series folder {folder} not used: {why}" for folder, why in report.get("series_not_used", {}).items()]
     lines.append(f"{'level':7s}" + "".join(f"{c:>{_CELL}s}" for c in _REPORT_COLUMNS))
-    for level, level_name in zip(L.LEVELS, L.LEVEL_CSV_NAMES):
+    for level, level_name in zip(labels.LEVELS, labels.LEVEL_CSV_NAMES):
         cells = []
-        for condition in L.CONDITIONS:
+        for condition in labels.CONDITIONS:
             t = report["targets"][f"{condition}_{level}"]
-            mark = ("!" if t.get("flagged", t[L.SEVERITY_COLUMNS[0]] < FLAG_BELOW) else " ") + \
+            mark = ("!" if t.get("flagged", t[labels.SEVERITY_COLUMNS[0]] < FLAG_BELOW) else " ") + \
                    ("~" if t.get("series_absent") else " ")
-            cells.append(" ".join(f"{t[c]:.2f}" for c in L.SEVERITY_COLUMNS) + mark)
+            cells.append(" ".join(f"{t[c]:.2f}" for c in labels.SEVERITY_COLUMNS) + mark)
         lines.append(f"{level_name:7s}" + "".join(f"{c:>{_CELL}s}" for c in cells))
     flagged = sum(bool(t.get("flagged")) for t in report["targets"].values())
+    normal, moderate, severe = labels.SEVERITY_NAMES
     lines += [
         "",
-        f"each cell: P({L.SEVERITY_NAMES[0]}) P({L.SEVERITY_NAMES[1]}) P({L.SEVERITY_NAMES[2]}), summing to 1",
-        f"  !  P({L.SEVERITY_NAMES[0]}) < {FLAG_BELOW}: {L.SEVERITY_NAMES[1]} or {L.SEVERITY_NAMES[2]} is more "
+        f"each cell: P({normal}) P({moderate}) P({severe}), summing to 1",
+        f"  !  P({normal}) < {FLAG_BELOW}: {moderate} or {severe} is more "
         f"likely than not ({flagged} of {len(report['targets'])} cells)",
         "  ~  predicted without the series this condition is read on (it was absent)",
     ]

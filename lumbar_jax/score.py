@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 from lumbar_jax import cli
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax import metrics
 
 FEW_STUDIES = 20  # below this many scored studies the score is noisy: warned on stderr
@@ -40,23 +40,24 @@ def read_submission(path: str) -> tuple[np.ndarray, np.ndarray]:
     import pandas as pd
 
     table = pd.read_csv(path)
-    expected = ["row_id", *L.SEVERITY_COLUMNS]
+    expected = ["row_id", *labels_lib.SEVERITY_COLUMNS]
     if sorted(table.columns) != sorted(expected):
         raise ValueError(f"{path}: columns must be {expected}, got {list(table.columns)}")
     if table["row_id"].duplicated().any():
         dupes = table.loc[table["row_id"].duplicated(), "row_id"].head(3).tolist()
         raise ValueError(f"{path}: duplicated row_id, e.g. {dupes}")
-    parsed = [L.parse_row_id(r) for r in table["row_id"]]
+    parsed = [labels_lib.parse_row_id(r) for r in table["row_id"]]
     study_ids = np.array(sorted({s for s, _ in parsed}), dtype=np.int64)
     position = {s: i for i, s in enumerate(study_ids)}
-    probs = np.full((len(study_ids), L.NUM_TARGETS, L.NUM_SEVERITIES), np.nan)
-    values = table[list(L.SEVERITY_COLUMNS)].to_numpy(np.float64)
+    probs = np.full((len(study_ids), labels_lib.NUM_TARGETS, labels_lib.NUM_SEVERITIES), np.nan)
+    values = table[list(labels_lib.SEVERITY_COLUMNS)].to_numpy(np.float64)
     for (study, target), row in zip(parsed, values):
         probs[position[study], target] = row
     absent = np.argwhere(np.isnan(probs).any(-1))
     if len(absent):
         s, t = absent[0]
-        raise ValueError(f"{path}: {len(absent)} rows missing, e.g. {L.row_id(study_ids[s], L.TARGETS[t])}")
+        example = labels_lib.row_id(study_ids[s], labels_lib.TARGETS[t])
+        raise ValueError(f"{path}: {len(absent)} rows missing, e.g. {example}")
     return study_ids, probs
 
 

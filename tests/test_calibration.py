@@ -6,10 +6,10 @@ import pytest
 from scipy import special
 
 from lumbar_jax import calibration
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax import metrics
 
-_GROUPS = tuple(L.CONDITION_GROUPS)
+_GROUPS = tuple(labels_lib.CONDITION_GROUPS)
 
 
 def _synthetic(seed: int, n: int, sharpen: float) -> tuple[np.ndarray, np.ndarray]:
@@ -17,9 +17,9 @@ def _synthetic(seed: int, n: int, sharpen: float) -> tuple[np.ndarray, np.ndarra
     to 1/2/4 x p: the row that minimises the metric's weighted log loss in expectation. So T = sharpen
     undoes the miscalibration (for foraminal and subarticular; spinal also carries any_severe_spinal)."""
     rng = np.random.default_rng(seed)
-    p = rng.dirichlet([4.0, 1.5, 0.8], size=(n, L.NUM_TARGETS))
-    labels = (rng.random((n, L.NUM_TARGETS, 1)) > np.cumsum(p, axis=-1)).sum(axis=-1)
-    best = p * L.SEVERITY_WEIGHTS
+    p = rng.dirichlet([4.0, 1.5, 0.8], size=(n, labels_lib.NUM_TARGETS))
+    labels = (rng.random((n, labels_lib.NUM_TARGETS, 1)) > np.cumsum(p, axis=-1)).sum(axis=-1)
+    best = p * labels_lib.SEVERITY_WEIGHTS
     best /= best.sum(axis=-1, keepdims=True)
     return labels, special.softmax(sharpen * np.log(best), axis=-1)
 
@@ -68,7 +68,7 @@ def test_search_finds_the_global_minimum_where_brent_alone_stops_at_a_local_one(
 
 def test_fit_is_deterministic_and_keeps_unlabelled_group_at_one():
     labels, probs = _synthetic(seed=1, n=200, sharpen=2.0)
-    labels[:, L.group_target_indices("subarticular")] = L.MISSING
+    labels[:, labels_lib.group_target_indices("subarticular")] = labels_lib.MISSING
     first = calibration.fit_temperatures(labels, probs)
     assert first == calibration.fit_temperatures(labels.copy(), probs.copy())
     assert first["subarticular"] == 1.0
@@ -87,17 +87,17 @@ def test_apply_identity_shapes_and_per_group():
     np.testing.assert_allclose(batched.sum(axis=-1), 1.0, atol=1e-12)
     np.testing.assert_array_equal(batched.argmax(-1), probs.argmax(-1))
     np.testing.assert_allclose(calibration.apply_temperatures(probs[1], temperatures), batched[1], atol=1e-15)
-    nested = calibration.apply_temperatures(probs.reshape(2, 2, L.NUM_TARGETS, 3), temperatures)
+    nested = calibration.apply_temperatures(probs.reshape(2, 2, labels_lib.NUM_TARGETS, 3), temperatures)
     np.testing.assert_allclose(nested.reshape(probs.shape), batched, atol=1e-15)
 
-    spinal, foraminal, subarticular = (L.group_target_indices(g) for g in _GROUPS)
+    spinal, foraminal, subarticular = (labels_lib.group_target_indices(g) for g in _GROUPS)
     np.testing.assert_allclose(batched[:, foraminal], probs[:, foraminal], atol=1e-12)
     assert np.all(batched[:, spinal].max(-1) < probs[:, spinal].max(-1))  # T > 1 softens
     assert np.all(batched[:, subarticular].max(-1) > probs[:, subarticular].max(-1))  # T < 1 sharpens
 
 
 def test_apply_handles_zero_probabilities_and_rejects_bad_temperatures():
-    probs = np.full((L.NUM_TARGETS, 3), 1 / 3)
+    probs = np.full((labels_lib.NUM_TARGETS, 3), 1 / 3)
     probs[0] = [1.0, 0.0, 0.0]
     out = calibration.apply_temperatures(probs, dict.fromkeys(_GROUPS, 2.0))
     assert np.all(np.isfinite(out)) and out[0, 0] == pytest.approx(1.0)

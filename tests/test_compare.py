@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lumbar_jax import compare, metrics
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "compare.py")
 
@@ -18,7 +18,7 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "compare.py")
 def fake_run(workdir, name: str, probs_fn, seed: int, loss: str | None = None, folds: int = 2) -> dict:
     """A finished run directory: config.json + a cv_summary.json of `probs_fn(labels)` on random labels."""
     rng = np.random.default_rng(seed)
-    labels = rng.choice(3, size=(40, L.NUM_TARGETS), p=[0.7, 0.2, 0.1])
+    labels = rng.choice(3, size=(40, labels_lib.NUM_TARGETS), p=[0.7, 0.2, 0.1])
     probs = probs_fn(labels)
     oof = {**metrics.competition_score(labels, probs), **metrics.classification_stats(labels, probs),
            "baseline": metrics.competition_score(labels, metrics.class_prior_baseline(labels, len(labels))),

@@ -20,7 +20,7 @@ from lumbar_jax import calibration, cross_validation, evaluate, predict, rundir
 from lumbar_jax.analysis import attention as attention_lib
 from lumbar_jax.analysis import Drawn, write_report
 from lumbar_jax.models.heads import token_centres
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data import augment, build, dataset, study, synthetic
 from lumbar_jax.train import config as config_lib
 from lumbar_jax.train import mesh as mesh_lib
@@ -119,7 +119,7 @@ def test_submission_has_exactly_the_expected_rows_and_valid_probabilities(run, t
     expected = pd.read_csv(os.path.join(kaggle, "sample_submission.csv"))
     assert list(submission.columns) == ["row_id", "normal_mild", "moderate", "severe"]
     assert submission["row_id"].tolist() == expected["row_id"].tolist()  # row by row, 25 per test study
-    values = submission[list(L.SEVERITY_COLUMNS)].to_numpy()
+    values = submission[list(labels.SEVERITY_COLUMNS)].to_numpy()
     assert np.isfinite(values).all() and (values >= 0).all()
     np.testing.assert_allclose(values.sum(axis=1), 1.0, atol=1e-5)
 
@@ -135,7 +135,7 @@ def test_study_with_a_missing_series_still_gets_all_its_rows(run, tmp_path):
     table, timing = predict.predict_split(predictor, copy)
     assert timing["absent_series"] >= 1 and len(table) == 25 * timing["studies"]
     rows = table[table["row_id"].str.startswith(f"{first.study_id}_")]
-    assert len(rows) == 25 and np.isfinite(rows[list(L.SEVERITY_COLUMNS)].to_numpy()).all()
+    assert len(rows) == 25 and np.isfinite(rows[list(labels.SEVERITY_COLUMNS)].to_numpy()).all()
 
 
 def test_flip_tta_is_left_right_equivariant(run):
@@ -170,7 +170,7 @@ def test_study_dir_report_from_dicom_descriptions_and_from_csv(run, tmp_path, ca
     assert run_script("predict.py", "--workdir", workdir, "--study_dir", study_dir, "--json", out) == 0
     captured = capsys.readouterr()
     printed = captured.out
-    assert all(name in printed for name in L.LEVEL_CSV_NAMES) and "R subarticular" in printed
+    assert all(name in printed for name in labels.LEVEL_CSV_NAMES) and "R subarticular" in printed
     assert "each cell: P(Normal/Mild) P(Moderate) P(Severe)" in printed and "Research use only" in printed
     assert f"run {os.path.abspath(workdir)}: folds [0, 1], best checkpoints at steps" in printed
     assert "INFO lumbar_jax.predict: ensemble of folds [0, 1]" in captured.err  # not swallowed by absl
@@ -183,7 +183,7 @@ def test_study_dir_report_from_dicom_descriptions_and_from_csv(run, tmp_path, ca
     assert prov["workdir"] == os.path.abspath(workdir) and prov["folds"] == [0, 1] and prov["tta"] is False
     assert prov["checkpoint"] == "best" and len(prov["checkpoint_steps"]) == 2
     assert prov["model"] == "vit" and prov["package"] == f"lumbar_jax {predict.package_version()}"
-    target = report["targets"][L.TARGETS[0]]
+    target = report["targets"][labels.TARGETS[0]]
     assert target["p_moderate_or_severe"] == pytest.approx(target["moderate"] + target["severe"])
     assert target["flagged"] == (target["normal_mild"] < 0.5) and target["series_absent"] is False
     from_csv = study.study_from_directory(study_dir, os.path.join(kaggle, "test_series_descriptions.csv"))
@@ -193,7 +193,7 @@ def test_study_dir_report_from_dicom_descriptions_and_from_csv(run, tmp_path, ca
 
 def test_study_report_shows_all_three_probabilities_and_flags_normal_mild_below_half():
     probs = np.tile([0.8, 0.15, 0.05], (25, 1))
-    probs[L.TARGETS.index("spinal_canal_stenosis_l4_l5")] = [0.40, 0.35, 0.25]  # Normal/Mild likeliest, 60 % worse
+    probs[labels.TARGETS.index("spinal_canal_stenosis_l4_l5")] = [0.40, 0.35, 0.25]  # Normal/Mild likeliest, 60 % worse
     present = np.array([True, True, False])  # no axial T2: the subarticular columns are predicted without it
     prov = {"workdir": "/runs/x", "folds": [0, 1], "checkpoint": "best", "checkpoint_steps": [7, 9], "tta": True,
             "model": "vit_effnet", "package": "lumbar_jax 0.1.0"}

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.labels import TARGET_SERIES
 from lumbar_jax.localiser_metrics import level_correct, localisation_report, scored_points, to_space
 
@@ -28,14 +28,14 @@ def _affines(n):
 def _study(n=2):
     """Annotated points on exact native voxels, levels 8 rows (sagittal) / 4 slices (axial) apart, every
     target on its own series."""
-    coords = np.zeros((n, L.NUM_TARGETS, 3))
-    for t in range(L.NUM_TARGETS):
-        level, series = L.TARGET_LEVEL[t], TARGET_SERIES[t]
+    coords = np.zeros((n, labels.NUM_TARGETS, 3))
+    for t in range(labels.NUM_TARGETS):
+        level, series = labels.TARGET_LEVEL[t], TARGET_SERIES[t]
         dn, hn, wn = SHAPES[series] - 1
         if series == 2:  # axial: level = slice, side = col
-            index = (2 + 4 * level, 30, 20 if L.TARGET_SIDE[t] == 2 else 44)
+            index = (2 + 4 * level, 30, 20 if labels.TARGET_SIDE[t] == 2 else 44)
         else:  # sagittal: side = slice, level = row
-            index = ({0: 7, 1: 11, 2: 3}[L.TARGET_SIDE[t]], 20 + 8 * level, 40)
+            index = ({0: 7, 1: 11, 2: 3}[labels.TARGET_SIDE[t]], 20 + 8 * level, 40)
         coords[:, t] = np.array(index) / (dn, hn, wn)
     return coords, np.tile(TARGET_SERIES, (n, 1))
 
@@ -73,7 +73,7 @@ def test_level_swap_is_caught_even_when_close():
     """The spinal L2/L3 and L3/L4 predictions swapped: 2 of 5 spinal points on the wrong level."""
     coords, series = _study(1)
     pred = coords.copy()
-    a, b = L.target_index(0, 1), L.target_index(0, 2)
+    a, b = labels.target_index(0, 1), labels.target_index(0, 2)
     pred[0, [a, b]] = coords[0, [b, a]]
     report = localisation_report(pred, coords, series, *_affines(1))
     assert report["spinal"]["level_accuracy"] == pytest.approx(3 / 5)
@@ -88,7 +88,7 @@ def test_level_swap_is_caught_even_when_close():
 def test_sagittal_slice_error():
     coords, series = _study(1)
     pred = coords.copy()
-    foraminal = L.group_target_indices("foraminal")
+    foraminal = labels.group_target_indices("foraminal")
     pred[0, foraminal[:4], 0] += 1 / (SHAPES[0, 0] - 1)  # one slice off
     pred[0, foraminal[4:6], 0] += 2 / (SHAPES[0, 0] - 1)  # two slices off
     report = localisation_report(pred, coords, series, *_affines(1))["foraminal"]
@@ -99,8 +99,8 @@ def test_sagittal_slice_error():
 
 def test_only_points_on_their_own_present_series_are_scored():
     coords, series = _study(2)
-    series[0, L.target_index(0, 0)] = 0  # spinal annotated on the sagittal T1: not the localiser's series
-    series[0, L.target_index(1, 0)] = -1  # not annotated
+    series[0, labels.target_index(0, 0)] = 0  # spinal annotated on the sagittal T1: not the localiser's series
+    series[0, labels.target_index(1, 0)] = -1  # not annotated
     affine, shapes = _affines(2)
     affine[1, 2] = 0.0  # study 1 has no axial series
     scored = scored_points(series, affine)
@@ -113,9 +113,9 @@ def test_only_points_on_their_own_present_series_are_scored():
 
 def test_level_accuracy_counts_only_conditions_with_another_level():
     coords, series = _study(1)
-    series[0, L.target_index(0, 1):L.target_index(0, 5)] = -1  # spinal: only L1/L2 annotated
+    series[0, labels.target_index(0, 1):labels.target_index(0, 5)] = -1  # spinal: only L1/L2 annotated
     correct, counted = level_correct(*(to_space(coords),) * 2, scored_points(series))
-    assert not counted[0, L.target_index(0, 0)] and counted[0, L.target_index(1, 0)]
+    assert not counted[0, labels.target_index(0, 0)] and counted[0, labels.target_index(1, 0)]
     assert (correct == counted).all()
 
 
@@ -123,7 +123,7 @@ def test_voxel_fallback_and_empty_groups():
     coords, series = _study(1)
     pred = coords.copy()
     pred[0, :, 2] += 2 / 63  # two r64 voxels along cols
-    series[0, L.group_target_indices("subarticular")] = -1
+    series[0, labels.group_target_indices("subarticular")] = -1
     report = localisation_report(pred, coords, series, volume_shape=(16, 64, 64))
     assert report["unit"] == "vox" and "median_mm" not in report
     assert report["median_vox"] == pytest.approx(2.0) and report["spinal"]["p90_vox"] == pytest.approx(2.0)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import sklearn.metrics
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax import metrics
 
 
@@ -20,11 +20,11 @@ def _reference_score(labels: np.ndarray, probs: np.ndarray) -> dict:
     """
     rows = []
     for n in range(labels.shape[0]):
-        for t, target in enumerate(L.TARGETS):
+        for t, target in enumerate(labels_lib.TARGETS):
             if labels[n, t] < 0:
                 continue
             row = {"study_id": n, "target": target, "label": labels[n, t]}
-            row.update({c: float(probs[n, t, k]) for k, c in enumerate(L.SEVERITY_COLUMNS)})
+            row.update({c: float(probs[n, t, k]) for k, c in enumerate(labels_lib.SEVERITY_COLUMNS)})
             rows.append(row)
     df = pd.DataFrame(rows)
     df["condition"] = df["target"].map(
@@ -35,7 +35,7 @@ def _reference_score(labels: np.ndarray, probs: np.ndarray) -> dict:
     for condition in ("spinal", "foraminal", "subarticular"):
         part = df[df.condition == condition]
         out[condition] = sklearn.metrics.log_loss(
-            part["label"], part[list(L.SEVERITY_COLUMNS)].values, sample_weight=part["sample_weight"],
+            part["label"], part[list(labels_lib.SEVERITY_COLUMNS)].values, sample_weight=part["sample_weight"],
             labels=[0, 1, 2],
         )
     spinal = df[df.condition == "spinal"]
@@ -49,9 +49,9 @@ def _reference_score(labels: np.ndarray, probs: np.ndarray) -> dict:
 
 
 def _random_case(rng, n, missing_rate):
-    labels = rng.choice(3, size=(n, L.NUM_TARGETS), p=[0.75, 0.17, 0.08])
-    labels[rng.random(labels.shape) < missing_rate] = L.MISSING
-    logits = rng.normal(size=(n, L.NUM_TARGETS, 3)) * 2
+    labels = rng.choice(3, size=(n, labels_lib.NUM_TARGETS), p=[0.75, 0.17, 0.08])
+    labels[rng.random(labels.shape) < missing_rate] = labels_lib.MISSING
+    logits = rng.normal(size=(n, labels_lib.NUM_TARGETS, 3)) * 2
     probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     return labels, probs
 
@@ -62,7 +62,7 @@ def test_agrees_with_reference_implementation(seed):
     labels, probs = _random_case(rng, n=40, missing_rate=0.1)
     # Extreme predictions exercise the clipping; a whole study without spinal labels exercises the grouping.
     probs[0, 0] = [1.0, 0.0, 0.0]
-    labels[1, :5] = L.MISSING
+    labels[1, :5] = labels_lib.MISSING
     ours = metrics.competition_score(labels, probs)
     ref = _reference_score(labels, probs)
     for key, value in ref.items():
@@ -70,8 +70,8 @@ def test_agrees_with_reference_implementation(seed):
 
 
 def test_hand_computed_two_studies():
-    labels = np.full((2, L.NUM_TARGETS), L.MISSING)
-    probs = np.full((2, L.NUM_TARGETS, 3), 1 / 3)
+    labels = np.full((2, labels_lib.NUM_TARGETS), labels_lib.MISSING)
+    probs = np.full((2, labels_lib.NUM_TARGETS, 3), 1 / 3)
     # Study 0: spinal l1_l2 Severe predicted severe=0.5; study 1: spinal l1_l2 Normal predicted normal=0.8.
     labels[0, 0], probs[0, 0] = 2, [0.25, 0.25, 0.5]
     labels[1, 0], probs[1, 0] = 0, [0.8, 0.1, 0.1]
@@ -90,8 +90,8 @@ def test_hand_computed_two_studies():
 
 
 def test_no_severe_spinal_study_and_no_renormalisation():
-    labels = np.zeros((3, L.NUM_TARGETS), dtype=int)
-    probs = np.zeros((3, L.NUM_TARGETS, 3))
+    labels = np.zeros((3, labels_lib.NUM_TARGETS), dtype=int)
+    probs = np.zeros((3, labels_lib.NUM_TARGETS, 3))
     probs[..., 0] = 0.5  # rows sum to 0.5: sklearn semantics do not renormalise
     got = metrics.competition_score(labels, probs)
     assert got["spinal"] == pytest.approx(-math.log(0.5))
@@ -104,7 +104,7 @@ def test_missing_labels_are_not_scored():
     labels, probs = _random_case(rng, n=10, missing_rate=0.3)
     base = metrics.competition_score(labels, probs)
     changed = probs.copy()
-    changed[labels == L.MISSING] = [0.0, 0.0, 1.0]
+    changed[labels == labels_lib.MISSING] = [0.0, 0.0, 1.0]
     assert metrics.competition_score(labels, changed) == pytest.approx(base)
 
 
@@ -118,11 +118,11 @@ def test_bad_inputs_name_the_problem():
 
 
 def test_class_prior_baseline_is_training_frequencies():
-    train = np.zeros((8, L.NUM_TARGETS), dtype=int)
+    train = np.zeros((8, labels_lib.NUM_TARGETS), dtype=int)
     train[:2, 0] = 2
-    train[2, 0] = L.MISSING
+    train[2, 0] = labels_lib.MISSING
     exact = metrics.class_prior_baseline(train, 3, pseudo_count=0.0)
-    assert exact.shape == (3, L.NUM_TARGETS, 3)
+    assert exact.shape == (3, labels_lib.NUM_TARGETS, 3)
     np.testing.assert_allclose(exact[0, 0], [5 / 7, 0, 2 / 7])
     np.testing.assert_allclose(exact[:, 1], [[1, 0, 0]] * 3)
     smoothed = metrics.class_prior_baseline(train, 1)
@@ -130,7 +130,7 @@ def test_class_prior_baseline_is_training_frequencies():
 
 
 def test_majority_class_has_high_accuracy_and_one_third_balanced_accuracy():
-    labels = np.zeros((20, L.NUM_TARGETS), dtype=int)
+    labels = np.zeros((20, labels_lib.NUM_TARGETS), dtype=int)
     labels[:2] = 2
     labels[2:4] = 1
     probs = np.broadcast_to([0.9, 0.05, 0.05], labels.shape + (3,))
@@ -142,11 +142,11 @@ def test_majority_class_has_high_accuracy_and_one_third_balanced_accuracy():
 
 def test_weighted_prior_is_the_best_constant_of_the_score():
     rng = np.random.default_rng(3)
-    train = rng.choice(3, size=(200, L.NUM_TARGETS), p=[0.75, 0.17, 0.08])
+    train = rng.choice(3, size=(200, labels_lib.NUM_TARGETS), p=[0.75, 0.17, 0.08])
     prior = metrics.weighted_prior_baseline(train, 1)[0]
     counts = np.stack([(train == k).sum(0) for k in range(3)], -1) + 1.0
     expected = counts * [1, 2, 4] / (counts * [1, 2, 4]).sum(-1, keepdims=True)
-    others = np.setdiff1d(np.arange(L.NUM_TARGETS), L.group_target_indices("spinal"))
+    others = np.setdiff1d(np.arange(labels_lib.NUM_TARGETS), labels_lib.group_target_indices("spinal"))
     np.testing.assert_allclose(prior[others], expected[others])
     # On the training labels themselves it beats the frequencies (which the metric's weights penalise) and
     # any perturbation of it does worse on the weighted loss of a target.
@@ -172,8 +172,8 @@ def test_weighted_prior_is_the_best_constant_of_the_score():
 
 
 def test_per_study_loss_hand_computed_and_perfect_prediction():
-    labels = np.full((3, L.NUM_TARGETS), L.MISSING)
-    probs = np.full((3, L.NUM_TARGETS, 3), 1 / 3)
+    labels = np.full((3, labels_lib.NUM_TARGETS), labels_lib.MISSING)
+    probs = np.full((3, labels_lib.NUM_TARGETS, 3), 1 / 3)
     # Study 0: a Severe row predicted 0.5 (weight 4) and a Normal row predicted 0.8 (weight 1).
     labels[0, 0], probs[0, 0] = 2, [0.25, 0.25, 0.5]
     labels[0, 17], probs[0, 17] = 0, [0.8, 0.1, 0.1]

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from lumbar_jax import calibration, cross_validation, evaluate, localiser_metrics, predict, rundir
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax.analysis import Drawn, crop_figures, label_stats, oof, write_report
 from lumbar_jax.data import build, crops, dataset, study, synthetic
 from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_VOLUMES
@@ -78,8 +78,8 @@ def test_submission_from_dicom_equals_the_ensemble_on_the_tfds_test_records(run,
     assert points.shape == (2, len(records), 25, 3)
     expected = calibration.apply_temperatures(probs, predictor.calibration["temperatures"])
     by_study = {int(r["study_id"]): p for r, p in zip(records, expected)}
-    values = submission[list(L.SEVERITY_COLUMNS)].to_numpy().reshape(-1, 25, 3)
-    study_ids = [L.parse_row_id(r)[0] for r in submission["row_id"][::25]]
+    values = submission[list(labels_lib.SEVERITY_COLUMNS)].to_numpy().reshape(-1, 25, 3)
+    study_ids = [labels_lib.parse_row_id(r)[0] for r in submission["row_id"][::25]]
     np.testing.assert_allclose(values, np.stack([by_study[s] for s in study_ids]), rtol=1e-4, atol=1e-6)
 
 
@@ -120,10 +120,10 @@ def test_study_dir_report_has_each_targets_localised_point(run, tmp_path, capsys
     assert prov["pipeline"] == "two_stage" and prov["localiser_flip_tta"] and prov["calibration"]["applied"]
     record = study.study_example(entry, (16, 64, 64), native_max_size=256)
     shapes = np.array([np.shape(record[name]) for name in NATIVE_VOLUMES])
-    for t, target in enumerate(L.TARGETS):
+    for t, target in enumerate(labels_lib.TARGETS):
         where = report["targets"][target]["localiser"]
-        series = int(L.CONDITION_SERIES[t // L.NUM_LEVELS])
-        assert where["series"] == L.SERIES_TYPES[series] and where["series_present"]
+        series = int(labels_lib.CONDITION_SERIES[t // labels_lib.NUM_LEVELS])
+        assert where["series"] == labels_lib.SERIES_TYPES[series] and where["series_present"]
         point = np.array(where["point"])
         assert np.all((point >= -0.05) & (point <= 1.05)) and where["fold_spread_mm"] >= 0
         affine = np.asarray(record[NATIVE_AFFINE], np.float64)[series]
@@ -165,7 +165,7 @@ def _record_with_a_bright_voxel(series: int, voxel: tuple[int, int, int]) -> dic
 @pytest.mark.parametrize("target", ["left_neural_foraminal_narrowing_l2_l3", "right_neural_foraminal_narrowing_l2_l3",
                                     "left_subarticular_stenosis_l4_l5", "right_subarticular_stenosis_l4_l5"])
 def test_marks_land_on_the_pixel_the_point_was_cut_into(target):
-    t = L.TARGETS.index(target)
+    t = labels_lib.TARGETS.index(target)
     series = int(localiser_metrics.TARGET_SERIES[t])
     extent = np.array([6.0, 40.0, 40.0])
     centre = np.array([3, 20, 20]) / extent
@@ -178,7 +178,7 @@ def test_marks_land_on_the_pixel_the_point_was_cut_into(target):
                                                   pixels=15)
         assert off == voxel[0] - 3
         drawn = crop_figures.centre_slice(t, 3)
-        mirrored_slices = L.TARGET_SIDE[t] == 1 and series < 2
+        mirrored_slices = labels_lib.TARGET_SIDE[t] == 1 and series < 2
         index = drawn - off if mirrored_slices else drawn + off
         bright = np.unravel_index(np.argmax(cut[t, index]), (15, 15))
         assert (row, col) == pytest.approx(bright)

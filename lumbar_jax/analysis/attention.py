@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from lumbar_jax import inference
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.analysis import oof, plots
 from lumbar_jax.data import study
 from lumbar_jax.train import mesh as mesh_lib
@@ -70,13 +70,13 @@ def _panel(ax, record: dict, attention: np.ndarray, layout: dict, target: int, p
     """Draw one target's panel (attention float [K] of its query, heat relative to the maximum over its series,
     so that 0..1 matches the figure's colour bar); returns (the heat image, the voxel distance from attention
     peak to annotated point or None)."""
-    heat = attention_volumes(attention, layout, len(L.SERIES_TYPES))
+    heat = attention_volumes(attention, layout, len(labels.SERIES_TYPES))
     kind = int(record["coords_series"][target])
     annotated = kind >= 0
     if not annotated:  # no annotated point: the series the query looked at most
         kind = int(np.argmax(heat.reshape(heat.shape[0], -1).sum(-1)))
     series_heat = heat[kind]
-    volume = np.asarray(record[L.SERIES_TYPES[kind]])
+    volume = np.asarray(record[labels.SERIES_TYPES[kind]])
     extent = np.array([max(n - 1, 1) for n in volume.shape])
     peak = attention_peak(attention, layout, kind)
     point = np.asarray(record["coords"][target]) * extent if annotated else None
@@ -90,10 +90,10 @@ def _panel(ax, record: dict, attention: np.ndarray, layout: dict, target: int, p
         ax.plot(point[2], point[1], "o", mfc="none", mec="lime", ms=7, mew=1.4)
         distance = float(np.linalg.norm(peak - point))
     label = int(record["labels"][target])
-    truth = L.SEVERITY_NAMES[label] if label >= 0 else "no label"
+    truth = labels.SEVERITY_NAMES[label] if label >= 0 else "no label"
     mass = series_heat.sum()
     where = f"peak {distance:.1f} vox off" if annotated else "no point"
-    ax.set_title(f"{L.SERIES_TYPES[kind]} s{index}, {mass:.0%} attn\n{probability_text(probs[target])}\n"
+    ax.set_title(f"{labels.SERIES_TYPES[kind]} s{index}, {mass:.0%} attn\n{probability_text(probs[target])}\n"
                  f"true {truth}, {where}", fontsize=8, linespacing=1.25)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -115,8 +115,8 @@ def plot_query_attention(record: dict, probs: np.ndarray, attention: np.ndarray,
                                                  label_size=11, label_offset=0.6)
     distances = []
     image = None
-    for t in range(L.NUM_TARGETS):
-        ax = axes[L.TARGET_LEVEL[t], L.TARGET_CONDITION[t]]
+    for t in range(labels.NUM_TARGETS):
+        ax = axes[labels.TARGET_LEVEL[t], labels.TARGET_CONDITION[t]]
         image, distance = _panel(ax, record, attention[t], layout, t, probs)
         if distance is not None:
             distances.append(distance)

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from lumbar_jax import inference, localiser_metrics, rundir
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax.analysis import oof, plots
 from lumbar_jax.analysis.attention import probability_text
 from lumbar_jax.data import crops as crops_lib
@@ -43,7 +43,7 @@ CROPS_INTRO = (
 def centre_slice(target: int, slices: int) -> int:
     """Index in target's crop [K, P, P] of the slice through the crop's centre point, after mirroring (a left
     sagittal crop has its slice order reversed)."""
-    mirrored = L.TARGET_SIDE[target] == 1 and RIGHT_TO_LEFT_AXIS[TARGET_SERIES[target]] == 0
+    mirrored = labels_lib.TARGET_SIDE[target] == 1 and RIGHT_TO_LEFT_AXIS[TARGET_SERIES[target]] == 0
     return slices - 1 - slices // 2 if mirrored else slices // 2
 
 
@@ -58,7 +58,7 @@ def mark_in_crop(record: dict, target: int, centre: np.ndarray, point: np.ndarra
     per_mm = pixels / size_mm
     row = (pixels - 1) / 2 + (point[1] - centre[1]) * (height - 1) * row_mm * per_mm
     col = (pixels - 1) / 2 + (point[2] - centre[2]) * (width - 1) * col_mm * per_mm
-    if L.TARGET_SIDE[target] == 1 and RIGHT_TO_LEFT_AXIS[series] == 2:
+    if labels_lib.TARGET_SIDE[target] == 1 and RIGHT_TO_LEFT_AXIS[series] == 2:
         col = pixels - 1 - col
     slice_offset = int(np.rint(point[0] * (depth - 1)) - np.rint(centre[0] * (depth - 1)))
     return float(row), float(col), slice_offset
@@ -97,10 +97,10 @@ def _panel(ax, study_crops: StudyCrops, target: int, error_mm: float) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     label = int(record["labels"][target])
-    truth = L.SEVERITY_NAMES[label] if label >= 0 else "no label"
+    truth = labels_lib.SEVERITY_NAMES[label] if label >= 0 else "no label"
     if not study_crops.present[target]:
         ax.set_facecolor("0.85")
-        ax.set_title(f"{L.SERIES_TYPES[series]} absent\ntrue {truth}", fontsize=8)
+        ax.set_title(f"{labels_lib.SERIES_TYPES[series]} absent\ntrue {truth}", fontsize=8)
         return
     ax.imshow(crops[target, centre_slice(target, slices)], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     marks = dict(size_mm=study_crops.size_mm, pixels=pixels)
@@ -114,7 +114,7 @@ def _panel(ax, study_crops: StudyCrops, target: int, error_mm: float) -> None:
         where = f"err {error_mm:.1f} mm" + (f", {abs(off)} sl off" if off else "")
     ax.set_xlim(-0.5, pixels - 0.5)
     ax.set_ylim(pixels - 0.5, -0.5)
-    ax.set_title(f"{L.SERIES_TYPES[series]}, {where}\n{probability_text(probs[target])}\ntrue {truth}",
+    ax.set_title(f"{labels_lib.SERIES_TYPES[series]}, {where}\n{probability_text(probs[target])}\ntrue {truth}",
                  fontsize=8, linespacing=1.25)
 
 
@@ -126,8 +126,8 @@ def plot_study_crops(study_crops: StudyCrops, path: str, title: str) -> str:
     # Square panels, room above each for its three-line title, a header for the suptitle and the condition names.
     fig, axes, _, height = plots.target_grid(2.2, gaps=(0.3, 0.75), margins=(0.5, 0.15, 1.5, 0.15), label_size=10,
                                              label_offset=0.62)
-    for t in range(L.NUM_TARGETS):
-        _panel(axes[L.TARGET_LEVEL[t], L.TARGET_CONDITION[t]], study_crops, t, errors[t])
+    for t in range(labels_lib.NUM_TARGETS):
+        _panel(axes[labels_lib.TARGET_LEVEL[t], labels_lib.TARGET_CONDITION[t]], study_crops, t, errors[t])
     fig.suptitle(title + "\ncyan +: localiser's point;  green o: annotated point (thin: on another slice)",
                  fontsize=11, y=1 - 0.1 / height, va="top")
     return plots.save_figure(fig, path)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax.data import study
 
 # Short display names per condition: the side prefix comes from labels.TARGET_SIDE.
@@ -25,9 +25,9 @@ _SIDE_PREFIX = ("", "L ", "R ")
 
 def short_name(target: int) -> str:
     """A short display name of a target index, e.g. 'L4/L5 spinal', 'L L4/L5 foraminal', 'R L5/S1 subarticular'."""
-    condition = L.TARGET_CONDITION[target]
-    return (f"{_SIDE_PREFIX[L.TARGET_SIDE[target]]}{L.LEVEL_CSV_NAMES[L.TARGET_LEVEL[target]]} "
-            f"{_CONDITION_SHORT[condition]}")
+    condition = labels_lib.TARGET_CONDITION[target]
+    level = labels_lib.LEVEL_CSV_NAMES[labels_lib.TARGET_LEVEL[target]]
+    return f"{_SIDE_PREFIX[labels_lib.TARGET_SIDE[target]]}{level} {_CONDITION_SHORT[condition]}"
 
 
 def read_label_matrix(kaggle_dir: str) -> tuple[np.ndarray, np.ndarray]:
@@ -38,7 +38,7 @@ def read_label_matrix(kaggle_dir: str) -> tuple[np.ndarray, np.ndarray]:
     """
     table = study.read_labels(kaggle_dir)
     study_ids = np.array(sorted(table), dtype=np.int64)
-    codes = np.stack([table[s] for s in study_ids]) if len(study_ids) else np.zeros((0, L.NUM_TARGETS), int)
+    codes = np.stack([table[s] for s in study_ids]) if len(study_ids) else np.zeros((0, labels_lib.NUM_TARGETS), int)
     return study_ids, codes.astype(np.int64)
 
 
@@ -54,12 +54,12 @@ def label_distribution(labels: np.ndarray) -> pd.DataFrame:
     labels = np.asarray(labels)
     table = pd.DataFrame(
         {
-            "condition": [L.CONDITIONS[L.TARGET_CONDITION[t]] for t in range(L.NUM_TARGETS)],
-            "level": [L.LEVEL_CSV_NAMES[L.TARGET_LEVEL[t]] for t in range(L.NUM_TARGETS)],
-            **{name: (labels == k).sum(axis=0) for k, name in enumerate(L.SEVERITY_COLUMNS)},
-            "missing": (labels == L.MISSING).sum(axis=0),
+            "condition": [labels_lib.CONDITIONS[labels_lib.TARGET_CONDITION[t]] for t in range(labels_lib.NUM_TARGETS)],
+            "level": [labels_lib.LEVEL_CSV_NAMES[labels_lib.TARGET_LEVEL[t]] for t in range(labels_lib.NUM_TARGETS)],
+            **{name: (labels == k).sum(axis=0) for k, name in enumerate(labels_lib.SEVERITY_COLUMNS)},
+            "missing": (labels == labels_lib.MISSING).sum(axis=0),
         },
-        index=pd.Index(L.TARGETS, name="target"),
+        index=pd.Index(labels_lib.TARGETS, name="target"),
     )
     table["labelled"] = len(labels) - table["missing"]
     return table
@@ -68,7 +68,7 @@ def label_distribution(labels: np.ndarray) -> pd.DataFrame:
 def missing_summary(labels: np.ndarray) -> dict[str, int]:
     """How incomplete train.csv is: {'studies', 'studies_with_missing', 'studies_all_missing',
     'missing_cells', 'cells'} for labels int [N, 25]."""
-    missing = np.asarray(labels) == L.MISSING
+    missing = np.asarray(labels) == labels_lib.MISSING
     return {
         "studies": int(missing.shape[0]),
         "studies_with_missing": int(missing.any(axis=1).sum()),
@@ -101,7 +101,7 @@ def pairwise_spearman(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     labels = np.asarray(labels)
     num = labels.shape[1]
-    labelled = labels != L.MISSING
+    labelled = labels != labels_lib.MISSING
     counts = (labelled[:, :, None] & labelled[:, None, :]).sum(axis=0)
     rho = np.full((num, num), np.nan)
     for i in range(num):
@@ -121,17 +121,17 @@ def left_right_table(labels: np.ndarray, group: str) -> pd.DataFrame:
       DataFrame indexed by level ('L1/L2'...), columns rho (Spearman, pairwise exclusion), n (studies
       labelled on both sides), p_value (two-sided, scipy's test of rho = 0; NaN where rho is undefined).
     """
-    left, right = L.CONDITION_GROUPS[group]
+    left, right = labels_lib.CONDITION_GROUPS[group]
     labels = np.asarray(labels)
     rows = []
-    for level in range(L.NUM_LEVELS):
-        i, j = L.target_index(left, level), L.target_index(right, level)
-        both = (labels[:, i] != L.MISSING) & (labels[:, j] != L.MISSING)
+    for level in range(labels_lib.NUM_LEVELS):
+        i, j = labels_lib.target_index(left, level), labels_lib.target_index(right, level)
+        both = (labels[:, i] != labels_lib.MISSING) & (labels[:, j] != labels_lib.MISSING)
         rho = _spearman_pair(labels[both, i], labels[both, j])
         p_value = float("nan")
         if np.isfinite(rho):
             p_value = float(stats.spearmanr(labels[both, i], labels[both, j]).pvalue)
-        rows.append({"level": L.LEVEL_CSV_NAMES[level], "rho": rho, "n": int(both.sum()), "p_value": p_value})
+        rows.append({"level": labels_lib.LEVEL_CSV_NAMES[level], "rho": rho, "n": int(both.sum()), "p_value": p_value})
     return pd.DataFrame(rows).set_index("level")
 
 

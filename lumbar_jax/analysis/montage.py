@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from lumbar_jax import labels as L  # noqa: E402
+from lumbar_jax import labels  # noqa: E402
 from lumbar_jax.analysis import plots  # noqa: E402
 from lumbar_jax.analysis.label_stats import short_name  # noqa: E402
 from lumbar_jax.data import study  # noqa: E402
@@ -97,7 +97,7 @@ def load_examples(kaggle_dir: str, num_studies: int, volume_shape: tuple[int, in
 
 def point_slice(example: dict, target: int) -> int:
     """The slice index of a target's annotated point in the volume it was annotated on: round(depth * (D - 1))."""
-    depth = example[L.SERIES_TYPES[int(example["coords_series"][target])]].shape[0]
+    depth = example[labels.SERIES_TYPES[int(example["coords_series"][target])]].shape[0]
     return int(round(float(example["coords"][target, 0]) * (depth - 1)))
 
 
@@ -116,7 +116,7 @@ def slices_to_show(example: dict, kind: int, max_slices: int = MAX_SLICES) -> li
     """
     if not example["present"][kind]:
         return []
-    depth = example[L.SERIES_TYPES[kind]].shape[0]
+    depth = example[labels.SERIES_TYPES[kind]].shape[0]
     where = {int(t): point_slice(example, int(t)) for t in np.flatnonzero(example["coords_series"] == kind)}
     if not where:
         return [(depth // 2, [])]
@@ -163,9 +163,9 @@ def plot_study(example: dict, path: str, max_slices: int = MAX_SLICES) -> str:
     """One PNG per study: a row per series type (labels.SERIES_TYPES order), a panel per slice through its
     annotated points (at most `max_slices`), points drawn and named; an absent series is one blank panel
     titled 'absent'."""
-    rows = len(L.SERIES_TYPES)
+    rows = len(labels.SERIES_TYPES)
     fig, axes = plt.subplots(rows, max_slices, figsize=(3.4 * max_slices, 3.6 * rows), squeeze=False)
-    for kind, series_type in enumerate(L.SERIES_TYPES):
+    for kind, series_type in enumerate(labels.SERIES_TYPES):
         shown = slices_to_show(example, kind, max_slices)
         volume = example[series_type]
         depth, height, width = volume.shape
@@ -192,7 +192,7 @@ def plot_study(example: dict, path: str, max_slices: int = MAX_SLICES) -> str:
                          + (f", {nearby} from +-1 slice)" if nearby else ")"), fontsize=9)
             _orientation_labels(ax, study.PLANE_OF_SERIES[series_type])
     legend = [Line2D([], [], ls="", marker="o", mfc=c, mec="white", label=n)
-              for c, n in zip((*plots.CLASS_COLOURS, plots.MISSING_COLOUR), (*L.SEVERITY_NAMES, "no label"))]
+              for c, n in zip((*plots.CLASS_COLOURS, plots.MISSING_COLOUR), (*labels.SEVERITY_NAMES, "no label"))]
     legend.append(Line2D([], [], ls="", marker="o", mfc="none", mec="black", mew=1.4,
                          label="hollow: point on the neighbouring slice"))
     fig.legend(handles=legend, loc="lower center", ncol=5, fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.01))

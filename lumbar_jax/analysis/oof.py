@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax import metrics, rundir
 from lumbar_jax.analysis.label_stats import short_name
 
@@ -40,22 +40,23 @@ def read_oof(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found")
     table = pd.read_csv(path)
-    expected = ["row_id", *L.SEVERITY_COLUMNS, "fold"]
+    expected = ["row_id", *labels_lib.SEVERITY_COLUMNS, "fold"]
     if sorted(table.columns) != sorted(expected):
         raise ValueError(f"{path}: columns must be {expected}, got {list(table.columns)}")
     if table["row_id"].duplicated().any():
         raise ValueError(f"{path}: duplicated row_id, e.g. {table.loc[table['row_id'].duplicated(), 'row_id'].iloc[0]}")
     try:
-        parsed = np.array([L.parse_row_id(r) for r in table["row_id"]], dtype=np.int64).reshape(-1, 2)
+        parsed = np.array([labels_lib.parse_row_id(r) for r in table["row_id"]], dtype=np.int64).reshape(-1, 2)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     study_ids, position = np.unique(parsed[:, 0], return_inverse=True)
-    probs = np.full((len(study_ids), L.NUM_TARGETS, L.NUM_SEVERITIES), np.nan)
-    probs[position, parsed[:, 1]] = table[list(L.SEVERITY_COLUMNS)].to_numpy(np.float64)
+    probs = np.full((len(study_ids), labels_lib.NUM_TARGETS, labels_lib.NUM_SEVERITIES), np.nan)
+    probs[position, parsed[:, 1]] = table[list(labels_lib.SEVERITY_COLUMNS)].to_numpy(np.float64)
     absent = np.argwhere(np.isnan(probs).any(-1))
     if len(absent):
         s, t = absent[0]
-        raise ValueError(f"{path}: {len(absent)} rows missing, e.g. {L.row_id(study_ids[s], L.TARGETS[t])}")
+        example = labels_lib.row_id(study_ids[s], labels_lib.TARGETS[t])
+        raise ValueError(f"{path}: {len(absent)} rows missing, e.g. {example}")
     folds_per_study = pd.Series(table["fold"].to_numpy()).groupby(position).unique()
     mixed = [study_ids[i] for i, f in folds_per_study.items() if len(f) != 1]
     if mixed:
@@ -109,10 +110,10 @@ def fold_scores(summary: dict) -> pd.DataFrame:
 
 def _group_rows(labels: np.ndarray, probs: np.ndarray, group: str) -> tuple[np.ndarray, np.ndarray]:
     """The labelled rows of one condition group: (y int [M], p float [M, 3])."""
-    idx = L.group_target_indices(group)
+    idx = labels_lib.group_target_indices(group)
     y = np.asarray(labels)[:, idx].reshape(-1)
-    p = np.asarray(probs)[:, idx].reshape(-1, L.NUM_SEVERITIES)
-    keep = y != L.MISSING
+    p = np.asarray(probs)[:, idx].reshape(-1, labels_lib.NUM_SEVERITIES)
+    keep = y != labels_lib.MISSING
     return y[keep], p[keep]
 
 
@@ -128,10 +129,10 @@ def calibration_bins(labels: np.ndarray, probs: np.ndarray, group: str, num_bins
     """
     y, p = _group_rows(labels, probs, group)
     edges = np.linspace(0.0, 1.0, num_bins + 1)
-    mean_pred = np.full((L.NUM_SEVERITIES, num_bins), np.nan)
-    observed = np.full((L.NUM_SEVERITIES, num_bins), np.nan)
-    count = np.zeros((L.NUM_SEVERITIES, num_bins), dtype=np.int64)
-    for k in range(L.NUM_SEVERITIES):
+    mean_pred = np.full((labels_lib.NUM_SEVERITIES, num_bins), np.nan)
+    observed = np.full((labels_lib.NUM_SEVERITIES, num_bins), np.nan)
+    count = np.zeros((labels_lib.NUM_SEVERITIES, num_bins), dtype=np.int64)
+    for k in range(labels_lib.NUM_SEVERITIES):
         bins = np.clip(np.floor(p[:, k] * num_bins).astype(np.int64), 0, num_bins - 1)
         count[k] = np.bincount(bins, minlength=num_bins)
         filled = count[k] > 0
@@ -152,7 +153,7 @@ def calibration_error(bins: dict[str, np.ndarray]) -> np.ndarray:
 def confusion_matrix(labels: np.ndarray, probs: np.ndarray, group: str) -> np.ndarray:
     """int [3, 3] counts over a condition group's labelled rows: [true class, argmax predicted class]."""
     y, p = _group_rows(labels, probs, group)
-    matrix = np.zeros((L.NUM_SEVERITIES, L.NUM_SEVERITIES), dtype=np.int64)
+    matrix = np.zeros((labels_lib.NUM_SEVERITIES, labels_lib.NUM_SEVERITIES), dtype=np.int64)
     np.add.at(matrix, (y, p.argmax(axis=-1)), 1)
     return matrix
 
@@ -178,12 +179,12 @@ def worst_studies(study_ids: np.ndarray, labels: np.ndarray, probs: np.ndarray, 
     ranked = [i for i in np.lexsort((study_ids, -np.nan_to_num(loss, nan=-np.inf))) if np.isfinite(loss[i])][:top]
     rows = []
     for i in ranked:
-        labelled = np.flatnonzero(labels[i] != L.MISSING)
+        labelled = np.flatnonzero(labels[i] != labels_lib.MISSING)
         y = labels[i, labelled]
         p_true = probs[i, labelled, y]
-        weighted = L.SEVERITY_WEIGHTS[y] * -np.log(np.clip(p_true, 1e-15, 1.0))
+        weighted = labels_lib.SEVERITY_WEIGHTS[y] * -np.log(np.clip(p_true, 1e-15, 1.0))
         order = labelled[np.argsort(-weighted, kind="stable")][:num_targets]
-        worst = "; ".join(f"{short_name(t)}: {L.SEVERITY_NAMES[labels[i, t]]} "
+        worst = "; ".join(f"{short_name(t)}: {labels_lib.SEVERITY_NAMES[labels[i, t]]} "
                           f"(p={probs[i, t, labels[i, t]]:.2f})" for t in order)
         row = {"study_id": int(study_ids[i])}
         if folds is not None:

@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from lumbar_jax import labels as L  # noqa: E402
+from lumbar_jax import labels  # noqa: E402
 from lumbar_jax.analysis.label_stats import short_name  # noqa: E402
 
 CLASS_COLOURS = ("#4c9f70", "#f2a541", "#d1495b")  # normal_mild, moderate, severe
@@ -42,16 +42,16 @@ def target_grid(panel: float, gaps: tuple[float, float], margins: tuple[float, f
     inches above its column and each level beside its row, in `label_size` points. -> (fig, axes [5, 5], width,
     height in inches)."""
     (gap_x, gap_y), (left, right, header, bottom) = gaps, margins
-    width = left + L.NUM_CONDITIONS * panel + (L.NUM_CONDITIONS - 1) * gap_x + right
-    height = header + L.NUM_LEVELS * panel + (L.NUM_LEVELS - 1) * gap_y + bottom
-    fig, axes = plt.subplots(L.NUM_LEVELS, L.NUM_CONDITIONS, figsize=(width, height))
+    width = left + labels.NUM_CONDITIONS * panel + (labels.NUM_CONDITIONS - 1) * gap_x + right
+    height = header + labels.NUM_LEVELS * panel + (labels.NUM_LEVELS - 1) * gap_y + bottom
+    fig, axes = plt.subplots(labels.NUM_LEVELS, labels.NUM_CONDITIONS, figsize=(width, height))
     fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - header / height, bottom=bottom / height,
                         wspace=gap_x / panel, hspace=gap_y / panel)
-    for c, name in enumerate(L.CONDITIONS):
+    for c, name in enumerate(labels.CONDITIONS):
         axes[0, c].annotate(textwrap.fill(name.replace("_", " "), 22), (0.5, 1 + label_offset / panel),
                             xycoords="axes fraction", ha="center", va="bottom", fontsize=label_size, weight="bold",
                             annotation_clip=False)
-    for level, name in enumerate(L.LEVEL_CSV_NAMES):
+    for level, name in enumerate(labels.LEVEL_CSV_NAMES):
         axes[level, 0].set_ylabel(name, fontsize=label_size, weight="bold")
     return fig, axes, width, height
 
@@ -61,20 +61,20 @@ def label_distribution(table: pd.DataFrame, path: str) -> str:
 
     table: `label_stats.label_distribution` output (25 rows in TARGETS order).
     """
-    fig, axes = plt.subplots(1, L.NUM_CONDITIONS, figsize=(3.2 * L.NUM_CONDITIONS, 3.8), sharey=True)
-    columns = (*L.SEVERITY_COLUMNS, "missing")
-    names = (*L.SEVERITY_NAMES, "missing")
+    fig, axes = plt.subplots(1, labels.NUM_CONDITIONS, figsize=(3.2 * labels.NUM_CONDITIONS, 3.8), sharey=True)
+    columns = (*labels.SEVERITY_COLUMNS, "missing")
+    names = (*labels.SEVERITY_NAMES, "missing")
     colours = (*CLASS_COLOURS, MISSING_COLOUR)
-    x = np.arange(L.NUM_LEVELS)
+    x = np.arange(labels.NUM_LEVELS)
     for c, ax in enumerate(axes):
-        part = table.iloc[c * L.NUM_LEVELS:(c + 1) * L.NUM_LEVELS]
-        bottom = np.zeros(L.NUM_LEVELS)
+        part = table.iloc[c * labels.NUM_LEVELS:(c + 1) * labels.NUM_LEVELS]
+        bottom = np.zeros(labels.NUM_LEVELS)
         for column, name, colour in zip(columns, names, colours):
             values = part[column].to_numpy(float)
             ax.bar(x, values, bottom=bottom, color=colour, label=name, width=0.75)
             bottom += values
-        ax.set_xticks(x, L.LEVEL_CSV_NAMES, rotation=45)
-        ax.set_title(L.CONDITION_CSV_NAMES[c], fontsize=9)
+        ax.set_xticks(x, labels.LEVEL_CSV_NAMES, rotation=45)
+        ax.set_title(labels.CONDITION_CSV_NAMES[c], fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("studies")
     handles, labels_ = axes[0].get_legend_handles_labels()
@@ -84,7 +84,7 @@ def label_distribution(table: pd.DataFrame, path: str) -> str:
 
 
 def _condition_separators(ax, size: int) -> None:
-    for b in range(L.NUM_LEVELS, size, L.NUM_LEVELS):
+    for b in range(labels.NUM_LEVELS, size, labels.NUM_LEVELS):
         ax.axhline(b - 0.5, color="black", lw=0.8)
         ax.axvline(b - 0.5, color="black", lw=0.8)
 
@@ -92,7 +92,7 @@ def _condition_separators(ax, size: int) -> None:
 def correlation_heatmap(rho: np.ndarray, counts: np.ndarray, path: str) -> str:
     """Two 25x25 heatmaps: Spearman rho between targets (pairwise exclusion of missing labels, values
     printed) and the number of studies each pair uses. rho, counts [25, 25] from `pairwise_spearman`."""
-    names = [short_name(t) for t in range(L.NUM_TARGETS)]
+    names = [short_name(t) for t in range(labels.NUM_TARGETS)]
     fig, axes = plt.subplots(1, 2, figsize=(22, 10.5), gridspec_kw={"wspace": 0.35})
     ax = axes[0]
     # Symmetric colour range around 0 fitted to the off-diagonal values (label correlations are small; a
@@ -100,8 +100,8 @@ def correlation_heatmap(rho: np.ndarray, counts: np.ndarray, path: str) -> str:
     off = np.abs(rho[~np.eye(len(rho), dtype=bool)])
     limit = float(np.clip(np.ceil(np.nanmax(off, initial=0.1) * 10) / 10, 0.1, 1.0))
     image = ax.imshow(np.ma.masked_invalid(rho), cmap="RdBu_r", vmin=-limit, vmax=limit)
-    for i in range(L.NUM_TARGETS):
-        for j in range(L.NUM_TARGETS):
+    for i in range(labels.NUM_TARGETS):
+        for j in range(labels.NUM_TARGETS):
             if i != j and np.isfinite(rho[i, j]):
                 ax.text(j, i, f"{rho[i, j]:.2f}".replace("0.", "."), ha="center", va="center", fontsize=5.5,
                         color="white" if abs(rho[i, j]) > 0.7 * limit else "black")
@@ -112,9 +112,9 @@ def correlation_heatmap(rho: np.ndarray, counts: np.ndarray, path: str) -> str:
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="studies labelled on both targets")
     ax.set_title(f"Pair counts (min {counts.min()}, max {counts.max()})")
     for ax in axes:
-        ax.set_xticks(range(L.NUM_TARGETS), names, rotation=90, fontsize=7)
-        ax.set_yticks(range(L.NUM_TARGETS), names, fontsize=7)
-        _condition_separators(ax, L.NUM_TARGETS)
+        ax.set_xticks(range(labels.NUM_TARGETS), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(labels.NUM_TARGETS), names, fontsize=7)
+        _condition_separators(ax, labels.NUM_TARGETS)
     return save_figure(fig, path)
 
 
@@ -132,10 +132,10 @@ def reliability_diagrams(bins_per_group: dict[str, dict], path: str, min_rows: i
     for g, group in enumerate(groups):
         data = bins_per_group[group]
         edges, centres = data["edges"], (data["edges"][:-1] + data["edges"][1:]) / 2
-        width = (edges[1] - edges[0]) / (L.NUM_SEVERITIES + 1)
+        width = (edges[1] - edges[0]) / (labels.NUM_SEVERITIES + 1)
         top, bottom = axes[0, g], axes[1, g]
         top.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="calibrated")
-        for k, (name, colour) in enumerate(zip(L.SEVERITY_NAMES, CLASS_COLOURS)):
+        for k, (name, colour) in enumerate(zip(labels.SEVERITY_NAMES, CLASS_COLOURS)):
             count = data["count"][k]
             enough, sparse = count >= min_rows, (count > 0) & (count < min_rows)
             top.plot(data["mean_pred"][k, enough], data["observed"][k, enough], "-", color=colour, lw=1.2,
@@ -176,8 +176,8 @@ def confusion_matrices(matrices: dict[str, np.ndarray], normalised: dict[str, np
             ax = axes[r, g]
             shown = np.nan_to_num(values / max(values.max(), 1) if r == 0 else values)
             ax.imshow(shown, cmap="Blues", vmin=0, vmax=1)
-            for i in range(L.NUM_SEVERITIES):
-                for j in range(L.NUM_SEVERITIES):
+            for i in range(labels.NUM_SEVERITIES):
+                for j in range(labels.NUM_SEVERITIES):
                     text = "-" if not np.isfinite(values[i, j]) else fmt.format(values[i, j])
                     ax.text(j, i, text, ha="center", va="center", fontsize=10,
                             color="white" if shown[i, j] > 0.55 else "black")

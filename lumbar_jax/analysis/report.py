@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax import metrics
 from lumbar_jax.analysis import attention, crop_figures, label_stats, montage, oof, plots
 
@@ -74,16 +74,17 @@ def _labels_section(labels: np.ndarray, out_dir: str) -> list[str]:
     table = label_stats.label_distribution(labels)
     missing = label_stats.missing_summary(labels)
     png = plots.label_distribution(table, os.path.join(out_dir, "label_distribution.png"))
-    labelled = table[list(L.SEVERITY_COLUMNS)].to_numpy().sum(axis=0)
+    labelled = table[list(labels_lib.SEVERITY_COLUMNS)].to_numpy().sum(axis=0)
     shares = labelled / max(labelled.sum(), 1)
     by_group = []
-    for group in L.CONDITION_GROUPS:
-        counts = table.iloc[L.group_target_indices(group)][list(L.SEVERITY_COLUMNS)].to_numpy().sum(axis=0)
+    for group in labels_lib.CONDITION_GROUPS:
+        rows = table.iloc[labels_lib.group_target_indices(group)]
+        counts = rows[list(labels_lib.SEVERITY_COLUMNS)].to_numpy().sum(axis=0)
         by_group.append(f"{group} " + "/".join(f"{100 * c / max(counts.sum(), 1):.1f}" for c in counts) + " %")
     worst_missing = table["missing"].idxmax()
     caption = (
         f"Class counts per target, one panel per condition with the five levels along x (stacked: "
-        f"{', '.join(L.SEVERITY_NAMES)}, missing in grey). Over all {missing['studies']} studies and "
+        f"{', '.join(labels_lib.SEVERITY_NAMES)}, missing in grey). Over all {missing['studies']} studies and "
         f"{int(labelled.sum())} labelled cells: Normal/Mild {100 * shares[0]:.1f} %, Moderate "
         f"{100 * shares[1]:.1f} %, Severe {100 * shares[2]:.1f} % (per group, N/M/S: {'; '.join(by_group)}). "
         f"Missing labels: {missing['missing_cells']} of {missing['cells']} cells "
@@ -93,7 +94,7 @@ def _labels_section(labels: np.ndarray, out_dir: str) -> list[str]:
     )
     rows = [[t, r.normal_mild, r.moderate, r.severe, r.missing] for t, r in table.iterrows()]
     return ["## Labels\n", _image("label distribution", png, out_dir, caption),
-            _table(["target", *L.SEVERITY_NAMES, "missing"], rows) + "\n"]
+            _table(["target", *labels_lib.SEVERITY_NAMES, "missing"], rows) + "\n"]
 
 
 def _left_right_answer(lr: pd.DataFrame, group: str) -> str:
@@ -115,9 +116,9 @@ def _left_right_answer(lr: pd.DataFrame, group: str) -> str:
 def _correlation_section(labels: np.ndarray, out_dir: str) -> list[str]:
     rho, counts = label_stats.pairwise_spearman(labels)
     png = plots.correlation_heatmap(rho, counts, os.path.join(out_dir, "target_correlation.png"))
-    off_diagonal = ~np.eye(L.NUM_TARGETS, dtype=bool)
-    same_group = (L.TARGET_GROUP[:, None] == L.TARGET_GROUP[None, :]) & off_diagonal
-    other_group = (L.TARGET_GROUP[:, None] != L.TARGET_GROUP[None, :])
+    off_diagonal = ~np.eye(labels_lib.NUM_TARGETS, dtype=bool)
+    same_group = (labels_lib.TARGET_GROUP[:, None] == labels_lib.TARGET_GROUP[None, :]) & off_diagonal
+    other_group = (labels_lib.TARGET_GROUP[:, None] != labels_lib.TARGET_GROUP[None, :])
     masked = np.where(off_diagonal, rho, np.nan)
     i, j = np.unravel_index(np.nanargmax(masked), rho.shape) if np.isfinite(masked).any() else (0, 1)
     caption = (
@@ -187,7 +188,7 @@ def _fold_score_plot(summary: dict, out_dir: str) -> list[str]:
 
 
 def _calibration_plot(labels: np.ndarray, probs: np.ndarray, out_dir: str) -> list[str]:
-    bins = {g: oof.calibration_bins(labels, probs, g) for g in L.CONDITION_GROUPS}
+    bins = {g: oof.calibration_bins(labels, probs, g) for g in labels_lib.CONDITION_GROUPS}
     png = plots.reliability_diagrams(bins, os.path.join(out_dir, "calibration.png"))
     parts = []
     for group, data in bins.items():
@@ -197,7 +198,7 @@ def _calibration_plot(labels: np.ndarray, probs: np.ndarray, out_dir: str) -> li
         observed = np.nansum(data["observed"] * data["count"], axis=1) / total
         parts.append(f"{group}: " + ", ".join(
             f"{name} mean p {mean_pred[k]:.3f} vs observed {observed[k]:.3f} (ECE {ece[k]:.3f})"
-            for k, name in enumerate(L.SEVERITY_NAMES)))
+            for k, name in enumerate(labels_lib.SEVERITY_NAMES)))
     caption = (
         "Reliability diagrams of the OOF probabilities per condition group: for each severity class "
         "(one-vs-rest) the labelled rows are put in 10 equal-width bins of predicted probability; the curve "
@@ -213,10 +214,10 @@ def _calibration_plot(labels: np.ndarray, probs: np.ndarray, out_dir: str) -> li
 
 
 def _confusion_plot(labels: np.ndarray, probs: np.ndarray, out_dir: str) -> list[str]:
-    matrices = {g: oof.confusion_matrix(labels, probs, g) for g in L.CONDITION_GROUPS}
+    matrices = {g: oof.confusion_matrix(labels, probs, g) for g in labels_lib.CONDITION_GROUPS}
     normalised = {g: oof.row_normalise(m) for g, m in matrices.items()}
-    recalls = "; ".join(f"{g}: " + "/".join(_fmt(normalised[g][k, k], 2) for k in range(L.NUM_SEVERITIES))
-                        for g in L.CONDITION_GROUPS)
+    recalls = "; ".join(f"{g}: " + "/".join(_fmt(normalised[g][k, k], 2) for k in range(labels_lib.NUM_SEVERITIES))
+                        for g in labels_lib.CONDITION_GROUPS)
     caption = (
         "Confusion matrices of the argmax OOF prediction against the true class per condition group: counts "
         "(top) and row-normalised (bottom, the diagonal is each class's recall). The metric scores probabilities, "
@@ -257,7 +258,7 @@ def _montage_section(kaggle_dir: str, out_dir: str, num_montages: int, volume_sh
     for example in examples:
         png = montage.plot_study(example, os.path.join(out_dir, f"montage_{example['study_id']}.png"))
         series = []
-        for kind, name in enumerate(L.SERIES_TYPES):
+        for kind, name in enumerate(labels_lib.SERIES_TYPES):
             if not example["present"][kind]:
                 series.append(f"{name} absent")
                 continue

@@ -31,7 +31,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data.dicom_geometry import RIGHT_TO_LEFT_AXIS
 
 
@@ -54,16 +54,16 @@ def flip_left_right(example: Mapping[str, Any]) -> dict[str, Any]:
     Flipping twice is the identity. Returns a new dict; the input is not modified. Other keys pass through.
     """
     out = dict(example)
-    for s, name in enumerate(L.SERIES_TYPES):
+    for s, name in enumerate(labels.SERIES_TYPES):
         if name in out:
             out[name] = np.ascontiguousarray(mirror_volume(out[name], s))
     if "volumes" in out:
         volumes = np.asarray(out["volumes"])
         flipped = np.empty_like(volumes)
-        for s in range(len(L.SERIES_TYPES)):
+        for s in range(len(labels.SERIES_TYPES)):
             flipped[..., s, :, :, :] = mirror_volume(volumes[..., s, :, :, :], s)
         out["volumes"] = flipped
-    mirror = L.MIRROR_TARGET_INDEX
+    mirror = labels.MIRROR_TARGET_INDEX
     if "labels" in out:
         out["labels"] = np.asarray(out["labels"])[..., mirror]
     if "coords" in out:
@@ -84,7 +84,7 @@ def unflip_predictions(probs):
     The mirror permutation is its own inverse, so this is `probs[..., MIRROR_TARGET_INDEX, :]` (numpy or jax):
     test-time augmentation averages `predict(x)` with `unflip_predictions(predict(flip_left_right(x)))`.
     """
-    return probs[..., L.MIRROR_TARGET_INDEX, :]
+    return probs[..., labels.MIRROR_TARGET_INDEX, :]
 
 
 def _resample_axis(volume: np.ndarray, axis: int, source: np.ndarray) -> np.ndarray:
@@ -128,8 +128,8 @@ def draw_intensity(rng: np.random.Generator, intensity_scale: tuple[float, float
                    intensity_shift: float) -> tuple[np.ndarray, np.ndarray]:
     """Per series (SERIES_TYPES order): contrast ~ U(intensity_scale) and brightness ~ U(+-intensity_shift) * 255
     (uint8 grey levels), float64 [3] each, drawn in that order."""
-    contrasts = rng.uniform(*intensity_scale, size=len(L.SERIES_TYPES))
-    brightness = rng.uniform(-intensity_shift, intensity_shift, size=len(L.SERIES_TYPES)) * 255.0
+    contrasts = rng.uniform(*intensity_scale, size=len(labels.SERIES_TYPES))
+    brightness = rng.uniform(-intensity_shift, intensity_shift, size=len(labels.SERIES_TYPES)) * 255.0
     return contrasts, brightness
 
 
@@ -144,8 +144,8 @@ def jitter_crop_intensity(crops: np.ndarray, crop_present: np.ndarray, rng: np.r
     if tuple(intensity_scale) == (1.0, 1.0) and intensity_shift == 0:
         return crops
     out = crops.copy()
-    for s in range(len(L.SERIES_TYPES)):
-        targets = crop_present & (L.TARGET_SERIES == s)
+    for s in range(len(labels.SERIES_TYPES)):
+        targets = crop_present & (labels.TARGET_SERIES == s)
         if not targets.any():
             continue
         values = crops[targets].astype(np.float32)
@@ -166,7 +166,7 @@ def augment_record(record: Mapping[str, Any], rng: np.random.Generator,
     """
     if not config.enabled:
         return dict(record)
-    n_series = len(L.SERIES_TYPES)
+    n_series = len(labels.SERIES_TYPES)
     do_flip = rng.random() < config.flip_lr_prob
     scales = rng.uniform(*config.scale, size=n_series).tolist()
     shifts = rng.uniform(-config.shift, config.shift, size=(n_series, 3)).astype(np.float32)
@@ -179,7 +179,7 @@ def augment_record(record: Mapping[str, Any], rng: np.random.Generator,
     intensity = (tuple(config.intensity_scale) != (1.0, 1.0) or config.intensity_shift > 0
                  or config.noise_std > 0)
     present = np.asarray(out["present"], dtype=bool)
-    for s, name in enumerate(L.SERIES_TYPES):
+    for s, name in enumerate(labels.SERIES_TYPES):
         if not present[s] or not (spatial or intensity):
             continue
         volume = np.array(out[name], dtype=np.float32)  # a copy: updated in place below

@@ -33,7 +33,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data import augment
 from lumbar_jax.data import crops as C
 from lumbar_jax.data import pipeline
@@ -116,8 +116,8 @@ def _per_record_points(points: np.ndarray | None, source: Sequence[Any], what: s
     if points is None:
         return None
     points = np.asarray(points, dtype=np.float64)
-    if points.shape != (len(source), L.NUM_TARGETS, 3):
-        raise ValueError(f"{what} must be [{len(source)} records, {L.NUM_TARGETS}, 3], got {points.shape}")
+    if points.shape != (len(source), labels.NUM_TARGETS, 3):
+        raise ValueError(f"{what} must be [{len(source)} records, {labels.NUM_TARGETS}, 3], got {points.shape}")
     return points
 
 

@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data.augment import mirror_volume
 from lumbar_jax.data.dicom_geometry import normalized_to_index
 from lumbar_jax.labels import TARGET_SERIES
 
-_LEFT = L.TARGET_SIDE == 1  # [25]
+_LEFT = labels.TARGET_SIDE == 1  # [25]
 # Samples gathered per vectorised step: few enough that the float32 temporaries stay in a core's cache (cutting
 # a study's crops in one piece per series is slower).
 _CHUNK_SAMPLES = 1 << 15
@@ -138,9 +138,9 @@ def draw_offsets(jitter: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     Always draws 25 x 3 normals, so later draws from `rng` do not depend on which series are present.
     """
     jitter = np.asarray(jitter, dtype=np.float64)
-    if jitter.shape != (len(L.CONDITION_GROUPS), 3) or np.any(jitter < 0):
-        raise ValueError(f"jitter must be non-negative [{len(L.CONDITION_GROUPS)}, 3] std, got {jitter.tolist()}")
-    return rng.standard_normal((L.NUM_TARGETS, 3)) * jitter[L.TARGET_GROUP]
+    if jitter.shape != (len(labels.CONDITION_GROUPS), 3) or np.any(jitter < 0):
+        raise ValueError(f"jitter must be non-negative [{len(labels.CONDITION_GROUPS)}, 3] std, got {jitter.tolist()}")
+    return rng.standard_normal((labels.NUM_TARGETS, 3)) * jitter[labels.TARGET_GROUP]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,15 +175,15 @@ def study_crops(record: Mapping[str, Any], points: np.ndarray, crop: CropSpec, *
     the Gaussian is symmetric, so both sides see the same jitter distribution).
     """
     points = np.asarray(points, dtype=np.float64)
-    if points.shape != (L.NUM_TARGETS, 3):
-        raise ValueError(f"points must be [{L.NUM_TARGETS}, 3], got {points.shape}")
+    if points.shape != (labels.NUM_TARGETS, 3):
+        raise ValueError(f"points must be [{labels.NUM_TARGETS}, 3], got {points.shape}")
     if jitter is not None and rng is None:
         raise ValueError("jitter needs an rng")
     offsets = draw_offsets(jitter, rng) if jitter is not None else np.zeros_like(points)
     present = np.asarray(record["present"], dtype=bool)
     crop_present = present[TARGET_SERIES] & np.all(np.isfinite(points), axis=-1)
-    crops = np.zeros((L.NUM_TARGETS, *crop.shape), np.uint8)
-    for s, name in enumerate(L.SERIES_TYPES):
+    crops = np.zeros((labels.NUM_TARGETS, *crop.shape), np.uint8)
+    for s, name in enumerate(labels.SERIES_TYPES):
         targets = np.flatnonzero(crop_present & (TARGET_SERIES == s))
         if len(targets) == 0:
             continue
@@ -205,5 +205,5 @@ def training_points(record: Mapping[str, Any], predicted: np.ndarray | None = No
     the label to the study's other 24 crops, which the stage-2 head sees together.
     """
     annotated = np.asarray(record["coords_series"]) == TARGET_SERIES
-    fallback = np.full((L.NUM_TARGETS, 3), np.nan) if predicted is None else np.asarray(predicted, np.float64)
+    fallback = np.full((labels.NUM_TARGETS, 3), np.nan) if predicted is None else np.asarray(predicted, np.float64)
     return np.where(annotated[:, None], np.asarray(record["coords"], dtype=np.float64), fallback)

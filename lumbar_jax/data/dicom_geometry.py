@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 
 if TYPE_CHECKING:  # annotations only: the coordinate helpers below are imported by models/, without pydicom
     from lumbar_jax.data.dicom_slice import _Slice
@@ -41,7 +41,7 @@ CANONICAL_DIRECTIONS = {
 # (0, 0, 2) = sagittal depth, axial cols. Also the component of a normalised (depth, row, col) point on that
 # series that a left/right mirror maps v -> 1 - v.
 RIGHT_TO_LEFT_AXIS = np.array([int(np.argmax(np.abs(CANONICAL_DIRECTIONS[name.split("_")[0]][:, 0])))
-                               for name in L.SERIES_TYPES])
+                               for name in labels.SERIES_TYPES])
 
 
 def voxel_extent(shape) -> np.ndarray:

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax.data import problems
 
 LABELS_CSV = "train.csv"
@@ -143,34 +143,34 @@ def read_label_table(path: str, *, strict: bool) -> tuple[np.ndarray, np.ndarray
     A study_id that is not an integer or an unknown severity is a ValueError naming file, line and column.
     `strict` (the builder's train.csv): a row with the wrong number of fields or a file without rows is refused
     too; lenient (a solution file being scored): such a row is skipped and reported (csv_row), no rows is N = 0."""
-    rows = read_rows(path, ("study_id", *L.TARGETS), strict=strict)
+    rows = read_rows(path, ("study_id", *labels_lib.TARGETS), strict=strict)
     if strict and not rows:
         raise ValueError(f"{path}: no study rows (header only); every label would be missing")
     study_ids, codes = [], []
     for row in rows:
         try:
             study_ids.append(parse_int(row, "study_id"))
-            codes.append([_severity(row, t) for t in L.TARGETS])
+            codes.append([_severity(row, t) for t in labels_lib.TARGETS])
         except CellError as err:
             raise ValueError(f"{path} line {row.line}, {err}") from None
-    return (np.array(study_ids, np.int64), np.array(codes, np.int64).reshape(len(rows), L.NUM_TARGETS),
+    return (np.array(study_ids, np.int64), np.array(codes, np.int64).reshape(len(rows), labels_lib.NUM_TARGETS),
             np.array([row.line for row in rows], np.int64))
 
 
 def _severity(row: Row, target: str) -> int:
     text = row.values[target]
     if text.lower() in _NA_SPELLINGS:
-        return L.MISSING
+        return labels_lib.MISSING
     try:
-        return L.severity_code(text)
+        return labels_lib.severity_code(text)
     except ValueError:
-        raise CellError(target, text, f"a severity ({', '.join(L.SEVERITY_NAMES)} or empty)") from None
+        raise CellError(target, text, f"a severity ({', '.join(labels_lib.SEVERITY_NAMES)} or empty)") from None
 
 
 def _repeated_study(path: str, study_id: int, first: int, line: int, kept: np.ndarray, codes: np.ndarray) -> None:
     """A second train.csv row of a study: refused when it disagrees, reported when it repeats the first."""
     if not np.array_equal(kept, codes):
-        column = L.TARGETS[int(np.flatnonzero(kept != codes)[0])]
+        column = labels_lib.TARGETS[int(np.flatnonzero(kept != codes)[0])]
         raise ValueError(f"{path} lines {first} and {line}: study_id {study_id} has two rows that disagree "
                          f"(first in column {column})")
     problems.report("csv_row", where(path, line), "duplicate row", f"study_id = {study_id}, same as line {first}")
@@ -201,7 +201,7 @@ def read_annotations(root: str) -> dict[int, list[Annotation]]:
         if kept is not a:
             same = dataclasses.replace(kept, line=a.line) == a
             problems.report("csv_row", where(path, row.line), "duplicate row" if same else "conflicting duplicate",
-                            f"study {study_id} {L.TARGETS[a.target]}: line {kept.line} kept")
+                            f"study {study_id} {labels_lib.TARGETS[a.target]}: line {kept.line} kept")
     return {s: list(a.values()) for s, a in out.items()}
 
 
@@ -210,15 +210,15 @@ def _annotation(row: Row) -> tuple[int, Annotation]:
     study_id, series_id = parse_int(row, "study_id"), parse_int(row, "series_id")
     instance = parse_int(row, "instance_number")
     try:
-        condition = L.condition_from_csv(row.values["condition"])
+        condition = labels_lib.condition_from_csv(row.values["condition"])
     except ValueError:
         raise CellError("condition", row.values["condition"], "a known condition") from None
     try:
-        level = L.level_from_csv(row.values["level"])
+        level = labels_lib.level_from_csv(row.values["level"])
     except ValueError:
         raise CellError("level", row.values["level"], "a known level") from None
     x, y = parse_float(row, "x"), parse_float(row, "y")
-    return study_id, Annotation(L.target_index(condition, level), series_id, instance, y, x, row.line)
+    return study_id, Annotation(labels_lib.target_index(condition, level), series_id, instance, y, x, row.line)
 
 
 def read_descriptions(path: str) -> dict[int, dict[int, tuple[str, int]]]:

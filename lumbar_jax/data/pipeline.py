@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grain
@@ -53,7 +53,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax.data.augment import augment_record
 from lumbar_jax.dataset_configs import NATIVE_VOLUMES
 
@@ -64,7 +64,7 @@ _LABEL_READ_CHUNK = 256
 def _to_example(record: dict[str, Any]) -> dict[str, np.ndarray]:
     """Record (docs/conventions.md section 4) -> one batch row (module docstring, without the batch axis)."""
     return {
-        "volumes": np.stack([np.asarray(record[name], dtype=np.uint8) for name in L.SERIES_TYPES]),
+        "volumes": np.stack([np.asarray(record[name], dtype=np.uint8) for name in labels_lib.SERIES_TYPES]),
         "present": np.asarray(record["present"], dtype=bool),
         "labels": np.asarray(record["labels"], dtype=np.int32),
         "coords": np.asarray(record["coords"], dtype=np.float32),
@@ -199,7 +199,7 @@ class _EvalExample:
             # Padding says "nothing here" in every field, so even a metric that forgets `valid` sees only
             # missing labels and absent series.
             template = self.example(self.template_index)
-            fill = {"labels": L.MISSING, "coords": -1, "coords_series": -1, "study_id": -1}
+            fill = {"labels": labels_lib.MISSING, "coords": -1, "coords_series": -1, "study_id": -1}
             self._padding = {k: np.full_like(v, fill.get(k, 0)) for k, v in template.items()}
             self._padding["valid"] = np.asarray(False)
         return self._padding
@@ -258,11 +258,11 @@ def read_labels(source: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     if dataclasses.is_dataclass(source) and hasattr(source, "dataset_info"):
         import tensorflow_datasets as tfds  # only needed for a TFDS source
 
-        volumes = [name for name in (*L.SERIES_TYPES, *NATIVE_VOLUMES) if name in source.dataset_info.features]
+        volumes = [name for name in (*labels_lib.SERIES_TYPES, *NATIVE_VOLUMES) if name in source.dataset_info.features]
         source = dataclasses.replace(source, decoders={name: tfds.decode.SkipDecoding() for name in volumes})
     n = len(source)
     study_ids = np.empty(n, dtype=np.int64)
-    labels = np.empty((n, L.NUM_TARGETS), dtype=np.int64)
+    labels = np.empty((n, labels_lib.NUM_TARGETS), dtype=np.int64)
     read_many = getattr(source, "__getitems__", None)
     for start in range(0, n, _LABEL_READ_CHUNK):
         keys = list(range(start, min(n, start + _LABEL_READ_CHUNK)))

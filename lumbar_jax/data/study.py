@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax.data import dicom, problems, volume
 from lumbar_jax.data import grid as grid_lib
 from lumbar_jax.data.kaggle_csv import COORDINATE_COLUMNS, COORDINATES_CSV, Annotation, read_annotations
@@ -31,7 +31,7 @@ __all__ = ["COORDINATE_COLUMNS", "PLANE_OF_SERIES", "Annotation", "StudyEntry", 
 # The plane of each series type, in which `dicom.read_series` orients it (docs/conventions.md section 4 order). Which
 # series type each condition is annotated on is `labels.CONDITION_SERIES`.
 PLANE_OF_SERIES = {"sagittal_t1": "sagittal", "sagittal_t2": "sagittal", "axial_t2": "axial"}
-_DESCRIPTION_TO_TYPE = dict(zip(L.SERIES_DESCRIPTIONS, range(len(L.SERIES_TYPES))))
+_DESCRIPTION_TO_TYPE = dict(zip(labels_lib.SERIES_DESCRIPTIONS, range(len(labels_lib.SERIES_TYPES))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +65,7 @@ def list_studies(root: str, split: str) -> list[StudyEntry]:
     annotations = read_annotations(root) if split == "train" else {}
     folders = _image_folders(os.path.join(root, f"{split}_images"))
     study_ids = split_studies(root, split, described, labels, annotations, folders)
-    missing_labels = np.full(L.NUM_TARGETS, L.MISSING, dtype=np.int64)
+    missing_labels = np.full(labels_lib.NUM_TARGETS, labels_lib.MISSING, dtype=np.int64)
     entries = []
     for s in study_ids:
         series_dirs = _study_series(desc_path, described.get(s, {}), folders.get(s, {}))
@@ -102,7 +102,7 @@ def _study_series(desc_path: str | None, described: dict[int, tuple[str, int]], 
     """Per series type the candidate (series_id, dir) pairs of one study: the described series that have a
     folder, and the undescribed folders typed by their DICOM SeriesDescription (a study mismatch when there
     is a descriptions CSV, `desc_path`); the rest reported."""
-    candidates: list[list[tuple[int, str]]] = [[] for _ in L.SERIES_TYPES]
+    candidates: list[list[tuple[int, str]]] = [[] for _ in labels_lib.SERIES_TYPES]
     desc_name = os.path.basename(desc_path) if desc_path else None
     for series_id, (description, line) in sorted(described.items()):
         kind = _DESCRIPTION_TO_TYPE.get(description)
@@ -131,7 +131,7 @@ def _type_from_header(series_dir: str, mismatch: str | None) -> int | None:
         problems.report("series_skipped", series_dir, "series type unknown", f"SeriesDescription = {description!r}")
     elif mismatch:
         problems.report("study_mismatch", series_dir, mismatch,
-                        f"typed {L.SERIES_TYPES[kind]} by its SeriesDescription")
+                        f"typed {labels_lib.SERIES_TYPES[kind]} by its SeriesDescription")
     return kind
 
 
@@ -148,7 +148,7 @@ def _point_dropped(study_id: int, a: Annotation, reason: str, detail: str = "") 
     """Report a label point that gets no coordinate, naming its coordinates CSV line."""
     where = f"{COORDINATES_CSV} line {a.line}" if a.line else f"study {study_id}"
     problems.report("label_point_dropped", where, reason,
-                    f"study {study_id} series {a.series_id} instance {a.instance_number} {L.TARGETS[a.target]}"
+                    f"study {study_id} series {a.series_id} instance {a.instance_number} {labels_lib.TARGETS[a.target]}"
                     + (f"; {detail}" if detail else ""), stacklevel=3)
 
 
@@ -184,7 +184,7 @@ def study_from_directory(study_dir: str, descriptions_csv: str | None = None) ->
                if n.isdigit() and os.path.isdir(os.path.join(study_dir, n))}
     described = read_descriptions(descriptions_csv).get(study_id, {}) if descriptions_csv else {}
     series_dirs = _study_series(descriptions_csv, described, folders)
-    return StudyEntry(study_id, series_dirs, np.full(L.NUM_TARGETS, L.MISSING, dtype=np.int64))
+    return StudyEntry(study_id, series_dirs, np.full(labels_lib.NUM_TARGETS, labels_lib.MISSING, dtype=np.int64))
 
 
 def series_preference(series_id: int, num_slices: int) -> tuple[int, int]:
@@ -243,7 +243,7 @@ def load_study_volumes(series_dirs, volume_shape: tuple[int, int, int], study_id
 def record_volumes(canonicals, volume_shape: tuple[int, int, int]) -> np.ndarray:
     """Per series type the canonical float volume or None (absent) -> uint8 [3, D, H, W] record volumes of
     `volume_shape` (`volume.to_record_volume`), zeros where absent."""
-    volumes = np.zeros((len(L.SERIES_TYPES), *volume_shape), dtype=np.uint8)
+    volumes = np.zeros((len(labels_lib.SERIES_TYPES), *volume_shape), dtype=np.uint8)
     for kind, canonical in enumerate(canonicals):
         if canonical is not None:
             volumes[kind] = volume.to_record_volume(canonical, volume_shape)
@@ -255,7 +255,7 @@ def native_features(canonicals, geometries, max_size: int) -> dict[str, np.ndarr
     features (docs/conventions.md section 4): NATIVE_VOLUMES, each uint8 [Dn, Hn, Wn] capped to `max_size`
     in-plane (`volume.to_native_record_volume`; [1, 1, 1] zeros where absent), and NATIVE_AFFINE float32
     [3, 4, 4], native voxel index (depth, row, col, 1) -> patient mm (zeros where absent)."""
-    features: dict[str, np.ndarray] = {NATIVE_AFFINE: np.zeros((len(L.SERIES_TYPES), 4, 4), dtype=np.float32)}
+    features: dict[str, np.ndarray] = {NATIVE_AFFINE: np.zeros((len(labels_lib.SERIES_TYPES), 4, 4), dtype=np.float32)}
     for kind, (canonical, geometry) in enumerate(zip(canonicals, geometries)):
         if canonical is None:
             features[NATIVE_VOLUMES[kind]] = np.zeros((1, 1, 1), dtype=np.uint8)
@@ -270,10 +270,10 @@ def read_study_series(series_dirs, study_id: int | None = None) -> tuple[list, n
     unreadable candidate falls back to the next) read into its canonical float volume: (volumes: list of
     float32 [D, H, W] or None, series_ids int [3] (-1 absent), geometries: list of SeriesGeometry or None).
     A type without a readable series is absent, reported (series_absent) naming the study and its candidates."""
-    canonicals: list = [None] * len(L.SERIES_TYPES)
-    series_ids = np.full(len(L.SERIES_TYPES), -1, dtype=np.int64)
-    geometries: list = [None] * len(L.SERIES_TYPES)
-    for kind, series_type in enumerate(L.SERIES_TYPES):
+    canonicals: list = [None] * len(labels_lib.SERIES_TYPES)
+    series_ids = np.full(len(labels_lib.SERIES_TYPES), -1, dtype=np.int64)
+    geometries: list = [None] * len(labels_lib.SERIES_TYPES)
+    for kind, series_type in enumerate(labels_lib.SERIES_TYPES):
         chosen, failed = _read_preferred(series_dirs[kind], PLANE_OF_SERIES[series_type])
         if chosen is None:
             detail = "; ".join(f"series {sid}: {err}" for sid, _, err in failed) or "no series of this type"
@@ -327,7 +327,8 @@ def map_annotations(entry: StudyEntry, series_ids: np.ndarray, geometries) -> tu
 
 def _no_coordinates() -> tuple[np.ndarray, np.ndarray]:
     """(coords float32 [25, 3], coords_series int64 [25]), every target without a coordinate (-1)."""
-    return np.full((L.NUM_TARGETS, 3), -1.0, dtype=np.float32), np.full(L.NUM_TARGETS, -1, dtype=np.int64)
+    return (np.full((labels_lib.NUM_TARGETS, 3), -1.0, dtype=np.float32),
+            np.full(labels_lib.NUM_TARGETS, -1, dtype=np.int64))
 
 
 def _annotations_to_place(entry: StudyEntry, series_ids: np.ndarray):
@@ -340,7 +341,7 @@ def _annotations_to_place(entry: StudyEntry, series_ids: np.ndarray):
         if kind is None:
             _point_dropped(entry.study_id, a, "series not in the study")
         elif series_ids[kind] < 0:
-            _point_dropped(entry.study_id, a, "series type absent", L.SERIES_TYPES[kind])
+            _point_dropped(entry.study_id, a, "series type absent", labels_lib.SERIES_TYPES[kind])
         else:
             yield a, kind, None if a.series_id == series_ids[kind] else dir_of_series[a.series_id]
 
@@ -407,7 +408,7 @@ def study_example(entry: StudyEntry, volume_shape: tuple[int, int, int], grid: b
         "coords": coords,
         "coords_series": coords_series,
     }
-    example.update({name: volumes[k] for k, name in enumerate(L.SERIES_TYPES)})
+    example.update({name: volumes[k] for k, name in enumerate(labels_lib.SERIES_TYPES)})
     if native_max_size is not None:
         example.update(native_features(canonicals, geometries, native_max_size))
     return example

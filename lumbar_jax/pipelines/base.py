@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 
 
 class Restorer(abc.ABC):
@@ -55,10 +55,11 @@ class Restorer(abc.ABC):
 
     def blank_record(self) -> dict:
         """A record with every series absent (docs/conventions.md section 4), to compile the eval steps on."""
-        return {"study_id": 0, "present": np.zeros(len(L.SERIES_TYPES), bool),
-                "labels": np.full(L.NUM_TARGETS, L.MISSING), "coords": np.full((L.NUM_TARGETS, 3), -1.0, np.float32),
-                "coords_series": np.full(L.NUM_TARGETS, -1),
-                **{name: np.zeros(tuple(self.config.model.volume_shape), np.uint8) for name in L.SERIES_TYPES}}
+        return {"study_id": 0, "present": np.zeros(len(labels.SERIES_TYPES), bool),
+                "labels": np.full(labels.NUM_TARGETS, labels.MISSING),
+                "coords": np.full((labels.NUM_TARGETS, 3), -1.0, np.float32),
+                "coords_series": np.full(labels.NUM_TARGETS, -1),
+                **{name: np.zeros(tuple(self.config.model.volume_shape), np.uint8) for name in labels.SERIES_TYPES}}
 
 
 class Pipeline(abc.ABC):

@@ -18,7 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lumbar_jax import inference, rundir
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data import augment
 from lumbar_jax.dataset_configs import GRID_DATASETS
 from lumbar_jax.models import registry
@@ -99,7 +99,7 @@ class OneStageRestorer(Restorer):
         net = merge_model(self.statics, self.statics.rng_state, eval_model_state(model.state), train=False)
         if not net.head.spatial:
             raise ValueError("attention maps need a model with the 'target_query' fusion head")
-        volumes = np.stack([np.stack([r[name] for name in L.SERIES_TYPES]) for r in records])
+        volumes = np.stack([np.stack([r[name] for name in labels.SERIES_TYPES]) for r in records])
         present = np.stack([np.asarray(r["present"], bool) for r in records])
         logits, attention = nnx.jit(lambda m, v, p: m.with_query_attention(v, p))(net, volumes, present)
         series, centres = net.head.key_layout()

@@ -27,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from lumbar_jax import inference, localiser_metrics, metrics, rundir
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data.crops import CropSpec
 from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_MAX_SIZE, NATIVE_VOLUMES
 from lumbar_jax.pipelines.base import Pipeline, Restorer
@@ -123,7 +123,7 @@ class TwoStageRestorer(Restorer):
     def blank_record(self) -> dict:
         record = super().blank_record()
         record.update({name: np.zeros((1, 1, 1), np.uint8) for name in NATIVE_VOLUMES})
-        record[NATIVE_AFFINE] = np.zeros((len(L.SERIES_TYPES), 4, 4), np.float32)
+        record[NATIVE_AFFINE] = np.zeros((len(labels.SERIES_TYPES), 4, 4), np.float32)
         return record
 
     def _saved_points_diff(self, fold, points: np.ndarray) -> float | None:

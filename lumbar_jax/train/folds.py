@@ -16,7 +16,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from sklearn.model_selection import StratifiedKFold
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax import metrics
 from lumbar_jax.data import dataset, pipeline
 from lumbar_jax.train import config as config_lib
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def stratification_key(labels: np.ndarray) -> np.ndarray:
     """A per-study key from its labels: the worst severity in each condition group (27 possible values)."""
-    worst = [np.max(labels[:, L.group_target_indices(g)], axis=1).clip(0) for g in L.CONDITION_GROUPS]
+    worst = [np.max(labels[:, labels_lib.group_target_indices(g)], axis=1).clip(0) for g in labels_lib.CONDITION_GROUPS]
     return worst[0] * 9 + worst[1] * 3 + worst[2]
 
 
@@ -102,7 +102,7 @@ def load_fold_split(config) -> FoldSplit:
     source = dataset.load_split(data_dir, config.data.config, "train")
     config_lib.check_dataset(config, source)
     study_ids, labels = pipeline.read_labels(source)
-    labelled = np.flatnonzero((labels != L.MISSING).any(axis=1))
+    labelled = np.flatnonzero((labels != labels_lib.MISSING).any(axis=1))
     folds = np.full(len(labels), -1)
     folds[labelled] = make_folds(labels[labelled], config.cv.num_folds, config.seed)
     log.info("%d studies (%d labelled) in %d folds", len(labels), len(labelled), config.cv.num_folds)

@@ -24,7 +24,9 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from lumbar_jax import rundir
+from lumbar_jax.data import pipeline
 from lumbar_jax.train import mesh as mesh_lib
+from lumbar_jax.train import seeds
 from lumbar_jax.train import step as step_lib
 from lumbar_jax.train.logging import MetricLogger
 from lumbar_jax.train.state import CheckpointStore
@@ -106,6 +108,13 @@ def run_stage(stage: Stage, mesh) -> tuple[dict, int, Any, dict]:
     store.close()
     writer.close()
     return state, best["step"], predictions, report
+
+
+def train_stream(config, fold_index: int, batch_size: int) -> pipeline.Stream:
+    """This process's part of fold `fold_index`'s training stream: its share of the global `batch_size`, the
+    fold's data seed (`seeds.data_seed`), this process's shard."""
+    return pipeline.Stream(mesh_lib.process_batch_size(batch_size), seeds.data_seed(config.seed, fold_index),
+                           shard=pipeline.Shard.of_process())
 
 
 def _restore_or_start(store: CheckpointStore, state, name: str) -> tuple[dict, int, dict]:

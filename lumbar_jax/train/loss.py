@@ -13,11 +13,11 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax.data.dicom_geometry import voxel_extent
 
-_NUM_GROUPS = len(L.CONDITION_GROUPS)
-_SPINAL = L.group_target_indices("spinal")
+_NUM_GROUPS = len(labels_lib.CONDITION_GROUPS)
+_SPINAL = labels_lib.group_target_indices("spinal")
 
 
 def metric_loss(logits: jax.Array, labels: jax.Array, valid: jax.Array | None = None,
@@ -40,8 +40,8 @@ def metric_loss(logits: jax.Array, labels: jax.Array, valid: jax.Array | None = 
     safe = jnp.where(labelled, labels, 0)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]  # [B, 25]
-    weights = jnp.where(labelled, jnp.asarray(L.SEVERITY_WEIGHTS, jnp.float32)[safe], 0.0)
-    group_onehot = jax.nn.one_hot(L.TARGET_GROUP, _NUM_GROUPS)  # [25, G]
+    weights = jnp.where(labelled, jnp.asarray(labels_lib.SEVERITY_WEIGHTS, jnp.float32)[safe], 0.0)
+    group_onehot = jax.nn.one_hot(labels_lib.TARGET_GROUP, _NUM_GROUPS)  # [25, G]
     group_loss_sum = jnp.einsum("bt,tg->g", nll * weights, group_onehot)
     group_weight = jnp.einsum("bt,tg->g", weights, group_onehot)
     group_loss = group_loss_sum / jnp.maximum(group_weight, 1e-9)
@@ -57,7 +57,7 @@ def metric_loss(logits: jax.Array, labels: jax.Array, valid: jax.Array | None = 
     any_nll = -jnp.where(target_any, log_p_any, log_not_any)
     any_loss = jnp.sum(any_nll * study_weight) / jnp.maximum(jnp.sum(study_weight), 1e-9)
 
-    components = {name: group_loss[g] for g, name in enumerate(L.CONDITION_GROUPS)}
+    components = {name: group_loss[g] for g, name in enumerate(labels_lib.CONDITION_GROUPS)}
     components["any_severe_spinal"] = any_loss
     present = jnp.concatenate([group_weight > 0, jnp.sum(study_weight)[None] > 0]).astype(jnp.float32)
     terms = jnp.concatenate([group_loss, any_loss[None]])

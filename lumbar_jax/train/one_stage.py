@@ -11,7 +11,6 @@ from lumbar_jax import rundir
 from lumbar_jax.data import pipeline
 from lumbar_jax.models import registry
 from lumbar_jax.train import loop, seeds
-from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train import step as step_lib
 from lumbar_jax.train.eval_loop import model_inputs
 from lumbar_jax.train.folds import Fold, evaluate_fold
@@ -53,7 +52,6 @@ def study_eval_step(config, statics, mesh, with_attention_peaks: bool):
 def _train_batches(config, fold: Fold, start: int):
     """This process's shard of the fold's training batches from step `start` on (the same as an uninterrupted
     run would have drawn there)."""
-    stream = pipeline.Stream(mesh_lib.process_batch_size(config.train.batch_size),
-                             seeds.data_seed(config.seed, fold.index), shard=pipeline.Shard.of_process())
+    stream = loop.train_stream(config, fold.index, config.train.batch_size)
     batches = pipeline.train_batches(fold.source, fold.train_idx, stream, config.augment)
     return pipeline.iterate(batches[start:], pipeline.Reading(config.data.worker_count))

@@ -24,11 +24,10 @@ import jax
 import numpy as np
 
 from lumbar_jax import localiser_metrics, metrics, rundir
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data import crop_pipeline, pipeline
 from lumbar_jax.data.crops import CropSpec
 from lumbar_jax.train import loop, seeds
-from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train import step as step_lib
 from lumbar_jax.train.folds import Fold
 from lumbar_jax.train.init import classifier_state, localiser_state
@@ -101,8 +100,7 @@ def _localiser_stage(config, workdir: str, fold: Fold, mesh, geometry: localiser
         return points, {k: (math.inf if v is None and k == "score" else v) for k, v in figures.items()}
 
     def batches(start: int):
-        stream = pipeline.Stream(mesh_lib.process_batch_size(lc.batch_size), seeds.data_seed(config.seed, fold.index),
-                                 shard=pipeline.Shard.of_process())
+        stream = loop.train_stream(config, fold.index, lc.batch_size)
         batches = pipeline.train_batches(fold.source, fold.train_idx, stream, config.augment)
         return map(lambda b: {k: b[k] for k in LOCALISER_INPUTS},
                    pipeline.iterate(batches[start:], pipeline.Reading(config.data.worker_count)))
@@ -140,8 +138,7 @@ def _classifier_stage(config, workdir: str, fold: Fold, mesh, points: np.ndarray
         return probs, metrics.evaluate_predictions(fold.val_labels, probs, fold.train_labels)
 
     def batches(start: int):
-        stream = pipeline.Stream(mesh_lib.process_batch_size(tc.batch_size), seeds.data_seed(config.seed, fold.index),
-                                 shard=pipeline.Shard.of_process())
+        stream = loop.train_stream(config, fold.index, tc.batch_size)
         batches = crop_pipeline.train_batches(fold.source, fold.train_idx, stream, crop,
                                               augment=crop_pipeline.CropAugment.from_config(config.augment, jitter),
                                               fallback_points=points)
@@ -170,7 +167,7 @@ def oof_localiser_report(workdir: str, split) -> dict:
     """The localiser's figures over every fold's held-out studies together (each located by the localiser
     of its own fold), from the folds' `localiser_predictions.npz`: what cv_summary.json keeps as 'localiser'."""
     geometry = localiser_metrics.read_geometry(split.source)
-    points = np.full((len(split.study_ids), L.NUM_TARGETS, 3), np.nan)
+    points = np.full((len(split.study_ids), labels.NUM_TARGETS, 3), np.nan)
     for k in range(int(split.folds.max()) + 1):
         saved = rundir.read_localiser_predictions(rundir.localiser_predictions_path(workdir, k))
         points[saved["held_out"]] = saved["points"][saved["held_out"]]

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data import crop_pipeline, pipeline
 from lumbar_jax.data.crops import CropSpec
 from lumbar_jax.models.localiser import localiser_loss, predict_points
@@ -92,7 +92,7 @@ class Classify:
         `points` [len(indices), 25, 3] (normalised), or at the annotated points when `points` is None."""
         per_record = None
         if points is not None:
-            per_record = np.full((len(records), L.NUM_TARGETS, 3), np.nan)
+            per_record = np.full((len(records), labels.NUM_TARGETS, 3), np.nan)
             per_record[indices] = points
         batches = pipeline.iterate(crop_pipeline.eval_batches(
             records, indices, self.crop, batch_size=mesh_lib.process_batch_size(self.batch_size), points=per_record,

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax.analysis import attention, montage, oof, plots, report
 from lumbar_jax.data import grid
 
@@ -73,19 +73,19 @@ def _fake_example() -> dict:
     on axial T2 (one axial slice per level)."""
     rng = np.random.default_rng(0)
     shape = (16, 32, 32)
-    coords = np.zeros((L.NUM_TARGETS, 3), np.float32)
-    series = np.zeros(L.NUM_TARGETS, np.int64)
-    for t in range(L.NUM_TARGETS):
-        condition, level = t // L.NUM_LEVELS, int(L.TARGET_LEVEL[t])
+    coords = np.zeros((labels_lib.NUM_TARGETS, 3), np.float32)
+    series = np.zeros(labels_lib.NUM_TARGETS, np.int64)
+    for t in range(labels_lib.NUM_TARGETS):
+        condition, level = t // labels_lib.NUM_LEVELS, int(labels_lib.TARGET_LEVEL[t])
         if condition == 0:
             series[t], coords[t] = 1, (0.5, 0.15 + 0.17 * level, 0.6)
         elif condition in (1, 2):
             series[t], coords[t] = 0, (0.2 if condition == 2 else 0.8, 0.15 + 0.17 * level, 0.55)
         else:
             series[t], coords[t] = 2, (0.1 + 0.2 * level, 0.6, 0.35 if condition == 4 else 0.65)
-    example = {name: rng.integers(0, 255, shape, dtype=np.uint8) for name in L.SERIES_TYPES}
+    example = {name: rng.integers(0, 255, shape, dtype=np.uint8) for name in labels_lib.SERIES_TYPES}
     example.update(study_id=1, present=np.ones(3, bool), coords=coords, coords_series=series,
-                   labels=rng.integers(-1, 3, L.NUM_TARGETS))
+                   labels=rng.integers(-1, 3, labels_lib.NUM_TARGETS))
     return example
 
 
@@ -121,8 +121,8 @@ def test_montage_words_are_drawn_at_the_ends_of_each_panel(captured, tmp_path):
 def _fake_layout(volume_shape, grid_shape=(4, 8, 8)) -> dict:
     idx = np.stack(np.meshgrid(*[np.arange(g) for g in grid_shape], indexing="ij"), -1).reshape(-1, 3)
     centre = (idx + 0.5) / np.asarray(grid_shape)
-    series = np.repeat(np.arange(len(L.SERIES_TYPES)), len(idx))
-    return {"series": series, "centres": np.tile(centre, (len(L.SERIES_TYPES), 1)), "grids": [grid_shape],
+    series = np.repeat(np.arange(len(labels_lib.SERIES_TYPES)), len(idx))
+    return {"series": series, "centres": np.tile(centre, (len(labels_lib.SERIES_TYPES), 1)), "grids": [grid_shape],
             "volume_shape": volume_shape}
 
 
@@ -130,15 +130,15 @@ def test_attention_overlay_titles_probabilities_and_colour_bar(captured, tmp_pat
     example = _fake_example()
     layout = _fake_layout(example["axial_t2"].shape)
     rng = np.random.default_rng(1)
-    weights = rng.random((L.NUM_TARGETS, len(layout["series"])))
-    probs = rng.dirichlet(np.ones(3), L.NUM_TARGETS)
+    weights = rng.random((labels_lib.NUM_TARGETS, len(layout["series"])))
+    probs = rng.dirichlet(np.ones(3), labels_lib.NUM_TARGETS)
     _, distances = attention.plot_query_attention(example, probs, weights / weights.sum(-1, keepdims=True), layout,
                                                   str(tmp_path / "a.png"), "study 1")
-    assert len(distances) == L.NUM_TARGETS
+    assert len(distances) == labels_lib.NUM_TARGETS
     (fig,) = captured
     renderer = fig.canvas.get_renderer()
     panels = [ax for ax in fig.axes if ax.images and ax.get_title()]
-    assert len(panels) == L.NUM_TARGETS
+    assert len(panels) == labels_lib.NUM_TARGETS
     bars = [ax for ax in fig.axes if ax not in panels]
     assert len(bars) == 1 and "maximum" in bars[0].get_ylabel()
     titles = []
@@ -158,14 +158,14 @@ def test_attention_overlay_titles_probabilities_and_colour_bar(captured, tmp_pat
 
 def test_calibration_leaves_sparse_bins_out_of_the_curve(captured, tmp_path):
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, 3, (40, L.NUM_TARGETS))
-    probs = rng.dirichlet(np.ones(3), (40, L.NUM_TARGETS))
-    bins = {g: oof.calibration_bins(labels, probs, g) for g in L.CONDITION_GROUPS}
+    labels = rng.integers(0, 3, (40, labels_lib.NUM_TARGETS))
+    probs = rng.dirichlet(np.ones(3), (40, labels_lib.NUM_TARGETS))
+    bins = {g: oof.calibration_bins(labels, probs, g) for g in labels_lib.CONDITION_GROUPS}
     plots.reliability_diagrams(bins, str(tmp_path / "c.png"))
     (fig,) = captured
     top = fig.axes[0]  # first group's reliability panel
     data = bins[next(iter(bins))]
-    for k, name in enumerate(L.SEVERITY_NAMES):
+    for k, name in enumerate(labels_lib.SEVERITY_NAMES):
         (line,) = [ln for ln in top.get_lines() if ln.get_label() == name]
         enough = data["count"][k] >= plots.MIN_BIN_ROWS
         assert len(line.get_xdata()) == enough.sum()

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax import cli, metrics
 from lumbar_jax.analysis import Drawn, label_stats, write_report
 from lumbar_jax.data import synthetic
@@ -31,11 +31,12 @@ def _fake_run(kaggle_dir, workdir, study_ids=None):
     ids, labels = label_stats.read_label_matrix(kaggle_dir)
     ids = np.asarray(study_ids if study_ids is not None else ids)
     rng = np.random.default_rng(0)
-    probs = rng.dirichlet(np.ones(3), size=(len(ids), L.NUM_TARGETS))
+    probs = rng.dirichlet(np.ones(3), size=(len(ids), labels_lib.NUM_TARGETS))
     folds = np.arange(len(ids)) % 2
     os.makedirs(workdir, exist_ok=True)
-    rows = [[L.row_id(s, t), *probs[i, k], folds[i]] for i, s in enumerate(ids) for k, t in enumerate(L.TARGETS)]
-    pd.DataFrame(rows, columns=["row_id", *L.SEVERITY_COLUMNS, "fold"]).to_csv(
+    rows = [[labels_lib.row_id(s, t), *probs[i, k], folds[i]]
+            for i, s in enumerate(ids) for k, t in enumerate(labels_lib.TARGETS)]
+    pd.DataFrame(rows, columns=["row_id", *labels_lib.SEVERITY_COLUMNS, "fold"]).to_csv(
         os.path.join(workdir, "oof_predictions.csv"), index=False, float_format="%.6g")
     labels = labels[: len(ids)]
     summary = {

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax.analysis import label_stats, montage, oof
 
-M = L.MISSING
+M = labels_lib.MISSING
 
 
 def test_spearman_excludes_missing_pairwise_like_scipy_on_the_complete_pairs():
@@ -38,16 +38,16 @@ def test_spearman_excludes_missing_pairwise_like_scipy_on_the_complete_pairs():
 
 
 def test_label_distribution_and_missing_summary():
-    labels = np.zeros((4, L.NUM_TARGETS), dtype=int)
+    labels = np.zeros((4, labels_lib.NUM_TARGETS), dtype=int)
     labels[0, 0], labels[1, 0], labels[2, 0], labels[3, 0] = 2, 2, 1, M
     labels[3, 24] = M
     labels[1, 7] = 1
     table = label_stats.label_distribution(labels)
-    assert list(table.index) == list(L.TARGETS)
-    assert table.loc[L.TARGETS[0], ["normal_mild", "moderate", "severe", "missing", "labelled"]].tolist() == \
+    assert list(table.index) == list(labels_lib.TARGETS)
+    assert table.loc[labels_lib.TARGETS[0], ["normal_mild", "moderate", "severe", "missing", "labelled"]].tolist() == \
         [0, 1, 2, 1, 3]
-    assert table.loc[L.TARGETS[7], ["normal_mild", "moderate"]].tolist() == [3, 1]
-    assert table.loc[L.TARGETS[24], "level"] == "L5/S1"
+    assert table.loc[labels_lib.TARGETS[7], ["normal_mild", "moderate"]].tolist() == [3, 1]
+    assert table.loc[labels_lib.TARGETS[24], "level"] == "L5/S1"
     assert table[["normal_mild", "moderate", "severe", "missing"]].to_numpy().sum(1).tolist() == [4] * 25
     assert label_stats.missing_summary(labels) == {
         "studies": 4, "studies_with_missing": 1, "studies_all_missing": 0, "missing_cells": 2, "cells": 100}
@@ -55,30 +55,32 @@ def test_label_distribution_and_missing_summary():
 
 def test_left_right_table_pairs_the_two_sides_of_each_level():
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, 3, size=(30, L.NUM_TARGETS))
-    left, right = L.CONDITION_GROUPS["subarticular"]
-    labels[:, L.target_index(right, 1)] = labels[:, L.target_index(left, 1)]  # L2/L3: identical sides
-    labels[:3, L.target_index(left, 1)] = M
+    labels = rng.integers(0, 3, size=(30, labels_lib.NUM_TARGETS))
+    left, right = labels_lib.CONDITION_GROUPS["subarticular"]
+    labels[:, labels_lib.target_index(right, 1)] = labels[:, labels_lib.target_index(left, 1)]  # L2/L3: identical sides
+    labels[:3, labels_lib.target_index(left, 1)] = M
     table = label_stats.left_right_table(labels, "subarticular")
-    assert list(table.index) == list(L.LEVEL_CSV_NAMES)
+    assert list(table.index) == list(labels_lib.LEVEL_CSV_NAMES)
     assert table.loc["L2/L3", "rho"] == pytest.approx(1.0) and table.loc["L2/L3", "n"] == 27
     rho, _ = label_stats.pairwise_spearman(labels)
-    assert table.loc["L4/L5", "rho"] == pytest.approx(rho[L.target_index(left, 3), L.target_index(right, 3)])
+    expected = rho[labels_lib.target_index(left, 3), labels_lib.target_index(right, 3)]
+    assert table.loc["L4/L5", "rho"] == pytest.approx(expected)
     assert label_stats.describe_strength(0.35) == "moderate positive"
     assert label_stats.describe_strength(float("nan")) == "undefined"
 
 
 def test_short_names():
     assert label_stats.short_name(3) == "L4/L5 spinal"
-    assert label_stats.short_name(L.TARGETS.index("left_neural_foraminal_narrowing_l4_l5")) == "L L4/L5 foraminal"
+    target = labels_lib.TARGETS.index("left_neural_foraminal_narrowing_l4_l5")
+    assert label_stats.short_name(target) == "L L4/L5 foraminal"
     assert label_stats.short_name(24) == "R L5/S1 subarticular"
 
 
 def _one_group_case():
     """4 studies, only the spinal L1/L2 target labelled: true 0, 0, 1, 2."""
-    labels = np.full((4, L.NUM_TARGETS), M)
+    labels = np.full((4, labels_lib.NUM_TARGETS), M)
     labels[:, 0] = [0, 0, 1, 2]
-    probs = np.full((4, L.NUM_TARGETS, 3), 1 / 3)
+    probs = np.full((4, labels_lib.NUM_TARGETS, 3), 1 / 3)
     probs[:, 0] = [[0.95, 0.04, 0.01], [0.55, 0.40, 0.05], [0.30, 0.60, 0.10], [0.05, 0.15, 0.80]]
     return labels, probs
 
@@ -119,9 +121,9 @@ def test_confusion_matrix_and_row_normalisation():
 
 
 def test_worst_studies_ranked_by_per_study_loss_with_ties_by_id():
-    labels = np.zeros((5, L.NUM_TARGETS), dtype=int)
+    labels = np.zeros((5, labels_lib.NUM_TARGETS), dtype=int)
     labels[4] = M  # no label: left out
-    probs = np.zeros((5, L.NUM_TARGETS, 3))
+    probs = np.zeros((5, labels_lib.NUM_TARGETS, 3))
     probs[..., 0] = [[0.9], [0.2], [0.5], [0.2], [0.01]]
     probs[..., 1] = 1 - probs[..., 0]
     probs[1, 5] = [0.01, 0.99, 0.0]  # study 1's worst target
@@ -148,22 +150,22 @@ def test_fold_scores_table():
 
 
 def _write_oof(path, study_ids, probs, folds):
-    rows = [[L.row_id(s, t), *probs[i, k], folds[i]] for i, s in enumerate(study_ids)
-            for k, t in enumerate(L.TARGETS)]
-    pd.DataFrame(rows, columns=["row_id", *L.SEVERITY_COLUMNS, "fold"]).to_csv(path, index=False)
+    rows = [[labels_lib.row_id(s, t), *probs[i, k], folds[i]] for i, s in enumerate(study_ids)
+            for k, t in enumerate(labels_lib.TARGETS)]
+    pd.DataFrame(rows, columns=["row_id", *labels_lib.SEVERITY_COLUMNS, "fold"]).to_csv(path, index=False)
 
 
 def test_read_oof_round_trip_and_errors(tmp_path):
     rng = np.random.default_rng(0)
     ids = np.array([7, 3, 11])
-    probs = rng.dirichlet(np.ones(3), size=(3, L.NUM_TARGETS))
+    probs = rng.dirichlet(np.ones(3), size=(3, labels_lib.NUM_TARGETS))
     path = str(tmp_path / "oof_predictions.csv")
     _write_oof(path, ids, probs, [2, 0, 1])
     got_ids, got_probs, folds = oof.read_oof(path)
     order = np.argsort(ids)
     assert got_ids.tolist() == [3, 7, 11] and folds.tolist() == [0, 2, 1]
     np.testing.assert_allclose(got_probs, probs[order])
-    labels = np.zeros((2, L.NUM_TARGETS), dtype=int)
+    labels = np.zeros((2, labels_lib.NUM_TARGETS), dtype=int)
     with pytest.raises(ValueError, match=r"not in train.csv, e.g. \[11\]"):
         oof.align_labels(got_ids, np.array([3, 7]), labels)
     assert oof.align_labels(got_ids[:2], np.array([7, 3]), np.arange(2)[:, None] + labels).tolist()[0][0] == 1
@@ -178,15 +180,15 @@ def test_read_oof_round_trip_and_errors(tmp_path):
 
 def _fake_example(axial_depths):
     """A record-like dict: only the axial series present, left/right subarticular at the given depths."""
-    coords = np.full((L.NUM_TARGETS, 3), -1.0)
-    coords_series = np.full(L.NUM_TARGETS, -1)
+    coords = np.full((labels_lib.NUM_TARGETS, 3), -1.0)
+    coords_series = np.full(labels_lib.NUM_TARGETS, -1)
     for level, depth in enumerate(axial_depths):
         for condition in (3, 4):
-            t = L.target_index(condition, level)
+            t = labels_lib.target_index(condition, level)
             coords[t], coords_series[t] = (depth, 0.5, 0.4 if condition == 4 else 0.6), 2
     volume = np.zeros((16, 8, 8), np.uint8)
     return {"present": np.array([False, True, True]), "coords": coords, "coords_series": coords_series,
-            "labels": np.zeros(L.NUM_TARGETS, int), "sagittal_t1": volume, "sagittal_t2": volume,
+            "labels": np.zeros(labels_lib.NUM_TARGETS, int), "sagittal_t1": volume, "sagittal_t2": volume,
             "axial_t2": volume}
 
 
@@ -195,10 +197,11 @@ def test_slices_to_show_spreads_levels_and_uses_neighbouring_slices():
     example = _fake_example([1 / 15, 4 / 15, 8 / 15, 11 / 15, 14 / 15])
     shown = montage.slices_to_show(example, 2)
     assert [s for s, _ in shown] == [1, 8, 14]
-    assert shown[1][1] == [L.target_index(3, 2), L.target_index(4, 2)]
+    assert shown[1][1] == [labels_lib.target_index(3, 2), labels_lib.target_index(4, 2)]
     # A level split over two neighbouring slices is drawn in one panel.
-    example["coords"][L.target_index(4, 0), 0] = 2 / 15
-    assert montage.slices_to_show(example, 2, max_slices=5)[0][1] == [L.target_index(3, 0), L.target_index(4, 0)]
+    example["coords"][labels_lib.target_index(4, 0), 0] = 2 / 15
+    expected = [labels_lib.target_index(3, 0), labels_lib.target_index(4, 0)]
+    assert montage.slices_to_show(example, 2, max_slices=5)[0][1] == expected
     assert montage.slices_to_show(example, 0) == []  # absent series
     assert montage.slices_to_show(example, 1) == [(8, [])]  # present, nothing annotated: middle slice
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax.data import augment as A
 from lumbar_jax.train import config as config_lib
 
@@ -23,17 +23,17 @@ def augment_config(**overrides):
 
 def make_record(rng, shape=SHAPE, study_id=1, present=(True, True, True)):
     """A random record as docs/conventions.md section 4 (coordinates on random series, some absent)."""
-    coords_series = rng.integers(-1, 3, L.NUM_TARGETS)
-    coords = rng.uniform(0, 1, (L.NUM_TARGETS, 3)).astype(np.float32)
+    coords_series = rng.integers(-1, 3, labels_lib.NUM_TARGETS)
+    coords = rng.uniform(0, 1, (labels_lib.NUM_TARGETS, 3)).astype(np.float32)
     coords[coords_series < 0] = -1
     present = np.array(present)
     return {
         "study_id": np.int64(study_id),
         **{name: (rng.integers(0, 256, shape, dtype=np.uint8) if present[s] else np.zeros(shape, np.uint8))
-           for s, name in enumerate(L.SERIES_TYPES)},
+           for s, name in enumerate(labels_lib.SERIES_TYPES)},
         "present": present,
         "series_ids": np.where(present, np.arange(3) + 10 * study_id, -1),
-        "labels": rng.integers(-1, 3, L.NUM_TARGETS),
+        "labels": rng.integers(-1, 3, labels_lib.NUM_TARGETS),
         "coords": coords,
         "coords_series": coords_series,
     }
@@ -59,21 +59,22 @@ def blob_record():
     the RIGHT target of the same level: foraminal L4/L5 on sagittal T1, subarticular L4/L5 on the axial
     series; and one at spinal L4/L5 on sagittal T2. Blobs are Gaussians (sigma 1 voxel) peaking on a voxel."""
     d, h, w = SHAPE
-    record = {name: np.zeros(SHAPE, np.uint8) for name in L.SERIES_TYPES}
+    record = {name: np.zeros(SHAPE, np.uint8) for name in labels_lib.SERIES_TYPES}
     record.update(study_id=np.int64(7), present=np.ones(3, bool), series_ids=np.arange(3),
-                  labels=np.full(L.NUM_TARGETS, -1), coords=np.full((L.NUM_TARGETS, 3), -1, np.float32),
-                  coords_series=np.full(L.NUM_TARGETS, -1))
+                  labels=np.full(labels_lib.NUM_TARGETS, -1),
+                  coords=np.full((labels_lib.NUM_TARGETS, 3), -1, np.float32),
+                  coords_series=np.full(labels_lib.NUM_TARGETS, -1))
     spots = {  # target -> (series, voxel, value, label). Sagittal depth and axial cols run right -> left.
-        L.TARGETS.index("left_neural_foraminal_narrowing_l4_l5"): (0, (6, 14, 9), 255, 2),
-        L.TARGETS.index("right_neural_foraminal_narrowing_l4_l5"): (0, (1, 14, 9), 100, 0),
-        L.TARGETS.index("left_subarticular_stenosis_l4_l5"): (2, (5, 12, 18), 255, 1),
-        L.TARGETS.index("right_subarticular_stenosis_l4_l5"): (2, (5, 12, 5), 100, 0),
-        L.TARGETS.index("spinal_canal_stenosis_l4_l5"): (1, (3, 14, 12), 180, 1),
+        labels_lib.TARGETS.index("left_neural_foraminal_narrowing_l4_l5"): (0, (6, 14, 9), 255, 2),
+        labels_lib.TARGETS.index("right_neural_foraminal_narrowing_l4_l5"): (0, (1, 14, 9), 100, 0),
+        labels_lib.TARGETS.index("left_subarticular_stenosis_l4_l5"): (2, (5, 12, 18), 255, 1),
+        labels_lib.TARGETS.index("right_subarticular_stenosis_l4_l5"): (2, (5, 12, 5), 100, 0),
+        labels_lib.TARGETS.index("spinal_canal_stenosis_l4_l5"): (1, (3, 14, 12), 180, 1),
     }
     grid = np.stack(np.meshgrid(*map(np.arange, SHAPE), indexing="ij"), axis=-1)  # [D, H, W, 3]
     for target, (series, vox, value, label) in spots.items():
         blob = value * np.exp(-0.5 * np.sum((grid - vox) ** 2, axis=-1))
-        volume = record[L.SERIES_TYPES[series]]
+        volume = record[labels_lib.SERIES_TYPES[series]]
         np.maximum(volume, np.round(blob).astype(np.uint8), out=volume)
         record["coords"][target] = np.array(vox) / (np.array((d, h, w)) - 1)
         record["coords_series"][target] = series
@@ -89,11 +90,11 @@ def test_flip_twice_is_identity():
 def test_flip_swaps_left_and_right_labels_and_keeps_coordinates_on_the_anatomy():
     record = blob_record()
     flipped = A.flip_left_right(record)
-    left_foramen = L.TARGETS.index("left_neural_foraminal_narrowing_l4_l5")
-    right_foramen = L.TARGETS.index("right_neural_foraminal_narrowing_l4_l5")
-    left_sub = L.TARGETS.index("left_subarticular_stenosis_l4_l5")
-    right_sub = L.TARGETS.index("right_subarticular_stenosis_l4_l5")
-    spinal = L.TARGETS.index("spinal_canal_stenosis_l4_l5")
+    left_foramen = labels_lib.TARGETS.index("left_neural_foraminal_narrowing_l4_l5")
+    right_foramen = labels_lib.TARGETS.index("right_neural_foraminal_narrowing_l4_l5")
+    left_sub = labels_lib.TARGETS.index("left_subarticular_stenosis_l4_l5")
+    right_sub = labels_lib.TARGETS.index("right_subarticular_stenosis_l4_l5")
+    spinal = labels_lib.TARGETS.index("spinal_canal_stenosis_l4_l5")
 
     # The severe left foramen is now the patient's right foramen, and the right target's coordinate points at
     # that (bright) blob in the flipped volume; likewise for the axial subarticular zones.
@@ -101,7 +102,7 @@ def test_flip_swaps_left_and_right_labels_and_keeps_coordinates_on_the_anatomy()
     assert flipped["labels"][right_sub] == 1 and flipped["labels"][left_sub] == 0
     assert flipped["labels"][spinal] == 1
     for bright, dim in ((right_foramen, left_foramen), (right_sub, left_sub)):
-        series = L.SERIES_TYPES[flipped["coords_series"][bright]]
+        series = labels_lib.SERIES_TYPES[flipped["coords_series"][bright]]
         assert voxel(flipped[series], flipped["coords"][bright]) == 255
         assert voxel(flipped[series], flipped["coords"][dim]) == 100
     assert voxel(flipped["sagittal_t2"], flipped["coords"][spinal]) == 180
@@ -112,19 +113,19 @@ def test_flip_swaps_left_and_right_labels_and_keeps_coordinates_on_the_anatomy()
     # Untouched: the input, absent coordinates, other keys.
     assert record["labels"][left_foramen] == 2 and record["sagittal_t1"][6, 14, 9] == 255
     absent = flipped["coords_series"] < 0
-    assert np.all(flipped["coords"][absent] == -1) and absent.sum() == L.NUM_TARGETS - 5
+    assert np.all(flipped["coords"][absent] == -1) and absent.sum() == labels_lib.NUM_TARGETS - 5
     assert flipped["study_id"] == 7
 
 
 def test_flip_of_a_batch_equals_flip_of_each_record():
     rng = np.random.default_rng(1)
     records = [make_record(rng, study_id=i) for i in range(3)]
-    batch = {"volumes": np.stack([np.stack([r[n] for n in L.SERIES_TYPES]) for r in records]),
+    batch = {"volumes": np.stack([np.stack([r[n] for n in labels_lib.SERIES_TYPES]) for r in records]),
              **{k: np.stack([r[k] for r in records]) for k in ("labels", "coords", "coords_series")}}
     flipped = A.flip_left_right(batch)
     for i, record in enumerate(records):
         expected = A.flip_left_right(record)
-        np.testing.assert_array_equal(flipped["volumes"][i], np.stack([expected[n] for n in L.SERIES_TYPES]))
+        np.testing.assert_array_equal(flipped["volumes"][i], np.stack([expected[n] for n in labels_lib.SERIES_TYPES]))
         for key in ("labels", "coords", "coords_series"):
             np.testing.assert_array_equal(flipped[key][i], expected[key])
 
@@ -143,7 +144,7 @@ def test_zoom_and_shift_keep_each_coordinate_on_its_blob(seed):
     out = A.augment_record(record, np.random.default_rng(seed), config)
     moved = checked = 0
     for target in np.flatnonzero(record["coords_series"] >= 0):
-        series = L.SERIES_TYPES[record["coords_series"][target]]
+        series = labels_lib.SERIES_TYPES[record["coords_series"][target]]
         value = record[series][tuple(np.round(record["coords"][target] * (np.array(SHAPE) - 1)).astype(int))]
         if out["coords_series"][target] < 0:  # pushed out of the field of view: marked absent, label kept
             assert np.all(out["coords"][target] == -1)
@@ -166,7 +167,7 @@ def test_zoom_and_shift_keep_each_coordinate_on_its_blob(seed):
 def test_coordinates_pushed_out_of_the_field_of_view_are_marked_absent():
     record = make_record(np.random.default_rng(3))
     record["coords"][:] = 0.01  # every coordinate hugs the volume's corner
-    record["coords_series"][:] = np.arange(L.NUM_TARGETS) % 3
+    record["coords_series"][:] = np.arange(labels_lib.NUM_TARGETS) % 3
     config = augment_config(**NEUTRAL | dict(shift=0.2))
     dropped = 0
     for seed in range(5):
@@ -175,7 +176,7 @@ def test_coordinates_pushed_out_of_the_field_of_view_are_marked_absent():
         assert np.all(out["coords"][absent] == -1)
         assert np.all((out["coords"][~absent] >= 0) & (out["coords"][~absent] <= 1))
         dropped += absent.sum()
-    assert 0 < dropped < 5 * L.NUM_TARGETS
+    assert 0 < dropped < 5 * labels_lib.NUM_TARGETS
 
 
 def test_zoom_shift_equals_scipy_affine_transform():
@@ -198,7 +199,7 @@ def test_augment_is_deterministic_and_leaves_the_input_alone():
     assert_records_equal(a, b)
     assert not np.array_equal(a["sagittal_t2"], c["sagittal_t2"])
     assert_records_equal(record, before)
-    assert all(a[name].dtype == np.uint8 and a[name].shape == SHAPE for name in L.SERIES_TYPES)
+    assert all(a[name].dtype == np.uint8 and a[name].shape == SHAPE for name in labels_lib.SERIES_TYPES)
     assert a["coords"].dtype == np.float32
 
 
@@ -213,18 +214,18 @@ def test_intensity_jitter_touches_present_series_only():
 
 
 def test_crop_intensity_jitter_is_per_series_over_its_present_crops():
-    crops = np.random.default_rng(0).integers(60, 200, (L.NUM_TARGETS, 3, 8, 8), dtype=np.uint8)
-    present = np.ones(L.NUM_TARGETS, bool)
+    crops = np.random.default_rng(0).integers(60, 200, (labels_lib.NUM_TARGETS, 3, 8, 8), dtype=np.uint8)
+    present = np.ones(labels_lib.NUM_TARGETS, bool)
     present[[0, 7]] = False
     out = A.jitter_crop_intensity(crops, present, np.random.default_rng(1), (0.5, 0.5), 0.0)
     np.testing.assert_array_equal(out[~present], crops[~present])
-    for s in range(len(L.SERIES_TYPES)):
-        chosen = present & (L.TARGET_SERIES == s)
+    for s in range(len(labels_lib.SERIES_TYPES)):
+        chosen = present & (labels_lib.TARGET_SERIES == s)
         mean = crops[chosen].astype(np.float64).mean()
         np.testing.assert_allclose(out[chosen], (crops[chosen] - mean) * 0.5 + mean, atol=1)
     rng, fresh = np.random.default_rng(1), np.random.default_rng(1)
     assert A.jitter_crop_intensity(crops, present, rng, (1.0, 1.0), 0.0) is crops
-    fresh.uniform(size=2 * len(L.SERIES_TYPES))
+    fresh.uniform(size=2 * len(labels_lib.SERIES_TYPES))
     assert rng.random() == fresh.random()  # the same draws whatever the settings
 
 

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data import problems, study, synthetic
 
 SHAPE = (8, 32, 32)
@@ -58,7 +58,7 @@ def _assert_same(record, expected, dropped_targets=(), except_keys=()):
         if key in except_keys:
             continue
         if key in ("coords", "coords_series"):
-            keep = np.ones(L.NUM_TARGETS, bool)
+            keep = np.ones(labels.NUM_TARGETS, bool)
             keep[list(dropped_targets)] = False
             np.testing.assert_array_equal(record[key][keep], value[keep], err_msg=key)
             assert np.all(record[key][~keep] == -1), key
@@ -67,7 +67,7 @@ def _assert_same(record, expected, dropped_targets=(), except_keys=()):
 
 
 def _target(row):
-    return L.target_index(L.condition_from_csv(row[3]), L.level_from_csv(row[4]))
+    return labels.target_index(labels.condition_from_csv(row[3]), labels.level_from_csv(row[4]))
 
 
 def _only(found, kind):
@@ -287,7 +287,7 @@ def test_study_missing_from_train_csv_keeps_its_images_with_labels_missing(clean
     got, found = _records(damaged)
     problem = _only(found, "study_mismatch")
     assert problem.where == f"{DESCRIPTIONS} study {study_id}" and "train.csv" in problem.reason
-    assert np.all(got[study_id]["labels"] == L.MISSING)
+    assert np.all(got[study_id]["labels"] == labels.MISSING)
     _assert_same(got[study_id], records[study_id], except_keys=("labels",))
 
 
@@ -331,7 +331,7 @@ def test_described_series_without_a_folder_is_reported_and_its_type_absent(clean
     line = next(i + 1 for i, r in enumerate(_read(damaged, DESCRIPTIONS)) if r[1] == str(used))
     assert _only(found, "study_mismatch").where == f"{DESCRIPTIONS} line {line}"
     assert _only(found, "series_absent").where == f"study {study_id} axial_t2"
-    axial = [t for t in range(L.NUM_TARGETS) if L.CONDITION_SERIES[t // L.NUM_LEVELS] == 2]
+    axial = [t for t in range(labels.NUM_TARGETS) if labels.CONDITION_SERIES[t // labels.NUM_LEVELS] == 2]
     assert {p.reason for p in found if p.kind == "label_point_dropped"} == {"series not in the study"}
     assert not got[study_id]["present"][2] and got[study_id]["series_ids"][2] == -1
     _assert_same(got[study_id], records[study_id], axial, except_keys=("axial_t2", "present", "series_ids"))
@@ -347,7 +347,7 @@ def test_unknown_series_description_costs_its_series_naming_the_line(clean, dama
     problem = _only(found, "csv_row")
     assert (problem.where, problem.detail) == (f"{DESCRIPTIONS} line {line}", "series_description = 'Coronal T1'")
     assert _only(found, "series_absent").where == f"study {study_id} sagittal_t1"
-    sagittal_t1 = [t for t in range(L.NUM_TARGETS) if L.CONDITION_SERIES[t // L.NUM_LEVELS] == 0]
+    sagittal_t1 = [t for t in range(labels.NUM_TARGETS) if labels.CONDITION_SERIES[t // labels.NUM_LEVELS] == 0]
     _assert_same(got[study_id], records[study_id], sagittal_t1, except_keys=("sagittal_t1", "present", "series_ids"))
 
 

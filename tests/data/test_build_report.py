@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data import build, problems, synthetic
 from lumbar_jax.data.rsna_lumbar_spine.rsna_lumbar_spine_dataset_builder import REPORT_FILE
 
@@ -54,9 +54,9 @@ def test_report_beside_the_dataset_counts_the_studies_written(built):
 
 def test_absent_series_are_the_generators_missing_series(built):
     summary, report, _, _ = built
-    expected = {split: dict.fromkeys(L.SERIES_TYPES, 0) for split in ("train", "test")}
+    expected = {split: dict.fromkeys(labels.SERIES_TYPES, 0) for split in ("train", "test")}
     for quirk in summary["quirks"].get("missing_series", []):
-        expected[quirk["split"]][L.SERIES_TYPES[L.SERIES_DESCRIPTIONS.index(quirk["detail"])]] += 1
+        expected[quirk["split"]][labels.SERIES_TYPES[labels.SERIES_DESCRIPTIONS.index(quirk["detail"])]] += 1
     assert report["series_absent_in_records"] == expected
     absent = report["problems"]["series_absent"]
     assert absent["count"] == sum(n for split in expected.values() for n in split.values()) >= 1
@@ -91,7 +91,7 @@ def test_summary_printed_with_counts_reasons_and_the_report_path(built):
 
 def test_format_of_a_report_with_nothing_dropped():
     report = {"dataset": "rsna_lumbar_spine/r64/1.0.0", "source": {"manual_dir": "/k", "fingerprint": "0" * 64},
-              "studies": {"train": 3}, "series_absent_in_records": {"train": dict.fromkeys(L.SERIES_TYPES, 0)},
+              "studies": {"train": 3}, "series_absent_in_records": {"train": dict.fromkeys(labels.SERIES_TYPES, 0)},
               "problems": problems.summarize([])}
     assert build.format_build_report(report, "/d/build_report.json").splitlines() == [
         "built rsna_lumbar_spine/r64/1.0.0 from /k: train 3 studies", "  no input dropped",

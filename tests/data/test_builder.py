@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 
 import lumbar_jax.data.rsna_lumbar_spine  # noqa: F401  (registers the builder: tfds.data_source looks it up by name)
 from lumbar_jax import cli
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data import build, study, synthetic
 
 NUM_TRAIN, NUM_TEST = 8, 2
@@ -42,7 +42,7 @@ def test_every_study_in_both_splits_with_the_conventions_features(built):
     assert [r["study_id"] for r in records["train"]] == train_ids
     assert [r["study_id"] for r in records["test"]] == test_ids
     r = records["train"][0]
-    for name in L.SERIES_TYPES:
+    for name in labels.SERIES_TYPES:
         assert r[name].shape == (16, 64, 64) and r[name].dtype == np.uint8
     assert r["present"].shape == (3,) and r["present"].dtype == bool
     assert r["labels"].shape == (25,) and r["coords"].shape == (25, 3) and r["coords"].dtype == np.float32
@@ -62,14 +62,14 @@ def test_missing_series_is_absent_and_zero(built):
     with open(os.path.join(manual_dir, "synthetic_summary.json")) as f:
         missing = {q["study_id"] for q in json.load(f)["quirks"]["missing_series"]}
     for r in records["train"] + records["test"]:
-        for k, name in enumerate(L.SERIES_TYPES):
+        for k, name in enumerate(labels.SERIES_TYPES):
             assert r["present"][k] == (r[name].max() > 0)
             assert r["present"][k] == (r["series_ids"][k] >= 0)
         assert r["present"].all() != (r["study_id"] in missing)
 
 
 def _value_at(record, target):
-    volume = record[L.SERIES_TYPES[record["coords_series"][target]]]
+    volume = record[labels.SERIES_TYPES[record["coords_series"][target]]]
     index = np.round(record["coords"][target] * (np.array(volume.shape) - 1)).astype(int)
     return float(volume[tuple(index)]), float(volume.mean())
 
@@ -90,7 +90,7 @@ def test_canonical_orientation_from_coordinates(built):
         c, s = r["coords"], r["coords_series"]
 
         def coord(condition, level, axis):
-            t = L.target_index(condition, level)
+            t = labels.target_index(condition, level)
             return c[t, axis] if s[t] >= 0 else None
 
         # Levels run superior -> inferior: rows of sagittal volumes, depth of the axial volume.

@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data import crop_pipeline as CP
 from lumbar_jax.data import crops as C
 from lumbar_jax.data import pipeline as P
@@ -126,11 +126,11 @@ def test_eval_cuts_at_the_given_points_once_per_record_and_pads(records, given_p
         np.testing.assert_array_equal(crops[row], expected)
         np.testing.assert_array_equal(present[row], expected_present)
     if given_points:  # every target of a present series is cut, annotated or not
-        series_present = np.stack([records[i]["present"] for i in fold])[:, L.TARGET_SERIES]
+        series_present = np.stack([records[i]["present"] for i in fold])[:, labels.TARGET_SERIES]
         np.testing.assert_array_equal(present[:5], series_present)
     padding = {k: np.concatenate([b[k] for b in batches])[~valid] for k in batches[0]}
     assert not padding["crops"].any() and not padding["crop_present"].any()
-    assert np.all(padding["labels"] == L.MISSING) and np.all(padding["study_id"] == -1)
+    assert np.all(padding["labels"] == labels.MISSING) and np.all(padding["study_id"] == -1)
 
 
 def test_eval_refuses_points_that_do_not_cover_the_source(records):

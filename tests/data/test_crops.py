@@ -4,7 +4,7 @@ depth, zeros outside; left crops are the right crops of the mirrored patient; ji
 import numpy as np
 import pytest
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data import crops as C
 from lumbar_jax.data.augment import flip_left_right
 from lumbar_jax.data.dicom_geometry import CANONICAL_DIRECTIONS, RIGHT_TO_LEFT_AXIS
@@ -49,13 +49,13 @@ def native_record(rng, present=(True, True, True), study_id=1, native=NATIVE):
         else:
             record[f"{name}_native"] = np.zeros((1, 1, 1), np.uint8)
     record["native_affine"] = affines
-    coords = np.empty((L.NUM_TARGETS, 3), np.float32)
-    for t, s in enumerate(L.TARGET_SERIES):
-        d, h, w = native[L.SERIES_TYPES[s]][0]
+    coords = np.empty((labels.NUM_TARGETS, 3), np.float32)
+    for t, s in enumerate(labels.TARGET_SERIES):
+        d, h, w = native[labels.SERIES_TYPES[s]][0]
         coords[t] = [rng.integers(0, d) / (d - 1), rng.integers(0, 2 * h) / (2 * (h - 1)),
                      rng.integers(0, 2 * w) / (2 * (w - 1))]
     record["coords"] = coords
-    record["coords_series"] = L.TARGET_SERIES.copy()
+    record["coords_series"] = labels.TARGET_SERIES.copy()
     record["coords_series"][[3, 12]] = -1, 2  # one target without a point, one annotated on another series
     record["coords"][3] = -1
     return record
@@ -64,7 +64,7 @@ def native_record(rng, present=(True, True, True), study_id=1, native=NATIVE):
 def flip_native(record):
     """`flip_left_right` extended to the native volumes: sagittal depth and axial cols reversed."""
     flipped = flip_left_right(record)
-    for name in L.SERIES_TYPES:
+    for name in labels.SERIES_TYPES:
         axis = 2 if name == "axial_t2" else 0
         flipped[f"{name}_native"] = np.ascontiguousarray(np.flip(record[f"{name}_native"], axis=axis))
     return flipped
@@ -72,7 +72,7 @@ def flip_native(record):
 
 def test_right_to_left_axes_follow_the_conventions():
     assert tuple(RIGHT_TO_LEFT_AXIS) == (0, 0, 2)  # sagittal: depth; axial: cols
-    assert list(L.TARGET_SERIES[::5]) == list(L.CONDITION_SERIES)
+    assert list(labels.TARGET_SERIES[::5]) == list(labels.CONDITION_SERIES)
 
 
 @pytest.mark.parametrize("pixels", [32, 33])
@@ -158,17 +158,17 @@ def test_left_crops_of_a_study_are_the_right_crops_of_its_mirror_image():
     flipped = flip_native(record)
     crops, present = C.study_crops(record, C.training_points(record), CROP)
     flipped_crops, flipped_present = C.study_crops(flipped, C.training_points(flipped), CROP)
-    mirror = L.MIRROR_TARGET_INDEX
-    sided = np.flatnonzero(L.TARGET_SIDE > 0)
+    mirror = labels.MIRROR_TARGET_INDEX
+    sided = np.flatnonzero(labels.TARGET_SIDE > 0)
     assert present[sided].sum() >= 18
     for t in sided:  # each crop moves to the other side's target together with its label, pixel for pixel
         assert flipped_present[mirror[t]] == present[t]
-        np.testing.assert_array_equal(flipped_crops[mirror[t]], crops[t], err_msg=L.TARGETS[t])
+        np.testing.assert_array_equal(flipped_crops[mirror[t]], crops[t], err_msg=labels.TARGETS[t])
         assert flipped["labels"][mirror[t]] == record["labels"][t]
-    for t in range(L.NUM_LEVELS):  # spinal targets are not mirrored: the mirrored patient's crop is reversed
+    for t in range(labels.NUM_LEVELS):  # spinal targets are not mirrored: the mirrored patient's crop is reversed
         np.testing.assert_array_equal(flipped_crops[t], crops[t][::-1])
     # A left crop is the mirror image of what was cut at its point (random volumes: not the cut itself).
-    left = L.TARGETS.index("left_subarticular_stenosis_l3_l4")
+    left = labels.TARGETS.index("left_subarticular_stenosis_l3_l4")
     cut = cut_crop(record["axial_t2_native"], record["native_affine"][2], record["coords"][left],
                    slices=CROP.slices, size_mm=CROP.size_mm, pixels=CROP.pixels)
     np.testing.assert_array_equal(crops[left], cut[:, :, ::-1])
@@ -187,11 +187,11 @@ def test_jitter_moves_crops_in_the_volume_frame_and_is_a_function_of_the_seed():
     offsets = C.draw_offsets(JITTER, np.random.default_rng(3))
     for name in ("left_neural_foraminal_narrowing_l2_l3", "left_subarticular_stenosis_l5_s1",
                  "right_subarticular_stenosis_l1_l2"):
-        t = L.TARGETS.index(name)
-        s = L.TARGET_SERIES[t]
-        cut = C.cut_crops(record[f"{L.SERIES_TYPES[s]}_native"], record["native_affine"][s], points[t], CROP,
+        t = labels.TARGETS.index(name)
+        s = labels.TARGET_SERIES[t]
+        cut = C.cut_crops(record[f"{labels.SERIES_TYPES[s]}_native"], record["native_affine"][s], points[t], CROP,
                           offsets=offsets[t])[0]
-        if L.TARGET_SIDE[t] == 1:  # jittered, then mirrored
+        if labels.TARGET_SIDE[t] == 1:  # jittered, then mirrored
             cut = np.flip(cut, axis=RIGHT_TO_LEFT_AXIS[s])
         np.testing.assert_array_equal(crops[t], cut, err_msg=name)
     zero, _ = C.study_crops(record, points, CROP, jitter=np.zeros((3, 3)), rng=np.random.default_rng(3))
@@ -201,8 +201,8 @@ def test_jitter_moves_crops_in_the_volume_frame_and_is_a_function_of_the_seed():
 def test_offsets_are_drawn_per_group():
     offsets = C.draw_offsets(np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]),
                              np.random.default_rng(0))
-    assert offsets.shape == (L.NUM_TARGETS, 3)
-    foraminal = np.isin(L.TARGET_GROUP, [1])
+    assert offsets.shape == (labels.NUM_TARGETS, 3)
+    foraminal = np.isin(labels.TARGET_GROUP, [1])
     assert not offsets[~foraminal].any() and np.all(offsets[foraminal] != 0)
     with pytest.raises(ValueError, match="jitter"):
         C.draw_offsets(np.ones((2, 3)), np.random.default_rng(0))
@@ -211,17 +211,17 @@ def test_offsets_are_drawn_per_group():
 def test_training_points_and_absent_crops():
     record = native_record(np.random.default_rng(2), present=(True, True, False))
     points = C.training_points(record)
-    on_series = record["coords_series"] == L.TARGET_SERIES
+    on_series = record["coords_series"] == labels.TARGET_SERIES
     np.testing.assert_array_equal(points[on_series], record["coords"][on_series])
     assert np.isnan(points[~on_series]).all() and (~on_series).sum() == 2  # targets 3 (no point) and 12
-    predicted = np.full((L.NUM_TARGETS, 3), 0.25)
+    predicted = np.full((labels.NUM_TARGETS, 3), 0.25)
     np.testing.assert_array_equal(C.training_points(record, predicted)[~on_series], 0.25)
 
     crops, present = C.study_crops(record, points, CROP)
-    axial = L.TARGET_SERIES == 2
+    axial = labels.TARGET_SERIES == 2
     np.testing.assert_array_equal(present, on_series & ~axial)
     assert not crops[~present].any() and all(crops[t].any() for t in np.flatnonzero(present))
-    assert crops.shape == (L.NUM_TARGETS, 5, 16, 16) and crops.dtype == np.uint8
+    assert crops.shape == (labels.NUM_TARGETS, 5, 16, 16) and crops.dtype == np.uint8
 
 
 def test_bad_inputs_are_refused():

@@ -10,7 +10,7 @@ import tempfile
 import pandas as pd
 import pytest
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax import rundir
 from lumbar_jax.data import dataset, synthetic
 from lumbar_jax.data.rsna_lumbar_spine.rsna_lumbar_spine_dataset_builder import manual_dir_fingerprint
@@ -36,7 +36,7 @@ def two_folders(tmp_path_factory):
     synthetic.write_synthetic_dataset(a, synthetic.DatasetSpec(4, seed=1, quirks=False), progress=False)
     shutil.copytree(a, b)
     labels = pd.read_csv(os.path.join(b, "train.csv"), dtype=str, keep_default_na=False)
-    target = L.TARGETS[0]
+    target = labels_lib.TARGETS[0]
     labels.loc[0, target] = "Severe" if labels.loc[0, target] != "Severe" else "Normal/Mild"
     labels.to_csv(os.path.join(b, "train.csv"), index=False)
     return a, b, str(root / "cache")

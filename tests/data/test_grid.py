@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import lumbar_jax.data.rsna_lumbar_spine  # noqa: F401  (registers the builder: tfds.data_source looks it up by name)
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data import build, grid, study, synthetic
 from lumbar_jax.data.dicom import read_series
 from tests.data.test_dicom import AXIAL, AXIAL_DIRS, SAGITTAL, grid_slices, tilted_axial_specs, write_series
@@ -96,17 +96,18 @@ def test_annotations_of_sagittal_and_axial_series_land_on_the_anatomy_in_one_gri
     annotator projects the centre onto the nearest slice: up to half a slice gap away)."""
     s = synthetic.make_study(synthetic.DatasetSpec(2, seed=0), 1)
     synthetic.write_study(s, str(tmp_path))
-    series_dirs = [[] for _ in L.SERIES_TYPES]
+    series_dirs = [[] for _ in labels.SERIES_TYPES]
     for x in s.series:
         series_dirs[x.kind].append((x.series_id, str(tmp_path / "train_images" / str(s.study_id) / str(x.series_id))))
-    annotations = [study.Annotation(L.target_index(c, lv), sid, inst, y, x) for c, lv, sid, inst, x, y in s.coordinates]
+    annotations = [study.Annotation(labels.target_index(c, lv), sid, inst, y, x)
+                   for c, lv, sid, inst, x, y in s.coordinates]
     entry = study.StudyEntry(s.study_id, tuple(map(tuple, series_dirs)), s.labels.astype(np.int64), tuple(annotations))
     example = study.study_example(entry, (32, 32, 32), grid=True)
     canonicals, series_ids, geometries = study.read_study_series(entry.series_dirs)
     g = grid.study_grid(geometries, (32, 32, 32))
     centres = s.anatomy.centres()
     checked = set()
-    for t in range(L.NUM_TARGETS):
+    for t in range(labels.NUM_TARGETS):
         kind = example["coords_series"][t]
         if kind < 0:
             continue
@@ -114,7 +115,7 @@ def test_annotations_of_sagittal_and_axial_series_land_on_the_anatomy_in_one_gri
         annotated = example["coords"][t] * (np.array(g.shape) - 1) * g.spacing  # mm along the grid axes
         truth = g.index(centres[t]) * g.spacing
         gap = 4.2 if kind < 2 else 3.2  # slice gap (mm) of the synthetic sagittal / axial series
-        assert np.linalg.norm(annotated - truth) <= gap / 2 + 0.2, (L.TARGETS[t], annotated - truth)
+        assert np.linalg.norm(annotated - truth) <= gap / 2 + 0.2, (labels.TARGETS[t], annotated - truth)
     assert checked == {0, 1, 2}
     # the spinal points (sagittal T2) and the subarticular ones (axial) of a level share its height (grid axis
     # 1): within the axial annotation's projection (<= 1.6 mm) and the recess' offset from the canal (< 1 mm)
@@ -137,7 +138,7 @@ def grid_records(tmp_path_factory):
 def test_grid32_builder_config_keeps_the_record_features(grid_records):
     assert len(grid_records) == 6
     for r in grid_records:
-        for k, name in enumerate(L.SERIES_TYPES):
+        for k, name in enumerate(labels.SERIES_TYPES):
             assert r[name].shape == (32, 32, 32) and r[name].dtype == np.uint8
             assert r["present"][k] == (r[name].max() > 0) == (r["series_ids"][k] >= 0)
         assert r["coords"].shape == (25, 3) and r["coords_series"].shape == (25,)

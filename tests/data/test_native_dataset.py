@@ -15,7 +15,7 @@ import pydicom
 import pytest
 import tensorflow_datasets as tfds
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data import build, dicom, study, synthetic, volume
 from lumbar_jax.data.rsna_lumbar_spine import Builder  # registers the builder with TFDS
 from lumbar_jax.dataset_configs import DATASET_SHAPES, NATIVE_AFFINE, NATIVE_MAX_SIZE, NATIVE_VOLUMES
@@ -73,7 +73,7 @@ def test_native_volumes_are_the_series_own_slices_normalised(built):
             if not r["present"][kind]:
                 continue
             canonical, _ = dicom.read_series(_series_dir(manual_dir, r, kind),
-                                             plane=study.PLANE_OF_SERIES[L.SERIES_TYPES[kind]])
+                                             plane=study.PLANE_OF_SERIES[labels.SERIES_TYPES[kind]])
             assert r[name].dtype == np.uint8 and r[name].shape == canonical.shape
             np.testing.assert_array_equal(r[name], volume.normalize_uint8(canonical))
             np.testing.assert_array_equal(r[NATIVE_AFFINE][kind, 3], [0, 0, 0, 1])

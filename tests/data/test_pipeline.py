@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax.data import pipeline as P
 from lumbar_jax.data.build import tfds_scratch_tempdir
 from lumbar_jax.train.config import SPATIAL_JITTER
@@ -54,7 +54,7 @@ def test_train_batch_layout(records):
     row = P.train_batches(records, np.arange(NUM_RECORDS), P.Stream(4, seed=0), NO_AUGMENT)[0]
     for i, study_id in enumerate(row["study_id"]):
         record = records[study_id - 1000]
-        for s, name in enumerate(L.SERIES_TYPES):
+        for s, name in enumerate(labels_lib.SERIES_TYPES):
             np.testing.assert_array_equal(row["volumes"][i, s], record[name])
         np.testing.assert_array_equal(row["labels"][i], record["labels"])
         np.testing.assert_array_equal(row["coords_series"][i], record["coords_series"])
@@ -162,12 +162,12 @@ class ToyLumbarRecords(tfds.core.GeneratorBasedBuilder):
         volume = lambda: tfds.features.Tensor(shape=SHAPE, dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB)
         return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
             "study_id": np.int64,
-            **{name: volume() for name in L.SERIES_TYPES},
+            **{name: volume() for name in labels_lib.SERIES_TYPES},
             "present": tfds.features.Tensor(shape=(3,), dtype=np.bool_),
             "series_ids": tfds.features.Tensor(shape=(3,), dtype=np.int64),
-            "labels": tfds.features.Tensor(shape=(L.NUM_TARGETS,), dtype=np.int64),
-            "coords": tfds.features.Tensor(shape=(L.NUM_TARGETS, 3), dtype=np.float32),
-            "coords_series": tfds.features.Tensor(shape=(L.NUM_TARGETS,), dtype=np.int64),
+            "labels": tfds.features.Tensor(shape=(labels_lib.NUM_TARGETS,), dtype=np.int64),
+            "coords": tfds.features.Tensor(shape=(labels_lib.NUM_TARGETS, 3), dtype=np.float32),
+            "coords_series": tfds.features.Tensor(shape=(labels_lib.NUM_TARGETS,), dtype=np.int64),
         }))
 
     def _split_generators(self, dl_manager):

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data import dicom, problems, study, synthetic
 
 
@@ -46,7 +46,7 @@ def test_choose_series_takes_most_readable_slices_then_lowest_id(kaggle, tmp_pat
 
 def test_point_located_through_patient_space_equals_direct_mapping(kaggle):
     entry = study.list_studies(kaggle, "train")[0]
-    axial = [a for a in entry.annotations if L.TARGETS[a.target].startswith("left_subarticular")]
+    axial = [a for a in entry.annotations if labels.TARGETS[a.target].startswith("left_subarticular")]
     series_id, series_dir = study.choose_series(entry.series_dirs[2])
     _, geometry = dicom.read_series(series_dir, plane="axial")
     for a in axial:

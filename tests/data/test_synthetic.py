@@ -17,7 +17,7 @@ import pytest
 from pydicom.errors import InvalidDicomError
 from scipy import ndimage
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data import synthetic as S
 from lumbar_jax.data.synthetic import __main__ as synthetic_cli
 
@@ -71,18 +71,19 @@ def series_files(root: str, split: str, study_id, series_id) -> list[str]:
 def test_csvs_have_kaggle_headers_and_spellings(dataset):
     root, summary = dataset
     header, rows = read_csv(os.path.join(root, "train.csv"))
-    assert header == ["study_id", *L.TARGETS] and len(rows) == NUM_TRAIN
+    assert header == ["study_id", *labels.TARGETS] and len(rows) == NUM_TRAIN
     cells = [c for r in rows for c in r[1:]]
-    assert set(cells) <= set(L.SEVERITY_NAMES) | {""} and "" in cells
+    assert set(cells) <= set(labels.SEVERITY_NAMES) | {""} and "" in cells
     assert any(all(r[1 + c * 5 + lv] == "" for lv in range(5)) for r in rows for c in range(5))
 
     header, coords = read_csv(os.path.join(root, "train_label_coordinates.csv"))
     assert header == ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"]
-    assert {r[3] for r in coords} == set(L.CONDITION_CSV_NAMES) and {r[4] for r in coords} == set(L.LEVEL_CSV_NAMES)
+    assert {r[3] for r in coords} == set(labels.CONDITION_CSV_NAMES)
+    assert {r[4] for r in coords} == set(labels.LEVEL_CSV_NAMES)
 
     header, series = read_csv(os.path.join(root, "train_series_descriptions.csv"))
     assert header == ["study_id", "series_id", "series_description"]
-    assert {r[2] for r in series} == set(L.SERIES_DESCRIPTIONS)
+    assert {r[2] for r in series} == set(labels.SERIES_DESCRIPTIONS)
     per_study = {}
     for sid, _, desc in series:
         per_study.setdefault(sid, []).append(desc)
@@ -91,9 +92,10 @@ def test_csvs_have_kaggle_headers_and_spellings(dataset):
 
     header, test_series = read_csv(os.path.join(root, "test_series_descriptions.csv"))
     header_sub, sub = read_csv(os.path.join(root, "sample_submission.csv"))
-    assert header_sub == ["row_id", *L.SEVERITY_COLUMNS]
+    assert header_sub == ["row_id", *labels.SEVERITY_COLUMNS]
     test_ids = sorted({int(r[0]) for r in test_series})
-    assert len(test_ids) == NUM_TEST and [r[0] for r in sub] == [rid for s in test_ids for rid in L.study_row_ids(s)]
+    assert len(test_ids) == NUM_TEST
+    assert [r[0] for r in sub] == [rid for s in test_ids for rid in labels.study_row_ids(s)]
 
     all_ids = [int(r[0]) for r in rows] + test_ids
     series_ids = [int(r[1]) for r in series + test_series]
@@ -109,7 +111,7 @@ def test_one_coordinate_row_per_labelled_target_on_the_right_series(dataset, stu
     description = {(int(a), int(b)): c for a, b, c in series}
     annotated = {}
     for sid, ser, inst, cond, lv, x, y in coords:
-        key = (int(sid), L.target_index(L.condition_from_csv(cond), L.level_from_csv(lv)))
+        key = (int(sid), labels.target_index(labels.condition_from_csv(cond), labels.level_from_csv(lv)))
         assert key not in annotated
         annotated[key] = description[int(sid), int(ser)]
     expected_series = ("Sagittal T2/STIR", "Sagittal T1", "Sagittal T1", "Axial T2", "Axial T2")
@@ -118,13 +120,13 @@ def test_one_coordinate_row_per_labelled_target_on_the_right_series(dataset, stu
         present = {description[k] for k in description if k[0] == sid}
         for t, cell in enumerate(r[1:]):
             wanted = expected_series[t // 5]
-            assert ((sid, t) in annotated) == (cell != "" and wanted in present), (sid, L.TARGETS[t])
+            assert ((sid, t) in annotated) == (cell != "" and wanted in present), (sid, labels.TARGETS[t])
             if (sid, t) in annotated:
                 assert annotated[sid, t] == wanted
-                chosen = studies[sid].annotated_series(L.SERIES_DESCRIPTIONS.index(wanted))
+                chosen = studies[sid].annotated_series(labels.SERIES_DESCRIPTIONS.index(wanted))
                 assert chosen.series_id == int(next(c[1] for c in coords if int(c[0]) == sid
-                                                    and L.target_index(L.condition_from_csv(c[3]),
-                                                                       L.level_from_csv(c[4])) == t))
+                                                    and labels.target_index(labels.condition_from_csv(c[3]),
+                                                                       labels.level_from_csv(c[4])) == t))
 
 
 # ------------------------------------------------------------------------------------------------- DICOM
@@ -317,7 +319,7 @@ def test_label_coordinates_point_at_the_structures(dataset, studies):
     checked_bright = 0
     for sid, ser, inst, cond, lv, x, y in coords:
         st = studies[int(sid)]
-        t = L.target_index(L.condition_from_csv(cond), L.level_from_csv(lv))
+        t = labels.target_index(labels.condition_from_csv(cond), labels.level_from_csv(lv))
         ds = pydicom.dcmread(os.path.join(root, "train_images", sid, ser, f"{inst}.dcm"))
         p = pixel_to_patient(ds, float(x), float(y))
         iop = np.array(ds.ImageOrientationPatient, float)
@@ -329,14 +331,14 @@ def test_label_coordinates_point_at_the_structures(dataset, studies):
         if st.latent[t] == 0:
             img = content(ds)
             value = img[int(round(float(y))), int(round(float(x)))]
-            assert value > np.percentile(img, 80), (sid, L.TARGETS[t])
+            assert value > np.percentile(img, 80), (sid, labels.TARGETS[t])
             checked_bright += 1
     assert checked_bright > 50
 
 
 def _forced(latent_code: int):
     """Study 9 of SEED without quirks, every target forced to one latent grade (same anatomy otherwise)."""
-    return S.make_study(S.DatasetSpec(10, SEED, quirks=False), 9, latent=np.full(L.NUM_TARGETS, latent_code))
+    return S.make_study(S.DatasetSpec(10, SEED, quirks=False), 9, latent=np.full(labels.NUM_TARGETS, latent_code))
 
 
 def _bright_run(row: np.ndarray, centre: int, threshold: float) -> int:
@@ -366,7 +368,7 @@ def test_severity_visibly_narrows_the_structures_even_at_16x64x64():
     measures = {}
     for name, vols in images.items():
         canal, canal_low, foramen, recess = [], [], [], []
-        for lv in range(L.NUM_LEVELS):
+        for lv in range(labels.NUM_LEVELS):
             inst, x, y = coords[0, lv]
             vol, thr = vols[1], thresholds[1]
             canal.append(_bright_run(vol[inst - 1, round(y)], round(x), thr))
@@ -389,18 +391,18 @@ def test_severity_visibly_narrows_the_structures_even_at_16x64x64():
 def test_label_frequencies_noise_and_missingness_match_the_documented_model():
     latent, written = S.draw_labels(1, 10000)
     for group, prior in S.PRIORS.items():
-        idx = L.group_target_indices(group)
+        idx = labels.group_target_indices(group)
         lat, wr = latent[:, idx], written[:, idx]
-        labelled = wr != L.MISSING
+        labelled = wr != labels.MISSING
         for c in range(3):
             assert abs((lat == c).mean() - prior[c]) < 0.01, (group, c)
             assert abs((wr[labelled] == c).mean() - prior[c]) < 0.01, (group, c)
         moved = 2 * S.KAPPA * (min(prior[0], prior[1]) + min(prior[1], prior[2]))
         assert abs((lat[labelled] != wr[labelled]).mean() - moved) < 0.01, group
         assert np.all(np.abs(lat[labelled].astype(int) - wr[labelled]) <= 1)  # one grade at most
-    assert 0.015 < (written == L.MISSING).mean() < 0.03
+    assert 0.015 < (written == labels.MISSING).mean() < 0.03
     clean_latent, clean = S.draw_labels(1, 200, quirks=False)
-    assert (clean != L.MISSING).all() and np.array_equal(clean_latent, latent[:200])
+    assert (clean != labels.MISSING).all() and np.array_equal(clean_latent, latent[:200])
     assert np.array_equal(S.make_study(S.DatasetSpec(8, seed=1), 7).latent, latent[7])
     assert np.allclose(S.label_noise_matrix("foraminal").sum(1), 1)
 

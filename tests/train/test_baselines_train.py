@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from lumbar_jax import compare, cross_validation
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data import build, synthetic
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
@@ -55,7 +55,7 @@ def test_smoke_run_writes_the_run_directory(runs, name, model, loss_key):
     assert {"baseline", "weighted_prior", "balanced_accuracy"} <= set(saved["oof"])
     assert json.load(open(os.path.join(workdir, "config.json")))["model"]["name"] == model
     oof = pd.read_csv(os.path.join(workdir, "oof_predictions.csv"))
-    assert len(oof) == 25 * summary["num_studies"] and list(oof.columns) == ["row_id", *L.SEVERITY_COLUMNS, "fold"]
+    assert len(oof) == 25 * summary["num_studies"] and list(oof.columns) == ["row_id", *labels.SEVERITY_COLUMNS, "fold"]
     lines = [json.loads(x) for x in open(os.path.join(workdir, "fold_0", "metrics.jsonl"))]
     assert any(loss_key in x for x in lines) and any("val/score" in x for x in lines)
     if name == "baseline_vit2d":  # trained on cross-entropy, the metric loss logged beside it

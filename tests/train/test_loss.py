@@ -5,17 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax import metrics
 from lumbar_jax.train.loss import localisation_loss, metric_loss
 
 
 def _case(seed, n=12):
     rng = np.random.default_rng(seed)
-    labels = rng.choice(3, size=(n, L.NUM_TARGETS), p=[0.6, 0.25, 0.15])
-    labels[rng.random(labels.shape) < 0.15] = L.MISSING
-    labels[0, :5] = L.MISSING  # a study without any spinal label
-    logits = rng.normal(size=(n, L.NUM_TARGETS, 3)).astype(np.float32)
+    labels = rng.choice(3, size=(n, labels_lib.NUM_TARGETS), p=[0.6, 0.25, 0.15])
+    labels[rng.random(labels.shape) < 0.15] = labels_lib.MISSING
+    labels[0, :5] = labels_lib.MISSING  # a study without any spinal label
+    logits = rng.normal(size=(n, labels_lib.NUM_TARGETS, 3)).astype(np.float32)
     return labels, logits
 
 
@@ -33,9 +33,9 @@ def test_loss_equals_competition_score_of_softmax(seed):
 def test_hand_computed_weighting():
     # One spinal Severe row with uniform logits: CE = log 3 for every term; the mean is log 3 regardless of
     # weights, so break symmetry: add a Normal spinal row in another study predicted perfectly-ish.
-    labels = np.full((2, L.NUM_TARGETS), L.MISSING)
+    labels = np.full((2, labels_lib.NUM_TARGETS), labels_lib.MISSING)
     labels[0, 0], labels[1, 0] = 2, 0
-    logits = np.zeros((2, L.NUM_TARGETS, 3), np.float32)
+    logits = np.zeros((2, labels_lib.NUM_TARGETS, 3), np.float32)
     logits[1, 0] = [np.log(8.0), 0.0, 0.0]  # p(normal) = 0.8, p(severe) = 0.1
     loss, parts = metric_loss(jnp.asarray(logits), jnp.asarray(labels))
     spinal = (4 * np.log(3) + 1 * -np.log(0.8)) / 5
@@ -54,11 +54,11 @@ def test_padding_and_missing_labels_do_not_contribute_and_grads_are_finite():
     base = float(loss(jnp.asarray(logits)))
     changed = logits.copy()
     changed[-3:] = 50.0
-    changed[labels == L.MISSING] = -50.0
+    changed[labels == labels_lib.MISSING] = -50.0
     assert float(loss(jnp.asarray(changed))) == pytest.approx(base, rel=1e-6)
     grads = jax.grad(loss)(jnp.asarray(logits))
     assert np.all(np.isfinite(grads)) and np.all(np.asarray(grads)[-3:] == 0)
-    none = jnp.full_like(jnp.asarray(labels), L.MISSING)
+    none = jnp.full_like(jnp.asarray(labels), labels_lib.MISSING)
     assert np.all(np.isfinite(jax.grad(lambda x: metric_loss(x, none)[0])(jnp.asarray(logits))))
 
 
@@ -67,12 +67,12 @@ def test_localisation_loss_on_a_hand_made_example():
     # target 1 annotated on series 0 (absent: ignored), the rest without coordinates.
     key_series = np.array([0, 0, 1, 1])
     key_centres = np.array([[0.5, 0.0, 0.5], [0.5, 1.0, 0.5], [0.5, 0.0, 0.5], [0.5, 1.0, 0.5]])
-    coords = np.full((1, L.NUM_TARGETS, 3), -1.0, np.float32)
-    coords_series = np.full((1, L.NUM_TARGETS), -1, np.int32)
+    coords = np.full((1, labels_lib.NUM_TARGETS, 3), -1.0, np.float32)
+    coords_series = np.full((1, labels_lib.NUM_TARGETS), -1, np.int32)
     coords[0, 0], coords_series[0, 0] = [0.5, 0.25, 0.5], 1
     coords[0, 1], coords_series[0, 1] = [0.5, 0.5, 0.5], 0
     present = np.array([[False, True]])
-    attention = np.full((1, L.NUM_TARGETS, 4), 0.25, np.float32)
+    attention = np.full((1, labels_lib.NUM_TARGETS, 4), 0.25, np.float32)
     attention[0, 0] = [0.0, 0.0, 0.6, 0.4]
     sigma = 0.5
     batch = {"coords": coords, "coords_series": coords_series, "present": present}
@@ -114,13 +114,13 @@ def test_localisation_loss_follows_the_left_right_flip():
     key_mirror = np.array([index[(s, *np.round(c, 6))] for s, c in zip(key_series, mirrored)])
 
     rng = np.random.default_rng(0)
-    study = {"coords": rng.uniform(0, 1, (1, L.NUM_TARGETS, 3)).astype(np.float32),
-             "coords_series": rng.integers(-1, 3, (1, L.NUM_TARGETS)).astype(np.int32),
-             "labels": rng.integers(0, 3, (1, L.NUM_TARGETS))}
-    attention = rng.dirichlet(np.ones(len(key_series)), (1, L.NUM_TARGETS)).astype(np.float32)
+    study = {"coords": rng.uniform(0, 1, (1, labels_lib.NUM_TARGETS, 3)).astype(np.float32),
+             "coords_series": rng.integers(-1, 3, (1, labels_lib.NUM_TARGETS)).astype(np.int32),
+             "labels": rng.integers(0, 3, (1, labels_lib.NUM_TARGETS))}
+    attention = rng.dirichlet(np.ones(len(key_series)), (1, labels_lib.NUM_TARGETS)).astype(np.float32)
     present = np.ones((1, 3), bool)
     flipped = flip_left_right(study)
-    flipped_attention = attention[:, L.MIRROR_TARGET_INDEX][..., key_mirror]
+    flipped_attention = attention[:, labels_lib.MIRROR_TARGET_INDEX][..., key_mirror]
 
     def loss(attn, s):
         return localisation_loss(attn, {**s, "present": present}, (key_series, key_centres), shape, 0.1)
@@ -137,8 +137,8 @@ def test_unweighted_cross_entropy_matches_a_hand_computation():
     every class and target weighted 1; missing labels and padding rows left out."""
     from lumbar_jax.train.loss import cross_entropy_loss
 
-    logits = np.zeros((2, L.NUM_TARGETS, 3), np.float32)
-    labels = np.full((2, L.NUM_TARGETS), L.MISSING)
+    logits = np.zeros((2, labels_lib.NUM_TARGETS, 3), np.float32)
+    labels = np.full((2, labels_lib.NUM_TARGETS), labels_lib.MISSING)
     logits[0, 0] = [np.log(2.0), 0.0, 0.0]  # p = (1/2, 1/4, 1/4)
     labels[0, 0] = 0  # -log 1/2
     logits[0, 7] = [0.0, 0.0, np.log(2.0)]
@@ -150,5 +150,5 @@ def test_unweighted_cross_entropy_matches_a_hand_computation():
     assert float(loss) == pytest.approx(expected, rel=1e-6) and float(parts["cross_entropy"]) == float(loss)
     loss_all, _ = cross_entropy_loss(jnp.asarray(logits), jnp.asarray(labels))  # row 1 counts without `valid`
     assert float(loss_all) == pytest.approx((3 * expected + np.log(3.0)) / 4, rel=1e-6)
-    empty, _ = cross_entropy_loss(jnp.asarray(logits), jnp.full((2, L.NUM_TARGETS), L.MISSING))
+    empty, _ = cross_entropy_loss(jnp.asarray(logits), jnp.full((2, labels_lib.NUM_TARGETS), labels_lib.MISSING))
     assert float(empty) == 0.0

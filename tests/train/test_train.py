@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax import cross_validation, main as main_module
 from lumbar_jax import rundir
 from lumbar_jax.train import config as config_lib
@@ -43,9 +43,9 @@ def test_one_step_per_fold_writes_checkpoints_metrics_and_cv_outputs(data_dir, t
         lines = [json.loads(x) for x in open(os.path.join(fold, "metrics.jsonl"))]
         assert any("train/loss" in x for x in lines) and any("val/score" in x for x in lines)
     oof = pd.read_csv(os.path.join(workdir, "oof_predictions.csv"))
-    assert list(oof.columns) == ["row_id", *L.SEVERITY_COLUMNS, "fold"]
+    assert list(oof.columns) == ["row_id", *labels.SEVERITY_COLUMNS, "fold"]
     assert len(oof) == 25 * summary["num_studies"] and oof["row_id"].is_unique
-    np.testing.assert_allclose(oof[list(L.SEVERITY_COLUMNS)].sum(axis=1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(oof[list(labels.SEVERITY_COLUMNS)].sum(axis=1), 1.0, atol=1e-4)
     saved = json.load(open(os.path.join(workdir, "cv_summary.json")))
     assert saved["oof"]["score"] == pytest.approx(summary["oof"]["score"])
     assert "baseline" in saved["oof"] and "weighted_prior" in saved["oof"] and len(saved["folds"]) == 2

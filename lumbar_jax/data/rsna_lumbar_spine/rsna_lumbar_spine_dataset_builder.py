@@ -36,7 +36,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from lumbar_jax import cli
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data import problems, study
 from lumbar_jax.dataset_configs import DATASET_SHAPES, GRID_DATASETS, NATIVE_AFFINE, NATIVE_MAX_SIZE, NATIVE_VOLUMES
 
@@ -148,8 +148,8 @@ class _BuildTally:
         self.problems: list[problems.Problem] = []
 
     def add(self, split: str, example: dict, found: list) -> None:
-        absent = self.absent.setdefault(split, dict.fromkeys(L.SERIES_TYPES, 0))
-        for name, present in zip(L.SERIES_TYPES, example["present"]):
+        absent = self.absent.setdefault(split, dict.fromkeys(labels.SERIES_TYPES, 0))
+        for name, present in zip(labels.SERIES_TYPES, example["present"]):
             absent[name] += int(not present)
         self.problems.extend(found)
 
@@ -181,17 +181,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         native = {}
         if self.builder_config.native_max_size is not None:
             native = {name: _volume_feature((None, None, None)) for name in NATIVE_VOLUMES}
-            native[NATIVE_AFFINE] = tfds.features.Tensor(shape=(len(L.SERIES_TYPES), 4, 4), dtype=np.float32)
+            native[NATIVE_AFFINE] = tfds.features.Tensor(shape=(len(labels.SERIES_TYPES), 4, 4), dtype=np.float32)
         return self.dataset_info_from_configs(
             description=_DESCRIPTION,
             features=tfds.features.FeaturesDict({
                 "study_id": np.int64,
-                **{name: _volume_feature(shape) for name in L.SERIES_TYPES},
-                "present": tfds.features.Tensor(shape=(len(L.SERIES_TYPES),), dtype=np.bool_),
-                "series_ids": tfds.features.Tensor(shape=(len(L.SERIES_TYPES),), dtype=np.int64),
-                "labels": tfds.features.Tensor(shape=(L.NUM_TARGETS,), dtype=np.int64),
-                "coords": tfds.features.Tensor(shape=(L.NUM_TARGETS, 3), dtype=np.float32),
-                "coords_series": tfds.features.Tensor(shape=(L.NUM_TARGETS,), dtype=np.int64),
+                **{name: _volume_feature(shape) for name in labels.SERIES_TYPES},
+                "present": tfds.features.Tensor(shape=(len(labels.SERIES_TYPES),), dtype=np.bool_),
+                "series_ids": tfds.features.Tensor(shape=(len(labels.SERIES_TYPES),), dtype=np.int64),
+                "labels": tfds.features.Tensor(shape=(labels.NUM_TARGETS,), dtype=np.int64),
+                "coords": tfds.features.Tensor(shape=(labels.NUM_TARGETS, 3), dtype=np.float32),
+                "coords_series": tfds.features.Tensor(shape=(labels.NUM_TARGETS,), dtype=np.int64),
                 **native,
             }),
             supervised_keys=None,

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data.synthetic.labels import QUIRK_PERIOD
 from lumbar_jax.data.synthetic.phantom import Anatomy
 
@@ -72,7 +72,7 @@ class Series:
 
     @property
     def description(self) -> str:
-        return L.SERIES_DESCRIPTIONS[self.kind]
+        return labels.SERIES_DESCRIPTIONS[self.kind]
 
     @property
     def junk_name(self) -> str:
@@ -160,7 +160,7 @@ def _axial(rng, anat, series_id, number, groups, tilted, flags, matrix_scale: in
     matrix `_MATRICES` x matrix_scale."""
     fov, m = rng.uniform(66, 78), int(rng.choice(_MATRICES, p=_MATRIX_P))
     xy = anat.origin[:2] + (rng.uniform(-3, 3), -3 + rng.uniform(-3, 3))
-    level_z = anat.centres()[: L.NUM_LEVELS, 2]
+    level_z = anat.centres()[: labels.NUM_LEVELS, 2]
     gap = rng.uniform(2.6, 3.2)
     slices = []
     for i, levels in enumerate(groups):
@@ -224,13 +224,13 @@ def plan_series(rng: np.random.Generator, anat: Anatomy, ids: np.ndarray, index:
               _axial(rng, anat, ids[3], 3, groups, tilted, flags[2], matrix_scale)]
     entries = []
     if "two_axial_series" in study_quirks:  # a shorter repeat over two levels
-        first = int(rng.integers(L.NUM_LEVELS - 1))
+        first = int(rng.integers(labels.NUM_LEVELS - 1))
         series.append(_axial(rng, anat, ids[4], 4, [[first, first + 1]], -1, {}, matrix_scale))
         entries.append(("two_axial_series", int(ids[4]), "shorter extra series"))
     if "missing_series" in study_quirks:
         kind = _MISSING_SERIES_CYCLE[(index // QUIRK_PERIOD) % len(_MISSING_SERIES_CYCLE)]
         series = [s for s in series if s.kind != kind]
-        entries.append(("missing_series", None, L.SERIES_DESCRIPTIONS[kind]))
+        entries.append(("missing_series", None, labels.SERIES_DESCRIPTIONS[kind]))
     return series, entries
 
 
@@ -240,5 +240,5 @@ def _axial_groups(rng: np.random.Generator, index: int, axial_flags: dict) -> tu
     groups = [[0, 1], [2, 3], [4]] if index % QUIRK_PERIOD == 1 else _SUBSTACK_GROUPS[rng.integers(4)]
     tilted = int(rng.integers(len(groups)))
     if not axial_flags.get("axial_substacks"):
-        return [list(range(L.NUM_LEVELS))], -1
+        return [list(range(labels.NUM_LEVELS))], -1
     return groups, tilted

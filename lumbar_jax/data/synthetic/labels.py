@@ -30,7 +30,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax import metrics
 
 PRIORS = {  # metric group -> latent (= written) class frequencies, from the real train.csv
@@ -43,7 +43,7 @@ RHO_STUDY, RHO_PAIR = 0.2, 0.3  # copula loadings: study factor, (group, level) 
 P_MISSING_CELL = 0.012  # probability that a cell of train.csv is left empty (quirks only)
 QUIRK_PERIOD = 20  # the scheduled quirks (here: a missing condition) repeat every QUIRK_PERIOD study indices
 
-GROUP_NAMES = tuple(L.CONDITION_GROUPS)  # the metric groups, in labels.CONDITION_GROUPS order
+GROUP_NAMES = tuple(labels.CONDITION_GROUPS)  # the metric groups, in labels.CONDITION_GROUPS order
 
 
 def label_noise_matrix(group: str) -> np.ndarray:
@@ -66,20 +66,20 @@ def draw_study_labels(seed: int, index: int, quirks: bool) -> tuple[np.ndarray, 
     All random numbers are drawn whether or not quirks are on, so the latent severities never depend on it.
     """
     rng = np.random.default_rng([seed, 0, index, 0])
-    g_study, g_pair, e = rng.standard_normal(), rng.standard_normal((3, L.NUM_LEVELS)), rng.standard_normal(25)
-    z = np.sqrt(RHO_STUDY) * g_study + np.sqrt(RHO_PAIR) * g_pair[L.TARGET_GROUP, L.TARGET_LEVEL]
+    g_study, g_pair, e = rng.standard_normal(), rng.standard_normal((3, labels.NUM_LEVELS)), rng.standard_normal(25)
+    z = np.sqrt(RHO_STUDY) * g_study + np.sqrt(RHO_PAIR) * g_pair[labels.TARGET_GROUP, labels.TARGET_LEVEL]
     z += np.sqrt(1.0 - RHO_STUDY - RHO_PAIR) * e
-    thr = _THRESHOLDS[L.TARGET_GROUP]
+    thr = _THRESHOLDS[labels.TARGET_GROUP]
     latent = (z > thr[:, 0]).astype(np.int8) + (z > thr[:, 1])
-    cdf = _NOISE_CDF[L.TARGET_GROUP, latent]  # [25, 3]
+    cdf = _NOISE_CDF[labels.TARGET_GROUP, latent]  # [25, 3]
     written = (rng.random(25)[:, None] > cdf[:, :2]).sum(1).astype(np.int8)
-    missing_cells, missing_condition = rng.random(25) < P_MISSING_CELL, int(rng.integers(L.NUM_CONDITIONS))
+    missing_cells, missing_condition = rng.random(25) < P_MISSING_CELL, int(rng.integers(labels.NUM_CONDITIONS))
     if not quirks:
         return latent, written, None
-    written[missing_cells] = L.MISSING
+    written[missing_cells] = labels.MISSING
     if index % QUIRK_PERIOD != 0:
         return latent, written, None
-    written[missing_condition * L.NUM_LEVELS:(missing_condition + 1) * L.NUM_LEVELS] = L.MISSING
+    written[missing_condition * labels.NUM_LEVELS:(missing_condition + 1) * labels.NUM_LEVELS] = labels.MISSING
     return latent, written, missing_condition
 
 
@@ -98,7 +98,7 @@ def noise_floor_score(seed: int = 0, num_studies: int = 20000) -> dict:
     "num_studies"} (scores: lower is better).
     """
     latent, written = draw_labels(seed, num_studies)
-    perfect = _NOISE[L.TARGET_GROUP[None, :], latent]  # [N, 25, 3]
+    perfect = _NOISE[labels.TARGET_GROUP[None, :], latent]  # [N, 25, 3]
     prior = metrics.class_prior_baseline(written, num_studies)
     return {"noise_floor": metrics.competition_score(written, perfect)["score"],
             "class_prior": metrics.competition_score(written, prior)["score"], "num_studies": num_studies}

@@ -16,14 +16,14 @@ from concurrent.futures import ProcessPoolExecutor
 
 from tqdm import tqdm
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data.synthetic.dicom_writer import write_study
 from lumbar_jax.data.synthetic.labels import KAPPA
 from lumbar_jax.data.synthetic.plan import DatasetSpec, Study, draw_ids, make_study
 
 VERSION = "1.0.0"
 SUMMARY_NAME = "synthetic_summary.json"
-_LABELS_HEADER = ",".join(("study_id",) + L.TARGETS)  # train.csv, test_solution.csv
+_LABELS_HEADER = ",".join(("study_id",) + labels.TARGETS)  # train.csv, test_solution.csv
 _DESCRIPTIONS_HEADER = "study_id,series_id,series_description"
 
 
@@ -83,7 +83,8 @@ def _write_csv(path: str, header: str, rows: list) -> int:
 
 def _label_rows(studies: list[Study]) -> list[list]:
     """train.csv rows: study_id, then the written severity name of each target ("" = missing)."""
-    return [[st.study_id, *("" if c == L.MISSING else L.SEVERITY_NAMES[c] for c in st.labels)] for st in studies]
+    return [[st.study_id, *("" if c == labels.MISSING else labels.SEVERITY_NAMES[c] for c in st.labels)]
+            for st in studies]
 
 
 def _description_rows(studies: list[Study]) -> list[list]:
@@ -94,7 +95,7 @@ def _description_rows(studies: list[Study]) -> list[list]:
 
 def _write_train_csvs(out_dir: str, train: list[Study]) -> list[int]:
     """train.csv, train_label_coordinates.csv, train_series_descriptions.csv; their sizes."""
-    coordinate_rows = [[st.study_id, series_id, instance, L.CONDITION_CSV_NAMES[c], L.LEVEL_CSV_NAMES[lv],
+    coordinate_rows = [[st.study_id, series_id, instance, labels.CONDITION_CSV_NAMES[c], labels.LEVEL_CSV_NAMES[lv],
                         f"{x:.4f}", f"{y:.4f}"] for st in train for c, lv, series_id, instance, x, y in st.coordinates]
     return [
         _write_csv(os.path.join(out_dir, "train.csv"), _LABELS_HEADER, _label_rows(train)),
@@ -110,8 +111,9 @@ def _write_test_csvs(out_dir: str, test: list[Study]) -> list[int]:
     return [
         _write_csv(os.path.join(out_dir, "test_series_descriptions.csv"), _DESCRIPTIONS_HEADER,
                    _description_rows(test)),
-        _write_csv(os.path.join(out_dir, "sample_submission.csv"), "row_id," + ",".join(L.SEVERITY_COLUMNS),
-                   [[rid, *["0.333333"] * L.NUM_SEVERITIES] for st in test for rid in L.study_row_ids(st.study_id)]),
+        _write_csv(os.path.join(out_dir, "sample_submission.csv"), "row_id," + ",".join(labels.SEVERITY_COLUMNS),
+                   [[rid, *["0.333333"] * labels.NUM_SEVERITIES]
+                    for st in test for rid in labels.study_row_ids(st.study_id)]),
         # Not in the Kaggle layout (the competition keeps it hidden): the test labels, so that a
         # submission can be scored locally with `python -m lumbar_jax.score --solution test_solution.csv`.
         _write_csv(os.path.join(out_dir, "test_solution.csv"), _LABELS_HEADER, _label_rows(test)),
@@ -133,8 +135,8 @@ def _summary(settings: dict, studies: list[Study], results: list[dict], csv_size
         "files": sum(r["files"] for r in results) + len(csv_sizes),
         "bytes": sum(r["bytes"] for r in results) + sum(csv_sizes),
         "label_noise": {"kappa": KAPPA, "moved_labels_train": int(sum(
-            ((st.latent != st.labels) & (st.labels != L.MISSING)).sum() for st in train))},
-        "missing_label_cells": int(sum((st.labels == L.MISSING).sum() for st in train)),
+            ((st.latent != st.labels) & (st.labels != labels.MISSING)).sum() for st in train))},
+        "missing_label_cells": int(sum((st.labels == labels.MISSING).sum() for st in train)),
         "quirks": {name: occurrences[name] for name in sorted(occurrences)},
         "unreadable_files": sorted(p for r in results for p in r["unreadable"]),
     }

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data.synthetic.labels import GROUP_NAMES
 
 SHRINK = {  # metric group -> per-class range of the narrowing fraction n (module docstring)
@@ -82,7 +82,7 @@ class Anatomy:
         fu, fv, fdw = self.foramen[:3]
         ru, rv = self.recess[:2]
         per_condition = [(0.0, 0.0, 0.0), (fu, fv, fdw), (-fu, fv, fdw), (ru, rv, 0.0), (-ru, rv, 0.0)]
-        a = np.array([(u, v, self.level_w[lv] + dw) for u, v, dw in per_condition for lv in range(L.NUM_LEVELS)])
+        a = np.array([(u, v, self.level_w[lv] + dw) for u, v, dw in per_condition for lv in range(labels.NUM_LEVELS)])
         return self.to_patient(a.T).T
 
 
@@ -93,16 +93,16 @@ def make_anatomy(rng: np.random.Generator, latent: np.ndarray) -> Anatomy:
     ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
     rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
     spacing = rng.uniform(11.8, 13.2)
-    level_w = (2 - np.arange(L.NUM_LEVELS)) * spacing + rng.uniform(-0.6, 0.6, L.NUM_LEVELS)
+    level_w = (2 - np.arange(labels.NUM_LEVELS)) * spacing + rng.uniform(-0.6, 0.6, labels.NUM_LEVELS)
     bu, bv = rng.uniform(15, 18), rng.uniform(10.5, 12.5)
-    ranges = np.array([SHRINK[g] for g in GROUP_NAMES])[L.TARGET_GROUP, latent]  # [25, 2]
+    ranges = np.array([SHRINK[g] for g in GROUP_NAMES])[labels.TARGET_GROUP, latent]  # [25, 2]
     return Anatomy(
         origin=rng.uniform(-1, 1, 3) * (10.0, 20.0, 40.0),
         rotation=rz @ ry @ rx,
         scale=rng.uniform(0.93, 1.07),
         lordosis=rng.uniform(-0.003, 0.003),
         level_w=level_w,
-        disc_half=rng.uniform(1.8, 2.6, L.NUM_LEVELS),
+        disc_half=rng.uniform(1.8, 2.6, labels.NUM_LEVELS),
         body=(bu, bv, -(6.5 + rng.uniform(0, 1) + bv)),
         posterior=(rng.uniform(22, 25), -7.0, rng.uniform(20, 26)),
         canal=(rng.uniform(6.0, 7.0), rng.uniform(5.5, 6.5)),
@@ -138,7 +138,7 @@ def phantom(anat: Anatomy, points: np.ndarray, sequence: int) -> np.ndarray:
     k = np.searchsorted(-(level_w[:-1] + level_w[1:]) / 2, -w)  # nearest disc level [N]
     dw = w - level_w[k]
     left, au = u > 0, np.abs(u)  # patient left = +u: the left-condition structures
-    sh = anat.shrink.reshape(L.NUM_CONDITIONS, L.NUM_LEVELS).astype(np.float32)
+    sh = anat.shrink.reshape(labels.NUM_CONDITIONS, labels.NUM_LEVELS).astype(np.float32)
     profile = np.exp(-((dw * np.float32(1 / _STENOSIS_SIGMA)) ** 2))  # a level's narrowing along w
     bg, bone, body_c, disc_c, fat, csf = _f32(*anat.contrast[sequence])
 

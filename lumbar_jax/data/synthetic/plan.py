@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels as labels_lib
 from lumbar_jax.data import study as study_lib
 from lumbar_jax.data.synthetic.acquisition import Series, plan_series
 from lumbar_jax.data.synthetic.labels import draw_study_labels
@@ -105,8 +105,8 @@ def _label_quirk_entries(written: np.ndarray, missing_condition: int | None) -> 
     """Quirk entries (quirk, None, detail) of a train study's empty train.csv cells: a whole condition, cells."""
     entries = []
     if missing_condition is not None:
-        entries.append(("missing_condition", None, L.CONDITION_CSV_NAMES[missing_condition]))
-    cells = int((written == L.MISSING).sum()) - (L.NUM_LEVELS if missing_condition is not None else 0)
+        entries.append(("missing_condition", None, labels_lib.CONDITION_CSV_NAMES[missing_condition]))
+    cells = int((written == labels_lib.MISSING).sum()) - (labels_lib.NUM_LEVELS if missing_condition is not None else 0)
     if cells:
         entries.append(("missing_label_cells", None, f"{cells} cells"))
     return entries
@@ -128,9 +128,9 @@ def _label_coordinates(anat: Anatomy, series: list[Series], written: np.ndarray)
     that series is missing)."""
     coords = []
     centres = anat.centres()
-    for t in np.flatnonzero(written != L.MISSING):
-        cond, lv = divmod(int(t), L.NUM_LEVELS)
-        s = choose_series(series, L.CONDITION_SERIES[cond])
+    for t in np.flatnonzero(written != labels_lib.MISSING):
+        cond, lv = divmod(int(t), labels_lib.NUM_LEVELS)
+        s = choose_series(series, labels_lib.CONDITION_SERIES[cond])
         if s is not None:
             coords.append((cond, lv, s.series_id, *s.locate(centres[t])))
     return coords
