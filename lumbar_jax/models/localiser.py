@@ -207,6 +207,8 @@ def localiser_loss(output: LocaliserOutput, coords: jax.Array, coords_series: ja
     coords float [B, 25, 3] normalised; coords_series int [B, 25]; present bool [B, 3]; volume_shape: the
     model's input [D, H, W] (the voxel unit).
     Returns (loss, {"distance": mean voxel distance, "heatmap_ce", "annotated": number of trained targets}).
+    Seven parameters, not a record: the output, the batch's three label arrays as the train step holds them
+    (a record would only rename those features) and three keyword-only settings, two with defaults.
     """
     extent = jnp.asarray([max(n - 1, 1) for n in volume_shape], jnp.float32)
     trained = trained_targets(coords_series, present)
