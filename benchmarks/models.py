@@ -54,14 +54,14 @@ def jax_encoder(kind: str, variant: str, p: dict, dtype: str = "float32"):
     from flax import nnx
 
     from lumbar_jax.models import resolve_kernels
-    from lumbar_jax.models.efficientnet import EfficientNet
-    from lumbar_jax.models.vit import VisionTransformer
+    from lumbar_jax.models.efficientnet import EfficientNet, EfficientNetConfig
+    from lumbar_jax.models.vit import ViTConfig, VisionTransformer
 
-    kw = dict(in_channels=1, num_classes=NUM_CLASSES, kernels=resolve_kernels("auto"), dtype=jnp.dtype(dtype),
-              rngs=nnx.Rngs(params=0, dropout=1))
+    kw = dict(kernels=resolve_kernels("auto"), dtype=jnp.dtype(dtype), rngs=nnx.Rngs(params=0, dropout=1))
     if kind == "vit":
-        return VisionTransformer(variant, input_shape=p["shape"], patch=p["vit_patch"], **kw)
-    return EfficientNet(variant, ndim=3, **kw)
+        config = ViTConfig.preset(variant, input_shape=p["shape"], patch=p["vit_patch"], num_classes=NUM_CLASSES)
+        return VisionTransformer(config, **kw)
+    return EfficientNet(EfficientNetConfig.preset(variant, ndim=3, num_classes=NUM_CLASSES), **kw)
 
 
 def _jax_steps(model, batch: int, shape) -> tuple[Any, Any, dict]:

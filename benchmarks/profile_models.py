@@ -208,11 +208,12 @@ def _jax_component_steps(width: int, hidden: int, heads: int, x) -> tuple[dict[t
 
     rngs = nnx.Rngs(0)
     kernels = resolve_kernels("auto")
+    block = transformer.BlockConfig(width, heads)
     ours = {
         "layernorm": transformer.layer_norm(width, dtype=None, param_dtype=jnp.float32, rngs=rngs),
-        "attention (qkv, softmax(QK^T)V, proj)": transformer.Attention(width, heads, kernels=kernels, rngs=rngs),
-        "mlp (fc1, GELU, fc2)": transformer.Mlp(width, hidden, width, rngs=rngs),
-        "block (all of the above + residuals)": transformer.Block(width, heads, kernels=kernels, rngs=rngs),
+        "attention (qkv, softmax(QK^T)V, proj)": transformer.Attention(block, kernels=kernels, rngs=rngs),
+        "mlp (fc1, GELU, fc2)": transformer.Mlp((width, hidden, width), rngs=rngs),
+        "block (all of the above + residuals)": transformer.Block(block, kernels=kernels, rngs=rngs),
     }
     fns: dict[tuple, Any] = {}
     xj = jnp.asarray(x)

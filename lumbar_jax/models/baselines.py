@@ -21,6 +21,8 @@ systems did not, an absent series is simply an all-zero input.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -28,7 +30,7 @@ from flax import nnx
 from lumbar_jax import labels as L
 from lumbar_jax.models.fused import normalize_volumes
 from lumbar_jax.models.transformer import dense
-from lumbar_jax.models.vit import VisionTransformer
+from lumbar_jax.models.vit import ViTConfig, VisionTransformer
 
 BASELINE_MODELS = ("vit2d", "vit3d_grid")
 SLICE_SERIES = L.SERIES_TYPES.index("sagittal_t2")  # the series system A reads
@@ -101,17 +103,17 @@ class GridViT(nnx.Module):
         return (logits, maps) if return_attention else logits
 
 
-def create_baseline(cfg, variant, *, kernels: str, dtype, param_dtype, rngs: nnx.Rngs) -> SliceViT | GridViT:
-    """The baseline model of a validated `model` section whose name is in BASELINE_MODELS; `variant`: the ViT
-    size (a vit.VIT_VARIANTS name or a ViTVariant); `kernels`: layers.KERNELS."""
+def create_baseline(cfg, vit: ViTConfig, *, kernels: str, dtype, param_dtype, rngs: nnx.Rngs) -> SliceViT | GridViT:
+    """The baseline model of a validated `model` section whose name is in BASELINE_MODELS; `vit`: the ViT (3
+    input channels), built here for the model's input and patch; `kernels`: layers.KERNELS."""
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    vit_kw = dict(in_channels=3, pool=cfg["pool"], dropout=cfg["encoder_dropout"], drop_path=cfg["drop_path"],
-                  kernels=kernels, **kw)
     if cfg["name"] == "vit2d":
         image_size = tuple(cfg["image_size"])
-        vit = VisionTransformer(variant, input_shape=image_size, patch=tuple(cfg["patch"])[1:], **vit_kw)
-        return SliceViT(vit, LinearHead(vit.num_features, **kw), image_size, dtype=dtype)
+        encoder = VisionTransformer(dataclasses.replace(vit, input_shape=image_size, patch=tuple(cfg["patch"])[1:]),
+                                    kernels=kernels, **kw)
+        return SliceViT(encoder, LinearHead(encoder.num_features, **kw), image_size, dtype=dtype)
     if cfg["name"] == "vit3d_grid":
-        vit = VisionTransformer(variant, input_shape=tuple(cfg["volume_shape"]), patch=tuple(cfg["patch"]), **vit_kw)
-        return GridViT(vit, LinearHead(vit.num_features, **kw), dtype=dtype)
+        grid = dataclasses.replace(vit, input_shape=tuple(cfg["volume_shape"]), patch=tuple(cfg["patch"]))
+        encoder = VisionTransformer(grid, kernels=kernels, **kw)
+        return GridViT(encoder, LinearHead(encoder.num_features, **kw), dtype=dtype)
     raise ValueError(f"model.name: {cfg['name']!r} is not one of {BASELINE_MODELS}")

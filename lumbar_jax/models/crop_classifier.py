@@ -25,7 +25,7 @@ every token attend to every token (embeddings only).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -33,10 +33,10 @@ from flax import nnx
 
 from lumbar_jax import labels as L
 from lumbar_jax.labels import NUM_SEVERITIES, NUM_TARGETS
-from lumbar_jax.models.efficientnet import EfficientNet, EffNetVariant
+from lumbar_jax.models.efficientnet import EfficientNet, EfficientNetConfig
 from lumbar_jax.models.fused import SeriesEncoder, normalize_volumes
-from lumbar_jax.models.transformer import TRUNC_NORMAL, Block, CrossBlock, dense, layer_norm
-from lumbar_jax.models.vit import VisionTransformer, ViTVariant
+from lumbar_jax.models.transformer import TRUNC_NORMAL, Block, BlockConfig, CrossBlock, dense, layer_norm
+from lumbar_jax.models.vit import ViTConfig, VisionTransformer
 
 NUM_SIDES = 3  # labels.TARGET_SIDE values: 0 none, 1 left, 2 right
 
@@ -48,12 +48,13 @@ class SlicePooling(nnx.Module):
     crops are mirrored, so slice order means the same on both sides); one pre-LN cross-attention block (with
     its MLP), then LayerNorm."""
 
-    def __init__(self, num_slices: int, hidden: int, *, num_heads: int, dropout: float, dtype, param_dtype,
-                 rngs: nnx.Rngs):
+    def __init__(self, num_slices: int, block: BlockConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        """block: the cross-attention block (its `dim` is the width E)."""
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        hidden = block.dim
         self.slice_embed = nnx.Param(TRUNC_NORMAL(rngs.params(), (num_slices, hidden), param_dtype))
         self.query = nnx.Param(TRUNC_NORMAL(rngs.params(), (1, 1, hidden), param_dtype))
-        self.block = CrossBlock(hidden, num_heads, dropout=dropout, **kw)
+        self.block = CrossBlock(block, **kw)
         self.norm = layer_norm(hidden, **kw)
 
     def __call__(self, slices: jax.Array) -> jax.Array:
@@ -64,48 +65,66 @@ class SlicePooling(nnx.Module):
         return self.norm(pooled[:, 0])
 
 
+@dataclasses.dataclass(frozen=True)
+class CropClassifierConfig:
+    """The crop classifier: its 2D slice encoders (at least one), the slice pooling and the study head."""
+
+    crop_shape: tuple[int, int, int]  # (K, P, P) built for: slice embedding per K, ViT positions for P x P
+    vit: ViTConfig | None  # the slice ViT (input_shape (P, P), 1 channel, no classes), or None
+    effnet: EfficientNetConfig | None  # the slice EfficientNet (ndim 2, 1 channel, no classes), or None
+    effnet_pool: int = 1  # average-pooling of the slices before the EfficientNet only (2: P/2 x P/2; CPU speed)
+    hidden: int = 256  # width of the slice pooling and the study head
+    num_heads: int = 4  # their attention heads
+    depth: int = 2  # the study head's self-attention blocks over the 25 crop tokens
+    dropout: float = 0.0  # in the pooling and head blocks
+
+    def __post_init__(self):
+        object.__setattr__(self, "crop_shape", tuple(int(n) for n in self.crop_shape))
+        encoders = [e for e in (self.vit, self.effnet) if e is not None]
+        if not encoders:
+            raise ValueError("the crop classifier needs a ViT, an EfficientNet or both")
+        if any(e.in_channels != 1 or e.num_classes for e in encoders):
+            raise ValueError("the slice encoders take 1 channel and return features (num_classes 0)")
+        if self.vit is not None and self.vit.input_shape != self.crop_shape[1:]:
+            raise ValueError(f"vit.input_shape {self.vit.input_shape} is not the crop's {self.crop_shape[1:]}")
+        if self.effnet is not None and self.effnet.ndim != 2:
+            raise ValueError("the slice EfficientNet must be 2D (effnet.ndim 2)")
+
+    def block(self) -> BlockConfig:
+        """The attention blocks of the slice pooling and the study head."""
+        return BlockConfig(self.hidden, self.num_heads, dropout=self.dropout)
+
+
 class CropClassifier(nnx.Module):
     """crops `[B, 25, K, P, P]` (uint8 scale), crop_present bool `[B, 25]` -> logits float32 `[B, 25, 3]`
     (see the module docstring).
 
-    crop_shape: (K, P, P) the model is built for (the slice embedding is per K; the ViT position embeddings
-      are learned for P x P and resampled for other sizes).
-    vit / effnet: a vit.VIT_VARIANTS / efficientnet.EFFNET_VARIANTS name (or variant), or None to leave that
-      encoder out (at least one is required). vit_patch: the ViT's 2D patch (h, w); vit_pool: 'cls' or 'mean'.
-    effnet_pool: average-pooling factor of the slices before the EfficientNet only (1 = none; 2 = P/2 x P/2):
-      on the CPU the EfficientNet's large early feature maps dominate the step (the ViT keeps the detail).
-    hidden, num_heads: width and heads of the slice pooling and the study head; depth: its transformer blocks.
-    dropout: in the pooling and head blocks; drop_path: the encoders' stochastic depth.
-    kernels: layers.KERNELS ('cpu' | 'xla'), for every convolution and attention; effnet_padding: 'symmetric'
-      (timm efficientnet_b*) or 'same' (tf_efficientnet_b*).
+    config: a CropClassifierConfig; kernels: layers.KERNELS ('cpu' | 'xla'), for every convolution and
+    attention. On the CPU the EfficientNet's large early feature maps dominate the step, hence
+    `config.effnet_pool` (the ViT keeps the detail).
     """
 
-    def __init__(self, *, crop_shape: Sequence[int], vit: str | ViTVariant | None, effnet: str | EffNetVariant | None,
-                 vit_patch: Sequence[int] = (16, 16), vit_pool: str = "cls", effnet_pool: int = 1, hidden: int = 256,
-                 num_heads: int = 4, depth: int = 2, dropout: float = 0.0, drop_path: float = 0.0, dtype=jnp.float32,
-                 param_dtype=jnp.float32, kernels: str, effnet_padding: str = "symmetric", rngs: nnx.Rngs):
-        if vit is None and effnet is None:
-            raise ValueError("the crop classifier needs a ViT, an EfficientNet or both")
-        self.crop_shape = tuple(int(n) for n in crop_shape)
+    def __init__(self, config: CropClassifierConfig, *, kernels: str, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        self.crop_shape = config.crop_shape
         self.dtype = dtype
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         vit_encoder = effnet_encoder = None
-        if vit is not None:
-            vit_encoder = VisionTransformer(vit, input_shape=self.crop_shape[1:], patch=tuple(vit_patch), pool=vit_pool,
-                                            drop_path=drop_path, kernels=kernels, **kw)
-        if effnet is not None:
-            effnet_encoder = EfficientNet(effnet, ndim=2, drop_path=drop_path, padding=effnet_padding, kernels=kernels,
-                                          **kw)
+        if config.vit is not None:
+            vit_encoder = VisionTransformer(config.vit, kernels=kernels, **kw)
+        if config.effnet is not None:
+            effnet_encoder = EfficientNet(config.effnet, kernels=kernels, **kw)
         # A list of one shared slice encoder: StudyModel's layout, which pretrained.apply_pretrained loads.
-        self.encoders = nnx.List([SeriesEncoder(vit_encoder, effnet_encoder, (effnet_pool, effnet_pool))])
-        features = self.encoders[0].num_features
+        pool = (config.effnet_pool, config.effnet_pool)
+        self.encoders = nnx.List([SeriesEncoder(vit_encoder, effnet_encoder, pool)])
+        features, hidden, block = self.encoders[0].num_features, config.hidden, config.block()
         self.slice_norm = layer_norm(features, **kw)
         self.slice_proj = dense(features, hidden, **kw)
-        self.pool = SlicePooling(self.crop_shape[0], hidden, num_heads=num_heads, dropout=dropout, **kw)
+        self.pool = SlicePooling(self.crop_shape[0], block, **kw)
         embed = lambda n: nnx.Param(TRUNC_NORMAL(rngs.params(), (n, hidden), param_dtype))  # noqa: E731
         self.condition_embed, self.level_embed = embed(L.NUM_CONDITIONS), embed(L.NUM_LEVELS)
         self.side_embed = embed(NUM_SIDES)
-        self.blocks = nnx.List([Block(hidden, num_heads, kernels=kernels, dropout=dropout, **kw) for _ in range(depth)])
+        self.blocks = nnx.List([Block(block, kernels=kernels, **kw) for _ in range(config.depth)])
         self.norm_out = layer_norm(hidden, **kw)
         self.classifier = dense(hidden, NUM_SEVERITIES, **kw)
         self.target_bias = nnx.Param(jnp.zeros((NUM_TARGETS, NUM_SEVERITIES), param_dtype))

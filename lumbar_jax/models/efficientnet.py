@@ -11,6 +11,7 @@ BatchNorm statistics in training can be restricted to a subset of samples (absen
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from functools import partial
@@ -57,27 +58,50 @@ BN_MOMENTUM, BN_EPS = 0.9, 1e-5
 BN_EPS_TF = 1e-3
 
 
-class EffNetVariant(NamedTuple):
+PADDINGS = ("symmetric", "same")
+
+
+@dataclasses.dataclass(frozen=True)
+class EfficientNetConfig:
+    """An EfficientNet: its compound scaling (an EFFNET_VARIANTS preset) and the input and layout it is built
+    for. `EfficientNetConfig.preset('effnet_b0', ndim=2, in_channels=3, num_classes=1000)`."""
+
     width: float  # channel multiplier
     depth: float  # repeats multiplier
     resolution: int  # the paper's training resolution (2D ImageNet); informative
-    dropout: float  # before the classifier
+    dropout: float  # before the classifier (only with num_classes)
     head_channels: int = 1280  # conv_head width before width scaling
-    stages: tuple[Stage, ...] = B0_STAGES
+    stages: tuple[Stage, ...] = B0_STAGES  # the unscaled stages
+    ndim: int = 3  # 3: volumes [N, D, H, W, C]; 2: images [N, H, W, C] (timm-compatible)
+    in_channels: int = 1  # input channels C
+    num_classes: int = 0  # 0: pooled features out; else a linear classifier to this many logits
+    drop_path: float = 0.2  # stochastic depth of the last block, rising linearly from 0 (reference 0.2)
+    padding: str = "symmetric"  # 'symmetric' (timm efficientnet_b*) or 'same' (TF, timm tf_efficientnet_b*)
+    bn_eps: float | None = None  # BatchNorm epsilon; None: the padding's (BN_EPS / BN_EPS_TF, as timm)
+
+    def __post_init__(self):
+        if self.ndim not in (2, 3):
+            raise ValueError(f"ndim must be 2 or 3, got {self.ndim}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding {self.padding!r} is not one of {PADDINGS}")
+
+    @classmethod
+    def preset(cls, name: str, **fields) -> EfficientNetConfig:
+        """The EFFNET_VARIANTS scaling `name` with `fields` replaced."""
+        return dataclasses.replace(EFFNET_VARIANTS[name], **fields)
 
 
 EFFNET_VARIANTS = {
-    "effnet_b0": EffNetVariant(1.0, 1.0, 224, 0.2),
-    "effnet_b1": EffNetVariant(1.0, 1.1, 240, 0.2),
-    "effnet_b2": EffNetVariant(1.1, 1.2, 260, 0.3),
-    "effnet_b3": EffNetVariant(1.2, 1.4, 300, 0.3),
-    "effnet_b4": EffNetVariant(1.4, 1.8, 380, 0.4),
-    "effnet_b5": EffNetVariant(1.6, 2.2, 456, 0.4),
-    "effnet_b6": EffNetVariant(1.8, 2.6, 528, 0.5),
-    "effnet_b7": EffNetVariant(2.0, 3.1, 600, 0.5),
-    "effnet_cpu": EffNetVariant(0.5, 1.0, 64, 0.0, head_channels=128, stages=CPU_STAGES),
+    "effnet_b0": EfficientNetConfig(1.0, 1.0, 224, 0.2),
+    "effnet_b1": EfficientNetConfig(1.0, 1.1, 240, 0.2),
+    "effnet_b2": EfficientNetConfig(1.1, 1.2, 260, 0.3),
+    "effnet_b3": EfficientNetConfig(1.2, 1.4, 300, 0.3),
+    "effnet_b4": EfficientNetConfig(1.4, 1.8, 380, 0.4),
+    "effnet_b5": EfficientNetConfig(1.6, 2.2, 456, 0.4),
+    "effnet_b6": EfficientNetConfig(1.8, 2.6, 528, 0.5),
+    "effnet_b7": EfficientNetConfig(2.0, 3.1, 600, 0.5),
+    "effnet_cpu": EfficientNetConfig(0.5, 1.0, 64, 0.0, head_channels=128, stages=CPU_STAGES),
 }
-PADDINGS = ("symmetric", "same")
 
 
 def round_filters(filters: int, width: float, divisor: int = 8) -> int:
@@ -146,11 +170,23 @@ class SqueezeExcite(nnx.Module):
         return x * jax.nn.sigmoid(s)
 
 
+@dataclasses.dataclass(frozen=True)
+class MBConvConfig:
+    """One MBConv block (of the EfficientNet and of the localiser)."""
+
+    cin: int  # input channels
+    cout: int  # output channels
+    kernel: int  # depthwise kernel size per axis
+    stride: int | tuple[int, ...]  # depthwise stride (per axis); a skip needs the int 1
+    expand_ratio: int = 1  # 1: DepthwiseSeparableConv; else InvertedResidual with cin * expand_ratio channels
+    drop_path: float = 0.0  # stochastic depth of the skip branch
+
+
 class DepthwiseSeparableConv(nnx.Module):
     """MBConv without expansion (the first stage): conv_dw -> bn1 -> SiLU -> se -> conv_pw -> bn2 (+ skip)."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, drop_path: float, conv: Callable,
-                 norm: Callable, rngs: nnx.Rngs):
+    def __init__(self, config: MBConvConfig, conv: Callable, norm: Callable, rngs: nnx.Rngs):
+        cin, cout, kernel, stride, drop_path = config.cin, config.cout, config.kernel, config.stride, config.drop_path
         self.conv_dw = conv(cin, cin, kernel, stride, groups=cin, rngs=rngs)
         self.bn1 = norm(cin, rngs=rngs)
         self.se = SqueezeExcite(cin, max(1, int(cin * SE_RATIO)), conv, rngs)
@@ -171,9 +207,9 @@ class InvertedResidual(nnx.Module):
     """MBConv: conv_pw (expand 1x1) -> bn1 -> SiLU -> conv_dw -> bn2 -> SiLU -> se -> conv_pwl (project 1x1)
     -> bn3 (+ stochastic-depth skip when the shape is kept)."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand_ratio: int, drop_path: float,
-                 conv: Callable, norm: Callable, rngs: nnx.Rngs):
-        mid = cin * expand_ratio
+    def __init__(self, config: MBConvConfig, conv: Callable, norm: Callable, rngs: nnx.Rngs):
+        cin, cout, kernel, stride, drop_path = config.cin, config.cout, config.kernel, config.stride, config.drop_path
+        mid = cin * config.expand_ratio
         self.conv_pw = conv(cin, mid, 1, rngs=rngs)
         self.bn1 = norm(mid, rngs=rngs)
         self.conv_dw = conv(mid, mid, kernel, stride, groups=mid, rngs=rngs)
@@ -193,6 +229,14 @@ class InvertedResidual(nnx.Module):
         return x + self.drop_path(y) if self.has_skip else y
 
 
+def mbconv(config: MBConvConfig, conv: Callable, norm: Callable, rngs: nnx.Rngs) -> nnx.Module:
+    """The block of `config`: a DepthwiseSeparableConv (expand_ratio 1) or an InvertedResidual, its convolutions
+    from `conv(cin, cout, kernel, stride, *, groups, use_bias, rngs)` and BatchNorms from `norm(channels, *,
+    rngs)`."""
+    block = DepthwiseSeparableConv if config.expand_ratio == 1 else InvertedResidual
+    return block(config, conv, norm, rngs)
+
+
 def _conv(cin, cout, kernel, stride=1, *, groups=1, use_bias=False, ndim, padding, kernels, dtype, param_dtype,
           rngs):
     """nnx.Conv with timm's padding and init (He normal on fan-out; depthwise: on its k^d taps) whose
@@ -207,41 +251,22 @@ def _conv(cin, cout, kernel, stride=1, *, groups=1, use_bias=False, ndim, paddin
 class EfficientNet(nnx.Module):
     """EfficientNet encoder: `[N, *S, C]` -> features `[N, num_features]` (`num_classes == 0`) or logits.
 
-    ndim: 3 (volumes `[N, D, H, W, C]`) or 2 (images `[N, H, W, C]`, timm-compatible).
-    drop_path: stochastic depth of the last block (rising linearly from 0 over the blocks; reference 0.2).
-    padding: 'symmetric' (timm `efficientnet_b*`) or 'same' (TF, timm `tf_efficientnet_b*`).
-    bn_eps: BatchNorm epsilon; None = the layout's (BN_EPS for 'symmetric', BN_EPS_TF for 'same', as timm).
+    config: an EfficientNetConfig (scaling, stages, input, padding layout, stochastic depth).
     kernels: the convolution implementation, one of layers.KERNELS ('cpu': shifted slices and im2col, fast on
       XLA:CPU; 'xla': lax).
     """
 
-    def __init__(
-        self,
-        variant: str | EffNetVariant,
-        *,
-        kernels: str,
-        ndim: int = 3,
-        in_channels: int = 1,
-        num_classes: int = 0,
-        drop_path: float = 0.2,
-        padding: str = "symmetric",
-        bn_eps: float | None = None,
-        dtype=None,
-        param_dtype=jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        v = EFFNET_VARIANTS[variant] if isinstance(variant, str) else variant
-        if ndim not in (2, 3):
-            raise ValueError(f"ndim must be 2 or 3, got {ndim}")
-        if padding not in PADDINGS:
-            raise ValueError(f"padding {padding!r} is not one of {PADDINGS}")
-        conv = partial(_conv, ndim=ndim, padding=padding, kernels=kernels, dtype=dtype, param_dtype=param_dtype)
+    def __init__(self, config: EfficientNetConfig, *, kernels: str, dtype=None, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        v = config
+        conv = partial(_conv, ndim=v.ndim, padding=v.padding, kernels=kernels, dtype=dtype, param_dtype=param_dtype)
+        bn_eps = v.bn_eps
         if bn_eps is None:
-            bn_eps = BN_EPS_TF if padding == "same" else BN_EPS
+            bn_eps = BN_EPS_TF if v.padding == "same" else BN_EPS
         norm = partial(MaskedBatchNorm, momentum=BN_MOMENTUM, epsilon=bn_eps, dtype=dtype, param_dtype=param_dtype)
 
         stem = round_filters(STEM_CHANNELS, v.width)
-        self.conv_stem = conv(in_channels, stem, 3, 2, rngs=rngs)
+        self.conv_stem = conv(v.in_channels, stem, 3, 2, rngs=rngs)
         self.bn1 = norm(stem, rngs=rngs)
         stages = [s._replace(channels=round_filters(s.channels, v.width), repeats=round_repeats(s.repeats, v.depth))
                   for s in v.stages]
@@ -250,22 +275,19 @@ class EfficientNet(nnx.Module):
         for s in stages:
             stage = []
             for j in range(s.repeats):
-                rate, stride = drop_path * idx / total, s.stride if j == 0 else 1
-                if s.expand_ratio == 1:
-                    stage.append(DepthwiseSeparableConv(cin, s.channels, s.kernel, stride, rate, conv, norm, rngs))
-                else:
-                    stage.append(InvertedResidual(cin, s.channels, s.kernel, stride, s.expand_ratio, rate, conv,
-                                                  norm, rngs))
+                rate, stride = v.drop_path * idx / total, s.stride if j == 0 else 1
+                block = MBConvConfig(cin, s.channels, s.kernel, stride, s.expand_ratio, rate)
+                stage.append(mbconv(block, conv, norm, rngs))
                 cin, idx = s.channels, idx + 1
             blocks.append(nnx.List(stage))
         self.blocks = nnx.List(blocks)
         self.num_features = round_filters(v.head_channels, v.width)
         self.conv_head = conv(cin, self.num_features, 1, rngs=rngs)
         self.bn2 = norm(self.num_features, rngs=rngs)
-        self.head_drop = dropout_layer(v.dropout if num_classes else 0.0, rngs)
+        self.head_drop = dropout_layer(v.dropout if v.num_classes else 0.0, rngs)
         self.classifier = (
-            nnx.Linear(self.num_features, num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-            if num_classes else None
+            nnx.Linear(self.num_features, v.num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            if v.num_classes else None
         )
 
     def output_grid(self, spatial_shape) -> tuple[int, ...]:

@@ -14,6 +14,7 @@ masked out as an attention key (`attention`, `target_query`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -25,7 +26,7 @@ from flax import nnx
 from lumbar_jax import labels as L
 from lumbar_jax.data.dicom_geometry import index_to_normalized
 from lumbar_jax.labels import NUM_SEVERITIES, NUM_TARGETS
-from lumbar_jax.models.transformer import TRUNC_NORMAL, Block, CrossBlock, Mlp, dense, layer_norm
+from lumbar_jax.models.transformer import TRUNC_NORMAL, Block, BlockConfig, CrossBlock, Mlp, dense, layer_norm
 
 FUSIONS = ("concat_mlp", "attention", "target_query")
 NUM_OUTPUTS = NUM_TARGETS * NUM_SEVERITIES
@@ -33,6 +34,32 @@ NUM_OUTPUTS = NUM_TARGETS * NUM_SEVERITIES
 # rate per step, and a logit bias must travel several units within a few hundred steps (a per-parameter
 # learning-rate multiplier that survives checkpointing and needs no optimizer partition).
 LOCATION_BIAS_SCALE = 16.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionHeadConfig:
+    """A fusion head and the encoder outputs it reads."""
+
+    kind: str  # one of FUSIONS
+    hidden: int  # head width (the MLP's hidden layer, the attention blocks' tokens)
+    num_heads: int  # attention heads ('attention', 'target_query')
+    dropout: float  # in the head's blocks and MLP
+    num_series: int = len(L.SERIES_TYPES)  # series per study S
+    features: int = 0  # pooled feature width F of a series (pooled heads)
+    sources: tuple[tuple[tuple[int, ...], int], ...] = ()  # (token grid, width) per token source ('target_query')
+    volume_shape: tuple[int, ...] = ()  # [D, H, W] the token grids cover ('target_query')
+    depth: int = 1  # cross-attention blocks ('target_query')
+
+    def __post_init__(self):
+        if self.kind not in FUSIONS:
+            raise ValueError(f"fusion {self.kind!r} is not one of {FUSIONS}")
+        sources = tuple((tuple(int(n) for n in grid), int(width)) for grid, width in self.sources)
+        object.__setattr__(self, "sources", sources)
+        object.__setattr__(self, "volume_shape", tuple(int(n) for n in self.volume_shape))
+
+    def block(self) -> BlockConfig:
+        """The head's attention blocks."""
+        return BlockConfig(self.hidden, self.num_heads, dropout=self.dropout)
 
 
 def _present_features(features: jax.Array, present: jax.Array) -> jax.Array:
@@ -54,12 +81,13 @@ class ConcatMLPHead(_PooledHead):
     """LayerNorm each series' features, add the series-type embedding, zero absent series, concatenate the S
     vectors and the present mask, MLP -> 25 x 3."""
 
-    def __init__(self, features: int, num_series: int, *, hidden: int, dropout: float, dtype=None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, config: FusionHeadConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        features, num_series = config.features, config.num_series
         self.norm = layer_norm(features, **kw)
         self.series_embed = nnx.Param(TRUNC_NORMAL(rngs.params(), (num_series, features), param_dtype))
-        self.mlp = Mlp(num_series * (features + 1), hidden, NUM_OUTPUTS, dropout=dropout, out_dropout=0.0, **kw)
+        self.mlp = Mlp((num_series * (features + 1), config.hidden, NUM_OUTPUTS), dropout=config.dropout,
+                       out_dropout=0.0, **kw)
 
     def __call__(self, features: jax.Array, present: jax.Array) -> jax.Array:
         """features `[B, S, F]`, present bool `[B, S]` -> logits `[B, 25, 3]`."""
@@ -76,16 +104,17 @@ class AttentionHead(_PooledHead):
     The query is itself a key, so a study with no series present still has a well-defined output. `kernels`:
     the block's attention implementation (layers.KERNELS)."""
 
-    def __init__(self, features: int, num_series: int, *, hidden: int, num_heads: int, dropout: float,
-                 kernels: str, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, config: FusionHeadConfig, *, kernels: str, dtype=None, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.norm = layer_norm(features, **kw)
-        self.proj = dense(features, hidden, **kw)
-        self.series_embed = nnx.Param(TRUNC_NORMAL(rngs.params(), (num_series, hidden), param_dtype))
+        hidden = config.hidden
+        self.norm = layer_norm(config.features, **kw)
+        self.proj = dense(config.features, hidden, **kw)
+        self.series_embed = nnx.Param(TRUNC_NORMAL(rngs.params(), (config.num_series, hidden), param_dtype))
         self.query = nnx.Param(TRUNC_NORMAL(rngs.params(), (1, 1, hidden), param_dtype))
-        self.block = Block(hidden, num_heads, kernels=kernels, dropout=dropout, **kw)
+        self.block = Block(config.block(), kernels=kernels, **kw)
         self.norm_out = layer_norm(hidden, **kw)
-        self.mlp = Mlp(hidden, hidden, NUM_OUTPUTS, dropout=dropout, out_dropout=0.0, **kw)
+        self.mlp = Mlp((hidden, hidden, NUM_OUTPUTS), dropout=config.dropout, out_dropout=0.0, **kw)
 
     def __call__(self, features: jax.Array, present: jax.Array) -> jax.Array:
         """features `[B, S, F]`, present bool `[B, S]` -> logits `[B, 25, 3]`."""
@@ -138,12 +167,11 @@ class TargetQueryHead(nnx.Module):
 
     spatial = True
 
-    def __init__(self, sources: Sequence[tuple[Sequence[int], int]], num_series: int, *, volume_shape,
-                 hidden: int, num_heads: int, depth: int, dropout: float, dtype=None, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+    def __init__(self, config: FusionHeadConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.grids = tuple(tuple(grid) for grid, _ in sources)
-        self.volume_shape = tuple(volume_shape)
+        sources, num_series, hidden = config.sources, config.num_series, config.hidden
+        self.grids = tuple(grid for grid, _ in sources)
+        self.volume_shape = config.volume_shape
         self.num_series = num_series
         self.norms = nnx.List([layer_norm(width, **kw) for _, width in sources])
         self.projs = nnx.List([dense(width, hidden, **kw) for _, width in sources])
@@ -151,7 +179,7 @@ class TargetQueryHead(nnx.Module):
         embed = lambda n: nnx.Param(TRUNC_NORMAL(rngs.params(), (n, hidden), param_dtype))  # noqa: E731
         self.group_embed, self.side_embed = embed(len(L.CONDITION_GROUPS)), embed(3)
         self.level_embed, self.target_embed = embed(L.NUM_LEVELS), embed(NUM_TARGETS)
-        self.blocks = nnx.List([CrossBlock(hidden, num_heads, dropout=dropout, **kw) for _ in range(depth)])
+        self.blocks = nnx.List([CrossBlock(config.block(), **kw) for _ in range(config.depth)])
         num_keys = num_series * sum(math.prod(grid) for grid in self.grids)
         self.location_bias = nnx.Param(jnp.zeros((NUM_TARGETS, num_keys), param_dtype))
         self.norm_out = layer_norm(hidden, **kw)
@@ -202,19 +230,13 @@ class TargetQueryHead(nnx.Module):
         return (logits, sum(weights) / len(weights)) if return_attention else logits
 
 
-def fusion_head(kind: str, features: int, num_series: int, *, hidden: int, num_heads: int, dropout: float,
-                kernels: str, sources: Sequence[tuple[Sequence[int], int]] = (), volume_shape=(), depth: int = 1,
-                dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.Module:
-    """The head named `kind` (one of FUSIONS). `features`: pooled feature width (pooled heads); `kernels`:
-    layers.KERNELS (the `attention` head's self-attention; the target-query head computes its attention
-    weights explicitly); `sources`: (token grid, width) of each token source, `volume_shape` `[D, H, W]` they
-    cover and `depth`: cross-attention blocks (`target_query`)."""
-    kw = dict(hidden=hidden, dropout=dropout, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    if kind == "concat_mlp":
-        return ConcatMLPHead(features, num_series, **kw)
-    if kind == "attention":
-        return AttentionHead(features, num_series, num_heads=num_heads, kernels=kernels, **kw)
-    if kind == "target_query":
-        return TargetQueryHead(sources, num_series, volume_shape=volume_shape, num_heads=num_heads, depth=depth,
-                               **kw)
-    raise ValueError(f"fusion {kind!r} is not one of {FUSIONS}")
+def fusion_head(config: FusionHeadConfig, *, kernels: str, dtype=None, param_dtype=jnp.float32,
+                rngs: nnx.Rngs) -> nnx.Module:
+    """The head of `config.kind`. `kernels`: layers.KERNELS (the `attention` head's self-attention; the
+    target-query head computes its attention weights explicitly)."""
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    if config.kind == "concat_mlp":
+        return ConcatMLPHead(config, **kw)
+    if config.kind == "attention":
+        return AttentionHead(config, kernels=kernels, **kw)
+    return TargetQueryHead(config, **kw)

@@ -34,13 +34,7 @@ from lumbar_jax import labels as L
 from lumbar_jax.data.augment import mirror_volume
 from lumbar_jax.data.dicom_geometry import RIGHT_TO_LEFT_AXIS, voxel_extent
 from lumbar_jax.labels import TARGET_SERIES
-from lumbar_jax.models.efficientnet import (
-    BN_EPS,
-    BN_MOMENTUM,
-    DepthwiseSeparableConv,
-    InvertedResidual,
-    MaskedBatchNorm,
-)
+from lumbar_jax.models.efficientnet import BN_EPS, BN_MOMENTUM, MBConvConfig, MaskedBatchNorm, mbconv
 from lumbar_jax.models.fused import normalize_volumes
 from lumbar_jax.models.layers import CONV, conv_padding
 
@@ -145,11 +139,7 @@ class Localiser(nnx.Module):
             stage = []
             for j in range(s.repeats):
                 stride = tuple(s.stride) if j == 0 and tuple(s.stride) != (1, 1, 1) else 1  # 1: may skip
-                if s.expand_ratio == 1:
-                    stage.append(DepthwiseSeparableConv(cin, s.channels, s.kernel, stride, 0.0, conv, norm, rngs))
-                else:
-                    stage.append(InvertedResidual(cin, s.channels, s.kernel, stride, s.expand_ratio, 0.0, conv,
-                                                  norm, rngs))
+                stage.append(mbconv(MBConvConfig(cin, s.channels, s.kernel, stride, s.expand_ratio), conv, norm, rngs))
                 cin = s.channels
             grid = _strided(grid, s.stride)
             blocks.append(nnx.List(stage))
@@ -160,7 +150,7 @@ class Localiser(nnx.Module):
         width = v.decoder_channels
         self.lateral = nnx.List([conv(s.channels, width, 1, rngs=rngs) for s in v.stages[v.heatmap_stage:]])
         self.decoder_norm = norm(width, rngs=rngs)
-        self.refine = DepthwiseSeparableConv(width, width, 3, 1, 0.0, conv, norm, rngs)
+        self.refine = mbconv(MBConvConfig(width, width, 3, 1), conv, norm, rngs)
         self.head = conv(width, L.NUM_TARGETS, 1, use_bias=True, rngs=rngs)
 
     def _decoded(self, x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -215,6 +205,8 @@ def localiser_loss(output: LocaliserOutput, coords: jax.Array, coords_series: ja
     coords float [B, 25, 3] normalised; coords_series int [B, 25]; present bool [B, 3]; volume_shape: the
     model's input [D, H, W] (the voxel unit).
     Returns (loss, {"distance": mean voxel distance, "heatmap_ce", "annotated": number of trained targets}).
+    Seven parameters, not a record: the output, the batch's three label arrays as the train step holds them
+    (a record would only rename those features) and three keyword-only settings, two with defaults.
     """
     extent = jnp.asarray(voxel_extent(volume_shape), jnp.float32)
     trained = trained_targets(coords_series, present)

@@ -16,13 +16,13 @@ from flax import nnx
 
 from lumbar_jax.labels import SERIES_TYPES
 from lumbar_jax.models import baselines, pretrained
-from lumbar_jax.models.crop_classifier import CropClassifier
-from lumbar_jax.models.efficientnet import EfficientNet
+from lumbar_jax.models.crop_classifier import CropClassifier, CropClassifierConfig
+from lumbar_jax.models.efficientnet import EfficientNet, EfficientNetConfig
 from lumbar_jax.models.fused import SeriesEncoder, StudyModel
-from lumbar_jax.models.heads import fusion_head
+from lumbar_jax.models.heads import FusionHeadConfig, fusion_head
 from lumbar_jax.models.localiser import Localiser
 from lumbar_jax.models.layers import KERNELS
-from lumbar_jax.models.vit import VIT_VARIANTS, VisionTransformer
+from lumbar_jax.models.vit import ViTConfig, VisionTransformer
 
 # Model name -> the encoders each series goes through (their features are concatenated).
 MODEL_ENCODERS = {"vit": ("vit",), "effnet": ("effnet",), "vit_effnet": ("vit", "effnet")}
@@ -60,31 +60,41 @@ def create_model(config: Mapping, rngs: nnx.Rngs, load_pretrained: bool = False)
     `model.eval()` for inference. `model.kernels` is resolved here, once, for every layer.
     `load_pretrained`: load `pretrained_vit` / `pretrained_effnet` into the encoders (training start; the
     heads keep their initialisation)."""
-    kernels = resolve_kernels(config["kernels"])
-    kw = dict(dtype=jnp.dtype(config["dtype"]), param_dtype=jnp.dtype(config["param_dtype"]), rngs=rngs)
-    encoders = encoders_of(config)
-    vit_variant = _vit_variant(config) if "vit" in encoders else None
+    kw = _runtime(config, rngs)
     if config["name"] in BASELINE_MODELS:
-        model = baselines.create_baseline(config, vit_variant, kernels=kernels, **kw)
+        vit = _vit_config(config, in_channels=3, dropout=config["encoder_dropout"])
+        model = baselines.create_baseline(config, vit, **kw)
     else:
-        model = _study_model(config, encoders, vit_variant, kernels, kw)
+        model = _study_model(config, kw)
     if load_pretrained:
         pretrained.apply_pretrained(model, config)
     return model
 
 
-def _vit_variant(config: Mapping):
-    """The `model.vit` variant, `model.vit_depth` blocks deep when that is set."""
-    variant = VIT_VARIANTS[config["vit"]]
-    return variant._replace(depth=config["vit_depth"]) if config["vit_depth"] else variant
+def _runtime(config: Mapping, rngs: nnx.Rngs) -> dict:
+    """The keyword arguments every model constructor takes besides its config record: the `model` section's
+    kernels (resolved), dtype and param_dtype, and `rngs`."""
+    return dict(kernels=resolve_kernels(config["kernels"]), dtype=jnp.dtype(config["dtype"]),
+                param_dtype=jnp.dtype(config["param_dtype"]), rngs=rngs)
+
+
+def _vit_config(config: Mapping, **fields) -> ViTConfig:
+    """The `model.vit` preset, `model.vit_depth` blocks deep when that is set, with `pool`, `drop_path` and
+    `fields`."""
+    depth = dict(depth=config["vit_depth"]) if config["vit_depth"] else {}
+    return ViTConfig.preset(config["vit"], **depth, pool=config["pool"], drop_path=config["drop_path"], **fields)
+
+
+def _effnet_config(config: Mapping, ndim: int) -> EfficientNetConfig:
+    """The `model.effnet` preset, `ndim`-D, with `drop_path` and `effnet_padding`."""
+    return EfficientNetConfig.preset(config["effnet"], ndim=ndim, drop_path=config["drop_path"],
+                                     padding=config["effnet_padding"])
 
 
 def create_localiser(config: Mapping, model_config: Mapping, volume_shape, rngs: nnx.Rngs) -> Localiser:
     """Stage 1 of the two-stage pipeline from the run config's `localiser` section: `model(volumes [B, 3, D, H,
     W], present [B, 3]).points -> [B, 25, 3]`. Kernels and dtypes are the `model` section's."""
-    return Localiser(config["variant"], volume_shape=tuple(volume_shape),
-                     kernels=resolve_kernels(model_config["kernels"]), dtype=jnp.dtype(model_config["dtype"]),
-                     param_dtype=jnp.dtype(model_config["param_dtype"]), rngs=rngs)
+    return Localiser(config["variant"], volume_shape=tuple(volume_shape), **_runtime(model_config, rngs))
 
 
 def create_crop_classifier(config: Mapping, crop_shape, rngs: nnx.Rngs, load_pretrained: bool = False
@@ -93,38 +103,35 @@ def create_crop_classifier(config: Mapping, crop_shape, rngs: nnx.Rngs, load_pre
     crop_present [B, 25]) -> logits [B, 25, 3]`, each crop slice through the 2D encoders of `model.name` (the
     EfficientNet's input average-pooled by the [h, w] of `model.effnet_pool`).
     `load_pretrained`: timm weights into the 2D encoders, 1:1 (no inflation)."""
-    encoders = encoders_of(config)
-    model = CropClassifier(
-        crop_shape=tuple(crop_shape), vit=_vit_variant(config) if "vit" in encoders else None,
-        effnet=config["effnet"] if "effnet" in encoders else None, effnet_pool=config["effnet_pool"][1],
-        vit_patch=tuple(config["slice_patch"]),
-        vit_pool=config["pool"], hidden=config["head_hidden"], num_heads=config["head_heads"],
-        depth=config["head_depth"], dropout=config["dropout"], drop_path=config["drop_path"],
-        dtype=jnp.dtype(config["dtype"]), param_dtype=jnp.dtype(config["param_dtype"]),
-        kernels=resolve_kernels(config["kernels"]), effnet_padding=config["effnet_padding"], rngs=rngs)
+    encoders, crop_shape = encoders_of(config), tuple(crop_shape)
+    vit = _vit_config(config, input_shape=crop_shape[1:], patch=config["slice_patch"]) if "vit" in encoders else None
+    classifier = CropClassifierConfig(
+        crop_shape, vit=vit, effnet=_effnet_config(config, ndim=2) if "effnet" in encoders else None,
+        effnet_pool=config["effnet_pool"][1], hidden=config["head_hidden"], num_heads=config["head_heads"],
+        depth=config["head_depth"], dropout=config["dropout"])
+    model = CropClassifier(classifier, **_runtime(config, rngs))
     if load_pretrained:
         pretrained.apply_pretrained(model, config)
     return model
 
 
-def _study_model(config: Mapping, encoders: tuple[str, ...], vit_variant, kernels: str, kw: dict) -> StudyModel:
-    """Per-series encoders (one set shared by the series types, or one set per type) and the fusion head."""
-    volume_shape = tuple(config["volume_shape"])
+def _study_model(config: Mapping, kw: dict) -> StudyModel:
+    """Per-series encoders (one set shared by the series types, or one set per type) and the fusion head;
+    `kw`: kernels, dtype, param_dtype, rngs."""
+    volume_shape, encoders = tuple(config["volume_shape"]), encoders_of(config)
+    vit = effnet = None
+    if "vit" in encoders:
+        vit = _vit_config(config, input_shape=volume_shape, patch=config["patch"], dropout=config["encoder_dropout"])
+    if "effnet" in encoders:
+        effnet = _effnet_config(config, ndim=3)
 
     def series_encoder() -> SeriesEncoder:
-        vit = effnet = None
-        if "vit" in encoders:
-            vit = VisionTransformer(vit_variant, input_shape=volume_shape, patch=tuple(config["patch"]),
-                                    pool=config["pool"], dropout=config["encoder_dropout"],
-                                    drop_path=config["drop_path"], kernels=kernels, **kw)
-        if "effnet" in encoders:
-            effnet = EfficientNet(config["effnet"], ndim=3, drop_path=config["drop_path"],
-                                  padding=config["effnet_padding"], kernels=kernels, **kw)
-        return SeriesEncoder(vit, effnet, tuple(config["effnet_pool"]))
+        return SeriesEncoder(VisionTransformer(vit, **kw) if vit is not None else None,
+                             EfficientNet(effnet, **kw) if effnet is not None else None, tuple(config["effnet_pool"]))
 
     series = [series_encoder() for _ in range(1 if config["share_encoders"] else len(SERIES_TYPES))]
-    head = fusion_head(config["fusion"], series[0].num_features, len(SERIES_TYPES), hidden=config["head_hidden"],
-                       num_heads=config["head_heads"], dropout=config["dropout"], kernels=kernels,
-                       sources=series[0].token_sources(volume_shape), volume_shape=volume_shape,
-                       depth=config["head_depth"], **kw)
-    return StudyModel(series, head, dtype=kw["dtype"])
+    head = FusionHeadConfig(config["fusion"], hidden=config["head_hidden"], num_heads=config["head_heads"],
+                            dropout=config["dropout"], num_series=len(SERIES_TYPES),
+                            features=series[0].num_features, sources=series[0].token_sources(volume_shape),
+                            volume_shape=volume_shape, depth=config["head_depth"])
+    return StudyModel(series, fusion_head(head, **kw), dtype=kw["dtype"])

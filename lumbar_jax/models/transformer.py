@@ -7,6 +7,8 @@ mlp.fc1, mlp.fc2) so pretrained weights map 1:1 (torch Linear `weight [out, in]`
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -16,6 +18,21 @@ from lumbar_jax.models.layers import DropPath, dropout_layer
 # timm ViT initialisation: truncated normal(0.02) weights, zero biases; LayerNorm eps 1e-6.
 TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02)
 LN_EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+    """The architecture of one pre-LN attention block (self- or cross-attention) and of its attention."""
+
+    dim: int  # token width E (divisible by num_heads)
+    num_heads: int  # attention heads, each of width E // num_heads
+    mlp_ratio: float = 4.0  # the MLP's hidden width / E
+    dropout: float = 0.0  # after the attention projection and inside the MLP
+    drop_path: float = 0.0  # stochastic depth of both residual branches (self-attention blocks only)
+
+    def __post_init__(self):
+        if self.dim % self.num_heads:
+            raise ValueError(f"attention width {self.dim} is not divisible by num_heads={self.num_heads}")
 
 
 def dense(din: int, dout: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Linear:
@@ -87,15 +104,15 @@ class Attention(nnx.Module):
     `kernels` (layers.KERNELS).
     """
 
-    def __init__(self, dim: int, num_heads: int, *, kernels: str, dropout: float = 0.0, dtype=None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
-        if dim % num_heads:
-            raise ValueError(f"attention width {dim} is not divisible by num_heads={num_heads}")
-        self.num_heads = num_heads
+    def __init__(self, config: BlockConfig, *, kernels: str, dtype=None, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        """config: width, heads and dropout (its mlp_ratio and drop_path are the block's)."""
+        dim = config.dim
+        self.num_heads = config.num_heads
         self.kernels = kernels
         self.qkv = dense(dim, 3 * dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.proj = dense(dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.proj_drop = dropout_layer(dropout, rngs)
+        self.proj_drop = dropout_layer(config.dropout, rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None, return_attention: bool = False):
         """x `[B, T, E]`, mask bool `[B, T]` (False = key ignored) -> `[B, T, E]`, and the attention weights
@@ -113,10 +130,11 @@ class Attention(nnx.Module):
 
 class Mlp(nnx.Module):
     """fc1 -> GELU (exact, as torch nn.GELU) -> dropout -> fc2 -> dropout (`out_dropout`, default the same;
-    0 when fc2 produces logits): `[..., din]` -> `[..., dout]`."""
+    0 when fc2 produces logits): `[..., din]` -> `[..., dout]`, `sizes` = (din, hidden, dout)."""
 
-    def __init__(self, din: int, hidden: int, dout: int, *, dropout: float = 0.0, out_dropout: float | None = None,
+    def __init__(self, sizes: tuple[int, int, int], *, dropout: float = 0.0, out_dropout: float | None = None,
                  dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        din, hidden, dout = sizes
         self.fc1 = dense(din, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.drop1 = dropout_layer(dropout, rngs)
         self.fc2 = dense(hidden, dout, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -130,14 +148,14 @@ class Block(nnx.Module):
     """x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x))) on tokens `[B, T, E]`; `kernels`: the
     attention's (layers.KERNELS)."""
 
-    def __init__(self, dim: int, num_heads: int, *, kernels: str, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 drop_path: float = 0.0, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, config: BlockConfig, *, kernels: str, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        dim = config.dim
         self.norm1 = layer_norm(dim, **kw)
-        self.attn = Attention(dim, num_heads, kernels=kernels, dropout=dropout, **kw)
+        self.attn = Attention(config, kernels=kernels, **kw)
         self.norm2 = layer_norm(dim, **kw)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, dropout=dropout, **kw)
-        self.drop_path = DropPath(drop_path, rngs=rngs)
+        self.mlp = Mlp((dim, int(dim * config.mlp_ratio), dim), dropout=config.dropout, **kw)
+        self.drop_path = DropPath(config.drop_path, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None, return_attention: bool = False):
         """x `[B, T, E]`, key mask `[B, T]` -> `[B, T, E]` (and `[B, heads, T, T]` if `return_attention`)."""
@@ -152,15 +170,14 @@ class CrossAttention(nnx.Module):
     """Multi-head attention of queries `[B, Q, E]` over keys/values `[B, K, E]` with a key mask; it also
     returns its attention weights (written out: with few queries the explicit softmax costs nothing)."""
 
-    def __init__(self, dim: int, num_heads: int, *, dropout: float = 0.0, dtype=None, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
-        if dim % num_heads:
-            raise ValueError(f"attention width {dim} is not divisible by num_heads={num_heads}")
-        self.num_heads = num_heads
+    def __init__(self, config: BlockConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        """config: width, heads and dropout (its mlp_ratio is the block's)."""
+        dim = config.dim
+        self.num_heads = config.num_heads
         self.q = dense(dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.kv = dense(dim, 2 * dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.proj = dense(dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.proj_drop = dropout_layer(dropout, rngs)
+        self.proj_drop = dropout_layer(config.dropout, rngs)
 
     def __call__(self, queries: jax.Array, tokens: jax.Array, mask: jax.Array | None = None,
                  bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -177,14 +194,16 @@ class CrossAttention(nnx.Module):
 class CrossBlock(nnx.Module):
     """q + CrossAttn(LN(q), LN(tokens)), then q + MLP(LN(q)): queries `[B, Q, E]` read tokens `[B, K, E]`."""
 
-    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, dropout: float = 0.0, dtype=None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, config: BlockConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        if config.drop_path:
+            raise ValueError("a CrossBlock has no stochastic depth: config.drop_path must be 0")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        dim = config.dim
         self.norm_q = layer_norm(dim, **kw)
         self.norm_kv = layer_norm(dim, **kw)
-        self.attn = CrossAttention(dim, num_heads, dropout=dropout, **kw)
+        self.attn = CrossAttention(config, **kw)
         self.norm2 = layer_norm(dim, **kw)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, dropout=dropout, **kw)
+        self.mlp = Mlp((dim, int(dim * config.mlp_ratio), dim), dropout=config.dropout, **kw)
 
     def __call__(self, queries: jax.Array, tokens: jax.Array, mask: jax.Array | None = None,
                  bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:

@@ -7,9 +7,9 @@ the training input (`input_shape / patch`) and resampled linearly when an input 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,24 +17,47 @@ import numpy as np
 from flax import nnx
 
 from lumbar_jax.models.layers import dropout_layer, resample_pos_embed
-from lumbar_jax.models.transformer import TRUNC_NORMAL, Block, dense, layer_norm
+from lumbar_jax.models.transformer import TRUNC_NORMAL, Block, BlockConfig, dense, layer_norm
+
+POOLS = ("cls", "mean")
 
 
-class ViTVariant(NamedTuple):
-    width: int
-    depth: int
-    num_heads: int
-    mlp_ratio: float = 4.0
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    """A VisionTransformer: its size (a VIT_VARIANTS preset) and the input it is built for.
+    `ViTConfig.preset('vit_s', input_shape=(224, 224), patch=(16, 16))`."""
+
+    width: int  # token width E
+    depth: int  # transformer blocks
+    num_heads: int  # attention heads per block
+    mlp_ratio: float = 4.0  # MLP hidden width / E
+    input_shape: tuple[int, ...] = (224, 224)  # spatial shape [D, H, W] or [H, W] the position embeddings fit
+    patch: tuple[int, ...] = (16, 16)  # tubelet / patch, one entry per axis of input_shape
+    in_channels: int = 1  # input channels C
+    num_classes: int = 0  # 0: pooled features out; else a linear head to this many logits
+    pool: str = "cls"  # 'cls' (class token, final `norm`) or 'mean' (mean of patch tokens, `fc_norm`): timm's two
+    dropout: float = 0.0  # after the position embedding and inside each block
+    drop_path: float = 0.0  # stochastic depth, rising linearly to this over the blocks
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_shape", tuple(int(n) for n in self.input_shape))
+        object.__setattr__(self, "patch", tuple(int(n) for n in self.patch))
+        if self.pool not in POOLS:
+            raise ValueError(f"pool {self.pool!r} is not one of {POOLS}")
+
+    @classmethod
+    def preset(cls, name: str, **fields) -> ViTConfig:
+        """The VIT_VARIANTS size `name` with `fields` replaced."""
+        return dataclasses.replace(VIT_VARIANTS[name], **fields)
 
 
 VIT_VARIANTS = {
-    "vit_ti": ViTVariant(192, 12, 3),
-    "vit_s": ViTVariant(384, 12, 6),
-    "vit_b": ViTVariant(768, 12, 12),
-    "vit_l": ViTVariant(1024, 24, 16),
-    "vit_cpu": ViTVariant(32, 2, 2),  # the CPU-sized default (config model.vit): trains in minutes; no timm counterpart
+    "vit_ti": ViTConfig(192, 12, 3),
+    "vit_s": ViTConfig(384, 12, 6),
+    "vit_b": ViTConfig(768, 12, 12),
+    "vit_l": ViTConfig(1024, 24, 16),
+    "vit_cpu": ViTConfig(32, 2, 2),  # the CPU-sized default (config model.vit): trains in minutes; no timm counterpart
 }
-POOLS = ("cls", "mean")
 
 
 def token_grid(input_shape: Sequence[int], patch: Sequence[int]) -> tuple[int, ...]:
@@ -60,55 +83,33 @@ class PatchEmbed(nnx.Module):
 class VisionTransformer(nnx.Module):
     """ViT encoder: `[B, *S, C]` -> features `[B, width]` (`num_classes == 0`) or logits `[B, num_classes]`.
 
-    input_shape: spatial shape the position embeddings are learned for (`[D, H, W]` or `[H, W]`).
-    pool: 'cls' (class token, final `norm` on all tokens) or 'mean' (mean of patch tokens, then `fc_norm`),
-      timm's two layouts.
-    dropout: after the position embedding and inside each block; drop_path: stochastic depth, rate rising
-      linearly to `drop_path` over the blocks.
-    kernels: the attention implementation, one of layers.KERNELS ('cpu' or 'xla').
+    config: a ViTConfig (size, input shape and patch, pooling, dropout); kernels: the attention implementation,
+    one of layers.KERNELS ('cpu' or 'xla').
     """
 
-    def __init__(
-        self,
-        variant: str | ViTVariant,
-        *,
-        input_shape: Sequence[int],
-        patch: Sequence[int],
-        kernels: str,
-        in_channels: int = 1,
-        num_classes: int = 0,
-        pool: str = "cls",
-        dropout: float = 0.0,
-        drop_path: float = 0.0,
-        dtype=None,
-        param_dtype=jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        v = VIT_VARIANTS[variant] if isinstance(variant, str) else variant
-        if pool not in POOLS:
-            raise ValueError(f"pool {pool!r} is not one of {POOLS}")
+    def __init__(self, config: ViTConfig, *, kernels: str, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        v = config
         kw = dict(dtype=dtype, param_dtype=param_dtype)
-        self.grid = token_grid(input_shape, patch)
-        self.pool = pool
+        self.grid = token_grid(v.input_shape, v.patch)
+        self.pool = v.pool
         self.num_features = v.width
-        self.num_prefix = 1 if pool == "cls" else 0
-        self.patch_embed = PatchEmbed(patch, in_channels, v.width, rngs=rngs, **kw)
+        self.num_prefix = 1 if v.pool == "cls" else 0
+        self.patch_embed = PatchEmbed(v.patch, v.in_channels, v.width, rngs=rngs, **kw)
         self.cls_token = (
             nnx.Param(TRUNC_NORMAL(rngs.params(), (1, 1, v.width), param_dtype)) if self.num_prefix else None
         )
         self.pos_embed = nnx.Param(
             TRUNC_NORMAL(rngs.params(), (1, self.num_prefix + math.prod(self.grid), v.width), param_dtype)
         )
-        self.pos_drop = dropout_layer(dropout, rngs)
-        rates = np.linspace(0.0, drop_path, v.depth)
+        self.pos_drop = dropout_layer(v.dropout, rngs)
+        rates = np.linspace(0.0, v.drop_path, v.depth)
         self.blocks = nnx.List([
-            Block(v.width, v.num_heads, kernels=kernels, mlp_ratio=v.mlp_ratio, dropout=dropout, drop_path=float(r),
-                  rngs=rngs, **kw)
+            Block(BlockConfig(v.width, v.num_heads, v.mlp_ratio, v.dropout, float(r)), kernels=kernels, rngs=rngs, **kw)
             for r in rates
         ])
-        self.norm = layer_norm(v.width, rngs=rngs, **kw) if pool == "cls" else None
-        self.fc_norm = layer_norm(v.width, rngs=rngs, **kw) if pool == "mean" else None
-        self.head = dense(v.width, num_classes, rngs=rngs, **kw) if num_classes else None
+        self.norm = layer_norm(v.width, rngs=rngs, **kw) if v.pool == "cls" else None
+        self.fc_norm = layer_norm(v.width, rngs=rngs, **kw) if v.pool == "mean" else None
+        self.head = dense(v.width, v.num_classes, rngs=rngs, **kw) if v.num_classes else None
 
     def pos_embed_for(self, grid: Sequence[int]) -> jax.Array:
         """Position embeddings `[1, prefix + prod(grid), E]` for a token grid (resampled if not the stored one)."""

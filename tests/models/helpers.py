@@ -7,9 +7,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from lumbar_jax.models.efficientnet import EFFNET_VARIANTS, EfficientNet
+from lumbar_jax.models.efficientnet import EFFNET_VARIANTS, EfficientNet, EfficientNetConfig
 from lumbar_jax.models.registry import resolve_kernels
-from lumbar_jax.models.vit import VisionTransformer
+from lumbar_jax.models.vit import ViTConfig, VisionTransformer
 from lumbar_jax.train import config as config_lib
 
 # The kernels a model built from a config uses on this backend ('cpu' on the CPU test machine).
@@ -62,12 +62,14 @@ def abstract_encoder(variant: str, ndim: int) -> nnx.Module:
     2D ImageNet (3 channels, 1000 classes, 224x224, ViT patch 16x16); cached: shared by several tests."""
     if variant in EFFNET_VARIANTS:
         kw = dict(ndim=3) if ndim == 3 else dict(ndim=2, in_channels=3, num_classes=1000)
-        return nnx.eval_shape(lambda: EfficientNet(variant, **kw, kernels=KERNELS, rngs=nnx.Rngs(0)))
+        config = EfficientNetConfig.preset(variant, **kw)
+        return nnx.eval_shape(lambda: EfficientNet(config, kernels=KERNELS, rngs=nnx.Rngs(0)))
     if ndim == 3:
         kw = dict(input_shape=(16, 64, 64), patch=(4, 16, 16))
     else:
         kw = dict(input_shape=(224, 224), patch=(16, 16), in_channels=3, num_classes=1000)
-    return nnx.eval_shape(lambda: VisionTransformer(variant, **kw, kernels=KERNELS, rngs=nnx.Rngs(0)))
+    config = ViTConfig.preset(variant, **kw)
+    return nnx.eval_shape(lambda: VisionTransformer(config, kernels=KERNELS, rngs=nnx.Rngs(0)))
 
 
 def num_params(module: nnx.Module) -> int:

@@ -13,10 +13,10 @@ from flax import nnx
 
 from lumbar_jax.labels import NUM_SEVERITIES, NUM_TARGETS
 from lumbar_jax.models import pretrained
-from lumbar_jax.models.crop_classifier import CropClassifier
-from lumbar_jax.models.efficientnet import EfficientNet
+from lumbar_jax.models.crop_classifier import CropClassifier, CropClassifierConfig
+from lumbar_jax.models.efficientnet import EfficientNet, EfficientNetConfig
 from lumbar_jax.models.fused import normalize_volumes
-from lumbar_jax.models.vit import VisionTransformer
+from lumbar_jax.models.vit import ViTConfig, VisionTransformer
 from lumbar_jax.train.loss import metric_loss
 from lumbar_jax.train.state import create_train_state, merge_model
 from tests.models.helpers import KERNELS, cheap_rngs, jit_fast_compile
@@ -26,10 +26,17 @@ K, P = 3, 16
 LOGITS_SHAPE = (NUM_TARGETS, NUM_SEVERITIES)
 
 
+def _config(crop_shape=(K, P, P), vit="vit_cpu", effnet="effnet_cpu", vit_patch=(8, 8), drop_path=0.0,
+            **fields) -> CropClassifierConfig:
+    """The encoder presets `vit` / `effnet` (None: left out) for slices of `crop_shape`, `drop_path` deep; width
+    32, 2 heads, 2 blocks unless `fields` say otherwise."""
+    vit = ViTConfig.preset(vit, input_shape=crop_shape[1:], patch=vit_patch, drop_path=drop_path) if vit else None
+    effnet = EfficientNetConfig.preset(effnet, ndim=2, drop_path=drop_path) if effnet else None
+    return CropClassifierConfig(crop_shape, vit, effnet, **(dict(hidden=32, num_heads=2, depth=2) | fields))
+
+
 def _model(seed: int = 0, **overrides) -> CropClassifier:
-    kw = dict(crop_shape=(K, P, P), vit="vit_cpu", effnet="effnet_cpu", vit_patch=(8, 8), hidden=32,
-              num_heads=2, depth=2, kernels=KERNELS) | overrides
-    return CropClassifier(**kw, rngs=cheap_rngs(seed))
+    return CropClassifier(_config(**overrides), kernels=KERNELS, rngs=cheap_rngs(seed))
 
 
 def _batch(batch: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -163,10 +170,11 @@ def test_encoder_ablations_and_shape_errors():
 def _imagenet_layout(seed: int) -> tuple[VisionTransformer, EfficientNet]:
     """2D tiny encoders in timm's ImageNet layout (3 channels, 1000 classes) with non-trivial BatchNorm
     statistics, in eval mode: stand-ins for timm checkpoints of variants timm does not have."""
-    vit = VisionTransformer("vit_cpu", input_shape=(P, P), patch=(8, 8), in_channels=3, num_classes=1000,
+    imagenet = dict(in_channels=3, num_classes=1000, drop_path=0.0)
+    vit = VisionTransformer(ViTConfig.preset("vit_cpu", input_shape=(P, P), patch=(8, 8), **imagenet),
                             kernels=KERNELS, rngs=cheap_rngs(seed))
-    effnet = EfficientNet("effnet_cpu", ndim=2, in_channels=3, num_classes=1000, drop_path=0.0,
-                          kernels=KERNELS, rngs=cheap_rngs(seed + 1))
+    effnet = EfficientNet(EfficientNetConfig.preset("effnet_cpu", ndim=2, **imagenet), kernels=KERNELS,
+                          rngs=cheap_rngs(seed + 1))
     stats = nnx.state(effnet, nnx.BatchStat)
     leaves, treedef = jax.tree.flatten(stats)
     rng = np.random.default_rng(seed)
@@ -210,9 +218,8 @@ def test_slice_encoder_matches_timm():
     timm = import_timm()
     timm_effnet = randomized(timm.create_model("efficientnet_b0", pretrained=False), seed=1)
     timm_vit = randomized(timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32), seed=2)
-    model = nnx.eval_shape(lambda: CropClassifier(crop_shape=(1, 32, 32), vit="vit_ti", effnet="effnet_b0",
-                                                  hidden=32, num_heads=2, depth=1, kernels=KERNELS,
-                                                  rngs=nnx.Rngs(0)))
+    config = _config((1, 32, 32), vit="vit_ti", effnet="effnet_b0", vit_patch=(16, 16), depth=1)
+    model = nnx.eval_shape(lambda: CropClassifier(config, kernels=KERNELS, rngs=nnx.Rngs(0)))
     encoder = model.encoders[0]
     pretrained.load_timm_weights(encoder.vit, numpy_state(timm_vit))
     pretrained.load_timm_weights(encoder.effnet, numpy_state(timm_effnet))

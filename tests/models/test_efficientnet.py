@@ -12,6 +12,7 @@ from lumbar_jax.models.efficientnet import (
     EFFNET_VARIANTS,
     STEM_CHANNELS,
     EfficientNet,
+    EfficientNetConfig,
     MaskedBatchNorm,
     round_filters,
     round_repeats,
@@ -83,7 +84,8 @@ def test_masked_batchnorm_matches_nnx_batchnorm_on_the_selected_samples():
 def test_train_eval_switch_and_feature_shape():
     """model.eval() / model.train() flip every BatchNorm and stochastic-depth layer (checked abstractly; the
     tiny model runs forward and backward in test_fused)."""
-    model = nnx.eval_shape(lambda: EfficientNet("effnet_cpu", drop_path=0.2, kernels=KERNELS, rngs=nnx.Rngs(0)))
+    config = EfficientNetConfig.preset("effnet_cpu", drop_path=0.2)
+    model = nnx.eval_shape(lambda: EfficientNet(config, kernels=KERNELS, rngs=nnx.Rngs(0)))
     norms = [m for _, m in nnx.iter_modules(model) if isinstance(m, MaskedBatchNorm)]
     drops = [m for _, m in nnx.iter_modules(model) if isinstance(m, DropPath) and m.rate > 0]
     assert len(norms) == 2 + 2 + 3 * 3 and len(drops) == 1  # the one residual block has stochastic depth

@@ -6,8 +6,14 @@ import pytest
 from flax import nnx
 
 from lumbar_jax.labels import NUM_SEVERITIES, NUM_TARGETS
-from lumbar_jax.models.heads import FUSIONS, fusion_head, sincos_3d, token_centres
+from lumbar_jax.models.heads import FUSIONS, FusionHeadConfig, fusion_head, sincos_3d, token_centres
 from tests.models.helpers import KERNELS, cheap_rngs
+
+
+def _head(kind: str, rngs=None, **fields):
+    """A head of 3 series, 16 pooled features, width 32, 4 heads, no dropout."""
+    config = FusionHeadConfig(kind, hidden=32, num_heads=4, dropout=0.0, num_series=3, features=16, **fields)
+    return fusion_head(config, kernels=KERNELS, rngs=rngs or cheap_rngs())
 
 
 POOLED = tuple(kind for kind in FUSIONS if kind != "target_query")
@@ -16,7 +22,7 @@ PRESENT = np.array([[True, True, True], [True, False, True], [False, False, True
 
 @pytest.mark.parametrize("kind", POOLED)
 def test_absent_series_do_not_influence_the_logits(kind):
-    head = fusion_head(kind, 16, 3, hidden=32, num_heads=4, dropout=0.0, kernels=KERNELS, rngs=cheap_rngs())
+    head = _head(kind)
     rng = np.random.default_rng(0)
     features = rng.normal(size=(4, 3, 16)).astype(np.float32)
     present = PRESENT
@@ -36,7 +42,7 @@ def test_absent_series_do_not_influence_the_logits(kind):
 
 def test_unknown_fusion():
     with pytest.raises(ValueError, match="fusion 'mean' is not one of"):
-        fusion_head("mean", 16, 3, hidden=32, num_heads=4, dropout=0.0, kernels=KERNELS, rngs=nnx.Rngs(0))
+        _head("mean", nnx.Rngs(0))
 
 
 # Two token sources, as the fused encoder gives: a [2, 2, 2] grid 8 wide and a [1, 2, 2] grid 6 wide.
@@ -45,8 +51,7 @@ VOLUME = (16, 64, 64)
 
 
 def _target_query_head(depth=2):
-    return fusion_head("target_query", 0, 3, hidden=32, num_heads=4, dropout=0.0, kernels=KERNELS, sources=SOURCES,
-                       volume_shape=VOLUME, depth=depth, rngs=cheap_rngs())
+    return _head("target_query", sources=SOURCES, volume_shape=VOLUME, depth=depth)
 
 
 def _tokens(rng, batch=4):
@@ -107,7 +112,7 @@ def test_sincos_3d_tells_positions_apart_and_pads():
 @pytest.mark.parametrize("kind", FUSIONS)
 def test_set_output_bias_shifts_every_logit_by_the_bias(kind):
     kw = dict(sources=SOURCES, volume_shape=VOLUME) if kind == "target_query" else {}
-    head = fusion_head(kind, 16, 3, hidden=32, num_heads=4, dropout=0.0, kernels=KERNELS, rngs=cheap_rngs(), **kw)
+    head = _head(kind, **kw)
     rng = np.random.default_rng(1)
     inputs = _tokens(rng) if kind == "target_query" else rng.normal(size=(4, 3, 16)).astype(np.float32)
     before = np.asarray(head(inputs, PRESENT))

@@ -17,8 +17,8 @@ import pytest
 from flax import nnx
 
 from lumbar_jax.models import pretrained, registry
-from lumbar_jax.models.efficientnet import EFFNET_VARIANTS, EfficientNet
-from lumbar_jax.models.vit import VIT_VARIANTS, VisionTransformer
+from lumbar_jax.models.efficientnet import EfficientNet, EfficientNetConfig
+from lumbar_jax.models.vit import ViTConfig, VisionTransformer
 from tests.models.helpers import KERNELS, cheap_rngs, jit_fast_compile, model_config
 from tests.models.timm_reference import import_timm, loaded, numpy_state, randomized, torch_forward
 
@@ -50,10 +50,9 @@ def timm_vit_gap(timm):
 
 def _effnet(ndim, num_classes=1000, padding="symmetric", in_channels=None):
     """EfficientNet-B0 without dropout / drop path (no RNG state, so it can be built abstractly and loaded)."""
-    variant = EFFNET_VARIANTS["effnet_b0"]._replace(dropout=0.0)
-    in_channels = in_channels or (3 if ndim == 2 else 1)
-    return lambda: EfficientNet(variant, kernels=KERNELS, ndim=ndim, in_channels=in_channels, num_classes=num_classes,
-                                drop_path=0.0, padding=padding, rngs=nnx.Rngs(0))
+    config = EfficientNetConfig.preset("effnet_b0", dropout=0.0, ndim=ndim, in_channels=in_channels or (3 if ndim == 2 else 1),
+                                       num_classes=num_classes, drop_path=0.0, padding=padding)
+    return lambda: EfficientNet(config, kernels=KERNELS, rngs=nnx.Rngs(0))
 
 
 def _grey(shape, seed=0):
@@ -78,9 +77,8 @@ def test_effnet_b0_2d_logits_match_timm(timm, timm_name, padding):
 def test_vit_ti_2d_logits_match_timm(timm_vit):
     """vit_tiny_patch16_224 at 224 px (its 14x14 position-embedding grid, class token). (The 1-channel
     adaptation of the first conv is checked by the 3D tests, whose models have one input channel.)"""
-    model = loaded(lambda: VisionTransformer("vit_ti", kernels=KERNELS, input_shape=(224, 224), patch=(16, 16),
-                                             in_channels=3, num_classes=1000, rngs=nnx.Rngs(0)),
-                   numpy_state(timm_vit))
+    config = ViTConfig.preset("vit_ti", input_shape=(224, 224), patch=(16, 16), in_channels=3, num_classes=1000)
+    model = loaded(lambda: VisionTransformer(config, kernels=KERNELS, rngs=nnx.Rngs(0)), numpy_state(timm_vit))
     x = _grey((2, 224, 224, 3))
     logits = np.asarray(jit_fast_compile(lambda v: model(v))(x))
     expected = torch_forward(timm_vit, x)
@@ -121,9 +119,9 @@ def test_vit_3d_mean_pool_gives_2d_logits_on_identical_slices(timm_vit_gap, infl
     """Tubelet embedding (no padding): both rules give the 2D patch embedding of a depth-constant volume;
     the position embeddings are tiled over depth, so the 3D tokens are the 2D tokens repeated D' times, which
     attention and mean pooling cannot tell apart: the 3D ViT gives timm's logits exactly."""
-    model = loaded(lambda: VisionTransformer("vit_ti", kernels=KERNELS, input_shape=(8, 224, 224), patch=(4, 16, 16),
-                                             pool="mean", num_classes=1000, rngs=nnx.Rngs(0)),
-                   numpy_state(timm_vit_gap), inflation=inflation)
+    config = ViTConfig.preset("vit_ti", input_shape=(8, 224, 224), patch=(4, 16, 16), pool="mean", num_classes=1000)
+    model = loaded(lambda: VisionTransformer(config, kernels=KERNELS, rngs=nnx.Rngs(0)), numpy_state(timm_vit_gap),
+                   inflation=inflation)
     image = _grey((1, 224, 224, 1), seed=7)
     volume = np.repeat(image[:, None], 8, axis=1)
     logits = np.asarray(jit_fast_compile(lambda v: model(v))(volume))
@@ -135,8 +133,7 @@ def test_vit_3d_cls_tokens_and_position_embeddings(timm_vit):
     2D tokens at every depth; a 14x14 grid is resized to the model's 4x4 and tiled over the 4 depth tokens."""
     reference = timm_vit
     state = numpy_state(reference)
-    model = loaded(lambda: VisionTransformer("vit_ti", kernels=KERNELS, input_shape=(8, 224, 224), patch=(4, 16, 16),
-                                             rngs=nnx.Rngs(0)), state, inflation="centre")
+    model = loaded(lambda: _vit_ti_3d((8, 224, 224)), state, inflation="centre")
     image = _grey((1, 224, 224, 1), seed=9)
     volume = np.repeat(image[:, None], 8, axis=1)
     embedded = model.patch_embed(jnp.asarray(volume)).reshape(1, -1, 192)  # [1, 2 * 196, 192], depth-major
@@ -147,13 +144,18 @@ def test_vit_3d_cls_tokens_and_position_embeddings(timm_vit):
     np.testing.assert_allclose(np.asarray(model.pos_embed[...])[:, 0], state["pos_embed"][:, 0], atol=1e-7)
     np.testing.assert_allclose(np.asarray(model.cls_token[...]), state["cls_token"], atol=1e-7)
 
-    small = loaded(lambda: VisionTransformer("vit_ti", kernels=KERNELS, input_shape=(16, 64, 64), patch=(4, 16, 16),
-                                             rngs=nnx.Rngs(0)), state)
+    small = loaded(lambda: _vit_ti_3d((16, 64, 64)), state)
     grid = np.asarray(small.pos_embed[...])[0, 1:].reshape(4, 4, 4, 192)
     resized = np.asarray(jax.image.resize(state["pos_embed"][0, 1:].reshape(14, 14, 192), (4, 4, 192), "linear",
                                           antialias=True))
     for d in range(4):
         np.testing.assert_allclose(grid[d], resized, atol=1e-6)
+
+
+def _vit_ti_3d(input_shape) -> VisionTransformer:
+    """vit_ti over volumes of `input_shape`, 4x16x16 tubelets, 1 channel, class token."""
+    config = ViTConfig.preset("vit_ti", input_shape=input_shape, patch=(4, 16, 16))
+    return VisionTransformer(config, kernels=KERNELS, rngs=nnx.Rngs(0))
 
 
 def test_inflation_and_channel_rules():
@@ -176,13 +178,13 @@ def test_inflation_and_channel_rules():
 
 def _tiny_vit_2d(seed=0, **kw):
     kw = dict(input_shape=(32, 32), patch=(16, 16), in_channels=3, num_classes=10) | kw
-    return VisionTransformer("vit_cpu", kernels=KERNELS, **kw, rngs=cheap_rngs(seed))
+    return VisionTransformer(ViTConfig.preset("vit_cpu", **kw), kernels=KERNELS, rngs=cheap_rngs(seed))
 
 
 def test_mismatch_lists_missing_unexpected_and_shapes_and_writes_nothing(timm):
     state = numpy_state(timm.create_model("vit_tiny_patch16_224", pretrained=False))
-    vit_s = nnx.eval_shape(lambda: VisionTransformer("vit_s", kernels=KERNELS, input_shape=(224, 224), patch=(16, 16),
-                                                     in_channels=3, num_classes=1000, rngs=nnx.Rngs(0)))
+    config = ViTConfig.preset("vit_s", input_shape=(224, 224), patch=(16, 16), in_channels=3, num_classes=1000)
+    vit_s = nnx.eval_shape(lambda: VisionTransformer(config, kernels=KERNELS, rngs=nnx.Rngs(0)))
     with pytest.raises(pretrained.PretrainedMismatchError) as err:
         pretrained.load_timm_weights(vit_s, state, source="vit_tiny.safetensors")
     message = str(err.value)
@@ -228,8 +230,7 @@ def test_shallower_vit_takes_the_first_blocks(tmp_path):
 
     state = pretrained.timm_state_dict(_tiny_vit_2d(seed=5))
     save_file(state, str(tmp_path / "vit.safetensors"))
-    shallow = VisionTransformer(VIT_VARIANTS["vit_cpu"]._replace(depth=1), kernels=KERNELS, input_shape=(32, 32),
-                                patch=(16, 16), in_channels=3, num_classes=10, rngs=cheap_rngs(6))
+    shallow = _tiny_vit_2d(seed=6, depth=1)
     cfg = {"pretrained_vit": str(tmp_path / "vit.safetensors"), "pretrained_effnet": "", "inflation": "centre",
            "vit_depth": 1}
     reports = pretrained.apply_pretrained(types.SimpleNamespace(vit=shallow), cfg)
@@ -291,7 +292,7 @@ def test_create_model_loads_every_encoder_and_keeps_the_head_fresh(tmp_path, mon
 
     vit_state = pretrained.timm_state_dict(_tiny_vit_2d(seed=3, num_classes=1000))
     effnet_state = pretrained.timm_state_dict(
-        EfficientNet("effnet_cpu", ndim=2, in_channels=3, num_classes=1000, kernels=KERNELS,
+        EfficientNet(EfficientNetConfig.preset("effnet_cpu", ndim=2, in_channels=3, num_classes=1000), kernels=KERNELS,
                      rngs=cheap_rngs(4)))
     save_file(vit_state, str(tmp_path / "vit.safetensors"))
     save_file(effnet_state, str(tmp_path / "effnet.safetensors"))

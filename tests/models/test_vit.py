@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lumbar_jax.models.vit import VisionTransformer, token_grid
+from lumbar_jax.models.vit import ViTConfig, VisionTransformer, token_grid
 from tests.models.helpers import KERNELS, abstract_encoder, cheap_rngs
 
 
@@ -28,8 +28,8 @@ def test_timm_names_and_shapes_2d():
 
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 def test_pooling_and_attention_maps(pool):
-    model = VisionTransformer("vit_cpu", input_shape=(16, 64, 64), patch=(4, 16, 16), pool=pool,
-                              kernels=KERNELS, rngs=cheap_rngs())
+    config = ViTConfig.preset("vit_cpu", input_shape=(16, 64, 64), patch=(4, 16, 16), pool=pool)
+    model = VisionTransformer(config, kernels=KERNELS, rngs=cheap_rngs())
     model.eval()
     assert (model.norm is None) == (pool == "mean") and (model.fc_norm is None) == (pool == "cls")
     np.testing.assert_array_equal(model.pos_embed_for(model.grid), model.pos_embed[...])  # stored grid: as is
@@ -44,7 +44,7 @@ def test_input_must_be_a_multiple_of_the_patch():
     with pytest.raises(ValueError, match="not a multiple of the patch"):
         token_grid((16, 60, 64), (4, 16, 16))
     with pytest.raises(ValueError, match="not a multiple of the patch"):
-        VisionTransformer("vit_cpu", input_shape=(10, 64, 64), patch=(4, 16, 16), kernels=KERNELS,
+        VisionTransformer(ViTConfig.preset("vit_cpu", input_shape=(10, 64, 64), patch=(4, 16, 16)), kernels=KERNELS,
                           rngs=nnx.Rngs(0))
 
 
