@@ -49,7 +49,8 @@ def package_imports(path: pathlib.Path, name: str, modules: set[str]) -> set[str
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
             if base.split(".")[0] != "lumbar_jax":
                 continue
             for alias in node.names:
@@ -110,4 +111,5 @@ def test_the_checks_catch_an_upward_import_and_a_loop(tmp_path):
     assert upward_imports(graph) == [
         "lumbar_jax.data.fake_module (data) imports lumbar_jax.models (models)",
         "lumbar_jax.data.fake_module (data) imports lumbar_jax.train.loop (train)"]
-    assert import_loops(graph) == ["lumbar_jax.data.fake_module -> lumbar_jax.train.loop -> lumbar_jax.data.fake_module"]
+    assert import_loops(graph) == [
+        "lumbar_jax.data.fake_module -> lumbar_jax.train.loop -> lumbar_jax.data.fake_module"]

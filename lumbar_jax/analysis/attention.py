@@ -1,10 +1,10 @@
 """Where the model looked: per-target attention overlays of a target-query model on a held-out study.
 
-Each of the 25 target queries of the 'target_query' head attends over the spatial tokens of every series
-(ViT patches and EfficientNet cells, `OneStageRestorer.query_attention` of pipelines/one_stage.py). Here that
-attention is spread back over the voxels of each series (every key's weight evenly over its cell, so sources with different cell sizes add up
-as densities) and drawn over the slice of the target's annotated point, with the annotated point and the
-attention peak marked. The study is taken from a fold's held-out part and shown with that fold's best
+Each of the 25 target queries of the 'target_query' head attends over the spatial tokens of every series (ViT
+patches and EfficientNet cells, `OneStageRestorer.query_attention` of pipelines/one_stage.py). Here that attention
+is spread back over the voxels of each series (every key's weight evenly over its cell, so sources with different
+cell sizes add up as densities) and drawn over the slice of the target's annotated point, with the annotated point
+and the attention peak marked. The study is taken from a fold's held-out part and shown with that fold's best
 checkpoint, so the picture is of a study the model did not train on.
 """
 

@@ -35,16 +35,16 @@ import numpy as np
 
 from lumbar_jax import labels
 from lumbar_jax.data import augment
-from lumbar_jax.data import crops as C
+from lumbar_jax.data import crops as crops_lib
 from lumbar_jax.data import pipeline
 
 _CROP_STREAM = 0xC809  # separates the crop augmentation RNG streams from other uses of the same seed
 
 
-def _row(record: dict[str, Any], points: np.ndarray, crop: C.CropSpec, *, jitter: np.ndarray | None = None,
+def _row(record: dict[str, Any], points: np.ndarray, crop: crops_lib.CropSpec, *, jitter: np.ndarray | None = None,
          rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """One batch row (module docstring, without the batch axis) of `record` with crops at `points` [25, 3]."""
-    crops, crop_present = C.study_crops(record, points, crop, jitter=jitter, rng=rng)
+    crops, crop_present = crops_lib.study_crops(record, points, crop, jitter=jitter, rng=rng)
     return {
         "crops": crops,
         "crop_present": crop_present,
@@ -83,7 +83,7 @@ class _TrainCropExample:
 
     source: Sequence[Any]
     seed: int
-    crop: C.CropSpec
+    crop: crops_lib.CropSpec
     augment: CropAugment
     fallback_points: np.ndarray | None  # [len(source), 25, 3] where targets without an annotated point are cut
 
@@ -91,7 +91,7 @@ class _TrainCropExample:
         rng = np.random.default_rng((self.seed, _CROP_STREAM, position))
         record = self.source[record_index]
         fallback = None if self.fallback_points is None else self.fallback_points[record_index]
-        row = _row(record, C.training_points(record, fallback), self.crop, jitter=self.augment.jitter, rng=rng)
+        row = _row(record, crops_lib.training_points(record, fallback), self.crop, jitter=self.augment.jitter, rng=rng)
         row["crops"] = augment.jitter_crop_intensity(row["crops"], row["crop_present"], rng,
                                                      self.augment.intensity_scale, self.augment.intensity_shift)
         return row
@@ -102,12 +102,12 @@ class _EvalCropExample:
     """Record index -> its row, crops at `points[record]`, or at the annotated points when `points` is None."""
 
     source: Sequence[Any]
-    crop: C.CropSpec
+    crop: crops_lib.CropSpec
     points: np.ndarray | None
 
     def __call__(self, record_index: int) -> dict[str, np.ndarray]:
         record = self.source[record_index]
-        points = C.training_points(record) if self.points is None else self.points[record_index]
+        points = crops_lib.training_points(record) if self.points is None else self.points[record_index]
         return _row(record, points, self.crop)
 
 
@@ -121,7 +121,7 @@ def _per_record_points(points: np.ndarray | None, source: Sequence[Any], what: s
     return points
 
 
-def train_batches(source: Sequence[Any], indices: Sequence[int], stream: pipeline.Stream, crop: C.CropSpec, *,
+def train_batches(source: Sequence[Any], indices: Sequence[int], stream: pipeline.Stream, crop: crops_lib.CropSpec, *,
                   augment: CropAugment = CropAugment(), fallback_points: np.ndarray | None = None
                   ) -> grain.MapDataset:
     """Random-access training batches of crops of this process: element k = local batch of training step k.
@@ -137,7 +137,7 @@ def train_batches(source: Sequence[Any], indices: Sequence[int], stream: pipelin
     return pipeline.train_stream(indices, example, stream)
 
 
-def eval_batches(source: Sequence[Any], indices: Sequence[int], crop: C.CropSpec, *, batch_size: int,
+def eval_batches(source: Sequence[Any], indices: Sequence[int], crop: crops_lib.CropSpec, *, batch_size: int,
                  points: np.ndarray | None = None, shard: pipeline.Shard = pipeline.Shard()) -> grain.MapDataset:
     """Every record of `indices` once, in order, unaugmented, in fixed-shape batches (padding and sharding as
     `pipeline.eval_batches`; padding rows: zero crops, crop_present False, labels -1, study_id -1); read them

@@ -27,14 +27,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.models.fused import normalize_volumes
 from lumbar_jax.models.transformer import dense
 from lumbar_jax.models.vit import ViTConfig, VisionTransformer
 
 BASELINE_MODELS = ("vit2d", "vit3d_grid")
-SLICE_SERIES = L.SERIES_TYPES.index("sagittal_t2")  # the series system A reads
-_NUM_OUTPUTS = L.NUM_TARGETS * L.NUM_SEVERITIES
+SLICE_SERIES = labels.SERIES_TYPES.index("sagittal_t2")  # the series system A reads
+_NUM_OUTPUTS = labels.NUM_TARGETS * labels.NUM_SEVERITIES
 
 
 class LinearHead(nnx.Module):
@@ -50,7 +50,7 @@ class LinearHead(nnx.Module):
         self.fc.bias[...] = jnp.asarray(bias, self.fc.bias.dtype).reshape(-1)
 
     def __call__(self, features: jax.Array) -> jax.Array:
-        return self.fc(features).reshape(-1, L.NUM_TARGETS, L.NUM_SEVERITIES)
+        return self.fc(features).reshape(-1, labels.NUM_TARGETS, labels.NUM_SEVERITIES)
 
 
 def middle_slice(volumes: jax.Array) -> jax.Array:

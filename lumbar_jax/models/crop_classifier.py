@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.labels import NUM_SEVERITIES, NUM_TARGETS
 from lumbar_jax.models.efficientnet import EfficientNet, EfficientNetConfig
 from lumbar_jax.models.fused import SeriesEncoder, normalize_volumes
@@ -122,7 +122,7 @@ class CropClassifier(nnx.Module):
         self.slice_proj = dense(features, hidden, **kw)
         self.pool = SlicePooling(self.crop_shape[0], block, **kw)
         embed = lambda n: nnx.Param(TRUNC_NORMAL(rngs.params(), (n, hidden), param_dtype))  # noqa: E731
-        self.condition_embed, self.level_embed = embed(L.NUM_CONDITIONS), embed(L.NUM_LEVELS)
+        self.condition_embed, self.level_embed = embed(labels.NUM_CONDITIONS), embed(labels.NUM_LEVELS)
         self.side_embed = embed(NUM_SIDES)
         self.blocks = nnx.List([Block(block, kernels=kernels, **kw) for _ in range(config.depth)])
         self.norm_out = layer_norm(hidden, **kw)
@@ -135,8 +135,8 @@ class CropClassifier(nnx.Module):
 
     def target_embeddings(self) -> jax.Array:
         """The sum of each target's condition, level and side embeddings `[25, hidden]`."""
-        return (self.condition_embed[...][L.TARGET_CONDITION] + self.level_embed[...][L.TARGET_LEVEL]
-                + self.side_embed[...][L.TARGET_SIDE])
+        return (self.condition_embed[...][labels.TARGET_CONDITION] + self.level_embed[...][labels.TARGET_LEVEL]
+                + self.side_embed[...][labels.TARGET_SIDE])
 
     def encode_slices(self, crops: jax.Array, crop_present: jax.Array) -> jax.Array:
         """crops `[B, 25, K, P, P]`, crop_present bool `[B, 25]` -> the encoders' pooled features of every slice

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data.dicom_geometry import index_to_normalized
 from lumbar_jax.labels import NUM_SEVERITIES, NUM_TARGETS
 from lumbar_jax.models.transformer import TRUNC_NORMAL, Block, BlockConfig, CrossBlock, Mlp, dense, layer_norm
@@ -44,7 +44,7 @@ class FusionHeadConfig:
     hidden: int  # head width (the MLP's hidden layer, the attention blocks' tokens)
     num_heads: int  # attention heads ('attention', 'target_query')
     dropout: float  # in the head's blocks and MLP
-    num_series: int = len(L.SERIES_TYPES)  # series per study S
+    num_series: int = len(labels.SERIES_TYPES)  # series per study S
     features: int = 0  # pooled feature width F of a series (pooled heads)
     sources: tuple[tuple[tuple[int, ...], int], ...] = ()  # (token grid, width) per token source ('target_query')
     volume_shape: tuple[int, ...] = ()  # [D, H, W] the token grids cover ('target_query')
@@ -177,8 +177,8 @@ class TargetQueryHead(nnx.Module):
         self.projs = nnx.List([dense(width, hidden, **kw) for _, width in sources])
         self.series_embed = nnx.Param(TRUNC_NORMAL(rngs.params(), (num_series, hidden), param_dtype))
         embed = lambda n: nnx.Param(TRUNC_NORMAL(rngs.params(), (n, hidden), param_dtype))  # noqa: E731
-        self.group_embed, self.side_embed = embed(len(L.CONDITION_GROUPS)), embed(3)
-        self.level_embed, self.target_embed = embed(L.NUM_LEVELS), embed(NUM_TARGETS)
+        self.group_embed, self.side_embed = embed(len(labels.CONDITION_GROUPS)), embed(3)
+        self.level_embed, self.target_embed = embed(labels.NUM_LEVELS), embed(NUM_TARGETS)
         self.blocks = nnx.List([CrossBlock(config.block(), **kw) for _ in range(config.depth)])
         num_keys = num_series * sum(math.prod(grid) for grid in self.grids)
         self.location_bias = nnx.Param(jnp.zeros((NUM_TARGETS, num_keys), param_dtype))
@@ -202,8 +202,8 @@ class TargetQueryHead(nnx.Module):
 
     def queries(self) -> jax.Array:
         """The target queries `[25, hidden]`."""
-        return (self.group_embed[...][L.TARGET_GROUP] + self.side_embed[...][L.TARGET_SIDE]
-                + self.level_embed[...][L.TARGET_LEVEL] + self.target_embed[...])
+        return (self.group_embed[...][labels.TARGET_GROUP] + self.side_embed[...][labels.TARGET_SIDE]
+                + self.level_embed[...][labels.TARGET_LEVEL] + self.target_embed[...])
 
     def __call__(self, tokens: Sequence[jax.Array], present: jax.Array, return_attention: bool = False):
         """tokens: per source `[B, S, T_i, F_i]`; present bool `[B, S]` -> logits `[B, 25, 3]`; with

@@ -22,6 +22,7 @@ mirrored volumes (`flip_volumes`, `unflip_points`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from typing import NamedTuple
 
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data.augment import mirror_volume
 from lumbar_jax.data.dicom_geometry import RIGHT_TO_LEFT_AXIS, voxel_extent
 from lumbar_jax.labels import TARGET_SERIES
@@ -151,7 +152,7 @@ class Localiser(nnx.Module):
         self.lateral = nnx.List([conv(s.channels, width, 1, rngs=rngs) for s in v.stages[v.heatmap_stage:]])
         self.decoder_norm = norm(width, rngs=rngs)
         self.refine = mbconv(MBConvConfig(width, width, 3, 1), conv, norm, rngs)
-        self.head = conv(width, L.NUM_TARGETS, 1, use_bias=True, rngs=rngs)
+        self.head = conv(width, labels.NUM_TARGETS, 1, use_bias=True, rngs=rngs)
 
     def _decoded(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         """x `[N, D, H, W, 1]` (normalised), mask bool `[N]` -> decoder features `[N, *self.grid, width]`."""
@@ -177,8 +178,8 @@ class Localiser(nnx.Module):
         b, s = volumes.shape[:2]
         x = normalize_volumes(volumes, self.dtype).reshape(b * s, *volumes.shape[2:], 1)
         heat = self.head(self._decoded(x, present.reshape(b * s).astype(bool)))  # [B*S, *grid, 25]
-        heat = heat.reshape(b, s, -1, L.NUM_TARGETS).astype(jnp.float32).transpose(0, 1, 3, 2)  # [B, S, 25, K]
-        logits = heat[:, TARGET_SERIES, np.arange(L.NUM_TARGETS)]  # [B, 25, K]: each target on its series
+        heat = heat.reshape(b, s, -1, labels.NUM_TARGETS).astype(jnp.float32).transpose(0, 1, 3, 2)  # [B, S, 25, K]
+        logits = heat[:, TARGET_SERIES, np.arange(labels.NUM_TARGETS)]  # [B, 25, K]: each target on its series
         log_probs = jax.nn.log_softmax(logits, axis=-1)
         centres = cell_centres(self.volume_shape, self.grid)
         points = jnp.einsum("btk,kc->btc", jnp.exp(log_probs), centres)
@@ -192,9 +193,8 @@ def trained_targets(coords_series: jax.Array, present: jax.Array) -> jax.Array:
     return on_own & jnp.asarray(present, bool)[:, TARGET_SERIES]
 
 
-def localiser_loss(output: LocaliserOutput, coords: jax.Array, coords_series: jax.Array, present: jax.Array, *,
-                   volume_shape, heatmap_weight: float = 1.0, heatmap_sigma: float = 1.5
-                   ) -> tuple[jax.Array, dict]:
+def localiser_loss(output: LocaliserOutput, batch: Mapping[str, jax.Array], *, volume_shape,
+                   heatmap_weight: float = 1.0, heatmap_sigma: float = 1.5) -> tuple[jax.Array, dict]:
     """Mean over trained targets (`trained_targets`) of the Euclidean distance, in voxels of the input volume,
     between the predicted and the annotated point; plus `heatmap_weight` x the cross-entropy of each heatmap
     with a Gaussian around the annotated point (std `heatmap_sigma` voxels). The distance alone gets sub-voxel
@@ -202,12 +202,11 @@ def localiser_loss(output: LocaliserOutput, coords: jax.Array, coords_series: ja
     end with a lower held-out error than the distance alone.
 
     output: the model's LocaliserOutput (points [B, 25, 3], log_probs [B, 25, K], centres [K, 3]).
-    coords float [B, 25, 3] normalised; coords_series int [B, 25]; present bool [B, 3]; volume_shape: the
-    model's input [D, H, W] (the voxel unit).
+    batch: its `coords` float [B, 25, 3] normalised, `coords_series` int [B, 25] and `present` bool [B, 3] are
+    read. volume_shape: the model's input [D, H, W] (the voxel unit).
     Returns (loss, {"distance": mean voxel distance, "heatmap_ce", "annotated": number of trained targets}).
-    Seven parameters, not a record: the output, the batch's three label arrays as the train step holds them
-    (a record would only rename those features) and three keyword-only settings, two with defaults.
     """
+    coords, coords_series, present = batch["coords"], batch["coords_series"], batch["present"]
     extent = jnp.asarray(voxel_extent(volume_shape), jnp.float32)
     trained = trained_targets(coords_series, present)
     count = jnp.maximum(trained.sum(), 1)
@@ -226,14 +225,14 @@ def flip_volumes(volumes: jax.Array) -> jax.Array:
     """Mirror the patient left <-> right in `[..., 3, D, H, W]` (SERIES_TYPES order): sagittal series reverse
     their depth axis, the axial series its cols axis (as data.augment.flip_left_right; numpy or jax)."""
     xp = jnp if isinstance(volumes, jax.Array) else np
-    return xp.stack([mirror_volume(volumes[..., s, :, :, :], s, xp) for s in range(len(L.SERIES_TYPES))], axis=-4)
+    return xp.stack([mirror_volume(volumes[..., s, :, :, :], s, xp) for s in range(len(labels.SERIES_TYPES))], axis=-4)
 
 
 def unflip_points(points):
     """Points `[..., 25, 3]` predicted on flipped volumes -> the original patient's: each target takes its
     mirror partner's point (labels.MIRROR_TARGET_INDEX) with the left-right component v -> 1 - v. An
     involution (numpy or jax)."""
-    mirrored = points[..., L.MIRROR_TARGET_INDEX, :]
+    mirrored = points[..., labels.MIRROR_TARGET_INDEX, :]
     return mirrored + _TARGET_LR_MASK * (1.0 - 2.0 * mirrored)
 
 

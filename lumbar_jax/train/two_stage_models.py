@@ -33,8 +33,8 @@ def localiser_loss_fn(volume_shape) -> step_lib.LossFn:
     """Stage 1's loss: the localiser's mean distance to the annotated points, in voxels of `volume_shape`."""
 
     def loss_fn(model, batch):
-        loss, parts = localiser_loss(model(batch["volumes"], batch["present"]), batch["coords"],
-                                     batch["coords_series"], batch["present"], volume_shape=tuple(volume_shape))
+        loss, parts = localiser_loss(model(batch["volumes"], batch["present"]), batch,
+                                     volume_shape=tuple(volume_shape))
         return loss, {"distance_voxels": parts["distance"]}
 
     return loss_fn

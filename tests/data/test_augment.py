@@ -6,7 +6,7 @@ import pytest
 import scipy.ndimage
 
 from lumbar_jax import labels as labels_lib
-from lumbar_jax.data import augment as A
+from lumbar_jax.data import augment
 from lumbar_jax.train import config as config_lib
 
 SHAPE = (8, 24, 24)  # [D, H, W]; small, with room for a blob to move
@@ -84,12 +84,12 @@ def blob_record():
 
 def test_flip_twice_is_identity():
     record = make_record(np.random.default_rng(0), present=(True, False, True))
-    assert_records_equal(A.flip_left_right(A.flip_left_right(record)), record)
+    assert_records_equal(augment.flip_left_right(augment.flip_left_right(record)), record)
 
 
 def test_flip_swaps_left_and_right_labels_and_keeps_coordinates_on_the_anatomy():
     record = blob_record()
-    flipped = A.flip_left_right(record)
+    flipped = augment.flip_left_right(record)
     left_foramen = labels_lib.TARGETS.index("left_neural_foraminal_narrowing_l4_l5")
     right_foramen = labels_lib.TARGETS.index("right_neural_foraminal_narrowing_l4_l5")
     left_sub = labels_lib.TARGETS.index("left_subarticular_stenosis_l4_l5")
@@ -122,9 +122,9 @@ def test_flip_of_a_batch_equals_flip_of_each_record():
     records = [make_record(rng, study_id=i) for i in range(3)]
     batch = {"volumes": np.stack([np.stack([r[n] for n in labels_lib.SERIES_TYPES]) for r in records]),
              **{k: np.stack([r[k] for r in records]) for k in ("labels", "coords", "coords_series")}}
-    flipped = A.flip_left_right(batch)
+    flipped = augment.flip_left_right(batch)
     for i, record in enumerate(records):
-        expected = A.flip_left_right(record)
+        expected = augment.flip_left_right(record)
         np.testing.assert_array_equal(flipped["volumes"][i], np.stack([expected[n] for n in labels_lib.SERIES_TYPES]))
         for key in ("labels", "coords", "coords_series"):
             np.testing.assert_array_equal(flipped[key][i], expected[key])
@@ -133,15 +133,15 @@ def test_flip_of_a_batch_equals_flip_of_each_record():
 def test_unflip_predictions_maps_flipped_predictions_back():
     record = make_record(np.random.default_rng(2))
     one_hot = lambda labels: np.eye(3)[np.maximum(labels, 0)] * (labels >= 0)[:, None]  # [25, 3]
-    predicted_on_flipped = one_hot(A.flip_left_right(record)["labels"])[None]  # a perfect model, batch of 1
-    np.testing.assert_array_equal(A.unflip_predictions(predicted_on_flipped)[0], one_hot(record["labels"]))
+    predicted_on_flipped = one_hot(augment.flip_left_right(record)["labels"])[None]  # a perfect model, batch of 1
+    np.testing.assert_array_equal(augment.unflip_predictions(predicted_on_flipped)[0], one_hot(record["labels"]))
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_zoom_and_shift_keep_each_coordinate_on_its_blob(seed):
     record = blob_record()
     config = augment_config(**NEUTRAL | dict(shift=0.12, scale=(0.8, 1.25)))
-    out = A.augment_record(record, np.random.default_rng(seed), config)
+    out = augment.augment_record(record, np.random.default_rng(seed), config)
     moved = checked = 0
     for target in np.flatnonzero(record["coords_series"] >= 0):
         series = labels_lib.SERIES_TYPES[record["coords_series"][target]]
@@ -171,7 +171,7 @@ def test_coordinates_pushed_out_of_the_field_of_view_are_marked_absent():
     config = augment_config(**NEUTRAL | dict(shift=0.2))
     dropped = 0
     for seed in range(5):
-        out = A.augment_record(record, np.random.default_rng(seed), config)
+        out = augment.augment_record(record, np.random.default_rng(seed), config)
         absent = out["coords_series"] < 0
         assert np.all(out["coords"][absent] == -1)
         assert np.all((out["coords"][~absent] >= 0) & (out["coords"][~absent] <= 1))
@@ -186,16 +186,16 @@ def test_zoom_shift_equals_scipy_affine_transform():
     offset = (n - 1) * (0.5 - (0.5 + shift) / scale)  # input voxel = output voxel / scale + offset
     expected = scipy.ndimage.affine_transform(volume, np.full(3, 1 / scale), offset=offset, order=1,
                                               mode="grid-constant", cval=0.0, prefilter=False)
-    np.testing.assert_allclose(A._zoom_shift(volume, scale, shift), expected, atol=1e-3)
+    np.testing.assert_allclose(augment._zoom_shift(volume, scale, shift), expected, atol=1e-3)
 
 
 def test_augment_is_deterministic_and_leaves_the_input_alone():
     record = make_record(np.random.default_rng(5))
     before = {k: np.copy(v) for k, v in record.items()}
     config = augment_config(**config_lib.SPATIAL_JITTER, noise_std=0.05)  # every op on
-    a = A.augment_record(record, np.random.default_rng(11), config)
-    b = A.augment_record(record, np.random.default_rng(11), config)
-    c = A.augment_record(record, np.random.default_rng(12), config)
+    a = augment.augment_record(record, np.random.default_rng(11), config)
+    b = augment.augment_record(record, np.random.default_rng(11), config)
+    c = augment.augment_record(record, np.random.default_rng(12), config)
     assert_records_equal(a, b)
     assert not np.array_equal(a["sagittal_t2"], c["sagittal_t2"])
     assert_records_equal(record, before)
@@ -206,7 +206,7 @@ def test_augment_is_deterministic_and_leaves_the_input_alone():
 def test_intensity_jitter_touches_present_series_only():
     record = make_record(np.random.default_rng(6), present=(True, False, True))
     config = augment_config(**NEUTRAL | dict(intensity_scale=(0.5, 1.5), intensity_shift=0.2, noise_std=0.05))
-    out = A.augment_record(record, np.random.default_rng(0), config)
+    out = augment.augment_record(record, np.random.default_rng(0), config)
     assert not np.any(out["sagittal_t2"])
     assert not np.array_equal(out["sagittal_t1"], record["sagittal_t1"])
     assert_records_equal({k: out[k] for k in ("labels", "coords", "coords_series")},
@@ -217,25 +217,25 @@ def test_crop_intensity_jitter_is_per_series_over_its_present_crops():
     crops = np.random.default_rng(0).integers(60, 200, (labels_lib.NUM_TARGETS, 3, 8, 8), dtype=np.uint8)
     present = np.ones(labels_lib.NUM_TARGETS, bool)
     present[[0, 7]] = False
-    out = A.jitter_crop_intensity(crops, present, np.random.default_rng(1), (0.5, 0.5), 0.0)
+    out = augment.jitter_crop_intensity(crops, present, np.random.default_rng(1), (0.5, 0.5), 0.0)
     np.testing.assert_array_equal(out[~present], crops[~present])
     for s in range(len(labels_lib.SERIES_TYPES)):
         chosen = present & (labels_lib.TARGET_SERIES == s)
         mean = crops[chosen].astype(np.float64).mean()
         np.testing.assert_allclose(out[chosen], (crops[chosen] - mean) * 0.5 + mean, atol=1)
     rng, fresh = np.random.default_rng(1), np.random.default_rng(1)
-    assert A.jitter_crop_intensity(crops, present, rng, (1.0, 1.0), 0.0) is crops
+    assert augment.jitter_crop_intensity(crops, present, rng, (1.0, 1.0), 0.0) is crops
     fresh.uniform(size=2 * len(labels_lib.SERIES_TYPES))
     assert rng.random() == fresh.random()  # the same draws whatever the settings
 
 
 def test_certain_flip_with_everything_else_neutral_is_flip_left_right():
     record = make_record(np.random.default_rng(7))
-    out = A.augment_record(record, np.random.default_rng(0), augment_config(**NEUTRAL | dict(flip_lr_prob=1.0)))
-    assert_records_equal(out, A.flip_left_right(record))
-    assert_records_equal(A.augment_record(record, np.random.default_rng(0), augment_config(**NEUTRAL)), record)
+    out = augment.augment_record(record, np.random.default_rng(0), augment_config(**NEUTRAL | dict(flip_lr_prob=1.0)))
+    assert_records_equal(out, augment.flip_left_right(record))
+    assert_records_equal(augment.augment_record(record, np.random.default_rng(0), augment_config(**NEUTRAL)), record)
     disabled = augment_config(**config_lib.SPATIAL_JITTER, enabled=False)
-    assert_records_equal(A.augment_record(record, np.random.default_rng(0), disabled), record)
+    assert_records_equal(augment.augment_record(record, np.random.default_rng(0), disabled), record)
 
 
 def test_the_default_run_config_augments_intensity_and_flips_only():
@@ -246,8 +246,8 @@ def test_the_default_run_config_augments_intensity_and_flips_only():
     for seed in range(4):
         rng = np.random.default_rng(seed)
         flipped = rng.random() < section.flip_lr_prob  # the first draw of augment_record
-        out = A.augment_record(record, np.random.default_rng(seed), section)
-        expected = A.flip_left_right(record) if flipped else record
+        out = augment.augment_record(record, np.random.default_rng(seed), section)
+        expected = augment.flip_left_right(record) if flipped else record
         for key in ("labels", "coords", "coords_series"):
             np.testing.assert_allclose(out[key], expected[key], atol=1e-6)
         assert not np.array_equal(out["sagittal_t1"], expected["sagittal_t1"])

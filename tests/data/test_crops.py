@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lumbar_jax import labels
-from lumbar_jax.data import crops as C
+from lumbar_jax.data import crops as crops_lib
 from lumbar_jax.data.augment import flip_left_right
 from lumbar_jax.data.dicom_geometry import CANONICAL_DIRECTIONS, RIGHT_TO_LEFT_AXIS
 from tests.data.test_augment import make_record
@@ -17,7 +17,7 @@ NATIVE = {  # series -> (shape [D, H, W], spacing (slice gap, rows, cols) mm)
     "sagittal_t2": ((9, 33, 65), (4.0, 1.0, 0.5)),
     "axial_t2": ((17, 65, 33), (3.0, 0.75, 0.5)),
 }
-CROP = C.CropSpec(slices=5, size_mm=12.0, pixels=16)
+CROP = crops_lib.CropSpec(slices=5, size_mm=12.0, pixels=16)
 JITTER = np.array([[1.0, 2.0, 2.0], [1.5, 3.0, 1.0], [0.5, 1.0, 3.0]])  # std per group: (slices, mm, mm)
 
 
@@ -33,7 +33,7 @@ def cut_crop(volume, affine, point, *, slices, size_mm, pixels, offset_mm=(0.0, 
     """One crop uint8 [slices, pixels, pixels] around normalised `point` [3]: `cut_crops` with offsets
     (offset_slices, *offset_mm)."""
     offsets = np.array([[offset_slices, *offset_mm]], dtype=np.float64)
-    return C.cut_crops(volume, affine, np.asarray(point)[None], C.CropSpec(slices, size_mm, pixels),
+    return crops_lib.cut_crops(volume, affine, np.asarray(point)[None], crops_lib.CropSpec(slices, size_mm, pixels),
                        offsets=offsets)[0]
 
 
@@ -156,8 +156,8 @@ def test_outside_the_volume_is_zero_and_interpolates_into_it():
 def test_left_crops_of_a_study_are_the_right_crops_of_its_mirror_image():
     record = native_record(np.random.default_rng(0))
     flipped = flip_native(record)
-    crops, present = C.study_crops(record, C.training_points(record), CROP)
-    flipped_crops, flipped_present = C.study_crops(flipped, C.training_points(flipped), CROP)
+    crops, present = crops_lib.study_crops(record, crops_lib.training_points(record), CROP)
+    flipped_crops, flipped_present = crops_lib.study_crops(flipped, crops_lib.training_points(flipped), CROP)
     mirror = labels.MIRROR_TARGET_INDEX
     sided = np.flatnonzero(labels.TARGET_SIDE > 0)
     assert present[sided].sum() >= 18
@@ -177,47 +177,47 @@ def test_left_crops_of_a_study_are_the_right_crops_of_its_mirror_image():
 
 def test_jitter_moves_crops_in_the_volume_frame_and_is_a_function_of_the_seed():
     record = native_record(np.random.default_rng(1))
-    points = C.training_points(record)
-    crops, _ = C.study_crops(record, points, CROP, jitter=JITTER, rng=np.random.default_rng(3))
-    again, _ = C.study_crops(record, points, CROP, jitter=JITTER, rng=np.random.default_rng(3))
-    other, _ = C.study_crops(record, points, CROP, jitter=JITTER, rng=np.random.default_rng(4))
-    plain, _ = C.study_crops(record, points, CROP)
+    points = crops_lib.training_points(record)
+    crops, _ = crops_lib.study_crops(record, points, CROP, jitter=JITTER, rng=np.random.default_rng(3))
+    again, _ = crops_lib.study_crops(record, points, CROP, jitter=JITTER, rng=np.random.default_rng(3))
+    other, _ = crops_lib.study_crops(record, points, CROP, jitter=JITTER, rng=np.random.default_rng(4))
+    plain, _ = crops_lib.study_crops(record, points, CROP)
     np.testing.assert_array_equal(crops, again)
     assert not np.array_equal(crops, other) and not np.array_equal(crops, plain)
-    offsets = C.draw_offsets(JITTER, np.random.default_rng(3))
+    offsets = crops_lib.draw_offsets(JITTER, np.random.default_rng(3))
     for name in ("left_neural_foraminal_narrowing_l2_l3", "left_subarticular_stenosis_l5_s1",
                  "right_subarticular_stenosis_l1_l2"):
         t = labels.TARGETS.index(name)
         s = labels.TARGET_SERIES[t]
-        cut = C.cut_crops(record[f"{labels.SERIES_TYPES[s]}_native"], record["native_affine"][s], points[t], CROP,
-                          offsets=offsets[t])[0]
+        cut = crops_lib.cut_crops(record[f"{labels.SERIES_TYPES[s]}_native"], record["native_affine"][s], points[t],
+                                  CROP, offsets=offsets[t])[0]
         if labels.TARGET_SIDE[t] == 1:  # jittered, then mirrored
             cut = np.flip(cut, axis=RIGHT_TO_LEFT_AXIS[s])
         np.testing.assert_array_equal(crops[t], cut, err_msg=name)
-    zero, _ = C.study_crops(record, points, CROP, jitter=np.zeros((3, 3)), rng=np.random.default_rng(3))
+    zero, _ = crops_lib.study_crops(record, points, CROP, jitter=np.zeros((3, 3)), rng=np.random.default_rng(3))
     np.testing.assert_array_equal(zero, plain)
 
 
 def test_offsets_are_drawn_per_group():
-    offsets = C.draw_offsets(np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]),
+    offsets = crops_lib.draw_offsets(np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]),
                              np.random.default_rng(0))
     assert offsets.shape == (labels.NUM_TARGETS, 3)
     foraminal = np.isin(labels.TARGET_GROUP, [1])
     assert not offsets[~foraminal].any() and np.all(offsets[foraminal] != 0)
     with pytest.raises(ValueError, match="jitter"):
-        C.draw_offsets(np.ones((2, 3)), np.random.default_rng(0))
+        crops_lib.draw_offsets(np.ones((2, 3)), np.random.default_rng(0))
 
 
 def test_training_points_and_absent_crops():
     record = native_record(np.random.default_rng(2), present=(True, True, False))
-    points = C.training_points(record)
+    points = crops_lib.training_points(record)
     on_series = record["coords_series"] == labels.TARGET_SERIES
     np.testing.assert_array_equal(points[on_series], record["coords"][on_series])
     assert np.isnan(points[~on_series]).all() and (~on_series).sum() == 2  # targets 3 (no point) and 12
     predicted = np.full((labels.NUM_TARGETS, 3), 0.25)
-    np.testing.assert_array_equal(C.training_points(record, predicted)[~on_series], 0.25)
+    np.testing.assert_array_equal(crops_lib.training_points(record, predicted)[~on_series], 0.25)
 
-    crops, present = C.study_crops(record, points, CROP)
+    crops, present = crops_lib.study_crops(record, points, CROP)
     axial = labels.TARGET_SERIES == 2
     np.testing.assert_array_equal(present, on_series & ~axial)
     assert not crops[~present].any() and all(crops[t].any() for t in np.flatnonzero(present))
@@ -232,6 +232,6 @@ def test_bad_inputs_are_refused():
         cut_crop(volume.astype(np.float32), np.eye(4), (0.5, 0.5, 0.5), slices=1, size_mm=4.0, pixels=4)
     record = native_record(np.random.default_rng(0))
     with pytest.raises(ValueError, match="rng"):
-        C.study_crops(record, C.training_points(record), CROP, jitter=JITTER)
+        crops_lib.study_crops(record, crops_lib.training_points(record), CROP, jitter=JITTER)
     with pytest.raises(ValueError, match="points"):
-        C.study_crops(record, np.zeros((5, 3)), CROP)
+        crops_lib.study_crops(record, np.zeros((5, 3)), CROP)

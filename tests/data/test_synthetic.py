@@ -18,26 +18,26 @@ from pydicom.errors import InvalidDicomError
 from scipy import ndimage
 
 from lumbar_jax import labels
-from lumbar_jax.data import synthetic as S
+from lumbar_jax.data import synthetic
 from lumbar_jax.data.synthetic import __main__ as synthetic_cli
 
 SEED, NUM_TRAIN, NUM_TEST = 3, 6, 2
-SPEC = S.DatasetSpec(NUM_TRAIN, SEED, NUM_TEST)  # the module's quirky dataset
+SPEC = synthetic.DatasetSpec(NUM_TRAIN, SEED, NUM_TEST)  # the module's quirky dataset
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """(root folder, summary) of the module's quirky dataset."""
     root = str(tmp_path_factory.mktemp("synthetic"))
-    summary = S.write_synthetic_dataset(root, SPEC, progress=False)
+    summary = synthetic.write_synthetic_dataset(root, SPEC, progress=False)
     return root, summary
 
 
 @pytest.fixture(scope="module")
 def studies():
     """study_id -> the planned Study (phantom, geometry, latent labels) of the module's dataset."""
-    ids = S.draw_ids(SEED, NUM_TRAIN + NUM_TEST)
-    planned = [S.make_study(SPEC, i, ids=ids[i]) for i in range(NUM_TRAIN + NUM_TEST)]
+    ids = synthetic.draw_ids(SEED, NUM_TRAIN + NUM_TEST)
+    planned = [synthetic.make_study(SPEC, i, ids=ids[i]) for i in range(NUM_TRAIN + NUM_TEST)]
     return {st.study_id: st for st in planned}
 
 
@@ -157,8 +157,8 @@ def test_every_listed_series_exists_and_reads_with_consistent_geometry(dataset, 
                 assert int(ds.InstanceNumber) == int(os.path.basename(path)[:-4])
                 sop = f"{sid}.{ser}.{ds.InstanceNumber}"
                 assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID == sop
-                assert S.PHI_MARKER in str(ds.PatientName) and S.PHI_MARKER in ds.PatientID
-                assert ds.PatientBirthDate == S.PHI_BIRTH_DATE and S.PHI_MARKER in ds.InstitutionName
+                assert synthetic.PHI_MARKER in str(ds.PatientName) and synthetic.PHI_MARKER in ds.PatientID
+                assert ds.PatientBirthDate == synthetic.PHI_BIRTH_DATE and synthetic.PHI_MARKER in ds.InstitutionName
                 seen["syntaxes"].add(ds.file_meta.TransferSyntaxUID)
                 seen["photometric"].add(ds.PhotometricInterpretation)
                 seen["rescale"].add((ser, "RescaleSlope" in ds))
@@ -192,7 +192,7 @@ def test_decoded_pixels_equal_the_rendered_content(dataset, studies):
     unreadable = set(summary["unreadable_files"])
     for st in studies.values():
         for s in st.series:
-            for k, expected in enumerate(S.render_series(st, s)):
+            for k, expected in enumerate(synthetic.render_series(st, s)):
                 path = os.path.join(root, f"{st.split}_images", str(st.study_id), str(s.series_id), f"{k + 1}.dcm")
                 if os.path.relpath(path, root) in unreadable:
                     continue
@@ -208,7 +208,7 @@ def test_quirks_land_as_documented(dataset):
     assert expected <= set(summary["quirks"])
     assert len(summary["unreadable_files"]) == 2
     text = json.dumps(summary)
-    assert not any(p in text for p in S.PHI_SENTINELS)
+    assert not any(p in text for p in synthetic.PHI_SENTINELS)
 
 
 def test_no_phi_in_csvs(dataset):
@@ -216,14 +216,14 @@ def test_no_phi_in_csvs(dataset):
     for name in os.listdir(root):
         if name.endswith((".csv", ".json")):
             text = open(os.path.join(root, name)).read()
-            assert not any(p in text for p in S.PHI_SENTINELS), name
+            assert not any(p in text for p in synthetic.PHI_SENTINELS), name
 
 
 # ----------------------------------------------------------------------------------------- determinism
 def test_same_seed_identical_files_any_workers_and_other_seed_differs(dataset, tmp_path):
     root, _ = dataset
     again = str(tmp_path / "again")
-    S.write_synthetic_dataset(again, SPEC, workers=2, progress=False)
+    synthetic.write_synthetic_dataset(again, SPEC, workers=2, progress=False)
     left, right = [], []
     for base, out in ((root, left), (again, right)):
         for folder, _, files in os.walk(base):
@@ -233,12 +233,12 @@ def test_same_seed_identical_files_any_workers_and_other_seed_differs(dataset, t
     assert not mismatch and not errors
 
     other = str(tmp_path / "other")
-    S.write_synthetic_dataset(other, S.DatasetSpec(2, seed=SEED + 1), progress=False)
+    synthetic.write_synthetic_dataset(other, synthetic.DatasetSpec(2, seed=SEED + 1), progress=False)
     assert open(os.path.join(other, "train.csv")).read() != open(os.path.join(root, "train.csv")).read()
-    a = S.make_study(S.DatasetSpec(2, SEED, quirks=False), 1)
-    b = S.make_study(S.DatasetSpec(2, SEED + 1, quirks=False), 1)
+    a = synthetic.make_study(synthetic.DatasetSpec(2, SEED, quirks=False), 1)
+    b = synthetic.make_study(synthetic.DatasetSpec(2, SEED + 1, quirks=False), 1)
     assert a.study_id != b.study_id
-    assert not np.array_equal(S.render_series(a, a.series[1])[7], S.render_series(b, b.series[1])[7])
+    assert not np.array_equal(synthetic.render_series(a, a.series[1])[7], synthetic.render_series(b, b.series[1])[7])
 
 
 def test_matrix_scale_multiplies_rows_and_columns_and_keeps_studies_labels_and_ids(dataset, tmp_path):
@@ -247,10 +247,11 @@ def test_matrix_scale_multiplies_rows_and_columns_and_keeps_studies_labels_and_i
     root, summary = dataset
     n = 3  # study indices 0-2: rescaled, MONOCHROME1, RLE and mixed-matrix series among them
     big = str(tmp_path / "scale2")
-    big_summary = S.write_synthetic_dataset(big, S.DatasetSpec(n, seed=SEED, matrix_scale=2), progress=False)
+    big_summary = synthetic.write_synthetic_dataset(big, synthetic.DatasetSpec(n, seed=SEED, matrix_scale=2),
+                                                    progress=False)
     assert big_summary["matrix_scale"] == 2 and "matrix_scale" not in summary
 
-    ids = {str(i) for i in S.draw_ids(SEED, n)[:, 0]}  # those of study indices 0..n-1 (CSVs are sorted by id)
+    ids = {str(i) for i in synthetic.draw_ids(SEED, n)[:, 0]}  # those of study indices 0..n-1 (CSVs are sorted by id)
     header, small_labels = read_csv(os.path.join(root, "train.csv"))
     assert read_csv(os.path.join(big, "train.csv")) == (header, [r for r in small_labels if r[0] in ids])
     _, small_series = read_csv(os.path.join(root, "train_series_descriptions.csv"))
@@ -283,12 +284,13 @@ def test_matrix_scale_multiplies_rows_and_columns_and_keeps_studies_labels_and_i
     quirks = {k: [o for o in v if str(o["study_id"]) in ids] for k, v in summary["quirks"].items()}
     assert big_summary["quirks"] == {k: v for k, v in quirks.items() if v}
 
-    plain, scaled = S.make_study(S.DatasetSpec(3, SEED), 2), S.make_study(S.DatasetSpec(3, SEED, matrix_scale=2), 2)
+    plain = synthetic.make_study(synthetic.DatasetSpec(3, SEED), 2)
+    scaled = synthetic.make_study(synthetic.DatasetSpec(3, SEED, matrix_scale=2), 2)
     assert np.array_equal(plain.labels, scaled.labels) and plain.study_id == scaled.study_id
     for a, b in zip(plain.series, scaled.series):
         assert a.series_id == b.series_id and np.array_equal(b.shape, 2 * a.shape)
     with pytest.raises(ValueError, match="matrix_scale"):
-        S.DatasetSpec(1, SEED, matrix_scale=0)
+        synthetic.DatasetSpec(1, SEED, matrix_scale=0)
 
 
 def test_cli_no_quirks_writes_clean_files(tmp_path, capsys):
@@ -338,7 +340,8 @@ def test_label_coordinates_point_at_the_structures(dataset, studies):
 
 def _forced(latent_code: int):
     """Study 9 of SEED without quirks, every target forced to one latent grade (same anatomy otherwise)."""
-    return S.make_study(S.DatasetSpec(10, SEED, quirks=False), 9, latent=np.full(labels.NUM_TARGETS, latent_code))
+    return synthetic.make_study(synthetic.DatasetSpec(10, SEED, quirks=False), 9,
+                                latent=np.full(labels.NUM_TARGETS, latent_code))
 
 
 def _bright_run(row: np.ndarray, centre: int, threshold: float) -> int:
@@ -360,7 +363,7 @@ def test_severity_visibly_narrows_the_structures_even_at_16x64x64():
     Normal study's series."""
     normal, severe = _forced(0), _forced(2)
     assert [s.series_id for s in normal.series] == [s.series_id for s in severe.series]
-    images = {name: {s.kind: np.stack(S.render_series(st, s)).astype(float) for s in st.series}
+    images = {name: {s.kind: np.stack(synthetic.render_series(st, s)).astype(float) for s in st.series}
               for name, st in (("normal", normal), ("severe", severe))}
     thresholds = {k: 0.5 * (np.percentile(v, 50) + np.percentile(v, 99)) for k, v in images["normal"].items()}
     coords = {(c, lv): (inst, x, y) for c, lv, _, inst, x, y in normal.coordinates}
@@ -389,24 +392,24 @@ def test_severity_visibly_narrows_the_structures_even_at_16x64x64():
 
 
 def test_label_frequencies_noise_and_missingness_match_the_documented_model():
-    latent, written = S.draw_labels(1, 10000)
-    for group, prior in S.PRIORS.items():
+    latent, written = synthetic.draw_labels(1, 10000)
+    for group, prior in synthetic.PRIORS.items():
         idx = labels.group_target_indices(group)
         lat, wr = latent[:, idx], written[:, idx]
         labelled = wr != labels.MISSING
         for c in range(3):
             assert abs((lat == c).mean() - prior[c]) < 0.01, (group, c)
             assert abs((wr[labelled] == c).mean() - prior[c]) < 0.01, (group, c)
-        moved = 2 * S.KAPPA * (min(prior[0], prior[1]) + min(prior[1], prior[2]))
+        moved = 2 * synthetic.KAPPA * (min(prior[0], prior[1]) + min(prior[1], prior[2]))
         assert abs((lat[labelled] != wr[labelled]).mean() - moved) < 0.01, group
         assert np.all(np.abs(lat[labelled].astype(int) - wr[labelled]) <= 1)  # one grade at most
     assert 0.015 < (written == labels.MISSING).mean() < 0.03
-    clean_latent, clean = S.draw_labels(1, 200, quirks=False)
+    clean_latent, clean = synthetic.draw_labels(1, 200, quirks=False)
     assert (clean != labels.MISSING).all() and np.array_equal(clean_latent, latent[:200])
-    assert np.array_equal(S.make_study(S.DatasetSpec(8, seed=1), 7).latent, latent[7])
-    assert np.allclose(S.label_noise_matrix("foraminal").sum(1), 1)
+    assert np.array_equal(synthetic.make_study(synthetic.DatasetSpec(8, seed=1), 7).latent, latent[7])
+    assert np.allclose(synthetic.label_noise_matrix("foraminal").sum(1), 1)
 
 
 def test_noise_floor_is_far_below_the_class_prior():
-    scores = S.noise_floor_score(seed=0, num_studies=2000)
+    scores = synthetic.noise_floor_score(seed=0, num_studies=2000)
     assert 0.25 < scores["noise_floor"] < 0.37 and 1.0 < scores["class_prior"] < 1.2

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lumbar_jax import labels as L
+from lumbar_jax import labels
 from lumbar_jax.data.augment import flip_left_right
 from lumbar_jax.labels import TARGET_SERIES
 from lumbar_jax.models.localiser import (
@@ -26,7 +26,7 @@ SHAPE = (8, 32, 32)
 
 def _targets(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(coords float32 [B, 25, 3] in [0.2, 0.8], coords_series int32 [B, 25]: each target on its series)."""
-    coords = np.random.default_rng(seed).uniform(0.2, 0.8, (batch, L.NUM_TARGETS, 3)).astype(np.float32)
+    coords = np.random.default_rng(seed).uniform(0.2, 0.8, (batch, labels.NUM_TARGETS, 3)).astype(np.float32)
     return coords, np.tile(TARGET_SERIES, (batch, 1)).astype(np.int32)
 
 
@@ -41,7 +41,8 @@ def _step(state, volumes, present, coords, coords_series, *, graphdef):
 
     def loss_fn(model):
         output = model(volumes, present)
-        loss, _ = localiser_loss(output, coords, coords_series, present, volume_shape=SHAPE, heatmap_weight=1.0)
+        batch = {"coords": coords, "coords_series": coords_series, "present": present}
+        loss, _ = localiser_loss(output, batch, volume_shape=SHAPE, heatmap_weight=1.0)
         return loss, output.points
 
     (loss, points), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -71,8 +72,8 @@ def test_output_shapes_and_heatmaps():
     model = _model()
     output = nnx.eval_shape(lambda m: m(jnp.zeros((3, 3, *SHAPE), jnp.uint8), jnp.ones((3, 3), bool)), model)
     assert model.grid == (8, 4, 4)  # depth kept, in-plane / 8 (pool 2, stem 2, stage 2)
-    assert output.points.shape == (3, L.NUM_TARGETS, 3) and output.points.dtype == jnp.float32
-    assert output.log_probs.shape == (3, L.NUM_TARGETS, 8 * 4 * 4)
+    assert output.points.shape == (3, labels.NUM_TARGETS, 3) and output.points.dtype == jnp.float32
+    assert output.log_probs.shape == (3, labels.NUM_TARGETS, 8 * 4 * 4)
     assert output.centres.shape == (8 * 4 * 4, 3)
 
 
@@ -126,8 +127,8 @@ def test_flip_helpers_match_the_augmentation():
     # Annotated points are mirrored exactly as the augmentation mirrors the labels' coordinates.
     np.testing.assert_allclose(unflip_points(coords), flipped["coords"], atol=1e-6)
     np.testing.assert_allclose(unflip_points(unflip_points(coords)), coords, atol=1e-6)  # an involution
-    spinal, left_foraminal = L.target_index(0, 2), L.target_index(1, 2)
-    right_foraminal = L.MIRROR_TARGET_INDEX[left_foraminal]
+    spinal, left_foraminal = labels.target_index(0, 2), labels.target_index(1, 2)
+    right_foraminal = labels.MIRROR_TARGET_INDEX[left_foraminal]
     np.testing.assert_allclose(unflip_points(coords)[:, spinal, 0], 1 - coords[:, spinal, 0], atol=1e-6)
     np.testing.assert_allclose(unflip_points(coords)[:, left_foraminal, 1:], coords[:, right_foraminal, 1:])
 

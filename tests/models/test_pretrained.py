@@ -50,7 +50,8 @@ def timm_vit_gap(timm):
 
 def _effnet(ndim, num_classes=1000, padding="symmetric", in_channels=None):
     """EfficientNet-B0 without dropout / drop path (no RNG state, so it can be built abstractly and loaded)."""
-    config = EfficientNetConfig.preset("effnet_b0", dropout=0.0, ndim=ndim, in_channels=in_channels or (3 if ndim == 2 else 1),
+    config = EfficientNetConfig.preset("effnet_b0", dropout=0.0, ndim=ndim,
+                                       in_channels=in_channels or (3 if ndim == 2 else 1),
                                        num_classes=num_classes, drop_path=0.0, padding=padding)
     return lambda: EfficientNet(config, kernels=KERNELS, rngs=nnx.Rngs(0))
 
