@@ -117,7 +117,7 @@ class TwoStageRestorer(Restorer):
         return {"oof_localiser": geometry.report(np.concatenate([r["points"] for r in results]))}
 
     def provenance(self, models: Sequence[TwoStageFoldModel]) -> dict:
-        return {"pipeline": "two_stage", "localiser_steps": [int(m.localiser_step) for m in models],
+        return {"pipeline": PIPELINE.name, "localiser_steps": [int(m.localiser_step) for m in models],
                 "localiser_flip_tta": True}
 
     def blank_record(self) -> dict:
