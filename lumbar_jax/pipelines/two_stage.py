@@ -65,11 +65,11 @@ class TwoStageRestorer(Restorer):
         """Fold `fold`'s best localiser and its classifier at `checkpoint` ('best', 'latest' or a step)."""
         what = f"fold {fold} of {self.workdir}"
         localiser_dir = os.path.join(rundir.localiser_dir(self.workdir, fold), rundir.CHECKPOINTS_DIR)
-        localiser_state_, localiser_step = inference.restore_checkpoint(
+        localiser, localiser_step = inference.restore_checkpoint(
             localiser_dir, self.localiser_template, "best", f"the localiser of {what}")
-        state, step = inference.restore_checkpoint(rundir.checkpoints_dir(self.workdir, fold),
-                                                   self.classifier_template, checkpoint, what)
-        return TwoStageFoldModel(fold, localiser_step, localiser_state_, step, state)
+        classifier, step = inference.restore_checkpoint(rundir.checkpoints_dir(self.workdir, fold),
+                                                        self.classifier_template, checkpoint, what)
+        return TwoStageFoldModel(fold, localiser_step, localiser, step, classifier)
 
     def predict(self, models: Sequence[TwoStageFoldModel], records: Sequence[dict], tta: bool = False
                 ) -> tuple[np.ndarray, np.ndarray]:
