@@ -72,7 +72,7 @@ def crop_pipeline(ctx: common.Context, p: dict) -> tuple[common.Timing, common.T
     import numpy as np
 
     from lumbar_jax import labels
-    from lumbar_jax.data import crop_pipeline as cp
+    from lumbar_jax.data import crop_pipeline as crop_pipeline_lib
     from lumbar_jax.data import crops, pipeline
     from lumbar_jax.data.dataset import load_split
 
@@ -83,8 +83,10 @@ def crop_pipeline(ctx: common.Context, p: dict) -> tuple[common.Timing, common.T
     crop = crops.CropSpec.from_config(config.crops)
     centres = np.full((len(source), labels.NUM_TARGETS, 3), 0.5)  # where targets without a point are cut
     batch_size, a = config.train.batch_size, config.augment
-    it = pipeline.iterate(cp.train_batches(source, np.arange(len(source)), pipeline.Stream(batch_size, seed=0), crop,
-                                           augment=cp.CropAugment.from_config(a, CROP_JITTER), fallback_points=centres))
+    augment = crop_pipeline_lib.CropAugment.from_config(a, CROP_JITTER)
+    batches = crop_pipeline_lib.train_batches(source, np.arange(len(source)), pipeline.Stream(batch_size, seed=0),
+                                              crop, augment=augment, fallback_points=centres)
+    it = pipeline.iterate(batches)
     try:
         timing, _ = _timed_iterator(it, batch_size=batch_size, warmup_batches=p["crop_warmup_batches"],
                                     batches=p["crop_batches_per_repeat"], repeats=p["repeats"])

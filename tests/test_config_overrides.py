@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from lumbar_jax import config_overrides as co
+from lumbar_jax import config_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,10 +55,10 @@ def config_path(tmp_path):
 
 
 def configured(config_path, *argv, variant=""):
-    rest, overrides = co.split_overrides(list(argv))
+    rest, overrides = config_overrides.split_overrides(list(argv))
     assert rest == []
-    config = co.load_config(config_path + variant)
-    co.apply_overrides(config, overrides)
+    config = config_overrides.load_config(config_path + variant)
+    config_overrides.apply_overrides(config, overrides)
     return config
 
 
@@ -90,7 +90,7 @@ def test_bools(config_path, argv, value):
 def test_none_valued_fields_take_their_declared_type(config_path):
     c = configured(config_path, "--config.mesh.num_devices=4", "--config.distributed.coordinator_address=h:12")
     assert c.mesh.num_devices == 4 and c.distributed.coordinator_address == "h:12"
-    with pytest.raises(co.OverrideError, match=r"config.mesh.num_devices: cannot read 'four' as int"):
+    with pytest.raises(config_overrides.OverrideError, match=r"config.mesh.num_devices: cannot read 'four' as int"):
         configured(config_path, "--config.mesh.num_devices=four")
     assert configured(config_path, "--config.mesh.num_devices=None").mesh.num_devices is None
 
@@ -103,11 +103,11 @@ def test_fold_alias_sets_both(config_path, flag):
 
 
 def test_variant_and_other_arguments_pass_through(config_path):
-    rest, overrides = co.split_overrides(["--config", config_path + ":smoke", "--config.train.steps", "3",
+    rest, overrides = config_overrides.split_overrides(["--config", config_path + ":smoke", "--config.train.steps", "3",
                                           "--workdir", "w", "-h"])
     assert rest == ["--config", config_path + ":smoke", "--workdir", "w", "-h"]
-    assert overrides == [co.Override("train.steps", "3")]
-    assert co.load_config(config_path + ":smoke").train.steps == 6
+    assert overrides == [config_overrides.Override("train.steps", "3")]
+    assert config_overrides.load_config(config_path + ":smoke").train.steps == 6
 
 
 @pytest.mark.parametrize("flag, message", [
@@ -124,7 +124,7 @@ def test_variant_and_other_arguments_pass_through(config_path):
     ("--noconfig.train.steps", r"config.train.steps is an int field: give a value"),
 ])
 def test_refusals_name_the_field_and_value(config_path, flag, message):
-    with pytest.raises(co.OverrideError, match=message):
+    with pytest.raises(config_overrides.OverrideError, match=message):
         configured(config_path, flag)
 
 
@@ -135,23 +135,24 @@ def test_the_config_is_locked(config_path):
 
 def test_bad_config_paths_and_variants(tmp_path, config_path):
     with pytest.raises(FileNotFoundError, match=r"^--config nope/x.py:smoke: no such file nope/x.py$"):
-        co.load_config("nope/x.py:smoke")
-    with pytest.raises(co.OverrideError, match=f"--config {tmp_path}: .* is not a file"):
-        co.load_config(str(tmp_path))
-    with pytest.raises(co.OverrideError, match=r"^--config .*tiny.py:bogus: config variant 'bogus' unknown"):
-        co.load_config(config_path + ":bogus")
+        config_overrides.load_config("nope/x.py:smoke")
+    with pytest.raises(config_overrides.OverrideError, match=f"--config {tmp_path}: .* is not a file"):
+        config_overrides.load_config(str(tmp_path))
+    with pytest.raises(config_overrides.OverrideError,
+                       match=r"^--config .*tiny.py:bogus: config variant 'bogus' unknown"):
+        config_overrides.load_config(config_path + ":bogus")
     (tmp_path / "empty.py").write_text("X = 1\n")
-    with pytest.raises(co.OverrideError, match="defines no get_config"):
-        co.load_config(str(tmp_path / "empty.py"))
+    with pytest.raises(config_overrides.OverrideError, match="defines no get_config"):
+        config_overrides.load_config(str(tmp_path / "empty.py"))
 
 
 def test_a_config_file_whose_code_fails_is_one_line_naming_its_line(tmp_path):
     (tmp_path / "syntax.py").write_text("X = 1\nY = (\n")
-    with pytest.raises(co.OverrideError, match=r"syntax.py line 2: '\(' was never closed$"):
-        co.load_config(str(tmp_path / "syntax.py"))
+    with pytest.raises(config_overrides.OverrideError, match=r"syntax.py line 2: '\(' was never closed$"):
+        config_overrides.load_config(str(tmp_path / "syntax.py"))
     (tmp_path / "raises.py").write_text("def get_config(arg=None):\n    return {}['lr']\n")
-    with pytest.raises(co.OverrideError, match=r"raises.py line 2: KeyError: 'lr'$"):
-        co.load_config(str(tmp_path / "raises.py"))
+    with pytest.raises(config_overrides.OverrideError, match=r"raises.py line 2: KeyError: 'lr'$"):
+        config_overrides.load_config(str(tmp_path / "raises.py"))
 
 
 def test_the_project_config_resolves_as_config_flags_did(tmp_path):
@@ -165,9 +166,9 @@ def test_the_project_config_resolves_as_config_flags_did(tmp_path):
             "--config.augment.scale=(0.9,1.1)", "--config.fold=0", "--config.mesh.num_devices=4",
             "--config.model.share_encoders=false", "--config.train.lr=1e-3", "--config.model.dtype=bfloat16",
             "--config.distributed.coordinator_address=node1:1234", "--noconfig.augment.enabled"]
-    rest, overrides = co.split_overrides(argv)
-    ours = co.load_config(spec)
-    co.apply_overrides(ours, overrides)
+    rest, overrides = config_overrides.split_overrides(argv)
+    ours = config_overrides.load_config(spec)
+    config_overrides.apply_overrides(ours, overrides)
 
     values = flags.FlagValues()
     full_argv = ["main", "--config", spec, *argv]

@@ -1,5 +1,5 @@
-"""The re-exec of the main job, evaluate.py and predict.py with glibc.malloc.hugetlb=1 (lumbar_jax/huge_pages.py): when it
-happens, that it keeps the user's tunables, and that the re-executed process is the same command line."""
+"""The re-exec of the main job, evaluate.py and predict.py with glibc.malloc.hugetlb=1 (lumbar_jax/huge_pages.py):
+when it happens, that it keeps the user's tunables, and that the re-executed process is the same command line."""
 
 import os
 import platform
