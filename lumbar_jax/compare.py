@@ -55,8 +55,10 @@ def _unfinished(workdir: str, config: dict) -> str:
 
 
 def _pipeline(config: dict) -> str:
-    """The run's pipeline as its `Pipeline.label` names it (runs before the two-stage pipeline: one-stage)."""
-    return pipelines.get(config.get("pipeline", "one_stage")).label(config)
+    """The run's pipeline as its `Pipeline.label` names it (runs before the two-stage pipeline: one-stage; a name
+    this version does not know: that name as it is)."""
+    name = config.get("pipeline", "one_stage")
+    return pipelines.get(name).label(config) if name in pipelines.NAMES else str(name)
 
 
 def run_row(workdir: str) -> dict:

@@ -114,3 +114,11 @@ def test_rows_say_the_pipeline_and_the_calibrated_score(tmp_path):
     assert table[0]["calibrated"] is None and table[1]["calibrated"] == 0.1234
     markdown = compare.format_markdown(table)
     assert "| nan |" in markdown.splitlines()[2] and "0.1234" in markdown.splitlines()[3]
+
+
+def test_a_pipeline_this_version_does_not_know_is_shown_by_its_name(tmp_path):
+    workdir = str(tmp_path / "later")
+    fake_run(workdir, "vit_effnet", confident_truth, 0)
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    json.dump({**config, "pipeline": "three_stage"}, open(os.path.join(workdir, "config.json"), "w"))
+    assert compare.compare_runs([workdir])[0]["pipeline"] == "three_stage"
