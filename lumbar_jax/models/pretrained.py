@@ -340,11 +340,12 @@ def _is_3d(module: nnx.Module) -> bool:
     return len(module.conv_stem.kernel.get_value().shape) == 5
 
 
-def timm_state_dict(module: EfficientNet | VisionTransformer) -> dict[str, np.ndarray]:
-    """The timm-layout state dict of a 2D encoder (the inverse of `load_timm_weights` for 2D models): for
-    exporting, and for tests that need a checkpoint of a variant timm does not have."""
-    if _is_3d(module):
-        raise ValueError("timm_state_dict exports 2D encoders only")
+def torch_state_dict(module: nnx.Module) -> dict[str, np.ndarray]:
+    """The PyTorch-layout state dict of any module (parameters and BatchNorm statistics): keys are the module
+    paths joined by '.', with timm's leaf names (kernel / scale -> weight, mean / var -> running_mean /
+    running_var); conv kernels `[*k, in, out]` -> `[out, in, *k]` (2D or 3D), Linear kernels `[in, out]` ->
+    `[out, in]`. A torch module whose attribute names mirror ours loads it with `load_state_dict`
+    (benchmarks/peers)."""
     out = {}
     for key, var in _variables(module).items():
         value = np.asarray(var.get_value())
@@ -354,6 +355,14 @@ def timm_state_dict(module: EfficientNet | VisionTransformer) -> dict[str, np.nd
             value = value.T
         out[key] = np.ascontiguousarray(value)
     return out
+
+
+def timm_state_dict(module: EfficientNet | VisionTransformer) -> dict[str, np.ndarray]:
+    """The timm-layout state dict of a 2D encoder (the inverse of `load_timm_weights` for 2D models): for
+    exporting, and for tests that need a checkpoint of a variant timm does not have."""
+    if _is_3d(module):
+        raise ValueError("timm_state_dict exports 2D encoders only")
+    return torch_state_dict(module)
 
 
 # ------------------------------------------------------------------------------------------------ models
