@@ -11,6 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
+from benchmarks.peers import import_timm
 from lumbar_jax.labels import NUM_SEVERITIES, NUM_TARGETS
 from lumbar_jax.models import pretrained
 from lumbar_jax.models.crop_classifier import CropClassifier, CropClassifierConfig
@@ -20,7 +21,7 @@ from lumbar_jax.models.vit import ViTConfig, VisionTransformer
 from lumbar_jax.train.loss import metric_loss
 from lumbar_jax.train.state import create_train_state, merge_model
 from tests.models.helpers import KERNELS, cheap_rngs, jit_fast_compile
-from tests.models.timm_reference import import_timm, numpy_state, randomized, torch_forward
+from tests.models.timm_reference import numpy_state, randomized, torch_forward
 
 K, P = 3, 16
 LOGITS_SHAPE = (NUM_TARGETS, NUM_SEVERITIES)

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from benchmarks.peers import import_timm
 from lumbar_jax.models import pretrained, registry
 from lumbar_jax.models.efficientnet import EfficientNet, EfficientNetConfig
 from lumbar_jax.models.vit import ViTConfig, VisionTransformer
 from tests.models.helpers import KERNELS, cheap_rngs, jit_fast_compile, model_config
-from tests.models.timm_reference import import_timm, loaded, numpy_state, randomized, torch_forward
+from tests.models.timm_reference import loaded, numpy_state, randomized, torch_forward
 
 ATOL = 1e-4  # logits / features; measured differences are ~1e-6
 

@@ -1,41 +1,14 @@
-"""timm as the reference of the pretrained-weight tests: import it on a CPU-only torch, build randomly initialised
-models whose every parameter and BatchNorm statistic is non-trivial, and build our models abstractly.
-
-timm imports torchvision. The only torchvision wheel for torch 2.13 (0.28.0) is a CUDA build whose C extension
-cannot load next to the CPU torch; its Python part then fails on `register_fake("torchvision::nms")` (the
-op was never defined) — a known torch/torchvision mismatch. `import_timm` defines the two op schemas the
-import registers fake kernels for (nms, qnms) when that happens, so timm's model code imports; no
-torchvision operator is used by the models here.
+"""timm as the reference of the pretrained-weight tests: import it on a CPU-only torch (`import_timm`, shared
+with the benchmark peers), build randomly initialised models whose every parameter and BatchNorm statistic is
+non-trivial, and build our models abstractly.
 """
 
 from __future__ import annotations
-
-import sys
 
 import numpy as np
 from flax import nnx
 
 from lumbar_jax.models import pretrained
-
-_NMS_SCHEMA = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
-
-
-def import_timm():
-    import torch
-
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError as err:
-        if "torchvision::" not in str(err):
-            raise
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        for op in ("nms", "qnms"):
-            torch.library.define(f"torchvision::{op}", _NMS_SCHEMA)
-        import torchvision  # noqa: F401  (pyflakes: re-import after the op schemas exist)
-    import timm
-
-    return timm
 
 
 def randomized(model, seed: int = 0):
