@@ -52,8 +52,8 @@ def timm_vit(config: ViTConfig) -> torch.nn.Module:
         img_size=config.input_shape, patch_size=config.patch, in_chans=config.in_channels, num_classes=0,
         global_pool="token" if cls else "avg", class_token=cls, embed_dim=config.width, depth=config.depth,
         num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, pos_drop_rate=config.dropout,
-        proj_drop_rate=config.dropout, drop_path_rate=config.drop_path, norm_layer=partial(torch.nn.LayerNorm,
-                                                                                           eps=LN_EPS))
+        proj_drop_rate=config.dropout, drop_path_rate=config.drop_path,
+        norm_layer=partial(torch.nn.LayerNorm, eps=LN_EPS))
 
 
 def timm_effnet(config: EfficientNetConfig) -> torch.nn.Module:
