@@ -11,7 +11,14 @@ import pytest
 import torch
 from flax import nnx
 
-from benchmarks.peers.localiser import LocaliserPeer, PeerOutput, load_weights, localiser_loss, parameter_count
+from benchmarks.peers.localiser import (
+    LocaliserPeer,
+    PeerOutput,
+    load_weights,
+    localiser_loss,
+    parameter_count,
+    train_step_fn,
+)
 from lumbar_jax import labels
 from lumbar_jax.labels import TARGET_SERIES
 from lumbar_jax.models import localiser as localiser_lib
@@ -64,7 +71,8 @@ def _forward(state, volumes, present, *, graphdef):
 
 @functools.partial(jit_fast_compile, static_argnames="graphdef")
 def _loss_and_grads(state, volumes, present, coords, coords_series, *, graphdef):
-    """(our localiser_loss at SHAPE, output, its parameter gradients, the model state after the step)."""
+    """(our localiser_loss at SHAPE, output, its parameter gradients, the model state after the forward pass:
+    BatchNorm running averages updated in training mode)."""
     model = nnx.merge(graphdef, state)
 
     def loss_fn(model):
@@ -88,6 +96,7 @@ def _targets(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _max_diff(ours, peer: PeerOutput) -> dict[str, float]:
+    """Max abs difference of points and log_probs between our output and the peer's."""
     return {name: float(np.abs(np.asarray(getattr(ours, name)) - getattr(peer, name).detach().numpy()).max())
             for name in ("points", "log_probs")}
 
@@ -167,8 +176,9 @@ def test_loss_matches_ours_with_untrained_targets():
     log_probs = np.asarray(jax.nn.log_softmax(logits, axis=-1))
     centres = localiser_lib.cell_centres(SHAPE, (3, 4, 5))
     points = np.einsum("btk,kc->btc", np.exp(log_probs), centres).astype(np.float32)
-    batch = {"coords": jnp.asarray(coords), "coords_series": jnp.asarray(coords_series), "present": present}
-    for heatmap_weight in (1.0, 0.0):
+    # The last case puts every point on its annotation: the distance term at its smoothing floor sqrt(1e-6).
+    for heatmap_weight, coords in ((1.0, coords), (0.0, coords), (0.0, points)):
+        batch = {"coords": jnp.asarray(coords), "coords_series": jnp.asarray(coords_series), "present": present}
         expected, parts = localiser_lib.localiser_loss(localiser_lib.LocaliserOutput(points, log_probs, centres),
                                                        batch, volume_shape=SHAPE, heatmap_weight=heatmap_weight)
         assert 0 < int(parts["annotated"]) < batch_size * labels.NUM_TARGETS
@@ -176,3 +186,23 @@ def test_loss_matches_ours_with_untrained_targets():
                              torch.from_numpy(coords), torch.from_numpy(coords_series), torch.from_numpy(present),
                              SHAPE, heatmap_weight=heatmap_weight)
         np.testing.assert_allclose(got.item(), float(expected), rtol=1e-6)
+
+
+def test_train_steps_lower_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    peer = LocaliserPeer(VARIANT, SHAPE)
+    volumes, present = study_batch(2, SHAPE, seed=6)
+    coords, coords_series = _targets(2)
+    batch = [torch.from_numpy(a) for a in (volumes, present, coords, coords_series)]
+    optimizer, step = train_step_fn(peer, lr=1e-2, weight_decay=1e-4, grad_clip=1.0)
+    losses = [float(step(*batch)) for _ in range(8)]
+    assert isinstance(optimizer, torch.optim.AdamW) and np.isfinite(losses).all()
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_load_weights_names_the_keys_that_do_not_correspond():
+    ours, _ = _models()
+    # loc_small has a fourth stage and a depthwise-separable block 1 (no bn3 / conv_pwl)
+    expected = r"missing \['blocks.3.0.bn1.bias'.*'lateral.3.weight'\], unexpected \['blocks.1.0.bn3.bias'"
+    with pytest.raises(ValueError, match=expected):
+        load_weights(LocaliserPeer("loc_small", SHAPE), ours)

@@ -29,8 +29,8 @@ import torch
 
 from lumbar_jax import labels
 from lumbar_jax.data.dicom_geometry import voxel_extent
-from lumbar_jax.models.efficientnet import BN_EPS, BN_MOMENTUM, SE_RATIO
 from lumbar_jax.models import pretrained
+from lumbar_jax.models.efficientnet import BN_EPS, BN_MOMENTUM, SE_RATIO
 from lumbar_jax.models.fused import INPUT_MEAN, INPUT_STD
 from lumbar_jax.models.localiser import LOCALISER_VARIANTS, LocaliserVariant, cell_centres
 
@@ -115,7 +115,9 @@ def _mbconv(cin: int, cout: int, kernel: int, stride, expand_ratio: int) -> torc
 
 def _upsample(x: torch.Tensor, grid) -> torch.Tensor:
     """Nearest-neighbour upsampling of `x [N, C, *S]` to `[N, C, *grid]`, grid >= S per axis: each cell
-    repeated ceil(grid / S) times, then cropped (as ours; interpolate would differ for odd sizes)."""
+    repeated ceil(grid / S) times, then cropped, as ours. For the decoder's grids (S = ceil(grid / 2) or grid)
+    this equals interpolate(mode='nearest'), which differs for larger ratios (3 -> 4: cells 0 0 1 1 here,
+    0 0 1 2 there)."""
     for axis, (n, m) in enumerate(zip(x.shape[2:], grid), start=2):
         if m != n:
             x = x.repeat_interleave(-(-m // n), dim=axis).narrow(axis, 0, m)
