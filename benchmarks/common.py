@@ -166,6 +166,22 @@ def matmul_rate(dtype: str, n: int, repeats: int) -> dict:
             "timing": timing.to_json()}
 
 
+def conv_rate(dtype: str, batch: int, size: int, channels: int, repeats: int) -> dict:
+    """The default device's `dtype` rate of a dense 3x3 2D convolution now (XLA's own, `lax.conv_general_dilated`,
+    NHWC, `[batch, size, size, channels]` -> the same, 'SAME' padding), median of `repeats` timings: the
+    convolution counterpart of `matmul_rate`."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jax.random.normal(jax.random.key(0), (batch, size, size, channels), jnp.dtype(dtype))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, channels, channels), jnp.dtype(dtype))
+    conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                                             dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    flops = 2.0 * batch * size * size * channels * channels * 9
+    timing = measure(lambda: jax.block_until_ready(conv(x, kernel)), items=flops, repeats=repeats, warmup=2)
+    return {"shape": [batch, size, size, channels], "flop_per_s": timing.rate_median, "timing": timing.to_json()}
+
+
 def busy_work(n: int) -> int:
     """A fixed amount of single-core Python work (for `parallel_capacity`); module-level so it pickles."""
     total = 0

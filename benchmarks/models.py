@@ -223,7 +223,7 @@ def two_stage_config(ctx: common.Context):
     return load_config("vit_effnet", (SMOKE if ctx.smoke else FULL)["two_stage"])
 
 
-def _study_arrays(config, batch: int, rng) -> dict:
+def study_arrays(config, batch: int, rng) -> dict:
     """A random study batch as the r64 pipeline gives it (every target annotated on its own series)."""
     import numpy as np
 
@@ -246,7 +246,7 @@ def _fused_parts(config, batch: int, rng):
     tc = config.train
     shape = "x".join(map(str, config.model.volume_shape))
     return (statics, state, step_lib.study_loss(tc.loss, tc.coord_loss_weight, tc.coord_sigma), tc.ema_decay,
-            _study_arrays(config, batch, rng), f"train step, batch {batch} of 3x{shape} (one study = 3 series)")
+            study_arrays(config, batch, rng), f"train step, batch {batch} of 3x{shape} (one study = 3 series)")
 
 
 def _localiser_parts(config, batch: int, rng):
@@ -257,7 +257,7 @@ def _localiser_parts(config, batch: int, rng):
 
     shape = tuple(config.model.volume_shape)
     statics, state = localiser_state(config, mesh_lib.make_mesh(1))
-    return (statics, state, localiser_loss_fn(shape), 0.0, _study_arrays(config, batch, rng),
+    return (statics, state, localiser_loss_fn(shape), 0.0, study_arrays(config, batch, rng),
             f"localiser ({config.localiser.variant}) train step, batch {batch} of 3x{'x'.join(map(str, shape))}")
 
 
@@ -364,9 +364,7 @@ def run(ctx: common.Context) -> dict[str, Any]:
         rows += kind_rows
         extra[p[kind]] = kind_extra
         params[p[kind]] = (kind_extra["lumbar_jax_params"], kind_extra.get("monai_params"))
-    steps = [("fused", variant, batch) for variant, batch in p["fused_batch"].items()]
-    steps += [(model, p["two_stage"], None) for model in ("localiser", "crop_classifier")]
-    for model, variant, batch in steps:
+    for model, variant, batch in [("fused", variant, batch) for variant, batch in p["fused_batch"].items()]:
         row, measured = train_step_row(model, variant, batch, p["step_repeats"])
         rows.append(row)
         extra.setdefault("train_steps", {})[row["id"]] = {k: v for k, v in measured.items() if k != "timing"}

@@ -22,7 +22,7 @@ import traceback
 
 from lumbar_jax import cli
 
-SECTIONS = ("data", "pipeline", "models")
+SECTIONS = ("data", "pipeline", "models", "two_stage")
 PEER_SECTIONS = {"data", "models"}  # sections that run MONAI (pipeline's peer comes from the models section)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "benchmarks", "results")

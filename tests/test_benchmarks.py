@@ -21,13 +21,14 @@ EXPECTED_ROWS = {
              "data.build_1w", "data.build_2w", "data.build_scaling", "data.build_scaling_steady"],
     "pipeline": ["pipeline.in_process", "pipeline.workers", "pipeline.worker_scaling", "pipeline.crop_pipeline"],
     "models": ["models.vit_s.train_step", "models.vit_s.inference", "models.effnet_b0.train_step",
-               "models.effnet_b0.inference", "models.fused.smoke", "models.localiser.smoke",
-               "models.crop_classifier.smoke"],
+               "models.effnet_b0.inference", "models.fused.smoke"],
+    "two_stage": ["two_stage.localiser.train", "two_stage.localiser.infer", "two_stage.crop_classifier.train",
+                  "two_stage.crop_classifier.infer", "two_stage.study"],
 }
 ROW_KEYS = {"id", "name", "unit", "lumbar_jax", "peer", "ratio", "ratio_best", "ratio_of", "peer_label", "target",
             "target_text", "target_met", "note"}
 PEER_ROWS = ("data.load_study", "data.load_study_uint8", "data.load_study_kaggle")  # rows whose peer is MONAI
-TRAIN_STEP_ROWS = ("models.fused.smoke", "models.localiser.smoke", "models.crop_classifier.smoke")  # no peer
+TRAIN_STEP_ROWS = ("models.fused.smoke",)  # no peer
 # rows whose peer is one of those train steps (always measured): the pipelines against what training consumes
 TRAIN_STEP_PEER_ROWS = ("pipeline.in_process", "pipeline.workers", "pipeline.crop_pipeline")
 
@@ -36,8 +37,8 @@ TRAIN_STEP_PEER_ROWS = ("pipeline.in_process", "pipeline.workers", "pipeline.cro
 DIFFERENCE_ROWS = {"data.build_scaling_steady"}
 
 
-def _peer_installed() -> bool:
-    return all(importlib.util.find_spec(name) is not None for name in ("torch", "monai"))
+def _peer_installed(names=("torch", "monai")) -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in names)
 
 
 def _check_results(out_dir, sections, peer_installed):
@@ -59,13 +60,15 @@ def _check_results(out_dir, sections, peer_installed):
                 # a difference of two timings: at smoke sizes it may be within noise, and the row must say so
                 assert r["lumbar_jax"]["status"] == "not resolvable (build times within noise)", r["id"]
                 assert r["ratio"] is None, r["id"]
-            elif name in ("data", "pipeline"):  # our side is always measured
+            elif name in ("data", "pipeline", "two_stage"):  # our side is always measured
                 assert r["lumbar_jax"]["status"] == "measured", r["id"]
                 assert r["lumbar_jax"]["median"] > 0 and r["lumbar_jax"]["repeats"] >= 1
             if r["id"] in TRAIN_STEP_ROWS:
                 assert r["lumbar_jax"]["status"] == "measured" and r["lumbar_jax"]["median"] > 0, r["id"]
             if r["id"] in TRAIN_STEP_PEER_ROWS:
                 assert r["peer"]["status"] == "measured" and r["ratio"] > 0, r["id"]
+            if name == "two_stage":  # the PyTorch + timm peer, built with our weights
+                assert (r["peer"]["status"] == "measured") == _peer_installed(("torch", "timm")), r["id"]
             if r["id"] in PEER_ROWS:
                 if peer_installed:
                     assert r["peer"]["status"] == "measured" and r["ratio"] is not None
@@ -94,7 +97,11 @@ def test_smoke_command_writes_table_and_json(tmp_path):
                           capture_output=True, text=True, timeout=900, env={**os.environ, "TQDM_DISABLE": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "| benchmark |" in proc.stdout  # the table is printed too
-    _check_results(out, ["data", "pipeline", "models"], _peer_installed())
+    results = _check_results(out, ["data", "pipeline", "models", "two_stage"], _peer_installed())
+    two_stage = results["sections"]["two_stage"]
+    if _peer_installed(("torch", "timm")):  # same architecture: equal parameter counts
+        for model in ("localiser", "crop_classifier"):
+            assert two_stage["extra"][model]["lumbar_jax_params"] == two_stage["extra"][model]["peer_params"]
 
 
 def test_smoke_without_peer_still_measures_lumbar_jax(tmp_path, monkeypatch):

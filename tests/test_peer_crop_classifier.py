@@ -12,11 +12,13 @@ import pytest
 import torch
 from flax import nnx
 
+from benchmarks import peers
 from benchmarks.peers import crop_classifier as peer_lib
+from lumbar_jax.data.crops import CropSpec
 from lumbar_jax.labels import NUM_SEVERITIES, NUM_TARGETS
 from lumbar_jax.models import pretrained, registry
 from lumbar_jax.models.crop_classifier import CropClassifier, CropClassifierConfig
-from lumbar_jax.models.efficientnet import EfficientNetConfig
+from lumbar_jax.models.efficientnet import CPU_STAGES, EfficientNetConfig
 from lumbar_jax.models.vit import ViTConfig
 from lumbar_jax.train import config as config_lib
 from lumbar_jax.train.loss import metric_loss
@@ -65,7 +67,7 @@ def models() -> tuple[CropClassifier, peer_lib.CropClassifierPeer]:
     ours = nnx.eval_shape(lambda: CropClassifier(config, kernels="cpu", rngs=nnx.Rngs(0)))
     _random_weights(ours, seed=1)
     peer = peer_lib.CropClassifierPeer(config)
-    peer_lib.load_weights(peer, ours)
+    peers.load_weights(peer, ours)
     ours.eval()
     return ours, peer.eval()
 
@@ -112,24 +114,18 @@ def test_parameter_counts_and_weight_layout_match(models):
     (ours from the registry, abstract); another depth differs. Loading refuses a model of another layout."""
     for pool in ("cls", "mean"):
         ours = nnx.eval_shape(lambda: CropClassifier(_config(pool), kernels="cpu", rngs=nnx.Rngs(0)))
-        assert peer_lib.parameter_count(peer_lib.CropClassifierPeer(_config(pool))) == _num_params(ours)
-    assert peer_lib.parameter_count(peer_lib.CropClassifierPeer(_config(depth=3))) != _num_params(ours)
+        assert peers.parameter_count(peer_lib.CropClassifierPeer(_config(pool))) == _num_params(ours)
+    assert peers.parameter_count(peer_lib.CropClassifierPeer(_config(depth=3))) != _num_params(ours)
 
-    model = config_lib.two_stage_config().model
-    crop_shape = (5, 32, 32)
-    ours = nnx.eval_shape(lambda: registry.create_crop_classifier(model, crop_shape, nnx.Rngs(0)))
-    config = CropClassifierConfig(
-        crop_shape, ViTConfig.preset(model.vit, input_shape=crop_shape[1:], patch=model.slice_patch, pool=model.pool,
-                                     drop_path=model.drop_path),
-        EfficientNetConfig.preset(model.effnet, ndim=2, drop_path=model.drop_path, padding=model.effnet_padding),
-        effnet_pool=model.effnet_pool[1], hidden=model.head_hidden, num_heads=model.head_heads, depth=model.head_depth,
-        dropout=model.dropout)
-    assert (model.vit, model.effnet, tuple(model.slice_patch), model.effnet_pool[1]) == ("vit_cpu", "effnet_cpu",
-                                                                                         (8, 8), 2)
-    assert peer_lib.parameter_count(peer_lib.CropClassifierPeer(config)) == _num_params(ours)
+    default = config_lib.two_stage_config()
+    crop_shape = CropSpec.from_config(default.crops).shape
+    ours = nnx.eval_shape(lambda: registry.create_crop_classifier(default.model, crop_shape, nnx.Rngs(0)))
+    config = registry.crop_classifier_config(default.model, crop_shape)
+    assert (config.vit.width, config.effnet.stages, config.effnet_pool) == (32, CPU_STAGES, 2)  # vit_cpu, effnet_cpu
+    assert peers.parameter_count(peer_lib.CropClassifierPeer(config)) == _num_params(ours)
 
     with pytest.raises(ValueError, match=r"missing \(\d+\): blocks\.2\.attn\.proj\.bias"):
-        peer_lib.load_weights(peer_lib.CropClassifierPeer(_config(depth=3)), models[0])
+        peers.load_weights(peer_lib.CropClassifierPeer(_config(depth=3)), models[0])
 
 
 def test_eval_logits_loss_and_gradients_match(models):
@@ -212,11 +208,11 @@ def test_metric_loss_matches_ours():
 
 
 def test_train_step_lowers_the_metric_loss():
-    """train_step_fn: a few AdamW steps (gradients clipped) on one batch lower the peer's metric loss."""
+    """peers.adamw_train_step: a few AdamW steps (gradients clipped) on one batch lower the peer's metric loss."""
     torch.manual_seed(0)
     peer = peer_lib.CropClassifierPeer(_config())
-    optimizer, step = peer_lib.train_step_fn(peer, lr=3e-3, weight_decay=0.05, grad_clip=1.0)
-    assert isinstance(optimizer, torch.optim.AdamW)
+    step = peers.adamw_train_step(peer, lambda forward, crops, present, labels: peer_lib.metric_loss(
+        forward(crops, present), labels), lr=3e-3, weight_decay=0.05, grad_clip=1.0)
     batch = _torch(*_batch(all_present=False))
     losses = [step(*batch).item() for _ in range(6)]
     assert all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0], losses

@@ -13,7 +13,8 @@ same inputs. The package never imports it.
 3. crop vectors zeroed where absent, plus condition / level / side embeddings, `depth` pre-LN self-attention
    blocks with absent crops masked as keys, LayerNorm, a shared linear classifier plus a per-target bias.
 Attention is `torch.nn.functional.scaled_dot_product_attention`. Attribute names mirror our NNX module paths,
-so `pretrained.torch_state_dict(ours)` loads with `load_state_dict(strict=True)` (`load_weights`).
+so `pretrained.torch_state_dict(ours)` loads with `load_state_dict(strict=True)` (`benchmarks.peers.load_weights`);
+`metric_loss` ports ours, and the train step is `benchmarks.peers.adamw_train_step`.
 
 One difference cannot be matched: our MaskedBatchNorm takes its training statistics (and running averages)
 over present crops only, while the peer has timm's plain BatchNorm2d over every slice in the batch (what a
@@ -33,7 +34,6 @@ import torch.nn.functional as functional
 from benchmarks.peers import import_timm
 from lumbar_jax import labels as labels_lib
 from lumbar_jax.labels import NUM_SEVERITIES, NUM_TARGETS
-from lumbar_jax.models import pretrained
 from lumbar_jax.models.crop_classifier import NUM_SIDES, CropClassifierConfig
 from lumbar_jax.models.efficientnet import BN_EPS, BN_EPS_TF, SE_RATIO, STEM_CHANNELS, EfficientNetConfig
 from lumbar_jax.models.fused import INPUT_MEAN, INPUT_STD
@@ -41,9 +41,6 @@ from lumbar_jax.models.transformer import LN_EPS
 from lumbar_jax.models.vit import ViTConfig
 
 timm = import_timm()
-
-_IGNORED_SUFFIXES = ("num_batches_tracked",)
-
 
 def timm_vit(config: ViTConfig) -> torch.nn.Module:
     """timm's 2D VisionTransformer of our ViTConfig (1 channel, pooled features `[N, width]`)."""
@@ -224,19 +221,6 @@ class CropClassifierPeer(torch.nn.Module):
         return (self.classifier(self.norm_out(tokens)) + self.target_bias).float()
 
 
-def load_weights(peer: CropClassifierPeer, model) -> None:
-    """Copy our CropClassifier's parameters and BatchNorm statistics into `peer` (pretrained.torch_state_dict);
-    ValueError listing every missing and unexpected key unless the two match exactly (BatchNorm's
-    `num_batches_tracked` counters aside)."""
-    state = {key: torch.tensor(value) for key, value in pretrained.torch_state_dict(model).items()}
-    expected = {key for key in peer.state_dict() if not key.endswith(_IGNORED_SUFFIXES)}
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ValueError(f"our model does not match the peer: missing ({len(missing)}): {', '.join(missing)}; "
-                         f"unexpected ({len(unexpected)}): {', '.join(unexpected)}")
-    peer.load_state_dict(state, strict=False)  # shape mismatches still raise
-
-
 def metric_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """lumbar_jax.train.loss.metric_loss in torch (no `valid`, any_severe_spinal weight 1): logits `[B, 25, 3]`,
     labels int `[B, 25]` (-1 missing) -> the scalar loss, the mean of the weighted cross-entropy of each condition
@@ -266,26 +250,3 @@ def metric_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     present = torch.cat([group_weight > 0, study_weight.sum()[None] > 0]).float()
     terms = torch.cat([group_loss, any_loss[None]])
     return (terms * present).sum() / present.sum().clamp_min(1e-9)
-
-
-def train_step_fn(peer: CropClassifierPeer, lr: float, weight_decay: float, grad_clip: float):
-    """-> (torch.optim.AdamW over every parameter, `step(crops, crop_present, labels) -> loss`): one training
-    step as a PyTorch user writes it (train mode, forward, metric loss, backward, global-norm clipping to
-    `grad_clip`, AdamW step); the loss is detached."""
-    optimizer = torch.optim.AdamW(peer.parameters(), lr=lr, weight_decay=weight_decay)
-
-    def step(crops: torch.Tensor, crop_present: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        peer.train()
-        optimizer.zero_grad(set_to_none=True)
-        loss = metric_loss(peer(crops, crop_present), labels)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(peer.parameters(), grad_clip)
-        optimizer.step()
-        return loss.detach()
-
-    return optimizer, step
-
-
-def parameter_count(peer: torch.nn.Module) -> int:
-    """Trainable parameters (BatchNorm statistics are buffers, as ours are not nnx.Param)."""
-    return sum(p.numel() for p in peer.parameters() if p.requires_grad)

@@ -11,8 +11,8 @@ reads its channel on its own series (labels.TARGET_SERIES); log-softmax and soft
 The localiser has no stochastic depth (every drop_path rate is 0), so neither has the peer.
 
 Attribute names mirror our NNX module paths, so `pretrained.torch_state_dict(localiser)` loads with
-`load_state_dict(strict=True)` (`load_weights`). `localiser_loss` ports ours; `train_step_fn` is the AdamW +
-gradient-clipping loop a PyTorch user writes (constant learning rate; ours adds warmup and cosine decay).
+`load_state_dict(strict=True)` (`benchmarks.peers.load_weights`). `localiser_loss` ports ours; the train step
+is `benchmarks.peers.adamw_train_step`.
 
 What cannot be matched: our MaskedBatchNorm takes its training statistics from present series only, the peer's
 plain BatchNorm3d from every sample. In eval mode, and in training with every series present, they are the
@@ -29,7 +29,6 @@ import torch
 
 from lumbar_jax import labels
 from lumbar_jax.data.dicom_geometry import voxel_extent
-from lumbar_jax.models import pretrained
 from lumbar_jax.models.efficientnet import BN_EPS, BN_MOMENTUM, SE_RATIO
 from lumbar_jax.models.fused import INPUT_MEAN, INPUT_STD
 from lumbar_jax.models.localiser import LOCALISER_VARIANTS, LocaliserVariant, cell_centres
@@ -195,17 +194,6 @@ class LocaliserPeer(torch.nn.Module):
         return PeerOutput(points, log_probs, self.centres)
 
 
-def load_weights(peer: LocaliserPeer, model) -> None:
-    """Copy the parameters and BatchNorm statistics of our Localiser `model` into `peer` (strict: a ValueError
-    listing the missing and unexpected keys when the two do not correspond; shapes are checked by torch)."""
-    state = {key: torch.tensor(value) for key, value in pretrained.torch_state_dict(model).items()}
-    expected = {key for key in peer.state_dict() if not key.endswith("num_batches_tracked")}
-    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
-    if missing or unexpected:
-        raise ValueError(f"the localiser's state does not match the peer: missing {missing}, unexpected {unexpected}")
-    peer.load_state_dict(state, strict=False)
-
-
 def trained_targets(coords_series: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """bool `[B, 25]`: targets annotated on their own series while that series is present (as ours)."""
     target_series = torch.as_tensor(labels.TARGET_SERIES, device=coords_series.device)
@@ -230,28 +218,3 @@ def localiser_loss(output: PeerOutput, coords: torch.Tensor, coords_series: torc
     goal = torch.softmax(-0.5 * squared / heatmap_sigma**2, dim=-1)
     cross_entropy = -(goal * output.log_probs).sum(dim=-1)
     return mean_distance + heatmap_weight * torch.where(trained, cross_entropy, 0.0).sum() / count
-
-
-def train_step_fn(peer: LocaliserPeer, lr: float, weight_decay: float, grad_clip: float,
-                  heatmap_weight: float = 1.0):
-    """(optimizer, step): torch.optim.AdamW over every parameter (as our optax.adamw) and
-    `step(volumes, present, coords, coords_series) -> loss` (a detached scalar tensor): forward in training
-    mode, `localiser_loss`, backward, clip_grad_norm_ to `grad_clip`, optimizer step."""
-    optimizer = torch.optim.AdamW(peer.parameters(), lr=lr, weight_decay=weight_decay)
-
-    def step(volumes, present, coords, coords_series) -> torch.Tensor:
-        peer.train()
-        optimizer.zero_grad(set_to_none=True)
-        loss = localiser_loss(peer(volumes, present), coords, coords_series, present, peer.volume_shape,
-                              heatmap_weight)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(peer.parameters(), grad_clip)
-        optimizer.step()
-        return loss.detach()
-
-    return optimizer, step
-
-
-def parameter_count(peer: torch.nn.Module) -> int:
-    """Number of trainable parameter elements (BatchNorm statistics excluded)."""
-    return sum(p.numel() for p in peer.parameters() if p.requires_grad)

@@ -97,19 +97,24 @@ def create_localiser(config: Mapping, model_config: Mapping, volume_shape, rngs:
     return Localiser(config["variant"], volume_shape=tuple(volume_shape), **_runtime(model_config, rngs))
 
 
-def create_crop_classifier(config: Mapping, crop_shape, rngs: nnx.Rngs, load_pretrained: bool = False
-                           ) -> CropClassifier:
-    """Stage 2 of the two-stage pipeline from a validated `model` section: `model(crops [B, 25, K, P, P],
-    crop_present [B, 25]) -> logits [B, 25, 3]`, each crop slice through the 2D encoders of `model.name` (the
-    EfficientNet's input average-pooled by the [h, w] of `model.effnet_pool`).
-    `load_pretrained`: timm weights into the 2D encoders, 1:1 (no inflation)."""
+def crop_classifier_config(config: Mapping, crop_shape) -> CropClassifierConfig:
+    """The CropClassifierConfig of a validated `model` section for crops `[K, P, P]` (crop_shape): the 2D
+    encoders of `model.name` per crop slice (the EfficientNet's input average-pooled by the [h, w] of
+    `model.effnet_pool`), the slice pooling and study head of `model.head_*`."""
     encoders, crop_shape = encoders_of(config), tuple(crop_shape)
     vit = _vit_config(config, input_shape=crop_shape[1:], patch=config["slice_patch"]) if "vit" in encoders else None
-    classifier = CropClassifierConfig(
+    return CropClassifierConfig(
         crop_shape, vit=vit, effnet=_effnet_config(config, ndim=2) if "effnet" in encoders else None,
         effnet_pool=config["effnet_pool"][1], hidden=config["head_hidden"], num_heads=config["head_heads"],
         depth=config["head_depth"], dropout=config["dropout"])
-    model = CropClassifier(classifier, **_runtime(config, rngs))
+
+
+def create_crop_classifier(config: Mapping, crop_shape, rngs: nnx.Rngs, load_pretrained: bool = False
+                           ) -> CropClassifier:
+    """Stage 2 of the two-stage pipeline from a validated `model` section (`crop_classifier_config`):
+    `model(crops [B, 25, K, P, P], crop_present [B, 25]) -> logits [B, 25, 3]`.
+    `load_pretrained`: timm weights into the 2D encoders, 1:1 (no inflation)."""
+    model = CropClassifier(crop_classifier_config(config, crop_shape), **_runtime(config, rngs))
     if load_pretrained:
         pretrained.apply_pretrained(model, config)
     return model
