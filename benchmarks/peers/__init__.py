@@ -65,7 +65,7 @@ def adamw_train_step(peer, loss: Callable, *, lr: float, weight_decay: float, gr
     where ours warms up and decays, which costs nothing per step)."""
     import torch
 
-    forward = forward or peer
+    forward = peer if forward is None else forward
     optimizer = torch.optim.AdamW(peer.parameters(), lr=lr, weight_decay=weight_decay)
 
     def step(*inputs):
