@@ -41,12 +41,14 @@ setup(
     install_requires=RUNTIME,
     extras_require={
         "test": ["pytest>=8", "pytest-xdist",
-                 # References of tests/models/test_pretrained.py (timm parity): the CPU torch build lies on
-                 # this machine's disk; torchvision 0.28.0 is the build for torch 2.13 (timm imports it; its C
-                 # ops do not load on CPU torch, see tests/models/timm_reference.py).
+                 # References of the timm parity tests and of the PyTorch peers' agreement tests
+                 # (tests/test_peer_*.py): the CPU torch build lies on this machine's disk; torchvision 0.28.0
+                 # is the build for torch 2.13 (timm imports it; its C ops do not load on CPU torch, see
+                 # benchmarks/peers/__init__.py).
                  "torch==2.13.0", "torchvision==0.28.0", "timm==1.0.29", "safetensors"],
-        # Peers for parity tests and benchmarks (CPU build of torch lies on this machine's disk).
-        "bench": ["torch==2.13.0", "monai==1.6.1", "einops", "nibabel"],
+        # Peers of the benchmarks (CPU build of torch lies on this machine's disk): MONAI for the data and
+        # one-stage model sections, timm for the two-stage models (benchmarks/peers).
+        "bench": ["torch==2.13.0", "torchvision==0.28.0", "timm==1.0.29", "monai==1.6.1", "einops", "nibabel"],
         # The dataset build on Apache Beam (lumbar_jax/data/beam_build.py). Resolves with the pinned stack but
         # downgrades protobuf (<7), pyarrow (<26) and pillow (<13): install it in its own environment.
         "beam": ["apache-beam==2.77.0"],

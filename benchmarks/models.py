@@ -14,18 +14,14 @@ are printed side by side (they must agree within 1 %), and the achieved FLOP/s o
 (XLA's cost analysis of the compiled step / median step time) against the machine's f32 matmul rate
 measured in the same run.
 
-lumbar_jax's own train steps (no peer), each `train.step.make_train_step` jitted on a fixed random batch, rate in
-studies/s (one study = one record), with its compile time (the first call) and the benchmark process's peak
-resident memory while the model was built, compiled and stepped (Linux: VmHWM reset before each; elsewhere
-ru_maxrss since the process started, an upper bound):
-  - the one-stage fused model (`configs/vit_effnet_one_stage.py` at batch 12 and its `:r128` variant in float32
-    at batch 2; smoke: `:smoke` at batch 4): 3 series per record, coordinate loss on;
-  - the two-stage default's stages (`configs/vit_effnet.py`, smoke: `:smoke`), at the config's batch sizes: the
-    localiser (`localiser` section, `models.localiser.localiser_loss` on r64 volumes) and the crop classifier
-    (`model` section on 25 crops [K, P, P] of the `crops` section, `train.loss.metric_loss`), built and trained
-    as `train.two_stage` does.
-Their rates are also the pipeline section's peers (`train_step_consumption`): how many studies/s training
-consumes.
+lumbar_jax's own train step of the one-stage fused model (no peer; `configs/vit_effnet_one_stage.py` at batch 12
+and its `:r128` variant in float32 at batch 2; smoke: `:smoke` at batch 4; 3 series per record, coordinate loss
+on), each `train.step.make_train_step` jitted on a fixed random batch, rate in studies/s (one study = one
+record), with its compile time (the first call) and the benchmark process's peak resident memory while the
+model was built, compiled and stepped (Linux: VmHWM reset before each; elsewhere ru_maxrss since the process
+started, an upper bound). The two-stage default's models are the `two_stage` section's (against PyTorch +
+timm); their train steps as built here (`TRAIN_STEPS`) are what the pipeline section compares the input
+pipelines with (`train_step_consumption`: how many studies/s training consumes).
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
 """Run the lumbar_jax benchmark suite: one Markdown table and one JSON, every figure a ratio against a peer
-measured in the same run on the same machine (MONAI on PyTorch CPU, or the 1-worker / in-process baseline).
+measured in the same run on the same machine (MONAI on PyTorch CPU, PyTorch + timm for the two-stage models,
+or the 1-worker / in-process baseline).
 
-    python -m benchmarks.run [--smoke] [--only data,pipeline,models] [--out benchmarks/results]
+    python -m benchmarks.run [--smoke] [--only data,pipeline,models,two_stage] [--out benchmarks/results]
 
 Writes OUT/results.json and OUT/results.md and prints the table. `--smoke` runs every section on tiny sizes
 in seconds (CI; its figures mean nothing). Without torch/monai installed (`pip install -e ".[bench]"`) the
 lumbar_jax side is still measured and the peer columns say "not installed". Exit status 1 when a section
-failed (its error is in both files), else 0. Sections: see benchmarks/data.py, pipeline.py, models.py.
+failed (its error is in both files), else 0. Sections: see benchmarks/data.py, pipeline.py, models.py,
+two_stage.py.
 """
 
 from __future__ import annotations
