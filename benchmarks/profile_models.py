@@ -38,7 +38,7 @@ import warnings
 from typing import Any
 
 from benchmarks import common, models
-from lumbar_jax import cli
+from lumbar_jax import cli, huge_pages
 
 KINDS = ("dense matmul", "batched matmul", "convolution", "while loop", "transpose/copy", "other fusion")
 TOP_OPS = 12
@@ -348,4 +348,5 @@ def profile(model_kinds: list[str], steps: list[str], smoke: bool) -> dict[str, 
 
 
 if __name__ == "__main__":
+    huge_pages.reexec_with_huge_pages("benchmarks.profile_models")  # as benchmarks.run and the main job
     sys.exit(cli.run(main))

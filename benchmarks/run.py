@@ -8,7 +8,8 @@ Writes OUT/results.json and OUT/results.md and prints the table. `--smoke` runs 
 in seconds (CI; its figures mean nothing). Without torch/monai installed (`pip install -e ".[bench]"`) the
 lumbar_jax side is still measured and the peer columns say "not installed". Exit status 1 when a section
 failed (its error is in both files), else 0. Sections: see benchmarks/data.py, pipeline.py, models.py,
-two_stage.py.
+two_stage.py. Like the main job, the command re-executes itself once with glibc's huge-page tunable
+(lumbar_jax/huge_pages.py), so both sides' step buffers are served as the job's are.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import tempfile
 import time
 import traceback
 
-from lumbar_jax import cli
+from lumbar_jax import cli, huge_pages
 
 SECTIONS = ("data", "pipeline", "models", "two_stage")
 PEER_SECTIONS = {"data", "models"}  # sections that run MONAI (pipeline's peer comes from the models section)
@@ -120,4 +121,6 @@ def _json_default(value):
 
 
 if __name__ == "__main__":
+    # as the main job runs: XLA:CPU's step buffers (and the peer's, in the same process) on huge pages
+    huge_pages.reexec_with_huge_pages("benchmarks.run")
     sys.exit(cli.run(main))
