@@ -31,7 +31,7 @@ SCHEMA_VERSION = 1
 PEER_EXPECTED = {"monai": "1.6.1", "torch": "2.13.0"}
 NOT_INSTALLED = "not installed"
 VERSION_PACKAGES = ("numpy", "jax", "jaxlib", "flax", "grain", "pydicom", "tensorflow-datasets", "array-record",
-                    "torch", "monai")
+                    "torch", "monai", "timm")
 
 
 # ------------------------------------------------------------------------------------------------ context
@@ -413,9 +413,10 @@ def markdown(results: dict[str, Any]) -> str:
         f"- GPU: {m['gpu']}",
         f"- versions: Python {m['python']}, numpy {v['numpy']}, jax {v['jax']}, flax {v['flax']}, "
         f"grain {v['grain']}, pydicom {v['pydicom']}, tfds {v['tensorflow-datasets']}; "
-        f"peer: torch {v['torch']}, monai {v['monai']}"
+        f"peers: torch {v['torch']}, monai {v['monai']}, timm {v['timm']}"
         + (f" (torch threads {peer['torch_threads']})" if peer.get("torch_threads") else "")
-        + ("" if peer["available"] else f" -- peer {peer['reason']}: peer columns empty"),
+        + ("" if peer["available"] else f" -- MONAI {peer['reason']}: the data and models sections' peer "
+                                        "columns empty"),
         "- method: median of N timed repetitions after warm-up (`time.perf_counter`), best = minimum; "
         "lumbar_jax and peer repetitions interleaved; ratio = lumbar_jax rate / peer rate from the medians "
         "(> 1: lumbar_jax faster)",

@@ -214,9 +214,9 @@ def load_config(name: str, variant: str):
     return config
 
 
-def two_stage_config(ctx: common.Context):
-    """The two-stage default whose stages this section measures (`configs/vit_effnet.py`, `:smoke` in smoke)."""
-    return load_config("vit_effnet", (SMOKE if ctx.smoke else FULL)["two_stage"])
+def two_stage_config(smoke: bool):
+    """The two-stage default whose stages the benchmarks measure (`configs/vit_effnet.py`; `:smoke` in smoke)."""
+    return load_config("vit_effnet", (SMOKE if smoke else FULL)["two_stage"])
 
 
 def study_arrays(config, batch: int, rng) -> dict:

@@ -78,7 +78,7 @@ def crop_pipeline(ctx: common.Context, p: dict) -> tuple[common.Timing, common.T
 
     from benchmarks import models
 
-    config = models.two_stage_config(ctx)
+    config = models.two_stage_config(ctx.smoke)
     source = load_split(ctx.built(CROP_CONFIG, p["crop_studies"]), CROP_CONFIG, "train")
     crop = crops.CropSpec.from_config(config.crops)
     centres = np.full((len(source), labels.NUM_TARGETS, 3), 0.5)  # where targets without a point are cut

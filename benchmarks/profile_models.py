@@ -1,31 +1,37 @@
-"""Where the model steps of the `models` section spend their time: lumbar_jax (jax.profiler) beside MONAI
-(torch.profiler), to explain the ratios that `benchmarks.run` measures.
+"""Where the model steps spend their time: lumbar_jax (jax.profiler) beside its peer (torch.profiler), to
+explain the ratios that `benchmarks.run` measures.
 
-    python -m benchmarks.profile_models [--models vit,effnet] [--steps train,inference] [--smoke] [--out DIR]
+    python -m benchmarks.profile_models [--models localiser,crop_classifier,vit,effnet] [--steps train,inference]
+                                        [--smoke] [--out DIR]
 
-Same models, batch and input as the models section (`benchmarks.models`: vit_s / effnet_b0 3D, batch 4 of
-1x32x128x128; `--smoke`: the tiny variants). Writes OUT/profile_models.json and .md and prints the tables.
+Models (default: the default's two):
+- `localiser`, `crop_classifier`: the two-stage default's models at its shapes and batch sizes, as the
+  `two_stage` section runs them (`benchmarks.two_stage`); peer: their PyTorch + timm peers (benchmarks/peers),
+  eager with contiguous tensors, so that the profile lists aten ops (the section's faster variants fuse them).
+- `vit`, `effnet`: the one-stage 3D encoders of the `models` section (`benchmarks.models`: vit_s / effnet_b0,
+  batch 4 of 1x32x128x128); peer: MONAI.
+`--smoke`: the tiny variants. Writes OUT/profile_models.json and .md and prints the tables.
 
 1. Op profile of one whole step. lumbar_jax: after an untimed warm-up, the compiled step runs once under
    `jax.profiler.trace(..., create_perfetto_trace=True)`; every XLA:CPU thunk of it is matched to its HLO
-   instruction and grouped by kind (dense matmul, batched matmul such as attention's QK^T and PV, convolution, while loop,
-   transpose/copy, other fusion: elementwise and reductions) and listed by (kind, output shape, JAX op name).
-   MONAI: the step under `torch.profiler`, self CPU time by aten op, grouped into the same kinds. Shares are
-   of the summed op time. Caveat: XLA:CPU runs plain Eigen `dot` thunks asynchronously (the trace shows
-   their launch; the work overlaps the thunks that follow), so 'dense matmul' is under-counted on the
+   instruction and grouped by kind (dense matmul, batched matmul such as attention's QK^T and PV, convolution,
+   while loop, transpose/copy, other fusion: elementwise and reductions) and listed by (kind, output shape, JAX
+   op name). Peer: the step under `torch.profiler`, self CPU time by aten op, grouped into the same kinds.
+   Shares are of the summed op time. Caveat: XLA:CPU runs plain Eigen `dot` thunks asynchronously (the trace
+   shows their launch; the work overlaps the thunks that follow), so 'dense matmul' is under-counted on the
    lumbar_jax side by what was attributed to its neighbours; the YNN fusions (`ynn_fusion.*`) are synchronous.
-2. Component table (vit only): one encoder block and its parts (LayerNorm, attention = qkv + softmax(QK^T)V +
-   proj, MLP = fc1 + GELU + fc2) on `[4, 513, 384]` tokens, lumbar_jax's `lumbar_jax.models.transformer`
-   modules against MONAI's `TransformerBlock` / `SABlock` / `MLPBlock` / `nn.LayerNorm`: forward and
-   forward+backward (sum of squares of the output), interleaved medians. Summing a part over the 12 blocks
-   shows which part makes the whole-step ratio.
-Without torch/monai the MONAI columns say "not installed".
+2. Component table (with `vit` only): one encoder block and its parts (LayerNorm, attention = qkv +
+   softmax(QK^T)V + proj, MLP = fc1 + GELU + fc2) on `[4, 513, 384]` tokens, lumbar_jax's
+   `lumbar_jax.models.transformer` modules against MONAI's `TransformerBlock` / `SABlock` / `MLPBlock` /
+   `nn.LayerNorm`: forward and forward+backward (sum of squares of the output), interleaved medians.
+Without the peer's packages its columns say "not installed".
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import glob
 import gzip
 import json
@@ -35,11 +41,14 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
-from benchmarks import common, models
+from benchmarks import common, models, two_stage
 from lumbar_jax import cli, huge_pages
 
+ONE_STAGE = ("vit", "effnet")  # the one-stage 3D encoders, against MONAI (benchmarks.models)
+MODELS = two_stage.MODELS + ONE_STAGE
 KINDS = ("dense matmul", "batched matmul", "convolution", "while loop", "transpose/copy", "other fusion")
 TOP_OPS = 12
 COMPONENT_REPEATS = {"full": 7, "smoke": 1}
@@ -112,19 +121,16 @@ def _thunk_times(trace_dir: str, window: str) -> dict[str, float]:
     return times
 
 
-def _jax_profile(kind: str, step: str, p: dict, workdir: str) -> dict[str, Any]:
+def _jax_profile(fn, hlo_text: str, trace_dir: str) -> dict[str, Any]:
+    """Op profile of one call of `fn` (a compiled step, warmed up) whose optimised HLO is `hlo_text`."""
     import jax
 
-    train, inference, info = models._jax_steps(models.jax_encoder(kind, p[kind], p), p["batch"], p["shape"])
-    fn = train if step == "train" else inference
-    fn()
-    trace_dir = os.path.join(workdir, f"jax_{kind}_{step}")
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
         start = time.perf_counter()
         with jax.profiler.TraceAnnotation("profiled_step"):
             fn()
         wall = time.perf_counter() - start
-    instructions, computations = _hlo_index(info["compiled"][step].as_text())
+    instructions, computations = _hlo_index(hlo_text)
     ops: dict[tuple, float] = collections.Counter()
     counts: dict[tuple, int] = collections.Counter()
     for name, seconds in _thunk_times(trace_dir, "profiled_step").items():
@@ -136,7 +142,7 @@ def _jax_profile(kind: str, step: str, p: dict, workdir: str) -> dict[str, Any]:
                                     for (k, s, o), t in ops.most_common()]}
 
 
-# --------------------------------------------------------------------------------------------------- MONAI
+# --------------------------------------------------------------------------------------------------- peer
 def _torch_kind(op: str) -> str:
     name = op.split("::")[-1]
     if name in ("bmm", "baddbmm"):
@@ -150,15 +156,10 @@ def _torch_kind(op: str) -> str:
     return "other fusion"
 
 
-def _torch_profile(kind: str, step: str, p: dict) -> dict[str, Any]:
+def _torch_profile(fn) -> dict[str, Any]:
+    """Op profile of one call of `fn` (a PyTorch step, warmed up): self CPU time per aten op."""
     from torch.profiler import ProfilerActivity, profile
 
-    common.setup_torch()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", module=r"monai(\.|$)")
-        train, inference, _ = models._torch_steps(models._torch_model(kind, p), p["batch"], p["shape"])
-    fn = train if step == "train" else inference
-    fn()
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
@@ -167,6 +168,46 @@ def _torch_profile(kind: str, step: str, p: dict) -> dict[str, Any]:
     return {"wall_s": wall, "ops": sorted(({"kind": _torch_kind(e.key), "shape": "", "op": e.key,
                                             "seconds": e.self_cpu_time_total / 1e6, "count": e.count}
                                            for e in events), key=lambda o: -o["seconds"])}
+
+
+# ------------------------------------------------------------------------------------------------- models
+@dataclasses.dataclass
+class ModelSteps:
+    """One model's steps on both sides: {'train' | 'inference': thunk}, ours with their compiled HLO."""
+
+    name: str  # the model as the tables name it
+    ours: dict[str, Callable[[], Any]]
+    hlo_text: Callable[[str], str]  # step -> our step's optimised HLO text
+    peer_name: str
+    peer: dict[str, Callable[[], Any]] | None  # None: the peer's packages are not installed
+
+
+def _model_steps(model: str, smoke: bool) -> ModelSteps:
+    """The steps of `model` (one of MODELS) as its benchmark section builds them (see the module docstring)."""
+    if model in ONE_STAGE:
+        p = models.SMOKE if smoke else models.FULL
+        train, inference, info = models._jax_steps(models.jax_encoder(model, p[model], p), p["batch"], p["shape"])
+        peer = None
+        if common.peer_status()["available"]:
+            common.setup_torch()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", module=r"monai(\.|$)")
+                peer_train, peer_inference, _ = models._torch_steps(models._torch_model(model, p), p["batch"],
+                                                                    p["shape"])
+            peer = {"train": peer_train, "inference": peer_inference}
+        return ModelSteps(p[model], {"train": train, "inference": inference},
+                          lambda step: info["compiled"][step].as_text(), "MONAI", peer)
+    config = models.two_stage_config(smoke)
+    arrays, eval_inputs = two_stage.model_inputs(model, config)
+    ours, module = two_stage.our_side(model, config, arrays, eval_inputs)
+    peer = None
+    if two_stage.peer_status()["available"]:
+        common.setup_torch()
+        side = two_stage.peer_side(model, config, module, arrays, eval_inputs, compiled=False, channels_last=False)
+        peer = {"train": side.train, "inference": side.infer}
+    return ModelSteps(two_stage.describe(model, config), {"train": ours.train, "inference": ours.infer},
+                      lambda step: ours.hlo_text("train" if step == "train" else "infer"),
+                      "PyTorch + timm (eager)", peer)
 
 
 # ------------------------------------------------------------------------------------------- components
@@ -267,11 +308,11 @@ def _markdown(results: dict[str, Any]) -> str:
              f"{results['machine']['loadavg_start']} at the start, git {results['machine']['git_commit']}, "
              f"{results['machine']['date']}"]
     for prof in results["profiles"]:
-        ours, peer = prof["lumbar_jax"], prof.get("monai")
+        ours, peer, peer_name = prof["lumbar_jax"], prof.get("peer"), prof["peer_name"]
         lines += ["", f"## {prof['model']} {prof['step']}", "",
                   f"Step wall time under the profiler: lumbar_jax {ours['wall_s'] * 1e3:.0f} ms"
-                  + (f", MONAI {peer['wall_s'] * 1e3:.0f} ms" if peer else ", MONAI not installed"), "",
-                  "| kind | lumbar_jax share (ms) | MONAI share (ms) |", "|---|---|---|"]
+                  + (f", {peer_name} {peer['wall_s'] * 1e3:.0f} ms" if peer else f", {peer_name} not installed"), "",
+                  f"| kind | lumbar_jax share (ms) | {peer_name} share (ms) |", "|---|---|---|"]
         sums = {side: collections.Counter() for side in ("ours", "peer")}
         for side, data in (("ours", ours), ("peer", peer)):
             for o in (data or {}).get("ops", []):
@@ -281,7 +322,7 @@ def _markdown(results: dict[str, Any]) -> str:
             cell = f"{shares['ours'][kind]:.0%} ({sums['ours'][kind] * 1e3:.0f})"
             peer_cell = f"{shares['peer'][kind]:.0%} ({sums['peer'][kind] * 1e3:.0f})" if peer else "-"
             lines.append(f"| {kind} | {cell} | {peer_cell} |")
-        for side, data, title in (("ours", ours, "lumbar_jax (XLA:CPU thunks)"), ("peer", peer, "MONAI (aten ops)")):
+        for side, data, title in (("ours", ours, "lumbar_jax (XLA:CPU thunks)"), ("peer", peer, f"{peer_name} (aten ops)")):
             if not data:
                 continue
             lines += ["", f"Top ops, {title}:", "", "| ms | count | kind | shape | op |", "|---|---|---|---|---|"]
@@ -309,8 +350,9 @@ def _names(choices: tuple[str, ...]):
 
 def main(argv: list[str] | None = None) -> int:
     parser = cli.argument_parser("python -m benchmarks.profile_models", __doc__)
-    parser.add_argument("--models", type=_names(("vit", "effnet")), default="vit,effnet",
-                        help="comma-separated models to profile, of vit,effnet (the component table: vit only)")
+    parser.add_argument("--models", type=_names(MODELS), default=",".join(two_stage.MODELS),
+                        help=f"comma-separated models to profile, of {','.join(MODELS)} (the component table: "
+                             "with vit only)")
     parser.add_argument("--steps", type=_names(("train", "inference")), default="train,inference",
                         help="comma-separated steps to profile, of train,inference")
     parser.add_argument("--smoke", action="store_true", help="tiny models and sizes: checks that it runs")
@@ -328,22 +370,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def profile(model_kinds: list[str], steps: list[str], smoke: bool) -> dict[str, Any]:
+def profile(model_names: list[str], steps: list[str], smoke: bool) -> dict[str, Any]:
     """The op profiles of each model's steps and (with vit) the component table, with the machine's details."""
-    p = models.SMOKE if smoke else models.FULL
-    peer = common.peer_status()
     results: dict[str, Any] = {"machine": common.machine_info(REPO), "profiles": []}
     with tempfile.TemporaryDirectory(prefix="profile_models_") as workdir:
-        for kind in model_kinds:
+        for model in model_names:
+            m = _model_steps(model, smoke)
             for step in steps:
-                print(f"profiling {p[kind]} {step} ...", flush=True)
-                entry = {"model": p[kind], "step": step, "lumbar_jax": _jax_profile(kind, step, p, workdir)}
-                if peer["available"]:
-                    entry["monai"] = _torch_profile(kind, step, p)
+                print(f"profiling {m.name} {step} ...", flush=True)
+                m.ours[step]()  # warm-up: compiled, buffers allocated
+                entry = {"model": m.name, "step": step, "peer_name": m.peer_name,
+                         "lumbar_jax": _jax_profile(m.ours[step], m.hlo_text(step),
+                                                    os.path.join(workdir, f"jax_{model}_{step}"))}
+                if m.peer is not None:
+                    m.peer[step]()
+                    entry["peer"] = _torch_profile(m.peer[step])
                 results["profiles"].append(entry)
-    if "vit" in model_kinds:
+    if "vit" in model_names:
         print("timing ViT block components ...", flush=True)
-        results["components"] = _component_rows(smoke, peer["available"])
+        results["components"] = _component_rows(smoke, common.peer_status()["available"])
     return results
 
 

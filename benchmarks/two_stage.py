@@ -47,19 +47,24 @@ class Side:
     train_flops: float | None = None
     infer_flops: float | None = None
     compile_s: float = 0.0
+    lowered: dict[str, Any] = dataclasses.field(default_factory=dict)  # ours: {'train' | 'infer': jax Lowered}
+
+    def hlo_text(self, step: str) -> str:
+        """The optimised HLO text of our `step` ('train' | 'infer') program, compiled on this call (slow: for
+        profiling, which matches the trace's thunks to its instructions)."""
+        return self.lowered[step].compile().as_text()
 
 
 # ---------------------------------------------------------------------------------------------- lumbar_jax
-def _lowered_flops(fn, *args) -> float | None:
-    """XLA's FLOP count of `fn(*args)` (a step whose jitted program is inside it), from the lowered HLO."""
-    import jax
-
-    analysis = jax.jit(fn).lower(*args).cost_analysis()
+def _flops(lowered) -> float | None:
+    """XLA's FLOP count of a lowered step program (`jax.jit(step).lower(*args)`, the step's jitted program
+    inside it)."""
+    analysis = lowered.cost_analysis()
     flops = (analysis or {}).get("flops")
     return float(flops) if flops and flops > 0 else None
 
 
-def _our_side(model: str, config, arrays: dict, eval_arrays: dict) -> tuple[Side, Any]:
+def our_side(model: str, config, arrays: dict, eval_arrays: dict) -> tuple[Side, Any]:
     """(Side of our `model` ('localiser' | 'crop_classifier') jitted as training and evaluation run it, its
     initial NNX model for the peer's weights)."""
     import jax
@@ -84,8 +89,8 @@ def _our_side(model: str, config, arrays: dict, eval_arrays: dict) -> tuple[Side
     train_step = step_lib.make_train_step(statics, mesh, 0, 0.0, loss_fn)
     box = {"state": jax.device_put(state, mesh_lib.replicated(mesh)), "step": 0}
     batch, eval_batch = mesh_lib.shard_batch(arrays, mesh), mesh_lib.shard_batch(eval_arrays, mesh)
-    train_flops = _lowered_flops(train_step, box["state"], batch, 0)
-    infer_flops = _lowered_flops(eval_step, box["state"], eval_batch)
+    lowered = {"train": jax.jit(train_step).lower(box["state"], batch, 0),
+               "infer": jax.jit(eval_step).lower(box["state"], eval_batch)}
 
     def train():
         box["state"], metrics = train_step(box["state"], batch, box["step"])
@@ -98,7 +103,27 @@ def _our_side(model: str, config, arrays: dict, eval_arrays: dict) -> tuple[Side
     start = time.perf_counter()
     infer()
     train()
-    return Side(train, infer, train_flops, infer_flops, time.perf_counter() - start), module
+    return Side(train, infer, _flops(lowered["train"]), _flops(lowered["infer"]), time.perf_counter() - start,
+                lowered), module
+
+
+def batch_sizes(model: str, config) -> tuple[int, int]:
+    """(train step batch, inference batch) of `model` in the default: the stage's batch and the eval batch."""
+    train_batch = config.localiser.batch_size if model == "localiser" else config.train.batch_size
+    return train_batch, config.train.eval_batch_size
+
+
+def model_inputs(model: str, config) -> tuple[dict, dict]:
+    """(train batch, eval inputs) of `model`, random (seed 0), at `batch_sizes`: the localiser's volumes uint8
+    `[B, 3, D, H, W]`, present, coords, coords_series (eval: volumes, present); the crop classifier's crops uint8
+    `[B, 25, K, P, P]`, crop_present, labels (eval: crops, crop_present)."""
+    import numpy as np
+
+    train_batch, eval_batch = batch_sizes(model, config)
+    rng = np.random.default_rng(0)
+    arrays, eval_arrays = _arrays(model, config, train_batch, rng), _arrays(model, config, eval_batch, rng)
+    eval_keys = ("volumes", "present") if model == "localiser" else ("crops", "crop_present")
+    return arrays, {k: eval_arrays[k] for k in eval_keys}
 
 
 def _arrays(model: str, config, batch: int, rng) -> dict:
@@ -190,7 +215,7 @@ def _peer_eval_step(model: str, forward) -> Callable:
     return step
 
 
-def _peer_side(model: str, config, ours, arrays: dict, eval_arrays: dict, *, compiled: bool, channels_last: bool
+def peer_side(model: str, config, ours, arrays: dict, eval_arrays: dict, *, compiled: bool, channels_last: bool
                ) -> Side:
     """Side of the peer of `model`, run eagerly or through `torch.compile`, contiguous or channels-last."""
     import torch
@@ -230,7 +255,7 @@ def _fastest_peer(model: str, config, ours, arrays: dict, eval_arrays: dict, p: 
     sides, trial = {}, {}
     for compiled, channels_last in variants:
         name = ("torch.compile" if compiled else "eager") + ("+channels-last" if channels_last else "")
-        side = _peer_side(model, config, ours, arrays, eval_arrays, compiled=compiled, channels_last=channels_last)
+        side = peer_side(model, config, ours, arrays, eval_arrays, compiled=compiled, channels_last=channels_last)
         timings = common.measure_interleaved({"train": side.train, "infer": side.infer}, items={"train": 1, "infer": 1},
                                              repeats=p["trial_repeats"], warmup=0)
         sides[name] = side
@@ -241,15 +266,9 @@ def _fastest_peer(model: str, config, ours, arrays: dict, eval_arrays: dict, p: 
 
 # ----------------------------------------------------------------------------------------------- section
 def _model_rows(ctx: common.Context, model: str, config, p: dict, rates: dict) -> tuple[list[dict], dict]:
-    import numpy as np
-
-    train_batch = config.localiser.batch_size if model == "localiser" else config.train.batch_size
-    eval_batch = config.train.eval_batch_size
-    rng = np.random.default_rng(0)
-    arrays, eval_arrays = _arrays(model, config, train_batch, rng), _arrays(model, config, eval_batch, rng)
-    eval_inputs = {k: eval_arrays[k] for k in (("volumes", "present") if model == "localiser"
-                                               else ("crops", "crop_present"))}
-    ours, module = _our_side(model, config, arrays, eval_inputs)
+    train_batch, eval_batch = batch_sizes(model, config)
+    arrays, eval_inputs = model_inputs(model, config)
+    ours, module = our_side(model, config, arrays, eval_inputs)
     extra = {"lumbar_jax_params": _param_count(module), "compile_s": ours.compile_s}
     fns = {"train_ours": ours.train, "infer_ours": ours.infer}
     peer_steps = {}
@@ -261,7 +280,7 @@ def _model_rows(ctx: common.Context, model: str, config, p: dict, rates: dict) -
     items = {k: (train_batch if k.startswith("train") else eval_batch) for k in fns}
     timings = common.measure_interleaved(fns, items=items, repeats=p["repeats"], warmup=1)
     missing = common.status(ctx.peer["reason"] or common.NOT_INSTALLED)
-    what = _describe(model, config)
+    what = describe(model, config)
     rows = []
     for step, flops, batch in (("train", ours.train_flops, train_batch), ("infer", ours.infer_flops, eval_batch)):
         notes = []
@@ -280,7 +299,8 @@ def _model_rows(ctx: common.Context, model: str, config, p: dict, rates: dict) -
     return rows, extra
 
 
-def _describe(model: str, config) -> str:
+def describe(model: str, config) -> str:
+    """The model with its variant and input shape, as rows and profiles name it."""
     from lumbar_jax.data.crops import CropSpec
 
     if model == "localiser":
@@ -360,7 +380,7 @@ def _one_study(entries, config, native_max_size: int, steps, states) -> Any:
 
 def run(ctx: common.Context) -> dict[str, Any]:
     p = SMOKE if ctx.smoke else FULL
-    config = models.two_stage_config(ctx)
+    config = models.two_stage_config(ctx.smoke)
     ctx = dataclasses.replace(ctx, peer=peer_status())
     if ctx.peer["available"]:
         ctx.peer["torch_threads"] = common.setup_torch()

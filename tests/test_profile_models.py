@@ -1,4 +1,5 @@
-"""`python -m benchmarks.profile_models --smoke` runs and its op profile attributes XLA thunks to HLO kinds.
+"""`python -m benchmarks.profile_models --smoke` runs and its op profiles attribute XLA thunks to HLO kinds, for a
+one-stage encoder (peer MONAI) and a two-stage model (peer PyTorch + timm).
 
 No timing is asserted: only that the trace is parsed (thunks matched to instructions of the compiled step),
 the kinds are the documented ones, and the tables are written.
@@ -33,20 +34,29 @@ def test_hlo_kinds_of_a_compiled_program():
     assert kinds <= set(profile_models.KINDS)
 
 
+def _installed(*names: str) -> bool:
+    return all(importlib.util.find_spec(n) is not None for n in names)
+
+
 def test_smoke_run_writes_profiles_and_component_table(tmp_path):
-    peer = all(importlib.util.find_spec(n) is not None for n in ("torch", "monai"))
-    profile_models.main(["--smoke", "--models", "vit", "--steps", "inference", "--out", str(tmp_path)])
+    profile_models.main(["--smoke", "--models", "vit,localiser", "--steps", "inference", "--out", str(tmp_path)])
     with open(tmp_path / "profile_models.json") as f:
         results = json.load(f)
-    (profile,) = results["profiles"]
-    assert profile["step"] == "inference" and profile["model"] == "vit_cpu"
-    ops = profile["lumbar_jax"]["ops"]
-    assert ops and all(o["kind"] in profile_models.KINDS for o in ops)
-    matched = sum(o["seconds"] for o in ops if o["shape"] != "?")
-    assert matched > 0.5 * sum(o["seconds"] for o in ops)  # thunks found in the compiled step's HLO
-    assert {"dense matmul", "batched matmul"} <= {o["kind"] for o in ops}
-    assert ("monai" in profile) == peer
+    vit, localiser = results["profiles"]
+    assert (vit["model"], vit["step"]) == ("vit_cpu", "inference")
+    assert localiser["model"].startswith("localiser (") and localiser["step"] == "inference"
+    for profile in (vit, localiser):
+        ops = profile["lumbar_jax"]["ops"]
+        assert ops and all(o["kind"] in profile_models.KINDS for o in ops)
+        matched = sum(o["seconds"] for o in ops if o["shape"] != "?")
+        assert matched > 0.5 * sum(o["seconds"] for o in ops)  # thunks found in the compiled step's HLO
+    assert {"dense matmul", "batched matmul"} <= {o["kind"] for o in vit["lumbar_jax"]["ops"]}
+    monai, timm = _installed("torch", "monai"), _installed("torch", "timm")
+    assert ("peer" in vit) == monai and vit["peer_name"] == "MONAI"
+    assert ("peer" in localiser) == timm and localiser["peer_name"].startswith("PyTorch + timm")
+    if timm:
+        assert "convolution" in {o["kind"] for o in localiser["peer"]["ops"]}
     components = results["components"]
     assert len(components) == 8 and all(r["lumbar_jax_ms"] > 0 for r in components)
-    assert all((r["monai_ms"] is not None) == peer for r in components)
+    assert all((r["monai_ms"] is not None) == monai for r in components)
     assert "## ViT block components" in (tmp_path / "profile_models.md").read_text()
