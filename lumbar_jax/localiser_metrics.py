@@ -100,30 +100,53 @@ def _summary(error: np.ndarray, correct: np.ndarray, counted: np.ndarray, slice_
     }
 
 
-def localisation_report(pred: np.ndarray, coords: np.ndarray, coords_series: np.ndarray,
-                        native_affine: np.ndarray | None = None, native_shapes: np.ndarray | None = None,
-                        volume_shape=(16, 64, 64)) -> dict:
-    """Localisation statistics (module docstring) of predicted normalised points `pred [N, 25, 3]` against the
-    annotated `coords [N, 25, 3]` / `coords_series [N, 25]`; with `native_affine [N, 3, 4, 4]` and
-    `native_shapes [N, 3, 3]` in mm and native slices, else in voxels and slices of `volume_shape`.
-    Returns {group: {...}, plus the overall statistics at the top level, "unit": "mm" | "vox"}."""
+@dataclasses.dataclass(frozen=True)
+class PointErrors:
+    """Per point of N studies (`[N, 25]` each): how far the prediction is from the annotated point."""
+
+    error: np.ndarray  # float: Euclidean distance, mm (with geometry) or voxels of the fixed-size volume
+    slice_error: np.ndarray  # float: |predicted - annotated| slice index (rounded), on the series' own depth axis
+    level_correct: np.ndarray  # bool: nearer its own level's annotated point than any other level's
+    level_counted: np.ndarray  # bool: its condition has another scored level in the study (level_correct counts)
+    scored: np.ndarray  # bool: annotated on its own series, with geometry (`scored_points`); the rest is meaningless
+    unit: str  # "mm" | "vox"
+
+
+def point_errors(pred: np.ndarray, coords: np.ndarray, coords_series: np.ndarray,
+                 native_affine: np.ndarray | None = None, native_shapes: np.ndarray | None = None,
+                 volume_shape=(16, 64, 64)) -> PointErrors:
+    """The errors of predicted normalised points `pred [N, 25, 3]` against the annotated `coords [N, 25, 3]` /
+    `coords_series [N, 25]`; with `native_affine [N, 3, 4, 4]` and `native_shapes [N, 3, 3]` in mm and native
+    slices, else in voxels and slices of `volume_shape`."""
     if (native_affine is None) != (native_shapes is None):
         raise ValueError("give both native_affine and native_shapes, or neither")
-    unit = "vox" if native_affine is None else "mm"
     scored = scored_points(coords_series, native_affine)
     pred_space = to_space(pred, native_affine, native_shapes, volume_shape)
     true_space = to_space(coords, native_affine, native_shapes, volume_shape)
-    error = np.linalg.norm(pred_space - true_space, axis=-1)
     correct, counted = level_correct(pred_space, true_space, scored)
     slice_error = np.abs(np.rint(_native_slices(pred, native_shapes, volume_shape))
                          - np.rint(_native_slices(coords, native_shapes, volume_shape)))
-    report: dict = {"unit": unit}
+    return PointErrors(np.linalg.norm(pred_space - true_space, axis=-1), slice_error, correct, counted, scored,
+                       "vox" if native_affine is None else "mm")
+
+
+def localisation_report(pred: np.ndarray, coords: np.ndarray, coords_series: np.ndarray,
+                        native_affine: np.ndarray | None = None, native_shapes: np.ndarray | None = None,
+                        volume_shape=(16, 64, 64)) -> dict:
+    """Localisation statistics (module docstring) of `point_errors(...)` (same arguments).
+    Returns {group: {...}, plus the overall statistics at the top level, "unit": "mm" | "vox"}."""
+    e = point_errors(pred, coords, coords_series, native_affine, native_shapes, volume_shape)
+    scored = e.scored
+
+    def summary(sel: np.ndarray) -> dict:
+        return _summary(e.error[sel], e.level_correct[sel], e.level_counted[sel], e.slice_error[sel], e.unit)
+
+    report: dict = {"unit": e.unit}
     for group in labels.CONDITION_GROUPS:
         targets = np.zeros(labels.NUM_TARGETS, bool)
         targets[labels.group_target_indices(group)] = True
-        sel = scored & targets
-        report[group] = _summary(error[sel], correct[sel], counted[sel], slice_error[sel], unit)
-    report.update(_summary(error[scored], correct[scored], counted[scored], slice_error[scored], unit))
+        report[group] = summary(scored & targets)
+    report.update(summary(scored))
     return report
 
 
@@ -149,6 +172,10 @@ class SplitGeometry:
     def report(self, points: np.ndarray) -> dict:
         """`localisation_report` of `points` [N, 25, 3] (these studies' predictions), in mm."""
         return localisation_report(points, self.coords, self.coords_series, self.affine, self.native_shape)
+
+    def errors(self, points: np.ndarray) -> PointErrors:
+        """`point_errors` of `points` [N, 25, 3] (these studies' predictions), in mm and native slices."""
+        return point_errors(points, self.coords, self.coords_series, self.affine, self.native_shape)
 
     def placement_error(self, points: np.ndarray) -> np.ndarray:
         """float [3 groups, 3]: per condition group (labels.CONDITION_GROUPS order) the root-mean-square error of

@@ -122,6 +122,30 @@ def per_study_loss(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
         return np.where(total > 0, (per_row * weights).sum(axis=1) / total, np.nan)
 
 
+def row_score_shares(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Each labelled row's part of the competition score: float [N, 25], 0 for a missing label.
+
+    A row of group g adds w * -log p(true) / (sum of w over g's labelled rows) / (number of score components)
+    to the score (clipped, not renormalised, w = 1/2/4 by true class, as `competition_score`), so the shares of
+    all rows sum to the score less its any_severe_spinal part (a per-study term, not split over rows). What
+    `analysis.costly` ranks the held-out predictions by.
+    """
+    labels, probs = _check_shapes(labels, probs)
+    components = competition_score(labels, probs)
+    num_components = sum(np.isfinite(components[k]) for k in LOSS_KEYS)
+    labelled = labels != labels_lib.MISSING
+    y = np.maximum(labels, 0)
+    weights = np.where(labelled, labels_lib.SEVERITY_WEIGHTS[y], 0.0)
+    weighted = weights * _row_log_loss(np.eye(labels_lib.NUM_SEVERITIES)[y], probs)
+    shares = np.zeros(labels.shape)
+    for group in labels_lib.CONDITION_GROUPS:
+        idx = labels_lib.group_target_indices(group)
+        total = weights[:, idx].sum()
+        if total > 0:
+            shares[:, idx] = weighted[:, idx] / total / num_components
+    return shares
+
+
 def class_prior_baseline(train_labels: np.ndarray, num_eval: int, pseudo_count: float = 1.0) -> np.ndarray:
     """The class-prior baseline: every study gets each target's training class frequencies.
 

@@ -1,14 +1,16 @@
 """Write the analysis report (PNG plots + report.md) of a Kaggle-layout dataset and, optionally, a CV run.
 
   python scripts/analyze.py --data_dir KAGGLE_DIR --out REPORT_DIR [--workdir WORKDIR] [--num_montages K]
-                            [--crop_studies N]
+                            [--crop_studies N] [--costly_rows N]
 
 The dataset part: label statistics and montages of studies with their label coordinates. With `--workdir`
 (a finished cross-validation run: oof_predictions.csv, cv_summary.json) also the OOF score vs the baseline,
 calibration, confusion matrices, the worst-predicted studies and, for a target-query model, the per-target
 attention of fold 0's best checkpoint on held-out studies of fold 0; for a two-stage run
 (configs/vit_effnet.py, the default), the crops its classifier read in the worst-predicted held-out
-studies, with each fold's localiser's point and the annotated point marked (--crop_studies).
+studies, with each fold's localiser's point and the annotated point marked (--crop_studies). With
+`--workdir`, the costliest held-out predictions with their causes and the OOF score split by cause
+(--costly_rows; lumbar_jax/analysis/costly.py), also as OUT/costly.json.
 
 Exit status 2 with a message naming the path for a missing train.csv, run directory or run file, or OOF
 predictions of studies not in train.csv. The work is done by lumbar_jax.analysis.write_report.
@@ -38,13 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop_studies", type=int, default=3,
                         help="two-stage runs: worst-predicted held-out studies drawn with the crops the classifier "
                              "read and the localiser's and annotated points (needs --workdir); 0 for none")
+    parser.add_argument("--costly_rows", type=int, default=20,
+                        help="the costliest held-out predictions listed with their causes, and the OOF score split "
+                             "by cause (needs --workdir; two-stage runs restore every fold); 0 for none")
     args = parser.parse_args(argv)
-    if min(args.num_montages, args.attention_studies, args.crop_studies) < 0:
-        parser.error("--num_montages, --attention_studies and --crop_studies must be >= 0")
+    if min(args.num_montages, args.attention_studies, args.crop_studies, args.costly_rows) < 0:
+        parser.error("--num_montages, --attention_studies, --crop_studies and --costly_rows must be >= 0")
     cli.setup_logging()
     from lumbar_jax.analysis import Drawn, write_report  # after parsing: matplotlib, JAX
 
-    drawn = Drawn(montages=args.num_montages, attention=args.attention_studies, crops=args.crop_studies)
+    drawn = Drawn(montages=args.num_montages, attention=args.attention_studies, crops=args.crop_studies,
+                  costly=args.costly_rows)
     path = write_report(args.data_dir, args.out, workdir=args.workdir, drawn=drawn,
                         volume_shape=tuple(args.volume_shape))
     print(path)

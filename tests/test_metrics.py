@@ -194,3 +194,20 @@ def test_per_study_loss_hand_computed_and_perfect_prediction():
     # A zero probability on the true class is clipped to eps, as in the competition metric: finite.
     wrong = np.eye(3)[(np.maximum(labels, 0) + 1) % 3]
     assert np.all(np.isfinite(metrics.per_study_loss(labels, wrong)))
+
+
+def test_row_score_shares_add_up_to_the_score_without_its_any_severe_part():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(-1, 3, (30, labels_lib.NUM_TARGETS))
+    probs = rng.dirichlet(np.ones(3), (30, labels_lib.NUM_TARGETS))
+    score = metrics.competition_score(labels, probs)
+    shares = metrics.row_score_shares(labels, probs)
+    assert shares.sum() == pytest.approx(score["score"] - score["any_severe_spinal"] / 4, rel=1e-12)
+    assert np.all(shares[labels < 0] == 0) and np.all(shares[labels >= 0] > 0)
+    # One row made a confident mistake: its share grows by its weight x the log-loss change / its group's weight.
+    worse = probs.copy()
+    n, t = np.argwhere(labels == 2)[0]
+    worse[n, t] = np.eye(3)[0] * (1 - 2e-3) + 1e-3
+    group = labels_lib.group_target_indices(list(labels_lib.CONDITION_GROUPS)[labels_lib.TARGET_GROUP[t]])
+    expected = 4 * -np.log(1e-3) / labels_lib.SEVERITY_WEIGHTS[labels[:, group][labels[:, group] >= 0]].sum() / 4
+    assert metrics.row_score_shares(labels, worse)[n, t] == pytest.approx(expected)

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar_jax import calibration, cross_validation, evaluate, localiser_metrics, predict, rundir
+from lumbar_jax import calibration, cross_validation, evaluate, localiser_metrics, metrics, predict, rundir
 from lumbar_jax import labels as labels_lib
-from lumbar_jax.analysis import Drawn, crop_figures, label_stats, oof, write_report
+from lumbar_jax.analysis import Drawn, costly, crop_figures, label_stats, oof, write_report
 from lumbar_jax.data import build, crops, dataset, study, synthetic
 from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_VOLUMES
 from lumbar_jax.train import config as config_lib
@@ -139,7 +139,7 @@ def test_flip_tta_is_refused_for_a_two_stage_run(run):
 @pytest.mark.filterwarnings("ignore::lumbar_jax.data.dicom.DicomSkipWarning")  # synthetic quirks, expected
 def test_report_draws_the_crops_of_the_worst_predicted_held_out_studies(run, tmp_path):
     kaggle, _, workdir = run
-    path = write_report(kaggle, str(tmp_path / "report"), workdir=workdir, drawn=Drawn(montages=0, crops=2))
+    path = write_report(kaggle, str(tmp_path / "report"), workdir=workdir, drawn=Drawn(montages=0, crops=2, costly=0))
     text = open(path).read()
     oof_ids, probs, folds = oof.read_oof(rundir.oof_path(workdir))
     labels = oof.align_labels(oof_ids, *label_stats.read_label_matrix(kaggle))
@@ -182,3 +182,28 @@ def test_marks_land_on_the_pixel_the_point_was_cut_into(target):
         index = drawn - off if mirrored_slices else drawn + off
         bright = np.unravel_index(np.argmax(cut[t, index]), (15, 15))
         assert (row, col) == pytest.approx(bright)
+
+
+def test_analysis_lists_the_costliest_held_out_rows_with_their_causes(run, tmp_path):
+    kaggle, _, workdir = run
+    out = tmp_path / "report"
+    text = open(write_report(kaggle, str(out), workdir=workdir, drawn=Drawn(montages=0, crops=0, costly=5))).read()
+    assert "Most costly held-out predictions" in text and "perfect reader's part" in text  # a synthetic folder
+    assert (out / "costly_crops.png").stat().st_size > 0
+    with open(out / "costly.json") as f:
+        saved = json.load(f)
+    top = saved["costly_rows"]
+    assert len(top) == 5 and all(r["cause"] in costly.CAUSES for r in top)
+    assert [r["score_share"] for r in top] == sorted((r["score_share"] for r in top), reverse=True)
+    oof_ids, probs, folds = oof.read_oof(rundir.oof_path(workdir))
+    labels = oof.align_labels(oof_ids, *label_stats.read_label_matrix(kaggle))
+    n, t = int(np.flatnonzero(oof_ids == top[0]["study_id"])[0]), labels_lib.TARGETS.index(top[0]["target"])
+    assert top[0]["p_true"] == pytest.approx(probs[n, t, labels[n, t]]) and top[0]["fold"] == folds[n]
+    latent = synthetic.latent_severities(kaggle)
+    for r in top:
+        grade = latent[r["study_id"]][labels_lib.TARGETS.index(r["target"])]
+        assert r["image_grade"] == labels_lib.SEVERITY_NAMES[grade]
+        assert (r["cause"] == "label noise") == (r["image_grade"] != r["label"])
+    by_cause = {r["cause"]: r for r in saved["loss_by_cause"]}
+    score = metrics.competition_score(labels, probs)
+    assert by_cause["all"]["score_share"] == pytest.approx(score["score"] - score["any_severe_spinal"] / 4)

@@ -22,23 +22,13 @@ import pandas as pd
 
 from lumbar_jax import labels as labels_lib
 from lumbar_jax import metrics
-from lumbar_jax.analysis import attention, crop_figures, label_stats, montage, oof, plots
+from lumbar_jax.analysis import attention, costly, crop_figures, label_stats, montage, oof, plots
+from lumbar_jax.analysis import markdown as md
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.md"
 NUM_WORST = 10
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    """A Markdown table (no tabulate dependency); floats as given by the caller."""
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _image(title: str, png: str, out_dir: str, caption: str) -> str:
-    return f"![{title}]({os.path.relpath(png, out_dir)})\n\n{caption}\n"
 
 
 def number_headings(lines: Sequence[str]) -> list[str]:
@@ -54,10 +44,6 @@ def number_headings(lines: Sequence[str]) -> list[str]:
             line = f"## {section}. {line[3:]}"
         numbered.append(line)
     return numbered
-
-
-def _fmt(value: float, digits: int = 3) -> str:
-    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
 def _p_value(p: float) -> str:
@@ -93,13 +79,13 @@ def _labels_section(labels: np.ndarray, out_dir: str) -> list[str]:
         f"often missing target is {worst_missing} ({table.loc[worst_missing, 'missing']})."
     )
     rows = [[t, r.normal_mild, r.moderate, r.severe, r.missing] for t, r in table.iterrows()]
-    return ["## Labels\n", _image("label distribution", png, out_dir, caption),
-            _table(["target", *labels_lib.SEVERITY_NAMES, "missing"], rows) + "\n"]
+    return ["## Labels\n", md.image("label distribution", png, out_dir, caption),
+            md.table(["target", *labels_lib.SEVERITY_NAMES, "missing"], rows) + "\n"]
 
 
 def _left_right_answer(lr: pd.DataFrame, group: str) -> str:
     significant = lr[(lr["p_value"] < 0.05) & (lr["rho"] > 0)]
-    values = ", ".join(f"{lv} rho={_fmt(r.rho, 2)} (n={int(r.n)})" for lv, r in lr.iterrows())
+    values = ", ".join(f"{lv} rho={md.fmt(r.rho, 2)} (n={int(r.n)})" for lv, r in lr.iterrows())
     if len(significant) == len(lr):
         verdict = "Yes, at every level"
     elif len(significant) == 0:
@@ -125,23 +111,23 @@ def _correlation_section(labels: np.ndarray, out_dir: str) -> list[str]:
         f"Left: Spearman rank correlation between the 25 targets' ordinal codes (0/1/2), each pair over the "
         f"studies labelled on both (missing labels excluded pairwise, never coded as a severity); black lines "
         f"separate conditions. Right: the number of studies each pair uses ({counts.min()} to {counts.max()}). "
-        f"Off-diagonal rho: median {_fmt(_nanmedian(rho[off_diagonal]), 2)}; within a condition group median "
-        f"{_fmt(_nanmedian(rho[same_group]), 2)}, across groups {_fmt(_nanmedian(rho[other_group]), 2)}; "
+        f"Off-diagonal rho: median {md.fmt(_nanmedian(rho[off_diagonal]), 2)}; within a condition group median "
+        f"{md.fmt(_nanmedian(rho[same_group]), 2)}, across groups {md.fmt(_nanmedian(rho[other_group]), 2)}; "
         f"the strongest pair is {label_stats.short_name(i)} / {label_stats.short_name(j)} "
-        f"(rho {_fmt(rho[i, j], 2)}, n {counts[i, j]})."
+        f"(rho {md.fmt(rho[i, j], 2)}, n {counts[i, j]})."
     )
     sub = label_stats.left_right_table(labels, "subarticular")
     foram = label_stats.left_right_table(labels, "foraminal")
-    rows = [[lv, _fmt(sub.loc[lv, "rho"]), int(sub.loc[lv, "n"]), _p_value(sub.loc[lv, "p_value"]),
-             _fmt(foram.loc[lv, "rho"]), int(foram.loc[lv, "n"]), _p_value(foram.loc[lv, "p_value"])]
+    rows = [[lv, md.fmt(sub.loc[lv, "rho"]), int(sub.loc[lv, "n"]), _p_value(sub.loc[lv, "p_value"]),
+             md.fmt(foram.loc[lv, "rho"]), int(foram.loc[lv, "n"]), _p_value(foram.loc[lv, "p_value"])]
             for lv in sub.index]
     return [
         "## Correlation between targets\n",
-        _image("target correlation", png, out_dir, caption),
+        md.image("target correlation", png, out_dir, caption),
         "### Left vs right at each level\n",
         _left_right_answer(sub, "subarticular stenosis") + "\n",
         "For comparison: " + _left_right_answer(foram, "neural foraminal narrowing") + "\n",
-        _table(["level", "subarticular rho", "n", "p", "foraminal rho", "n", "p"], rows) + "\n",
+        md.table(["level", "subarticular rho", "n", "p", "foraminal rho", "n", "p"], rows) + "\n",
     ]
 
 
@@ -159,15 +145,15 @@ def _oof_score_table(study_ids, labels, probs, folds, summary: dict) -> list[str
     """The OOF losses and score of cv_summary.json beside the baselines, and recomputed from the CSV."""
     result = summary["oof"]
     recomputed = metrics.competition_score(labels, probs)
-    rows = [[key, _fmt(result.get(key, np.nan), 4), _fmt(result.get("baseline", {}).get(key, np.nan), 4),
-             _fmt(result.get("weighted_prior", {}).get(key, np.nan), 4), _fmt(recomputed[key], 4)]
+    rows = [[key, md.fmt(result.get(key, np.nan), 4), md.fmt(result.get("baseline", {}).get(key, np.nan), 4),
+             md.fmt(result.get("weighted_prior", {}).get(key, np.nan), 4), md.fmt(recomputed[key], 4)]
             for key in (*metrics.LOSS_KEYS, "score")]
     return [
-        f"{len(study_ids)} studies in {len(np.unique(folds))} folds. OOF score {_fmt(result.get('score'), 4)} vs "
-        f"class-prior baseline {_fmt(result.get('baseline', {}).get('score', np.nan), 4)} and best constant "
-        f"{_fmt(result.get('weighted_prior', {}).get('score', np.nan), 4)} (lower is better; from "
+        f"{len(study_ids)} studies in {len(np.unique(folds))} folds. OOF score {md.fmt(result.get('score'), 4)} vs "
+        f"class-prior baseline {md.fmt(result.get('baseline', {}).get('score', np.nan), 4)} and best constant "
+        f"{md.fmt(result.get('weighted_prior', {}).get('score', np.nan), 4)} (lower is better; from "
         f"cv_summary.json, the last column recomputed here from oof_predictions.csv).\n",
-        _table(["loss", "model (OOF)", "class-prior baseline", "best constant", "recomputed from CSV"], rows) + "\n",
+        md.table(["loss", "model (OOF)", "class-prior baseline", "best constant", "recomputed from CSV"], rows) + "\n",
     ]
 
 
@@ -179,12 +165,12 @@ def _fold_score_plot(summary: dict, out_dir: str) -> list[str]:
     caption = (
         f"Validation score of each fold's best checkpoint (blue) beside the class-prior baseline and the best "
         f"constant scored on the same rows (from cv_summary.json). Fold scores range "
-        f"{_fmt(folds_only['model'].min())} to {_fmt(folds_only['model'].max())} (std "
-        f"{_fmt(folds_only['model'].std(ddof=0))}); the model beats the baseline in {beaten} of "
+        f"{md.fmt(folds_only['model'].min())} to {md.fmt(folds_only['model'].max())} (std "
+        f"{md.fmt(folds_only['model'].std(ddof=0))}); the model beats the baseline in {beaten} of "
         f"{len(folds_only)} folds and the best constant in "
         f"{int((folds_only['model'] < folds_only['weighted_prior']).sum())}."
     )
-    return ["### Score per fold\n", _image("fold scores", png, out_dir, caption)]
+    return ["### Score per fold\n", md.image("fold scores", png, out_dir, caption)]
 
 
 def _calibration_plot(labels: np.ndarray, probs: np.ndarray, out_dir: str) -> list[str]:
@@ -210,13 +196,13 @@ def _calibration_plot(labels: np.ndarray, probs: np.ndarray, out_dir: str) -> li
         "model tuned for it is expected to over-predict those classes relative to their frequency. "
         + "; ".join(parts) + "."
     )
-    return ["### Calibration\n", _image("calibration", png, out_dir, caption)]
+    return ["### Calibration\n", md.image("calibration", png, out_dir, caption)]
 
 
 def _confusion_plot(labels: np.ndarray, probs: np.ndarray, out_dir: str) -> list[str]:
     matrices = {g: oof.confusion_matrix(labels, probs, g) for g in labels_lib.CONDITION_GROUPS}
     normalised = {g: oof.row_normalise(m) for g, m in matrices.items()}
-    recalls = "; ".join(f"{g}: " + "/".join(_fmt(normalised[g][k, k], 2) for k in range(labels_lib.NUM_SEVERITIES))
+    recalls = "; ".join(f"{g}: " + "/".join(md.fmt(normalised[g][k, k], 2) for k in range(labels_lib.NUM_SEVERITIES))
                         for g in labels_lib.CONDITION_GROUPS)
     caption = (
         "Confusion matrices of the argmax OOF prediction against the true class per condition group: counts "
@@ -225,7 +211,7 @@ def _confusion_plot(labels: np.ndarray, probs: np.ndarray, out_dir: str) -> list
         f"Moderate / Severe: {recalls}."
     )
     png = plots.confusion_matrices(matrices, normalised, os.path.join(out_dir, "confusion.png"))
-    return ["### Confusion matrices\n", _image("confusion matrices", png, out_dir, caption)]
+    return ["### Confusion matrices\n", md.image("confusion matrices", png, out_dir, caption)]
 
 
 def _worst_study_table(study_ids, labels: np.ndarray, probs: np.ndarray, folds) -> list[str]:
@@ -236,9 +222,9 @@ def _worst_study_table(study_ids, labels: np.ndarray, probs: np.ndarray, folds) 
         "### Worst-predicted studies\n",
         f"The {len(worst)} studies with the highest per-study loss (`metrics.per_study_loss`: the metric's "
         f"1/2/4-weighted log loss over the study's labelled targets; median over all studies "
-        f"{_fmt(_nanmedian(losses))}), with their three worst targets (true class, predicted probability of "
+        f"{md.fmt(_nanmedian(losses))}), with their three worst targets (true class, predicted probability of "
         "it). Worth opening in a viewer: label noise, a failed series, or a real miss.\n",
-        _table(["study_id", "fold", "loss", "labelled", "worst targets"], rows) + "\n",
+        md.table(["study_id", "fold", "loss", "labelled", "worst targets"], rows) + "\n",
     ]
 
 
@@ -268,7 +254,7 @@ def _montage_section(kaggle_dir: str, out_dir: str, num_montages: int, volume_sh
             series.append(f"{name}: {points} points, {drawn} drawn on slices {[s for s, _ in shown]}")
         caption = (f"Study {example['study_id']}: {int((example['coords_series'] >= 0).sum())} of 25 targets have a "
                    f"coordinate; {'; '.join(series)}.")
-        lines.append(_image(f"study {example['study_id']}", png, out_dir, caption))
+        lines.append(md.image(f"study {example['study_id']}", png, out_dir, caption))
     return lines
 
 
@@ -281,12 +267,12 @@ def _crops_section(workdir: str, kaggle_dir: str, out_dir: str, num_studies: int
     loc = summary.get("localiser") or {}
     figures = ""
     if loc.get("median_mm") is not None:
-        figures = (f" Over every held-out study the localiser's error is median {_fmt(loc['median_mm'], 2)} mm, "
-                   f"p90 {_fmt(loc.get('p90_mm'), 2)} mm, correct level {_fmt(100 * loc['level_accuracy'], 1)} % "
+        figures = (f" Over every held-out study the localiser's error is median {md.fmt(loc['median_mm'], 2)} mm, "
+                   f"p90 {md.fmt(loc.get('p90_mm'), 2)} mm, correct level {md.fmt(100 * loc['level_accuracy'], 1)} % "
                    "(cv_summary.json).")
     lines = ["## Crops of the worst-predicted held-out studies\n", crop_figures.CROPS_INTRO + figures + "\n"]
     for title, png, caption in sections:
-        lines += [f"### {title}\n", _image(title, png, out_dir, caption)]
+        lines += [f"### {title}\n", md.image(title, png, out_dir, caption)]
     return lines
 
 
@@ -297,6 +283,7 @@ class Drawn:
     montages: int = 3  # studies drawn with their label coordinates (the first that have them)
     attention: int = 1  # with a target-query run: held-out studies with the model's per-target attention
     crops: int = 3  # with a two-stage run: the worst-predicted held-out studies with the crops the classifier read
+    costly: int = 20  # with a run: the costliest held-out rows listed with their causes (restores every fold)
 
 
 def write_report(kaggle_dir: str, out_dir: str, workdir: str | None = None, drawn: Drawn = Drawn(),
@@ -346,7 +333,10 @@ def write_report(kaggle_dir: str, out_dir: str, workdir: str | None = None, draw
         if overlays:
             lines += ["## Attention overlays of held-out studies\n", attention.ATTENTION_INTRO + "\n"]
             for title, png, caption in overlays:
-                lines += [f"### {title}\n", _image(title, png, out_dir, caption)]
+                lines += [f"### {title}\n", md.image(title, png, out_dir, caption)]
+    if run is not None and drawn.costly > 0:
+        log.info("the %d costliest held-out rows and their causes (two-stage: restores each fold)", drawn.costly)
+        lines += costly.markdown_section(workdir, kaggle_dir, out_dir, drawn.costly, run[:4])
     if run is not None and drawn.crops > 0:
         log.info("crops of the %d worst-predicted held-out studies (two-stage runs; reads DICOMs)", drawn.crops)
         lines += _crops_section(workdir, kaggle_dir, out_dir, drawn.crops, run)

@@ -57,7 +57,7 @@ def test_write_report_end_to_end(kaggle, tmp_path):
     workdir = str(tmp_path / "run")
     summary = _fake_run(kaggle, workdir)
     out = str(tmp_path / "report")
-    path = write_report(kaggle, out, workdir=workdir, drawn=Drawn(montages=2, attention=0))
+    path = write_report(kaggle, out, workdir=workdir, drawn=Drawn(montages=2, attention=0, costly=0))
     assert path == os.path.join(out, "report.md")
     text = open(path).read()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)

@@ -20,6 +20,7 @@ from scipy import ndimage
 from lumbar_jax import labels
 from lumbar_jax.data import synthetic
 from lumbar_jax.data.synthetic import __main__ as synthetic_cli
+from lumbar_jax.data.synthetic.layout import SUMMARY_NAME
 
 SEED, NUM_TRAIN, NUM_TEST = 3, 6, 2
 SPEC = synthetic.DatasetSpec(NUM_TRAIN, SEED, NUM_TEST)  # the module's quirky dataset
@@ -413,3 +414,20 @@ def test_label_frequencies_noise_and_missingness_match_the_documented_model():
 def test_noise_floor_is_far_below_the_class_prior():
     scores = synthetic.noise_floor_score(seed=0, num_studies=2000)
     assert 0.25 < scores["noise_floor"] < 0.37 and 1.0 < scores["class_prior"] < 1.2
+
+
+def test_latent_severities_are_the_planned_ones_and_only_for_this_generator(dataset, studies, tmp_path):
+    root, summary = dataset
+    latent = synthetic.latent_severities(root)
+    assert sorted(latent) == sorted(s for s, st in studies.items() if st.split == "train")
+    moved = 0
+    for study_id, grades in latent.items():
+        np.testing.assert_array_equal(grades, studies[study_id].latent)
+        written = studies[study_id].labels
+        moved += int(((grades != written) & (written != labels.MISSING)).sum())
+    assert moved == summary["label_noise"]["moved_labels_train"]
+    assert synthetic.latent_severities(str(tmp_path)) is None  # no summary: not this generator's folder
+    other = json.loads(open(os.path.join(root, SUMMARY_NAME)).read()) | {"version": "0.0.1"}
+    with open(tmp_path / SUMMARY_NAME, "w") as f:
+        json.dump(other, f)
+    assert synthetic.latent_severities(str(tmp_path)) is None  # another version may draw other grades

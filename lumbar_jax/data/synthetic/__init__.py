@@ -36,7 +36,7 @@ _SUBMODULE_OF = {
                      "phi_patient_id", "write_study"), "dicom_writer"),
     **dict.fromkeys(("KAPPA", "P_MISSING_CELL", "PRIORS", "QUIRK_PERIOD", "draw_labels", "label_noise_matrix",
                      "noise_floor_score"), "labels"),
-    **dict.fromkeys(("VERSION", "write_synthetic_dataset"), "layout"),
+    **dict.fromkeys(("VERSION", "latent_severities", "write_synthetic_dataset"), "layout"),
     **dict.fromkeys(("SHRINK", "Anatomy", "phantom"), "phantom"),
     **dict.fromkeys(("DatasetSpec", "Study", "choose_series", "draw_ids", "make_study", "render_series"), "plan"),
 }

@@ -14,11 +14,12 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+import numpy as np
 from tqdm import tqdm
 
 from lumbar_jax import labels
 from lumbar_jax.data.synthetic.dicom_writer import write_study
-from lumbar_jax.data.synthetic.labels import KAPPA
+from lumbar_jax.data.synthetic.labels import KAPPA, draw_study_labels
 from lumbar_jax.data.synthetic.plan import DatasetSpec, Study, draw_ids, make_study
 
 VERSION = "1.0.0"
@@ -55,6 +56,22 @@ def write_synthetic_dataset(out_dir: str, spec: DatasetSpec, *, workers: int = 1
         print(f"wrote {len(studies)} studies, {summary['files']} files, {summary['bytes'] / 1e6:.1f} MB to "
               f"{out_dir} in {time.time() - start:.1f} s")
     return summary
+
+
+def latent_severities(folder: str) -> dict[int, np.ndarray] | None:
+    """{train study_id: latent severities int8 [25]} of a folder this generator (this VERSION) wrote, from its
+    summary's seed alone; None for any other folder. The latent grade is what the phantom shows, before the label
+    noise: for analysis only (which held-out mistakes are the noise no reader can beat), never for training."""
+    try:
+        with open(os.path.join(folder, SUMMARY_NAME)) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if summary.get("generator") != "lumbar_jax.data.synthetic" or summary.get("version") != VERSION:
+        return None
+    seed, num_train = int(summary["seed"]), int(summary["num_train_studies"])
+    ids = draw_ids(seed, num_train + int(summary["num_test_studies"]))
+    return {int(ids[i, 0]): draw_study_labels(seed, i, bool(summary["quirks_enabled"]))[0] for i in range(num_train)}
 
 
 def _plan_studies(spec: DatasetSpec) -> list[Study]:
