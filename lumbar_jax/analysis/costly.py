@@ -256,7 +256,9 @@ def plot_costly_crops(rows: HeldOutRows, workdir: str, table: list[dict], path: 
     import matplotlib.pyplot as plt
 
     k = crop.slices
-    fig, axes = plt.subplots(len(table), 2 * k, figsize=(1.4 * 2 * k, 1.75 * len(table)), squeeze=False)
+    height = 0.5 + 2.0 * len(table)
+    fig, axes = plt.subplots(len(table), 2 * k, figsize=(1.4 * 2 * k, height), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.55 / height, wspace=0.06, hspace=0.75)
     for ax_row, row in zip(axes, table):
         record = split.source[position[row["study_id"]]]
         t = labels_lib.TARGETS.index(row["target"])
@@ -273,13 +275,14 @@ def plot_costly_crops(rows: HeldOutRows, workdir: str, table: list[dict], path: 
                 else:
                     ax.set_facecolor("0.85")
         n = int(np.flatnonzero(rows.study_ids == row["study_id"])[0])
-        ax_row[0].set_title(f"{row['study_id']} {row['target']} (fold {row['fold']}): true {row['label']}, "
-                            f"{probability_text(rows.probs[n, t])}, cause: {row['cause']}", fontsize=7, loc="left")
-        ax_row[k].set_title("at the annotated point: " + (probability_text(rows.annotated_probs[n, t])
-                                                          if present[t] else "no point"), fontsize=7, loc="left")
-    fig.suptitle("Costliest held-out rows: crop slices at the localiser's point (left, what the classifier read) "
-                 "and at the annotated point (right); left targets mirrored", fontsize=9)
-    fig.tight_layout()
+        ax_row[0].set_title(f"{row['study_id']} {row['target']} (fold {row['fold']}), cause: {row['cause']}\n"
+                            f"true {row['label']}; read at the localiser's point: {probability_text(rows.probs[n, t])}",
+                            fontsize=7, loc="left")
+        ax_row[k].set_title("\nat the annotated point: " + (probability_text(rows.annotated_probs[n, t])
+                                                            if present[t] else "no point"), fontsize=7, loc="left")
+    fig.suptitle("Costliest held-out rows: every crop slice at the localiser's point (left, what the classifier "
+                 "read) and at the annotated point (right); left targets mirrored", fontsize=9, y=1 - 0.1 / height,
+                 va="top")
     return plots.save_figure(fig, path)
 
 
