@@ -7,10 +7,15 @@ folds), its four component losses, accuracy and balanced accuracy next to the tw
 carries (docs/conventions.md section 2): the class-prior baseline and the best constant (`weighted_prior`, the
 metric-weighted prior), both scored out of fold on the same studies.
 A run that only matches the best constant learnt nothing from the images, whatever its accuracy.
+
+Runs whose configs differ only in `seed` are one setting trained with several seeds: `seed_groups` gives each
+such setting's OOF score as mean, standard deviation and range over its seeds, and its worst fold over every
+seed (the stability figures of the README's Results).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -88,11 +93,61 @@ def run_row(workdir: str) -> dict:
             "best_constant": oof["weighted_prior"]["score"],
             "baseline_losses": {k: oof["baseline"][k] for k in metrics.LOSS_KEYS},
             "num_studies": summary.get("num_studies"),
+            "seed": config.get("seed"),
+            "setting": _setting(config),
+            **_worst_fold(summary["folds"]),
         }
     except (KeyError, TypeError, json.JSONDecodeError) as err:
         raise RunNotComparable(f"{summary_path}: not a CV summary of python -m lumbar_jax.main "
                                f"({type(err).__name__}: {err})") from None
     return row
+
+
+def _setting(config: dict) -> str:
+    """What a run trained, but for its seed: a digest of its config without `seed` (equal digests = one setting)."""
+    canonical = json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def _worst_fold(folds: list[dict]) -> dict:
+    """{'worst_fold': the highest held-out score of a fold, 'worst_fold_index': that fold} (None without folds)."""
+    scored = [(f["val"]["score"], f["fold"]) for f in folds if "val" in f]
+    score, fold = max(scored) if scored else (None, None)
+    return {"worst_fold": score, "worst_fold_index": fold}
+
+
+def seed_groups(rows: list[dict]) -> list[dict]:
+    """One entry per setting trained with two or more seeds, in order of first appearance: {'runs', 'seeds',
+    'mean', 'std' (population, over the seeds), 'min', 'max' of the OOF score, 'worst_fold', 'worst_fold_run',
+    'worst_fold_index'}."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["setting"], []).append(row)
+    out = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        scores = [r["score"] for r in members]
+        mean = sum(scores) / len(scores)
+        worst = max((r for r in members if r["worst_fold"] is not None), key=lambda r: r["worst_fold"], default=None)
+        out.append({"runs": [r["run"] for r in members], "seeds": [r["seed"] for r in members], "mean": mean,
+                    "std": math.sqrt(sum((x - mean) ** 2 for x in scores) / len(scores)),
+                    "min": min(scores), "max": max(scores),
+                    "worst_fold": worst["worst_fold"] if worst else None,
+                    "worst_fold_run": worst["run"] if worst else None,
+                    "worst_fold_index": worst["worst_fold_index"] if worst else None})
+    return out
+
+
+def format_seed_groups(groups: list[dict]) -> str:
+    """One line per setting trained with several seeds; '' when there is none."""
+    lines = []
+    for g in groups:
+        worst = ("" if g["worst_fold"] is None else
+                 f"; worst fold {g['worst_fold']:.4f} ({g['worst_fold_run']}, fold {g['worst_fold_index']})")
+        lines.append(f"{len(g['runs'])} seeds {g['seeds']} of one setting ({', '.join(g['runs'])}): OOF score mean "
+                     f"{g['mean']:.4f}, std {g['std']:.4f}, range {g['min']:.4f}-{g['max']:.4f}{worst}")
+    return "\n".join(lines)
 
 
 def compare_runs(workdirs: list[str]) -> list[dict]:
@@ -135,4 +190,5 @@ def format_markdown(rows: list[dict]) -> str:
 
 
 def to_json(rows: list[dict]) -> str:
-    return json.dumps({"columns": [k for k, _, _ in COLUMNS], "runs": rows}, indent=2)
+    return json.dumps({"columns": [k for k, _, _ in COLUMNS], "runs": rows, "seed_groups": seed_groups(rows)},
+                      indent=2)

@@ -4,6 +4,8 @@ the class-prior baseline and the best constant, one row per run.
   python scripts/compare.py --workdirs W1 W2 ... [--markdown] [--json out.json]
 
 Reads each run's cv_summary.json (and config.json for the model, data and loss names); nothing is recomputed.
+Runs whose configs differ only in their seed are summarised below the table: the OOF score's mean, standard
+deviation and range over the seeds, and the worst fold of any of them.
 A missing or unfinished run directory is an error naming it (exit status 2).
 """
 
@@ -22,6 +24,9 @@ def main(argv=None) -> int:
 
     rows = compare.compare_runs(args.workdirs)
     print(compare.format_markdown(rows) if args.markdown else compare.format_table(rows))
+    seeds = compare.format_seed_groups(compare.seed_groups(rows))
+    if seeds:
+        print(seeds)
     if args.json:
         with open(args.json, "w") as f:
             f.write(compare.to_json(rows))
