@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 
 import highdicom as hd
@@ -28,6 +29,10 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from lumbar_jax import labels
+
+# highdicom logs the source's SOP Instance UID at INFO while it copies the Patient and Study modules: values read
+# here go into the SR only, so its logger speaks from WARNING on.
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 # The private coding scheme of the concepts pydicom's code dictionary has no code for (docs/conventions.md
 # section 7 lists its codes).

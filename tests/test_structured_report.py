@@ -5,6 +5,7 @@ or without a Frame of Reference UID gives groups without a point; only the Patie
 (tests/test_two_stage_prediction.py checks the SR that predict.py writes against its JSON report.)"""
 
 import json
+import logging
 import os
 import shutil
 
@@ -190,6 +191,17 @@ def test_only_the_patient_and_study_modules_are_copied(source, tmp_path):
     own = {"InstitutionName", "StationName", "DeviceSerialNumber", "ProtocolName", "OperatorsName", "BodyPartExamined"}
     assert not own & set(dataset.dir())
     assert dataset.Manufacturer == "lumbar_jax" and dataset.SeriesDescription == structured_report.SERIES_DESCRIPTION
+
+
+def test_no_value_read_from_the_headers_is_logged(source, tmp_path, caplog):
+    _, _, series_dirs, report = source
+    caplog.set_level(logging.DEBUG)
+    structured_report.write(report, series_dirs, str(tmp_path / "sr.dcm"))
+    headers = [structured_report.read_series_headers(d) for d in series_dirs]
+    first = pydicom.dcmread(headers[0].slices[0].path, stop_before_pixels=True)
+    read = {first.PatientID, str(first.PatientName), first.StudyInstanceUID, first.AccessionNumber,
+            *(s.sop_instance_uid for h in headers for s in h.slices), *(h.frame_of_reference_uid for h in headers)}
+    assert not [v for v in read if v in caplog.text]
 
 
 def test_an_absent_series_or_one_without_a_frame_gives_groups_without_a_point(source, tmp_path):
