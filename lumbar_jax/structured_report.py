@@ -168,13 +168,16 @@ def no_point_reason(target: dict, series: str, headers: SeriesHeaders | None) ->
     return None
 
 
-def measurement_group(t: int, target: dict, headers: SeriesHeaders | None):
+def measurement_group(t: int, target: dict, headers: SeriesHeaders | None) -> hd.sr.templates.Template:
     """The measurement group of target index `t` from its entry of the study report (`predict.study_report`):
-    TID 1410 with the point where there is one, else TID 1501 with a text item saying why."""
+    TID 1410 with the point where there is one (its probabilities referencing the slice it lies on), else
+    TID 1501 with a text item saying why. The text item is the one piece highdicom has no argument for."""
     name, series = labels.TARGETS[t], labels.SERIES_TYPES[labels.TARGET_SERIES[t]]
     reason = no_point_reason(target, series, headers)
-    source = [] if reason else [headers.nearest_slice(target["localiser"]["patient_mm"])]
-    references = [hd.sr.SourceImageForMeasurement(s.sop_class_uid, s.sop_instance_uid) for s in source]
+    references = None
+    if reason is None:
+        image = headers.nearest_slice(target["localiser"]["patient_mm"])
+        references = [hd.sr.SourceImageForMeasurement(image.sop_class_uid, image.sop_instance_uid)]
     common = dict(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=name),
         finding_type=FINDING_TYPES[list(labels.CONDITION_GROUPS)[labels.TARGET_GROUP[t]]],
@@ -182,16 +185,16 @@ def measurement_group(t: int, target: dict, headers: SeriesHeaders | None):
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(
             codes.SCT.Severity, SEVERITIES[labels.SEVERITY_NAMES.index(target["grade"])])],
         measurements=[hd.sr.Measurement(code, float(target[column]), codes.UCUM.NoUnits,
-                                        referenced_images=references or None)
+                                        referenced_images=references)
                       for code, column in zip(PROBABILITIES, labels.SEVERITY_COLUMNS)])
     if reason is None:
         region = hd.sr.ImageRegion3D(hd.sr.GraphicTypeValues3D.POINT,
                                      np.asarray([target["localiser"]["patient_mm"]], np.float64),
                                      headers.frame_of_reference_uid)
-        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_region=region, **common), source
+        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_region=region, **common)
     group = hd.sr.MeasurementsAndQualitativeEvaluations(**common)
     group[0].ContentSequence.append(hd.sr.TextContentItem(_QUALITATIVE_EVALUATIONS, reason, "CONTAINS"))
-    return group, source
+    return group
 
 
 def build(report: dict, series_dirs) -> hd.sr.Comprehensive3DSR:
@@ -209,7 +212,7 @@ def build(report: dict, series_dirs) -> hd.sr.Comprehensive3DSR:
         observation_context=hd.sr.ObservationContext(
             observer_device_context=hd.sr.ObserverContext(codes.DCM.Device, device)),
         procedure_reported=codes.LN.MRIUnspecifiedBodyRegion,
-        imaging_measurements=[group for group, _ in groups])
+        imaging_measurements=groups)
     notes = hd.sr.ContainerContentItem(_QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
     notes.ContentSequence = hd.sr.ContentSequence([hd.sr.TextContentItem(
         codes.DCM.Comment, f"{report['notice']} Provenance: {json.dumps(provenance, sort_keys=True)}",
