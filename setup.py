@@ -21,6 +21,7 @@ RUNTIME = [
     "pylibjpeg-libjpeg>=2.1",
     "pylibjpeg-openjpeg>=2.3",
     "pylibjpeg-rle>=2.0",
+    "highdicom==0.28.2",  # builds the DICOM Structured Report of predict.py --sr (lumbar_jax/structured_report.py)
     "numpy",
     "pandas",
     "scikit-learn",

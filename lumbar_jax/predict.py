@@ -15,7 +15,8 @@ each fold's localiser places the crops that fold's classifier reads.
 A study report (`study_report`, `format_study_report`) shows every target's three probabilities, flags the
 cells where Normal/Mild is below 0.5, explains its markers, records where the prediction came from (run,
 folds, checkpoint steps, TTA, calibration, model and package version; two-stage: each target's localised
-point) and says that it is for research use only.
+point) and says that it is for research use only. `structured_report` writes the same report as a DICOM
+Comprehensive 3D SR (TID 1500) that goes back to the study's PACS.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 import tqdm
 
-from lumbar_jax import calibration, inference, localiser_metrics, rundir
+from lumbar_jax import calibration, inference, localiser_metrics, rundir, structured_report
 from lumbar_jax import labels
 from lumbar_jax.data import problems
 from lumbar_jax.data import study as study_lib
@@ -156,9 +157,11 @@ def submission_frame(study_ids: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
     }, columns=list(SUBMISSION_COLUMNS))
 
 
-def predict_split(predictor: Predictor, data_dir: str, split: str = "test") -> tuple[pd.DataFrame, dict]:
+def predict_split(predictor: Predictor, data_dir: str, split: str = "test", sr_dir: str | None = None
+                  ) -> tuple[pd.DataFrame, dict]:
     """Submission table for every study of `{split}_series_descriptions.csv` and timing numbers (studies/s:
-    reading DICOM and predicting, after the one-off restore and compilation)."""
+    reading DICOM and predicting, after the one-off restore and compilation). With `sr_dir`, also each study's
+    DICOM SR (`structured_report`) as `{sr_dir}/{study_id}.dcm` (the folder is created)."""
     if not study_lib.has_split(data_dir, split):
         raise FileNotFoundError(f"{data_dir}/{split}_series_descriptions.csv not found (expected the Kaggle "
                                 "competition layout)")
@@ -168,11 +171,17 @@ def predict_split(predictor: Predictor, data_dir: str, split: str = "test") -> t
     t0 = time.perf_counter()
     records = predictor.read(entries)
     t1 = time.perf_counter()
-    probs = predictor.predict(records)
+    probs, points = predictor.predict_with_points(records)
     t2 = time.perf_counter()
     absent = sum(int((~r["present"]).sum()) for r in records)
     timing = {"studies": len(entries), "absent_series": absent, "compile_s": predictor.compile_s,
               "read_s": t1 - t0, "predict_s": t2 - t1, "studies_per_s": len(entries) / (t2 - t0)}
+    if sr_dir is not None:
+        os.makedirs(sr_dir, exist_ok=True)
+        for i, (entry, record) in enumerate(zip(entries, records)):
+            report = report_of(predictor, entry, record, probs[i], None if points is None else points[:, i])
+            write_structured_report(report, entry, record, os.path.join(sr_dir, f"{entry.study_id}.dcm"))
+        timing["structured_reports_s"] = time.perf_counter() - t2
     return submission_frame(np.array([e.study_id for e in entries]), probs), timing
 
 
@@ -195,13 +204,31 @@ def read_study_dir(predictor: Predictor, study_dir: str, descriptions_csv: str |
     return entry, record, unused
 
 
-def predict_study(predictor: Predictor, study_dir: str, descriptions_csv: str | None = None) -> dict:
+def predict_study(predictor: Predictor, study_dir: str, descriptions_csv: str | None = None,
+                  sr_path: str | None = None) -> dict:
     """One study folder -> its `study_report` (provenance, series not used, and for a two-stage run where each
-    target's crop was cut); errors as `read_study_dir`."""
+    target's crop was cut); with `sr_path`, also its DICOM SR there (`structured_report`). Errors as
+    `read_study_dir`."""
     entry, record, unused = read_study_dir(predictor, study_dir, descriptions_csv)
     probs, points = predictor.predict_with_points([record])
-    localiser = None if points is None else localiser_metrics.point_report(record, points[:, 0])
-    return study_report(entry.study_id, record["present"], probs[0], unused, predictor.provenance(), localiser)
+    report = report_of(predictor, entry, record, probs[0], None if points is None else points[:, 0], unused)
+    if sr_path is not None:
+        write_structured_report(report, entry, record, sr_path)
+    return report
+
+
+def report_of(predictor: Predictor, entry: study_lib.StudyEntry, record: dict, probs: np.ndarray,
+              fold_points: np.ndarray | None, unused: dict[str, str] | None = None) -> dict:
+    """The `study_report` of one predicted study: probs float [25, 3], each fold's points float [F, 25, 3]
+    (None for a pipeline that does not localise)."""
+    localiser = None if fold_points is None else localiser_metrics.point_report(record, fold_points)
+    return study_report(entry.study_id, record["present"], probs, unused, predictor.provenance(), localiser)
+
+
+def write_structured_report(report: dict, entry: study_lib.StudyEntry, record: dict, path: str) -> None:
+    """Write a study's report as a DICOM SR to `path`, referencing the series its record was read from."""
+    structured_report.write(report, study_lib.chosen_series_dirs(entry, record["series_ids"]), path)
+    log.info("study %s: wrote its DICOM SR %s", entry.study_id, path)
 
 
 def unused_series_folders(study_dir: str, series_ids: np.ndarray, found: list[problems.Problem]) -> dict[str, str]:

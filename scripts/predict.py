@@ -1,7 +1,9 @@
 """Predict new studies from DICOM with a trained run: Kaggle submission.csv, or one study's report.
 
   python scripts/predict.py --workdir W --data_dir KAGGLE_DIR --output submission.csv [--tta] [--no_calibration]
+                            [--sr_dir SR_DIR]
   python scripts/predict.py --workdir W --study_dir PATH/TO/STUDY [--descriptions CSV] [--json report.json]
+                            [--sr report.dcm]
 
 The first form reads KAGGLE_DIR/test_series_descriptions.csv and test_images/ (no prebuilt dataset), runs
 the best checkpoint of every trained fold, averages their probabilities, and writes submission.csv with the
@@ -20,9 +22,16 @@ and the provenance says which. A two-stage run (configs/vit_effnet.py, the defau
 each fold's localiser finds the 25 points and that fold's crop classifier reads crops of the native series
 there; the --json report also holds, per target, the series, the normalised point and its patient
 coordinates (mm, LPS). Research use only: not a medical device.
+
+--sr (with --study_dir) also writes the report as a DICOM Comprehensive 3D SR (TID 1500 Measurement Report): one
+measurement group per target with the localised point in the series' Frame of Reference, the grade and the
+three probabilities, referencing the source images, and carrying the study's Patient and Study modules so that
+a PACS files it with the study (the one output with the patient's identity; docs/conventions.md section 7).
+--sr_dir (with --data_dir) writes one per study, SR_DIR/{study_id}.dcm.
 """
 
 import json
+import os
 import sys
 
 from lumbar_jax import cli, huge_pages
@@ -37,6 +46,10 @@ def main(argv=None) -> int:
     parser.add_argument("--study_dir", help="one study folder instead of --data_dir")
     parser.add_argument("--descriptions", help="series descriptions CSV for --study_dir")
     parser.add_argument("--json", default=None, help="also write the --study_dir report as JSON here")
+    parser.add_argument("--sr", default=None,
+                        help="also write the --study_dir report as a DICOM SR (TID 1500) here, e.g. report.dcm")
+    parser.add_argument("--sr_dir", default=None,
+                        help="with --data_dir: also write each study's DICOM SR as SR_DIR/{study_id}.dcm (created)")
     parser.add_argument("--fold", type=int, action="append", default=None,
                         help="use only this fold (repeatable); default: every trained fold")
     parser.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step number")
@@ -48,26 +61,41 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if bool(args.data_dir) == bool(args.study_dir):
         parser.error("give exactly one of --data_dir and --study_dir")
+    if (args.sr and not args.study_dir) or (args.sr_dir and not args.data_dir):
+        parser.error("--sr goes with --study_dir, --sr_dir with --data_dir")
+    check_sr_paths(args.sr, args.sr_dir)
     cli.setup_logging()
     from lumbar_jax import predict  # after parsing: JAX, Orbax, TFDS
 
     predictor = predict.Predictor(args.workdir, args.fold, args.checkpoint, args.tta,
                                   calibrate=not args.no_calibration)
     if args.data_dir:
-        table, timing = predict.predict_split(predictor, args.data_dir, args.split)
+        table, timing = predict.predict_split(predictor, args.data_dir, args.split, args.sr_dir)
         table.to_csv(args.output, index=False, float_format="%.6g")
         print(f"wrote {args.output}: {len(table)} rows for {timing['studies']} studies "
               f"({timing['absent_series']} absent series); compile {timing['compile_s']:.1f} s once, then "
               f"read {timing['read_s']:.1f} s + predict {timing['predict_s']:.1f} s = "
               f"{timing['studies_per_s']:.2f} studies/s")
+        if args.sr_dir:
+            print(f"wrote {timing['studies']} DICOM SRs to {args.sr_dir} in {timing['structured_reports_s']:.1f} s")
         return 0
-    report = predict.predict_study(predictor, args.study_dir, args.descriptions)
+    report = predict.predict_study(predictor, args.study_dir, args.descriptions, args.sr)
     print(predict.format_study_report(report))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
         print(f"wrote {args.json}")
+    if args.sr:
+        print(f"wrote {args.sr} (DICOM SR)")
     return 0
+
+
+def check_sr_paths(sr: str | None, sr_dir: str | None) -> None:
+    """Refuse, before any model is built, an --sr whose folder does not exist and an --sr_dir that is a file."""
+    if sr and not os.path.isdir(os.path.dirname(os.path.abspath(sr))):
+        raise FileNotFoundError(f"--sr {sr}: folder {os.path.dirname(os.path.abspath(sr))} does not exist")
+    if sr_dir and os.path.exists(sr_dir) and not os.path.isdir(sr_dir):
+        raise NotADirectoryError(f"--sr_dir {sr_dir} is a file, not a folder")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ LAYERS = (
     ("restoring", ("lumbar_jax.inference",)),
     ("pipelines", ("lumbar_jax.pipelines.",)),
     ("main job", ("lumbar_jax.cross_validation",)),
-    ("run tools", ("lumbar_jax.evaluate", "lumbar_jax.predict", "lumbar_jax.compare", "lumbar_jax.score",
-                   "lumbar_jax.analysis", "lumbar_jax.analysis.")),
+    ("run tools", ("lumbar_jax.evaluate", "lumbar_jax.predict", "lumbar_jax.structured_report",
+                   "lumbar_jax.compare", "lumbar_jax.score", "lumbar_jax.analysis", "lumbar_jax.analysis.")),
     ("commands", ("lumbar_jax.main", "lumbar_jax.config_overrides")),
 )
 

@@ -8,9 +8,12 @@ trained once per module on a synthetic Kaggle folder that also holds unlabelled 
 
 import json
 import os
+import shutil
 
+import highdicom as hd
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 
 from lumbar_jax import calibration, cross_validation, evaluate, localiser_metrics, metrics, predict, rundir
@@ -20,6 +23,7 @@ from lumbar_jax.data import build, crops, dataset, study, synthetic
 from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_VOLUMES
 from lumbar_jax.train import config as config_lib
 from tests.test_evaluate_predict import run_script
+from tests.test_structured_report import assert_sr_holds_the_report, groups_by_target, severity_and_probabilities
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +70,11 @@ def test_evaluation_reproduces_every_fold_and_the_cv_summary(run):
 
 def test_submission_from_dicom_equals_the_ensemble_on_the_tfds_test_records(run, predictor, tmp_path, capsys):
     kaggle, tfds_dir, workdir = run
-    out = str(tmp_path / "submission.csv")
-    assert run_script("predict.py", "--workdir", workdir, "--data_dir", kaggle, "--output", out) == 0
-    assert "studies/s" in capsys.readouterr().out
+    out, sr_dir = str(tmp_path / "submission.csv"), tmp_path / "sr"
+    assert run_script("predict.py", "--workdir", workdir, "--data_dir", kaggle, "--output", out,
+                      "--sr_dir", str(sr_dir)) == 0
+    printed = capsys.readouterr().out
+    assert "studies/s" in printed and f"wrote 3 DICOM SRs to {sr_dir}" in printed
     submission = pd.read_csv(out)
     expected_rows = pd.read_csv(os.path.join(kaggle, "sample_submission.csv"))["row_id"].tolist()
     assert submission["row_id"].tolist() == expected_rows
@@ -81,6 +87,11 @@ def test_submission_from_dicom_equals_the_ensemble_on_the_tfds_test_records(run,
     values = submission[list(labels_lib.SEVERITY_COLUMNS)].to_numpy().reshape(-1, 25, 3)
     study_ids = [labels_lib.parse_row_id(r)[0] for r in submission["row_id"][::25]]
     np.testing.assert_allclose(values, np.stack([by_study[s] for s in study_ids]), rtol=1e-4, atol=1e-6)
+    assert sorted(os.listdir(sr_dir)) == sorted(f"{s}.dcm" for s in study_ids)  # one SR per study, by its id
+    for study_id in study_ids:
+        groups = groups_by_target(hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(sr_dir / f"{study_id}.dcm")))
+        probs = [severity_and_probabilities(g)[1] for g in groups.values()]
+        np.testing.assert_allclose(probs, by_study[study_id], rtol=1e-4, atol=1e-6)
 
 
 def test_held_out_studies_read_from_dicom_get_the_probabilities_training_scored(run):
@@ -129,6 +140,31 @@ def test_study_dir_report_has_each_targets_localised_point(run, tmp_path, capsys
         affine = np.asarray(record[NATIVE_AFFINE], np.float64)[series]
         expected_mm = affine[:3, :3] @ (point * (shapes[series] - 1)) + affine[:3, 3]
         np.testing.assert_allclose(where["patient_mm"], expected_mm, atol=0.05)  # the point is rounded to 1e-4
+
+
+def test_study_dir_sr_holds_the_json_reports_points_grades_and_probabilities(run, predictor, tmp_path, capsys):
+    """predict.py --sr beside --json: the SR's groups are the JSON report's targets; then the same study without
+    its axial T2 folder: the subarticular groups have no point."""
+    kaggle, _, workdir = run
+    entry = study.list_studies(kaggle, "test")[0]
+    study_dir = os.path.dirname(entry.series_dirs[2][0][1])
+    out, sr = tmp_path / "report.json", tmp_path / "report.dcm"
+    assert run_script("predict.py", "--workdir", workdir, "--study_dir", study_dir, "--json", str(out),
+                      "--sr", str(sr)) == 0
+    assert f"wrote {sr} (DICOM SR)" in capsys.readouterr().out
+    series_dirs = study.chosen_series_dirs(entry, predictor.read([entry])[0]["series_ids"])
+    _, groups = assert_sr_holds_the_report(sr, json.load(open(out)), series_dirs)
+    assert all(g.roi is not None for g in groups.values())
+    copy = tmp_path / str(entry.study_id)
+    shutil.copytree(study_dir, copy)
+    shutil.rmtree(copy / os.path.basename(series_dirs[2]))
+    report = predict.predict_study(predictor, str(copy), sr_path=str(tmp_path / "absent.dcm"))
+    assert not report["series_present"]["axial_t2"]
+    kept = [str(copy / os.path.basename(d)) for d in series_dirs[:2]] + [None]
+    _, groups = assert_sr_holds_the_report(tmp_path / "absent.dcm", report, kept)
+    subarticular = [g for t, g in enumerate(groups.values()) if labels_lib.TARGET_SERIES[t] == 2]
+    assert len(subarticular) == 10 and all(isinstance(g, hd.sr.MeasurementsAndQualitativeEvaluations)
+                                           for g in subarticular)
 
 
 def test_flip_tta_is_refused_for_a_two_stage_run(run):

@@ -187,6 +187,13 @@ def study_from_directory(study_dir: str, descriptions_csv: str | None = None) ->
     return StudyEntry(study_id, series_dirs, np.full(labels_lib.NUM_TARGETS, labels_lib.MISSING, dtype=np.int64))
 
 
+def chosen_series_dirs(entry: StudyEntry, series_ids) -> tuple[str | None, ...]:
+    """Per series type (labels.SERIES_TYPES order), the folder of the series a record was read from: its
+    `series_ids` (the record's feature) among the entry's candidates; None where the series is absent (-1)."""
+    folders = {sid: d for candidates in entry.series_dirs for sid, d in candidates}
+    return tuple(folders.get(int(s)) for s in series_ids)
+
+
 def series_preference(series_id: int, num_slices: int) -> tuple[int, int]:
     """The rule for choosing among several series of one type, as a sort key (the smallest is used): most
     readable slices (those of the volume `dicom.read_series` returns that were read from files, not
