@@ -140,6 +140,7 @@ def test_runs_that_differ_only_in_seed_are_summarised_over_their_seeds(tmp_path,
     assert group["runs"] == runs[:2] and group["seeds"] == [0, 1]
     assert group["mean"] == pytest.approx(np.mean(scores)) and group["std"] == pytest.approx(np.std(scores))
     assert (group["min"], group["max"]) == (min(scores), max(scores))
-    assert (group["worst_fold"], group["worst_fold_run"], group["worst_fold_index"]) == (pytest.approx(0.61), runs[1], 1)
+    assert group["worst_fold"] == pytest.approx(0.61)
+    assert (group["worst_fold_run"], group["worst_fold_index"]) == (runs[1], 1)
     assert subprocess.run([sys.executable, SCRIPT, "--workdirs", *runs], capture_output=True, text=True,
                           check=True).stdout.splitlines()[-1].startswith("2 seeds [0, 1] of one setting")
