@@ -118,7 +118,7 @@ def _worst_fold(folds: list[dict]) -> dict:
 
 def seed_groups(rows: list[dict]) -> list[dict]:
     """One entry per setting trained with two or more seeds, in order of first appearance: {'runs', 'seeds',
-    'mean', 'std' (population, over the seeds), 'min', 'max' of the OOF score, 'worst_fold', 'worst_fold_run',
+    'mean', 'std' (sample standard deviation over the seeds), 'min', 'max' of the OOF score, 'worst_fold', 'worst_fold_run',
     'worst_fold_index'}."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
@@ -131,7 +131,7 @@ def seed_groups(rows: list[dict]) -> list[dict]:
         mean = sum(scores) / len(scores)
         worst = max((r for r in members if r["worst_fold"] is not None), key=lambda r: r["worst_fold"], default=None)
         out.append({"runs": [r["run"] for r in members], "seeds": [r["seed"] for r in members], "mean": mean,
-                    "std": math.sqrt(sum((x - mean) ** 2 for x in scores) / len(scores)),
+                    "std": math.sqrt(sum((x - mean) ** 2 for x in scores) / (len(scores) - 1)),
                     "min": min(scores), "max": max(scores),
                     "worst_fold": worst["worst_fold"] if worst else None,
                     "worst_fold_run": worst["run"] if worst else None,

@@ -138,7 +138,7 @@ def test_runs_that_differ_only_in_seed_are_summarised_over_their_seeds(tmp_path,
     (group,) = compare.seed_groups(rows)  # the third run is another setting, alone
     scores = [rows[0]["score"], rows[1]["score"]]
     assert group["runs"] == runs[:2] and group["seeds"] == [0, 1]
-    assert group["mean"] == pytest.approx(np.mean(scores)) and group["std"] == pytest.approx(np.std(scores))
+    assert group["mean"] == pytest.approx(np.mean(scores)) and group["std"] == pytest.approx(np.std(scores, ddof=1))
     assert (group["min"], group["max"]) == (min(scores), max(scores))
     assert group["worst_fold"] == pytest.approx(0.61)
     assert (group["worst_fold_run"], group["worst_fold_index"]) == (runs[1], 1)
