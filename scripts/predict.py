@@ -23,6 +23,7 @@ coordinates (mm, LPS). Research use only: not a medical device.
 """
 
 import json
+import os
 import sys
 
 from lumbar_jax import cli, huge_pages
@@ -48,25 +49,41 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if bool(args.data_dir) == bool(args.study_dir):
         parser.error("give exactly one of --data_dir and --study_dir")
+    for path, flag in ((args.data_dir and args.output, "--output"), (args.study_dir and args.json, "--json")):
+        if path:
+            cli.check_output_path(path, flag)
+    if args.study_dir and not os.path.isdir(args.study_dir):
+        raise FileNotFoundError(f"--study_dir {args.study_dir} not found (or not a directory)")
     cli.setup_logging()
-    from lumbar_jax import predict  # after parsing: JAX, Orbax, TFDS
+    from lumbar_jax import predict, study_report  # after parsing: JAX, Orbax, TFDS
 
-    predictor = predict.Predictor(args.workdir, args.fold, args.checkpoint, args.tta,
-                                  calibrate=not args.no_calibration)
+    # Everything that can be refused is checked before any model is built (predict.PredictionRun).
+    run = predict.PredictionRun(args.workdir, args.fold, args.checkpoint, args.tta, calibrate=not args.no_calibration)
     if args.data_dir:
-        table, timing = predict.predict_split(predictor, args.data_dir, args.split)
+        entries = predict.split_entries(args.data_dir, args.split)
+        predictor = predict.Predictor(run)
+        table, timing = predict.predict_split(predictor, entries)
         table.to_csv(args.output, index=False, float_format="%.6g")
         print(f"wrote {args.output}: {len(table)} rows for {timing['studies']} studies "
-              f"({timing['absent_series']} absent series); compile {timing['compile_s']:.1f} s once, then "
-              f"read {timing['read_s']:.1f} s + predict {timing['predict_s']:.1f} s = "
-              f"{timing['studies_per_s']:.2f} studies/s")
+              f"({timing['absent_series']} absent series, {timing['implausible_studies']} with implausible "
+              f"localised points); {timing['studies_per_s']:.2f} studies/s after compiling")
+        print(study_report.quality_text(run.quality))
+        for warning in study_report.quality_warnings(run.quality):
+            print(f"WARNING: {warning}")
+        print("time: " + predict.timing_text({**predictor.timings, **timing}, cli.wall_s()))
         return 0
-    report = predict.predict_study(predictor, args.study_dir, args.descriptions)
-    print(predict.format_study_report(report))
+    read_from = cli.wall_s()
+    entry, record, unused = predict.read_study_dir(run, args.study_dir, args.descriptions)
+    read_s = cli.wall_s() - read_from
+    predictor = predict.Predictor(run)
+    report, predict_s = predict.predict_study(predictor, entry, record, unused)
+    print(study_report.format_study_report(report))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
         print(f"wrote {args.json}")
+    print("time: " + predict.timing_text({**predictor.timings, "read_s": read_s, "predict_s": predict_s},
+                                         cli.wall_s()))
     return 0
 
 

@@ -44,7 +44,7 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def predictor(run):
     """The calibrated two-stage ensemble of both folds."""
-    return predict.Predictor(run[2])
+    return predict.Predictor(predict.PredictionRun(run[2]))
 
 
 def test_evaluation_reproduces_every_fold_and_the_cv_summary(run):
@@ -76,7 +76,7 @@ def test_submission_from_dicom_equals_the_ensemble_on_the_tfds_test_records(run,
     records = [source[i] for i in range(len(source))]
     probs, points = predictor.restorer.predict(predictor.models, records)
     assert points.shape == (2, len(records), 25, 3)
-    expected = calibration.apply_temperatures(probs, predictor.calibration["temperatures"])
+    expected = calibration.apply_temperatures(probs, predictor.run.calibration["temperatures"])
     by_study = {int(r["study_id"]): p for r, p in zip(records, expected)}
     values = submission[list(labels_lib.SEVERITY_COLUMNS)].to_numpy().reshape(-1, 25, 3)
     study_ids = [labels_lib.parse_row_id(r)[0] for r in submission["row_id"][::25]]
@@ -86,18 +86,18 @@ def test_submission_from_dicom_equals_the_ensemble_on_the_tfds_test_records(run,
 def test_held_out_studies_read_from_dicom_get_the_probabilities_training_scored(run):
     kaggle, _, workdir = run
     result = rundir.read_fold_result(workdir, 0)
-    fold0 = predict.Predictor(workdir, folds=[0], calibrate=False)
+    fold0 = predict.Predictor(predict.PredictionRun(workdir, folds=[0], calibrate=False))
     split_ids = [int(s) for s in np.load(rundir.localiser_predictions_path(workdir, 0))["study_id"]]
     held_out = [split_ids[i] for i in result["val_indices"]]
     entries = {e.study_id: e for e in study.list_studies(kaggle, "train")}
-    probs = fold0.predict(fold0.read([entries[s] for s in held_out]))
+    probs = fold0.predict(fold0.run.read([entries[s] for s in held_out]))
     np.testing.assert_allclose(probs, np.asarray(result["val_probs"]), atol=2e-5)
 
 
 def test_calibration_is_applied_as_apply_temperatures_says_and_recorded(run, predictor):
     kaggle, _, workdir = run
-    plain = predict.Predictor(workdir, calibrate=False)
-    record = plain.read(study.list_studies(kaggle, "test")[:1])
+    plain = predict.Predictor(predict.PredictionRun(workdir, calibrate=False))
+    record = plain.run.read(study.list_studies(kaggle, "test")[:1])
     temperatures = rundir.read_summary(workdir)["calibration"]["temperatures"]
     assert predictor.provenance()["calibration"] == {"applied": True, "temperatures": temperatures}
     assert plain.provenance()["calibration"] == {"applied": False, "reason": "switched off (--no_calibration)"}
@@ -133,7 +133,7 @@ def test_study_dir_report_has_each_targets_localised_point(run, tmp_path, capsys
 
 def test_flip_tta_is_refused_for_a_two_stage_run(run):
     with pytest.raises(ValueError, match="two-stage run: its localiser already averages with the flip"):
-        predict.Predictor(run[2], tta=True)
+        predict.PredictionRun(run[2], tta=True)
 
 
 @pytest.mark.filterwarnings("ignore::lumbar_jax.data.dicom.DicomSkipWarning")  # synthetic quirks, expected

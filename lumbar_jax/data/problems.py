@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 
@@ -49,6 +50,10 @@ class DataProblemWarning(UserWarning):
     def __init__(self, problem: Problem):
         super().__init__(str(problem))
         self.problem = problem
+
+
+class PydicomWarning(UserWarning):
+    """What pydicom said while reading one file (`pydicom_warnings_naming`): the file, then pydicom's words."""
 
 
 _collectors: list[list[Problem]] = []
@@ -107,3 +112,40 @@ def warnings_in_one_line() -> Iterator[None]:
         yield
     finally:
         warnings.showwarning = previous
+
+
+class _Messages(logging.Handler):
+    """A logging handler that keeps the messages it is given."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def pydicom_warnings_naming(path: str) -> Iterator[None]:
+    """Inside the block (the reading of the file `path`), what pydicom says is held back: its log lines (logger
+    `pydicom`) and its Python warnings, which for most messages are the same words twice and never name the
+    file. After the block, every distinct message is warned once, together, as one `PydicomWarning`
+    '`path`: pydicom: message; message'. Other warnings raised inside are passed on unchanged."""
+    logger, held = logging.getLogger("pydicom"), _Messages()
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(held)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        logger.removeHandler(held)
+        logger.propagate = propagate
+        messages = list(held.messages)
+        for w in caught:
+            if f"{os.sep}pydicom{os.sep}" in w.filename:
+                messages.append(str(w.message))
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if messages:
+            warnings.warn(PydicomWarning(f"{path}: pydicom: {'; '.join(dict.fromkeys(messages))}"), stacklevel=3)
