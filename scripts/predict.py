@@ -5,14 +5,22 @@
 
 The first form reads KAGGLE_DIR/test_series_descriptions.csv and test_images/ (no prebuilt dataset), runs
 the best checkpoint of every trained fold, averages their probabilities, and writes submission.csv with the
-competition's header and 25 rows per study. The second reads one study folder ({study_id}/{series_id}/*.dcm);
-series types come from --descriptions (a *_series_descriptions.csv) or the DICOM SeriesDescription, and it
-prints a per-level report: each target's three probabilities (Normal/Mild, Moderate, Severe), `!` where
-Normal/Mild is below 0.5, a legend, the provenance (run, folds, checkpoint steps, TTA, model and package
-version) and a research-use note; --json also writes it as JSON (nothing is written without --json). A
-missing series is predicted without it (`~` in the report), and each series folder not used is named with
-its reason (empty, unreadable, type unknown); a study folder with no usable series is an error (exit status
-2). --tta averages with the left/right-mirrored study (left and right targets swapped back; one-stage runs).
+competition's header and 25 rows per study; it then prints the run's quality (out-of-fold score against the
+best constant) and warns about studies whose localised points are implausible. The second reads one study
+folder ({study_id}/{series_id}/*.dcm); series types come from --descriptions (a *_series_descriptions.csv)
+or the DICOM SeriesDescription, and it prints a per-level report: warnings first (the run does not beat the
+best constant; this study's localised points are implausible), each target's three probabilities
+(Normal/Mild, Moderate, Severe), `!` where the target is flagged (its grade, the median severity, is
+Moderate or Severe: P(Normal/Mild) < 0.5), a legend, the run's quality (out-of-fold score, best constant,
+class prior; two-stage: the localiser's held-out median and p90 error in mm), the provenance (run, folds,
+checkpoint steps, TTA, model and package version) and a research-use note; --json also writes it as JSON
+(nothing is written without --json). A missing series is predicted without it (`~` in the report), and each
+series folder not used is named with its reason (empty, no readable DICOM file, unreadable, type unknown); a
+study folder with no usable series is an error (exit status 2). --tta averages with the left/right-mirrored
+study (left and right targets swapped back; one-stage runs). The rules are in docs/conventions.md section 7.
+
+Every path, fold and checkpoint argument is checked before any model is built (a wrong one costs seconds);
+building, restoring and compiling show progress, and a last `time:` line accounts for the wall time.
 
 The probabilities are calibrated with the run's temperatures per condition group (cv_summary.json
 "calibration", fitted on its out-of-fold predictions) when it has them; --no_calibration switches that off,
