@@ -4,12 +4,15 @@ A bad value costs at most its own file or row. Where the reader, the CSV parser 
 something (a DICOM file, a series, a CSV row, a label point), it calls `report(kind, where, reason, detail)`: that
 emits a `DataProblemWarning` (shown once per message like any Python warning, and turned into a log line by
 the commands) and, inside `collect()`, also records it, so that the dataset build can count what it dropped
-and why in its report (`build_report.json` beside the dataset).
+and why in its report (`build_report.json` beside the dataset). What pydicom itself says about a file (a log
+line and a warning, most often the same words twice, neither naming the file) is held back while the file is
+read and warned once, naming it (`pydicom_warnings_naming`, a `PydicomWarning`).
 
 Kinds (the build report's categories):
   file_skipped         a DICOM file not used (unreadable header value, truncated, no pixel data, ...)
   series_absent        a series type of a study that ends up without a volume (missing, unreadable, ...)
-  series_skipped       a series not used, its study is (unreadable while another of its type is read, type unknown)
+  series_skipped       a series not used, its study is (unreadable while another of its type is read, type
+                       unknown, no readable DICOM file in its folder)
   series_gap           a series with slices missing from its middle (resampled by true slice positions)
   label_point_dropped  a label coordinate not placed in any record (NaN x/y, unknown series, outside, ...)
   csv_row              a CSV row refused or ignored (unparseable value, duplicate, unknown study, ...)
