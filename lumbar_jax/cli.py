@@ -86,6 +86,13 @@ def wall_s() -> float:
     return time.time() - _STARTED
 
 
+def check_input_path(path: str, flag: str, folder: bool) -> None:
+    """Refuse an input `path` that is not there, before any work (and any heavy import): FileNotFoundError
+    naming `flag` when it is not an existing folder (`folder`) or file."""
+    if not (os.path.isdir(path) if folder else os.path.isfile(path)):
+        raise FileNotFoundError(f"{flag} {path} not found (or not a {'directory' if folder else 'file'})")
+
+
 def check_output_path(path: str, flag: str) -> None:
     """Refuse an output `path` that cannot be written, before any work: FileNotFoundError naming `flag` when its
     folder does not exist, IsADirectoryError when it is a folder, PermissionError when the folder is not

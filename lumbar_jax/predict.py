@@ -236,7 +236,7 @@ def read_study_dir(run: PredictionRun, study_dir: str, descriptions_csv: str | N
     records (no model needed). ValueError naming the folder and each series folder's reason when no series of
     it can be used (a prediction without any image would be the class prior, not a prediction of this study)."""
     if descriptions_csv is not None and not os.path.isfile(descriptions_csv):
-        raise FileNotFoundError(f"--descriptions {descriptions_csv} not found")
+        raise FileNotFoundError(f"--descriptions {descriptions_csv} not found (or not a file)")
     t0 = time.perf_counter()
     with problems.collect() as found, problems.warnings_in_one_line():
         entry = study_lib.study_from_directory(study_dir, descriptions_csv)

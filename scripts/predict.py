@@ -31,7 +31,6 @@ coordinates (mm, LPS). Research use only: not a medical device.
 """
 
 import json
-import os
 import sys
 
 from lumbar_jax import cli, huge_pages
@@ -57,11 +56,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if bool(args.data_dir) == bool(args.study_dir):
         parser.error("give exactly one of --data_dir and --study_dir")
+    for path, flag, folder in ((args.data_dir, "--data_dir", True), (args.study_dir, "--study_dir", True),
+                               (args.descriptions, "--descriptions", False)):
+        if path:
+            cli.check_input_path(path, flag, folder)
     for path, flag in ((args.data_dir and args.output, "--output"), (args.study_dir and args.json, "--json")):
         if path:
             cli.check_output_path(path, flag)
-    if args.study_dir and not os.path.isdir(args.study_dir):
-        raise FileNotFoundError(f"--study_dir {args.study_dir} not found (or not a directory)")
     cli.setup_logging()
     from lumbar_jax import predict, study_report  # after parsing: JAX, Orbax, TFDS
 

@@ -293,7 +293,8 @@ def nothing_is_built(monkeypatch):
     ("predict.py", ["--data_dir", "{kaggle}", "--fold", "7"], "error: --fold 7 not in 0..1"),
     ("predict.py", ["--data_dir", "{kaggle}", "--output", "{tmp}/no/sub.csv"], "--output {tmp}/no/sub.csv: folder"),
     ("predict.py", ["--study_dir", "{study}", "--json", "{tmp}/no/r.json"], "--json {tmp}/no/r.json: folder"),
-    ("predict.py", ["--study_dir", "{study}", "--descriptions", "{tmp}/d.csv"], "--descriptions {tmp}/d.csv not found"),
+    ("predict.py", ["--study_dir", "{study}", "--descriptions", "{tmp}/d.csv"],
+     "--descriptions {tmp}/d.csv not found (or not a file)"),
     ("predict.py", ["--study_dir", "{junk}"], "has no usable series (1: no readable DICOM file (1 .dcm files, none "
                                               "readable by pydicom))"),
     ("evaluate.py", ["--checkpoint", "99"], "no checkpoint of step 99 under"),
