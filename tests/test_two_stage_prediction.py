@@ -339,3 +339,13 @@ def test_data_warnings_are_one_line_each_naming_the_file(run, predictor, tmp_pat
     assert "pydicom: Invalid value for VR IS: '2.5'" in about_file[0]
     assert "InstanceNumber not an integer in range (InstanceNumber = 2.5)" in about_file[1]
     assert unused[str(study_dir / "999")] == "no readable DICOM file (1 .dcm files, none readable by pydicom)"
+
+
+def test_analysis_of_a_run_without_its_training_folder_says_where_that_folder_is(run, tmp_path):
+    kaggle, _, workdir = run
+    with pytest.raises(FileNotFoundError, match=rf"the run {re.escape(workdir)} trained on {re.escape(kaggle)} "
+                                                rf"\(its dataset.json\): --data_dir {re.escape(kaggle)}"):
+        write_report(str(tmp_path), str(tmp_path / "report"), workdir=workdir)
+    with pytest.raises(FileNotFoundError, match=r"the embedded synthetic set of the default config is generated "
+                                                r"into ~/.cache/lumbar_jax/synthetic_300_seed0"):
+        write_report(str(tmp_path), str(tmp_path / "report"))
