@@ -24,13 +24,32 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 # The errors that mean "the input is bad" (a path, a field, a value): the library raises them with a message
 # naming what is wrong, and a command turns them into one line and exit status 2.
 BAD_INPUT_ERRORS = (ValueError, OSError)
 BAD_INPUT_EXIT = 2
+
+
+def _process_start() -> float:
+    """The `time.time()` at which this process started: on Linux from /proc (an exec, such as the huge-pages
+    re-execution, keeps it, and the interpreter's own start-up counts), elsewhere when this module is imported
+    (a command imports it first)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
+_STARTED = _process_start()
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -60,6 +79,31 @@ def setup_logging(level: int = logging.INFO) -> None:
     only from WARNING. `force`: replaces a handler another import installed first, which would swallow them."""
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def wall_s() -> float:
+    """Seconds since the command's process started, for timing lines that account for the whole wall time."""
+    return time.time() - _STARTED
+
+
+def check_input_path(path: str, flag: str, folder: bool) -> None:
+    """Refuse an input `path` that is not there, before any work (and any heavy import): FileNotFoundError
+    naming `flag` when it is not an existing folder (`folder`) or file."""
+    if not (os.path.isdir(path) if folder else os.path.isfile(path)):
+        raise FileNotFoundError(f"{flag} {path} not found (or not a {'directory' if folder else 'file'})")
+
+
+def check_output_path(path: str, flag: str) -> None:
+    """Refuse an output `path` that cannot be written, before any work: FileNotFoundError naming `flag` when its
+    folder does not exist, IsADirectoryError when it is a folder, PermissionError when the folder is not
+    writable."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{flag} {path}: folder {folder} not found")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{flag} {path} is a folder, not a file")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"{flag} {path}: folder {folder} is not writable")
 
 
 def error(message: object) -> int:

@@ -22,6 +22,7 @@ import math
 import os
 
 import numpy as np
+import tqdm
 
 from lumbar_jax import cross_validation, inference, metrics, rundir
 from lumbar_jax import labels
@@ -39,10 +40,12 @@ def evaluate_run(workdir: str, folds: list[int] | None = None, checkpoint: str |
 
     Returns {'checkpoint', 'folds': [{'fold', 'step', 'val'}], 'devices'} and, when every fold is evaluated,
     'oof' (as in cv_summary.json) and 'cv_summary_oof_score' / 'reproduces_cv_summary' when the run has one.
-    A fold evaluated at its best checkpoint also has 'trained_score' / 'reproduces_result' (its result.json's
-    val score). Two-stage runs: each fold's held-out studies go through that fold's localiser and classifier,
-    and its entry also has 'localiser_step', 'localiser' (the held-out localisation report, mm) and
-    'saved_points_max_diff' (vs its localiser_predictions.npz); with every fold, 'oof_localiser' too.
+    Every checkpoint to restore is found on disk before any model is built (a wrong fold or checkpoint is
+    refused in seconds); the folds are evaluated with a progress bar. A fold evaluated at its best checkpoint
+    also has 'trained_score' / 'reproduces_result' (its result.json's val score). Two-stage runs: each fold's
+    held-out studies go through that fold's localiser and classifier, and its entry also has 'localiser_step',
+    'localiser' (the held-out localisation report, mm) and 'saved_points_max_diff' (vs its
+    localiser_predictions.npz); with every fold, 'oof_localiser' too.
     """
     config, pipeline = inference.load_run(workdir)
     num_folds = config.cv.num_folds
@@ -50,11 +53,14 @@ def evaluate_run(workdir: str, folds: list[int] | None = None, checkpoint: str |
     bad = [k for k in folds if not 0 <= k < num_folds]
     if bad:
         raise ValueError(f"--fold {bad[0]} not in 0..{num_folds - 1} (the run has {num_folds} folds)")
+    inference.check_run_checkpoints(workdir, pipeline, folds, checkpoint)  # before any model is built
     mesh = mesh or mesh_lib.make_mesh()
     split = folds_lib.load_fold_split(config)
+    log.info("building the %s models of %s; the first fold also compiles the eval steps (a minute or two on a "
+             "CPU for the default run)", pipeline.name, workdir)
     restorer = pipeline.restorer(workdir, config, mesh)
     results = []
-    for k in folds:
+    for k in tqdm.tqdm(folds, desc=f"evaluating folds ({checkpoint})", unit="fold"):
         results.append(restorer.evaluate_fold(restorer.restore(k, checkpoint), split.fold(k)))
         log.info(restorer.describe_fold(results[-1]))
 

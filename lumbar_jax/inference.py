@@ -43,18 +43,42 @@ def load_run(workdir: str):
     return config, pipelines.get(config.pipeline)
 
 
+def _open_store(directory: str, what: str) -> CheckpointStore:
+    """The CheckpointStore of `directory`; FileNotFoundError naming `what` when the directory does not exist."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory} not found: {what} has not been trained")
+    return CheckpointStore(directory)
+
+
+def check_checkpoint(directory: str, checkpoint: str | int, what: str) -> int:
+    """The training step of the `checkpoint` ('best', 'latest' or a step) under `directory`, found without
+    building a model or reading the weights; the errors of `restore_checkpoint` otherwise. What lets
+    evaluate.py and predict.py refuse a wrong run or checkpoint in seconds, before any model is built."""
+    store = _open_store(directory, what)
+    try:
+        return int(store.resolve(checkpoint)[1])
+    finally:
+        store.close()
+
+
 def restore_checkpoint(directory: str, template: dict, checkpoint: str | int, what: str) -> tuple[dict, int]:
     """(state shaped and sharded like `template`, its training step) of the `checkpoint` ('best', 'latest' or
     a step) under `directory` (a train.state.CheckpointStore); FileNotFoundError naming `what` (e.g. "fold 0
-    of RUN") when the directory does not exist."""
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{directory} not found: {what} has not been trained")
-    store = CheckpointStore(directory)
+    of RUN") when the directory does not exist, `CheckpointStore.resolve`'s errors when the checkpoint does not."""
+    store = _open_store(directory, what)
     try:
         state, meta = store.restore(template, checkpoint)
     finally:
         store.close()
     return state, int(meta["step"])
+
+
+def check_run_checkpoints(workdir: str, pipeline, folds: list[int], checkpoint: str | int) -> None:
+    """Every checkpoint that restoring `folds` of the run at `checkpoint` reads (`pipeline.checkpoints`)
+    exists: `check_checkpoint`'s errors for the first that does not. Builds no model."""
+    for fold in folds:
+        for directory, which, what in pipeline.checkpoints(workdir, fold, checkpoint):
+            check_checkpoint(directory, which, what)
 
 
 def eval_batch_size(config, mesh: Mesh) -> int:

@@ -4,19 +4,23 @@ Studies are read with the builder's own reader (`data.study.study_example`: same
 orientation, resampling and intensity normalisation as the training records), predicted by the ensemble of
 the run's folds (each fold's best checkpoint; probabilities averaged) and, with `tta`, also on the
 left/right-mirrored study. No prebuilt dataset is needed. A study folder (`read_study_dir`) says which of its
-series folders it did not use and why (empty, unreadable, type unknown), and one with no usable series is
-refused, naming each folder's reason.
+series folders it did not use and why (empty, no readable DICOM file, unreadable, type unknown), and one with
+no usable series is refused, naming each folder's reason.
+
+Two steps, so that a wrong argument costs seconds, not a compilation: `PredictionRun` checks the run (its
+config, the folds and every checkpoint they would restore, without building a model) and reads studies;
+`Predictor` then builds the models, restores every fold and compiles the eval steps once, showing progress.
+A command checks its own paths (study folder, Kaggle folder, output folders) between the two.
 
 The ensemble's probabilities are calibrated with the run's per-group temperatures (cv_summary.json
 'calibration', fitted on its out-of-fold predictions) when it has them, unless switched off. The run's
 pipeline (pipelines/) restores and predicts: two-stage runs read the studies with their native series, and
-each fold's localiser places the crops that fold's classifier reads.
+each fold's localiser places the crops that fold's classifier reads; each study's points are checked for
+plausibility (`point_plausibility`), and an implausible study is warned about.
 
-A study report (`study_report`, `format_study_report`) shows every target's three probabilities, flags the
-cells where Normal/Mild is below 0.5, explains its markers, records where the prediction came from (run,
-folds, checkpoint steps, TTA, calibration, model and package version; two-stage: each target's localised
-point) and says that it is for research use only. `structured_report` writes the same report as a DICOM
-Comprehensive 3D SR (TID 1500) that goes back to the study's PACS.
+The study report is `study_report` (the grade rule, the run's quality, the warnings, the provenance);
+`structured_report` writes the same report as a DICOM Comprehensive 3D SR (TID 1500) that goes back to the
+study's PACS.
 """
 
 from __future__ import annotations
@@ -29,86 +33,112 @@ import numpy as np
 import pandas as pd
 import tqdm
 
-from lumbar_jax import calibration, inference, localiser_metrics, rundir, structured_report
+from lumbar_jax import calibration, inference, localiser_metrics, point_plausibility, rundir, structured_report
+from lumbar_jax import study_report
 from lumbar_jax import labels
 from lumbar_jax.data import problems
 from lumbar_jax.data import study as study_lib
-from lumbar_jax.dataset_configs import GRID_DATASETS
+from lumbar_jax.dataset_configs import GRID_DATASETS, NATIVE_AFFINE, NATIVE_VOLUMES
 from lumbar_jax.train import mesh as mesh_lib
 
 log = logging.getLogger(__name__)
 
-RESEARCH_USE_NOTE = ("Research use only: not a medical device, not validated for clinical use; do not base "
-                     "diagnosis or treatment on it.")
-FLAG_BELOW = 0.5  # a cell is flagged when P(Normal/Mild) < FLAG_BELOW: Moderate or Severe is more likely than not
-
 SUBMISSION_COLUMNS = ("row_id", *labels.SEVERITY_COLUMNS)
 
 
+class PredictionRun:
+    """A run to predict with, every argument checked before any model is built: its config and pipeline,
+    `folds` (default: every trained fold), `checkpoint` (each fold's, and for a two-stage run its localiser's
+    best, found on disk), `tta` (refused where the pipeline refuses it), the calibration (cv_summary.json
+    'calibration' unless `calibrate` is False) and the run's quality (`study_report.run_quality`). Reads
+    studies as the run's records (`read`). Errors name the file, fold or checkpoint."""
+
+    def __init__(self, workdir: str, folds: list[int] | None = None, checkpoint: str | int = "best",
+                 tta: bool = False, calibrate: bool = True):
+        self.config, self.pipeline = inference.load_run(workdir)
+        refusal = self.pipeline.tta_refusal(workdir, self.config)
+        if tta and refusal:
+            raise ValueError(f"flip TTA: {refusal}; predict without --tta")
+        num_folds = self.config.cv.num_folds
+        folds = rundir.trained_folds(workdir, num_folds) if folds is None else list(folds)
+        if not folds:
+            raise FileNotFoundError(f"{workdir} has no trained fold (no fold_k/checkpoints)")
+        bad = [k for k in folds if not 0 <= k < num_folds]
+        if bad:
+            raise ValueError(f"--fold {bad[0]} not in 0..{num_folds - 1} (the run has {num_folds} folds)")
+        inference.check_run_checkpoints(workdir, self.pipeline, folds, checkpoint)
+        self.workdir, self.folds, self.checkpoint, self.tta = workdir, [int(k) for k in folds], str(checkpoint), tta
+        self.calibration = run_calibration(workdir, calibrate)
+        self.quality = study_report.run_quality(workdir)
+        self.grid = self.config.data.config in GRID_DATASETS  # records in one shared patient grid (data/grid.py)
+        self.native_max_size = self.pipeline.native_max_size(self.config)
+        self.volume_shape = tuple(self.config.model.volume_shape)
+
+    def read(self, entries: list[study_lib.StudyEntry]) -> list[dict]:
+        """Each study's record (docs/conventions.md section 4; with the native series for a pipeline that reads
+        them), read from its DICOM series, with a progress bar; each data problem is one log line naming its
+        file (`problems.warnings_in_one_line`)."""
+        with problems.warnings_in_one_line():
+            return [study_lib.study_example(e, self.volume_shape, grid=self.grid,
+                                            native_max_size=self.native_max_size)
+                    for e in tqdm.tqdm(entries, desc="reading studies", unit="study", disable=len(entries) < 2)]
+
+
 class Predictor:
-    """The ensemble of a run's folds at one checkpoint, on the devices present, calibrated with the run's
-    temperatures (cv_summary.json 'calibration') unless `calibrate` is False.
+    """The ensemble of a checked `PredictionRun`'s folds at its checkpoint, on the devices present, calibrated
+    as the run says. Building it restores every fold (a progress bar) and compiles the eval steps once (a
+    status line before, the time after); `timings` holds the seconds of each ('build_s', 'restore_s',
+    'compile_s').
 
     The run's pipeline restores the folds and predicts (`pipelines.base.Restorer`). One-stage runs: each fold's
     study model, optionally with flip TTA. Two-stage runs: each fold's localiser (flip TTA, as in training)
     places the crops its classifier reads; `tta` is refused (left crops are already mirrored, so a flipped
     study gives the classifier the same crops)."""
 
-    def __init__(self, workdir: str, folds: list[int] | None = None, checkpoint: str | int = "best",
-                 tta: bool = False, calibrate: bool = True):
+    def __init__(self, run: PredictionRun):
+        self.run = run
         self.mesh = mesh_lib.make_mesh()
-        self.config, pipeline = inference.load_run(workdir)
-        self.grid = self.config.data.config in GRID_DATASETS  # records in one shared patient grid (data/grid.py)
-        self.native_max_size = pipeline.native_max_size(self.config)
-        refusal = pipeline.tta_refusal(workdir, self.config)
-        if tta and refusal:
-            raise ValueError(f"flip TTA: {refusal}; predict without --tta")
-        folds = rundir.trained_folds(workdir, self.config.cv.num_folds) if folds is None else folds
-        if not folds:
-            raise FileNotFoundError(f"{workdir} has no trained fold (no fold_k/checkpoints)")
-        self.restorer = pipeline.restorer(workdir, self.config, self.mesh)
-        self.models = [self.restorer.restore(k, checkpoint) for k in folds]
-        self.workdir, self.folds, self.checkpoint, self.tta = workdir, list(folds), str(checkpoint), tta
-        self.calibration = run_calibration(workdir, calibrate)
-        self.volume_shape = tuple(self.config.model.volume_shape)
         t0 = time.perf_counter()
-        self.predict([self.restorer.blank_record()])  # compiles every fold's eval step, so timings below are steady
-        self.compile_s = time.perf_counter() - t0
-        log.info("ensemble of folds %s (%s checkpoints, steps %s)%s%s; %s; compiled in %.1f s", folds, checkpoint,
-                 [m.step for m in self.models], " with flip TTA" if tta else "",
-                 ", crops at each fold's localiser's points" if pipeline.localises else "",
-                 calibration_text(self.calibration), self.compile_s)
+        log.info("building the %s models of %s (a status line follows when they are built)", run.pipeline.name,
+                 run.workdir)
+        self.restorer = run.pipeline.restorer(run.workdir, run.config, self.mesh)
+        t1 = time.perf_counter()
+        self.models = [self.restorer.restore(k, run.checkpoint)
+                       for k in tqdm.tqdm(run.folds, desc=f"restoring folds ({run.checkpoint})", unit="fold")]
+        t2 = time.perf_counter()
+        log.info("built in %.1f s, restored in %.1f s; compiling the eval steps (once for every fold; a minute or "
+                 "two on a CPU for the default run)", t1 - t0, t2 - t1)
+        self.predict([self.restorer.blank_record()])
+        self.timings = {"build_s": t1 - t0, "restore_s": t2 - t1, "compile_s": time.perf_counter() - t2}
+        log.info("ensemble of folds %s (%s checkpoints, steps %s)%s%s; %s; compiled in %.1f s", run.folds,
+                 run.checkpoint, [int(m.step) for m in self.models], " with flip TTA" if run.tta else "",
+                 ", crops at each fold's localiser's points" if run.pipeline.localises else "",
+                 study_report.calibration_text(run.calibration), self.timings["compile_s"])
 
     def provenance(self) -> dict:
         """Where a prediction comes from: the run, its folds and checkpoint steps, TTA, the calibration, the
         model and the package version (JSON-able), and the pipeline's own part (two-stage: the pipeline and
         localiser steps)."""
-        out = {"workdir": os.path.abspath(self.workdir), "folds": [int(k) for k in self.folds],
-               "checkpoint": self.checkpoint, "checkpoint_steps": [int(m.step) for m in self.models],
-               "tta": bool(self.tta), "calibration": dict(self.calibration), "model": str(self.config.model.name),
-               "dataset_config": str(self.config.data.config), "package": f"lumbar_jax {package_version()}"}
+        run = self.run
+        out = {"workdir": os.path.abspath(run.workdir), "folds": list(run.folds), "checkpoint": run.checkpoint,
+               "checkpoint_steps": [int(m.step) for m in self.models], "tta": bool(run.tta),
+               "calibration": dict(run.calibration), "model": str(run.config.model.name),
+               "dataset_config": str(run.config.data.config), "package": f"lumbar_jax {package_version()}"}
         out.update(self.restorer.provenance(self.models))
         return out
-
-    def read(self, entries: list[study_lib.StudyEntry]) -> list[dict]:
-        """Each study's record (docs/conventions.md section 4; with the native series for a pipeline that reads
-        them), read from its DICOM series, with a progress bar."""
-        return [study_lib.study_example(e, self.volume_shape, grid=self.grid,
-                                        native_max_size=self.native_max_size)
-                for e in tqdm.tqdm(entries, desc="reading studies", unit="study", disable=len(entries) < 2)]
 
     def predict(self, records: list[dict]) -> np.ndarray:
         """Probabilities float64 [N, 25, 3] of `records`, rows summing to 1."""
         return self.predict_with_points(records)[0]
 
     def predict_with_points(self, records: list[dict]) -> tuple[np.ndarray, np.ndarray | None]:
-        """(probabilities float64 [N, 25, 3], rows summing to 1, calibrated when `self.calibration` says so;
+        """(probabilities float64 [N, 25, 3], rows summing to 1, calibrated when the run's calibration says so;
         each fold's points float [F, N, 25, 3] for a pipeline that localises, else None)."""
-        probs, points = self.restorer.predict(self.models, records, self.tta)
+        probs, points = self.restorer.predict(self.models, records, self.run.tta)
         probs = probs.astype(np.float64)
         probs /= probs.sum(axis=-1, keepdims=True)
-        if self.calibration["applied"]:
-            probs = calibration.apply_temperatures(probs, self.calibration["temperatures"])
+        if self.run.calibration["applied"]:
+            probs = calibration.apply_temperatures(probs, self.run.calibration["temperatures"])
         return probs, points
 
 
@@ -126,12 +156,21 @@ def run_calibration(workdir: str, calibrate: bool = True) -> dict:
     return {"applied": True, "temperatures": {g: float(temperatures[g]) for g in labels.CONDITION_GROUPS}}
 
 
-def calibration_text(calibration_record: dict) -> str:
-    """'calibrated (temperatures spinal 1.10, ...)' or 'uncalibrated (why)' for logs and the study report."""
-    if calibration_record.get("applied"):
-        return "calibrated (temperatures " + ", ".join(
-            f"{g} {t:.2f}" for g, t in calibration_record["temperatures"].items()) + ")"
-    return f"uncalibrated ({calibration_record.get('reason', 'unknown')})"
+def point_warnings(record: dict, fold_points: np.ndarray) -> list[str]:
+    """`point_plausibility.implausible_points` of one `*_native` record's points, each fold's float [F, 25, 3]."""
+    shapes = np.array([np.shape(record[name]) for name in NATIVE_VOLUMES])
+    return point_plausibility.implausible_points(fold_points, record[NATIVE_AFFINE], shapes, record["present"])
+
+
+def timing_text(timings: dict, total_s: float) -> str:
+    """'28.1 s wall: start-up 8.2 s (imports, checks), build 2.0 s, restore 1.1 s, compile 4.2 s, read 0.7 s,
+    predict 1.4 s' from `timings` (seconds of each phase: 'build_s', 'restore_s', 'compile_s', 'read_s',
+    'predict_s') and the command's wall time so far; the start-up is what the phases leave of it."""
+    phases = [(name.removesuffix("_s"), timings[name])
+              for name in ("build_s", "restore_s", "compile_s", "read_s", "predict_s") if name in timings]
+    start_up = total_s - sum(seconds for _, seconds in phases)
+    return (f"{total_s:.1f} s wall: start-up {start_up:.1f} s (imports, checks), "
+            + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases))
 
 
 def package_version() -> str:
@@ -157,24 +196,41 @@ def submission_frame(study_ids: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
     }, columns=list(SUBMISSION_COLUMNS))
 
 
-def predict_split(predictor: Predictor, data_dir: str, split: str = "test", sr_dir: str | None = None
-                  ) -> tuple[pd.DataFrame, dict]:
-    """Submission table for every study of `{split}_series_descriptions.csv` and timing numbers (studies/s:
-    reading DICOM and predicting, after the one-off restore and compilation). With `sr_dir`, also each study's
-    DICOM SR (`structured_report`) as `{sr_dir}/{study_id}.dcm` (the folder is created)."""
+def split_entries(data_dir: str, split: str = "test") -> list[study_lib.StudyEntry]:
+    """The studies of `{data_dir}/{split}_series_descriptions.csv` (no DICOM read); FileNotFoundError or
+    ValueError naming the folder or file when there is none."""
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"--data_dir {data_dir} not found (or not a directory)")
     if not study_lib.has_split(data_dir, split):
         raise FileNotFoundError(f"{data_dir}/{split}_series_descriptions.csv not found (expected the Kaggle "
                                 "competition layout)")
-    entries = study_lib.list_studies(data_dir, split)
+    with problems.warnings_in_one_line():
+        entries = study_lib.list_studies(data_dir, split)
     if not entries:
         raise ValueError(f"{data_dir}/{split}_series_descriptions.csv lists no study")
+    return entries
+
+
+def predict_split(predictor: Predictor, entries: list[study_lib.StudyEntry], sr_dir: str | None = None
+                  ) -> tuple[pd.DataFrame, dict]:
+    """Submission table of `entries` (`split_entries`) and what happened: {'studies', 'absent_series',
+    'implausible_studies' (those whose localised points are implausible, each warned about; 0 for a pipeline
+    that does not localise), 'read_s', 'predict_s', 'studies_per_s' (reading and predicting, after the one-off
+    restore and compilation)}. With `sr_dir`, also each study's DICOM SR (`structured_report`) as
+    `{sr_dir}/{study_id}.dcm` (the folder is created), and 'structured_reports_s'."""
     t0 = time.perf_counter()
-    records = predictor.read(entries)
+    records = predictor.run.read(entries)
     t1 = time.perf_counter()
     probs, points = predictor.predict_with_points(records)
     t2 = time.perf_counter()
+    implausible = 0
+    for n, record in enumerate(records if points is not None else []):
+        lines = point_warnings(record, points[:, n])
+        for line in lines:
+            log.warning("study %d: localised points implausible: %s", int(record["study_id"]), line)
+        implausible += bool(lines)
     absent = sum(int((~r["present"]).sum()) for r in records)
-    timing = {"studies": len(entries), "absent_series": absent, "compile_s": predictor.compile_s,
+    timing = {"studies": len(entries), "absent_series": absent, "implausible_studies": implausible,
               "read_s": t1 - t0, "predict_s": t2 - t1, "studies_per_s": len(entries) / (t2 - t0)}
     if sr_dir is not None:
         os.makedirs(sr_dir, exist_ok=True)
@@ -185,15 +241,17 @@ def predict_split(predictor: Predictor, data_dir: str, split: str = "test", sr_d
     return submission_frame(np.array([e.study_id for e in entries]), probs), timing
 
 
-def read_study_dir(predictor: Predictor, study_dir: str, descriptions_csv: str | None = None
+def read_study_dir(run: PredictionRun, study_dir: str, descriptions_csv: str | None = None
                    ) -> tuple[study_lib.StudyEntry, dict, dict[str, str]]:
-    """One study folder -> (its StudyEntry, its record, {series folder: why it was not used}). ValueError naming
-    the folder and each series folder's reason when no series of it can be used (a prediction without any
-    image would be the class prior, not a prediction of this study)."""
+    """One study folder -> (its StudyEntry, its record, {series folder: why it was not used}), read as the run's
+    records (no model needed). ValueError naming the folder and each series folder's reason when no series of
+    it can be used (a prediction without any image would be the class prior, not a prediction of this study)."""
+    if descriptions_csv is not None and not os.path.isfile(descriptions_csv):
+        raise FileNotFoundError(f"--descriptions {descriptions_csv} not found (or not a file)")
     t0 = time.perf_counter()
-    with problems.collect() as found:
+    with problems.collect() as found, problems.warnings_in_one_line():
         entry = study_lib.study_from_directory(study_dir, descriptions_csv)
-        record = predictor.read([entry])[0]
+        record = run.read([entry])[0]
     unused = unused_series_folders(study_dir, record["series_ids"], found)
     log.info("study %s: read %d of %d series in %.1f s (%s)", entry.study_id, int(np.sum(record["present"])),
              len(labels.SERIES_TYPES), time.perf_counter() - t0,
@@ -204,25 +262,25 @@ def read_study_dir(predictor: Predictor, study_dir: str, descriptions_csv: str |
     return entry, record, unused
 
 
-def predict_study(predictor: Predictor, study_dir: str, descriptions_csv: str | None = None,
-                  sr_path: str | None = None) -> dict:
-    """One study folder -> its `study_report` (provenance, series not used, and for a two-stage run where each
-    target's crop was cut); with `sr_path`, also its DICOM SR there (`structured_report`). Errors as
-    `read_study_dir`."""
-    entry, record, unused = read_study_dir(predictor, study_dir, descriptions_csv)
+def predict_study(predictor: Predictor, entry: study_lib.StudyEntry, record: dict, unused: dict[str, str]
+                  ) -> tuple[dict, float]:
+    """A study read by `read_study_dir` -> (its `study_report.study_report`: the run's quality, the provenance,
+    the series not used and, for a two-stage run, where each target's crop was cut and whether those points
+    are plausible; the seconds predicting it took)."""
+    t0 = time.perf_counter()
     probs, points = predictor.predict_with_points([record])
-    report = report_of(predictor, entry, record, probs[0], None if points is None else points[:, 0], unused)
-    if sr_path is not None:
-        write_structured_report(report, entry, record, sr_path)
-    return report
+    predict_s = time.perf_counter() - t0
+    return report_of(predictor, entry, record, probs[0], None if points is None else points[:, 0], unused), predict_s
 
 
 def report_of(predictor: Predictor, entry: study_lib.StudyEntry, record: dict, probs: np.ndarray,
               fold_points: np.ndarray | None, unused: dict[str, str] | None = None) -> dict:
-    """The `study_report` of one predicted study: probs float [25, 3], each fold's points float [F, 25, 3]
-    (None for a pipeline that does not localise)."""
+    """The `study_report.study_report` of one predicted study: probs float [25, 3], each fold's points float
+    [F, 25, 3] (None for a pipeline that does not localise)."""
     localiser = None if fold_points is None else localiser_metrics.point_report(record, fold_points)
-    return study_report(entry.study_id, record["present"], probs, unused, predictor.provenance(), localiser)
+    implausible = [] if fold_points is None else point_warnings(record, fold_points)
+    return study_report.study_report(entry.study_id, record["present"], probs, unused, predictor.provenance(),
+                                     localiser, predictor.run.quality, implausible)
 
 
 def write_structured_report(report: dict, entry: study_lib.StudyEntry, record: dict, path: str) -> None:
@@ -250,74 +308,3 @@ def unused_series_folders(study_dir: str, series_ids: np.ndarray, found: list[pr
                                          if p.where == folder or p.where.startswith(folder + os.sep)))
             out[folder] = "; ".join(reasons[:3]) or "not used (another series of its type was chosen)"
     return out
-
-
-def study_report(study_id: int, present: np.ndarray, probs: np.ndarray, unused: dict[str, str] | None = None,
-                 provenance: dict | None = None, localiser: dict[str, dict] | None = None) -> dict:
-    """A study's prediction as a JSON-able dict: the research-use note, where it comes from (`provenance`, from
-    `Predictor.provenance`), the series used, the series folders not used and why (`unused`, from
-    `read_study_dir`) and, per target, the three probabilities, P(Moderate or Severe), the most likely grade,
-    `flagged` (P(Normal/Mild) < 0.5), `series_absent` (its condition's series was not there) and, for a
-    two-stage run, `localiser`: where its crop was cut (`localiser[target]`, from
-    `localiser_metrics.point_report`). probs float [25, 3]."""
-    present = np.asarray(present, bool)
-    targets = {}
-    for i, t in enumerate(labels.TARGETS):
-        targets[t] = {**{c: float(probs[i, k]) for k, c in enumerate(labels.SEVERITY_COLUMNS)},
-                      "p_moderate_or_severe": float(probs[i, 1] + probs[i, 2]),
-                      "grade": labels.SEVERITY_NAMES[int(np.argmax(probs[i]))],
-                      "flagged": bool(probs[i, 0] < FLAG_BELOW),
-                      "series_absent": not bool(present[labels.TARGET_SERIES[i]])}
-        if localiser is not None:
-            targets[t]["localiser"] = localiser[t]
-    return {
-        "notice": RESEARCH_USE_NOTE,
-        "study_id": int(study_id),
-        "provenance": dict(provenance or {}),
-        "series_present": {name: bool(p) for name, p in zip(labels.SERIES_TYPES, present)},
-        "series_not_used": dict(unused or {}),
-        "targets": targets,
-    }
-
-
-_REPORT_COLUMNS = ("spinal canal", "L foraminal", "R foraminal", "L subarticular", "R subarticular")
-_CELL = 18
-
-
-def format_study_report(report: dict) -> str:
-    """Per level (rows) and condition (columns): P(Normal/Mild) P(Moderate) P(Severe); `!` marks
-    P(Normal/Mild) < 0.5 and `~` a condition whose series was absent; a legend, the provenance and the
-    research-use note below the table."""
-    present = ", ".join(f"{n} {'yes' if p else 'ABSENT'}" for n, p in report["series_present"].items())
-    lines = [f"study {report['study_id']}  (series: {present})"]
-    lines += [f"  series folder {folder} not used: {why}" for folder, why in report.get("series_not_used", {}).items()]
-    lines.append(f"{'level':7s}" + "".join(f"{c:>{_CELL}s}" for c in _REPORT_COLUMNS))
-    for level, level_name in zip(labels.LEVELS, labels.LEVEL_CSV_NAMES):
-        cells = []
-        for condition in labels.CONDITIONS:
-            t = report["targets"][f"{condition}_{level}"]
-            mark = ("!" if t.get("flagged", t[labels.SEVERITY_COLUMNS[0]] < FLAG_BELOW) else " ") + \
-                   ("~" if t.get("series_absent") else " ")
-            cells.append(" ".join(f"{t[c]:.2f}" for c in labels.SEVERITY_COLUMNS) + mark)
-        lines.append(f"{level_name:7s}" + "".join(f"{c:>{_CELL}s}" for c in cells))
-    flagged = sum(bool(t.get("flagged")) for t in report["targets"].values())
-    normal, moderate, severe = labels.SEVERITY_NAMES
-    lines += [
-        "",
-        f"each cell: P({normal}) P({moderate}) P({severe}), summing to 1",
-        f"  !  P({normal}) < {FLAG_BELOW}: {moderate} or {severe} is more "
-        f"likely than not ({flagged} of {len(report['targets'])} cells)",
-        "  ~  predicted without the series this condition is read on (it was absent)",
-    ]
-    prov = report.get("provenance") or {}
-    if prov:
-        lines.append(f"model {prov.get('model')} ({prov.get('package')}), run {prov.get('workdir')}: folds "
-                     f"{prov.get('folds')}, {prov.get('checkpoint')} checkpoints at steps "
-                     f"{prov.get('checkpoint_steps')}, flip TTA {'on' if prov.get('tta') else 'off'}")
-        if "localiser_steps" in prov:
-            lines.append(f"two-stage: each fold's localiser (steps {prov.get('localiser_steps')}, flip TTA) placed "
-                         "the crops its classifier read; the points are in the JSON report (--json)")
-        if "calibration" in prov:
-            lines.append(f"probabilities {calibration_text(prov['calibration'])}")
-    lines.append(report.get("notice", RESEARCH_USE_NOTE))
-    return "\n".join(lines)

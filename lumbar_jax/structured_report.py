@@ -1,6 +1,6 @@
 """A study's 25 predictions as a DICOM Comprehensive 3D SR with a TID 1500 Measurement Report root, built with
 highdicom, so that a PACS files it with its study and OHIF or 3D Slicer display it (docs/conventions.md
-section 7).
+section 8).
 
 One measurement group per target, in target order: a TID 1410 group with the localiser's point
 (`ImageRegion3D` POINT, patient mm, in the Frame of Reference of the series the target is read on) where there is
@@ -35,7 +35,7 @@ from lumbar_jax import labels
 logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 # The private coding scheme of the concepts pydicom's code dictionary has no code for (docs/conventions.md
-# section 7 lists its codes).
+# section 8 lists its codes).
 SCHEME = "99LUMBARJAX"
 _SCHEME_ITEM = hd.coding_schemes.CodingSchemeIdentificationItem(
     designator=SCHEME, name="lumbar_jax findings", responsible_organization="lumbar_jax")
@@ -169,7 +169,7 @@ def no_point_reason(target: dict, series: str, headers: SeriesHeaders | None) ->
 
 
 def measurement_group(t: int, target: dict, headers: SeriesHeaders | None) -> hd.sr.templates.Template:
-    """The measurement group of target index `t` from its entry of the study report (`predict.study_report`):
+    """The measurement group of target index `t` from its entry of the study report (`study_report.study_report`):
     TID 1410 with the point where there is one (its probabilities referencing the slice it lies on), else
     TID 1501 with a text item saying why. The text item is the one piece highdicom has no argument for."""
     name, series = labels.TARGETS[t], labels.SERIES_TYPES[labels.TARGET_SERIES[t]]
@@ -198,7 +198,7 @@ def measurement_group(t: int, target: dict, headers: SeriesHeaders | None) -> hd
 
 
 def build(report: dict, series_dirs) -> hd.sr.Comprehensive3DSR:
-    """The SR of one study: `report` is its `predict.study_report` (grades, probabilities, points, provenance,
+    """The SR of one study: `report` is its `study_report.study_report` (grades, probabilities, points, provenance,
     notice), `series_dirs` the folder of the series read per type (labels.SERIES_TYPES order; None if absent).
     Evidence: every slice of the series read; the first's Patient and Study modules are copied."""
     headers = [None if d is None else read_series_headers(d) for d in series_dirs]

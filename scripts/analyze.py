@@ -12,8 +12,14 @@ studies, with each fold's localiser's point and the annotated point marked (--cr
 `--workdir`, the costliest held-out predictions with their causes and the OOF score split by cause
 (--costly_rows; lumbar_jax/analysis/costly.py), also as OUT/costly.json.
 
-Exit status 2 with a message naming the path for a missing train.csv, run directory or run file, or OOF
-predictions of studies not in train.csv. The work is done by lumbar_jax.analysis.write_report.
+--data_dir is the Kaggle-layout folder the run trained on: the run's dataset.json names it ("source":
+{"manual_dir": ...}); the embedded synthetic set of the default config is generated into
+~/.cache/lumbar_jax/synthetic_300_seed0 (data.cache_dir). Left targets' crops are drawn mirrored into
+right-side ones, as the classifier reads them; the words at each panel's edges say which way is which.
+
+Exit status 2 with a message naming the path for a missing train.csv (and where the run's training folder
+is), run directory or run file, or OOF predictions of studies not in train.csv. The work is done by
+lumbar_jax.analysis.write_report.
 """
 
 from __future__ import annotations

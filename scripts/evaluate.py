@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default=None,
                         help="JSON report path; default: WORKDIR/evaluation_CHECKPOINT.json")
     args = parser.parse_args(argv)
+    if args.output:
+        cli.check_output_path(args.output, "--output")
     cli.setup_logging()
     from lumbar_jax import evaluate  # after parsing: JAX, Orbax
 

@@ -7,14 +7,22 @@
 
 The first form reads KAGGLE_DIR/test_series_descriptions.csv and test_images/ (no prebuilt dataset), runs
 the best checkpoint of every trained fold, averages their probabilities, and writes submission.csv with the
-competition's header and 25 rows per study. The second reads one study folder ({study_id}/{series_id}/*.dcm);
-series types come from --descriptions (a *_series_descriptions.csv) or the DICOM SeriesDescription, and it
-prints a per-level report: each target's three probabilities (Normal/Mild, Moderate, Severe), `!` where
-Normal/Mild is below 0.5, a legend, the provenance (run, folds, checkpoint steps, TTA, model and package
-version) and a research-use note; --json also writes it as JSON (nothing is written without --json). A
-missing series is predicted without it (`~` in the report), and each series folder not used is named with
-its reason (empty, unreadable, type unknown); a study folder with no usable series is an error (exit status
-2). --tta averages with the left/right-mirrored study (left and right targets swapped back; one-stage runs).
+competition's header and 25 rows per study; it then prints the run's quality (out-of-fold score against the
+best constant) and warns about studies whose localised points are implausible. The second reads one study
+folder ({study_id}/{series_id}/*.dcm); series types come from --descriptions (a *_series_descriptions.csv)
+or the DICOM SeriesDescription, and it prints a per-level report: warnings first (the run does not beat the
+best constant; this study's localised points are implausible), each target's three probabilities
+(Normal/Mild, Moderate, Severe), `!` where the target is flagged (its grade, the median severity, is
+Moderate or Severe: P(Normal/Mild) < 0.5), a legend, the run's quality (out-of-fold score, best constant,
+class prior; two-stage: the localiser's held-out median and p90 error in mm), the provenance (run, folds,
+checkpoint steps, TTA, model and package version) and a research-use note; --json also writes it as JSON
+(nothing is written without --json). A missing series is predicted without it (`~` in the report), and each
+series folder not used is named with its reason (empty, no readable DICOM file, unreadable, type unknown); a
+study folder with no usable series is an error (exit status 2). --tta averages with the left/right-mirrored
+study (left and right targets swapped back; one-stage runs). The rules are in docs/conventions.md section 7.
+
+Every path, fold and checkpoint argument is checked before any model is built (a wrong one costs seconds);
+building, restoring and compiling show progress, and a last `time:` line accounts for the wall time.
 
 The probabilities are calibrated with the run's temperatures per condition group (cv_summary.json
 "calibration", fitted on its out-of-fold predictions) when it has them; --no_calibration switches that off,
@@ -26,7 +34,7 @@ coordinates (mm, LPS). Research use only: not a medical device.
 --sr (with --study_dir) also writes the report as a DICOM Comprehensive 3D SR (TID 1500 Measurement Report): one
 measurement group per target with the localised point in the series' Frame of Reference, the grade and the
 three probabilities, referencing the source images, and carrying the study's Patient and Study modules so that
-a PACS files it with the study (the one output with the patient's identity; docs/conventions.md section 7).
+a PACS files it with the study (the one output with the patient's identity; docs/conventions.md section 8).
 --sr_dir (with --data_dir) writes one per study, SR_DIR/{study_id}.dcm.
 """
 
@@ -63,39 +71,52 @@ def main(argv=None) -> int:
         parser.error("give exactly one of --data_dir and --study_dir")
     if (args.sr and not args.study_dir) or (args.sr_dir and not args.data_dir):
         parser.error("--sr goes with --study_dir, --sr_dir with --data_dir")
-    check_sr_paths(args.sr, args.sr_dir)
+    if args.sr_dir and os.path.exists(args.sr_dir) and not os.path.isdir(args.sr_dir):
+        raise NotADirectoryError(f"--sr_dir {args.sr_dir} is a file, not a folder")
+    for path, flag, folder in ((args.data_dir, "--data_dir", True), (args.study_dir, "--study_dir", True),
+                               (args.descriptions, "--descriptions", False)):
+        if path:
+            cli.check_input_path(path, flag, folder)
+    for path, flag in ((args.data_dir and args.output, "--output"), (args.study_dir and args.json, "--json"),
+                       (args.study_dir and args.sr, "--sr")):
+        if path:
+            cli.check_output_path(path, flag)
     cli.setup_logging()
-    from lumbar_jax import predict  # after parsing: JAX, Orbax, TFDS
+    from lumbar_jax import predict, study_report  # after parsing: JAX, Orbax, TFDS
 
-    predictor = predict.Predictor(args.workdir, args.fold, args.checkpoint, args.tta,
-                                  calibrate=not args.no_calibration)
+    # Everything that can be refused is checked before any model is built (predict.PredictionRun).
+    run = predict.PredictionRun(args.workdir, args.fold, args.checkpoint, args.tta, calibrate=not args.no_calibration)
     if args.data_dir:
-        table, timing = predict.predict_split(predictor, args.data_dir, args.split, args.sr_dir)
+        entries = predict.split_entries(args.data_dir, args.split)
+        predictor = predict.Predictor(run)
+        table, timing = predict.predict_split(predictor, entries, args.sr_dir)
         table.to_csv(args.output, index=False, float_format="%.6g")
         print(f"wrote {args.output}: {len(table)} rows for {timing['studies']} studies "
-              f"({timing['absent_series']} absent series); compile {timing['compile_s']:.1f} s once, then "
-              f"read {timing['read_s']:.1f} s + predict {timing['predict_s']:.1f} s = "
-              f"{timing['studies_per_s']:.2f} studies/s")
+              f"({timing['absent_series']} absent series, {timing['implausible_studies']} with implausible "
+              f"localised points); {timing['studies_per_s']:.2f} studies/s after compiling")
+        print(study_report.quality_text(run.quality))
+        for warning in study_report.quality_warnings(run.quality):
+            print(f"WARNING: {warning}")
         if args.sr_dir:
             print(f"wrote {timing['studies']} DICOM SRs to {args.sr_dir} in {timing['structured_reports_s']:.1f} s")
+        print("time: " + predict.timing_text({**predictor.timings, **timing}, cli.wall_s()))
         return 0
-    report = predict.predict_study(predictor, args.study_dir, args.descriptions, args.sr)
-    print(predict.format_study_report(report))
+    read_from = cli.wall_s()
+    entry, record, unused = predict.read_study_dir(run, args.study_dir, args.descriptions)
+    read_s = cli.wall_s() - read_from
+    predictor = predict.Predictor(run)
+    report, predict_s = predict.predict_study(predictor, entry, record, unused)
+    print(study_report.format_study_report(report))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
         print(f"wrote {args.json}")
     if args.sr:
+        predict.write_structured_report(report, entry, record, args.sr)
         print(f"wrote {args.sr} (DICOM SR)")
+    print("time: " + predict.timing_text({**predictor.timings, "read_s": read_s, "predict_s": predict_s},
+                                         cli.wall_s()))
     return 0
-
-
-def check_sr_paths(sr: str | None, sr_dir: str | None) -> None:
-    """Refuse, before any model is built, an --sr whose folder does not exist and an --sr_dir that is a file."""
-    if sr and not os.path.isdir(os.path.dirname(os.path.abspath(sr))):
-        raise FileNotFoundError(f"--sr {sr}: folder {os.path.dirname(os.path.abspath(sr))} does not exist")
-    if sr_dir and os.path.exists(sr_dir) and not os.path.isdir(sr_dir):
-        raise NotADirectoryError(f"--sr_dir {sr_dir} is a file, not a folder")
 
 
 if __name__ == "__main__":

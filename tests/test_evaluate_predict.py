@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar_jax import calibration, cross_validation, evaluate, predict, rundir
+from lumbar_jax import calibration, cross_validation, evaluate, predict, rundir, study_report
 from lumbar_jax.analysis import attention as attention_lib
 from lumbar_jax.analysis import Drawn, write_report
 from lumbar_jax.models.heads import token_centres
@@ -131,8 +131,8 @@ def test_study_with_a_missing_series_still_gets_all_its_rows(run, tmp_path):
     first = study.list_studies(copy, "test")[0]
     sid, series_dir = first.series_dirs[2][0]  # drop its axial series
     shutil.rmtree(series_dir)
-    predictor = predict.Predictor(workdir)
-    table, timing = predict.predict_split(predictor, copy)
+    predictor = predict.Predictor(predict.PredictionRun(workdir))
+    table, timing = predict.predict_split(predictor, predict.split_entries(copy))
     assert timing["absent_series"] >= 1 and len(table) == 25 * timing["studies"]
     rows = table[table["row_id"].str.startswith(f"{first.study_id}_")]
     assert len(rows) == 25 and np.isfinite(rows[list(labels.SEVERITY_COLUMNS)].to_numpy()).all()
@@ -140,26 +140,28 @@ def test_study_with_a_missing_series_still_gets_all_its_rows(run, tmp_path):
 
 def test_flip_tta_is_left_right_equivariant(run):
     kaggle, workdir = run
-    predictor = predict.Predictor(workdir, tta=True)
-    record = predictor.read(study.list_studies(kaggle, "test")[:1])[0]
+    predictor = predict.Predictor(predict.PredictionRun(workdir, tta=True))
+    record = predictor.run.read(study.list_studies(kaggle, "test")[:1])[0]
     mirrored = {**augment.flip_left_right(record), "study_id": record["study_id"] + 1}
     probs = predictor.predict([record, mirrored])
     np.testing.assert_allclose(probs[1], augment.unflip_predictions(probs[0]), atol=1e-5)
-    plain = predict.Predictor(workdir).predict([record])
+    plain = predict.Predictor(predict.PredictionRun(workdir)).predict([record])
     assert not np.allclose(plain[0], probs[0], atol=1e-6)  # the flip pass changed something
 
 
 def test_one_stage_predictions_are_calibrated_with_the_runs_temperatures_unless_switched_off(run):
     kaggle, workdir = run
     temperatures = json.load(open(os.path.join(workdir, "cv_summary.json")))["calibration"]["temperatures"]
-    calibrated, plain = predict.Predictor(workdir), predict.Predictor(workdir, calibrate=False)
-    records = plain.read(study.list_studies(kaggle, "test")[:2])
+    calibrated = predict.Predictor(predict.PredictionRun(workdir))
+    plain = predict.Predictor(predict.PredictionRun(workdir, calibrate=False))
+    records = plain.run.read(study.list_studies(kaggle, "test")[:2])
     np.testing.assert_allclose(calibrated.predict(records),
                                calibration.apply_temperatures(plain.predict(records), temperatures), atol=1e-9)
     assert calibrated.provenance()["calibration"] == {"applied": True, "temperatures": temperatures}
     assert plain.provenance()["calibration"]["applied"] is False
-    assert "probabilities calibrated (temperatures spinal" in predict.format_study_report(
-        predict.study_report(1, np.ones(3, bool), calibrated.predict(records)[0], provenance=calibrated.provenance()))
+    assert "probabilities calibrated (temperatures spinal" in study_report.format_study_report(
+        study_report.study_report(1, np.ones(3, bool), calibrated.predict(records)[0],
+                                  provenance=calibrated.provenance()))
 
 
 def test_study_dir_report_from_dicom_descriptions_and_from_csv(run, tmp_path, capsys):
@@ -197,21 +199,45 @@ def test_study_report_shows_all_three_probabilities_and_flags_normal_mild_below_
     present = np.array([True, True, False])  # no axial T2: the subarticular columns are predicted without it
     prov = {"workdir": "/runs/x", "folds": [0, 1], "checkpoint": "best", "checkpoint_steps": [7, 9], "tta": True,
             "model": "vit_effnet", "package": "lumbar_jax 0.1.0"}
-    report = predict.study_report(123, present, probs, provenance=prov)
+    report = study_report.study_report(123, present, probs, provenance=prov)
     assert report["targets"]["spinal_canal_stenosis_l4_l5"]["flagged"]
-    assert report["targets"]["spinal_canal_stenosis_l4_l5"]["grade"] == "Normal/Mild"
+    assert report["targets"]["spinal_canal_stenosis_l4_l5"]["grade"] == "Moderate"  # the median severity
     assert report["targets"]["spinal_canal_stenosis_l4_l5"]["p_moderate_or_severe"] == pytest.approx(0.6)
     assert sum(t["flagged"] for t in report["targets"].values()) == 1
     assert [t["series_absent"] for t in report["targets"].values()] == [False] * 15 + [True] * 10
-    text = predict.format_study_report(report)
+    text = study_report.format_study_report(report)
     rows = {line.split()[0]: line for line in text.splitlines() if line[:5] in {"L1/L2", "L4/L5"}}
     assert "0.40 0.35 0.25!" in rows["L4/L5"] and "0.40" not in rows["L1/L2"]
     assert rows["L4/L5"].count("!") == 1 and rows["L1/L2"].count("~") == 2 and "!" not in rows["L1/L2"]
-    assert "  !  P(Normal/Mild) < 0.5: Moderate or Severe is more likely than not (1 of 25 cells)" in text
+    assert "  !  grade Moderate or Severe (flagged): P(Normal/Mild) < 0.5, so Moderate or Severe is more likely " \
+           "than not (1 of 25 cells;" in text
     assert "  ~  predicted without the series this condition is read on" in text
     assert "model vit_effnet (lumbar_jax 0.1.0), run /runs/x: folds [0, 1], best checkpoints at steps [7, 9], " \
            "flip TTA on" in text
-    assert text.splitlines()[-1] == predict.RESEARCH_USE_NOTE and "not a medical device" in predict.RESEARCH_USE_NOTE
+    assert text.splitlines()[-1] == study_report.RESEARCH_USE_NOTE
+    assert "not a medical device" in study_report.RESEARCH_USE_NOTE
+
+
+@pytest.mark.parametrize("probs, grade", [
+    ([0.407, 0.350, 0.243], "Moderate"),  # the case: P(Moderate or Severe) 0.593, Normal/Mild likeliest
+    ([0.500, 0.300, 0.200], "Normal/Mild"),  # exactly half: not more likely than not
+    ([0.300, 0.100, 0.600], "Severe"),
+    ([0.450, 0.100, 0.450], "Moderate"),  # Moderate is the median although the least likely
+    ([0.900, 0.050, 0.050], "Normal/Mild")])
+def test_grade_and_flagged_follow_one_rule(probs, grade):
+    rows = np.tile(probs, (25, 1))
+    report = study_report.study_report(1, np.ones(3, bool), rows)
+    target = report["targets"][labels.TARGETS[0]]
+    assert target["grade"] == grade
+    assert target["flagged"] == (grade != "Normal/Mild") == (target["normal_mild"] < 0.5)
+
+
+def test_grade_and_flagged_agree_on_any_probabilities():
+    probs = np.random.default_rng(0).dirichlet([1, 1, 1], size=(4, 25))
+    for rows in probs:
+        for t in study_report.study_report(1, np.ones(3, bool), rows)["targets"].values():
+            assert t["flagged"] == (t["grade"] != "Normal/Mild") == (t["normal_mild"] < 0.5)
+            assert (t["grade"] == "Severe") == (t["severe"] > 0.5)
 
 
 def test_run_records_the_dataset_it_trained_on(run):
@@ -271,7 +297,7 @@ def test_prediction_errors_name_what_is_wrong(run, tmp_path, capsys):
     shutil.copy(os.path.join(workdir, "config.json"), tmp_path / "config.json")
     assert rundir.trained_folds(str(tmp_path), 2) == []
     with pytest.raises(FileNotFoundError, match="has no trained fold"):
-        predict.Predictor(str(tmp_path))
+        predict.PredictionRun(str(tmp_path))
 
 
 def test_attention_density_puts_each_key_on_its_cell():

@@ -14,13 +14,15 @@ LAYERS = (
                "lumbar_jax.rundir", "lumbar_jax.calibration", "lumbar_jax.cli", "lumbar_jax.huge_pages",
                "lumbar_jax.pipelines")),  # the package registry `pipelines/__init__.py` only: names
     ("data", ("lumbar_jax.data", "lumbar_jax.data.")),
-    ("models", ("lumbar_jax.models", "lumbar_jax.models.", "lumbar_jax.localiser_metrics")),
+    ("models", ("lumbar_jax.models", "lumbar_jax.models.", "lumbar_jax.localiser_metrics",
+                "lumbar_jax.point_plausibility")),
     ("train", ("lumbar_jax.train", "lumbar_jax.train.")),
     ("restoring", ("lumbar_jax.inference",)),
     ("pipelines", ("lumbar_jax.pipelines.",)),
     ("main job", ("lumbar_jax.cross_validation",)),
-    ("run tools", ("lumbar_jax.evaluate", "lumbar_jax.predict", "lumbar_jax.structured_report",
-                   "lumbar_jax.compare", "lumbar_jax.score", "lumbar_jax.analysis", "lumbar_jax.analysis.")),
+    ("run tools", ("lumbar_jax.evaluate", "lumbar_jax.predict", "lumbar_jax.study_report",
+                   "lumbar_jax.structured_report", "lumbar_jax.compare", "lumbar_jax.score", "lumbar_jax.analysis",
+                   "lumbar_jax.analysis.")),
     ("commands", ("lumbar_jax.main", "lumbar_jax.config_overrides")),
 )
 

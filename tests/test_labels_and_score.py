@@ -96,6 +96,17 @@ def test_score_cli_names_missing_rows(tmp_path, capsys):
     assert "rows missing" in capsys.readouterr().err
 
 
+def test_score_names_studies_of_another_solution_as_plain_ids(tmp_path, capsys):
+    _write_case(tmp_path, np.random.default_rng(3))
+    sub = pd.read_csv(tmp_path / "submission.csv")
+    sub["row_id"] = "178082056_" + sub["row_id"].str.split("_", n=1).str[1]  # one study no solution row holds
+    sub.drop_duplicates("row_id").to_csv(tmp_path / "submission.csv", index=False)
+    argv = ["--solution", str(tmp_path / "train.csv"), "--submission", str(tmp_path / "submission.csv")]
+    assert cli.run(score.main, argv) == 2
+    assert capsys.readouterr().err.strip().endswith("1 studies not in " + str(tmp_path / "train.csv")
+                                                    + ", e.g. [178082056]")
+
+
 def test_score_fits_the_references_on_the_train_csv_beside_the_solution(tmp_path, capsys):
     labels, probs = _write_case(tmp_path, np.random.default_rng(2), n=8)
     train = pd.read_csv(tmp_path / "train.csv")

@@ -1,5 +1,5 @@
 """The DICOM SR of a study (lumbar_jax/structured_report.py), without a trained run: a synthetic study's record, its
-points and probabilities drawn at random, its `predict.study_report`, its SR read back with highdicom. Each
+points and probabilities drawn at random, its `study_report.study_report`, its SR read back with highdicom. Each
 group's point, grade and probabilities are the report's; the UIDs and frames are the source's; a series absent
 or without a Frame of Reference UID gives groups without a point; only the Patient and Study modules are copied.
 (tests/test_two_stage_prediction.py checks the SR that predict.py writes against its JSON report.)"""
@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from highdicom._standard_utils import check_required_attributes, get_iod_module_map, get_sop_class_iod_map
 
-from lumbar_jax import labels, localiser_metrics, predict, structured_report
+from lumbar_jax import labels, localiser_metrics, structured_report, study_report
 from lumbar_jax.data import study, synthetic
 from tests.test_evaluate_predict import run_script
 
@@ -47,7 +47,7 @@ def source(tmp_path_factory):
     rng = np.random.default_rng(0)
     points = rng.uniform(0.1, 0.9, (2, labels.NUM_TARGETS, 3))
     probs = rng.dirichlet(np.ones(3), labels.NUM_TARGETS)
-    report = predict.study_report(entry.study_id, record["present"], probs, {}, PROVENANCE,
+    report = study_report.study_report(entry.study_id, record["present"], probs, {}, PROVENANCE,
                                   localiser_metrics.point_report(record, points))
     return os.path.dirname(series_dirs[0]), record, series_dirs, report
 
@@ -147,7 +147,7 @@ def test_each_group_holds_the_reports_point_grade_and_probabilities(source, tmp_
     notes = [item for item in dataset.ContentSequence if item.ValueType == "CONTAINER"
              and item.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
     text = notes[0].ContentSequence[0].TextValue
-    assert text.startswith(predict.RESEARCH_USE_NOTE) and json.loads(text.split("Provenance: ", 1)[1]) == PROVENANCE
+    assert text.startswith(study_report.RESEARCH_USE_NOTE) and json.loads(text.split("Provenance: ", 1)[1]) == PROVENANCE
 
 
 def test_uids_frames_and_referenced_slices_are_the_sources(source, tmp_path):
@@ -230,7 +230,7 @@ def test_an_absent_series_or_one_without_a_frame_gives_groups_without_a_point(so
 def test_a_run_that_does_not_localise_gives_groups_without_a_point(source, tmp_path):
     _, record, series_dirs, report = source
     probs = np.array([[report["targets"][t][c] for c in labels.SEVERITY_COLUMNS] for t in labels.TARGETS])
-    one_stage = predict.study_report(report["study_id"], record["present"], probs, {}, PROVENANCE)
+    one_stage = study_report.study_report(report["study_id"], record["present"], probs, {}, PROVENANCE)
     _, sr = write_and_read(one_stage, series_dirs, tmp_path / "sr.dcm")
     groups = groups_by_target(sr)
     assert not sr.content.get_planar_roi_measurement_groups() and len(groups) == 25
@@ -262,7 +262,7 @@ def test_a_bad_sr_path_is_refused_before_any_model_is_built(source, tmp_path, ca
     no_run = str(tmp_path / "no_run")  # no config.json: building the model would fail on it
     assert run_script("predict.py", "--workdir", no_run, "--study_dir", study_dir, "--sr", str(missing)) == 2
     err = capsys.readouterr().err
-    assert err.strip() == f"error: --sr {missing}: folder {missing.parent} does not exist"
+    assert err.strip() == f"error: --sr {missing}: folder {missing.parent} not found"
     (tmp_path / "a_file").write_text("")
     assert run_script("predict.py", "--workdir", no_run, "--data_dir", study_dir, "--sr_dir",
                       str(tmp_path / "a_file")) == 2

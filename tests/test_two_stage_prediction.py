@@ -7,8 +7,11 @@ trained once per module on a synthetic Kaggle folder that also holds unlabelled 
 """
 
 import json
+import logging
 import os
+import re
 import shutil
+import struct
 
 import highdicom as hd
 import numpy as np
@@ -16,11 +19,13 @@ import pandas as pd
 import pydicom
 import pytest
 
-from lumbar_jax import calibration, cross_validation, evaluate, localiser_metrics, metrics, predict, rundir
+from lumbar_jax import calibration, cross_validation, evaluate, inference, localiser_metrics, metrics, predict, rundir
+from lumbar_jax import study_report
 from lumbar_jax import labels as labels_lib
 from lumbar_jax.analysis import Drawn, costly, crop_figures, label_stats, oof, write_report
 from lumbar_jax.data import build, crops, dataset, study, synthetic
 from lumbar_jax.dataset_configs import NATIVE_AFFINE, NATIVE_VOLUMES
+from lumbar_jax.pipelines import two_stage as two_stage_pipeline
 from lumbar_jax.train import config as config_lib
 from tests.test_evaluate_predict import run_script
 from tests.test_structured_report import assert_sr_holds_the_report, groups_by_target, severity_and_probabilities
@@ -48,7 +53,7 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def predictor(run):
     """The calibrated two-stage ensemble of both folds."""
-    return predict.Predictor(run[2])
+    return predict.Predictor(predict.PredictionRun(run[2]))
 
 
 def test_evaluation_reproduces_every_fold_and_the_cv_summary(run):
@@ -74,7 +79,10 @@ def test_submission_from_dicom_equals_the_ensemble_on_the_tfds_test_records(run,
     assert run_script("predict.py", "--workdir", workdir, "--data_dir", kaggle, "--output", out,
                       "--sr_dir", str(sr_dir)) == 0
     printed = capsys.readouterr().out
-    assert "studies/s" in printed and f"wrote 3 DICOM SRs to {sr_dir}" in printed
+    assert "studies/s after compiling" in printed and "run quality: out-of-fold score" in printed
+    assert f"wrote 3 DICOM SRs to {sr_dir}" in printed
+    assert re.search(r"^time: [\d.]+ s wall: start-up [\d.]+ s \(imports, checks\), build [\d.]+ s, restore [\d.]+ s, "
+                     r"compile [\d.]+ s, read [\d.]+ s, predict [\d.]+ s$", printed, re.M)
     submission = pd.read_csv(out)
     expected_rows = pd.read_csv(os.path.join(kaggle, "sample_submission.csv"))["row_id"].tolist()
     assert submission["row_id"].tolist() == expected_rows
@@ -82,7 +90,7 @@ def test_submission_from_dicom_equals_the_ensemble_on_the_tfds_test_records(run,
     records = [source[i] for i in range(len(source))]
     probs, points = predictor.restorer.predict(predictor.models, records)
     assert points.shape == (2, len(records), 25, 3)
-    expected = calibration.apply_temperatures(probs, predictor.calibration["temperatures"])
+    expected = calibration.apply_temperatures(probs, predictor.run.calibration["temperatures"])
     by_study = {int(r["study_id"]): p for r, p in zip(records, expected)}
     values = submission[list(labels_lib.SEVERITY_COLUMNS)].to_numpy().reshape(-1, 25, 3)
     study_ids = [labels_lib.parse_row_id(r)[0] for r in submission["row_id"][::25]]
@@ -97,18 +105,18 @@ def test_submission_from_dicom_equals_the_ensemble_on_the_tfds_test_records(run,
 def test_held_out_studies_read_from_dicom_get_the_probabilities_training_scored(run):
     kaggle, _, workdir = run
     result = rundir.read_fold_result(workdir, 0)
-    fold0 = predict.Predictor(workdir, folds=[0], calibrate=False)
+    fold0 = predict.Predictor(predict.PredictionRun(workdir, folds=[0], calibrate=False))
     split_ids = [int(s) for s in np.load(rundir.localiser_predictions_path(workdir, 0))["study_id"]]
     held_out = [split_ids[i] for i in result["val_indices"]]
     entries = {e.study_id: e for e in study.list_studies(kaggle, "train")}
-    probs = fold0.predict(fold0.read([entries[s] for s in held_out]))
+    probs = fold0.predict(fold0.run.read([entries[s] for s in held_out]))
     np.testing.assert_allclose(probs, np.asarray(result["val_probs"]), atol=2e-5)
 
 
 def test_calibration_is_applied_as_apply_temperatures_says_and_recorded(run, predictor):
     kaggle, _, workdir = run
-    plain = predict.Predictor(workdir, calibrate=False)
-    record = plain.read(study.list_studies(kaggle, "test")[:1])
+    plain = predict.Predictor(predict.PredictionRun(workdir, calibrate=False))
+    record = plain.run.read(study.list_studies(kaggle, "test")[:1])
     temperatures = rundir.read_summary(workdir)["calibration"]["temperatures"]
     assert predictor.provenance()["calibration"] == {"applied": True, "temperatures": temperatures}
     assert plain.provenance()["calibration"] == {"applied": False, "reason": "switched off (--no_calibration)"}
@@ -126,7 +134,11 @@ def test_study_dir_report_has_each_targets_localised_point(run, tmp_path, capsys
     printed = capsys.readouterr().out
     assert "two-stage: each fold's localiser (steps [2, 2], flip TTA)" in printed
     assert "probabilities calibrated (temperatures spinal" in printed
+    assert "run quality: out-of-fold score" in printed and "localiser error on held-out studies median" in printed
+    assert re.search(r"^time: [\d.]+ s wall: start-up [\d.]+ s \(imports, checks\), build [\d.]+ s, restore [\d.]+ s, "
+                     r"compile [\d.]+ s, read [\d.]+ s, predict [\d.]+ s$", printed, re.M)
     report = json.load(open(out))
+    assert report["run_quality"] == study_report.run_quality(workdir) and isinstance(report["warnings"], list)
     prov = report["provenance"]
     assert prov["pipeline"] == "two_stage" and prov["localiser_flip_tta"] and prov["calibration"]["applied"]
     record = study.study_example(entry, (16, 64, 64), native_max_size=256)
@@ -152,13 +164,15 @@ def test_study_dir_sr_holds_the_json_reports_points_grades_and_probabilities(run
     assert run_script("predict.py", "--workdir", workdir, "--study_dir", study_dir, "--json", str(out),
                       "--sr", str(sr)) == 0
     assert f"wrote {sr} (DICOM SR)" in capsys.readouterr().out
-    series_dirs = study.chosen_series_dirs(entry, predictor.read([entry])[0]["series_ids"])
+    series_dirs = study.chosen_series_dirs(entry, predictor.run.read([entry])[0]["series_ids"])
     _, groups = assert_sr_holds_the_report(sr, json.load(open(out)), series_dirs)
     assert all(g.roi is not None for g in groups.values())
     copy = tmp_path / str(entry.study_id)
     shutil.copytree(study_dir, copy)
     shutil.rmtree(copy / os.path.basename(series_dirs[2]))
-    report = predict.predict_study(predictor, str(copy), sr_path=str(tmp_path / "absent.dcm"))
+    entry, record, unused = predict.read_study_dir(predictor.run, str(copy))
+    report, _ = predict.predict_study(predictor, entry, record, unused)
+    predict.write_structured_report(report, entry, record, str(tmp_path / "absent.dcm"))
     assert not report["series_present"]["axial_t2"]
     kept = [str(copy / os.path.basename(d)) for d in series_dirs[:2]] + [None]
     _, groups = assert_sr_holds_the_report(tmp_path / "absent.dcm", report, kept)
@@ -169,7 +183,7 @@ def test_study_dir_sr_holds_the_json_reports_points_grades_and_probabilities(run
 
 def test_flip_tta_is_refused_for_a_two_stage_run(run):
     with pytest.raises(ValueError, match="two-stage run: its localiser already averages with the flip"):
-        predict.Predictor(run[2], tta=True)
+        predict.PredictionRun(run[2], tta=True)
 
 
 @pytest.mark.filterwarnings("ignore::lumbar_jax.data.dicom.DicomSkipWarning")  # synthetic quirks, expected
@@ -243,3 +257,157 @@ def test_analysis_lists_the_costliest_held_out_rows_with_their_causes(run, tmp_p
     by_cause = {r["cause"]: r for r in saved["loss_by_cause"]}
     score = metrics.competition_score(labels, probs)
     assert by_cause["all"]["score_share"] == pytest.approx(score["score"] - score["any_severe_spinal"] / 4)
+
+
+def test_run_quality_is_the_runs_cv_summary(run):
+    _, _, workdir = run
+    summary = rundir.read_summary(workdir)
+    quality = study_report.run_quality(workdir)
+    assert quality["oof_score"] == summary["oof"]["score"]
+    assert quality["best_constant_score"] == summary["oof"]["weighted_prior"]["score"]
+    assert quality["class_prior_score"] == summary["oof"]["baseline"]["score"]
+    assert quality["beats_best_constant"] == (summary["oof"]["score"] < summary["oof"]["weighted_prior"]["score"])
+    assert quality["localiser"] == {"median_mm": summary["localiser"]["median_mm"],
+                                    "p90_mm": summary["localiser"]["p90_mm"]}
+
+
+def test_a_run_that_does_not_beat_the_best_constant_is_warned_about(run, tmp_path):
+    _, _, workdir = run
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    summary = rundir.read_summary(copy)
+    summary["oof"]["score"] = summary["oof"]["weighted_prior"]["score"] + 0.05
+    rundir.write_summary(copy, summary)
+    quality = predict.PredictionRun(copy).quality  # checks the run, builds no model
+    assert quality["beats_best_constant"] is False
+    report = study_report.study_report(1, np.ones(3, bool), np.full((25, 3), 1 / 3), quality=quality)
+    assert report["run_quality"] == quality and len(report["warnings"]) == 1
+    text = study_report.format_study_report(report)
+    assert text.splitlines()[1].startswith(
+        f"WARNING: the run does not beat the best constant: out-of-fold score {summary['oof']['score']:.4f} against "
+        f"{summary['oof']['weighted_prior']['score']:.4f}")
+    assert "does NOT beat the best constant; localiser error on held-out studies median" in text
+    assert "run quality: out-of-fold score" in text and "(competition log loss, lower is better)" in text
+    os.remove(rundir.summary_path(copy))
+    unknown = study_report.run_quality(copy)
+    assert study_report.quality_warnings(unknown)[0].startswith("the run's out-of-fold score is unknown (")
+
+
+def _points_down_each_series(record: dict) -> np.ndarray:
+    """[25, 3] plausible normalised points of a record: each condition's five levels 0.15 apart down its series'
+    superior -> inferior axis (sagittal rows, axial depth) through the middle of the volume."""
+    points = np.full((labels_lib.NUM_TARGETS, 3), 0.5)
+    for t in range(labels_lib.NUM_TARGETS):
+        points[t, 0 if labels_lib.TARGET_SERIES[t] == 2 else 1] = 0.2 + 0.15 * labels_lib.TARGET_LEVEL[t]
+    return points
+
+
+@pytest.mark.parametrize("move, expected", [
+    (None, []),
+    ("swap", ["levels out of superior-to-inferior order in 10 of 40 adjacent level pairs"]),
+    ("collapse", ["levels out of superior-to-inferior order in 40 of 40",
+                  "adjacent levels closer than 5 mm in 40 of 40"]),
+    ("outside", ["points outside their series' volume in 2 of 50 points"])])
+def test_study_report_warns_when_the_localised_points_are_moved(run, predictor, monkeypatch, move, expected):
+    kaggle, _, _ = run
+    entry = study.list_studies(kaggle, "test")[0]
+    entry, record, unused = predict.read_study_dir(predictor.run, os.path.dirname(entry.series_dirs[2][0][1]))
+    points = _points_down_each_series(record)
+    if move == "swap":  # L1/L2 and L2/L3 of every condition exchanged
+        points[::5], points[1::5] = points[1::5].copy(), points[::5].copy()
+    elif move == "collapse":
+        points[:] = 0.5
+    elif move == "outside":
+        points[labels_lib.TARGETS.index("spinal_canal_stenosis_l5_s1"), 2] = -0.2
+    predict_records = predictor.restorer.predict
+
+    def with_moved_points(models, records, tta=False):
+        probs, found = predict_records(models, records, tta)
+        return probs, np.broadcast_to(points, found.shape).copy()
+
+    monkeypatch.setattr(predictor.restorer, "predict", with_moved_points)
+    report, _ = predict.predict_study(predictor, entry, record, unused)
+    implausible = [w for w in report["warnings"] if w.startswith("localised points implausible")]
+    assert len(implausible) == len(expected)
+    for warning, start in zip(implausible, expected):
+        assert warning.startswith(f"localised points implausible, so the crops may not show the discs they name: "
+                                  f"{start}")
+    text = study_report.format_study_report(report)
+    assert sum(line.startswith("WARNING: localised points implausible") for line in text.splitlines()) == len(expected)
+
+
+@pytest.fixture
+def nothing_is_built(monkeypatch):
+    """Building the models or restoring a checkpoint fails the test: a refusal must come before either."""
+    def fail(*args, **kwargs):
+        raise AssertionError("a model was built or restored before the refusal")
+
+    monkeypatch.setattr(two_stage_pipeline.TwoStagePipeline, "restorer", fail)
+    monkeypatch.setattr(inference, "restore_checkpoint", fail)
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("predict.py", ["--study_dir", "{tmp}/nowhere"], "error: --study_dir {tmp}/nowhere not found"),
+    ("predict.py", ["--data_dir", "{tmp}/nowhere"], "error: --data_dir {tmp}/nowhere not found"),
+    ("predict.py", ["--data_dir", "{tmp}"], "error: {tmp}/test_series_descriptions.csv not found"),
+    ("predict.py", ["--data_dir", "{kaggle}", "--checkpoint", "99"], "no checkpoint of step 99 under"),
+    ("predict.py", ["--data_dir", "{kaggle}", "--checkpoint", "newest"], "'best', 'latest' or a step number"),
+    ("predict.py", ["--data_dir", "{kaggle}", "--fold", "7"], "error: --fold 7 not in 0..1"),
+    ("predict.py", ["--data_dir", "{kaggle}", "--output", "{tmp}/no/sub.csv"], "--output {tmp}/no/sub.csv: folder"),
+    ("predict.py", ["--study_dir", "{study}", "--json", "{tmp}/no/r.json"], "--json {tmp}/no/r.json: folder"),
+    ("predict.py", ["--study_dir", "{study}", "--descriptions", "{tmp}/d.csv"],
+     "--descriptions {tmp}/d.csv not found (or not a file)"),
+    ("predict.py", ["--study_dir", "{junk}"], "has no usable series (1: no readable DICOM file (1 .dcm files, none "
+                                              "readable by pydicom))"),
+    ("evaluate.py", ["--checkpoint", "99"], "no checkpoint of step 99 under"),
+    ("evaluate.py", ["--fold", "5"], "error: --fold 5 not in 0..1"),
+    ("evaluate.py", ["--output", "{tmp}/no/e.json"], "--output {tmp}/no/e.json: folder"),
+])
+def test_bad_arguments_are_refused_before_any_model_is_built(run, tmp_path, capsys, nothing_is_built, script, argv,
+                                                             message):
+    kaggle, _, workdir = run
+    junk = tmp_path / "junk_study" / "1"
+    junk.mkdir(parents=True)
+    (junk / "1.dcm").write_bytes(b"not a DICOM file")
+    fill = {"tmp": str(tmp_path), "kaggle": kaggle, "junk": str(junk.parent),
+            "study": os.path.dirname(study.list_studies(kaggle, "test")[0].series_dirs[2][0][1])}
+    assert run_script(script, "--workdir", workdir, *[a.format(**fill) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message.format(**fill) in err[-1] and err[-1].startswith("error: ")
+
+
+def test_data_warnings_are_one_line_each_naming_the_file(run, predictor, tmp_path, caplog):
+    """A file whose InstanceNumber is '2.5': pydicom says so (twice, in its log and as a warning), the reader
+    skips the file; each is said once, in one log line naming the file."""
+    kaggle, _, _ = run
+    source = os.path.dirname(study.list_studies(kaggle, "test")[0].series_dirs[2][0][1])
+    study_dir = tmp_path / os.path.basename(source)
+    shutil.copytree(source, study_dir)
+    series = sorted(p for p in study_dir.iterdir())[0]
+    path = sorted(series.glob("*.dcm"), key=lambda p: int(p.stem))[1]
+    raw = path.read_bytes()
+    at = raw.find(struct.pack("<HH", 0x0020, 0x0013) + b"IS")
+    length = struct.unpack("<H", raw[at + 6:at + 8])[0]
+    path.write_bytes(raw[:at + 6] + struct.pack("<H", 4) + b"2.5 " + raw[at + 8 + length:])
+    (study_dir / "999").mkdir()
+    (study_dir / "999" / "1.dcm").write_bytes(b"junk")
+    with caplog.at_level(logging.WARNING):
+        _, _, unused = predict.read_study_dir(predictor.run, str(study_dir))
+    assert not [r for r in caplog.records if r.name == "pydicom"]
+    said = [r.getMessage() for r in caplog.records if r.name == "lumbar_jax.warnings"]
+    assert all("\n" not in line for line in said)
+    about_file = [line for line in said if f"{path}:" in line]
+    assert [line.split(":")[0] for line in about_file] == ["PydicomWarning", "DataProblemWarning"]
+    assert "pydicom: Invalid value for VR IS: '2.5'" in about_file[0]
+    assert "InstanceNumber not an integer in range (InstanceNumber = 2.5)" in about_file[1]
+    assert unused[str(study_dir / "999")] == "no readable DICOM file (1 .dcm files, none readable by pydicom)"
+
+
+def test_analysis_of_a_run_without_its_training_folder_says_where_that_folder_is(run, tmp_path):
+    kaggle, _, workdir = run
+    with pytest.raises(FileNotFoundError, match=rf"the run {re.escape(workdir)} trained on {re.escape(kaggle)} "
+                                                rf"\(its dataset.json\): --data_dir {re.escape(kaggle)}"):
+        write_report(str(tmp_path), str(tmp_path / "report"), workdir=workdir)
+    with pytest.raises(FileNotFoundError, match=r"the embedded synthetic set of the default config is generated "
+                                                r"into ~/.cache/lumbar_jax/synthetic_300_seed0"):
+        write_report(str(tmp_path), str(tmp_path / "report"))

@@ -6,8 +6,10 @@ cut as the held-out evaluation cut it (data.crops.study_crops: at the fold's loc
 `fold_k/localiser_predictions.npz`, or at the annotated point for a run with `crops.points='annotated'`),
 with the localiser's point (cyan +) and the annotated point (green o) marked. Left targets' crops are
 mirrored as the classifier reads them (sagittal: slice order reversed; axial: columns flipped), and so are
-the marks. No model is restored: the points are the ones training saved, the probabilities the run's
-out-of-fold ones.
+the marks; their titles say "mirrored", and the figure's heading says what that means. The words at each
+panel's edges say where the anatomy is (superior / inferior, anterior / posterior, the patient's right /
+left: `montage.orientation_labels`, swapped where a mirrored crop's columns are). No model is restored: the
+points are the ones training saved, the probabilities the run's out-of-fold ones.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 from lumbar_jax import inference, localiser_metrics, rundir
 from lumbar_jax import labels as labels_lib
-from lumbar_jax.analysis import oof, plots
+from lumbar_jax.analysis import montage, oof, plots
 from lumbar_jax.analysis.attention import probability_text
 from lumbar_jax.data import crops as crops_lib
 from lumbar_jax.data import study
@@ -36,8 +38,10 @@ CROPS_INTRO = (
     "evaluation cut it (left targets mirrored into right-side crops, as the classifier reads them). Cyan +: the "
     "point of the study's fold's localiser (a localiser that never trained on the study); green o: the annotated "
     "point (thin and faint when it lies on another slice than the one drawn, the slice difference in the "
-    "title). Titles: the series, the localiser's error in mm, the predicted probabilities Normal/Mild, "
-    "Moderate, Severe and the true grade.")
+    "title). Titles: the series (\"mirrored\" for a left target's crop: axial crops with the patient's left "
+    "on the image left, sagittal crops with their slice order reversed), the localiser's error in mm, the "
+    "predicted probabilities Normal/Mild, Moderate, Severe and the true grade. The words at each panel's edges "
+    "say where the anatomy is (sup / inf, ant / post, pat. R / pat. L).")
 
 
 def centre_slice(target: int, slices: int) -> int:
@@ -94,6 +98,8 @@ def _panel(ax, study_crops: StudyCrops, target: int, error_mm: float) -> None:
     read_at, predicted = study_crops.read_at[target], study_crops.predicted[target]
     series = int(TARGET_SERIES[target])
     slices, pixels = crops.shape[1], crops.shape[-1]
+    mirrored = bool(labels_lib.TARGET_SIDE[target] == 1)
+    name = labels_lib.SERIES_TYPES[series] + (" mirrored" if mirrored else "")
     ax.set_xticks([])
     ax.set_yticks([])
     label = int(record["labels"][target])
@@ -103,6 +109,7 @@ def _panel(ax, study_crops: StudyCrops, target: int, error_mm: float) -> None:
         ax.set_title(f"{labels_lib.SERIES_TYPES[series]} absent\ntrue {truth}", fontsize=8)
         return
     ax.imshow(crops[target, centre_slice(target, slices)], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    montage.orientation_labels(ax, study.PLANE_OF_SERIES[labels_lib.SERIES_TYPES[series]], mirrored=mirrored)
     marks = dict(size_mm=study_crops.size_mm, pixels=pixels)
     row, col, _ = mark_in_crop(record, target, read_at, predicted, **marks)
     ax.plot(col, row, "+", color="cyan", ms=10, mew=1.8)
@@ -114,7 +121,7 @@ def _panel(ax, study_crops: StudyCrops, target: int, error_mm: float) -> None:
         where = f"err {error_mm:.1f} mm" + (f", {abs(off)} sl off" if off else "")
     ax.set_xlim(-0.5, pixels - 0.5)
     ax.set_ylim(pixels - 0.5, -0.5)
-    ax.set_title(f"{labels_lib.SERIES_TYPES[series]}, {where}\n{probability_text(probs[target])}\ntrue {truth}",
+    ax.set_title(f"{name}, {where}\n{probability_text(probs[target])}\ntrue {truth}",
                  fontsize=8, linespacing=1.25)
 
 
@@ -124,12 +131,14 @@ def plot_study_crops(study_crops: StudyCrops, path: str, title: str) -> str:
     record, predicted = study_crops.record, study_crops.predicted
     errors = localiser_errors(record, predicted)
     # Square panels, room above each for its three-line title, a header for the suptitle and the condition names.
-    fig, axes, _, height = plots.target_grid(2.2, gaps=(0.3, 0.75), margins=(0.5, 0.15, 1.5, 0.15), label_size=10,
+    fig, axes, _, height = plots.target_grid(2.2, gaps=(0.35, 0.75), margins=(0.6, 0.15, 1.8, 0.15), label_size=10,
                                              label_offset=0.62)
     for t in range(labels_lib.NUM_TARGETS):
         _panel(axes[labels_lib.TARGET_LEVEL[t], labels_lib.TARGET_CONDITION[t]], study_crops, t, errors[t])
-    fig.suptitle(title + "\ncyan +: localiser's point;  green o: annotated point (thin: on another slice)",
-                 fontsize=11, y=1 - 0.1 / height, va="top")
+    fig.suptitle(title + "\ncyan +: localiser's point;  green o: annotated point (thin: on another slice)\n"
+                 "left targets' crops are mirrored into right-side ones, as the classifier reads them (axial: "
+                 "columns flipped; sagittal: slice order reversed); the words at each panel's edges say which way "
+                 "is which", fontsize=11, y=1 - 0.1 / height, va="top")
     return plots.save_figure(fig, path)
 
 

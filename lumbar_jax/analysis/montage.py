@@ -50,18 +50,21 @@ SHORT_WORDS = {"patient right": "pat. R", "patient left": "pat. L", "superior": 
                "anterior": "ant", "posterior": "post"}
 
 
-def axis_words(plane: str) -> dict[str, tuple[str, str]]:
+def axis_words(plane: str, mirrored: bool = False) -> dict[str, tuple[str, str]]:
     """Where each anatomical direction lies on a drawn slice of a `plane` volume (imshow: row 0 at the top,
     col 0 at the left): {'vertical': (word at the top, word at the bottom), 'horizontal': (word at the left,
-    word at the right)}, short words (SHORT_WORDS), from CANONICAL_AXES' rows and cols."""
-    _, rows, cols = CANONICAL_AXES[plane]
+    word at the right)}, short words (SHORT_WORDS), from CANONICAL_AXES' rows and cols. `mirrored`: the slice
+    of a left target's crop (data/crops.py), reversed along the patient's right -> left axis, so where that axis
+    is in the slice (axial cols) its words swap sides."""
+    _, rows, cols = (tuple(reversed(ends)) if mirrored and "patient right" in ends else ends
+                     for ends in CANONICAL_AXES[plane])
     return {"vertical": tuple(SHORT_WORDS[w] for w in rows), "horizontal": tuple(SHORT_WORDS[w] for w in cols)}
 
 
-def _orientation_labels(ax, plane: str) -> None:
+def orientation_labels(ax, plane: str, mirrored: bool = False) -> None:
     """The direction words at the ends of a panel's edges: left of the image at its top and bottom (rotated),
     under it at its left and right (`axis_words`)."""
-    words = axis_words(plane)
+    words = axis_words(plane, mirrored)
     top, bottom = words["vertical"]
     left, right = words["horizontal"]
     style = dict(transform=ax.transAxes, fontsize=8, color="black")
@@ -190,7 +193,7 @@ def plot_study(example: dict, path: str, max_slices: int = MAX_SLICES) -> str:
             nearby = sum(point_slice(example, t) != index for t in targets)
             ax.set_title(f"{series_type}  slice {index}/{depth - 1}  ({len(targets)} pts"
                          + (f", {nearby} from +-1 slice)" if nearby else ")"), fontsize=9)
-            _orientation_labels(ax, study.PLANE_OF_SERIES[series_type])
+            orientation_labels(ax, study.PLANE_OF_SERIES[series_type])
     legend = [Line2D([], [], ls="", marker="o", mfc=c, mec="white", label=n)
               for c, n in zip((*plots.CLASS_COLOURS, plots.MISSING_COLOUR), (*labels.SEVERITY_NAMES, "no label"))]
     legend.append(Line2D([], [], ls="", marker="o", mfc="none", mec="black", mew=1.4,

@@ -58,7 +58,7 @@ def read_oof(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         example = labels_lib.row_id(study_ids[s], labels_lib.TARGETS[t])
         raise ValueError(f"{path}: {len(absent)} rows missing, e.g. {example}")
     folds_per_study = pd.Series(table["fold"].to_numpy()).groupby(position).unique()
-    mixed = [study_ids[i] for i, f in folds_per_study.items() if len(f) != 1]
+    mixed = [int(study_ids[i]) for i, f in folds_per_study.items() if len(f) != 1]
     if mixed:
         raise ValueError(f"{path}: studies with rows in several folds, e.g. {mixed[:3]}")
     folds = np.array([f[0] for f in folds_per_study.sort_index()], dtype=np.int64)

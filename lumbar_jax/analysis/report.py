@@ -21,9 +21,11 @@ import numpy as np
 import pandas as pd
 
 from lumbar_jax import labels as labels_lib
-from lumbar_jax import metrics
+from lumbar_jax import metrics, rundir
 from lumbar_jax.analysis import attention, costly, crop_figures, label_stats, montage, oof, plots
 from lumbar_jax.analysis import markdown as md
+from lumbar_jax.data import dataset
+from lumbar_jax.train import config as config_lib
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +278,19 @@ def _crops_section(workdir: str, kaggle_dir: str, out_dir: str, num_studies: int
     return lines
 
 
+def training_folder_hint(workdir: str | None) -> str:
+    """Where the Kaggle-layout folder a run trained on is: the run's dataset.json ('source' 'manual_dir') when
+    `workdir` has one, else where to look for it and where the embedded synthetic set is generated."""
+    record = rundir.read_dataset_record(workdir) if workdir and os.path.isdir(workdir) else None
+    folder = (record or {}).get("source", {}).get("manual_dir")
+    if folder:
+        return f"the run {workdir} trained on {folder} (its {rundir.DATASET_FILE}): --data_dir {folder}"
+    defaults = config_lib.default_config().data
+    synthetic = dataset.synthetic_folder(defaults.cache_dir, defaults.synthetic_studies, defaults.synthetic_seed)
+    return (f"a run's {rundir.DATASET_FILE} names the folder it trained on (\"source\": \"manual_dir\"); the embedded "
+            f"synthetic set of the default config is generated into {synthetic}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Drawn:
     """How many studies each drawn section of the report shows; 0 leaves the section out."""
@@ -305,7 +320,8 @@ def write_report(kaggle_dir: str, out_dir: str, workdir: str | None = None, draw
     """
     train_csv = os.path.join(kaggle_dir, "train.csv")
     if not os.path.isfile(train_csv):
-        raise FileNotFoundError(f"{train_csv} not found (expected a Kaggle-layout folder)")
+        raise FileNotFoundError(f"{train_csv} not found (expected a Kaggle-layout folder); "
+                                + training_folder_hint(workdir))
     label_ids, labels = label_stats.read_label_matrix(kaggle_dir)
     run = None
     if workdir is not None:  # validate the run before the slow parts

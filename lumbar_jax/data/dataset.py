@@ -47,9 +47,14 @@ def is_built(data_dir: str, config: str) -> bool:
     return built_version_dir(data_dir, config) is not None
 
 
+def synthetic_folder(cache_dir: str, num_studies: int, seed: int) -> str:
+    """Where the synthetic Kaggle-layout folder for (num_studies, seed) lives under `cache_dir`."""
+    return os.path.join(cache_dir, f"synthetic_{num_studies}_seed{seed}")
+
+
 def synthetic_manual_dir(cache_dir: str, num_studies: int, seed: int) -> str:
     """Generate (once) the synthetic Kaggle-layout folder for (num_studies, seed) and return its path."""
-    out = os.path.join(cache_dir, f"synthetic_{num_studies}_seed{seed}")
+    out = synthetic_folder(cache_dir, num_studies, seed)
     marker = os.path.join(out, "synthetic_summary.json")
     if not os.path.exists(marker):
         log.info("generating %d synthetic studies into %s", num_studies, out)

@@ -133,16 +133,25 @@ def read_series(
 
 
 def series_description(series_dir: str) -> str | None:
-    """The SeriesDescription header of the first readable .dcm file of a series directory (None if no file
-    has one). Only that one non-identifying header value is read; pixels are not decoded."""
-    for name in sorted(n for n in os.listdir(series_dir) if n.lower().endswith(".dcm")):
+    """The SeriesDescription header of the first readable .dcm file of a series directory (None if no readable
+    file has one); DicomReadError naming the folder when it holds no .dcm file, or none that pydicom can read
+    (a folder of junk is not a series of unknown type). Only that one non-identifying header value is read;
+    pixels are not decoded."""
+    names = sorted(n for n in os.listdir(series_dir) if n.lower().endswith(".dcm"))
+    readable = 0
+    for name in names:
+        path = os.path.join(series_dir, name)
         try:
-            dataset = pydicom.dcmread(os.path.join(series_dir, name), stop_before_pixels=True,
-                                      specific_tags=["SeriesDescription"])
+            with problems.pydicom_warnings_naming(path):
+                dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesDescription"])
         except Exception:  # unreadable files are reported by read_series; try the next one
             continue
+        readable += 1
         if dataset.get("SeriesDescription"):
             return str(dataset.SeriesDescription)
+    if not readable:
+        raise DicomReadError(f"{series_dir}: " + (f"{len(names)} .dcm files, none readable by pydicom" if names
+                                                  else "no .dcm file"))
     return None
 
 
@@ -174,7 +183,8 @@ def _read_headers(files: list[str]) -> tuple[list[_Slice], list[tuple[str, _Skip
     skips: list[tuple[str, _Skip]] = []
     for path in files:
         try:
-            slices.extend(_file_slices(path))
+            with problems.pydicom_warnings_naming(path):
+                slices.extend(_file_slices(path))
         except _Skip as skip:
             skips.append((path, skip))
     return slices, skips

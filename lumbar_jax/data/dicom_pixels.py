@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 import pydicom
 
+from lumbar_jax.data import problems
 from lumbar_jax.data.dicom_header import _truncation
 from lumbar_jax.data.dicom_slice import _Skip, _Slice
 from lumbar_jax.data.volume import resample
@@ -90,8 +91,9 @@ def _stored_pixels(item: _Slice, cache: dict[str, np.ndarray | _Skip]) -> np.nda
     dataset = item.dataset
     if item.path not in cache:
         try:
-            native = _native_pixels(item)
-            cache[item.path] = native if native is not None else dataset.pixel_array
+            with problems.pydicom_warnings_naming(item.path):
+                native = _native_pixels(item)
+                cache[item.path] = native if native is not None else dataset.pixel_array
         except Exception as error:  # truncated data, unsupported or corrupt compression: many types
             cache[item.path] = (_truncation(item.path)
                                 or _Skip("pixel data could not be decoded", f"{type(error).__name__}: {error}"))

@@ -4,12 +4,15 @@ A bad value costs at most its own file or row. Where the reader, the CSV parser 
 something (a DICOM file, a series, a CSV row, a label point), it calls `report(kind, where, reason, detail)`: that
 emits a `DataProblemWarning` (shown once per message like any Python warning, and turned into a log line by
 the commands) and, inside `collect()`, also records it, so that the dataset build can count what it dropped
-and why in its report (`build_report.json` beside the dataset).
+and why in its report (`build_report.json` beside the dataset). What pydicom itself says about a file (a log
+line and a warning, most often the same words twice, neither naming the file) is held back while the file is
+read and warned once, naming it (`pydicom_warnings_naming`, a `PydicomWarning`).
 
 Kinds (the build report's categories):
   file_skipped         a DICOM file not used (unreadable header value, truncated, no pixel data, ...)
   series_absent        a series type of a study that ends up without a volume (missing, unreadable, ...)
-  series_skipped       a series not used, its study is (unreadable while another of its type is read, type unknown)
+  series_skipped       a series not used, its study is (unreadable while another of its type is read, type
+                       unknown, no readable DICOM file in its folder)
   series_gap           a series with slices missing from its middle (resampled by true slice positions)
   label_point_dropped  a label coordinate not placed in any record (NaN x/y, unknown series, outside, ...)
   csv_row              a CSV row refused or ignored (unparseable value, duplicate, unknown study, ...)
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 
@@ -49,6 +53,10 @@ class DataProblemWarning(UserWarning):
     def __init__(self, problem: Problem):
         super().__init__(str(problem))
         self.problem = problem
+
+
+class PydicomWarning(UserWarning):
+    """What pydicom said while reading one file (`pydicom_warnings_naming`): the file, then pydicom's words."""
 
 
 _collectors: list[list[Problem]] = []
@@ -107,3 +115,40 @@ def warnings_in_one_line() -> Iterator[None]:
         yield
     finally:
         warnings.showwarning = previous
+
+
+class _Messages(logging.Handler):
+    """A logging handler that keeps the messages it is given."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def pydicom_warnings_naming(path: str) -> Iterator[None]:
+    """Inside the block (the reading of the file `path`), what pydicom says is held back: its log lines (logger
+    `pydicom`) and its Python warnings, which for most messages are the same words twice and never name the
+    file. After the block, every distinct message is warned once, together, as one `PydicomWarning`
+    '`path`: pydicom: message; message'. Other warnings raised inside are passed on unchanged."""
+    logger, held = logging.getLogger("pydicom"), _Messages()
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(held)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        logger.removeHandler(held)
+        logger.propagate = propagate
+        messages = list(held.messages)
+        for w in caught:
+            if f"{os.sep}pydicom{os.sep}" in w.filename:
+                messages.append(str(w.message))
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if messages:
+            warnings.warn(PydicomWarning(f"{path}: pydicom: {'; '.join(dict.fromkeys(messages))}"), stacklevel=3)

@@ -124,8 +124,14 @@ def _study_series(desc_path: str | None, described: dict[int, tuple[str, int]], 
 
 def _type_from_header(series_dir: str, mismatch: str | None) -> int | None:
     """The series type of a folder from its DICOM SeriesDescription, reported as `mismatch` (study_mismatch)
-    when given; None, reported as a skipped series, when the type cannot be told."""
-    description = dicom.series_description(series_dir)
+    when given; None, reported as a skipped series, when the folder has no readable DICOM file or the type
+    cannot be told."""
+    try:
+        description = dicom.series_description(series_dir)
+    except dicom.DicomReadError as err:
+        problems.report("series_skipped", series_dir, "no readable DICOM file",
+                        str(err).removeprefix(f"{series_dir}: "))
+        return None
     kind = series_type_of_description(description) if description else None
     if kind is None:
         problems.report("series_skipped", series_dir, "series type unknown", f"SeriesDescription = {description!r}")

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from lumbar_jax import labels
+from lumbar_jax import labels, rundir
 
 
 class Restorer(abc.ABC):
@@ -80,6 +80,11 @@ class Pipeline(abc.ABC):
     def summary_figures(self, workdir: str, split) -> dict:
         """The pipeline's figures over every fold's held-out studies, added to cv_summary.json ({} if none)."""
         return {}
+
+    def checkpoints(self, workdir: str, fold: int, checkpoint: str | int) -> list[tuple[str, str | int, str]]:
+        """(directory, which checkpoint, what it is: a phrase for errors) of every checkpoint that restoring
+        fold `fold` at `checkpoint` reads, in the order the restorer reads them: by default the fold's model."""
+        return [(rundir.checkpoints_dir(workdir, fold), checkpoint, f"fold {fold} of {workdir}")]
 
     @abc.abstractmethod
     def restorer(self, workdir: str, config, mesh) -> Restorer:

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from lumbar_jax import inference, rundir
+from lumbar_jax import inference
 from lumbar_jax import labels
 from lumbar_jax.data import augment
 from lumbar_jax.dataset_configs import GRID_DATASETS
@@ -64,8 +64,8 @@ class OneStageRestorer(Restorer):
         self.batch_size = inference.eval_batch_size(config, mesh)
 
     def restore(self, fold: int, checkpoint: str | int = "best") -> FoldModel:
-        state, step = inference.restore_checkpoint(rundir.checkpoints_dir(self.workdir, fold), self.template,
-                                                   checkpoint, f"fold {fold} of {self.workdir}")
+        (directory, which, what), = PIPELINE.checkpoints(self.workdir, fold, checkpoint)
+        state, step = inference.restore_checkpoint(directory, self.template, which, what)
         return FoldModel(fold, step, state)
 
     def evaluate_fold(self, model: FoldModel, fold) -> dict:

@@ -63,12 +63,11 @@ class TwoStageRestorer(Restorer):
 
     def restore(self, fold: int, checkpoint: str | int = "best") -> TwoStageFoldModel:
         """Fold `fold`'s best localiser and its classifier at `checkpoint` ('best', 'latest' or a step)."""
-        what = f"fold {fold} of {self.workdir}"
-        localiser_dir = os.path.join(rundir.localiser_dir(self.workdir, fold), rundir.CHECKPOINTS_DIR)
-        localiser, localiser_step = inference.restore_checkpoint(
-            localiser_dir, self.localiser_template, "best", f"the localiser of {what}")
-        classifier, step = inference.restore_checkpoint(rundir.checkpoints_dir(self.workdir, fold),
-                                                        self.classifier_template, checkpoint, what)
+        (localiser_dir, localiser_which, localiser_what), (classifier_dir, which, what) = PIPELINE.checkpoints(
+            self.workdir, fold, checkpoint)
+        localiser, localiser_step = inference.restore_checkpoint(localiser_dir, self.localiser_template,
+                                                                 localiser_which, localiser_what)
+        classifier, step = inference.restore_checkpoint(classifier_dir, self.classifier_template, which, what)
         return TwoStageFoldModel(fold, localiser_step, localiser, step, classifier)
 
     def predict(self, models: Sequence[TwoStageFoldModel], records: Sequence[dict], tta: bool = False
@@ -147,6 +146,13 @@ class TwoStagePipeline(Pipeline):
 
     def check_config(self, config, mesh) -> None:
         mesh_lib.check_batch_size(config.localiser.batch_size, mesh, "localiser.batch_size")
+
+    def checkpoints(self, workdir: str, fold: int, checkpoint: str | int) -> list[tuple[str, str | int, str]]:
+        """The fold's localiser's best checkpoint (the one whose points training cropped at), then its crop
+        classifier's `checkpoint`."""
+        what = f"fold {fold} of {workdir}"
+        return [(os.path.join(rundir.localiser_dir(workdir, fold), rundir.CHECKPOINTS_DIR), "best",
+                 f"the localiser of {what}"), *super().checkpoints(workdir, fold, checkpoint)]
 
     def train_fold(self, config, workdir: str, fold, mesh) -> dict:
         return two_stage.train_fold(config, workdir, fold, mesh)

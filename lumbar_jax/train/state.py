@@ -124,29 +124,36 @@ class CheckpointStore:
         return self._restore(self.latest, step, template)
 
     def restore_best(self, template: dict) -> tuple[dict, dict]:
-        best = self.best.best_step()
-        if best is None:
-            raise FileNotFoundError(f"no best checkpoint under {self.best.directory}")
-        return self._restore(self.best, best, template)
+        return self.restore(template, "best")
 
-    def restore(self, template: dict, which: str | int = "best") -> tuple[dict, dict]:
-        """(state, metadata) of the 'best' or 'latest' checkpoint, or of step `which` (an int, or its digits)
-        from either manager; FileNotFoundError naming the directory and the steps there otherwise."""
+    def resolve(self, which: str | int = "best") -> tuple[ocp.CheckpointManager, int]:
+        """(manager, step) of the 'best' or 'latest' checkpoint, or of step `which` (an int, or its digits) from
+        either manager, without reading it; FileNotFoundError naming the directory (and the steps there)
+        otherwise, ValueError for anything else than those three."""
         if which == "best":
-            return self.restore_best(template)
+            step = self.best.best_step()
+            if step is None:
+                raise FileNotFoundError(f"no best checkpoint under {self.best.directory}")
+            return self.best, step
         if which == "latest":
-            if self.latest_step() is None:
+            step = self.latest_step()
+            if step is None:
                 raise FileNotFoundError(f"no latest checkpoint under {self.latest.directory}")
-            return self.restore_latest(template)
+            return self.latest, step
         if not str(which).isdigit():
             raise ValueError(f"checkpoint must be 'best', 'latest' or a step number, got {which!r}")
         step = int(which)
         for manager in (self.best, self.latest):
             if step in manager.all_steps():
-                return self._restore(manager, step, template)
+                return manager, step
         available = sorted(set(self.best.all_steps()) | set(self.latest.all_steps()))
         raise FileNotFoundError(f"no checkpoint of step {step} under {os.path.dirname(self.best.directory)} "
                                 f"(steps kept: {available})")
+
+    def restore(self, template: dict, which: str | int = "best") -> tuple[dict, dict]:
+        """(state, metadata) of the checkpoint `resolve(which)` names; its errors otherwise."""
+        manager, step = self.resolve(which)
+        return self._restore(manager, step, template)
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()

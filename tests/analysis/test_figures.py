@@ -68,6 +68,14 @@ def test_axis_words_are_at_the_ends_where_the_anatomy_is():
     assert grid.GRID_DIRECTIONS[1].tolist() == [0, 0, -1] and grid.GRID_DIRECTIONS[2].tolist() == [0, 1, 0]
 
 
+def test_mirrored_crops_swap_the_words_of_the_right_left_axis_where_it_is_in_the_slice():
+    # Axial cols run patient right -> left: a left target's mirrored crop has the patient's left on the image left.
+    assert montage.axis_words("axial", mirrored=True) == {"vertical": ("ant", "post"),
+                                                          "horizontal": ("pat. L", "pat. R")}
+    # Sagittal crops are mirrored across their slices: the slice drawn keeps its words.
+    assert montage.axis_words("sagittal", mirrored=True) == montage.axis_words("sagittal")
+
+
 def _fake_example() -> dict:
     """A study record with every series present: spinal points on sagittal T2, foraminal on T1, subarticular
     on axial T2 (one axial slice per level)."""
