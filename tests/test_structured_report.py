@@ -147,7 +147,8 @@ def test_each_group_holds_the_reports_point_grade_and_probabilities(source, tmp_
     notes = [item for item in dataset.ContentSequence if item.ValueType == "CONTAINER"
              and item.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
     text = notes[0].ContentSequence[0].TextValue
-    assert text.startswith(study_report.RESEARCH_USE_NOTE) and json.loads(text.split("Provenance: ", 1)[1]) == PROVENANCE
+    assert text.startswith(study_report.RESEARCH_USE_NOTE)
+    assert json.loads(text.split("Provenance: ", 1)[1]) == PROVENANCE
 
 
 def test_uids_frames_and_referenced_slices_are_the_sources(source, tmp_path):
