@@ -26,13 +26,13 @@ log = logging.getLogger(__name__)
 
 
 def write_oof(path: str, study_ids: np.ndarray, probs: np.ndarray, folds: np.ndarray) -> None:
-    """oof_predictions.csv: row_id, normal_mild, moderate, severe, fold (25 rows per study)."""
+    """oof_predictions.csv: row_id, normal_mild, moderate, severe, fold (25 rows per study), atomically."""
     rows = {
         "row_id": [labels_lib.row_id(s, t) for s in study_ids for t in labels_lib.TARGETS],
         **{c: probs[:, :, k].reshape(-1) for k, c in enumerate(labels_lib.SEVERITY_COLUMNS)},
         "fold": np.repeat(folds, labels_lib.NUM_TARGETS),
     }
-    pd.DataFrame(rows).to_csv(path, index=False, float_format="%.6g")
+    rundir.write_atomically(path, lambda partial: pd.DataFrame(rows).to_csv(partial, index=False, float_format="%.6g"))
 
 
 def score_table(rows: list[tuple[str, dict, str]], step_header: str = "best step") -> list[str]:

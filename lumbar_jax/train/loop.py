@@ -65,7 +65,7 @@ def run_stage(stage: Stage, mesh) -> tuple[dict, int, Any, dict]:
     # ---------------------------------------------------------------- setup
     tc = stage.train
     writer = MetricLogger(stage.directory, enabled=jax.process_index() == 0)
-    store = CheckpointStore(os.path.join(stage.directory, rundir.CHECKPOINTS_DIR))
+    store = CheckpointStore(os.path.join(stage.directory, rundir.CHECKPOINTS_DIR), training=True)
 
     # ---------------------------------------------------------------- restore or start
     state, start, best = _restore_or_start(store, stage.state, stage.name)
@@ -118,10 +118,12 @@ def train_stream(config, fold_index: int, batch_size: int) -> pipeline.Stream:
 
 
 def _restore_or_start(store: CheckpointStore, state, name: str) -> tuple[dict, int, dict]:
-    """(state, first step, best so far {'score', 'step'}): from the latest checkpoint when there is one."""
-    if store.latest_step() is None:
+    """(state, first step, best so far {'score', 'step'}): from the newest checkpoint, latest or best, when there
+    is one (`CheckpointStore.newest_step`: a kill after a best checkpoint and before the next latest one resumes
+    at the best's step)."""
+    if store.newest_step() is None:
         return state, 0, {"score": math.inf, "step": -1}
-    state, meta = store.restore_latest(state)
+    state, meta = store.restore_newest(state)
     start, best = int(meta["step"]), meta["best"]
     log.info("%s: resuming at step %d (best so far %.4f at step %d)", name, start, best["score"], best["step"])
     return state, start, best

@@ -125,7 +125,7 @@ def _classifier_stage(config, workdir: str, fold: Fold, mesh, points: np.ndarray
     [3 groups, 3] the training placement noise (std in slices, mm, mm)."""
     tc, crop = config.train, CropSpec.from_config(config.crops)
     directory = rundir.fold_dir(workdir, fold.index)
-    resuming = CheckpointStore.has_latest(os.path.join(directory, rundir.CHECKPOINTS_DIR))
+    resuming = CheckpointStore.has_checkpoint(os.path.join(directory, rundir.CHECKPOINTS_DIR))
     statics, state = classifier_state(config, mesh, fold.train_labels, load_pretrained=not resuming)
     train_step = step_lib.make_train_step(statics, mesh, seeds.dropout_seed(config.seed, fold.index),
                                           tc.ema_decay, classifier_loss)
