@@ -96,6 +96,17 @@ def test_score_cli_names_missing_rows(tmp_path, capsys):
     assert "rows missing" in capsys.readouterr().err
 
 
+def test_score_names_a_study_the_solution_lacks_as_a_plain_number(tmp_path, capsys):
+    _write_case(tmp_path, np.random.default_rng(1))
+    solution = pd.read_csv(tmp_path / "train.csv")
+    solution.iloc[1:].to_csv(tmp_path / "train.csv", index=False)
+    argv = ["--solution", str(tmp_path / "train.csv"), "--submission", str(tmp_path / "submission.csv")]
+    assert cli.run(score.main, argv) == 2
+    err = capsys.readouterr().err
+    assert f"1 studies not in {tmp_path / 'train.csv'}, e.g. [{int(solution['study_id'][0])}]" in err
+    assert "np." not in err
+
+
 def test_score_fits_the_references_on_the_train_csv_beside_the_solution(tmp_path, capsys):
     labels, probs = _write_case(tmp_path, np.random.default_rng(2), n=8)
     train = pd.read_csv(tmp_path / "train.csv")

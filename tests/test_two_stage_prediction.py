@@ -76,7 +76,8 @@ def test_submission_from_dicom_equals_the_ensemble_on_the_tfds_test_records(run,
     records = [source[i] for i in range(len(source))]
     probs, points = predictor.restorer.predict(predictor.models, records)
     assert points.shape == (2, len(records), 25, 3)
-    expected = calibration.apply_temperatures(probs, predictor.calibration["temperatures"])
+    expected = (calibration.apply_selected(probs, predictor.calibration["temperatures"])
+                if predictor.calibration["applied"] else probs)
     by_study = {int(r["study_id"]): p for r, p in zip(records, expected)}
     values = submission[list(labels_lib.SEVERITY_COLUMNS)].to_numpy().reshape(-1, 25, 3)
     study_ids = [labels_lib.parse_row_id(r)[0] for r in submission["row_id"][::25]]
@@ -98,12 +99,14 @@ def test_calibration_is_applied_as_apply_temperatures_says_and_recorded(run, pre
     kaggle, _, workdir = run
     plain = predict.Predictor(workdir, calibrate=False)
     record = plain.read(study.list_studies(kaggle, "test")[:1])
-    temperatures = rundir.read_summary(workdir)["calibration"]["temperatures"]
-    assert predictor.provenance()["calibration"] == {"applied": True, "temperatures": temperatures}
-    assert plain.provenance()["calibration"] == {"applied": False, "reason": "switched off (--no_calibration)"}
+    temperatures = calibration.applied_temperatures(rundir.read_summary(workdir)["calibration"])
+    groups = {g: g in temperatures for g in labels_lib.CONDITION_GROUPS}
+    assert predictor.provenance()["calibration"]["groups"] == groups
+    assert predictor.provenance()["calibration"].get("temperatures", {}) == temperatures
+    assert plain.provenance()["calibration"] == {"applied": False, "reason": "switched off (--no_calibration)",
+                                                 "groups": dict.fromkeys(labels_lib.CONDITION_GROUPS, False)}
     uncalibrated, calibrated = plain.predict(record), predictor.predict(record)
-    np.testing.assert_allclose(calibrated, calibration.apply_temperatures(uncalibrated, temperatures), atol=1e-9)
-    assert not np.allclose(calibrated, uncalibrated, atol=1e-4)
+    np.testing.assert_allclose(calibrated, calibration.apply_selected(uncalibrated, temperatures), atol=1e-9)
 
 
 def test_study_dir_report_has_each_targets_localised_point(run, tmp_path, capsys):

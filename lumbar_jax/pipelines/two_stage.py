@@ -148,6 +148,9 @@ class TwoStagePipeline(Pipeline):
     def check_config(self, config, mesh) -> None:
         mesh_lib.check_batch_size(config.localiser.batch_size, mesh, "localiser.batch_size")
 
+    def batch_fields(self, config) -> dict[str, int]:
+        return {"localiser.batch_size": config.localiser.batch_size, "train.batch_size": config.train.batch_size}
+
     def train_fold(self, config, workdir: str, fold, mesh) -> dict:
         return two_stage.train_fold(config, workdir, fold, mesh)
 

@@ -57,6 +57,7 @@ class Stage:
     evaluate: Callable[[dict], tuple[Any, dict]]  # state -> (held-out predictions, report with a 'score')
     scalars: Callable[[dict], dict]  # a held-out report -> the scalars logged for it
     train: Any  # steps, lr, warmup_steps, batch_size, log_every, eval_every, checkpoint_every
+    score_unit: str = ""  # shown after the held-out score on the progress bar, e.g. " mm" (the localiser's error)
 
 
 def run_stage(stage: Stage, mesh) -> tuple[dict, int, Any, dict]:
@@ -97,7 +98,7 @@ def run_stage(stage: Stage, mesh) -> tuple[dict, int, Any, dict]:
             _log_train(writer, bar, done, interval.scalars(done))
             interval = _Interval(interval.schedule, tc.batch_size)
         if _due(done, tc.eval_every, tc.steps):
-            bar.set_postfix(val=f"{evaluate(done, state):.4f}")
+            bar.set_postfix(val=f"{evaluate(done, state):.4f}{stage.score_unit}")
         if _due(done, tc.checkpoint_every, tc.steps):
             store.save_latest(done, state, {"step": done, "best": best})
     bar.close()

@@ -95,5 +95,5 @@ def test_killed_in_either_stage_and_resumed_ends_like_an_uninterrupted_run(nativ
 def test_two_stage_config_needs_a_native_dataset():
     c = config_lib.two_stage_config()
     c.data.config = "r64"
-    with pytest.raises(config_lib.ConfigError, match="config.data.config: pipeline='two_stage'"):
+    with pytest.raises(config_lib.ConfigError, match="config.data.config: 'r64': pipeline='two_stage'"):
         config_lib.validate(c)
