@@ -81,10 +81,11 @@ def verdict(oof: dict) -> str:
 def cross_validate(config, workdir: str) -> dict | None:
     """Run the configured folds; returns the CV summary once every fold is done (None for a single fold).
 
-    Every refusal comes before any work and leaves `workdir` as it was (a new one is not created): a bad
-    config, a config that differs from the run's stored config.json in a field that changes results
-    (`check_same_run`), a batch the devices or a fold's training studies cannot fill, another dataset than
-    the trained folds'. config.json and dataset.json are written only after them."""
+    Every refusal leaves `workdir` as it was (a new one is not created): config.json and dataset.json are
+    written only after all of them. Before any work: a bad config, a config that differs from the run's stored
+    config.json in a field that changes results (`check_same_run`), a batch the devices cannot divide or the
+    folds of the Kaggle folder's train.csv cannot fill. Once the dataset is resolved: a batch its folds cannot
+    fill (studies the build dropped), another dataset than the trained folds'."""
     config_lib.validate(config)
     check_same_run(config, workdir)
     mesh_lib.initialize_distributed(**config.distributed)
