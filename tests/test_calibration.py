@@ -185,5 +185,6 @@ def test_only_the_groups_whose_cross_fitted_score_improved_are_calibrated():
     others = np.setdiff1d(np.arange(labels_lib.NUM_TARGETS), foraminal)
     np.testing.assert_allclose(applied[:, others], probs[:, others], atol=1e-12)
     assert not np.allclose(applied[:, foraminal], probs[:, foraminal], atol=1e-3)
-    assert "foraminal T=" in calibration.describe(result) and "subarticular uncalibrated" in calibration.describe(result)
+    described = calibration.describe(result)
+    assert "foraminal T=" in described and "subarticular uncalibrated" in described
     assert calibration.applied_temperatures({"temperatures": {"spinal": 2.0}}) == {}  # no verdict: none applied

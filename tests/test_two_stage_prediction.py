@@ -117,10 +117,11 @@ def test_study_dir_report_has_each_targets_localised_point(run, tmp_path, capsys
     assert run_script("predict.py", "--workdir", workdir, "--study_dir", study_dir, "--json", out) == 0
     printed = capsys.readouterr().out
     assert "two-stage: each fold's localiser (steps [2, 2], flip TTA)" in printed
-    assert "probabilities calibrated (temperatures spinal" in printed
     report = json.load(open(out))
     prov = report["provenance"]
-    assert prov["pipeline"] == "two_stage" and prov["localiser_flip_tta"] and prov["calibration"]["applied"]
+    assert f"probabilities {predict.calibration_text(prov['calibration'])}" in printed
+    assert prov["pipeline"] == "two_stage" and prov["localiser_flip_tta"]
+    assert set(prov["calibration"]["groups"]) == set(labels_lib.CONDITION_GROUPS)
     record = study.study_example(entry, (16, 64, 64), native_max_size=256)
     shapes = np.array([np.shape(record[name]) for name in NATIVE_VOLUMES])
     for t, target in enumerate(labels_lib.TARGETS):

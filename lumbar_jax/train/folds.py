@@ -134,7 +134,8 @@ def folds_before_the_build(config) -> tuple[np.ndarray, str] | None:
     path = os.path.join(config.data.manual_dir, kaggle_csv.LABELS_CSV) if config.data.manual_dir else ""
     if not os.path.isfile(path):
         return None
-    labels = np.array(list(kaggle_csv.read_labels(config.data.manual_dir).values())).reshape(-1, labels_lib.NUM_TARGETS)
+    labels = np.array(list(kaggle_csv.read_labels(config.data.manual_dir).values()))
+    labels = labels.reshape(-1, labels_lib.NUM_TARGETS)
     labelled = labels[(labels != labels_lib.MISSING).any(axis=1)]
     return make_folds(labelled, config.cv.num_folds, config.seed), f"{path} ({len(labelled)} labelled studies)"
 
