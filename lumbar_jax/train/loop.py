@@ -140,8 +140,8 @@ def _check_finite(loss, step: int, store: CheckpointStore, name: str) -> None:
     if not np.isfinite(loss):
         raise NonFiniteLossError(
             f"{name}: non-finite loss {loss} at step {step + 1}; the last good checkpoint (step "
-            f"{store.newest_step()}, where a re-run resumes) is intact under "
-            f"{os.path.dirname(store.latest.directory)}")
+            f"{store.newest_step()}) is intact under {os.path.dirname(store.latest.directory)}, where a re-run "
+            "resumes")
 
 
 class _Interval:
