@@ -11,7 +11,9 @@ probability of a study. Every component of the score depends on one group's rows
 of one function per group's temperature and one 1-D search per group finds the joint minimiser.
 
 `cross_fitted` reports the gain honestly: fold k's rows are calibrated with temperatures fitted on the other
-folds only, so no fold is scored with temperatures fitted on itself.
+folds only, so no fold is scored with temperatures fitted on itself. A group is calibrated only where that
+cross-fitted score of its own losses (`GROUP_LOSSES`) improved: only those groups' temperatures are kept
+('temperatures') and applied (`applied_temperatures`); the others stay as the model predicted them.
 
 Arrays are in labels.TARGETS order: labels int [N, 25] (-1 missing), probs float [N, 25, 3].
 """
@@ -27,6 +29,10 @@ from lumbar_jax import metrics
 LOG_T_BOUNDS = (np.log(0.25), np.log(4.0))  # the search range of log T
 _GRID_POINTS = 17  # coarse grid over LOG_T_BOUNDS (odd: includes log T = 0) before the local refinement
 _TINY = np.finfo(np.float64).tiny  # floor before the log, so a zero probability stays ~0 instead of -inf
+# The losses of the score (metrics.LOSS_KEYS) that each group's temperature moves: the score is their sum over
+# the groups, divided by 4, so a group's calibration helps exactly when the sum of its own losses falls.
+GROUP_LOSSES = {"spinal": ("spinal", "any_severe_spinal"), "foraminal": ("foraminal",),
+                "subarticular": ("subarticular",)}
 
 
 def apply_temperatures(probs: np.ndarray, temperatures: dict[str, float]) -> np.ndarray:
@@ -112,7 +118,11 @@ def cross_fitted(labels: np.ndarray, probs: np.ndarray, folds: np.ndarray) -> di
        'after': score of the cross-fitted calibrated probs over the same rows,
        'per_fold': [{'fold', 'before', 'after', 'temperatures'}] per fold (its own rows; temperatures fitted
          on the other folds),
-       'temperatures': fitted on all scored rows (what predict.py applies)}.
+       'groups': {group: {'before', 'after': the sum of its GROUP_LOSSES over the scored rows, uncalibrated
+         and cross-fitted; 'calibrated': whether 'after' < 'before', 'temperature': fitted on all scored rows}},
+       'calibrated': the groups that improved, in labels.CONDITION_GROUPS order,
+       'temperatures': {group: T} fitted on all scored rows, for the calibrated groups only (what predict.py
+         applies; `applied_temperatures`)}.
       Scores are metrics.competition_score(...)['score'].
     """
     labels = np.asarray(labels)
@@ -136,12 +146,49 @@ def cross_fitted(labels: np.ndarray, probs: np.ndarray, folds: np.ndarray) -> di
             "after": _score(labels[own], calibrated[own]),
             "temperatures": temperatures,
         })
+    fitted = fit_temperatures(labels[scored], probs[scored])
+    before, after = _group_losses(labels[scored], probs[scored]), _group_losses(labels[scored], calibrated[scored])
+    groups = {g: {"before": before[g], "after": after[g], "calibrated": bool(after[g] < before[g]),
+                  "temperature": fitted[g]} for g in labels_lib.CONDITION_GROUPS}
+    chosen = [g for g in labels_lib.CONDITION_GROUPS if groups[g]["calibrated"]]
     return {
         "before": _score(labels[scored], probs[scored]),
         "after": _score(labels[scored], calibrated[scored]),
         "per_fold": per_fold,
-        "temperatures": fit_temperatures(labels[scored], probs[scored]),
+        "groups": groups,
+        "calibrated": chosen,
+        "temperatures": {g: fitted[g] for g in chosen},
     }
+
+
+def applied_temperatures(record: dict) -> dict[str, float]:
+    """{group: T} of the calibrated groups of a `cross_fitted` record (cv_summary.json 'calibration'); {} for a
+    record without the per-group verdict (a run summarised before it existed: none is known to help)."""
+    if "groups" not in record:
+        return {}
+    return {g: float(t) for g, t in record.get("temperatures", {}).items()}
+
+
+def apply_selected(probs: np.ndarray, temperatures: dict[str, float]) -> np.ndarray:
+    """`apply_temperatures` with T = 1 for every group not in `temperatures` (those left uncalibrated)."""
+    return apply_temperatures(probs, {**dict.fromkeys(labels_lib.CONDITION_GROUPS, 1.0), **temperatures})
+
+
+def describe(record: dict) -> str:
+    """One line: per group whether it is calibrated, with its temperature, and the cross-fitted losses that
+    decided it."""
+    if "groups" not in record:
+        return "calibration: no per-group verdict in this summary; no group calibrated"
+    parts = [f"{g} {'T=%.2f' % v['temperature'] if v['calibrated'] else 'uncalibrated'} "
+             f"({v['before']:.4f} -> {v['after']:.4f})" for g, v in record["groups"].items()]
+    return ("temperature calibration per condition group, kept only where its cross-fitted OOF losses fell: "
+            + ", ".join(parts))
+
+
+def _group_losses(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """{group: the sum of its GROUP_LOSSES} (NaN when the group has no labelled row)."""
+    losses = metrics.competition_score(labels, probs)
+    return {g: float(sum(losses[k] for k in keys)) for g, keys in GROUP_LOSSES.items()}
 
 
 def _score(labels: np.ndarray, probs: np.ndarray) -> float:

@@ -75,10 +75,13 @@ def argument_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """INFO lines of the project on stderr, in one format; the libraries' per-file chatter (absl: Orbax, TFDS)
-    only from WARNING. `force`: replaces a handler another import installed first, which would swallow them."""
+    """INFO lines of the project on stderr, in one format; the libraries' chatter only from WARNING (absl:
+    Orbax, TFDS; jax: "Unable to initialize backend 'tpu'" while it looks for accelerators, "Resetting cache"
+    when the compilation cache is set up), so their warnings still show. `force`: replaces a handler another
+    import installed first, which would swallow them."""
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    for library in ("absl", "jax"):
+        logging.getLogger(library).setLevel(logging.WARNING)
 
 
 def wall_s() -> float:

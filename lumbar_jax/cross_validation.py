@@ -20,19 +20,20 @@ from lumbar_jax import calibration, metrics, pipelines, rundir
 from lumbar_jax.train import config as config_lib
 from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train import xla_cache
+from lumbar_jax.train import folds as folds_lib
 from lumbar_jax.train.folds import FoldSplit, load_fold_split
 
 log = logging.getLogger(__name__)
 
 
 def write_oof(path: str, study_ids: np.ndarray, probs: np.ndarray, folds: np.ndarray) -> None:
-    """oof_predictions.csv: row_id, normal_mild, moderate, severe, fold (25 rows per study)."""
+    """oof_predictions.csv: row_id, normal_mild, moderate, severe, fold (25 rows per study), atomically."""
     rows = {
         "row_id": [labels_lib.row_id(s, t) for s in study_ids for t in labels_lib.TARGETS],
         **{c: probs[:, :, k].reshape(-1) for k, c in enumerate(labels_lib.SEVERITY_COLUMNS)},
         "fold": np.repeat(folds, labels_lib.NUM_TARGETS),
     }
-    pd.DataFrame(rows).to_csv(path, index=False, float_format="%.6g")
+    rundir.write_atomically(path, lambda partial: pd.DataFrame(rows).to_csv(partial, index=False, float_format="%.6g"))
 
 
 def score_table(rows: list[tuple[str, dict, str]], step_header: str = "best step") -> list[str]:
@@ -47,41 +48,64 @@ def score_table(rows: list[tuple[str, dict, str]], step_header: str = "best step
 
 
 def format_table(summary: dict) -> str:
-    """Per-fold and OOF competition score beside the class-prior baseline, then the OOF components."""
+    """Per-fold and OOF competition score beside the class-prior baseline, then the OOF components, the
+    calibration per group, and last the verdict line (`verdict`)."""
     rows = [(f"fold {f['fold']}", f["val"], f["best_step"]) for f in summary["folds"]]
     lines = score_table(rows + [("OOF", summary["oof"], "")])
     if "peak_distance" in summary["oof"]:
         lines.append(f"attention peak to annotated point (held-out, mean of folds): "
                      f"{summary['oof']['peak_distance']:.2f} voxels")
-    c = summary["calibration"]
-    lines.append(f"OOF with one temperature per condition group (each fold's fitted on the other folds): "
-                 f"{c['after']:.4f} (uncalibrated {c['before']:.4f})")
     if "localiser" in summary:
         loc = summary["localiser"]
         lines.append(f"localiser (held out): median {loc['median_mm']:.2f} mm, p90 {loc['p90_mm']:.2f} mm, "
                      f"correct level {100 * loc['level_accuracy']:.1f} %")
     lines.append("OOF losses: " + "  ".join(
         f"{k} {summary['oof'][k]:.4f} (baseline {summary['oof']['baseline'][k]:.4f})" for k in metrics.LOSS_KEYS))
+    lines.append(calibration.describe(summary["calibration"]))
+    lines.append(verdict(summary["oof"]))
     return "\n".join(lines)
 
 
+def verdict(oof: dict) -> str:
+    """The last line of the summary: the OOF score against the class prior and the best constant (what a model
+    that learnt nothing from the images scores, docs/conventions.md section 2), and whether it beats that."""
+    score, prior, constant = oof["score"], oof["baseline"]["score"], oof["weighted_prior"]["score"]
+    beats = score < constant
+    return (f"verdict: OOF score {score:.4f} (competition log loss, lower is better) against the class prior "
+            f"{prior:.4f} and the best constant {constant:.4f}: the model "
+            + (f"beats the best constant by {constant - score:.4f}" if beats else
+               f"does NOT beat the best constant (worse by {score - constant:.4f}); its predictions carry no "
+               "more than the label frequencies"))
+
+
 def cross_validate(config, workdir: str) -> dict | None:
-    """Run the configured folds; returns the CV summary once every fold is done (None for a single fold)."""
+    """Run the configured folds; returns the CV summary once every fold is done (None for a single fold).
+
+    Every refusal leaves `workdir` as it was (a new one is not created): config.json and dataset.json are
+    written only after all of them. Before any work: a bad config, a config that differs from the run's stored
+    config.json in a field that changes results (`check_same_run`), a batch the devices cannot divide or the
+    folds of the Kaggle folder's train.csv cannot fill. Once the dataset is resolved: a batch its folds cannot
+    fill (studies the build dropped), another dataset than the trained folds'."""
     config_lib.validate(config)
-    if config.compilation_cache:
-        xla_cache.enable(config.data.cache_dir)
+    check_same_run(config, workdir)
     mesh_lib.initialize_distributed(**config.distributed)
     mesh = mesh_lib.make_mesh(config.mesh.num_devices)
     mesh_lib.check_batch_size(config.train.batch_size, mesh)
     mesh_lib.check_batch_size(config.train.eval_batch_size, mesh, "train.eval_batch_size")
     pipeline = pipelines.get(config.pipeline)
     pipeline.check_config(config, mesh)
-    if jax.process_index() == 0:
-        rundir.write_config(workdir, config.to_json_best_effort(indent=2))
+    known_early = folds_lib.folds_before_the_build(config)
+    if known_early is not None:
+        folds_lib.check_batches_fit(pipeline.batch_fields(config), known_early[0], config.cv.num_folds, known_early[1])
+    if config.compilation_cache:
+        xla_cache.enable(config.data.cache_dir)
 
     split = load_fold_split(config)
+    folds_lib.check_batches_fit(pipeline.batch_fields(config), split.folds, config.cv.num_folds,
+                                f"the dataset {split.dataset['path']}")
     rundir.check_dataset_record(workdir, split.dataset, config.cv.num_folds)
     if jax.process_index() == 0:
+        rundir.write_config(workdir, config.to_json_best_effort(indent=2))
         rundir.write_dataset_record(workdir, split.dataset)
     wanted = range(config.cv.num_folds) if config.cv.fold < 0 else [config.cv.fold]
     results = {}
@@ -95,6 +119,20 @@ def cross_validate(config, workdir: str) -> dict | None:
     if any(r is None for r in done.values()):
         return None
     return summarize(workdir, split, list(done.values()), pipeline)
+
+
+def check_same_run(config, workdir: str) -> None:
+    """ConfigError when `workdir` holds a run whose stored config.json differs from `config` in a field that
+    changes results (`config_lib.changed_fields`: any outside RESULT_NEUTRAL_FIELDS): its checkpoints, folds and
+    summary belong to the stored config. The one line names each field with its stored and new value."""
+    stored = rundir.read_config(workdir)
+    changes = config_lib.changed_fields(stored, config) if stored is not None else []
+    if changes:
+        listed = ", ".join(f"{field} {old!r} -> {new!r}" for field, old, new in changes)
+        raise config_lib.ConfigError(
+            f"config: {rundir.config_path(workdir)} holds a run trained with other values (stored -> given): "
+            f"{listed}; its checkpoints belong to the stored config: re-run without these changes to resume it, "
+            f"or give a new --workdir to start a new run")
 
 
 def oof_summary(split: FoldSplit, results: list[dict]) -> tuple[dict, np.ndarray]:
@@ -122,6 +160,7 @@ def oof_summary(split: FoldSplit, results: list[dict]) -> tuple[dict, np.ndarray
         "baseline": out_of_fold(metrics.class_prior_baseline),
         "weighted_prior": out_of_fold(metrics.weighted_prior_baseline),
     }
+    oof["beats_best_constant"] = bool(oof["score"] < oof["weighted_prior"]["score"])
     if all("peak_distance" in r["val"] for r in results):  # target-query models: mean over the folds
         oof["peak_distance"] = float(np.mean([r["val"]["peak_distance"] for r in results]))
     summary = {

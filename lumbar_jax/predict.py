@@ -13,7 +13,8 @@ config, the folds and every checkpoint they would restore, without building a mo
 A command checks its own paths (study folder, Kaggle folder, output folders) between the two.
 
 The ensemble's probabilities are calibrated with the run's per-group temperatures (cv_summary.json
-'calibration', fitted on its out-of-fold predictions) when it has them, unless switched off. The run's
+'calibration', fitted on its out-of-fold predictions) for the condition groups whose cross-fitted OOF score
+calibration improved, unless switched off; the provenance says per group which are calibrated. The run's
 pipeline (pipelines/) restores and predicts: two-stage runs read the studies with their native series, and
 each fold's localiser places the crops that fold's classifier reads; each study's points are checked for
 plausibility (`point_plausibility`), and an implausible study is warned about.
@@ -138,22 +139,29 @@ class Predictor:
         probs = probs.astype(np.float64)
         probs /= probs.sum(axis=-1, keepdims=True)
         if self.run.calibration["applied"]:
-            probs = calibration.apply_temperatures(probs, self.run.calibration["temperatures"])
+            probs = calibration.apply_selected(probs, self.run.calibration["temperatures"])
         return probs, points
 
 
 def run_calibration(workdir: str, calibrate: bool = True) -> dict:
-    """Whether predictions of `workdir` are calibrated, and how: {'applied': True, 'temperatures': {group: T}}
-    (cv_summary.json 'calibration'.'temperatures', fitted on the run's out-of-fold predictions), or
-    {'applied': False, 'reason': why not} (switched off, or the run has no fitted temperatures)."""
+    """Whether predictions of `workdir` are calibrated, and how: {'applied': True, 'temperatures': {group: T}
+    of the calibrated groups only, 'groups': {group: True/False} for every group} (cv_summary.json
+    'calibration': a group is calibrated only where its cross-fitted OOF score improved), or {'applied':
+    False, 'reason': why not, 'groups': ...} (switched off, no summary, or no group improved)."""
+    uncalibrated = dict.fromkeys(labels.CONDITION_GROUPS, False)
     if not calibrate:
-        return {"applied": False, "reason": "switched off (--no_calibration)"}
+        return {"applied": False, "reason": "switched off (--no_calibration)", "groups": uncalibrated}
     if not os.path.exists(rundir.summary_path(workdir)):
-        return {"applied": False, "reason": f"no {rundir.SUMMARY_FILE} (the run has not finished every fold)"}
-    temperatures = rundir.read_summary(workdir).get("calibration", {}).get("temperatures")
+        return {"applied": False, "reason": f"no {rundir.SUMMARY_FILE} (the run has not finished every fold)",
+                "groups": uncalibrated}
+    record = rundir.read_summary(workdir).get("calibration", {})
+    temperatures = calibration.applied_temperatures(record)
+    groups = {g: g in temperatures for g in labels.CONDITION_GROUPS}
     if not temperatures:
-        return {"applied": False, "reason": f"{rundir.SUMMARY_FILE} has no calibration temperatures"}
-    return {"applied": True, "temperatures": {g: float(temperatures[g]) for g in labels.CONDITION_GROUPS}}
+        why = ("calibration improved no group's cross-fitted OOF score" if "groups" in record else
+               f"{rundir.SUMMARY_FILE} has no per-group calibration verdict")
+        return {"applied": False, "reason": why, "groups": groups}
+    return {"applied": True, "temperatures": temperatures, "groups": groups}
 
 
 def point_warnings(record: dict, fold_points: np.ndarray) -> list[str]:

@@ -13,13 +13,16 @@ A run of `python -m lumbar_jax.main` writes everything into one directory (docs/
     cv_summary.json          per-fold and out-of-fold scores
 
 Every name of that layout that more than one module needs is here, so that training, evaluation, prediction
-and the analysis agree on it. Plain files only: nothing here imports JAX.
+and the analysis agree on it. Every file is written whole under a temporary name and then renamed into place
+(`write_atomically`): a run killed at any moment leaves each file complete or absent, never half written.
+Plain files only: nothing here imports JAX.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
 import numpy as np
 
@@ -61,15 +64,40 @@ def localiser_predictions_path(workdir: str, fold: int) -> str:
     return os.path.join(fold_dir(workdir, fold), LOCALISER_PREDICTIONS_FILE)
 
 
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """`write(temporary_path)` writes the whole file, which is then renamed to `path` (one atomic step on a
+    POSIX file system): `path` is either the complete new file or what it was before, whenever the process
+    dies. The temporary name keeps `path`'s extension, for writers that add or read one (numpy, pandas)."""
+    directory, name = os.path.split(path)
+    os.makedirs(directory or ".", exist_ok=True)
+    partial = os.path.join(directory, f".partial.{name}")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def write_text(path: str, text: str) -> None:
+    """`text` as the whole of `path`, atomically (`write_atomically`)."""
+    def write(partial: str) -> None:
+        with open(partial, "w") as f:
+            f.write(text)
+    write_atomically(path, write)
+
+
+def write_json(path: str, value, indent: int | None = 2) -> None:
+    """`value` as JSON in `path`, atomically (`write_atomically`)."""
+    write_text(path, json.dumps(value, indent=indent))
+
+
 def write_localiser_predictions(path: str, study_ids, points, held_out) -> None:
     """`localiser_predictions.npz`: study_id int64 [N], points float32 [N, 25, 3] (normalised (depth, row, col)
-    on each target's series), held_out bool [N] (the studies this fold's localiser never trained on).
-    Written to a temporary name and renamed, so that a file that exists is complete."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    partial = path + ".partial.npz"
-    np.savez(partial, study_id=np.asarray(study_ids, np.int64), points=np.asarray(points, np.float32),
-             held_out=np.asarray(held_out, bool))
-    os.replace(partial, path)
+    on each target's series), held_out bool [N] (the studies this fold's localiser never trained on)."""
+    write_atomically(path, lambda partial: np.savez(
+        partial, study_id=np.asarray(study_ids, np.int64), points=np.asarray(points, np.float32),
+        held_out=np.asarray(held_out, bool)))
 
 
 def read_localiser_predictions(path: str) -> dict:
@@ -89,9 +117,15 @@ def trained_folds(workdir: str, num_folds: int) -> list[int]:
 
 def write_config(workdir: str, config_json: str) -> None:
     """Create the run directory and write its config (the JSON text of the resolved config)."""
-    os.makedirs(workdir, exist_ok=True)
-    with open(config_path(workdir), "w") as f:
-        f.write(config_json)
+    write_text(config_path(workdir), config_json)
+
+
+def read_config(workdir: str) -> dict | None:
+    """The run's stored config.json as a dict, or None for a directory without one (a new run)."""
+    if not os.path.exists(config_path(workdir)):
+        return None
+    with open(config_path(workdir)) as f:
+        return json.load(f)
 
 
 def dataset_path(workdir: str) -> str:
@@ -120,8 +154,7 @@ def check_dataset_record(workdir: str, record: dict, num_folds: int) -> None:
 
 
 def write_dataset_record(workdir: str, record: dict) -> None:
-    with open(dataset_path(workdir), "w") as f:
-        json.dump(record, f, indent=2)
+    write_json(dataset_path(workdir), record)
 
 
 def read_fold_result(workdir: str, fold: int) -> dict | None:
@@ -134,11 +167,8 @@ def read_fold_result(workdir: str, fold: int) -> dict | None:
 
 
 def write_fold_result(workdir: str, fold: int, result: dict) -> None:
-    """Write result.json whole, then rename it into place: a reader never sees half of one."""
-    path = result_path(workdir, fold)
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f)
-    os.replace(path + ".tmp", path)
+    """Write result.json (atomically: a fold with one is finished)."""
+    write_json(result_path(workdir, fold), result, indent=None)
 
 
 def read_summary(workdir: str) -> dict:
@@ -147,5 +177,4 @@ def read_summary(workdir: str) -> dict:
 
 
 def write_summary(workdir: str, summary: dict) -> None:
-    with open(summary_path(workdir), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(summary_path(workdir), summary)

@@ -75,7 +75,7 @@ def score_submission(solution: str, submission: str, prior_from: str | None = No
     sol_ids, sol_labels = read_label_table(solution)
     sub_ids, probs = read_submission(submission)
     index = {s: i for i, s in enumerate(sol_ids)}
-    unknown = [int(s) for s in sub_ids if s not in index]
+    unknown = [int(s) for s in sub_ids if s not in index]  # Python ints: a message shows 178082056, not np.int64(...)
     if unknown:
         raise ValueError(f"{submission}: {len(unknown)} studies not in {solution}, e.g. {unknown[:3]}")
     labels = sol_labels[[index[s] for s in sub_ids]]

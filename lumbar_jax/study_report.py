@@ -82,10 +82,13 @@ def quality_text(quality: dict) -> str:
 
 
 def calibration_text(calibration_record: dict) -> str:
-    """'calibrated (temperatures spinal 1.10, ...)' or 'uncalibrated (why)' for logs and the study report."""
+    """'calibrated per condition group: spinal T=1.10, foraminal uncalibrated (no gain), ...' or 'uncalibrated
+    (why)' for logs and the study report."""
     if calibration_record.get("applied"):
-        return "calibrated (temperatures " + ", ".join(
-            f"{g} {t:.2f}" for g, t in calibration_record["temperatures"].items()) + ")"
+        temperatures = calibration_record["temperatures"]
+        return "calibrated per condition group: " + ", ".join(
+            f"{g} T={temperatures[g]:.2f}" if g in temperatures else f"{g} uncalibrated (no gain)"
+            for g in calibration_record.get("groups", temperatures))
     return f"uncalibrated ({calibration_record.get('reason', 'unknown')})"
 
 

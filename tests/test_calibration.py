@@ -136,7 +136,10 @@ def test_cross_fitted_uses_only_the_other_folds():
         calibrated[folds == k] = calibration.apply_temperatures(probs[folds == k], by_fold[k]["temperatures"])
     assert result["after"] == pytest.approx(metrics.competition_score(labels[scored], calibrated[scored])["score"])
     assert result["before"] == pytest.approx(metrics.competition_score(labels[scored], probs[scored])["score"])
-    assert result["temperatures"] == calibration.fit_temperatures(labels[scored], probs[scored])
+    fitted = calibration.fit_temperatures(labels[scored], probs[scored])
+    assert {g: v["temperature"] for g, v in result["groups"].items()} == fitted
+    # opposite folds: cross-fitting worsens every group, so none is calibrated and no temperature is kept
+    assert result["calibrated"] == [] and result["temperatures"] == {}
     changed = probs.copy()
     changed[~scored] = changed[~scored][..., ::-1]
     assert calibration.cross_fitted(labels, changed, folds) == result
@@ -161,3 +164,27 @@ def test_cross_fitted_never_passes_a_folds_own_rows(monkeypatch):
     assert [entry["fold"] for entry in result["per_fold"]] == [0, 1, 2]
     with pytest.raises(ValueError, match="at least 2"):
         calibration.cross_fitted(labels, probs, np.where(folds == 0, 0, -1))
+
+
+def test_only_the_groups_whose_cross_fitted_score_improved_are_calibrated():
+    """Opposite folds for spinal and subarticular (cross-fitting hurts), consistently overconfident foraminal
+    rows (cross-fitting helps): only foraminal keeps its temperature, and applying the kept ones leaves the
+    other groups' probabilities as they were."""
+    labels, probs, folds = _two_opposite_folds()
+    labels_f, probs_f = _synthetic(seed=6, n=len(folds), sharpen=3.0)
+    foraminal = labels_lib.group_target_indices("foraminal")
+    labels[:, foraminal], probs[:, foraminal] = labels_f[:, foraminal], probs_f[:, foraminal]
+    result = calibration.cross_fitted(labels, probs, folds)
+    assert result["calibrated"] == ["foraminal"]
+    assert set(result["temperatures"]) == {"foraminal"} and result["temperatures"]["foraminal"] > 2.0
+    for group, verdict in result["groups"].items():
+        assert verdict["calibrated"] == (verdict["after"] < verdict["before"]) == (group == "foraminal")
+    # the groups' losses add up to the score (times the four components)
+    assert sum(v["before"] for v in result["groups"].values()) / 4 == pytest.approx(result["before"])
+    applied = calibration.apply_selected(probs, calibration.applied_temperatures(result))
+    others = np.setdiff1d(np.arange(labels_lib.NUM_TARGETS), foraminal)
+    np.testing.assert_allclose(applied[:, others], probs[:, others], atol=1e-12)
+    assert not np.allclose(applied[:, foraminal], probs[:, foraminal], atol=1e-3)
+    described = calibration.describe(result)
+    assert "foraminal T=" in described and "subarticular uncalibrated" in described
+    assert calibration.applied_temperatures({"temperatures": {"spinal": 2.0}}) == {}  # no verdict: none applied

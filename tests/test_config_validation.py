@@ -119,8 +119,19 @@ def test_seed_and_fold_are_refused_naming_them():
     config.seed = -1
     _refused(config, "seed")
     config = _config()
-    config.fold = 5  # = cv.fold
-    _refused(config, "cv.fold")
+    config.fold = 5  # = cv.fold; named as typed on the command line, with the valid range of this run
+    _refused(config, "fold")
+    with pytest.raises(config_lib.ConfigError, match=r"^config.fold: 5 is not a fold of this run: with "
+                                                     r"cv.num_folds=5 use one of 0..4, or -1 for every fold$"):
+        config_lib.validate(config, check_paths=False)
+
+
+def test_a_two_stage_config_offers_only_the_dataset_configs_it_reads():
+    config = config_lib.two_stage_config()
+    config.data.config = "r256"
+    with pytest.raises(config_lib.ConfigError, match=r"^config.data.config: 'r256': pipeline='two_stage' cuts "
+                                                     r"crops .*: needs one of \('r64_native', 'r128_native'\)$"):
+        config_lib.validate(config, check_paths=False)
 
 
 def test_missing_field_and_section_are_refused():

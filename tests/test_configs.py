@@ -67,7 +67,7 @@ def test_fold_and_cv_fold_are_one_setting():
     assert config.fold == 4
     config_lib.validate(config)
     config.fold = 5
-    with pytest.raises(config_lib.ConfigError, match=r"cv\.fold"):
+    with pytest.raises(config_lib.ConfigError, match=r"^config\.fold: 5 is not a fold of this run"):
         config_lib.validate(config)
 
 

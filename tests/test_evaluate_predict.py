@@ -149,17 +149,30 @@ def test_flip_tta_is_left_right_equivariant(run):
     assert not np.allclose(plain[0], probs[0], atol=1e-6)  # the flip pass changed something
 
 
-def test_one_stage_predictions_are_calibrated_with_the_runs_temperatures_unless_switched_off(run):
+def with_spinal_calibrated(summary: dict) -> dict:
+    """`summary` whose calibration verdict keeps only the spinal temperature (2.0), as cross_fitted writes it."""
+    groups = {g: {"before": 1.0, "after": 0.9 if g == "spinal" else 1.1, "calibrated": g == "spinal",
+                  "temperature": 2.0} for g in labels.CONDITION_GROUPS}
+    summary["calibration"].update(groups=groups, calibrated=["spinal"], temperatures={"spinal": 2.0})
+    return summary
+
+
+def test_one_stage_predictions_are_calibrated_only_in_the_groups_it_helped_unless_switched_off(run, monkeypatch):
     kaggle, workdir = run
-    temperatures = json.load(open(os.path.join(workdir, "cv_summary.json")))["calibration"]["temperatures"]
+    summary = with_spinal_calibrated(rundir.read_summary(workdir))
+    monkeypatch.setattr(rundir, "read_summary", lambda _: summary)
     calibrated = predict.Predictor(predict.PredictionRun(workdir))
     plain = predict.Predictor(predict.PredictionRun(workdir, calibrate=False))
     records = plain.run.read(study.list_studies(kaggle, "test")[:2])
+    full = dict.fromkeys(labels.CONDITION_GROUPS, 1.0) | {"spinal": 2.0}
     np.testing.assert_allclose(calibrated.predict(records),
-                               calibration.apply_temperatures(plain.predict(records), temperatures), atol=1e-9)
-    assert calibrated.provenance()["calibration"] == {"applied": True, "temperatures": temperatures}
+                               calibration.apply_temperatures(plain.predict(records), full), atol=1e-9)
+    assert calibrated.provenance()["calibration"] == {
+        "applied": True, "temperatures": {"spinal": 2.0},
+        "groups": {"spinal": True, "foraminal": False, "subarticular": False}}
     assert plain.provenance()["calibration"]["applied"] is False
-    assert "probabilities calibrated (temperatures spinal" in study_report.format_study_report(
+    assert ("probabilities calibrated per condition group: spinal T=2.00, foraminal uncalibrated (no gain), "
+            "subarticular uncalibrated (no gain)") in study_report.format_study_report(
         study_report.study_report(1, np.ones(3, bool), calibrated.predict(records)[0],
                                   provenance=calibrated.provenance()))
 

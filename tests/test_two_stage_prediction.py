@@ -90,7 +90,8 @@ def test_submission_from_dicom_equals_the_ensemble_on_the_tfds_test_records(run,
     records = [source[i] for i in range(len(source))]
     probs, points = predictor.restorer.predict(predictor.models, records)
     assert points.shape == (2, len(records), 25, 3)
-    expected = calibration.apply_temperatures(probs, predictor.run.calibration["temperatures"])
+    expected = (calibration.apply_selected(probs, predictor.run.calibration["temperatures"])
+                if predictor.run.calibration["applied"] else probs)
     by_study = {int(r["study_id"]): p for r, p in zip(records, expected)}
     values = submission[list(labels_lib.SEVERITY_COLUMNS)].to_numpy().reshape(-1, 25, 3)
     study_ids = [labels_lib.parse_row_id(r)[0] for r in submission["row_id"][::25]]
@@ -117,12 +118,14 @@ def test_calibration_is_applied_as_apply_temperatures_says_and_recorded(run, pre
     kaggle, _, workdir = run
     plain = predict.Predictor(predict.PredictionRun(workdir, calibrate=False))
     record = plain.run.read(study.list_studies(kaggle, "test")[:1])
-    temperatures = rundir.read_summary(workdir)["calibration"]["temperatures"]
-    assert predictor.provenance()["calibration"] == {"applied": True, "temperatures": temperatures}
-    assert plain.provenance()["calibration"] == {"applied": False, "reason": "switched off (--no_calibration)"}
+    temperatures = calibration.applied_temperatures(rundir.read_summary(workdir)["calibration"])
+    groups = {g: g in temperatures for g in labels_lib.CONDITION_GROUPS}
+    assert predictor.provenance()["calibration"]["groups"] == groups
+    assert predictor.provenance()["calibration"].get("temperatures", {}) == temperatures
+    assert plain.provenance()["calibration"] == {"applied": False, "reason": "switched off (--no_calibration)",
+                                                 "groups": dict.fromkeys(labels_lib.CONDITION_GROUPS, False)}
     uncalibrated, calibrated = plain.predict(record), predictor.predict(record)
-    np.testing.assert_allclose(calibrated, calibration.apply_temperatures(uncalibrated, temperatures), atol=1e-9)
-    assert not np.allclose(calibrated, uncalibrated, atol=1e-4)
+    np.testing.assert_allclose(calibrated, calibration.apply_selected(uncalibrated, temperatures), atol=1e-9)
 
 
 def test_study_dir_report_has_each_targets_localised_point(run, tmp_path, capsys):
@@ -133,14 +136,15 @@ def test_study_dir_report_has_each_targets_localised_point(run, tmp_path, capsys
     assert run_script("predict.py", "--workdir", workdir, "--study_dir", study_dir, "--json", out) == 0
     printed = capsys.readouterr().out
     assert "two-stage: each fold's localiser (steps [2, 2], flip TTA)" in printed
-    assert "probabilities calibrated (temperatures spinal" in printed
     assert "run quality: out-of-fold score" in printed and "localiser error on held-out studies median" in printed
     assert re.search(r"^time: [\d.]+ s wall: start-up [\d.]+ s \(imports, checks\), build [\d.]+ s, restore [\d.]+ s, "
                      r"compile [\d.]+ s, read [\d.]+ s, predict [\d.]+ s$", printed, re.M)
     report = json.load(open(out))
     assert report["run_quality"] == study_report.run_quality(workdir) and isinstance(report["warnings"], list)
     prov = report["provenance"]
-    assert prov["pipeline"] == "two_stage" and prov["localiser_flip_tta"] and prov["calibration"]["applied"]
+    assert f"probabilities {study_report.calibration_text(prov['calibration'])}" in printed
+    assert prov["pipeline"] == "two_stage" and prov["localiser_flip_tta"]
+    assert set(prov["calibration"]["groups"]) == set(labels_lib.CONDITION_GROUPS)
     record = study.study_example(entry, (16, 64, 64), native_max_size=256)
     shapes = np.array([np.shape(record[name]) for name in NATIVE_VOLUMES])
     for t, target in enumerate(labels_lib.TARGETS):

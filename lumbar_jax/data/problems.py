@@ -88,9 +88,11 @@ def collect() -> Iterator[list[Problem]]:
 
 def summarize(found: list[Problem]) -> dict[str, dict]:
     """{kind: {"count": n, "reasons": {reason: n}, "examples": [the first 20 as "where: reason (detail)"]}}
-    for the build report; every kind present, count 0 when nothing of it was found."""
+    for the build report; every kind present, count 0 when nothing of it was found. A problem reported more
+    than once (an unreadable file is read again for each label point annotated on it) counts once: a count is
+    of files, rows, series or points, not of reports."""
     out: dict[str, dict] = {kind: {"count": 0, "reasons": {}, "examples": []} for kind in KINDS}
-    for p in found:
+    for p in dict.fromkeys(found):
         entry = out[p.kind]
         entry["count"] += 1
         entry["reasons"][p.reason] = entry["reasons"].get(p.reason, 0) + 1

@@ -72,6 +72,10 @@ class Pipeline(abc.ABC):
     def check_config(self, config, mesh) -> None:
         """Refuse a config this pipeline cannot run on `mesh` (e.g. a batch size the devices do not divide)."""
 
+    def batch_fields(self, config) -> dict[str, int]:
+        """{field: global batch size} of every model it trains: each must fit into a fold's training studies."""
+        return {"train.batch_size": config.train.batch_size}
+
     @abc.abstractmethod
     def train_fold(self, config, workdir: str, fold, mesh) -> dict:
         """Train every model of `fold` (resuming where it stopped) and return its result, also written as

@@ -154,6 +154,9 @@ class TwoStagePipeline(Pipeline):
         return [(os.path.join(rundir.localiser_dir(workdir, fold), rundir.CHECKPOINTS_DIR), "best",
                  f"the localiser of {what}"), *super().checkpoints(workdir, fold, checkpoint)]
 
+    def batch_fields(self, config) -> dict[str, int]:
+        return {"localiser.batch_size": config.localiser.batch_size, "train.batch_size": config.train.batch_size}
+
     def train_fold(self, config, workdir: str, fold, mesh) -> dict:
         return two_stage.train_fold(config, workdir, fold, mesh)
 

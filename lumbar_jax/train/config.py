@@ -10,6 +10,7 @@ point (cross_validation.py for training, inference.py for a restored run); the l
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 
 import ml_collections
@@ -17,8 +18,9 @@ import ml_collections
 from lumbar_jax.dataset_configs import DATASET_SHAPES, GRID_DATASETS
 from lumbar_jax.train.config_validation import ConfigError, check_dataset, validate_config
 
-__all__ = ["DATASET_SHAPES", "GRID_DATASETS", "SPATIAL_JITTER", "ConfigError", "apply_two_stage_variant",
-           "apply_variant", "check_dataset", "default_config", "restore_config", "two_stage_config", "validate"]
+__all__ = ["DATASET_SHAPES", "GRID_DATASETS", "RESULT_NEUTRAL_FIELDS", "SPATIAL_JITTER", "ConfigError",
+           "apply_two_stage_variant", "apply_variant", "changed_fields", "check_dataset", "default_config",
+           "restore_config", "two_stage_config", "validate"]
 
 # The spatial augmentation of the long (GPU-sized) runs; the CPU default trains without it (augment section).
 SPATIAL_JITTER = dict(shift=0.1, scale=(0.9, 1.1))
@@ -188,6 +190,34 @@ def restore_config(stored: Mapping) -> ml_collections.ConfigDict:
     except TypeError as err:  # ml_collections refuses a value of another type than the field's
         raise ConfigError(f"config: a stored value does not fit its field: {err}") from None
     return config
+
+
+# The fields a re-run in the same workdir may change: they cannot change what is trained or how it scores
+# (docs/conventions.md section 5). Every other field that differs from the stored config.json is refused.
+RESULT_NEUTRAL_FIELDS = frozenset({
+    "data.manual_dir", "data.data_dir", "data.cache_dir",  # where the data is: dataset.json checks its content hash
+    "data.build_workers", "data.worker_count",  # worker processes (the data order is a function of seed and step)
+    "train.log_every",  # how often train metrics are logged
+    "train.eval_batch_size",  # held-out batches are padded and masked: the same predictions
+    "compilation_cache",  # whether compiled programs are cached
+    "fold", "cv.fold",  # which folds this invocation trains (folds may run on different machines)
+    "distributed.coordinator_address", "distributed.num_processes", "distributed.process_id",  # the job's layout
+})
+
+
+def changed_fields(stored: Mapping, config: ml_collections.ConfigDict) -> list[tuple[str, object, object]]:
+    """(field, stored value, value in `config`) of every field outside RESULT_NEUTRAL_FIELDS whose value in `config`
+    differs from the `stored` config.json (a dict; read as `restore_config` reads it), in schema order."""
+    def flat(tree: Mapping, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, Mapping) else {prefix + key: value})
+        return out
+
+    old = flat(json.loads(restore_config(stored).to_json_best_effort()))
+    new = flat(json.loads(config.to_json_best_effort()))
+    fields = [*new, *(f for f in old if f not in new)]
+    return [(f, old.get(f), new.get(f)) for f in fields if f not in RESULT_NEUTRAL_FIELDS and old.get(f) != new.get(f)]
 
 
 def two_stage_config() -> ml_collections.ConfigDict:

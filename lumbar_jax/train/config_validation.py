@@ -105,11 +105,18 @@ def validate_config(c, schema: ml_collections.ConfigDict, *, check_paths: bool =
 
 
 def _check_data_and_folds(c, check_paths: bool) -> None:
-    _choice(c, "data.config", DATASET_SHAPES)
+    if c.pipeline == "two_stage":  # offer only the dataset configs it reads
+        _require(c.data.config in NATIVE_MAX_SIZE, "data.config",
+                 f"{c.data.config!r}: pipeline='two_stage' cuts crops from native-resolution series: needs one of "
+                 f"{tuple(NATIVE_MAX_SIZE)}")
+    else:
+        _choice(c, "data.config", DATASET_SHAPES)
     if check_paths and c.data.manual_dir:
         _require(os.path.isdir(c.data.manual_dir), "data.manual_dir", f"{c.data.manual_dir} is not a directory")
     _require(_is_int(c.cv.num_folds) and c.cv.num_folds >= 2, "cv.num_folds", "needs at least 2 folds")
-    _require(-1 <= c.cv.fold < c.cv.num_folds, "cv.fold", f"{c.cv.fold} not in -1..{c.cv.num_folds - 1}")
+    _require(_is_int(c.cv.fold) and -1 <= c.cv.fold < c.cv.num_folds, "fold",  # `fold`, as typed; cv.fold is its alias
+             f"{c.cv.fold!r} is not a fold of this run: with cv.num_folds={c.cv.num_folds} use one of "
+             f"0..{c.cv.num_folds - 1}, or -1 for every fold")
     _require(c.data.synthetic_studies >= 2 * c.cv.num_folds, "data.synthetic_studies",
              f"{c.data.synthetic_studies} is too few for {c.cv.num_folds} folds")
 
@@ -249,9 +256,6 @@ def check_dataset(c, source) -> None:
 
 def _check_two_stage(c) -> None:
     """The localiser and crops sections, and what the two-stage pipeline needs of the others."""
-    _require(c.data.config in NATIVE_MAX_SIZE, "data.config",
-             f"pipeline='two_stage' cuts crops from native-resolution series: needs one of {tuple(NATIVE_MAX_SIZE)}, "
-             f"got {c.data.config!r}")
     _require(c.model.name in registry.MODEL_ENCODERS, "model.name",
              f"pipeline='two_stage' reads crops with {tuple(registry.MODEL_ENCODERS)}, got {c.model.name!r}")
     _require(not c.train.coord_loss_weight, "train.coord_loss_weight",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Any
 
 import jax
@@ -18,7 +19,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from lumbar_jax import labels as labels_lib
 from lumbar_jax import metrics
-from lumbar_jax.data import dataset, pipeline
+from lumbar_jax.data import dataset, kaggle_csv, pipeline
 from lumbar_jax.train import config as config_lib
 from lumbar_jax.train.eval_loop import Predict
 
@@ -37,7 +38,7 @@ def make_folds(labels: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
     Keys too rare to appear in every fold are merged into the most common key, so StratifiedKFold can split.
     """
     if len(labels) < num_folds:
-        raise ValueError(f"cv.num_folds={num_folds} but only {len(labels)} labelled studies")
+        raise config_lib.ConfigError(f"config.cv.num_folds: {num_folds}, but only {len(labels)} labelled studies")
     key = stratification_key(labels)
     values, counts = np.unique(key, return_counts=True)
     key = np.where(np.isin(key, values[counts < num_folds]), values[np.argmax(counts)], key)
@@ -107,6 +108,36 @@ def load_fold_split(config) -> FoldSplit:
     folds[labelled] = make_folds(labels[labelled], config.cv.num_folds, config.seed)
     log.info("%d studies (%d labelled) in %d folds", len(labels), len(labelled), config.cv.num_folds)
     return FoldSplit(source, study_ids, labels, folds, record)
+
+
+def training_studies_per_fold(folds: np.ndarray, num_folds: int) -> list[int]:
+    """How many labelled studies each fold trains on (`folds`: the held-out fold of every study, -1 unlabelled)."""
+    return [int(((folds >= 0) & (folds != k)).sum()) for k in range(num_folds)]
+
+
+def check_batches_fit(batch_fields: dict[str, int], folds: np.ndarray, num_folds: int, source: str) -> None:
+    """ConfigError naming the first batch field (`Pipeline.batch_fields`) that a fold's training studies cannot
+    fill once: its training would stop at the first step."""
+    per_fold = training_studies_per_fold(folds, num_folds)
+    for field, size in batch_fields.items():
+        if size > min(per_fold):
+            raise config_lib.ConfigError(
+                f"config.{field}: {size}, but {source} leaves {', '.join(map(str, per_fold))} training studies per "
+                f"fold ({num_folds} folds); use a batch of at most {min(per_fold)}, or fewer folds")
+
+
+def folds_before_the_build(config) -> tuple[np.ndarray, str] | None:
+    """(the folds of the labelled studies of `data.manual_dir`'s train.csv, a description of it): the split
+    `load_fold_split` makes if every study builds, known before the build (None without a Kaggle folder
+    whose train.csv exists). The build can only drop studies, so a batch these folds cannot fill is refused
+    before any DICOM is read."""
+    path = os.path.join(config.data.manual_dir, kaggle_csv.LABELS_CSV) if config.data.manual_dir else ""
+    if not os.path.isfile(path):
+        return None
+    labels = np.array(list(kaggle_csv.read_labels(config.data.manual_dir).values()))
+    labels = labels.reshape(-1, labels_lib.NUM_TARGETS)
+    labelled = labels[(labels != labels_lib.MISSING).any(axis=1)]
+    return make_folds(labelled, config.cv.num_folds, config.seed), f"{path} ({len(labelled)} labelled studies)"
 
 
 def evaluate_fold(eval_step, state, fold: Fold, batch_size: int, mesh) -> tuple[np.ndarray, dict]:

@@ -57,6 +57,7 @@ class Stage:
     evaluate: Callable[[dict], tuple[Any, dict]]  # state -> (held-out predictions, report with a 'score')
     scalars: Callable[[dict], dict]  # a held-out report -> the scalars logged for it
     train: Any  # steps, lr, warmup_steps, batch_size, log_every, eval_every, checkpoint_every
+    score_unit: str = ""  # shown after the held-out score on the progress bar, e.g. " mm" (the localiser's error)
 
 
 def run_stage(stage: Stage, mesh) -> tuple[dict, int, Any, dict]:
@@ -65,7 +66,7 @@ def run_stage(stage: Stage, mesh) -> tuple[dict, int, Any, dict]:
     # ---------------------------------------------------------------- setup
     tc = stage.train
     writer = MetricLogger(stage.directory, enabled=jax.process_index() == 0)
-    store = CheckpointStore(os.path.join(stage.directory, rundir.CHECKPOINTS_DIR))
+    store = CheckpointStore(os.path.join(stage.directory, rundir.CHECKPOINTS_DIR), training=True)
 
     # ---------------------------------------------------------------- restore or start
     state, start, best = _restore_or_start(store, stage.state, stage.name)
@@ -97,7 +98,7 @@ def run_stage(stage: Stage, mesh) -> tuple[dict, int, Any, dict]:
             _log_train(writer, bar, done, interval.scalars(done))
             interval = _Interval(interval.schedule, tc.batch_size)
         if _due(done, tc.eval_every, tc.steps):
-            bar.set_postfix(val=f"{evaluate(done, state):.4f}")
+            bar.set_postfix(val=f"{evaluate(done, state):.4f}{stage.score_unit}")
         if _due(done, tc.checkpoint_every, tc.steps):
             store.save_latest(done, state, {"step": done, "best": best})
     bar.close()
@@ -118,10 +119,12 @@ def train_stream(config, fold_index: int, batch_size: int) -> pipeline.Stream:
 
 
 def _restore_or_start(store: CheckpointStore, state, name: str) -> tuple[dict, int, dict]:
-    """(state, first step, best so far {'score', 'step'}): from the latest checkpoint when there is one."""
-    if store.latest_step() is None:
+    """(state, first step, best so far {'score', 'step'}): from the newest checkpoint, latest or best, when there
+    is one (`CheckpointStore.newest_step`: a kill after a best checkpoint and before the next latest one resumes
+    at the best's step)."""
+    if store.newest_step() is None:
         return state, 0, {"score": math.inf, "step": -1}
-    state, meta = store.restore_latest(state)
+    state, meta = store.restore_newest(state)
     start, best = int(meta["step"]), meta["best"]
     log.info("%s: resuming at step %d (best so far %.4f at step %d)", name, start, best["score"], best["step"])
     return state, start, best
@@ -137,7 +140,8 @@ def _check_finite(loss, step: int, store: CheckpointStore, name: str) -> None:
     if not np.isfinite(loss):
         raise NonFiniteLossError(
             f"{name}: non-finite loss {loss} at step {step + 1}; the last good checkpoint (step "
-            f"{store.latest_step()}) is intact under {store.latest.directory}")
+            f"{store.newest_step()}) is intact under {os.path.dirname(store.latest.directory)}, where a re-run "
+            "resumes")
 
 
 class _Interval:

@@ -24,7 +24,7 @@ def train_fold(config, workdir: str, fold: Fold, mesh) -> dict:
     'val_indices', 'val_probs'}."""
     tc = config.train
     directory = rundir.fold_dir(workdir, fold.index)
-    resuming = CheckpointStore.has_latest(os.path.join(directory, rundir.CHECKPOINTS_DIR))
+    resuming = CheckpointStore.has_checkpoint(os.path.join(directory, rundir.CHECKPOINTS_DIR))
     statics, state = study_model_state(config, mesh, fold.train_labels, load_pretrained=not resuming)
     train_step = step_lib.make_train_step(statics, mesh, seeds.dropout_seed(config.seed, fold.index), tc.ema_decay,
                                           step_lib.study_loss(tc.loss, tc.coord_loss_weight, tc.coord_sigma))

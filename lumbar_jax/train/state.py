@@ -8,6 +8,11 @@ would, and checkpoints hold no RNG keys.
 Checkpoints of a fold (docs/conventions.md section 5): `fold_k/checkpoints/latest` (for resume, every
 `checkpoint_every` steps and at the end) and `fold_k/checkpoints/best` (by validation score, lower is
 better). Two managers, because Orbax's `best_fn` keeps the best N and would delete the latest.
+
+Both kinds hold the whole train state (model, optimizer, EMA) and the step, so either is an exact resume point:
+a killed run resumes from the newer of the two (`newest_step`). A best checkpoint saved after the last latest
+one (an evaluation between two latest saves) is that point; resuming from the older latest would train to
+the best's step again and try to save it a second time, which Orbax refuses.
 """
 
 from __future__ import annotations
@@ -89,9 +94,12 @@ def _from_pure(template: dict, pure: dict) -> dict:
 class CheckpointStore:
     """Latest and best Orbax checkpoints of one fold, with a small JSON of metadata beside each."""
 
-    def __init__(self, directory: str, keep_latest: int = 1):
+    def __init__(self, directory: str, keep_latest: int = 1, training: bool = False):
+        """`training`: the store of a run that writes (train/loop.py): leftovers of a save cut short by a kill
+        (Orbax's `*.orbax-checkpoint-tmp-*` folders, never read as checkpoints) are removed. Readers leave
+        them alone, since a run may be saving there."""
         directory = os.path.abspath(directory)
-        options = dict(enable_async_checkpointing=False, create=True)
+        options = dict(enable_async_checkpointing=False, create=True, cleanup_tmp_directories=training)
         self.latest = ocp.CheckpointManager(
             os.path.join(directory, "latest"), item_names=("state", "meta"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep_latest, **options))
@@ -158,12 +166,25 @@ class CheckpointStore:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
+    def newest_step(self) -> int | None:
+        """The step of the newest checkpoint of either kind, where a killed run resumes (None: none yet)."""
+        steps = [s for s in (self.latest.latest_step(), self.best.latest_step()) if s is not None]
+        return max(steps, default=None)
+
+    def restore_newest(self, template: dict) -> tuple[dict, dict]:
+        """(state, metadata) of the newest checkpoint (`newest_step`; the latest one on a tie)."""
+        step = self.newest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {os.path.dirname(self.latest.directory)}")
+        manager = self.latest if step == self.latest.latest_step() else self.best
+        return self._restore(manager, step, template)
+
     @classmethod
-    def has_latest(cls, directory: str) -> bool:
-        """Whether `directory` holds a latest checkpoint (a run to resume rather than start)."""
+    def has_checkpoint(cls, directory: str) -> bool:
+        """Whether `directory` holds a checkpoint of either kind (a run to resume rather than start)."""
         store = cls(directory)
         try:
-            return store.latest_step() is not None
+            return store.newest_step() is not None
         finally:
             store.close()
 

@@ -91,11 +91,11 @@ def _localiser_stage(config, workdir: str, fold: Fold, mesh, geometry: localiser
         return localise_points(state, fold.source, indices, fold.study_ids)
 
     def evaluate(state) -> tuple[np.ndarray, dict]:
+        """Held-out points and their errors in the native series, in mm (as the summary reports them): the
+        score is the median error, so the progress bar's `val` and the best checkpoint are in mm too."""
         points = predict(state, fold.val_idx)
-        held_out = geometry.rows(fold.val_idx)
-        report = localiser_metrics.localisation_report(points, held_out.coords, held_out.coords_series,
-                                                       volume_shape=volume_shape)
-        figures = {"score": report["median_vox"], "p90_voxels": report["p90_vox"],
+        report = geometry.rows(fold.val_idx).report(points)
+        figures = {"score": report["median_mm"], "p90_mm": report["p90_mm"],
                    "level_accuracy": report["level_accuracy"]}
         return points, {k: (math.inf if v is None and k == "score" else v) for k, v in figures.items()}
 
@@ -110,9 +110,9 @@ def _localiser_stage(config, workdir: str, fold: Fold, mesh, geometry: localiser
     stage = loop.Stage(
         name=f"fold {fold.index} localiser", directory=rundir.localiser_dir(workdir, fold.index), statics=statics,
         state=state, train_step=train_step, eval_step=eval_step, batches=batches, evaluate=evaluate,
-        scalars=lambda r: {f"val/{'median_voxels' if k == 'score' else k}": v for k, v in r.items()
+        scalars=lambda r: {f"val/{'median_mm' if k == 'score' else k}": v for k, v in r.items()
                            if v is not None},
-        train=_Schedule(**schedule))
+        train=_Schedule(**schedule), score_unit=" mm")
     return stage, lambda state: predict(state, np.arange(len(fold.study_ids)))
 
 
@@ -125,7 +125,7 @@ def _classifier_stage(config, workdir: str, fold: Fold, mesh, points: np.ndarray
     [3 groups, 3] the training placement noise (std in slices, mm, mm)."""
     tc, crop = config.train, CropSpec.from_config(config.crops)
     directory = rundir.fold_dir(workdir, fold.index)
-    resuming = CheckpointStore.has_latest(os.path.join(directory, rundir.CHECKPOINTS_DIR))
+    resuming = CheckpointStore.has_checkpoint(os.path.join(directory, rundir.CHECKPOINTS_DIR))
     statics, state = classifier_state(config, mesh, fold.train_labels, load_pretrained=not resuming)
     train_step = step_lib.make_train_step(statics, mesh, seeds.dropout_seed(config.seed, fold.index),
                                           tc.ema_decay, classifier_loss)

@@ -104,3 +104,15 @@ def test_a_warning_is_one_log_line(caplog):
     [record] = [r for r in caplog.records if r.name == "lumbar_jax.warnings"]
     assert record.getMessage() == ("DataProblemWarning: train_images/1/2/3.dcm: truncated pixel data "
                                    "(5184 of 10368 bytes)")
+
+
+def test_a_file_reported_again_for_each_label_point_on_it_counts_once():
+    """The reader reports an unreadable file each time it is read (once for its series, again for every label
+    point annotated on it); the report counts files."""
+    bad = problems.Problem("file_skipped", "train_images/1/2/3.dcm", "truncated", "12 bytes")
+    other = problems.Problem("file_skipped", "train_images/1/2/4.dcm", "truncated", "12 bytes")
+    point = problems.Problem("label_point_dropped", "train_label_coordinates.csv line 5", "annotated file unreadable")
+    summary = problems.summarize([bad, bad, other, bad, point, point])
+    assert summary["file_skipped"]["count"] == 2 and summary["file_skipped"]["reasons"] == {"truncated": 2}
+    assert len(summary["file_skipped"]["examples"]) == 2
+    assert summary["label_point_dropped"]["count"] == 1

@@ -127,7 +127,7 @@ def test_train_step_on_four_devices_matches_one(data_dir):
 @pytest.mark.parametrize("field, value, message", [
     ("model.name", "resnet", "model.name"),
     ("model.volume_shape", (32, 128, 128), "model.volume_shape"),
-    ("cv.fold", 7, "cv.fold"),
+    ("cv.fold", 7, "config.fold: 7"),  # named as typed: --config.fold (cv.fold is its alias)
     ("train.warmup_steps", 10**6, "train.warmup_steps"),
 ])
 def test_bad_config_is_refused_before_any_work_naming_the_field(tmp_path, field, value, message):

@@ -1,5 +1,5 @@
-"""The two-stage main job on a tiny config: both stages per fold, the run directory's files, resume in the
-middle of stage 2, and the localiser's figures in cv_summary.json."""
+"""The two-stage main job on a tiny config: both stages per fold, the run directory's files, resume after a kill
+in either stage, and the localiser's figures in cv_summary.json."""
 
 import json
 import os
@@ -43,40 +43,57 @@ def test_both_stages_run_per_fold_and_write_the_run_directory(native_data_dir, t
     assert {"before", "after", "temperatures"} <= set(stored["calibration"])
 
 
-def test_killed_in_stage_two_and_resumed_ends_like_an_uninterrupted_run(native_data_dir, tmp_path, monkeypatch):
-    config = tiny_two_stage_config(native_data_dir)
+def kill_test_config(data_dir: str):
+    """The tiny config with a held-out evaluation (best checkpoint) at step 2 of each stage and the first latest
+    checkpoint only at step 4, the end: a kill at step 2 or 3 finds a best checkpoint and no latest one."""
+    config = tiny_two_stage_config(data_dir, checkpoint_every=4)
+    config.localiser.update(steps=4, eval_every=2)
     config.cv.fold = 0
-    assert cross_validation.cross_validate(config, str(tmp_path / "straight")) is None
-    straight = rundir.read_fold_result(str(tmp_path / "straight"), 0)
+    return config
 
+
+@pytest.fixture(scope="module")
+def uninterrupted(native_data_dir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    assert cross_validation.cross_validate(kill_test_config(native_data_dir), workdir) is None
+    return rundir.read_fold_result(workdir, 0)
+
+
+@pytest.mark.parametrize("stage, kill_at", [
+    (1, 2),  # the localiser, after its first best checkpoint and before any latest one (issue 27's case)
+    (2, 3),  # the crop classifier, after its best checkpoint at step 2
+])
+def test_killed_in_either_stage_and_resumed_ends_like_an_uninterrupted_run(native_data_dir, tmp_path, monkeypatch,
+                                                                        uninterrupted, stage, kill_at):
+    config, workdir = kill_test_config(native_data_dir), str(tmp_path / "resumed")
     original, made = step_lib.make_train_step, []
 
-    def dies_at_stage_two_step_3(*args, **kwargs):
+    def dies_in_the_stage(*args, **kwargs):
         step_fn = original(*args, **kwargs)
         made.append(step_fn)
-        stage = len(made)  # the localiser's train step is made first, the classifier's second
+        made_for = len(made)  # the localiser's train step is made first, the classifier's second
 
         def wrapped(state, batch, step):
-            if stage == 2 and step == 3:
+            if made_for == stage and step == kill_at:
                 raise KeyboardInterrupt("killed")
             return step_fn(state, batch, step)
         return wrapped
 
-    monkeypatch.setattr(step_lib, "make_train_step", dies_at_stage_two_step_3)
+    monkeypatch.setattr(step_lib, "make_train_step", dies_in_the_stage)
     with pytest.raises(KeyboardInterrupt):
-        cross_validation.cross_validate(config, str(tmp_path / "resumed"))
+        cross_validation.cross_validate(config, workdir)
     monkeypatch.setattr(step_lib, "make_train_step", original)
-    # the localiser finished before the kill: its predictions are kept and it is not trained again
-    assert os.path.exists(rundir.localiser_predictions_path(str(tmp_path / "resumed"), 0))
-    cross_validation.cross_validate(config, str(tmp_path / "resumed"))
-    resumed = rundir.read_fold_result(str(tmp_path / "resumed"), 0)
-    assert resumed["best_step"] == straight["best_step"]
-    np.testing.assert_allclose(resumed["val_probs"], straight["val_probs"], rtol=1e-5, atol=1e-6)
-    assert resumed["localiser"] == straight["localiser"]
+    # a localiser that finished before the kill keeps its predictions and is not trained again
+    assert os.path.exists(rundir.localiser_predictions_path(workdir, 0)) == (stage == 2)
+    cross_validation.cross_validate(config, workdir)
+    resumed = rundir.read_fold_result(workdir, 0)
+    assert resumed["best_step"] == uninterrupted["best_step"]
+    np.testing.assert_allclose(resumed["val_probs"], uninterrupted["val_probs"], rtol=1e-5, atol=1e-6)
+    assert resumed["localiser"] == uninterrupted["localiser"]
 
 
 def test_two_stage_config_needs_a_native_dataset():
     c = config_lib.two_stage_config()
     c.data.config = "r64"
-    with pytest.raises(config_lib.ConfigError, match="config.data.config: pipeline='two_stage'"):
+    with pytest.raises(config_lib.ConfigError, match="config.data.config: 'r64': pipeline='two_stage'"):
         config_lib.validate(c)

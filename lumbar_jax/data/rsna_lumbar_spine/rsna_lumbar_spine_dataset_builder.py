@@ -235,13 +235,21 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             self._tally.add(split, example, found)
             yield key, example
 
+    def _log_download_bytes(self) -> None:
+        """Instead of TFDS's "Downloading and preparing dataset Unknown size ...": nothing is downloaded."""
+        logging.getLogger(__name__).info("building %s/%s into %s from the Kaggle folder (offline)", self.name,
+                                         self.builder_config.name, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        """Instead of TFDS's "Dataset ... downloaded and prepared": the build prints its report (data/build.py)."""
+
     def _download_and_prepare(self, dl_manager, download_config):
         """TFDS's generation, then `build_report.json` beside the records (still in the incomplete dir)."""
         self._tally = _BuildTally()
         super()._download_and_prepare(dl_manager, download_config)
         manual_dir = os.fspath(dl_manager.manual_dir)
         self.build_report = self._report(manual_dir, self.source_fingerprint or manual_dir_fingerprint(manual_dir))
-        with open(os.path.join(self.data_dir, REPORT_FILE), "w") as f:
+        with open(os.path.join(self.data_dir, REPORT_FILE), "w") as f:  # TFDS renames the whole dir when done
             json.dump(self.build_report, f, indent=1)
 
     def _report(self, manual_dir: str, fingerprint: str) -> dict:
