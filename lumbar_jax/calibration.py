@@ -115,7 +115,8 @@ def cross_fitted(labels: np.ndarray, probs: np.ndarray, folds: np.ndarray) -> di
       folds: int [N], the fold whose model predicted each row; -1 = unscored (left out of everything).
     Returns:
       {'before': score of probs over the scored rows,
-       'after': score of the cross-fitted calibrated probs over the same rows,
+       'after': score of the cross-fitted calibrated probs over the same rows, every group calibrated,
+       'after_selected': the same with only the 'calibrated' groups calibrated (what predict.py applies),
        'per_fold': [{'fold', 'before', 'after', 'temperatures'}] per fold (its own rows; temperatures fitted
          on the other folds),
        'groups': {group: {'before', 'after': the sum of its GROUP_LOSSES over the scored rows, uncalibrated
@@ -151,9 +152,12 @@ def cross_fitted(labels: np.ndarray, probs: np.ndarray, folds: np.ndarray) -> di
     groups = {g: {"before": before[g], "after": after[g], "calibrated": bool(after[g] < before[g]),
                   "temperature": fitted[g]} for g in labels_lib.CONDITION_GROUPS}
     chosen = [g for g in labels_lib.CONDITION_GROUPS if groups[g]["calibrated"]]
+    chosen_targets = np.isin(labels_lib.TARGET_GROUP, [list(labels_lib.CONDITION_GROUPS).index(g) for g in chosen])
+    selected = np.where(chosen_targets[None, :, None], calibrated, probs)
     return {
         "before": _score(labels[scored], probs[scored]),
         "after": _score(labels[scored], calibrated[scored]),
+        "after_selected": _score(labels[scored], selected[scored]),
         "per_fold": per_fold,
         "groups": groups,
         "calibrated": chosen,

@@ -21,6 +21,7 @@ import math
 import os
 
 from lumbar_jax import metrics, pipelines, rundir
+from lumbar_jax.train.config import RESULT_NEUTRAL_FIELDS
 
 # (key, plain-text header, markdown header) of every column, in order.
 COLUMNS = (
@@ -84,8 +85,10 @@ def run_row(workdir: str) -> dict:
             "data": config.get("data", {}).get("config", "?"),
             "loss": config.get("train", {}).get("loss", "metric"),  # runs before train.loss trained on the metric
             "score": oof["score"],
-            # cross-fitted temperature calibration (runs before it was reported: None)
-            "calibrated": summary.get("calibration", {}).get("after"),
+            # cross-fitted, only the groups it improves calibrated, as predict.py applies it (runs before the
+            # per-group choice: every group calibrated; before calibration was reported: None)
+            "calibrated": summary.get("calibration", {}).get("after_selected",
+                                                              summary.get("calibration", {}).get("after")),
             **{k: oof[k] for k in metrics.LOSS_KEYS},
             "accuracy": oof["accuracy"],
             "balanced_accuracy": oof["balanced_accuracy"],
@@ -104,8 +107,14 @@ def run_row(workdir: str) -> dict:
 
 
 def _setting(config: dict) -> str:
-    """What a run trained, but for its seed: a digest of its config without `seed` (equal digests = one setting)."""
-    canonical = json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
+    """What a run trained, but for its seed: a digest of its config without `seed` and the fields that cannot
+    change results (`RESULT_NEUTRAL_FIELDS`: the data's location, worker counts, ...); equal digests = one
+    setting."""
+    def kept(tree: dict, prefix: str = "") -> dict:
+        return {k: kept(v, f"{prefix}{k}.") if isinstance(v, dict) else v for k, v in tree.items()
+                if f"{prefix}{k}" not in RESULT_NEUTRAL_FIELDS and f"{prefix}{k}" != "seed"}
+
+    canonical = json.dumps(kept(config), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 

@@ -179,8 +179,11 @@ def test_only_the_groups_whose_cross_fitted_score_improved_are_calibrated():
     assert set(result["temperatures"]) == {"foraminal"} and result["temperatures"]["foraminal"] > 2.0
     for group, verdict in result["groups"].items():
         assert verdict["calibrated"] == (verdict["after"] < verdict["before"]) == (group == "foraminal")
-    # the groups' losses add up to the score (times the four components)
+    # the groups' losses add up to the score (times the four components); with only foraminal calibrated, the
+    # score falls by exactly its own gain
     assert sum(v["before"] for v in result["groups"].values()) / 4 == pytest.approx(result["before"])
+    foraminal_gain = result["groups"]["foraminal"]["before"] - result["groups"]["foraminal"]["after"]
+    assert result["after_selected"] == pytest.approx(result["before"] - foraminal_gain / 4)
     applied = calibration.apply_selected(probs, calibration.applied_temperatures(result))
     others = np.setdiff1d(np.arange(labels_lib.NUM_TARGETS), foraminal)
     np.testing.assert_allclose(applied[:, others], probs[:, others], atol=1e-12)
