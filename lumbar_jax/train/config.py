@@ -66,6 +66,7 @@ def _data_section() -> ml_collections.ConfigDict:
     d.synthetic_seed = 0  # seed of the synthetic set
     d.build_workers = 0  # processes decoding DICOM during a build; 0 = every core
     d.worker_count = 0  # grain worker processes for the train pipeline; 0 = in-process
+    d.record_cache_mb = 1024  # keep the split's decoded records in memory (read once) if they fit; 0 = never
     return d
 
 
@@ -197,6 +198,7 @@ def restore_config(stored: Mapping) -> ml_collections.ConfigDict:
 RESULT_NEUTRAL_FIELDS = frozenset({
     "data.manual_dir", "data.data_dir", "data.cache_dir",  # where the data is: dataset.json checks its content hash
     "data.build_workers", "data.worker_count",  # worker processes (the data order is a function of seed and step)
+    "data.record_cache_mb",  # whether decoded records are kept in memory: the same records either way
     "train.log_every",  # how often train metrics are logged
     "train.eval_batch_size",  # held-out batches are padded and masked: the same predictions
     "compilation_cache",  # whether compiled programs are cached

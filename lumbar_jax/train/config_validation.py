@@ -117,6 +117,8 @@ def _check_data_and_folds(c, check_paths: bool) -> None:
     _require(_is_int(c.cv.fold) and -1 <= c.cv.fold < c.cv.num_folds, "fold",  # `fold`, as typed; cv.fold is its alias
              f"{c.cv.fold!r} is not a fold of this run: with cv.num_folds={c.cv.num_folds} use one of "
              f"0..{c.cv.num_folds - 1}, or -1 for every fold")
+    _require(c.data.record_cache_mb >= 0, "data.record_cache_mb",
+             f"must be >= 0 (0 = never), got {c.data.record_cache_mb}")
     _require(c.data.synthetic_studies >= 2 * c.cv.num_folds, "data.synthetic_studies",
              f"{c.data.synthetic_studies} is too few for {c.cv.num_folds} folds")
 

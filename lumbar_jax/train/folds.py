@@ -19,7 +19,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from lumbar_jax import labels as labels_lib
 from lumbar_jax import metrics
-from lumbar_jax.data import dataset, kaggle_csv, pipeline
+from lumbar_jax.data import dataset, kaggle_csv, pipeline, record_cache
 from lumbar_jax.train import config as config_lib
 from lumbar_jax.train.eval_loop import Predict
 
@@ -100,7 +100,8 @@ def load_fold_split(config) -> FoldSplit:
     data_dir = _prepare_dataset(config.data)
     record = dataset.dataset_record(data_dir, config.data.config)
     log.info("dataset %s (content hash %s)", record["path"], record["content_hash"][:16])
-    source = dataset.load_split(data_dir, config.data.config, "train")
+    source = record_cache.cached(dataset.load_split(data_dir, config.data.config, "train"),
+                                 config.data.record_cache_mb)
     config_lib.check_dataset(config, source)
     study_ids, labels = pipeline.read_labels(source)
     labelled = np.flatnonzero((labels != labels_lib.MISSING).any(axis=1))
