@@ -322,7 +322,8 @@ def _markdown(results: dict[str, Any]) -> str:
             cell = f"{shares['ours'][kind]:.0%} ({sums['ours'][kind] * 1e3:.0f})"
             peer_cell = f"{shares['peer'][kind]:.0%} ({sums['peer'][kind] * 1e3:.0f})" if peer else "-"
             lines.append(f"| {kind} | {cell} | {peer_cell} |")
-        for side, data, title in (("ours", ours, "lumbar_jax (XLA:CPU thunks)"), ("peer", peer, f"{peer_name} (aten ops)")):
+        sides = (("ours", ours, "lumbar_jax (XLA:CPU thunks)"), ("peer", peer, f"{peer_name} (aten ops)"))
+        for side, data, title in sides:
             if not data:
                 continue
             lines += ["", f"Top ops, {title}:", "", "| ms | count | kind | shape | op |", "|---|---|---|---|---|"]

@@ -127,8 +127,8 @@ def _worst_fold(folds: list[dict]) -> dict:
 
 def seed_groups(rows: list[dict]) -> list[dict]:
     """One entry per setting trained with two or more seeds, in order of first appearance: {'runs', 'seeds',
-    'mean', 'std' (sample standard deviation over the seeds), 'min', 'max' of the OOF score, 'worst_fold', 'worst_fold_run',
-    'worst_fold_index'}."""
+    'mean', 'std' (sample standard deviation over the seeds), 'min', 'max' of the OOF score, 'worst_fold',
+    'worst_fold_run', 'worst_fold_index'}."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(row["setting"], []).append(row)
