@@ -241,7 +241,8 @@ def _fused_parts(config, batch: int, rng):
     statics, state = study_model_state(config, mesh_lib.make_mesh(1))
     tc = config.train
     shape = "x".join(map(str, config.model.volume_shape))
-    return (statics, state, step_lib.study_loss(tc.loss, tc.coord_loss_weight, tc.coord_sigma), tc.ema_decay,
+    loss_fn = step_lib.study_loss(tc.loss, tc.coord_loss_weight, tc.coord_sigma, tc.label_smoothing)
+    return (statics, state, loss_fn, tc.ema_decay,
             study_arrays(config, batch, rng), f"train step, batch {batch} of 3x{shape} (one study = 3 series)")
 
 
@@ -273,7 +274,7 @@ def _crop_classifier_parts(config, batch: int, rng):
     arrays = {"crops": rng.integers(0, 256, (batch, labels.NUM_TARGETS, *crop_shape), dtype=np.uint8),
               "crop_present": np.ones((batch, labels.NUM_TARGETS), bool),
               "labels": rng.integers(0, 3, (batch, labels.NUM_TARGETS)).astype(np.int32)}
-    return (statics, state, classifier_loss, config.train.ema_decay, arrays,
+    return (statics, state, classifier_loss(config.train.label_smoothing), config.train.ema_decay, arrays,
             f"crop classifier ({m.name}: {m.vit} + {m.effnet} per slice) train step, batch {batch} of 25 crops "
             f"{'x'.join(map(str, crop_shape))}")
 

@@ -82,7 +82,7 @@ def our_side(model: str, config, arrays: dict, eval_arrays: dict) -> tuple[Side,
         eval_step = two_stage_models.localiser_eval_step(statics, mesh)
     else:
         statics, state = classifier_state(config, mesh)
-        loss_fn = two_stage_models.classifier_loss
+        loss_fn = two_stage_models.classifier_loss()
         eval_step = two_stage_models.classifier_eval_step(statics, mesh)
     # a copy: the train step donates the state's buffers
     module = merge_model(statics, statics.rng_state, jax.tree.map(lambda x: x.copy(), state["model"]), train=True)

@@ -131,6 +131,8 @@ def _check_train(c) -> None:
     _require(t.lr > 0, "train.lr", f"must be positive, got {t.lr}")
     _require(0 <= t.warmup_steps <= t.steps, "train.warmup_steps", f"must be in 0..train.steps ({t.steps})")
     _require(0 <= t.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
+    _require(_is_number(t.label_smoothing) and 0 <= t.label_smoothing < 1, "train.label_smoothing",
+             f"must be in [0, 1), got {t.label_smoothing!r}")
     _require(t.coord_loss_weight >= 0, "train.coord_loss_weight", f"must be >= 0, got {t.coord_loss_weight}")
     _require(t.coord_sigma > 0, "train.coord_sigma", f"must be positive, got {t.coord_sigma}")
 

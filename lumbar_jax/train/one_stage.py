@@ -27,7 +27,8 @@ def train_fold(config, workdir: str, fold: Fold, mesh) -> dict:
     resuming = CheckpointStore.has_checkpoint(os.path.join(directory, rundir.CHECKPOINTS_DIR))
     statics, state = study_model_state(config, mesh, fold.train_labels, load_pretrained=not resuming)
     train_step = step_lib.make_train_step(statics, mesh, seeds.dropout_seed(config.seed, fold.index), tc.ema_decay,
-                                          step_lib.study_loss(tc.loss, tc.coord_loss_weight, tc.coord_sigma))
+                                          step_lib.study_loss(tc.loss, tc.coord_loss_weight, tc.coord_sigma,
+                                                              tc.label_smoothing))
     eval_step = study_eval_step(config, statics, mesh, with_attention_peaks=True)
     stage = loop.Stage(
         name=f"fold {fold.index}", directory=directory, statics=statics, state=state,

@@ -40,13 +40,14 @@ def _logits_and_localisation(model, batch: dict, coord_sigma: float):
     return logits, localisation_loss(attention, batch, model.head.key_layout(), model.head.volume_shape, coord_sigma)
 
 
-def study_loss(loss: str = "metric", coord_loss_weight: float = 0.0, coord_sigma: float = 0.08) -> LossFn:
+def study_loss(loss: str = "metric", coord_loss_weight: float = 0.0, coord_sigma: float = 0.08,
+               label_smoothing: float = 0.0) -> LossFn:
     """The loss of a study model (volumes [B, 3, D, H, W] -> logits [B, 25, 3]): model, batch -> (loss, parts).
 
     The metric loss (`loss='metric'`) or plain unweighted cross-entropy (`loss='cross_entropy'`, the earlier
     systems' objective; the metric loss and its components are then logged, not trained on), plus
     `coord_loss_weight` x the localisation loss of the target queries (needs the 'target_query' head and
-    `coords` / `coords_series` in the batch) when the weight is > 0.
+    `coords` / `coords_series` in the batch) when the weight is > 0. `label_smoothing`: the metric loss's.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss {loss!r} is not one of {LOSSES}")
@@ -58,9 +59,10 @@ def study_loss(loss: str = "metric", coord_loss_weight: float = 0.0, coord_sigma
             metric, metric_parts = jax.lax.stop_gradient(metric_loss(logits, batch["labels"]))
             return ce, {**parts, **metric_parts, "metric_loss": metric}
         if coord_loss_weight <= 0:
-            return metric_loss(model(batch["volumes"], batch["present"]), batch["labels"])
+            return metric_loss(model(batch["volumes"], batch["present"]), batch["labels"],
+                               label_smoothing=label_smoothing)
         logits, (coord_loss, coord_parts) = _logits_and_localisation(model, batch, coord_sigma)
-        metric, parts = metric_loss(logits, batch["labels"])
+        metric, parts = metric_loss(logits, batch["labels"], label_smoothing=label_smoothing)
         coord_parts.pop("annotated")
         return metric + coord_loss_weight * coord_loss, {**parts, "metric_loss": metric, **coord_parts}
 

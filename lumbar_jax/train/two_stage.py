@@ -128,7 +128,7 @@ def _classifier_stage(config, workdir: str, fold: Fold, mesh, points: np.ndarray
     resuming = CheckpointStore.has_checkpoint(os.path.join(directory, rundir.CHECKPOINTS_DIR))
     statics, state = classifier_state(config, mesh, fold.train_labels, load_pretrained=not resuming)
     train_step = step_lib.make_train_step(statics, mesh, seeds.dropout_seed(config.seed, fold.index),
-                                          tc.ema_decay, classifier_loss)
+                                          tc.ema_decay, classifier_loss(tc.label_smoothing))
     eval_step = classifier_eval_step(statics, mesh)
     classify = Classify(eval_step, crop, tc.eval_batch_size, mesh)
     held_out_points = points[fold.val_idx] if config.crops.points == "predicted" else None

@@ -40,9 +40,14 @@ def localiser_loss_fn(volume_shape) -> step_lib.LossFn:
     return loss_fn
 
 
-def classifier_loss(model, batch):
-    """Stage 2's loss: the metric loss of the crop classifier's logits."""
-    return metric_loss(model(batch["crops"], batch["crop_present"]), batch["labels"])
+def classifier_loss(label_smoothing: float = 0.0) -> step_lib.LossFn:
+    """Stage 2's loss: the metric loss of the crop classifier's logits (`label_smoothing`: `metric_loss`'s)."""
+
+    def loss_fn(model, batch):
+        return metric_loss(model(batch["crops"], batch["crop_present"]), batch["labels"],
+                           label_smoothing=label_smoothing)
+
+    return loss_fn
 
 
 def localiser_eval_step(statics, mesh):

@@ -46,6 +46,24 @@ def test_hand_computed_weighting():
     assert float(loss) == pytest.approx((spinal + any_severe) / 2, rel=1e-6)
 
 
+def test_label_smoothing_mixes_the_uniform_cross_entropy_in_and_bounds_the_optimum():
+    labels = np.full((1, labels_lib.NUM_TARGETS), labels_lib.MISSING)
+    labels[0, 5] = 1  # one foraminal Moderate row: the foraminal term is its cross-entropy alone
+    logits = np.zeros((1, labels_lib.NUM_TARGETS, 3), np.float32)
+    logits[0, 5] = [0.0, 2.0, -1.0]
+    e = 0.1
+    log_p = np.log(np.asarray(jax.nn.softmax(logits[0, 5].astype(np.float64))))
+    _, plain = metric_loss(jnp.asarray(logits), jnp.asarray(labels))
+    _, smoothed = metric_loss(jnp.asarray(logits), jnp.asarray(labels), label_smoothing=e)
+    assert float(plain["foraminal"]) == pytest.approx(-log_p[1], rel=1e-6)
+    assert float(smoothed["foraminal"]) == pytest.approx(-(1 - e) * log_p[1] - e * log_p.mean(), rel=1e-6)
+    # Its minimum over the row's logits is at P = (1 - e) x label + e / 3: P(label) = 1 - 2e/3, not 1.
+    row = lambda x: metric_loss(jnp.asarray(logits).at[0, 5].set(x), jnp.asarray(labels), label_smoothing=e)[0]
+    descend = jax.jit(lambda x: jax.lax.fori_loop(0, 2000, lambda _, x: x - 2.0 * jax.grad(row)(x), x))
+    x = descend(jnp.zeros(3))
+    assert np.asarray(jax.nn.softmax(x)) == pytest.approx([e / 3, 1 - 2 * e / 3, e / 3], abs=1e-4)
+
+
 def test_padding_and_missing_labels_do_not_contribute_and_grads_are_finite():
     labels, logits = _case(5)
     valid = np.ones(len(labels), bool)
