@@ -21,6 +21,7 @@ from lumbar_jax.train import config as config_lib
 from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train import xla_cache
 from lumbar_jax.train import folds as folds_lib
+from lumbar_jax.train import noisy_labels
 from lumbar_jax.train.folds import FoldSplit, load_fold_split
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def cross_validate(config, workdir: str) -> dict | None:
     folds_lib.check_batches_fit(pipeline.batch_fields(config), split.folds, config.cv.num_folds,
                                 f"the dataset {split.dataset['path']}")
     rundir.check_dataset_record(workdir, split.dataset, config.cv.num_folds)
+    noisy_labels.check_source_run(config, split.dataset)
     if jax.process_index() == 0:
         rundir.write_config(workdir, config.to_json_best_effort(indent=2))
         rundir.write_dataset_record(workdir, split.dataset)

@@ -45,6 +45,8 @@ REFUSED = [  # (model name, overrides, the field the error names)
     ("vit_effnet", {"train.lr": 0.0}, "train.lr"),
     ("vit_effnet", {"train.warmup_steps": 10**6}, "train.warmup_steps"),
     ("vit_effnet", {"train.ema_decay": 1.0}, "train.ema_decay"),
+    ("vit_effnet", {"train.label_smoothing": 1.0}, "train.label_smoothing"),
+    ("vit_effnet", {"train.label_smoothing": -0.1}, "train.label_smoothing"),
     ("vit_effnet", {"train.coord_loss_weight": -0.5}, "train.coord_loss_weight"),
     ("vit_effnet", {"train.coord_sigma": 0.0}, "train.coord_sigma"),
     ("vit_effnet", {"augment.enabled": "yes"}, "augment.enabled"),

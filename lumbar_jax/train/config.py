@@ -122,6 +122,8 @@ def _train_section() -> ml_collections.ConfigDict:
     t = ml_collections.ConfigDict()
     t.loss = "metric"  # 'metric' (the competition metric, train/loss.py) or 'cross_entropy' (coord_loss_weight 0)
     t.label_smoothing = 0.0  # metric loss against (1 - e) x label + e / 3 per grade: bounds confidence; 0 = off
+    t.drop_labels_from = ""  # a finished run on the same dataset: train without the labels its OOF contradicts
+    t.drop_labels_below = 0.2  # ... those whose OOF P(label) there is below this (train/noisy_labels.py)
     t.batch_size = 12  # global batch (all devices, all processes)
     t.eval_batch_size = 32  # global eval batch; the last one is padded and masked
     t.steps = 320  # optimizer steps per fold

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import ml_collections
 
+from lumbar_jax import rundir
 from lumbar_jax.dataset_configs import DATASET_SHAPES, GRID_DATASETS, NATIVE_MAX_SIZE
 from lumbar_jax.models import registry
 from lumbar_jax.pipelines import NAMES as PIPELINES
@@ -96,7 +97,7 @@ def validate_config(c, schema: ml_collections.ConfigDict, *, check_paths: bool =
     _require(_is_int(c.seed) and 0 <= c.seed < 2**32, "seed", f"{c.seed!r} is not an integer in [0, 2**32)")
     _choice(c, "pipeline", PIPELINES)
     _check_data_and_folds(c, check_paths)
-    _check_train(c)
+    _check_train(c, check_paths)
     _check_augment(c)
     _check_model(c, check_paths)
     _check_combinations(c)
@@ -123,7 +124,7 @@ def _check_data_and_folds(c, check_paths: bool) -> None:
              f"{c.data.synthetic_studies} is too few for {c.cv.num_folds} folds")
 
 
-def _check_train(c) -> None:
+def _check_train(c, check_paths: bool) -> None:
     t = c.train
     _choice(c, "train.loss", LOSSES)
     for name in ("batch_size", "eval_batch_size", "steps", "eval_every", "checkpoint_every", "log_every"):
@@ -133,6 +134,11 @@ def _check_train(c) -> None:
     _require(0 <= t.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
     _require(_is_number(t.label_smoothing) and 0 <= t.label_smoothing < 1, "train.label_smoothing",
              f"must be in [0, 1), got {t.label_smoothing!r}")
+    _require(_is_number(t.drop_labels_below) and 0 < t.drop_labels_below < 1, "train.drop_labels_below",
+             f"must be in (0, 1), got {t.drop_labels_below!r}")
+    if check_paths and t.drop_labels_from:
+        _require(os.path.isfile(rundir.oof_path(t.drop_labels_from)), "train.drop_labels_from",
+                 f"{t.drop_labels_from} has no {rundir.OOF_FILE}: give the directory of a finished run")
     _require(t.coord_loss_weight >= 0, "train.coord_loss_weight", f"must be >= 0, got {t.coord_loss_weight}")
     _require(t.coord_sigma > 0, "train.coord_sigma", f"must be positive, got {t.coord_sigma}")
 

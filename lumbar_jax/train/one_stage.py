@@ -10,7 +10,7 @@ import os
 from lumbar_jax import rundir
 from lumbar_jax.data import pipeline
 from lumbar_jax.models import registry
-from lumbar_jax.train import loop, seeds
+from lumbar_jax.train import loop, noisy_labels, seeds
 from lumbar_jax.train import step as step_lib
 from lumbar_jax.train.eval_loop import model_inputs
 from lumbar_jax.train.folds import Fold, evaluate_fold
@@ -54,5 +54,6 @@ def _train_batches(config, fold: Fold, start: int):
     """This process's shard of the fold's training batches from step `start` on (the same as an uninterrupted
     run would have drawn there)."""
     stream = loop.train_stream(config, fold.index, config.train.batch_size)
-    batches = pipeline.train_batches(fold.source, fold.train_idx, stream, config.augment)
+    batches = pipeline.train_batches(noisy_labels.training_records(config, fold), fold.train_idx, stream,
+                                     config.augment)
     return pipeline.iterate(batches[start:], pipeline.Reading(config.data.worker_count))

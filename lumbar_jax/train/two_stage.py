@@ -27,7 +27,7 @@ from lumbar_jax import localiser_metrics, metrics, rundir
 from lumbar_jax import labels
 from lumbar_jax.data import crop_pipeline, pipeline
 from lumbar_jax.data.crops import CropSpec
-from lumbar_jax.train import loop, seeds
+from lumbar_jax.train import loop, noisy_labels, seeds
 from lumbar_jax.train import step as step_lib
 from lumbar_jax.train.folds import Fold
 from lumbar_jax.train.init import classifier_state, localiser_state
@@ -139,7 +139,8 @@ def _classifier_stage(config, workdir: str, fold: Fold, mesh, points: np.ndarray
 
     def batches(start: int):
         stream = loop.train_stream(config, fold.index, tc.batch_size)
-        batches = crop_pipeline.train_batches(fold.source, fold.train_idx, stream, crop,
+        records = noisy_labels.training_records(config, fold)
+        batches = crop_pipeline.train_batches(records, fold.train_idx, stream, crop,
                                               augment=crop_pipeline.CropAugment.from_config(config.augment, jitter),
                                               fallback_points=points)
         return map(lambda b: {k: b[k] for k in CROP_INPUTS},
