@@ -73,12 +73,11 @@ class AveragedOof:
     folds: np.ndarray  # int [M]: the first member's held-out fold of each study
 
 
-def _stored_config(workdir: str) -> dict:
-    """A run's config.json as a dict; FileNotFoundError naming it when there is none."""
-    stored = rundir.read_config(workdir)
-    if stored is None:
-        raise FileNotFoundError(f"{rundir.config_path(workdir)} not found: {workdir} is not a run directory")
-    return stored
+def _required(value: dict | None, path: str) -> dict:
+    """`value`, read from `path`; FileNotFoundError naming `path` when it was not there (None)."""
+    if value is None:
+        raise FileNotFoundError(f"{path} not found: not a run directory of python -m lumbar_jax.main")
+    return value
 
 
 def _check_same_setting(workdirs: Sequence[str]) -> None:
@@ -86,18 +85,18 @@ def _check_same_setting(workdirs: Sequence[str]) -> None:
     a field other than `seed` and RESULT_NEUTRAL_FIELDS, or its dataset.json names another dataset; also when
     two members have the same seed (the same model twice)."""
     first = workdirs[0]
-    stored = _stored_config(first)
-    dataset = rundir.read_dataset_record(first)
+    stored = _required(rundir.read_config(first), rundir.config_path(first))
+    dataset = _required(rundir.read_dataset_record(first), rundir.dataset_path(first))
     seeds = {stored["seed"]: first}
     for workdir in workdirs[1:]:
-        other = _stored_config(workdir)
+        other = _required(rundir.read_config(workdir), rundir.config_path(workdir))
         changes = [c for c in config_lib.changed_fields(stored, config_lib.restore_config(other)) if c[0] != "seed"]
         if changes:
             listed = ", ".join(f"{field} {old!r} -> {new!r}" for field, old, new in changes)
             raise ValueError(f"{rundir.config_path(workdir)} differs from {rundir.config_path(first)} in {listed}; "
                              "the members of a seed ensemble differ only in seed")
-        record = rundir.read_dataset_record(workdir)
-        if record is None or dataset is None or rundir.dataset_identity(record) != rundir.dataset_identity(dataset):
+        record = _required(rundir.read_dataset_record(workdir), rundir.dataset_path(workdir))
+        if rundir.dataset_identity(record) != rundir.dataset_identity(dataset):
             raise ValueError(f"{rundir.dataset_path(workdir)}: another dataset than {rundir.dataset_path(first)} "
                              "(name, content_hash); the members of a seed ensemble train on one dataset")
         if other["seed"] in seeds:
