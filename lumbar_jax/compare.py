@@ -98,7 +98,7 @@ def run_row(workdir: str) -> dict:
             "num_studies": summary.get("num_studies"),
             "seed": config.get("seed"),
             "setting": _setting(config),
-            **_worst_fold(summary["folds"]),
+            **worst_fold(summary["folds"]),
         }
     except (KeyError, TypeError, json.JSONDecodeError) as err:
         raise RunNotComparable(f"{summary_path}: not a CV summary of python -m lumbar_jax.main "
@@ -118,7 +118,7 @@ def _setting(config: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def _worst_fold(folds: list[dict]) -> dict:
+def worst_fold(folds: list[dict]) -> dict:
     """{'worst_fold': the highest held-out score of a fold, 'worst_fold_index': that fold} (None without folds)."""
     scored = [(f["val"]["score"], f["fold"]) for f in folds if "val" in f]
     score, fold = max(scored) if scored else (None, None)

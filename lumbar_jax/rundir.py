@@ -12,6 +12,9 @@ A run of `python -m lumbar_jax.main` writes everything into one directory (docs/
     oof_predictions.csv      out-of-fold probabilities, 25 rows per study (`cross_validation.write_oof`)
     cv_summary.json          per-fold and out-of-fold scores
 
+A seed ensemble (`lumbar_jax.seed_ensemble`) is a directory of such runs, `seed_{s}/`, one per seed, beside the
+average's `ensemble_summary.json` and `ensemble_oof_predictions.csv` (the format of oof_predictions.csv).
+
 Every name of that layout that more than one module needs is here, so that training, evaluation, prediction
 and the analysis agree on it. Every file is written whole under a temporary name and then renamed into place
 (`write_atomically`): a run killed at any moment leaves each file complete or absent, never half written.
@@ -31,6 +34,8 @@ DATASET_FILE = "dataset.json"
 OOF_FILE = "oof_predictions.csv"
 SUMMARY_FILE = "cv_summary.json"
 RESULT_FILE = "result.json"
+ENSEMBLE_SUMMARY_FILE = "ensemble_summary.json"
+ENSEMBLE_OOF_FILE = "ensemble_oof_predictions.csv"
 CHECKPOINTS_DIR = "checkpoints"
 LOCALISER_DIR = "localiser"
 LOCALISER_PREDICTIONS_FILE = "localiser_predictions.npz"
@@ -140,13 +145,19 @@ def read_dataset_record(workdir: str) -> dict | None:
         return json.load(f)
 
 
+def dataset_identity(record: dict) -> tuple[str, str]:
+    """(name, content hash) of a dataset.json record: two records with equal ones are the same dataset, wherever
+    it lies (its path may change: `data.data_dir` is result-neutral)."""
+    return record["name"], record["content_hash"]
+
+
 def check_dataset_record(workdir: str, record: dict, num_folds: int) -> None:
     """ValueError when a run that has trained folds recorded another dataset (name or content hash) than
     `record`: its folds would mix two datasets. The message names both and what to do."""
     previous = read_dataset_record(workdir)
     if previous is None or not trained_folds(workdir, num_folds):
         return
-    if (previous["name"], previous["content_hash"]) != (record["name"], record["content_hash"]):
+    if dataset_identity(previous) != dataset_identity(record):
         raise ValueError(
             f"{workdir} has folds trained on {previous['path']} (content hash {previous['content_hash'][:16]}), "
             f"but this config gives {record['path']} (content hash {record['content_hash'][:16]}): use a new "
