@@ -194,13 +194,31 @@ def loss_by_cause(rows: HeldOutRows) -> list[dict]:
     return out
 
 
+def score_by_fold(rows: HeldOutRows) -> list[dict]:
+    """Per fold: its held-out studies, its score, its confident mistakes and, with the latent grades, the perfect
+    reader's score on the same studies: a fold's own noise floor, so that a bad fold shows whether its labels or
+    the model make it bad."""
+    reader = _perfect_reader(rows.latent) if rows.latent is not None else None
+    p_true = rows.p_true()
+    out = []
+    for k in np.unique(rows.folds):
+        held = rows.folds == k
+        labelled = rows.labels[held] >= 0
+        out.append({"fold": int(k), "studies": int(held.sum()),
+                    "score": metrics.competition_score(rows.labels[held], rows.probs[held])["score"],
+                    "confident_mistakes": int((p_true[held][labelled] < CONFIDENT_MISS).sum())})
+        if reader is not None:
+            out[-1]["perfect_reader_score"] = metrics.competition_score(rows.labels[held], reader[held])["score"]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- report
 def markdown_section(workdir: str, kaggle_dir: str, out_dir: str, top: int, out_of_fold: tuple) -> list[str]:
     """The report's section: the OOF score split by cause, the `top` costliest held-out rows with their causes,
     the crops of the costliest (two-stage runs); also writes OUT/costly.json. Arguments as `analyse`."""
     rows = analyse(workdir, kaggle_dir, out_of_fold)
-    table = costly_rows(rows, top)
-    write_json(rows, table, os.path.join(out_dir, "costly.json"))
+    table, folds = costly_rows(rows, top), score_by_fold(rows)
+    write_json(rows, table, folds, os.path.join(out_dir, "costly.json"))
     labelled = rows.labels >= 0
     score = metrics.competition_score(rows.labels, rows.probs)["score"]
     causes = loss_by_cause(rows)
@@ -235,6 +253,12 @@ def markdown_section(workdir: str, kaggle_dir: str, out_dir: str, top: int, out_
              "### OOF score by cause\n",
              md.table(["cause", "rows", "part of score", "share", "confident mistakes", "their part"]
                       + (["perfect reader's part", "excess"] if reader else []), by_cause) + "\n",
+             "### OOF score by fold\n",
+             md.table(["fold", "studies", "score", "confident mistakes"]
+                      + (["perfect reader's score", "excess"] if reader else []),
+                      [[f["fold"], f["studies"], md.fmt(f["score"], 4), f["confident_mistakes"]]
+                       + ([md.fmt(f["perfect_reader_score"], 4), md.fmt(f["score"] - f["perfect_reader_score"], 4)]
+                          if reader else []) for f in folds]) + "\n",
              f"### The {len(table)} costliest rows\n", md.table(header, cells) + "\n"]
     png = plot_costly_crops(rows, workdir, table[:NUM_DRAWN], os.path.join(out_dir, "costly_crops.png"))
     if png:
@@ -286,8 +310,9 @@ def plot_costly_crops(rows: HeldOutRows, workdir: str, table: list[dict], path: 
     return plots.save_figure(fig, path)
 
 
-def write_json(rows: HeldOutRows, table: list[dict], path: str) -> str:
-    """The costly rows and the loss by cause as JSON (`path`), for compare scripts and seeds side by side."""
+def write_json(rows: HeldOutRows, table: list[dict], folds: list[dict], path: str) -> str:
+    """The costly rows, the loss by cause and the score by fold (`score_by_fold`) as JSON (`path`), for compare
+    scripts and seeds side by side."""
     import json
 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -295,5 +320,5 @@ def write_json(rows: HeldOutRows, table: list[dict], path: str) -> str:
     with open(path, "w") as f:
         json.dump({"confident_miss_threshold": CONFIDENT_MISS,
                    "confident_mistake_share": float(np.mean(rows.p_true()[labelled] < CONFIDENT_MISS)),
-                   "loss_by_cause": loss_by_cause(rows), "costly_rows": table}, f, indent=1)
+                   "loss_by_cause": loss_by_cause(rows), "score_by_fold": folds, "costly_rows": table}, f, indent=1)
     return path

@@ -77,3 +77,19 @@ def test_tables_rank_by_cost_and_split_the_score_by_cause():
     assert by_cause["all"]["score_share"] == pytest.approx(rows.shares.sum())
     assert by_cause["localiser"]["confident_mistakes"] == 1 and by_cause["model"]["confident_mistakes"] == 0
     assert sum(by_cause[c]["score_share"] for c in costly.CAUSES) == pytest.approx(rows.shares.sum())
+
+
+def test_score_by_fold_scores_each_fold_beside_its_perfect_reader():
+    probs = np.broadcast_to([0.9, 0.05, 0.05], (N, T, 3)).copy()
+    probs[1, 3] = [0.005, 0.005, 0.99]  # fold 1: one confident mistake
+    latent = np.zeros((N, T), np.int64)
+    rows = _rows(probs=probs, latent=latent)
+    folds = costly.score_by_fold(rows)
+    assert [f["fold"] for f in folds] == [0, 1] and [f["studies"] for f in folds] == [1, 1]
+    for f, n in zip(folds, range(N)):
+        assert f["score"] == pytest.approx(metrics.competition_score(rows.labels[n:n + 1], probs[n:n + 1])["score"])
+        reader = costly._perfect_reader(latent[n:n + 1])
+        assert f["perfect_reader_score"] == pytest.approx(
+            metrics.competition_score(rows.labels[n:n + 1], reader)["score"])
+    assert [f["confident_mistakes"] for f in folds] == [0, 1]
+    assert "perfect_reader_score" not in costly.score_by_fold(_rows())[0]  # no latent grades: no floor
