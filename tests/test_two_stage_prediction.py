@@ -243,6 +243,7 @@ def test_analysis_lists_the_costliest_held_out_rows_with_their_causes(run, tmp_p
     out = tmp_path / "report"
     text = open(write_report(kaggle, str(out), workdir=workdir, drawn=Drawn(montages=0, crops=0, costly=5))).read()
     assert "Most costly held-out predictions" in text and "perfect reader's part" in text  # a synthetic folder
+    assert "OOF score by fold" in text and "perfect reader's score" in text
     assert (out / "costly_crops.png").stat().st_size > 0
     with open(out / "costly.json") as f:
         saved = json.load(f)
@@ -250,6 +251,7 @@ def test_analysis_lists_the_costliest_held_out_rows_with_their_causes(run, tmp_p
     assert len(top) == 5 and all(r["cause"] in costly.CAUSES for r in top)
     assert [r["score_share"] for r in top] == sorted((r["score_share"] for r in top), reverse=True)
     oof_ids, probs, folds = oof.read_oof(rundir.oof_path(workdir))
+    assert [f["fold"] for f in saved["score_by_fold"]] == sorted(set(folds.tolist()))
     labels = oof.align_labels(oof_ids, *label_stats.read_label_matrix(kaggle))
     n, t = int(np.flatnonzero(oof_ids == top[0]["study_id"])[0]), labels_lib.TARGETS.index(top[0]["target"])
     assert top[0]["p_true"] == pytest.approx(probs[n, t, labels[n, t]]) and top[0]["fold"] == folds[n]
