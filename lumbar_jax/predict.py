@@ -12,6 +12,9 @@ config, the folds and every checkpoint they would restore, without building a mo
 `Predictor` then builds the models, restores every fold and compiles the eval steps once, showing progress.
 A command checks its own paths (study folder, Kaggle folder, output folders) between the two.
 
+A seed-ensemble directory of scripts/ensemble.py predicts like a run (`ensemble_prediction`): every member's
+folds restored, all averaged with equal weights, calibrated with the ensemble's temperatures.
+
 The ensemble's probabilities are calibrated with the run's per-group temperatures (cv_summary.json
 'calibration', fitted on its out-of-fold predictions) for the condition groups whose cross-fitted OOF score
 calibration improved, unless switched off; the provenance says per group which are calibrated. The run's
@@ -34,8 +37,8 @@ import numpy as np
 import pandas as pd
 import tqdm
 
-from lumbar_jax import calibration, inference, localiser_metrics, point_plausibility, rundir, structured_report
-from lumbar_jax import study_report
+from lumbar_jax import calibration, ensemble_prediction, inference, localiser_metrics, point_plausibility, rundir
+from lumbar_jax import structured_report, study_report
 from lumbar_jax import labels
 from lumbar_jax.data import problems
 from lumbar_jax.data import study as study_lib
@@ -48,29 +51,41 @@ SUBMISSION_COLUMNS = ("row_id", *labels.SEVERITY_COLUMNS)
 
 
 class PredictionRun:
-    """A run to predict with, every argument checked before any model is built: its config and pipeline,
-    `folds` (default: every trained fold), `checkpoint` (each fold's, and for a two-stage run its localiser's
-    best, found on disk), `tta` (refused where the pipeline refuses it), the calibration (cv_summary.json
-    'calibration' unless `calibrate` is False) and the run's quality (`study_report.run_quality`). Reads
-    studies as the run's records (`read`). Errors name the file, fold or checkpoint."""
+    """A run, or a seed ensemble of runs (`ensemble_prediction`), to predict with, every argument checked before
+    any model is built: its config and pipeline (a seed ensemble's first member's), `folds` (default: every
+    trained fold; of every member), `checkpoint` (each fold's, and for a two-stage run its localiser's best,
+    found on disk), `tta` (refused where the pipeline refuses it), the calibration (cv_summary.json, or a seed
+    ensemble's ensemble_summary.json, 'calibration' unless `calibrate` is False) and the run's quality
+    (`study_report.run_quality`, `ensemble_prediction.ensemble_quality`). Reads studies as the run's records
+    (`read`). Errors name the file, member, fold or checkpoint."""
 
     def __init__(self, workdir: str, folds: list[int] | None = None, checkpoint: str | int = "best",
                  tta: bool = False, calibrate: bool = True):
-        self.config, self.pipeline = inference.load_run(workdir)
+        is_ensemble = ensemble_prediction.is_seed_ensemble(workdir)
+        self.ensemble = ensemble_prediction.read_seed_ensemble(workdir) if is_ensemble else None
+        self.members = list(self.ensemble.members) if is_ensemble else [workdir]  # the runs whose folds predict
+        self.config, self.pipeline = inference.load_run(self.members[0])
         refusal = self.pipeline.tta_refusal(workdir, self.config)
         if tta and refusal:
             raise ValueError(f"flip TTA: {refusal}; predict without --tta")
         num_folds = self.config.cv.num_folds
-        folds = rundir.trained_folds(workdir, num_folds) if folds is None else list(folds)
+        folds = rundir.trained_folds(self.members[0], num_folds) if folds is None else list(folds)
         if not folds:
-            raise FileNotFoundError(f"{workdir} has no trained fold (no fold_k/checkpoints)")
+            raise FileNotFoundError(f"{self.members[0]} has no trained fold (no fold_k/checkpoints)")
         bad = [k for k in folds if not 0 <= k < num_folds]
         if bad:
-            raise ValueError(f"--fold {bad[0]} not in 0..{num_folds - 1} (the run has {num_folds} folds)")
-        inference.check_run_checkpoints(workdir, self.pipeline, folds, checkpoint)
+            raise ValueError(f"--fold {bad[0]} not in 0..{num_folds - 1} ({'each member of ' if is_ensemble else ''}"
+                             f"the run has {num_folds} folds)")
+        for member in self.members:  # every member restores the same folds: equal weights
+            inference.check_run_checkpoints(member, self.pipeline, folds, checkpoint)
         self.workdir, self.folds, self.checkpoint, self.tta = workdir, [int(k) for k in folds], str(checkpoint), tta
-        self.calibration = run_calibration(workdir, calibrate)
-        self.quality = study_report.run_quality(workdir)
+        if is_ensemble:
+            self.calibration = run_calibration(self.ensemble.summary, calibrate, rundir.ENSEMBLE_SUMMARY_FILE)
+            self.quality = ensemble_prediction.ensemble_quality(self.ensemble)
+        else:
+            has_summary = os.path.exists(rundir.summary_path(workdir))
+            self.calibration = run_calibration(rundir.read_summary(workdir) if has_summary else None, calibrate)
+            self.quality = study_report.run_quality(workdir)
         self.grid = self.config.data.config in GRID_DATASETS  # records in one shared patient grid (data/grid.py)
         self.native_max_size = self.pipeline.native_max_size(self.config)
         self.volume_shape = tuple(self.config.model.volume_shape)
@@ -86,10 +101,10 @@ class PredictionRun:
 
 
 class Predictor:
-    """The ensemble of a checked `PredictionRun`'s folds at its checkpoint, on the devices present, calibrated
-    as the run says. Building it restores every fold (a progress bar) and compiles the eval steps once (a
-    status line before, the time after); `timings` holds the seconds of each ('build_s', 'restore_s',
-    'compile_s').
+    """The ensemble of a checked `PredictionRun`'s folds (of every member of a seed ensemble) at its checkpoint,
+    on the devices present, calibrated as the run says. Building it restores every fold (a progress bar) and
+    compiles the eval steps once (a status line before, the time after); `timings` holds the seconds of each
+    ('build_s', 'restore_s', 'compile_s').
 
     The run's pipeline restores the folds and predicts (`pipelines.base.Restorer`). One-stage runs: each fold's
     study model, optionally with flip TTA. Two-stage runs: each fold's localiser (flip TTA, as in training)
@@ -102,30 +117,37 @@ class Predictor:
         t0 = time.perf_counter()
         log.info("building the %s models of %s (a status line follows when they are built)", run.pipeline.name,
                  run.workdir)
-        self.restorer = run.pipeline.restorer(run.workdir, run.config, self.mesh)
+        # one restorer for every member: they differ only in seed (Restorer.restore); models member after member
+        self.restorer = run.pipeline.restorer(run.members[0], run.config, self.mesh)
         t1 = time.perf_counter()
-        self.models = [self.restorer.restore(k, run.checkpoint)
-                       for k in tqdm.tqdm(run.folds, desc=f"restoring folds ({run.checkpoint})", unit="fold")]
+        member_folds = [(member, k) for member in run.members for k in run.folds]
+        self.models = [self.restorer.restore(k, run.checkpoint, member) for member, k in
+                       tqdm.tqdm(member_folds, desc=f"restoring folds ({run.checkpoint})", unit="fold")]
         t2 = time.perf_counter()
         log.info("built in %.1f s, restored in %.1f s; compiling the eval steps (once for every fold; a minute or "
                  "two on a CPU for the default run)", t1 - t0, t2 - t1)
         self.predict([self.restorer.blank_record()])
         self.timings = {"build_s": t1 - t0, "restore_s": t2 - t1, "compile_s": time.perf_counter() - t2}
-        log.info("ensemble of folds %s (%s checkpoints, steps %s)%s%s; %s; compiled in %.1f s", run.folds,
-                 run.checkpoint, [int(m.step) for m in self.models], " with flip TTA" if run.tta else "",
+        log.info("ensemble of %sfolds %s (%s checkpoints, steps %s)%s%s; %s; compiled in %.1f s",
+                 f"{len(run.members)} seed-ensemble members' " if run.ensemble else "", run.folds, run.checkpoint,
+                 [int(m.step) for m in self.models], " with flip TTA" if run.tta else "",
                  ", crops at each fold's localiser's points" if run.pipeline.localises else "",
                  study_report.calibration_text(run.calibration), self.timings["compile_s"])
 
     def provenance(self) -> dict:
         """Where a prediction comes from: the run, its folds and checkpoint steps, TTA, the calibration, the
-        model and the package version (JSON-able), and the pipeline's own part (two-stage: the pipeline and
-        localiser steps)."""
+        model and the package version (JSON-able), the pipeline's own part (two-stage: the pipeline and
+        localiser steps) and, for a seed ensemble, 'seed_ensemble' (`ensemble_prediction.ensemble_provenance`:
+        the members, their seeds, folds and steps); steps are then every member's, member after member."""
         run = self.run
         out = {"workdir": os.path.abspath(run.workdir), "folds": list(run.folds), "checkpoint": run.checkpoint,
                "checkpoint_steps": [int(m.step) for m in self.models], "tta": bool(run.tta),
                "calibration": dict(run.calibration), "model": str(run.config.model.name),
                "dataset_config": str(run.config.data.config), "package": f"lumbar_jax {package_version()}"}
         out.update(self.restorer.provenance(self.models))
+        if run.ensemble:
+            out["seed_ensemble"] = ensemble_prediction.ensemble_provenance(run.ensemble, run.folds, self.models,
+                                                                           self.restorer)
         return out
 
     def predict(self, records: list[dict]) -> np.ndarray:
@@ -134,7 +156,8 @@ class Predictor:
 
     def predict_with_points(self, records: list[dict]) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities float64 [N, 25, 3], rows summing to 1, calibrated when the run's calibration says so;
-        each fold's points float [F, N, 25, 3] for a pipeline that localises, else None)."""
+        each fold's points float [F, N, 25, 3] for a pipeline that localises, else None; F = members x folds for
+        a seed ensemble)."""
         probs, points = self.restorer.predict(self.models, records, self.run.tta)
         probs = probs.astype(np.float64)
         probs /= probs.sum(axis=-1, keepdims=True)
@@ -143,23 +166,25 @@ class Predictor:
         return probs, points
 
 
-def run_calibration(workdir: str, calibrate: bool = True) -> dict:
-    """Whether predictions of `workdir` are calibrated, and how: {'applied': True, 'temperatures': {group: T}
-    of the calibrated groups only, 'groups': {group: True/False} for every group} (cv_summary.json
-    'calibration': a group is calibrated only where its cross-fitted OOF score improved), or {'applied':
-    False, 'reason': why not, 'groups': ...} (switched off, no summary, or no group improved)."""
+def run_calibration(summary: dict | None, calibrate: bool = True, summary_file: str = rundir.SUMMARY_FILE) -> dict:
+    """Whether predictions are calibrated, and how, by `summary`, the CV summary of what predicts (a run's
+    cv_summary.json, None when it has none; a seed ensemble's ensemble_summary.json 'ensemble', named by
+    `summary_file`): {'applied': True, 'temperatures': {group: T} of the calibrated groups only, 'groups':
+    {group: True/False} for every group} (its 'calibration': a group is calibrated only where its cross-fitted
+    OOF score improved), or {'applied': False, 'reason': why not, 'groups': ...} (switched off, no summary, or
+    no group improved)."""
     uncalibrated = dict.fromkeys(labels.CONDITION_GROUPS, False)
     if not calibrate:
         return {"applied": False, "reason": "switched off (--no_calibration)", "groups": uncalibrated}
-    if not os.path.exists(rundir.summary_path(workdir)):
+    if summary is None:
         return {"applied": False, "reason": f"no {rundir.SUMMARY_FILE} (the run has not finished every fold)",
                 "groups": uncalibrated}
-    record = rundir.read_summary(workdir).get("calibration", {})
+    record = summary.get("calibration", {})
     temperatures = calibration.applied_temperatures(record)
     groups = {g: g in temperatures for g in labels.CONDITION_GROUPS}
     if not temperatures:
         why = ("calibration improved no group's cross-fitted OOF score" if "groups" in record else
-               f"{rundir.SUMMARY_FILE} has no per-group calibration verdict")
+               f"{summary_file} has no per-group calibration verdict")
         return {"applied": False, "reason": why, "groups": groups}
     return {"applied": True, "temperatures": temperatures, "groups": groups}
 

@@ -80,7 +80,7 @@ def _required(value: dict | None, path: str) -> dict:
     return value
 
 
-def _check_same_setting(workdirs: Sequence[str]) -> None:
+def check_same_setting(workdirs: Sequence[str]) -> None:
     """ValueError naming the run and the field when a member's config.json differs from the first member's in
     a field other than `seed` and RESULT_NEUTRAL_FIELDS, or its dataset.json names another dataset; also when
     two members have the same seed (the same model twice)."""
@@ -124,15 +124,16 @@ def _averaged_frame(workdirs: Sequence[str]) -> pd.DataFrame:
 def average_runs(workdirs: Sequence[str]) -> tuple[dict, AveragedOof]:
     """(result, its predictions) of the average of finished runs of one setting trained with different seeds.
 
-    result: {'members': [{'workdir', 'seed', 'score', 'oof'}], 'mean_member_score', 'std_member_score' (sample
-    standard deviation), 'ensemble': the average's CV summary (`cross_validation.oof_summary`: OOF score,
-    components, accuracy, class-prior baseline and best constant out of fold, cross-fitted calibration; per fold
-    of the first member)}. Refused, naming the run: fewer than 2 runs, a missing or unfinished run, runs of
-    different settings or datasets, the same seed twice, a dataset that changed since the first run trained."""
+    result: {'members': [{'workdir' (absolute, so that predict.py finds the members from any directory), 'seed',
+    'score', 'oof'}], 'mean_member_score', 'std_member_score' (sample standard deviation), 'ensemble': the
+    average's CV summary (`cross_validation.oof_summary`: OOF score, components, accuracy, class-prior baseline
+    and best constant out of fold, cross-fitted calibration; per fold of the first member)}. Refused, naming the
+    run: fewer than 2 runs, a missing or unfinished run, runs of different settings or datasets, the same seed
+    twice, a dataset that changed since the first run trained."""
     if len(set(map(os.path.realpath, workdirs))) < 2:
         raise ValueError(f"--workdirs: {list(workdirs)}; a seed ensemble needs at least 2 different runs")
     rows = compare.compare_runs(list(workdirs))  # RunNotComparable naming every missing or unfinished run
-    _check_same_setting(workdirs)
+    check_same_setting(workdirs)
     averaged = _averaged_frame(workdirs)
 
     config = inference.load_run_config(workdirs[0])
@@ -157,8 +158,8 @@ def average_runs(workdirs: Sequence[str]) -> tuple[dict, AveragedOof]:
     summary, _ = cross_validation.oof_summary(split, results)
     scores = [row["score"] for row in rows]
     result = {
-        "members": [{"workdir": w, "seed": row["seed"], "score": row["score"], "oof": rundir.read_summary(w)["oof"]}
-                    for w, row in zip(workdirs, rows)],
+        "members": [{"workdir": os.path.abspath(w), "seed": row["seed"], "score": row["score"],
+                     "oof": rundir.read_summary(w)["oof"]} for w, row in zip(workdirs, rows)],
         "mean_member_score": statistics.mean(scores),
         "std_member_score": statistics.stdev(scores),
         "ensemble": summary,

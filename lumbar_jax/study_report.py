@@ -8,7 +8,8 @@ Besides every target's three probabilities, the report holds (docs/conventions.m
   severity, and a target is flagged when that grade is Moderate or Severe, i.e. when P(Normal/Mild) < 0.5;
 - `run_quality` (`run_quality`): the run's out-of-fold score (competition log loss, lower is better) beside the
   class prior and the best constant, whether it beats the best constant, and for a run that localises, its
-  localiser's held-out median and p90 error in mm, all from the run's cv_summary.json;
+  localiser's held-out median and p90 error in mm, all from the run's cv_summary.json (`summary_quality`: for a
+  seed ensemble, from its ensemble_summary.json, lumbar_jax/ensemble_prediction.py);
 - `warnings`: one line each, when the run does not beat the best constant (or its score is unknown), and when
   this study's localised points are implausible (`point_plausibility.implausible_points`);
 - the provenance (`predict.Predictor.provenance`), the series used and not used, and the research-use note.
@@ -36,22 +37,30 @@ def severity_grades(probs: np.ndarray) -> np.ndarray:
 
 
 def run_quality(workdir: str) -> dict:
-    """How good the run behind a prediction is, from its cv_summary.json: {'oof_score', 'class_prior_score',
-    'best_constant_score' (competition log loss, lower is better, over every labelled study out of fold),
-    'beats_best_constant', 'localiser' ({'median_mm', 'p90_mm'} over every held-out study, or None for a run
-    that does not localise), 'source' (the file)}; {'source': None, 'reason': why} when there is none."""
+    """How good the run behind a prediction is: `summary_quality` of its cv_summary.json (its localiser figures
+    for a run that localises); {'source': None, 'reason': why} when there is none."""
     path = rundir.summary_path(workdir)
     if not os.path.exists(path):
         return {"source": None, "reason": f"{path} not found: the run has not finished every fold"}
     summary = rundir.read_summary(workdir)
+    localiser = summary.get("localiser")
+    return summary_quality(summary, path, None if localiser is None else {key: localiser[key]
+                                                                            for key in ("median_mm", "p90_mm")})
+
+
+def summary_quality(summary: dict, source: str, localiser: dict | None = None, scored: str | None = None) -> dict:
+    """How good the model behind a prediction is, from its CV summary (`cross_validation.oof_summary`: a run's
+    cv_summary.json, or a seed ensemble's ensemble_summary.json 'ensemble'): {'oof_score', 'class_prior_score',
+    'best_constant_score' (competition log loss, lower is better, over every labelled study out of fold),
+    'beats_best_constant', 'localiser' (`localiser`: {'median_mm', 'p90_mm'} over every held-out study and
+    optionally 'of', whose figures they are; None for a model that does not localise), 'source' (`source`, the
+    file, absolute)}, and 'scored' (what the score is of, e.g. a seed ensemble's average) when given."""
     oof = summary["oof"]
     score, best_constant = float(oof["score"]), float(oof["weighted_prior"]["score"])
-    localiser = summary.get("localiser")
-    return {"oof_score": score, "class_prior_score": float(oof["baseline"]["score"]),
-            "best_constant_score": best_constant, "beats_best_constant": bool(score < best_constant),
-            "localiser": None if localiser is None else {"median_mm": localiser["median_mm"],
-                                                         "p90_mm": localiser["p90_mm"]},
-            "source": os.path.abspath(path)}
+    quality = {"oof_score": score, "class_prior_score": float(oof["baseline"]["score"]),
+               "best_constant_score": best_constant, "beats_best_constant": bool(score < best_constant),
+               "localiser": localiser, "source": os.path.abspath(source)}
+    return quality if scored is None else {**quality, "scored": scored}
 
 
 def quality_warnings(quality: dict) -> list[str]:
@@ -71,13 +80,14 @@ def quality_text(quality: dict) -> str:
     if quality["source"] is None:
         return f"run quality: unknown ({quality['reason']})"
     verdict = "beats" if quality["beats_best_constant"] else "does NOT beat"
-    text = (f"run quality: out-of-fold score {quality['oof_score']:.4f} (competition log loss, lower is better) "
-            f"vs best constant {quality['best_constant_score']:.4f} and class prior "
+    scored = f" ({quality['scored']})" if quality.get("scored") else ""
+    text = (f"run quality{scored}: out-of-fold score {quality['oof_score']:.4f} (competition log loss, lower is "
+            f"better) vs best constant {quality['best_constant_score']:.4f} and class prior "
             f"{quality['class_prior_score']:.4f}: {verdict} the best constant")
     localiser = quality.get("localiser")
     if localiser and localiser["median_mm"] is not None:
         text += (f"; localiser error on held-out studies median {localiser['median_mm']:.2f} mm, p90 "
-                 f"{localiser['p90_mm']:.2f} mm")
+                 f"{localiser['p90_mm']:.2f} mm" + (f" ({localiser['of']})" if localiser.get("of") else ""))
     return text
 
 
@@ -162,13 +172,20 @@ def format_study_report(report: dict) -> str:
         lines.append(quality_text(report["run_quality"]))
     prov = report.get("provenance") or {}
     if prov:
-        lines.append(f"model {prov.get('model')} ({prov.get('package')}), run {prov.get('workdir')}: folds "
-                     f"{prov.get('folds')}, {prov.get('checkpoint')} checkpoints at steps "
-                     f"{prov.get('checkpoint_steps')}, flip TTA {'on' if prov.get('tta') else 'off'}")
+        ensemble = prov.get("seed_ensemble")
+        lines.append(f"model {prov.get('model')} ({prov.get('package')}), {'seed ensemble' if ensemble else 'run'} "
+                     f"{prov.get('workdir')}: folds {prov.get('folds')}{' of each member' if ensemble else ''}, "
+                     f"{prov.get('checkpoint')} checkpoints at steps {prov.get('checkpoint_steps')}, flip TTA "
+                     f"{'on' if prov.get('tta') else 'off'}")
+        if ensemble:
+            lines.append(f"seed ensemble of {len(ensemble['members'])} members ({ensemble['averaged']}): " + "; ".join(
+                f"seed {m['seed']} {m['workdir']} (steps {m['checkpoint_steps']})" for m in ensemble["members"]))
         if "localiser_steps" in prov:
             lines.append(f"two-stage: each fold's localiser (steps {prov.get('localiser_steps')}, flip TTA) placed "
                          "the crops its classifier read; the points are in the JSON report (--json)")
         if "calibration" in prov:
-            lines.append(f"probabilities {calibration_text(prov['calibration'])}")
+            lines.append(f"probabilities {calibration_text(prov['calibration'])}"
+                         + (f" with {ensemble['calibrated_with']}" if ensemble and prov["calibration"].get("applied")
+                            else ""))
     lines.append(report.get("notice", RESEARCH_USE_NOTE))
     return "\n".join(lines)

@@ -31,6 +31,11 @@ each fold's localiser finds the 25 points and that fold's crop classifier reads 
 there; the --json report also holds, per target, the series, the normalised point and its patient
 coordinates (mm, LPS). Research use only: not a medical device.
 
+--workdir may also be a seed-ensemble directory of scripts/ensemble.py (it holds ensemble_summary.json): every
+member's folds are restored (--fold and --checkpoint apply to each member), their probabilities averaged with
+equal weights, calibrated with the ensemble's own temperatures, and the run's quality is the ensemble's
+out-of-fold score; the provenance names the members.
+
 --sr (with --study_dir) also writes the report as a DICOM Comprehensive 3D SR (TID 1500 Measurement Report): one
 measurement group per target with the localised point in the series' Frame of Reference, the grade and the
 three probabilities, referencing the source images, and carrying the study's Patient and Study modules so that
@@ -47,7 +52,8 @@ from lumbar_jax import cli, huge_pages
 
 def main(argv=None) -> int:
     parser = cli.argument_parser("python scripts/predict.py", __doc__)
-    parser.add_argument("--workdir", required=True, help="run directory of python -m lumbar_jax.main")
+    parser.add_argument("--workdir", required=True, help="run directory of python -m lumbar_jax.main, or a seed-"
+                                                         "ensemble directory of scripts/ensemble.py")
     parser.add_argument("--data_dir", help="Kaggle folder with test_series_descriptions.csv and test_images/")
     parser.add_argument("--output", default="submission.csv", help="submission path (with --data_dir)")
     parser.add_argument("--split", default="test", help="which {split}_series_descriptions.csv to predict")

@@ -22,7 +22,8 @@ LAYERS = (
     ("main job", ("lumbar_jax.cross_validation",)),
     ("run tools", ("lumbar_jax.evaluate", "lumbar_jax.predict", "lumbar_jax.study_report",
                    "lumbar_jax.structured_report", "lumbar_jax.compare", "lumbar_jax.score", "lumbar_jax.analysis",
-                   "lumbar_jax.analysis.", "lumbar_jax.seed_ensemble")),
+                   "lumbar_jax.analysis.", "lumbar_jax.seed_ensemble",
+                   "lumbar_jax.ensemble_prediction")),
     ("commands", ("lumbar_jax.main", "lumbar_jax.config_overrides")),
 )
 

@@ -31,22 +31,36 @@ from tests.test_evaluate_predict import run_script
 from tests.test_structured_report import assert_sr_holds_the_report, groups_by_target, severity_and_probabilities
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """(kaggle dir with train + test studies, its r64_native dataset dir, trained two-stage run dir)."""
-    root = tmp_path_factory.mktemp("two_stage_run")
+def synthetic_kaggle_and_records(root, num_test_studies: int = 3) -> tuple[str, str]:
+    """(a synthetic Kaggle folder of 12 labelled and `num_test_studies` test studies under `root`, its
+    r64_native dataset dir)."""
     kaggle, tfds_dir = str(root / "kaggle"), str(root / "tfds")
-    synthetic.write_synthetic_dataset(kaggle, synthetic.DatasetSpec(12, seed=5, num_test_studies=3), progress=False)
+    synthetic.write_synthetic_dataset(kaggle, synthetic.DatasetSpec(12, seed=5, num_test_studies=num_test_studies),
+                                      progress=False)
     build.build_dataset(kaggle, tfds_dir, "r64_native", workers=1)
+    return kaggle, tfds_dir
+
+
+def tiny_two_stage_config(tfds_dir: str, steps: int = 2):
+    """The smoke two-stage config cut to a tiny run on `tfds_dir`: a small localiser, a ViT-only crop classifier
+    on 3 slices of 16 pixels, `steps` steps of each stage (evaluated and checkpointed at the last)."""
     c = config_lib.apply_variant(config_lib.two_stage_config(), "smoke")
     c.data.data_dir = tfds_dir
     c.model.update(name="vit", head_hidden=32, head_depth=1, drop_path=0.0, slice_patch=(8, 8))
     c.crops.update(slices=3, pixels=16)
-    c.localiser.update(variant="loc_tiny_test", batch_size=4, steps=2, warmup_steps=1, eval_every=2)
-    c.train.update(batch_size=4, eval_batch_size=4, steps=2, warmup_steps=1, eval_every=2, checkpoint_every=2,
-                   log_every=1)
+    c.localiser.update(variant="loc_tiny_test", batch_size=4, steps=steps, warmup_steps=1, eval_every=steps)
+    c.train.update(batch_size=4, eval_batch_size=4, steps=steps, warmup_steps=1, eval_every=steps,
+                   checkpoint_every=steps, log_every=1)
+    return c
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """(kaggle dir with train + test studies, its r64_native dataset dir, trained two-stage run dir)."""
+    root = tmp_path_factory.mktemp("two_stage_run")
+    kaggle, tfds_dir = synthetic_kaggle_and_records(root)
     workdir = str(root / "run")
-    cross_validation.cross_validate(c, workdir)
+    cross_validation.cross_validate(tiny_two_stage_config(tfds_dir), workdir)
     return kaggle, tfds_dir, workdir
 
 

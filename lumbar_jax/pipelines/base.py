@@ -24,9 +24,11 @@ class Restorer(abc.ABC):
     config = None  # the run's config (`inference.load_run_config`)
 
     @abc.abstractmethod
-    def restore(self, fold: int, checkpoint: str | int = "best"):
+    def restore(self, fold: int, checkpoint: str | int = "best", workdir: str | None = None):
         """Fold `fold`'s model(s) at `checkpoint` ('best', 'latest' or a step): an object with `fold` and
-        `step` (the training step of the restored checkpoint)."""
+        `step` (the training step of the restored checkpoint). `workdir`: the run to restore from, by default
+        this restorer's; another run of the same config but its seed (a seed-ensemble member) restores onto the
+        same templates, and its models predict through the same compiled steps (`predict`)."""
 
     @abc.abstractmethod
     def evaluate_fold(self, model, fold) -> dict:

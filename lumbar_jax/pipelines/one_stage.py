@@ -63,8 +63,8 @@ class OneStageRestorer(Restorer):
         self.evaluation_step = one_stage.study_eval_step(config, self.statics, mesh, with_attention_peaks=True)
         self.batch_size = inference.eval_batch_size(config, mesh)
 
-    def restore(self, fold: int, checkpoint: str | int = "best") -> FoldModel:
-        (directory, which, what), = PIPELINE.checkpoints(self.workdir, fold, checkpoint)
+    def restore(self, fold: int, checkpoint: str | int = "best", workdir: str | None = None) -> FoldModel:
+        (directory, which, what), = PIPELINE.checkpoints(workdir or self.workdir, fold, checkpoint)
         state, step = inference.restore_checkpoint(directory, self.template, which, what)
         return FoldModel(fold, step, state)
 

@@ -61,10 +61,11 @@ class TwoStageRestorer(Restorer):
         self.classify = Classify(classifier_eval_step(classifier_statics, mesh), CropSpec.from_config(config.crops),
                                  batch_size, mesh)
 
-    def restore(self, fold: int, checkpoint: str | int = "best") -> TwoStageFoldModel:
-        """Fold `fold`'s best localiser and its classifier at `checkpoint` ('best', 'latest' or a step)."""
+    def restore(self, fold: int, checkpoint: str | int = "best", workdir: str | None = None) -> TwoStageFoldModel:
+        """Fold `fold`'s best localiser and its classifier at `checkpoint` ('best', 'latest' or a step), of the
+        run in `workdir` (default: this restorer's)."""
         (localiser_dir, localiser_which, localiser_what), (classifier_dir, which, what) = PIPELINE.checkpoints(
-            self.workdir, fold, checkpoint)
+            workdir or self.workdir, fold, checkpoint)
         localiser, localiser_step = inference.restore_checkpoint(localiser_dir, self.localiser_template,
                                                                  localiser_which, localiser_what)
         classifier, step = inference.restore_checkpoint(classifier_dir, self.classifier_template, which, what)
