@@ -20,7 +20,7 @@ from lumbar_jax import calibration, predict, rundir, seed_ensemble, study_report
 from lumbar_jax import labels as labels_lib
 from lumbar_jax.data import study
 from tests.test_evaluate_predict import run_script
-from tests.test_structured_report import assert_sr_holds_the_report
+from tests.test_structured_report import assert_sr_holds_the_report, sr_provenance
 from tests.test_two_stage_prediction import synthetic_kaggle_and_records, tiny_two_stage_config
 
 TEMPERATURES = {"spinal": 2.0, "foraminal": 0.5}  # set on a copy of the ensemble: far from 1, so they show
@@ -102,9 +102,7 @@ def test_study_report_json_and_sr_name_the_members_and_the_ensembles_score(ensem
     assert study_report.quality_text(quality) in printed
     series_dirs = study.chosen_series_dirs(entry, predict.PredictionRun(workdir).read([entry])[0]["series_ids"])
     dataset, _ = assert_sr_holds_the_report(sr, report, series_dirs)
-    (comment,) = [item.TextValue for item in dataset.ContentSequence
-                  if item.ConceptNameCodeSequence[0].CodeValue == "121106"]  # DCM Comment: notice, provenance
-    assert json.loads(comment.split("Provenance: ", 1)[1])["seed_ensemble"] == prov["seed_ensemble"]
+    assert sr_provenance(dataset)["seed_ensemble"] == prov["seed_ensemble"]
 
 
 def test_a_missing_unfinished_or_foldless_member_and_a_bad_fold_are_refused_before_any_model(
@@ -119,9 +117,9 @@ def test_a_missing_unfinished_or_foldless_member_and_a_bad_fold_are_refused_befo
     for name, member, named in (("missing", str(tmp_path / "gone"), "no such run directory"),
                                 ("unfinished", unfinished, "the run is unfinished"),
                                 ("foldless", foldless, "fold 0 of")):
-        def point_at(summary, member=member):
-            summary["members"][1]["workdir"] = member
-        cases.append((_ensemble_copy(workdir, tmp_path / name, point_at), [], [member, named]))
+        copy = _ensemble_copy(workdir, tmp_path / f"ensemble_{name}",
+                              lambda summary, member=member: summary["members"][1].update(workdir=member))
+        cases.append((copy, [], [member, named]))
     cases.append((workdir, ["--fold", "7"], ["--fold 7 not in 0..1 (each member of the run has 2 folds)"]))
     for source, flags, named in cases:
         assert run_script("predict.py", "--workdir", source, "--data_dir", kaggle,

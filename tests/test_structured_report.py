@@ -98,6 +98,15 @@ def severity_and_probabilities(group) -> tuple[str, list[float]]:
     return evaluation.value.meaning, [measurements[f"p_{c}"].value for c in labels.SEVERITY_COLUMNS]
 
 
+def sr_provenance(dataset: pydicom.Dataset) -> dict:
+    """The provenance in an SR's "Qualitative Evaluations" comment, after the research-use notice (checked)."""
+    notes = [item for item in dataset.ContentSequence if item.ValueType == "CONTAINER"
+             and item.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    text = notes[0].ContentSequence[0].TextValue
+    assert text.startswith(study_report.RESEARCH_USE_NOTE)
+    return json.loads(text.split("Provenance: ", 1)[1])
+
+
 def assert_sr_holds_the_report(path, report: dict, series_dirs) -> tuple[pydicom.Dataset, dict]:
     """The SR at `path` read back with pydicom and highdicom: a Comprehensive 3D SR of TID 1500, unverified,
     with one group per target in target order, each holding its entry of `report` (grade, probabilities, and
@@ -144,11 +153,7 @@ def test_each_group_holds_the_reports_point_grade_and_probabilities(source, tmp_
     assert all(isinstance(g, hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) for g in groups.values())
     left = groups["left_neural_foraminal_narrowing_l4_l5"].finding_sites[0].laterality
     assert left is not None and left.meaning == "Left"
-    notes = [item for item in dataset.ContentSequence if item.ValueType == "CONTAINER"
-             and item.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
-    text = notes[0].ContentSequence[0].TextValue
-    assert text.startswith(study_report.RESEARCH_USE_NOTE)
-    assert json.loads(text.split("Provenance: ", 1)[1]) == PROVENANCE
+    assert sr_provenance(dataset) == PROVENANCE
 
 
 def test_uids_frames_and_referenced_slices_are_the_sources(source, tmp_path):
