@@ -1,7 +1,7 @@
 """predict.py on a seed-ensemble directory (lumbar_jax/ensemble_prediction.py): the probabilities are the mean of
 the members' uncalibrated ones, calibrated with the ensemble's temperatures; the report, JSON and DICOM SR name
 the members and the ensemble's OOF score; a missing or unfinished member, one without the folds asked for, and
-a fold out of range are refused in one line before any model is built.
+a fold out of range or flip TTA are refused in one line before any model is built.
 
 Two seeds of the tiny two-stage run of tests/test_two_stage_prediction.py (1 step per stage) are trained once
 per module through `seed_ensemble` on a synthetic Kaggle folder with 2 test studies.
@@ -121,6 +121,7 @@ def test_a_missing_unfinished_or_foldless_member_and_a_bad_fold_are_refused_befo
                               lambda summary, member=member: summary["members"][1].update(workdir=member))
         cases.append((copy, [], [member, named]))
     cases.append((workdir, ["--fold", "7"], ["--fold 7 not in 0..1 (each member of the run has 2 folds)"]))
+    cases.append((workdir, ["--tta"], ["flip TTA: ", "is a two-stage run"]))
     for source, flags, named in cases:
         assert run_script("predict.py", "--workdir", source, "--data_dir", kaggle,
                           "--output", str(tmp_path / "s.csv"), *flags) == 2
