@@ -344,7 +344,7 @@ def _study_row(ctx: common.Context, config, p: dict) -> dict:
     batch_size = inference.eval_batch_size(config, mesh)
     ours = (two_stage_models.Localise(two_stage_models.localiser_eval_step(loc_statics, mesh), batch_size, mesh),
             two_stage_models.Classify(two_stage_models.classifier_eval_step(cls_statics, mesh), crop, batch_size,
-                                      mesh))
+                                      mesh, config.crops.tta_shift_mm))
     fns = {"ours": lambda: _one_study(entries, config, native_max_size, ours, (loc_state, cls_state))}
     peer_name = ""
     if ctx.peer["available"]:
@@ -353,7 +353,8 @@ def _study_row(ctx: common.Context, config, p: dict) -> dict:
         loc_peer = _peer_module("localiser", config, loc_module).eval()
         cls_peer = _peer_module("crop_classifier", config, cls_module).eval()
         peer_steps = (two_stage_models.Localise(_peer_eval_step("localiser", loc_peer), batch_size, mesh),
-                      two_stage_models.Classify(_peer_eval_step("crop_classifier", cls_peer), crop, batch_size, mesh))
+                      two_stage_models.Classify(_peer_eval_step("crop_classifier", cls_peer), crop, batch_size, mesh,
+                                                config.crops.tta_shift_mm))
         fns["peer"] = lambda: _one_study(entries, config, native_max_size, peer_steps, (None, None))
         peer_name = f"{batch_size} rows per model call (the eval batch, padded), as predict.py; peer: eager"
     timings = common.measure_interleaved(fns, items={k: 1 for k in fns}, repeats=p["repeats"], warmup=1)

@@ -188,9 +188,11 @@ def test_a_restored_config_of_an_earlier_version_takes_defaults_and_the_new_fiel
     del stored["train"]["loss"]  # runs before train.loss trained on the metric: its default
     del stored["model"]["kernels"]
     stored["model"]["conv_impl"] = "slices"  # the field before model.kernels
+    del stored["crops"]["tta_shift_mm"]  # runs before it scored one crop per target: 0, not the default
     restored = config_lib.restore_config(stored)
     config_lib.validate(restored, check_paths=False)
-    assert (restored.train.loss, restored.model.kernels) == ("metric", "cpu")
+    assert (restored.train.loss, restored.model.kernels, restored.crops.tta_shift_mm) == ("metric", "cpu", 0.0)
+    assert "tta_shift_mm" not in stored["crops"]  # the caller's dict is left as it was
     stored["model"]["typo"] = 1
     _refused(config_lib.restore_config(stored), "model.typo")
 
@@ -216,6 +218,8 @@ TWO_STAGE_REFUSED = [  # (overrides of the two-stage default, the field the erro
     ({"crops.size_mm": -40.0}, "crops.size_mm"),
     ({"crops.jitter_scale": -1.0}, "crops.jitter_scale"),
     ({"crops.points": "oracle"}, "crops.points"),
+    ({"crops.tta_shift_mm": -1.0}, "crops.tta_shift_mm"),
+    ({"crops.tta_shift_mm": 20.0}, "crops.tta_shift_mm"),
     ({"model.slice_patch": (5, 5)}, "model.slice_patch"),  # does not divide crops.pixels 32
     ({"model.effnet_pool": (1, 2, 4)}, "model.effnet_pool"),  # a crop slice is pooled square
     ({"model.pretrained_vit": "vit.safetensors", "model.vit": "vit_s"}, "model.slice_patch"),  # patch-16 weights

@@ -42,9 +42,11 @@ _CROP_STREAM = 0xC809  # separates the crop augmentation RNG streams from other 
 
 
 def _row(record: dict[str, Any], points: np.ndarray, crop: crops_lib.CropSpec, *, jitter: np.ndarray | None = None,
-         rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-    """One batch row (module docstring, without the batch axis) of `record` with crops at `points` [25, 3]."""
-    crops, crop_present = crops_lib.study_crops(record, points, crop, jitter=jitter, rng=rng)
+         rng: np.random.Generator | None = None, offset: tuple[float, float, float] | None = None
+         ) -> dict[str, np.ndarray]:
+    """One batch row (module docstring, without the batch axis) of `record` with crops at `points` [25, 3]
+    (`crops.study_crops`: jitter, offset)."""
+    crops, crop_present = crops_lib.study_crops(record, points, crop, jitter=jitter, rng=rng, offset=offset)
     return {
         "crops": crops,
         "crop_present": crop_present,
@@ -99,16 +101,18 @@ class _TrainCropExample:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _EvalCropExample:
-    """Record index -> its row, crops at `points[record]`, or at the annotated points when `points` is None."""
+    """Record index -> its row, crops at `points[record]`, or at the annotated points when `points` is None,
+    moved by `offset` (slices, mm, mm) when given."""
 
     source: Sequence[Any]
     crop: crops_lib.CropSpec
     points: np.ndarray | None
+    offset: tuple[float, float, float] | None = None
 
     def __call__(self, record_index: int) -> dict[str, np.ndarray]:
         record = self.source[record_index]
         points = crops_lib.training_points(record) if self.points is None else self.points[record_index]
-        return _row(record, points, self.crop)
+        return _row(record, points, self.crop, offset=self.offset)
 
 
 def _per_record_points(points: np.ndarray | None, source: Sequence[Any], what: str) -> np.ndarray | None:
@@ -138,14 +142,16 @@ def train_batches(source: Sequence[Any], indices: Sequence[int], stream: pipelin
 
 
 def eval_batches(source: Sequence[Any], indices: Sequence[int], crop: crops_lib.CropSpec, *, batch_size: int,
-                 points: np.ndarray | None = None, shard: pipeline.Shard = pipeline.Shard()) -> grain.MapDataset:
+                 points: np.ndarray | None = None, offset: tuple[float, float, float] | None = None,
+                 shard: pipeline.Shard = pipeline.Shard()) -> grain.MapDataset:
     """Every record of `indices` once, in order, unaugmented, in fixed-shape batches (padding and sharding as
     `pipeline.eval_batches`; padding rows: zero crops, crop_present False, labels -1, study_id -1); read them
     with `pipeline.iterate`.
 
     `points` float [len(source), 25, 3]: per record (by index in `source`) the normalised point of every
     target on its series, e.g. the localiser's predictions (every finite point is cut, annotated or not);
-    None = the annotated points (`crops.training_points`).
+    None = the annotated points (`crops.training_points`). `offset` (slices, mm, mm): every crop moved by it in
+    its series' frame (`crops.study_crops`), for test-time shifts.
     """
-    example = _EvalCropExample(source, crop, _per_record_points(points, source, "points"))
+    example = _EvalCropExample(source, crop, _per_record_points(points, source, "points"), offset)
     return pipeline.padded_eval_stream(indices, example, batch_size=batch_size, shard=shard)

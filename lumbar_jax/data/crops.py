@@ -22,7 +22,7 @@ labels keep their side.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -163,7 +163,8 @@ class CropSpec:
 
 
 def study_crops(record: Mapping[str, Any], points: np.ndarray, crop: CropSpec, *, jitter: np.ndarray | None = None,
-                rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+                rng: np.random.Generator | None = None, offset: Sequence[float] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """The 25 crops of a `*_native` record: (crops uint8 [25, K, P, P], crop_present bool [25]) of `crop`'s
     shape.
 
@@ -172,7 +173,8 @@ def study_crops(record: Mapping[str, Any], points: np.ndarray, crop: CropSpec, *
     crops are 0. With `jitter` ([3, 3] std, see `draw_offsets`; needs `rng`) every crop is moved by a Gaussian
     offset in its volume's frame BEFORE the left targets are mirrored, so the mirror stays an exact flip of
     what was cut: a left crop moved by o is the right crop of the mirrored patient moved by o mirrored (and
-    the Gaussian is symmetric, so both sides see the same jitter distribution).
+    the Gaussian is symmetric, so both sides see the same jitter distribution). `offset` [3] (slices, mm, mm)
+    moves every crop by the same amount in its volume's frame (test-time shifts), on top of any jitter.
     """
     points = np.asarray(points, dtype=np.float64)
     if points.shape != (labels.NUM_TARGETS, 3):
@@ -180,6 +182,8 @@ def study_crops(record: Mapping[str, Any], points: np.ndarray, crop: CropSpec, *
     if jitter is not None and rng is None:
         raise ValueError("jitter needs an rng")
     offsets = draw_offsets(jitter, rng) if jitter is not None else np.zeros_like(points)
+    if offset is not None:
+        offsets = offsets + np.asarray(offset, dtype=np.float64)
     present = np.asarray(record["present"], dtype=bool)
     crop_present = present[TARGET_SERIES] & np.all(np.isfinite(points), axis=-1)
     crops = np.zeros((labels.NUM_TARGETS, *crop.shape), np.uint8)

@@ -59,7 +59,7 @@ class TwoStageRestorer(Restorer):
         classifier_statics, self.classifier_template = classifier_state(config, mesh)
         self.localise = Localise(localiser_eval_step(localiser_statics, mesh), batch_size, mesh)
         self.classify = Classify(classifier_eval_step(classifier_statics, mesh), CropSpec.from_config(config.crops),
-                                 batch_size, mesh)
+                                 batch_size, mesh, config.crops.tta_shift_mm)
 
     def restore(self, fold: int, checkpoint: str | int = "best", workdir: str | None = None) -> TwoStageFoldModel:
         """Fold `fold`'s best localiser and its classifier at `checkpoint` ('best', 'latest' or a step), of the

@@ -163,6 +163,7 @@ def _crops_section() -> ml_collections.ConfigDict:
     cr.pixels = 32  # P: in-plane samples per side; crops are uint8 [K, P, P]
     cr.jitter_scale = 1.0  # training jitter = this x the localiser's held-out error (std per group and axis)
     cr.points = "predicted"  # held-out crops at the fold's localiser's 'predicted' points, or 'annotated' ones
+    cr.tta_shift_mm = 1.0  # held-out probabilities: mean over the crop and 4 moved +-this along rows / cols; 0 = 1 crop
     return cr
 
 
@@ -175,7 +176,8 @@ def validate(c: ml_collections.ConfigDict, *, check_paths: bool = True) -> None:
 
 def restore_config(stored: Mapping) -> ml_collections.ConfigDict:
     """A run's stored config (the dict of its `config.json`) on this schema: `default_config()` updated with the
-    stored values, so tuples are tuples again and fields the run's version did not have take their defaults.
+    stored values, so tuples are tuples again and fields the run's version did not have take their defaults,
+    except `crops.tta_shift_mm`, which such runs did not have: 0 (one crop per target), as they were scored.
     The stored `model.conv_impl` of earlier versions becomes `model.kernels`, and the CPU-sized encoders' earlier
     names ('vit_tiny_test', 'effnet_tiny_test') their current ones. Validate the result."""
     renamed_variants = {"vit_tiny_test": "vit_cpu", "effnet_tiny_test": "effnet_cpu"}  # earlier name -> current
@@ -188,6 +190,9 @@ def restore_config(stored: Mapping) -> ml_collections.ConfigDict:
         for field in ("vit", "effnet"):
             if isinstance(model.get(field), str):
                 model[field] = renamed_variants.get(model[field], model[field])
+    crops = stored.get("crops")
+    if isinstance(crops, dict):
+        crops.setdefault("tta_shift_mm", 0.0)  # runs before the field read one crop per target
     config = default_config()
     try:
         config.update(stored)

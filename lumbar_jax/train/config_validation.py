@@ -284,6 +284,8 @@ def _check_two_stage(c) -> None:
     _require(_is_number(cr.jitter_scale) and cr.jitter_scale >= 0, "crops.jitter_scale",
              f"must be >= 0, got {cr.jitter_scale!r}")
     _choice(c, "crops.points", CROP_POINTS)
+    _require(_is_number(cr.tta_shift_mm) and 0 <= cr.tta_shift_mm < cr.size_mm / 2, "crops.tta_shift_mm",
+             f"must be in [0, crops.size_mm / 2 = {cr.size_mm / 2:g}), got {cr.tta_shift_mm!r}")
     if "effnet" in registry.encoders_of(c.model):
         pool = tuple(c.model.effnet_pool)
         _require(pool[1] == pool[2] and cr.pixels % pool[1] == 0, "model.effnet_pool",

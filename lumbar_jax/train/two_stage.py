@@ -130,7 +130,7 @@ def _classifier_stage(config, workdir: str, fold: Fold, mesh, points: np.ndarray
     train_step = step_lib.make_train_step(statics, mesh, seeds.dropout_seed(config.seed, fold.index),
                                           tc.ema_decay, classifier_loss(tc.label_smoothing))
     eval_step = classifier_eval_step(statics, mesh)
-    classify = Classify(eval_step, crop, tc.eval_batch_size, mesh)
+    classify = Classify(eval_step, crop, tc.eval_batch_size, mesh, config.crops.tta_shift_mm)
     held_out_points = points[fold.val_idx] if config.crops.points == "predicted" else None
 
     def evaluate(state) -> tuple[np.ndarray, dict]:

@@ -81,15 +81,27 @@ class Localise:
         return out["points"]
 
 
+def shift_offsets(shift_mm: float) -> list[tuple[float, float, float]]:
+    """The crop moves (slices, mm, mm) `Classify` averages over: none, and with `shift_mm` > 0 also +-shift_mm
+    along the crop's rows and along its cols (5 crops per target)."""
+    if shift_mm <= 0:
+        return [(0.0, 0.0, 0.0)]
+    return [(0.0, 0.0, 0.0), (0.0, shift_mm, 0.0), (0.0, -shift_mm, 0.0), (0.0, 0.0, shift_mm), (0.0, 0.0, -shift_mm)]
+
+
 @dataclasses.dataclass(frozen=True)
 class Classify:
     """A crop classifier state, records, points -> probabilities: crops of `crop` cut at the points,
-    `eval_step` (`classifier_eval_step`) over global batches of `batch_size` on `mesh`."""
+    `eval_step` (`classifier_eval_step`) over global batches of `batch_size` on `mesh`; with `shift_mm` > 0 the
+    mean over the crops at the point and moved by +-shift_mm along rows and cols (`shift_offsets`,
+    `crops.tta_shift_mm`): a placement a millimetre off costs a classifier trained at the localiser's
+    sub-millimetre jitter far more than it costs the average of five placements around it."""
 
     eval_step: Callable
     crop: CropSpec
     batch_size: int
     mesh: Any
+    shift_mm: float = 0.0
 
     def __call__(self, state, records: Sequence[Any], indices: np.ndarray, study_ids: np.ndarray,
                  points: np.ndarray | None) -> np.ndarray:
@@ -99,9 +111,12 @@ class Classify:
         if points is not None:
             per_record = np.full((len(records), labels.NUM_TARGETS, 3), np.nan)
             per_record[indices] = points
-        batches = pipeline.iterate(crop_pipeline.eval_batches(
-            records, indices, self.crop, batch_size=mesh_lib.process_batch_size(self.batch_size), points=per_record,
-            shard=pipeline.Shard.of_process()))
-        out, _ = gather_outputs(self.eval_step, state, batches, self.mesh, ("crops", "crop_present"),
-                                study_ids[indices])
-        return out["probs"]
+        probs = []
+        for offset in shift_offsets(self.shift_mm):
+            batches = pipeline.iterate(crop_pipeline.eval_batches(
+                records, indices, self.crop, batch_size=mesh_lib.process_batch_size(self.batch_size),
+                points=per_record, offset=offset, shard=pipeline.Shard.of_process()))
+            out, _ = gather_outputs(self.eval_step, state, batches, self.mesh, ("crops", "crop_present"),
+                                    study_ids[indices])
+            probs.append(out["probs"])
+        return np.mean(probs, axis=0)

@@ -198,6 +198,21 @@ def test_jitter_moves_crops_in_the_volume_frame_and_is_a_function_of_the_seed():
     np.testing.assert_array_equal(zero, plain)
 
 
+def test_an_offset_moves_every_crop_as_the_same_jitter_offset_would():
+    record = native_record(np.random.default_rng(2))
+    points = crops_lib.training_points(record)
+    moved, _ = crops_lib.study_crops(record, points, CROP, offset=(1.0, -1.5, 0.75))
+    for t in (0, 7, 16, 21):  # spinal, right and left foraminal, left subarticular
+        s = labels.TARGET_SERIES[t]
+        cut = crops_lib.cut_crops(record[f"{labels.SERIES_TYPES[s]}_native"], record["native_affine"][s], points[t],
+                                  CROP, offsets=np.array([[1.0, -1.5, 0.75]]))[0]
+        if labels.TARGET_SIDE[t] == 1:  # moved in the volume's frame, then mirrored
+            cut = np.flip(cut, axis=RIGHT_TO_LEFT_AXIS[s])
+        np.testing.assert_array_equal(moved[t], cut)
+    np.testing.assert_array_equal(crops_lib.study_crops(record, points, CROP, offset=(0, 0, 0))[0],
+                                  crops_lib.study_crops(record, points, CROP)[0])
+
+
 def test_offsets_are_drawn_per_group():
     offsets = crops_lib.draw_offsets(np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]),
                              np.random.default_rng(0))
