@@ -13,7 +13,8 @@ in 3D over whole volumes) is configs/vit_effnet_one_stage.py.
 
 Variants (`--config configs/vit_effnet.py:VARIANT`):
   (default)  CPU-sized: r64_native records, 5 slices x 40 mm crops sampled to 32x32, the encoders vit_cpu
-             and effnet_cpu; localiser 150 steps, classifier 300 steps of batch 12 per fold.
+             and effnet_cpu; localiser 150 steps, classifier 300 steps of batch 12 per fold, the metric loss
+             with label smoothing 0.05; held-out crops averaged over +-1 mm moves (crops.tta_shift_mm).
   smoke      a few steps of both stages, 2 folds, few studies: checks the whole job end to end.
   r128       GPU-sized: r128_native records (native series up to 512 px), vit_s + effnet_b0, bfloat16;
              localiser 1500 steps, classifier 3000 steps of batch 32 per fold. On the real data:
