@@ -21,7 +21,8 @@ from lumbar_jax import labels as labels_lib
 from lumbar_jax.data import study
 from tests.test_evaluate_predict import run_script
 from tests.test_structured_report import assert_sr_holds_the_report, sr_provenance
-from tests.test_two_stage_prediction import synthetic_kaggle_and_records, tiny_two_stage_config
+from tests.test_two_stage_prediction import (predict_first_test_study, synthetic_kaggle_and_records,
+                                             tiny_two_stage_config)
 
 TEMPERATURES = {"spinal": 2.0, "foraminal": 0.5}  # set on a copy of the ensemble: far from 1, so they show
 
@@ -81,11 +82,7 @@ def test_the_ensemble_is_the_mean_of_its_members_calibrated_with_its_own_tempera
 
 def test_study_report_json_and_sr_name_the_members_and_the_ensembles_score(ensemble, tmp_path, capsys):
     kaggle, workdir, members = ensemble
-    entry = study.list_studies(kaggle, "test")[0]
-    study_dir = os.path.dirname(entry.series_dirs[2][0][1])
-    out, sr = tmp_path / "report.json", tmp_path / "report.dcm"
-    assert run_script("predict.py", "--workdir", workdir, "--study_dir", study_dir, "--json", str(out),
-                      "--sr", str(sr)) == 0
+    entry, _, out, sr = predict_first_test_study(kaggle, workdir, tmp_path)
     printed = capsys.readouterr().out
     report = json.load(open(out))
     summary = json.load(open(os.path.join(workdir, rundir.ENSEMBLE_SUMMARY_FILE)))

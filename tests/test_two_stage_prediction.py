@@ -54,6 +54,17 @@ def tiny_two_stage_config(tfds_dir: str, steps: int = 2):
     return c
 
 
+def predict_first_test_study(kaggle: str, workdir: str, tmp_path) -> tuple:
+    """predict.py --study_dir on the folder's first test study with --json and --sr into tmp_path (asserted to
+    succeed): (its StudyEntry, its folder, the JSON path, the SR path)."""
+    entry = study.list_studies(kaggle, "test")[0]
+    study_dir = os.path.dirname(entry.series_dirs[2][0][1])
+    out, sr = tmp_path / "report.json", tmp_path / "report.dcm"
+    assert run_script("predict.py", "--workdir", workdir, "--study_dir", study_dir, "--json", str(out),
+                      "--sr", str(sr)) == 0
+    return entry, study_dir, out, sr
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """(kaggle dir with train + test studies, its r64_native dataset dir, trained two-stage run dir)."""
@@ -176,11 +187,7 @@ def test_study_dir_sr_holds_the_json_reports_points_grades_and_probabilities(run
     """predict.py --sr beside --json: the SR's groups are the JSON report's targets; then the same study without
     its axial T2 folder: the subarticular groups have no point."""
     kaggle, _, workdir = run
-    entry = study.list_studies(kaggle, "test")[0]
-    study_dir = os.path.dirname(entry.series_dirs[2][0][1])
-    out, sr = tmp_path / "report.json", tmp_path / "report.dcm"
-    assert run_script("predict.py", "--workdir", workdir, "--study_dir", study_dir, "--json", str(out),
-                      "--sr", str(sr)) == 0
+    entry, study_dir, out, sr = predict_first_test_study(kaggle, workdir, tmp_path)
     assert f"wrote {sr} (DICOM SR)" in capsys.readouterr().out
     series_dirs = study.chosen_series_dirs(entry, predictor.run.read([entry])[0]["series_ids"])
     _, groups = assert_sr_holds_the_report(sr, json.load(open(out)), series_dirs)
