@@ -4,8 +4,9 @@ The way of the competition's 2nd-place solution (`../shared/lsdc_solutions.md`):
 probability is below `train.drop_labels_below` (0.2 there: the prediction differs from the label by >= 0.8) is
 more likely a mislabel than a hard case, and training on it teaches the model to hedge everywhere. With
 `train.drop_labels_from = W` (a finished run on the same dataset) each fold trains with those labels missing
-(-1): its training batches read the records through `DroppedLabels`. Held-out studies are never changed, and every score is
-still taken against the dataset's labels, all of them.
+(-1): its training batches read the records through `DroppedLabels`. Held-out studies are never changed, and
+every score is still taken against the dataset's labels, all of them. On the embedded synthetic set, whose
+held-out labels are as noisy as its training labels, it found the noise but scored worse (README, Results).
 
 The source run's predictions of a study came from a model that never saw that study, but it did see the other
 studies, the current fold's held-out ones among them; so the choice of which training labels to drop carries
