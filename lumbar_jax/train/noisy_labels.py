@@ -10,7 +10,7 @@ held-out labels are as noisy as its training labels, it found the noise but scor
 
 The source run's predictions of a study came from a model that never saw that study, but it did see the other
 studies, the current fold's held-out ones among them; so the choice of which training labels to drop carries
-a little of their labels. It costs a second run (the source run's); the README gives its measured gain.
+a little of their labels. It costs a second run (the source run's); the README gives what it measured.
 """
 
 from __future__ import annotations
