@@ -43,7 +43,13 @@ def contradicted(labels: np.ndarray, probs: np.ndarray, below: float) -> np.ndar
 def read_oof(workdir: str, study_ids: np.ndarray) -> np.ndarray:
     """float [N, 25, 3] the run's out-of-fold probabilities (oof_predictions.csv) of `study_ids` int [N], in that
     order; NaN for a study the run did not predict."""
-    table = pd.read_csv(rundir.oof_path(workdir)).set_index("row_id")
+    path = rundir.oof_path(workdir)
+    table = pd.read_csv(path)
+    missing = [c for c in ("row_id", *labels_lib.SEVERITY_COLUMNS) if c not in table.columns]
+    if missing:
+        raise ConfigError(f"config.{FIELD}: {path} has no column {missing[0]!r}: not the oof_predictions.csv of a "
+                          "finished run")
+    table = table.set_index("row_id")
     row_ids = [labels_lib.row_id(s, t) for s in study_ids for t in labels_lib.TARGETS]
     values = table.reindex(row_ids)[list(labels_lib.SEVERITY_COLUMNS)].to_numpy(np.float64)
     return values.reshape(len(study_ids), labels_lib.NUM_TARGETS, labels_lib.NUM_SEVERITIES)

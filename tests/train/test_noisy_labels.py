@@ -81,3 +81,12 @@ def test_bad_fields_are_refused_before_any_work(tmp_path):
     config.train.drop_labels_below = 1.0
     with pytest.raises(config_lib.ConfigError, match=r"^config.train.drop_labels_below: must be in \(0, 1\)"):
         config_lib.validate(config)
+
+
+def test_a_source_run_whose_oof_file_is_not_one_is_refused_naming_the_field_and_file(tmp_path):
+    workdir = _run_with_oof(tmp_path, np.array([1]), np.full((1, labels_lib.NUM_TARGETS, 3), 1 / 3))
+    with open(rundir.oof_path(workdir), "w") as f:
+        f.write("row_id,normal_mild\n1_x,1.0\n")
+    with pytest.raises(config_lib.ConfigError, match=r"^config.train.drop_labels_from: .*oof_predictions.csv has no "
+                                                     r"column 'moderate'"):
+        noisy_labels.read_oof(workdir, np.array([1]))
