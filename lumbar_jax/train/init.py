@@ -8,17 +8,50 @@ one as the template whose shapes and shardings Orbax restores onto.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import numpy as np
 from flax import nnx
 
 from lumbar_jax import metrics
 from lumbar_jax.data.crops import CropSpec
-from lumbar_jax.models import registry
+from lumbar_jax.models import pretrained, registry
 from lumbar_jax.train import mesh as mesh_lib
 from lumbar_jax.train import step as step_lib
 from lumbar_jax.train.seeds import model_rngs
 from lumbar_jax.train.state import create_train_state
+
+
+# XLA:CPU compiles an initialisation program (random draws only, run once) in less than half the time without
+# LLVM's optimisations; other backends compile it as they compile everything.
+_CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+# (model kind, seed, its config sections as JSON) -> (graph definition, compiled initialisation program)
+_INIT_PROGRAMS: dict[tuple, tuple] = {}
+
+
+def initialised(build: Callable[[], nnx.Module], key: tuple) -> nnx.Module:
+    """The module `build()` returns, its parameters drawn by one compiled program, which is kept for `key`
+    (what determines `build`: every fold of a run starts from the same initialisation, train/seeds.py).
+
+    Built eagerly, each initializer of each shape would be compiled on its own (over a hundred small XLA
+    programs, about 10-15 s per model on a CPU); one program compiles in a few seconds, later folds reuse it,
+    and the compilation cache (train/xla_cache.py) keeps it for later runs. `build` must be a pure function of
+    `key` (it is traced): pretrained weights and output biases are set on the result, not inside it.
+    """
+    if key not in _INIT_PROGRAMS:
+        graphdef, _ = nnx.split(nnx.eval_shape(build))
+        options = _CPU_INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+        _INIT_PROGRAMS[key] = graphdef, jax.jit(lambda: nnx.split(build())[1]).lower().compile(compiler_options=options)
+    graphdef, draw = _INIT_PROGRAMS[key]
+    return nnx.merge(graphdef, draw())
+
+
+def _init_key(kind: str, config, *sections: str) -> tuple:
+    """The `initialised` key of a model of `kind` built from the run config's `sections` and its seed."""
+    return (kind, config.seed, *(config[name].to_json(sort_keys=True) for name in sections))
 
 
 def fresh_state(model: nnx.Module, schedule, config, mesh, use_ema: bool) -> tuple:
@@ -44,7 +77,10 @@ def study_model_state(config, mesh, train_labels: np.ndarray | None = None, load
     config's pretrained encoder weights (`model.pretrained_*`): a fresh start only, a resumed or restored state
     overwrites them anyway.
     """
-    model = registry.create_model(config.model, model_rngs(config.seed), load_pretrained=load_pretrained)
+    model = initialised(lambda: registry.create_model(config.model, model_rngs(config.seed)),
+                        _init_key("study_model", config, "model"))
+    if load_pretrained:
+        pretrained.apply_pretrained(model, config.model)
     if train_labels is not None:
         model.head.set_output_bias(log_prior(train_labels))
     return fresh_state(model, config.train, config, mesh, use_ema=config.train.ema_decay > 0)
@@ -53,8 +89,9 @@ def study_model_state(config, mesh, train_labels: np.ndarray | None = None, load
 def localiser_state(config, mesh) -> tuple:
     """(statics, state) of a fresh localiser (two-stage stage 1) on its own schedule (`config.localiser`), no
     EMA."""
-    model = registry.create_localiser(config.localiser, config.model, tuple(config.model.volume_shape),
-                                      model_rngs(config.seed))
+    model = initialised(lambda: registry.create_localiser(config.localiser, config.model,
+                                                          tuple(config.model.volume_shape), model_rngs(config.seed)),
+                        _init_key("localiser", config, "localiser", "model"))
     return fresh_state(model, config.localiser, config, mesh, use_ema=False)
 
 
@@ -62,8 +99,11 @@ def classifier_state(config, mesh, train_labels: np.ndarray | None = None, load_
                      ) -> tuple:
     """(statics, state) of a fresh crop classifier (two-stage stage 2) on `config.train`'s schedule (EMA when
     configured); `train_labels` and `load_pretrained` as `study_model_state`."""
-    model = registry.create_crop_classifier(config.model, CropSpec.from_config(config.crops).shape,
-                                            model_rngs(config.seed), load_pretrained=load_pretrained)
+    crop_shape = CropSpec.from_config(config.crops).shape
+    model = initialised(lambda: registry.create_crop_classifier(config.model, crop_shape, model_rngs(config.seed)),
+                        _init_key("crop_classifier", config, "model", "crops"))
+    if load_pretrained:
+        pretrained.apply_pretrained(model, config.model)
     if train_labels is not None:
         model.set_output_bias(log_prior(train_labels))
     return fresh_state(model, config.train, config, mesh, use_ema=config.train.ema_decay > 0)

@@ -72,12 +72,16 @@ def run_stage(stage: Stage, mesh) -> tuple[dict, int, Any, dict]:
     state, start, best = _restore_or_start(store, stage.state, stage.name)
     batches = stage.batches(start)
 
+    best_outputs = {}  # the best evaluation of this process: {'step', 'outputs': (predictions, report)}
+
     def evaluate(step: int, state) -> float:
         """Score the held-out part, log it, and keep `state` as the best checkpoint when it scores lowest."""
-        _, result = stage.evaluate(state)
+        outputs = stage.evaluate(state)
+        result = outputs[1]
         writer.write(step, stage.scalars(result))
         if result["score"] < best["score"]:
             best.update(score=result["score"], step=step)
+            best_outputs.update(step=step, outputs=outputs)
             store.save_best(step, state, {"step": step, "best": best}, result["score"])
         return result["score"]
 
@@ -104,8 +108,14 @@ def run_stage(stage: Stage, mesh) -> tuple[dict, int, Any, dict]:
     bar.close()
 
     # ---------------------------------------------------------------- the end: the best checkpoint
-    state, _ = store.restore_best(state)
-    predictions, report = stage.evaluate(state)
+    # Its held-out outputs were computed when it was evaluated in this process (a restored state gives the same);
+    # the state in memory is the last step's, which is often the best one.
+    if not (best["step"] == tc.steps and start < tc.steps):
+        state, _ = store.restore_best(state)
+    if best_outputs.get("step") == best["step"]:
+        predictions, report = best_outputs["outputs"]
+    else:  # the best was evaluated before a resume
+        predictions, report = stage.evaluate(state)
     store.close()
     writer.close()
     return state, best["step"], predictions, report

@@ -3,6 +3,7 @@ the first best checkpoint, after it and before the first latest one, after a lat
 the middle of a checkpoint save. Each killed-and-resumed run ends exactly as the uninterrupted one. A linear
 model trained by the project's own train step keeps every case to a second or two."""
 
+import dataclasses
 import glob
 import os
 import types
@@ -98,3 +99,21 @@ def test_a_checkpoint_save_cut_short_is_neither_read_nor_in_the_way(straight, tm
     resumed = _outcome(loop.run_stage(tiny_stage(directory), mesh_lib.make_mesh(1)))
     assert resumed[:2] == straight[:2]
     assert not os.path.exists(partial)
+
+
+@pytest.mark.parametrize("scores, best_step", [(None, 8), ([3.0, 1.0, 2.0, 4.0], 4)])
+def test_the_end_of_a_stage_reuses_the_best_evaluation(tmp_path, scores, best_step):
+    """Held out is evaluated at steps 2, 4, 6 and 8 and not again at the end: the best evaluation's outputs are
+    returned, with the state they came from (the last step's in memory, or the best checkpoint restored)."""
+    stage = tiny_stage(str(tmp_path / "stage"))
+    calls = []
+
+    def evaluate(state):
+        predictions, report = stage.evaluate(state)
+        calls.append(predictions)
+        return predictions, ({"score": scores[len(calls) - 1]} if scores else report)
+
+    state, step, predictions, _ = loop.run_stage(dataclasses.replace(stage, evaluate=evaluate), mesh_lib.make_mesh(1))
+    assert len(calls) == 4 and step == best_step
+    np.testing.assert_array_equal(predictions, calls[best_step // 2 - 1])
+    np.testing.assert_array_equal(stage.evaluate(state)[0], predictions)
