@@ -238,7 +238,7 @@ def two_stage_config() -> ml_collections.ConfigDict:
     c.data.config = "r64_native"
     c.train.coord_loss_weight = 0.0  # the localiser learns the coordinates; the classifier has no queries
     # the CPU budget (README: score vs steps); held out scored once, after the last step: on the cosine schedule
-    # it was the best of the evaluations at steps 100, 200 and 300 in every fold (README, Results)
+    # it was the best of the evaluations at steps 100, 200 and 300 in every fold of seed 0 (README, Results)
     c.train.update(steps=300, eval_every=300, checkpoint_every=100)
     c.train.update(lr=2e-3, warmup_steps=50)  # 3e-3 after 20 warm-up steps can leave the classifier at the prior
     c.train.label_smoothing = 0.05  # no held-out P(label) < 0.01 left on the embedded set (README, Results)
