@@ -76,12 +76,11 @@ def run_stage(stage: Stage, mesh) -> tuple[dict, int, Any, dict]:
 
     def evaluate(step: int, state) -> float:
         """Score the held-out part, log it, and keep `state` as the best checkpoint when it scores lowest."""
-        outputs = stage.evaluate(state)
-        result = outputs[1]
+        predictions, result = stage.evaluate(state)
         writer.write(step, stage.scalars(result))
         if result["score"] < best["score"]:
             best.update(score=result["score"], step=step)
-            best_outputs.update(step=step, outputs=outputs)
+            best_outputs.update(step=step, outputs=(predictions, result))
             store.save_best(step, state, {"step": step, "best": best}, result["score"])
         return result["score"]
 
